@@ -1,0 +1,38 @@
+"""keras_relaxeq: equivariant networks trained by constraint relaxation (TensorFlow / Keras 3)."""
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "keras_relaxeq" / "version.py").read_text()).group(1)
+
+setup(
+    name="keras_relaxeq",
+    version=VERSION,
+    description="Train equivariant neural networks by constraint relaxation, with Keras 3 / TensorFlow.",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["keras_relaxeq", "keras_relaxeq.*"]),
+    include_package_data=True,
+    install_requires=[
+        # tensorflow-cpu and tensorflow share the `tensorflow` module; tensorflow-graphics
+        # pulls in `tensorflow` itself, so depending on it directly is what pip can satisfy.
+        "tensorflow>=2.21,<2.22",
+        "keras>=3.15,<4",
+        "tensorflow-graphics==2021.12.3",
+        "tensorflow-datasets>=4.9.10",
+        "numpy>=1.26",
+        "h5py>=3.10",
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        "cpu": ["tensorflow-cpu>=2.21,<2.22"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+    },
+    entry_points={"console_scripts": ["relaxeq=keras_relaxeq.cli:main"]},
+)
