@@ -1,1 +1,25 @@
-"""keras_relaxeq.layers."""
+"""Relaxable equivariant layers: the base class and the layer families."""
+
+from keras_relaxeq.layers.base import (
+    PenaltyCollector,
+    RelaxedEquivariantLayer,
+    collect_relaxation_penalties,
+    get_theta,
+    gram_statistics,
+    linear_branch_penalties,
+    autodiff_branch_penalties,
+    relaxed_layers,
+    safe_sqrt,
+    set_theta,
+)
+from keras_relaxeq.layers.vector_neurons import (
+    VNBatchNorm,
+    VNGraphFeature,
+    VNLeakyReLU,
+    VNLinear,
+    VNMaxPool,
+    VNMeanPool,
+    VNStdFeature,
+    knn_graph_feature,
+    knn_indices,
+)

@@ -1,1 +1,3 @@
-"""keras_relaxeq.models."""
+"""Architectures built from keras_relaxeq layers."""
+
+from keras_relaxeq.models.vn_classifier import vn_classifier

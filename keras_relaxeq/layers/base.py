@@ -1,0 +1,440 @@
+"""``RelaxedEquivariantLayer``: the base class of every relaxable layer.
+
+A subclass declares its input and output representations and its equivariant
+map.  With ``relaxed=True`` the base adds the relaxation branch of method.md
+section 2,
+
+    f(x) = E(x) + theta * R(x),      R(x) = W flat(x) + b,
+
+with ``W`` named ``relaxation_kernel`` and ``theta`` a non-trainable scalar
+variable, and computes the two penalties of section 3 on ``stop_gradient(x)``:
+
+* Lie derivative  ``LD = sum_points sum_k || J_R(x) drho_in(A_k) x - drho_out(A_k) R(x) ||^2``
+* projection error ``N = sum_points || R(x) ||^2``
+
+The Lie derivative is computed either by autodiff for any branch
+(forward-mode JVP with ``tf.autodiff.ForwardAccumulator``, or double-backward
+with ``tf.GradientTape``) or, for the linear branch, by the closed form
+
+    sum_p || x_p M_k - c_k ||^2 = tr(M_k^T S M_k) - 2 s M_k c_k^T + P ||c_k||^2
+
+with ``M_k = G_in,k^T W - W G_out,k^T`` (row-vector convention, ``y = x W + b``),
+``c_k = b G_out,k^T``, the Gram matrix ``S = sum_p x_p^T x_p`` and ``s = sum_p x_p``.
+
+Penalties are only computed while a penalty collector is active: inside
+``RelaxedModel``'s training forward pass (which sums them over the model and
+adds ``lambda_lie * sqrt(LD) + lambda_proj * sqrt(N)`` to the loss), or inside
+``layer.relaxation_penalties(x)`` / ``collect_relaxation_penalties()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import keras
+import tensorflow as tf
+
+from keras_relaxeq.groups.representations import Representation
+
+_STATE = threading.local()
+
+LIE_METHODS = ("auto", "closed_form", "jvp", "tape")
+BRANCHES = ("linear", "mlp")
+
+
+# --------------------------------------------------------------------------- collectors
+class PenaltyCollector:
+    """Accumulates the (Lie, projection) penalty sums of one forward pass."""
+
+    def __init__(self):
+        self.lie = []
+        self.projection = []
+        self.layers = []
+        self._gram_cache = {}
+
+    def add(self, layer, lie, projection):
+        self.layers.append(layer)
+        self.lie.append(lie)
+        self.projection.append(projection)
+
+    def extend(self, other: "PenaltyCollector"):
+        self.layers.extend(other.layers)
+        self.lie.extend(other.lie)
+        self.projection.extend(other.projection)
+
+    def __len__(self):
+        return len(self.lie)
+
+    def totals(self, dtype=tf.float32):
+        """``(LD, N)`` summed over every branch seen, as scalars (0 when none)."""
+        if not self.lie:
+            zero = tf.zeros((), dtype)
+            return zero, zero
+        lie = tf.add_n([tf.cast(v, dtype) for v in self.lie])
+        proj = tf.add_n([tf.cast(v, dtype) for v in self.projection])
+        return lie, proj
+
+    def gram(self, x_ref, flat_x):
+        """Gram statistics ``(S, s, P)`` of ``flat_x``, shared by branches that read the same input."""
+        key = x_ref
+        if key is not None and key in self._gram_cache:
+            return self._gram_cache[key]
+        stats = gram_statistics(flat_x)
+        if key is not None:
+            self._gram_cache[key] = stats
+        return stats
+
+
+def _collector_stack():
+    if not hasattr(_STATE, "collectors"):
+        _STATE.collectors = []
+    return _STATE.collectors
+
+
+def active_collector():
+    stack = _collector_stack()
+    return stack[-1] if stack else None
+
+
+@contextlib.contextmanager
+def collect_relaxation_penalties():
+    """Context manager: every relaxed branch called inside adds its penalties.
+
+    Yields a :class:`PenaltyCollector`; ``collector.totals()`` gives ``(LD, N)``.
+    Nested collectors also report to the enclosing one.
+    """
+    stack = _collector_stack()
+    collector = PenaltyCollector()
+    stack.append(collector)
+    try:
+        yield collector
+    finally:
+        stack.pop()
+        if stack:
+            stack[-1].extend(collector)
+
+
+@contextlib.contextmanager
+def plain_layers():
+    """Inside this context every ``RelaxedEquivariantLayer`` is built with ``relaxed=False``.
+
+    Used by ``project()`` to rebuild a model (including layers nested in
+    custom containers) without relaxation branches.
+    """
+    _STATE.force_plain = getattr(_STATE, "force_plain", 0) + 1
+    try:
+        yield
+    finally:
+        _STATE.force_plain -= 1
+
+
+def _force_plain() -> bool:
+    return getattr(_STATE, "force_plain", 0) > 0
+
+
+# --------------------------------------------------------------------------- math helpers
+@tf.custom_gradient
+def safe_sqrt(x):
+    """``sqrt(max(x, 0))`` with a finite gradient at 0 (``0.5 / sqrt(max(x, 1e-12))``)."""
+    x = tf.convert_to_tensor(x)
+    y = tf.sqrt(tf.maximum(x, tf.zeros_like(x)))
+
+    def grad(dy):
+        return dy * 0.5 / tf.sqrt(tf.maximum(x, tf.cast(1e-12, x.dtype)))
+
+    return y, grad
+
+
+def gram_statistics(flat_x):
+    """``S = X^T X``, ``s = sum_p x_p``, ``P`` for ``X = flat_x`` ``[P, D]``."""
+    s_mat = tf.matmul(flat_x, flat_x, transpose_a=True)
+    s_vec = tf.reduce_sum(flat_x, axis=0)
+    count = tf.cast(tf.shape(flat_x)[0], flat_x.dtype)
+    return s_mat, s_vec, count
+
+
+def linear_branch_penalties(kernel, bias, gram, in_rep: Representation, out_rep: Representation):
+    """Closed-form ``(LD, N)`` of the linear branch ``x W + b`` from Gram statistics.
+
+    ``kernel``: ``[D_in, D_out]``; ``bias``: ``[D_out]`` or None; ``gram``: the
+    output of :func:`gram_statistics` on the (stop-gradient) flattened inputs.
+    """
+    s_mat, s_vec, count = gram
+    w = kernel
+    # M_k = G_in,k^T W - W G_out,k^T, built with the representations' structure.
+    a = tf.transpose(in_rep.apply_generators(tf.transpose(w), transpose=True), [0, 2, 1])
+    b = out_rep.apply_generators(w)
+    m = a - b  # [3, D_in, D_out]
+    mw = tf.concat([m, w[None]], axis=0)  # [4, D_in, D_out]
+    smw = tf.einsum("ij,kjo->kio", s_mat, mw)
+    quad = tf.reduce_sum(smw * mw, axis=[1, 2])  # tr(M^T S M) for k = 0..2 and tr(W^T S W)
+    lie = tf.reduce_sum(quad[:3])
+    proj = quad[3]
+    if bias is not None:
+        c = out_rep.apply_generators(bias)  # [3, D_out]
+        s_m = tf.einsum("i,kio->ko", s_vec, m)
+        lie = lie - 2.0 * tf.reduce_sum(s_m * c) + count * tf.reduce_sum(c * c)
+        proj = proj + 2.0 * tf.reduce_sum(tf.linalg.matvec(w, s_vec, transpose_a=True) * bias) \
+            + count * tf.reduce_sum(bias * bias)
+    return lie, proj
+
+
+def autodiff_branch_penalties(branch_fn, flat_x, in_rep: Representation, out_rep: Representation,
+                              method: str = "jvp"):
+    """``(LD, N)`` of any branch ``branch_fn: [P, D_in] -> [P, D_out]`` by autodiff.
+
+    ``method="jvp"`` uses forward mode (``tf.autodiff.ForwardAccumulator``);
+    ``method="tape"`` the double-backward trick with two ``tf.GradientTape``s.
+    """
+    x = tf.stop_gradient(flat_x)
+    tangents = in_rep.apply_generators(x)  # [3, P, D_in] = x G_in,k^T
+    xs = tf.tile(x[None], [3, 1, 1])
+    if method == "jvp":
+        with tf.autodiff.ForwardAccumulator(primals=xs, tangents=tangents) as acc:
+            ys = branch_fn(xs)
+        jvp = acc.jvp(ys)
+    elif method == "tape":
+        with tf.GradientTape() as outer:
+            with tf.GradientTape() as inner:
+                inner.watch(xs)
+                ys = branch_fn(xs)
+            dummy = tf.zeros_like(ys)
+            outer.watch(dummy)
+            vjp = inner.gradient(ys, xs, output_gradients=dummy)  # J^T u, linear in u
+            inner_product = tf.reduce_sum(vjp * tangents)
+        jvp = outer.gradient(inner_product, dummy)  # d/du <J^T u, v> = J v
+    else:
+        raise ValueError(f"Unknown autodiff method {method!r}; use 'jvp' or 'tape'.")
+    y = ys[0]
+    rotated_out = out_rep.apply_generators(y)  # [3, P, D_out] = R(x) G_out,k^T
+    lie = tf.reduce_sum(tf.square(jvp - rotated_out))
+    proj = tf.reduce_sum(tf.square(y))
+    return lie, proj
+
+
+def _flatten_features(x, rep: Representation):
+    return tf.reshape(x, [-1, rep.dim])
+
+
+# --------------------------------------------------------------------------- the base layer
+@keras.saving.register_keras_serializable(package="keras_relaxeq")
+class RelaxedEquivariantLayer(keras.layers.Layer):
+    """Base class of relaxable equivariant layers.
+
+    Subclasses implement
+
+    * ``input_representation(input_shape)`` and ``output_representation(input_shape)``
+      returning :class:`keras_relaxeq.groups.Representation` objects,
+    * ``build_equivariant(input_shape)`` creating the equivariant weights,
+    * ``equivariant_call(inputs, training=None)``, the equivariant map ``E``.
+
+    The base adds the relaxation branch ``theta * R(x)`` when ``relaxed=True``.
+    Layers that are compositions of other relaxable layers (and have no linear
+    map of their own) set ``has_relaxation_branch = False`` and override
+    ``call``; their sublayers carry the branches.
+
+    Args:
+        relaxed: add the relaxation branch.  With ``False`` the layer has no
+            branch weights and no ``theta`` at all.
+        relaxation_initializer: initializer of ``relaxation_kernel`` (zeros for
+            VN-PointNet, ``"glorot_uniform"``-like defaults for VN-DGCNN,
+            ``RandomNormal(stddev=1e-4)`` for SEGNN).
+        relaxation_use_bias: add the branch bias ``b`` (``relaxation_bias``).
+        relaxation_branch: ``"linear"`` (``W flat(x) + b``) or ``"mlp"`` (a
+            one-hidden-layer MLP; penalties by autodiff).
+        relaxation_hidden_units: hidden width of the ``"mlp"`` branch.
+        lie_method: ``"auto"`` (closed form for linear branches, JVP
+            otherwise), ``"closed_form"``, ``"jvp"`` or ``"tape"``.
+        theta: initial value of ``theta``.
+    """
+
+    has_relaxation_branch = True
+
+    def __init__(self, relaxed=True, relaxation_initializer="zeros", relaxation_use_bias=True,
+                 relaxation_branch="linear", relaxation_hidden_units=64, lie_method="auto",
+                 theta=1.0, **kwargs):
+        super().__init__(**kwargs)
+        if relaxation_branch not in BRANCHES:
+            raise ValueError(f"relaxation_branch must be one of {BRANCHES}, got {relaxation_branch!r}.")
+        if lie_method not in LIE_METHODS:
+            raise ValueError(f"lie_method must be one of {LIE_METHODS}, got {lie_method!r}.")
+        if lie_method == "closed_form" and relaxation_branch != "linear":
+            raise ValueError("lie_method='closed_form' needs relaxation_branch='linear'; "
+                             "use lie_method='jvp' or 'tape' for other branches.")
+        self.relaxed = bool(relaxed) and not _force_plain()
+        self.relaxation_initializer = keras.initializers.get(relaxation_initializer)
+        self.relaxation_use_bias = bool(relaxation_use_bias)
+        self.relaxation_branch = relaxation_branch
+        self.relaxation_hidden_units = int(relaxation_hidden_units)
+        self.lie_method = lie_method
+        self.initial_theta = float(theta)
+        self.input_rep = None
+        self.output_rep = None
+        self.theta = None
+
+    # -- hooks for subclasses -------------------------------------------------------
+    def input_representation(self, input_shape) -> Representation:
+        raise NotImplementedError
+
+    def output_representation(self, input_shape) -> Representation:
+        raise NotImplementedError
+
+    def build_equivariant(self, input_shape):
+        """Create the weights of the equivariant map (default: none)."""
+
+    def equivariant_call(self, inputs, training=None):
+        raise NotImplementedError
+
+    # -- relaxation kwargs shared with sublayers --------------------------------------
+    def relaxation_config(self) -> dict:
+        """The constructor arguments a composite layer passes on to its sublayers."""
+        return {
+            "relaxed": self.relaxed,
+            "relaxation_initializer": keras.initializers.serialize(self.relaxation_initializer),
+            "relaxation_use_bias": self.relaxation_use_bias,
+            "relaxation_branch": self.relaxation_branch,
+            "relaxation_hidden_units": self.relaxation_hidden_units,
+            "lie_method": self.lie_method,
+            "theta": self.initial_theta,
+        }
+
+    # -- Keras API -------------------------------------------------------------------
+    def build(self, input_shape):
+        self.input_rep = self.input_representation(input_shape)
+        self.input_rep.check(input_shape, where=f"input of {type(self).__name__} '{self.name}'")
+        self.output_rep = self.output_representation(input_shape)
+        self.build_equivariant(input_shape)
+        if self.relaxed and self.has_relaxation_branch:
+            self._build_branch(self.input_rep, self.output_rep)
+
+    def _build_branch(self, in_rep: Representation, out_rep: Representation):
+        d_in, d_out = in_rep.dim, out_rep.dim
+        self.theta = self.add_weight(name="theta", shape=(),
+                                     initializer=keras.initializers.Constant(self.initial_theta),
+                                     trainable=False)
+        if self.relaxation_branch == "mlp":
+            h = self.relaxation_hidden_units
+            self.relaxation_hidden_kernel = self.add_weight(
+                name="relaxation_hidden_kernel", shape=(d_in, h), initializer="glorot_uniform")
+            self.relaxation_hidden_bias = self.add_weight(
+                name="relaxation_hidden_bias", shape=(h,), initializer="zeros")
+        else:
+            h = d_in
+        self.relaxation_kernel = self.add_weight(name="relaxation_kernel", shape=(h, d_out),
+                                                 initializer=self.relaxation_initializer)
+        self.relaxation_bias = (self.add_weight(name="relaxation_bias", shape=(d_out,), initializer="zeros")
+                                if self.relaxation_use_bias else None)
+
+    def call(self, inputs, training=None):
+        outputs = self.equivariant_call(inputs, training=training)
+        if self.relaxed and self.has_relaxation_branch:
+            outputs = self.add_relaxation(inputs, outputs)
+        return outputs
+
+    # -- the branch ------------------------------------------------------------------
+    @property
+    def relaxation_variables(self):
+        """The branch's variables (theta excluded); empty when not relaxed."""
+        if not (self.relaxed and self.has_relaxation_branch) or self.theta is None:
+            return []
+        names = ("relaxation_hidden_kernel", "relaxation_hidden_bias", "relaxation_kernel", "relaxation_bias")
+        return [getattr(self, n) for n in names if getattr(self, n, None) is not None]
+
+    def branch(self, flat_x):
+        """``R(x)`` on flattened features ``[..., D_in] -> [..., D_out]``."""
+        h = flat_x
+        if self.relaxation_branch == "mlp":
+            h = tf.nn.gelu(tf.matmul(h, self.relaxation_hidden_kernel) + self.relaxation_hidden_bias)
+        y = tf.matmul(h, self.relaxation_kernel)
+        if self.relaxation_bias is not None:
+            y = y + self.relaxation_bias
+        return y
+
+    def resolved_lie_method(self) -> str:
+        if self.lie_method == "auto":
+            return "closed_form" if self.relaxation_branch == "linear" else "jvp"
+        return self.lie_method
+
+    def add_relaxation(self, inputs, outputs):
+        """Return ``outputs + theta * R(inputs)`` and report penalties to the active collector."""
+        flat_x = _flatten_features(inputs, self.input_rep)
+        r = self.branch(flat_x)
+        relaxed = outputs + tf.cast(self.theta, outputs.dtype) * tf.reshape(r, tf.shape(outputs))
+        collector = active_collector()
+        if collector is not None:
+            lie, proj = self.branch_penalties(inputs, collector=collector)
+            collector.add(self, lie, proj)
+        return relaxed
+
+    def branch_penalties(self, inputs, collector=None, method=None):
+        """``(LD, N)`` of this layer's own branch for ``inputs`` (on ``stop_gradient``)."""
+        method = method or self.resolved_lie_method()
+        flat_x = tf.stop_gradient(_flatten_features(inputs, self.input_rep))
+        if method == "closed_form":
+            if self.relaxation_branch != "linear":
+                raise ValueError("The closed form needs a linear branch.")
+            ref = _tensor_ref(inputs)
+            gram = collector.gram(ref, flat_x) if collector is not None else gram_statistics(flat_x)
+            return linear_branch_penalties(self.relaxation_kernel, self.relaxation_bias, gram,
+                                           self.input_rep, self.output_rep)
+        return autodiff_branch_penalties(self.branch, flat_x, self.input_rep, self.output_rep, method=method)
+
+    def relaxation_penalties(self, inputs):
+        """``(LD, N)``: summed squared Lie derivative and branch output for ``inputs``.
+
+        Sums over every relaxed branch inside this layer (its own and its
+        sublayers'), points and generators, before any square root.  Runs the
+        layer in inference mode.
+        """
+        with collect_relaxation_penalties() as collector:
+            self(inputs, training=False)
+        return collector.totals(dtype=self.compute_dtype)
+
+    # -- serialization ---------------------------------------------------------------
+    def get_config(self):
+        config = super().get_config()
+        config.update(self.relaxation_config())
+        return config
+
+
+def _tensor_ref(x):
+    try:
+        return x.ref()
+    except (AttributeError, TypeError):
+        return None
+
+
+def relaxed_layers(model_or_layer):
+    """All relaxed layers with their own branch inside ``model_or_layer`` (itself included)."""
+    layers = []
+    seen = set()
+    for layer in _walk_layers(model_or_layer):
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        if isinstance(layer, RelaxedEquivariantLayer) and layer.relaxed and layer.has_relaxation_branch:
+            layers.append(layer)
+    return layers
+
+
+def _walk_layers(root):
+    if hasattr(root, "_flatten_layers"):
+        return list(root._flatten_layers(include_self=True, recursive=True))
+    return [root]
+
+
+def set_theta(model_or_layer, value) -> int:
+    """Assign ``theta = value`` in every relaxed layer; returns how many were set."""
+    layers = [l for l in relaxed_layers(model_or_layer) if l.theta is not None]
+    for layer in layers:
+        layer.theta.assign(value)
+    return len(layers)
+
+
+def get_theta(model_or_layer):
+    """The current ``theta`` (of the first relaxed layer), or None when there is none."""
+    for layer in relaxed_layers(model_or_layer):
+        if layer.theta is not None:
+            return float(keras.ops.convert_to_numpy(layer.theta))
+    return None

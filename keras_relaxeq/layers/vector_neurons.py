@@ -1,0 +1,415 @@
+"""Vector Neurons (Deng et al., 2021) as relaxable Keras layers.
+
+Features are lists of 3-vectors, ``[batch, points, channels, 3]`` (any number
+of axes may stand between the batch and the channel axis, e.g. neighbours in
+``[batch, points, k, channels, 3]``, or none for pooled features
+``[batch, channels, 3]``).  Rotations act on the last axis.
+
+Every VN linear map (``VNLinear`` and the ``map_to_feat`` / ``map_to_dir``
+sublayers of the nonlinearity, pooling and invariant-frame layers) carries its
+own relaxation branch when ``relaxed=True``.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from keras_relaxeq.groups.representations import TrivialRep, VectorRep
+from keras_relaxeq.layers.base import RelaxedEquivariantLayer
+
+EPS = 1e-6
+
+register = keras.saving.register_keras_serializable(package="keras_relaxeq")
+
+
+def _check_vector_shape(layer, input_shape):
+    input_shape = tuple(input_shape)
+    if len(input_shape) < 3 or input_shape[-1] != 3:
+        raise ValueError(
+            f"{type(layer).__name__} '{layer.name}' expects vector features of shape "
+            f"[batch, points, channels, 3] (or [batch, ..., channels, 3]); got shape {list(input_shape)}. "
+            "Point clouds [batch, points, 3] become one-channel vector features with x[:, :, None, :].")
+    if input_shape[-2] is None:
+        raise ValueError(f"{type(layer).__name__} '{layer.name}' needs a known channel axis (-2); "
+                         f"got shape {list(input_shape)}.")
+    return int(input_shape[-2])
+
+
+def _torch_linear_init():
+    """PyTorch's default ``nn.Linear`` init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as in the VN code."""
+    return keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
+
+
+class _VectorLayer(RelaxedEquivariantLayer):
+    """Shared representation declarations for layers mapping vectors to vectors."""
+
+    def input_representation(self, input_shape):
+        return VectorRep(_check_vector_shape(self, input_shape))
+
+    def output_representation(self, input_shape):
+        return VectorRep(self.compute_output_shape(input_shape)[-2])
+
+
+@register
+class VNLinear(_VectorLayer):
+    """``V' = W V``: mixes channels of vector features, no bias (method.md section 7).
+
+    Args:
+        channels: output channels.
+        kernel_initializer: initializer of the ``[C_in, C_out]`` kernel
+            (default: PyTorch's ``nn.Linear`` default, as in the VN code).
+        **kwargs: relaxation arguments of :class:`RelaxedEquivariantLayer`.
+    """
+
+    def __init__(self, channels, kernel_initializer=None, **kwargs):
+        super().__init__(**kwargs)
+        if int(channels) < 1:
+            raise ValueError(f"VNLinear needs channels >= 1, got {channels}.")
+        self.channels = int(channels)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer or _torch_linear_init())
+
+    def build_equivariant(self, input_shape):
+        c_in = _check_vector_shape(self, input_shape)
+        self.kernel = self.add_weight(name="kernel", shape=(c_in, self.channels),
+                                      initializer=self.kernel_initializer)
+
+    def equivariant_call(self, inputs, training=None):
+        return tf.einsum("...ci,cd->...di", inputs, self.kernel)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-2]) + (self.channels, 3)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(channels=self.channels,
+                      kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
+        return config
+
+
+@register
+class VNBatchNorm(_VectorLayer):
+    """Batch-normalises the vector norms and keeps the directions (``eps`` 1e-6 on the norm)."""
+
+    has_relaxation_branch = False
+
+    def __init__(self, momentum=0.9, epsilon=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.momentum = float(momentum)
+        self.epsilon = float(epsilon)
+        self.batchnorm = keras.layers.BatchNormalization(axis=-1, momentum=self.momentum,
+                                                         epsilon=self.epsilon, name="batchnorm")
+
+    def build_equivariant(self, input_shape):
+        self.batchnorm.build(tuple(input_shape[:-1]))
+
+    def equivariant_call(self, inputs, training=None):
+        norm = tf.norm(inputs, axis=-1) + EPS
+        norm_bn = self.batchnorm(norm, training=training)
+        return inputs * (norm_bn / norm)[..., None]
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(momentum=self.momentum, epsilon=self.epsilon)
+        return config
+
+
+def vn_leaky_relu(p, d, negative_slope):
+    """Where ``<p, d> < 0`` remove from ``p`` its component along ``d``; mix with slope."""
+    dot = tf.reduce_sum(p * d, axis=-1, keepdims=True)
+    d_norm_sq = tf.reduce_sum(d * d, axis=-1, keepdims=True)
+    negative = tf.cast(dot < 0, p.dtype)
+    return p - (1.0 - negative_slope) * negative * (dot / (d_norm_sq + EPS)) * d
+
+
+@register
+class VNLeakyReLU(_VectorLayer):
+    """The VN linear + leaky-ReLU block (``VNLinearLeakyReLU`` of the VN code).
+
+    ``p = BN(map_to_feat(x))``, ``d = map_to_dir(x)`` (direction from the layer
+    input), then the vector leaky ReLU.  Each map has its own relaxation branch.
+
+    Args:
+        channels: output channels of ``map_to_feat``.  ``None`` makes the layer
+            the bare nonlinearity (``p = x``, only ``map_to_dir``).
+        negative_slope: 0 for VN-PointNet, 0.2 for VN-DGCNN.
+        share_nonlinearity: one direction for all channels.
+        use_batchnorm: apply :class:`VNBatchNorm` to ``p``.
+    """
+
+    has_relaxation_branch = False
+
+    def __init__(self, channels=None, negative_slope=0.2, share_nonlinearity=False, use_batchnorm=True,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.channels = None if channels is None else int(channels)
+        self.negative_slope = float(negative_slope)
+        self.share_nonlinearity = bool(share_nonlinearity)
+        self.use_batchnorm = bool(use_batchnorm) and self.channels is not None
+        relax = self.relaxation_config()
+        self.map_to_feat = VNLinear(self.channels, name="map_to_feat", **relax) if self.channels else None
+        self.batchnorm = VNBatchNorm(name="batchnorm", **relax) if self.use_batchnorm else None
+        self.map_to_dir = None
+        if self.channels is not None or self.share_nonlinearity:
+            dir_channels = 1 if self.share_nonlinearity else self.channels
+            self.map_to_dir = VNLinear(dir_channels, name="map_to_dir", **relax)
+
+    def build_equivariant(self, input_shape):
+        c_in = _check_vector_shape(self, input_shape)
+        if self.map_to_dir is None:
+            self.map_to_dir = VNLinear(c_in, name="map_to_dir", **self.relaxation_config())
+        if self.map_to_feat is not None:
+            self.map_to_feat.build(input_shape)
+            feat_shape = self.map_to_feat.compute_output_shape(input_shape)
+            if self.batchnorm is not None:
+                self.batchnorm.build(feat_shape)
+        self.map_to_dir.build(input_shape)
+
+    def call(self, inputs, training=None):
+        p = inputs if self.map_to_feat is None else self.map_to_feat(inputs)
+        if self.batchnorm is not None:
+            p = self.batchnorm(p, training=training)
+        d = self.map_to_dir(inputs)
+        return vn_leaky_relu(p, d, self.negative_slope)
+
+    def compute_output_shape(self, input_shape):
+        channels = self.channels if self.channels is not None else input_shape[-2]
+        return tuple(input_shape[:-2]) + (channels, 3)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(channels=self.channels, negative_slope=self.negative_slope,
+                      share_nonlinearity=self.share_nonlinearity, use_batchnorm=self.use_batchnorm)
+        return config
+
+
+def _pool_axis(layer, rank):
+    axis = layer.axis if layer.axis >= 0 else rank + layer.axis
+    if axis == 0 or axis >= rank - 2:
+        raise ValueError(f"{type(layer).__name__} '{layer.name}' pools over axis {layer.axis}, which must be "
+                         f"a points/neighbours axis (not batch, channels or xyz) of the rank-{rank} input.")
+    return axis
+
+
+@register
+class VNMeanPool(_VectorLayer):
+    """Mean over a points (or neighbours) axis; default the axis just before ``[channels, 3]``."""
+
+    has_relaxation_branch = False
+
+    def __init__(self, axis=-3, keepdims=False, **kwargs):
+        super().__init__(**kwargs)
+        self.axis = int(axis)
+        self.keepdims = bool(keepdims)
+
+    def build_equivariant(self, input_shape):
+        _pool_axis(self, len(input_shape))
+
+    def equivariant_call(self, inputs, training=None):
+        return tf.reduce_mean(inputs, axis=_pool_axis(self, inputs.shape.rank), keepdims=self.keepdims)
+
+    def compute_output_shape(self, input_shape):
+        shape = list(input_shape)
+        axis = _pool_axis(self, len(shape))
+        if self.keepdims:
+            shape[axis] = 1
+        else:
+            del shape[axis]
+        return tuple(shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(axis=self.axis, keepdims=self.keepdims)
+        return config
+
+
+@register
+class VNMaxPool(_VectorLayer):
+    """Max-pool by a learned direction: per channel, keep the vector with the largest ``<v, d>``.
+
+    ``d = map_to_dir(x)`` is a VN linear map (relaxable).
+    """
+
+    has_relaxation_branch = False
+
+    def __init__(self, axis=-3, keepdims=False, **kwargs):
+        super().__init__(**kwargs)
+        self.axis = int(axis)
+        self.keepdims = bool(keepdims)
+        self.map_to_dir = None
+
+    def build_equivariant(self, input_shape):
+        c_in = _check_vector_shape(self, input_shape)
+        _pool_axis(self, len(input_shape))
+        self.map_to_dir = VNLinear(c_in, name="map_to_dir", **self.relaxation_config())
+        self.map_to_dir.build(input_shape)
+
+    def call(self, inputs, training=None):
+        axis = _pool_axis(self, inputs.shape.rank)
+        d = self.map_to_dir(inputs)
+        dot = tf.reduce_sum(inputs * d, axis=-1)  # [..., n, ..., C]
+        n = tf.shape(inputs)[axis]
+        select = tf.one_hot(tf.argmax(dot, axis=axis), n, axis=axis, dtype=inputs.dtype)
+        return tf.reduce_sum(inputs * select[..., None], axis=axis, keepdims=self.keepdims)
+
+    def compute_output_shape(self, input_shape):
+        return VNMeanPool.compute_output_shape(self, input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(axis=self.axis, keepdims=self.keepdims)
+        return config
+
+
+@register
+class VNStdFeature(RelaxedEquivariantLayer):
+    """Rotation-invariant features by projection onto a learned equivariant frame.
+
+    Two VN leaky-ReLU blocks (``C -> C/2 -> C/4``) and a VN linear map to 3 (or
+    2, with ``normalize_frame``: Gram-Schmidt + cross product) frame vectors
+    ``z``; returns ``(x_std, z)`` with ``x_std[..., c, k] = <x_c, z_k>``
+    (invariant, ``[..., C, 3]``) and the frame ``z`` (``[..., 3, 3]``,
+    equivariant).
+    """
+
+    has_relaxation_branch = False
+
+    def __init__(self, normalize_frame=False, share_nonlinearity=False, negative_slope=0.2,
+                 use_batchnorm=True, **kwargs):
+        super().__init__(**kwargs)
+        self.normalize_frame = bool(normalize_frame)
+        self.share_nonlinearity = bool(share_nonlinearity)
+        self.negative_slope = float(negative_slope)
+        self.use_batchnorm = bool(use_batchnorm)
+
+    def input_representation(self, input_shape):
+        return VectorRep(_check_vector_shape(self, input_shape))
+
+    def output_representation(self, input_shape):
+        c = _check_vector_shape(self, input_shape)
+        return (TrivialRep(c, 3), VectorRep(3))
+
+    def build(self, input_shape):
+        c = _check_vector_shape(self, input_shape)
+        if c < 4:
+            raise ValueError(f"VNStdFeature '{self.name}' needs at least 4 input channels (it maps C -> C/2 -> C/4); "
+                             f"got {c}.")
+        super().build(input_shape)
+
+    def build_equivariant(self, input_shape):
+        c = _check_vector_shape(self, input_shape)
+        relax = self.relaxation_config()
+        block = dict(negative_slope=self.negative_slope, share_nonlinearity=self.share_nonlinearity,
+                     use_batchnorm=self.use_batchnorm, **relax)
+        self.vn1 = VNLeakyReLU(c // 2, name="vn1", **block)
+        self.vn2 = VNLeakyReLU(c // 4, name="vn2", **block)
+        self.vn_lin = VNLinear(2 if self.normalize_frame else 3, name="vn_lin", **relax)
+        self.vn1.build(input_shape)
+        shape = self.vn1.compute_output_shape(input_shape)
+        self.vn2.build(shape)
+        self.vn_lin.build(self.vn2.compute_output_shape(shape))
+
+    def call(self, inputs, training=None):
+        z = self.vn_lin(self.vn2(self.vn1(inputs, training=training), training=training))
+        if self.normalize_frame:
+            v1, v2 = z[..., 0, :], z[..., 1, :]
+            u1 = v1 / (tf.norm(v1, axis=-1, keepdims=True) + EPS)
+            v2 = v2 - tf.reduce_sum(v2 * u1, axis=-1, keepdims=True) * u1
+            u2 = v2 / (tf.norm(v2, axis=-1, keepdims=True) + EPS)
+            u3 = tf.linalg.cross(u1, u2)
+            z = tf.stack([u1, u2, u3], axis=-2)
+        x_std = tf.einsum("...cj,...kj->...ck", inputs, z)
+        return x_std, z
+
+    def compute_output_shape(self, input_shape):
+        lead = tuple(input_shape[:-2])
+        return lead + (input_shape[-2], 3), lead + (3, 3)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(normalize_frame=self.normalize_frame, share_nonlinearity=self.share_nonlinearity,
+                      negative_slope=self.negative_slope, use_batchnorm=self.use_batchnorm)
+        return config
+
+
+def knn_indices(features, k):
+    """Indices ``[B, N, k]`` of the ``k`` nearest neighbours (self included) of each point.
+
+    ``features``: ``[B, N, D]``; distances are Euclidean in feature space.
+    """
+    inner = tf.matmul(features, features, transpose_b=True)
+    sq = tf.reduce_sum(tf.square(features), axis=-1)
+    neg_dist = 2.0 * inner - sq[:, :, None] - sq[:, None, :]
+    return tf.math.top_k(neg_dist, k=k).indices
+
+
+def knn_graph_feature(x, k, cross=False, indices=None):
+    """Edge features ``[x_j - x_i, x_i (, x_j x x_i)]`` over the kNN graph of vector features.
+
+    Args:
+        x: ``[B, N, C, 3]`` vector features.
+        k: number of neighbours (the point itself included, as in the VN/DGCNN code).
+        cross: append the cross product ``x_j x x_i`` (VN-PointNet's first layer).
+        indices: precomputed ``[B, N, k]`` neighbour indices (else from ``x``).
+
+    Returns:
+        ``[B, N, k, 2C (or 3C), 3]``.
+    """
+    x = tf.convert_to_tensor(x)
+    if x.shape.rank != 4 or x.shape[-1] != 3:
+        raise ValueError(f"knn_graph_feature expects vector features [batch, points, channels, 3]; "
+                         f"got shape {x.shape.as_list()}.")
+    n_static = x.shape[1]
+    if n_static is not None and k > n_static:
+        raise ValueError(f"kNN with k={k} needs at least {k} points per cloud; got {n_static}. "
+                         f"Use more points or a smaller k.")
+    shape = tf.shape(x)
+    if indices is None:
+        flat = tf.reshape(x, [shape[0], shape[1], -1])
+        with tf.control_dependencies([tf.debugging.assert_greater_equal(
+                shape[1], k, message=f"kNN with k={k} needs at least {k} points per cloud; "
+                                     "use more points or a smaller k.")]):
+            indices = knn_indices(tf.stop_gradient(flat), k)
+    neighbours = tf.gather(x, indices, batch_dims=1)  # [B, N, k, C, 3]
+    centre = tf.broadcast_to(x[:, :, None], tf.shape(neighbours))
+    parts = [neighbours - centre, centre]
+    if cross:
+        parts.append(tf.linalg.cross(neighbours, centre))
+    return tf.concat(parts, axis=-2)
+
+
+@register
+class VNGraphFeature(_VectorLayer):
+    """kNN graph features of vector features as a layer (no parameters): see :func:`knn_graph_feature`."""
+
+    has_relaxation_branch = False
+
+    def __init__(self, k=20, cross=False, **kwargs):
+        super().__init__(**kwargs)
+        if int(k) < 1:
+            raise ValueError(f"VNGraphFeature needs k >= 1, got {k}.")
+        self.k = int(k)
+        self.cross = bool(cross)
+
+    def build_equivariant(self, input_shape):
+        if len(input_shape) != 4:
+            raise ValueError(f"VNGraphFeature '{self.name}' expects [batch, points, channels, 3]; "
+                             f"got shape {list(input_shape)}.")
+        if input_shape[1] is not None and self.k > input_shape[1]:
+            raise ValueError(f"VNGraphFeature '{self.name}': k={self.k} needs at least {self.k} points per "
+                             f"cloud, got {input_shape[1]}. Use more points or a smaller k.")
+
+    def equivariant_call(self, inputs, training=None):
+        return knn_graph_feature(inputs, self.k, cross=self.cross)
+
+    def compute_output_shape(self, input_shape):
+        factor = 3 if self.cross else 2
+        return (input_shape[0], input_shape[1], self.k, factor * input_shape[2], 3)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(k=self.k, cross=self.cross)
+        return config

@@ -1,0 +1,159 @@
+"""``assert_equivariant`` / ``assert_invariant``: numerical equivariance checks.
+
+Draws group elements, transforms the inputs and the outputs by their declared
+representations and compares ``f(rho_in(g) x)`` with ``rho_out(g) f(x)``.
+Transforms and comparisons are done in float64; the function itself runs in
+its own dtype.  Tolerances are keyed by the output dtype (as in e3nn), relative
+to the scale of the outputs:
+
+    max |f(g x) - g f(x)| <= atol + rtol * max |f(x)|
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from keras_relaxeq.groups.representations import Representation, TrivialRep, as_representation
+from keras_relaxeq.groups.so3 import random_rotations
+
+#: default (atol, rtol) by the dtype the function computes in
+TOLERANCES = {
+    tf.float16: (1e-2, 5e-2),
+    tf.bfloat16: (1e-2, 5e-2),
+    tf.float32: (1e-5, 1e-3),
+    tf.float64: (1e-12, 1e-9),
+}
+
+
+@dataclasses.dataclass
+class EquivarianceReport:
+    """Result of an equivariance check."""
+
+    max_error: float
+    mean_error: float
+    scale: float
+    atol: float
+    rtol: float
+    num_samples: int
+    group: str
+
+    @property
+    def passed(self) -> bool:
+        return self.max_error <= self.atol + self.rtol * self.scale
+
+    def __str__(self):
+        return (f"{self.group} equivariance over {self.num_samples} draws: max error {self.max_error:.3e}, "
+                f"mean error {self.mean_error:.3e} (output scale {self.scale:.3e}; allowed "
+                f"{self.atol:.1e} + {self.rtol:.1e} * scale = {self.atol + self.rtol * self.scale:.3e})")
+
+
+def _draw(group: str, batch: int, seed):
+    rot = random_rotations(batch, seed=seed, dtype=tf.float64)
+    if group == "SO3":
+        return rot
+    if group == "O3":
+        # Half of the draws are improper: -R (a rotation composed with inversion).
+        signs = tf.where(tf.random.stateless_uniform([batch], seed=[seed[0], seed[1] + 7919]) < 0.5,
+                         -1.0, 1.0)
+        return rot * tf.cast(signs, tf.float64)[:, None, None]
+    raise ValueError(f"Unknown group {group!r}; use 'SO3' or 'O3'.")
+
+
+def _layer_reps(fn):
+    rep_in = getattr(fn, "input_rep", None)
+    rep_out = getattr(fn, "output_rep", None)
+    return rep_in, rep_out
+
+
+def _transform(reps, rotations, values):
+    flat_reps = tf.nest.flatten(reps) if not isinstance(reps, Representation) else [reps]
+    flat_vals = tf.nest.flatten(values)
+    if len(flat_reps) == 1 and len(flat_vals) > 1:
+        flat_reps = flat_reps * len(flat_vals)
+    if len(flat_reps) != len(flat_vals):
+        raise ValueError(f"{len(flat_vals)} tensors but {len(flat_reps)} representations were given.")
+    out = [as_representation(r).transform(rotations, tf.cast(v, tf.float64)) for r, v in zip(flat_reps, flat_vals)]
+    return out
+
+
+def _call(fn, inputs, training):
+    try:
+        return fn(inputs, training=training)
+    except TypeError:
+        return fn(inputs)
+
+
+def check_equivariance(fn, inputs, input_reps=None, output_reps=None, group="SO3", num_samples=3, seed=0,
+                       atol=None, rtol=None, training=False) -> EquivarianceReport:
+    """Measure the equivariance error of ``fn`` on ``inputs`` (see :func:`assert_equivariant`)."""
+    layer_in, layer_out = _layer_reps(fn)
+    input_reps = input_reps if input_reps is not None else layer_in
+    output_reps = output_reps if output_reps is not None else layer_out
+    if input_reps is None or output_reps is None:
+        raise ValueError("Pass input_reps and output_reps (e.g. 'vector' and 'invariant'), or a built "
+                         "keras_relaxeq layer that declares them.")
+    flat_inputs = tf.nest.flatten(inputs)
+    batch = int(flat_inputs[0].shape[0])
+    in_dtype = flat_inputs[0].dtype
+    outputs = _call(fn, inputs, training)
+    out_dtype = tf.nest.flatten(outputs)[0].dtype
+    default_atol, default_rtol = TOLERANCES.get(tf.as_dtype(out_dtype), TOLERANCES[tf.float32])
+    atol = default_atol if atol is None else atol
+    rtol = default_rtol if rtol is None else rtol
+
+    errors, scale = [], 0.0
+    for i in range(num_samples):
+        rotations = _draw(group, batch, seed=[int(seed), i])
+        moved = _transform(input_reps, rotations, inputs)
+        moved = tf.nest.pack_sequence_as(inputs, [tf.cast(m, in_dtype) for m in moved])
+        out_of_moved = [tf.cast(o, tf.float64) for o in tf.nest.flatten(_call(fn, moved, training))]
+        moved_out = _transform(output_reps, rotations, outputs)
+        for a, b in zip(out_of_moved, moved_out):
+            err = tf.abs(a - b)
+            errors.append(err.numpy().ravel())
+            scale = max(scale, float(tf.reduce_max(tf.abs(b))))
+    errors = np.concatenate(errors)
+    if not np.all(np.isfinite(errors)):
+        raise AssertionError("Equivariance check produced NaN/Inf: the function's outputs are not finite.")
+    return EquivarianceReport(float(errors.max()), float(errors.mean()), scale, float(atol), float(rtol),
+                              num_samples, group)
+
+
+def assert_equivariant(fn, inputs, input_reps=None, output_reps=None, group="SO3", num_samples=3, seed=0,
+                       atol=None, rtol=None, training=False) -> EquivarianceReport:
+    """Assert ``fn(rho_in(g) x) == rho_out(g) fn(x)`` for random group elements ``g``.
+
+    Args:
+        fn: a callable or Keras layer/model.  A built keras_relaxeq layer
+            declares its representations, so ``input_reps``/``output_reps`` may
+            be omitted.
+        inputs: a tensor or a nest of tensors with a leading batch axis; one
+            group element is drawn per batch element.
+        input_reps, output_reps: a :class:`~keras_relaxeq.groups.Representation`,
+            ``"vector"`` (rotate the last axis of size 3) or ``"invariant"``,
+            or a nest matching the inputs/outputs.
+        group: ``"SO3"`` (rotations) or ``"O3"`` (rotations and improper rotations).
+        num_samples: how many independent draws.
+        atol, rtol: override the dtype-keyed tolerances (:data:`TOLERANCES`).
+
+    Returns:
+        The :class:`EquivarianceReport` (max and mean error).
+
+    Raises:
+        AssertionError: with the max and mean error when the check fails.
+    """
+    report = check_equivariance(fn, inputs, input_reps, output_reps, group, num_samples, seed, atol, rtol,
+                                training)
+    if not report.passed:
+        raise AssertionError(f"Not equivariant: {report}")
+    return report
+
+
+def assert_invariant(fn, inputs, input_reps="vector", group="SO3", num_samples=3, seed=0, atol=None, rtol=None,
+                     training=False) -> EquivarianceReport:
+    """Assert ``fn(rho_in(g) x) == fn(x)``: :func:`assert_equivariant` with invariant outputs."""
+    return assert_equivariant(fn, inputs, input_reps, TrivialRep(), group, num_samples, seed, atol, rtol,
+                              training)

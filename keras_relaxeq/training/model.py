@@ -1,0 +1,122 @@
+"""``RelaxedModel``: a Keras model whose training loss includes the relaxation penalties.
+
+Use it exactly like ``keras.Model`` (functional ``RelaxedModel(inputs, outputs)``
+or subclassed); ``model.fit`` then adds
+
+    lambda_lie * sqrt(LD) + lambda_proj * sqrt(N)        (times theta with penalty_scale="theta")
+
+to the compiled loss, with ``LD`` and ``N`` summed over every relaxed layer of
+the model (one square root over the whole network, method.md section 3), and
+logs ``lie_penalty`` = sqrt(LD) and ``projection_penalty`` = sqrt(N).
+
+Under a ``tf.distribute`` strategy the per-replica sums are added across
+replicas *before* the square root, so N replicas optimise the same objective as
+one worker with the same global batch.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import keras
+import tensorflow as tf
+
+from keras_relaxeq.layers.base import collect_relaxation_penalties, relaxed_layers, safe_sqrt
+
+_PENDING = threading.local()
+PENALTY_SCALES = ("none", "theta")
+
+
+def _pending():
+    if not hasattr(_PENDING, "by_model"):
+        _PENDING.by_model = {}
+    return _PENDING.by_model
+
+
+@keras.saving.register_keras_serializable(package="keras_relaxeq")
+class RelaxedModel(keras.Model):
+    """A ``keras.Model`` that trains its relaxed layers with the Lie and projection penalties.
+
+    Args:
+        lambda_lie: weight of ``sqrt(LD)`` (published: 0.01 VN-PointNet/SEGNN,
+            0.0005 VN-DGCNN).
+        lambda_proj: weight of ``sqrt(N)``.
+        penalty_scale: ``"none"`` or ``"theta"`` (multiply the penalty by the
+            current theta, as the VN-DGCNN code does).
+        check_inputs: assert that training inputs are finite (clear error on NaN).
+    """
+
+    def __init__(self, *args, lambda_lie=0.01, lambda_proj=0.01, penalty_scale="none", check_inputs=True,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        if penalty_scale not in PENALTY_SCALES:
+            raise ValueError(f"penalty_scale must be one of {PENALTY_SCALES}, got {penalty_scale!r}.")
+        self.lambda_lie = float(lambda_lie)
+        self.lambda_proj = float(lambda_proj)
+        self.penalty_scale = penalty_scale
+        self.check_inputs = bool(check_inputs)
+        self.lie_penalty_tracker = keras.metrics.Mean(name="lie_penalty")
+        self.projection_penalty_tracker = keras.metrics.Mean(name="projection_penalty")
+
+    # The training forward pass collects the penalties of every relaxed layer.
+    def __call__(self, *args, **kwargs):
+        if kwargs.get("training") is True:
+            with collect_relaxation_penalties() as collector:
+                outputs = super().__call__(*args, **kwargs)
+            _pending()[id(self)] = collector
+            return outputs
+        return super().__call__(*args, **kwargs)
+
+    def _theta(self):
+        for layer in relaxed_layers(self):
+            if layer.theta is not None:
+                return layer.theta
+        return None
+
+    def relaxation_penalty(self, collector):
+        """``(penalty, sqrt(LD), sqrt(N))`` for the sums in ``collector``, global over replicas."""
+        lie, proj = collector.totals(dtype=tf.float32)
+        ctx = tf.distribute.get_replica_context()
+        if ctx is not None and ctx.num_replicas_in_sync > 1:
+            lie, proj = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [lie, proj])
+        lie_term = safe_sqrt(lie)
+        proj_term = safe_sqrt(proj)
+        penalty = self.lambda_lie * lie_term + self.lambda_proj * proj_term
+        if self.penalty_scale == "theta":
+            theta = self._theta()
+            if theta is not None:
+                penalty = tf.cast(theta, penalty.dtype) * penalty
+        return penalty, lie_term, proj_term
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        if training and self.check_inputs and x is not None and not self.jit_compile:
+            for t in tf.nest.flatten(x):
+                if isinstance(t, tf.Tensor) and t.dtype.is_floating:
+                    tf.debugging.assert_all_finite(
+                        t, "keras_relaxeq: a training batch contains NaN or Inf input values; "
+                           "clean or filter the data set (e.g. drop shapes with non-finite coordinates).")
+        loss = super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+        collector = _pending().pop(id(self), None)
+        if not training or collector is None or len(collector) == 0:
+            return loss
+        penalty, lie_term, proj_term = self.relaxation_penalty(collector)
+        self.lie_penalty_tracker.update_state(lie_term)
+        self.projection_penalty_tracker.update_state(proj_term)
+        # Keras divides each replica's loss by the number of replicas and sums the gradients.
+        num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if num_replicas > 1:
+            penalty = penalty / num_replicas
+        return loss + tf.cast(penalty, loss.dtype)
+
+    def test_step(self, data):
+        logs = super().test_step(data)
+        # Penalties are measured in training only; do not report empty trackers.
+        for name in ("lie_penalty", "projection_penalty"):
+            logs.pop(name, None)
+        return logs
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(lambda_lie=self.lambda_lie, lambda_proj=self.lambda_proj,
+                      penalty_scale=self.penalty_scale, check_inputs=self.check_inputs)
+        return config
