@@ -154,7 +154,7 @@ def axis_rotation(axis, angle, dtype=tf.float32) -> tf.Tensor:
 
     ``axis`` is ``"x"``, ``"y"``, ``"z"`` or a 3-vector (normalised here);
     ``angle`` a scalar or a tensor of shape ``[..., 1]`` (or ``[...]``).
-    Returns ``[..., 3, 3]``.
+    Returns ``[..., 3, 3]`` (``[3, 3]`` for a scalar angle).
     """
     angle = tf.convert_to_tensor(angle, dtype=tf.float64)
     if angle.shape.rank == 0:
