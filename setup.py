@@ -29,6 +29,7 @@ setup(
         "h5py>=3.10",
         "tqdm>=4.66",
         "matplotlib>=3.8",
+        "importlib_resources>=6",  # imported by tensorflow-datasets builders, not declared by it
     ],
     extras_require={
         "cpu": ["tensorflow-cpu>=2.21,<2.22"],

@@ -17,3 +17,16 @@ from keras_relaxeq.groups.so3 import (
     vector_generators,
     wigner_D,
 )
+from keras_relaxeq.groups.irreps import (
+    Irrep,
+    Irreps,
+    IrrepsRep,
+    MulIrrep,
+    as_irreps,
+    balanced_irreps,
+    dimension_balanced_irreps,
+    fully_connected_tp_num_weights,
+    weight_balanced_irreps,
+)
+from keras_relaxeq.groups.spherical_harmonics import spherical_harmonics, spherical_harmonics_coefficients
+from keras_relaxeq.groups.clebsch_gordan import clebsch_gordan, clebsch_gordan_for_irreps

@@ -161,19 +161,45 @@ def linear_branch_penalties(kernel, bias, gram, in_rep: Representation, out_rep:
     output of :func:`gram_statistics` on the (stop-gradient) flattened inputs.
     """
     s_mat, s_vec, count = gram
-    w = kernel
-    # M_k = G_in,k^T W - W G_out,k^T, built with the representations' structure.
-    a = tf.transpose(in_rep.apply_generators(tf.transpose(w), transpose=True), [0, 2, 1])
-    b = out_rep.apply_generators(w)
-    m = a - b  # [3, D_in, D_out]
-    mw = tf.concat([m, w[None]], axis=0)  # [4, D_in, D_out]
-    smw = tf.einsum("ij,kjo->kio", s_mat, mw)
-    quad = tf.reduce_sum(smw * mw, axis=[1, 2])  # tr(M^T S M) for k = 0..2 and tr(W^T S W)
-    lie = tf.reduce_sum(quad[:3])
-    proj = quad[3]
+    w = tf.convert_to_tensor(kernel)
+
+    # Cost: the D_in^2 D_out products S B dominate.  All four quadratic forms share one
+    # matmul, and the gradient reuses it: S is a Gram matrix (symmetric), so
+    # d tr(B^T S B) / dB = 2 S B, which autodiff would recompute with four more
+    # D_in^2 D_out matmuls (S^T (g B)).  The explicit M_k are kept on purpose:
+    # expanding tr(M_k^T S M_k) into W-only terms (Casimir / sum_k G S G^T identities)
+    # is algebraically equal but cancels catastrophically as W approaches an
+    # equivariant map (float32 LD wrong by 100% at ||M|| ~ 1e-4 ||W||), exactly
+    # where the penalty drives it.
+    @tf.custom_gradient
+    def quadratic_forms(s, blocks):
+        """``q_j = tr(B_j^T S B_j)`` for the blocks ``B_j = blocks[:, j, :]`` (``[D_in, n, D_out]``)."""
+        shape = tf.shape(blocks)
+        flat = tf.reshape(blocks, [shape[0], -1])
+        s_blocks = tf.reshape(tf.matmul(s, flat), shape)
+        q = tf.reduce_sum(s_blocks * blocks, axis=[0, 2])
+
+        def grad(dq):
+            scale = dq[None, :, None]
+            d_blocks = 2.0 * scale * s_blocks
+            # Exact gradient w.r.t. S (sum_j dq_j B_j B_j^T); pruned from compiled graphs
+            # when S comes from stop_gradient inputs, as in the penalties.
+            d_s = tf.matmul(tf.reshape(scale * blocks, [shape[0], -1]), flat, transpose_b=True)
+            return d_s, d_blocks
+
+        return q, grad
+
+    # M_k = G_in,k^T W - W G_out,k^T, built with the representations' structure, laid out
+    # [D_in, k, D_out] so that [M_0 M_1 M_2 W] is one [D_in, 4 D_out] matrix.
+    a = tf.transpose(in_rep.apply_generators(tf.transpose(w), transpose=True), [2, 0, 1])
+    b = tf.transpose(out_rep.apply_generators(w), [1, 0, 2])
+    m = a - b  # [D_in, 3, D_out]
+    quad = quadratic_forms(s_mat, tf.concat([m, w[:, None, :]], axis=1))
+    lie = tf.reduce_sum(quad[:3])  # sum_k tr(M_k^T S M_k)
+    proj = quad[3]  # tr(W^T S W)
     if bias is not None:
         c = out_rep.apply_generators(bias)  # [3, D_out]
-        s_m = tf.einsum("i,kio->ko", s_vec, m)
+        s_m = tf.einsum("i,iko->ko", s_vec, m)
         lie = lie - 2.0 * tf.reduce_sum(s_m * c) + count * tf.reduce_sum(c * c)
         proj = proj + 2.0 * tf.reduce_sum(tf.linalg.matvec(w, s_vec, transpose_a=True) * bias) \
             + count * tf.reduce_sum(bias * bias)
@@ -298,6 +324,10 @@ class RelaxedEquivariantLayer(keras.layers.Layer):
             "lie_method": self.lie_method,
             "theta": self.initial_theta,
         }
+
+    def sublayer_config(self) -> dict:
+        """Constructor arguments for sublayers: the relaxation settings and this layer's dtype policy."""
+        return dict(self.relaxation_config(), dtype=self.dtype_policy)
 
     # -- Keras API -------------------------------------------------------------------
     def build(self, input_shape):

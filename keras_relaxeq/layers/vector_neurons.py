@@ -97,8 +97,8 @@ class VNBatchNorm(_VectorLayer):
         super().__init__(**kwargs)
         self.momentum = float(momentum)
         self.epsilon = float(epsilon)
-        self.batchnorm = keras.layers.BatchNormalization(axis=-1, momentum=self.momentum,
-                                                         epsilon=self.epsilon, name="batchnorm")
+        self.batchnorm = keras.layers.BatchNormalization(axis=-1, momentum=self.momentum, epsilon=self.epsilon,
+                                                         dtype=self.dtype_policy, name="batchnorm")
 
     def build_equivariant(self, input_shape):
         self.batchnorm.build(tuple(input_shape[:-1]))
@@ -149,7 +149,7 @@ class VNLeakyReLU(_VectorLayer):
         self.negative_slope = float(negative_slope)
         self.share_nonlinearity = bool(share_nonlinearity)
         self.use_batchnorm = bool(use_batchnorm) and self.channels is not None
-        relax = self.relaxation_config()
+        relax = self.sublayer_config()
         self.map_to_feat = VNLinear(self.channels, name="map_to_feat", **relax) if self.channels else None
         self.batchnorm = VNBatchNorm(name="batchnorm", **relax) if self.use_batchnorm else None
         self.map_to_dir = None
@@ -160,7 +160,7 @@ class VNLeakyReLU(_VectorLayer):
     def build_equivariant(self, input_shape):
         c_in = _check_vector_shape(self, input_shape)
         if self.map_to_dir is None:
-            self.map_to_dir = VNLinear(c_in, name="map_to_dir", **self.relaxation_config())
+            self.map_to_dir = VNLinear(c_in, name="map_to_dir", **self.sublayer_config())
         if self.map_to_feat is not None:
             self.map_to_feat.build(input_shape)
             feat_shape = self.map_to_feat.compute_output_shape(input_shape)
@@ -244,7 +244,7 @@ class VNMaxPool(_VectorLayer):
     def build_equivariant(self, input_shape):
         c_in = _check_vector_shape(self, input_shape)
         _pool_axis(self, len(input_shape))
-        self.map_to_dir = VNLinear(c_in, name="map_to_dir", **self.relaxation_config())
+        self.map_to_dir = VNLinear(c_in, name="map_to_dir", **self.sublayer_config())
         self.map_to_dir.build(input_shape)
 
     def call(self, inputs, training=None):
@@ -297,11 +297,14 @@ class VNStdFeature(RelaxedEquivariantLayer):
         if c < 4:
             raise ValueError(f"VNStdFeature '{self.name}' needs at least 4 input channels (it maps C -> C/2 -> C/4); "
                              f"got {c}.")
+        if self.normalize_frame and c < 8:
+            raise ValueError(f"VNStdFeature '{self.name}' with normalize_frame=True needs at least 8 input channels "
+                             f"(C // 4 >= 2 vectors feed Gram-Schmidt); got {c}.")
         super().build(input_shape)
 
     def build_equivariant(self, input_shape):
         c = _check_vector_shape(self, input_shape)
-        relax = self.relaxation_config()
+        relax = self.sublayer_config()
         block = dict(negative_slope=self.negative_slope, share_nonlinearity=self.share_nonlinearity,
                      use_batchnorm=self.use_batchnorm, **relax)
         self.vn1 = VNLeakyReLU(c // 2, name="vn1", **block)

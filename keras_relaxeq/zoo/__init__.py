@@ -1,1 +1,68 @@
-"""keras_relaxeq.zoo."""
+"""Model zoo client: the catalogue (``zoo/index.json``), verified downloads and loading.
+
+    from keras_relaxeq import zoo
+    zoo.list_models()                       # names in the catalogue
+    zoo.get_entry("vnpointnet_so3_modelnet40")  # latest version's metadata
+    model = zoo.load("vnpointnet_so3_modelnet40")
+    out = model(points)                     # {"logits", "probabilities", "class_id"}
+
+Environment: ``KERAS_RELAXEQ_CACHE`` (cache root, default ``~/.keras/keras_relaxeq``),
+``KERAS_RELAXEQ_ZOO_URL`` (mirror), ``KERAS_RELAXEQ_OFFLINE=1`` (no network),
+``KERAS_RELAXEQ_ZOO_INDEX`` (another catalogue). See ``zoo/README.md``.
+"""
+
+from keras_relaxeq.zoo.download import (
+    ServingModel,
+    cache_root,
+    cached_path,
+    download,
+    entry_cache_dir,
+    load,
+)
+from keras_relaxeq.zoo.errors import (
+    CacheError,
+    DownloadError,
+    HashMismatchError,
+    InvalidIndexError,
+    KerasFormatUnavailableError,
+    NetworkError,
+    OfflineError,
+    UnknownModelError,
+    UnsafeArchiveError,
+    ZooError,
+)
+from keras_relaxeq.zoo.registry import (
+    Artifact,
+    ZooEntry,
+    get_entry,
+    list_entries,
+    list_models,
+    load_index,
+    model_card,
+)
+
+__all__ = [
+    "Artifact",
+    "CacheError",
+    "DownloadError",
+    "HashMismatchError",
+    "InvalidIndexError",
+    "KerasFormatUnavailableError",
+    "NetworkError",
+    "OfflineError",
+    "ServingModel",
+    "UnknownModelError",
+    "UnsafeArchiveError",
+    "ZooEntry",
+    "ZooError",
+    "cache_root",
+    "cached_path",
+    "download",
+    "entry_cache_dir",
+    "get_entry",
+    "list_entries",
+    "list_models",
+    "load",
+    "load_index",
+    "model_card",
+]

@@ -129,6 +129,10 @@ def test_project_recurses_through_nested_models_and_containers():
             self.lin = VNLinear(channels, relaxed=relaxed, relaxation_initializer="ones", name="lin")
             self.act = VNLeakyReLU(channels, relaxed=relaxed, relaxation_initializer="ones", name="act")
 
+        def build(self, input_shape):
+            self.lin.build(input_shape)
+            self.act.build(self.lin.compute_output_shape(input_shape))
+
         def call(self, x, training=None):
             return self.act(self.lin(x), training=training)
 

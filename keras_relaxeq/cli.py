@@ -1,0 +1,366 @@
+"""``relaxeq`` command line: the model zoo.
+
+    relaxeq zoo list [--all-versions] [--json]
+    relaxeq zoo info NAME [--version V] [--card] [--json]
+    relaxeq zoo download NAME [--version V] [--cache-dir DIR] [--base-url URL] [--offline]
+    relaxeq zoo verify [NAME ...] [--atol A] [--rtol R] [...]
+    relaxeq zoo serve-config --base-dir DIR [--model-base-path-prefix /models] [--link]
+
+Every ``zoo`` command takes ``--index PATH`` (default ``$KERAS_RELAXEQ_ZOO_INDEX`` or the
+repository's ``zoo/index.json``). Exit status: 0 success, 1 a zoo error or a failed check,
+2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+
+def _add_fetch_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache-dir", help="cache root (default $KERAS_RELAXEQ_CACHE or "
+                                       "~/.keras/keras_relaxeq)")
+    p.add_argument("--base-url", help="mirror: http(s) URL, file:// URL or local directory "
+                                      "(default $KERAS_RELAXEQ_ZOO_URL, else the zoo/ folder)")
+    p.add_argument("--offline", action="store_true", default=None,
+                   help="no network access (also $KERAS_RELAXEQ_OFFLINE=1); cache and local "
+                        "mirrors only")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar")
+    p.add_argument("--max-tries", type=int, default=None,
+                   help="tries per download for transient errors (default 5)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="relaxeq", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command")
+    zoo = sub.add_parser("zoo", help="model zoo: list, inspect, download, verify, serve")
+    zoo.add_argument("--index", help="catalogue file (default $KERAS_RELAXEQ_ZOO_INDEX or "
+                                     "zoo/index.json)")
+    zsub = zoo.add_subparsers(dest="zoo_command")
+
+    p = zsub.add_parser("list", help="list the published models")
+    p.add_argument("--all-versions", action="store_true", help="one line per version")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = zsub.add_parser("info", help="show one entry (metadata, metrics, card)")
+    p.add_argument("name")
+    p.add_argument("--version", type=int, default=None)
+    p.add_argument("--card", action="store_true", help="print the model card")
+    p.add_argument("--json", action="store_true", help="print the raw catalogue entry")
+
+    p = zsub.add_parser("download", help="download, verify and extract one entry")
+    p.add_argument("name")
+    p.add_argument("--version", type=int, default=None)
+    _add_fetch_args(p)
+
+    p = zsub.add_parser("verify", help="check hash, loading, serving signature and (for "
+                                       "point-cloud classifiers) rotation invariance")
+    p.add_argument("names", nargs="*", help="entries to check (default: all, every version)")
+    _add_fetch_args(p)
+    p.add_argument("--num-samples", type=int, default=4, help="point clouds per check")
+    p.add_argument("--num-points", type=int, default=None,
+                   help="points per cloud (default: the entry's input.num_points, else 256)")
+    p.add_argument("--atol", type=float, default=1e-4)
+    p.add_argument("--rtol", type=float, default=1e-3,
+                   help="tolerance on logits: |a-b| <= atol + rtol*max|a| (float32)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = zsub.add_parser("serve-config", help="lay out downloaded entries for TF Serving and "
+                                             "write models.config")
+    p.add_argument("--base-dir", required=True, help="TF Serving model base directory")
+    p.add_argument("--cache-dir", help="cache root to take the models from")
+    p.add_argument("--model-base-path-prefix", default=None,
+                   help="path of --base-dir as TF Serving sees it (e.g. /models in the docker "
+                        "image); default: absolute --base-dir")
+    p.add_argument("--link", action="store_true",
+                   help="symlink versions to the cache instead of copying (not for docker "
+                        "bind mounts)")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands.
+# ---------------------------------------------------------------------------------------------
+
+
+def _fmt_size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _headline_metric(entry) -> str:
+    if not entry.metrics:
+        return "-"
+    m = entry.metrics[0]
+    return f"{m['name']}={m['value']}"
+
+
+def cmd_list(args, out) -> int:
+    from keras_relaxeq.zoo import registry
+
+    cat = registry.load_index(args.index)
+    entries = sorted(cat.entries, key=lambda e: (e.name, e.version))
+    if not args.all_versions:
+        latest = {}
+        for e in entries:
+            latest[e.name] = e
+        entries = list(latest.values())
+    if args.json:
+        print(json.dumps([{"name": e.name, "version": e.version, "task": e.task,
+                           "size": e.artifact.size, "metrics": list(e.metrics)}
+                          for e in entries], indent=2), file=out)
+        return 0
+    if not entries:
+        print(f"No models in the catalogue {cat.path} yet.", file=out)
+        return 0
+    rows = [("NAME", "VERSION", "TASK", "SIZE", "METRIC")]
+    rows += [(e.name, str(e.version), e.task, _fmt_size(e.artifact.size), _headline_metric(e))
+             for e in entries]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip(), file=out)
+    return 0
+
+
+def cmd_info(args, out) -> int:
+    from keras_relaxeq.zoo import registry
+
+    cat = registry.load_index(args.index)
+    e = cat.get(args.name, args.version)
+    if args.json:
+        print(json.dumps(e.to_dict(), indent=2), file=out)
+        return 0
+    lines = [
+        f"{e.name} v{e.version} (versions: {', '.join(map(str, cat.versions(e.name)))})",
+        f"  task:         {e.task}",
+        f"  architecture: {e.architecture.get('class')} {json.dumps(e.architecture.get('config'))}",
+        f"  group:        {e.group}    dataset: {e.dataset}",
+        f"  input:        {e.input.get('name')} {e.input.get('dtype')} {e.input.get('shape')}",
+        f"  preprocessing: {e.input.get('preprocessing')}",
+        f"  outputs:      {', '.join(e.outputs)}",
+        f"  artifact:     {e.artifact.file} ({_fmt_size(e.artifact.size)}, sha256 "
+        f"{e.artifact.sha256})",
+    ]
+    for m in e.metrics:
+        lines.append(f"  metric:       {m['name']} = {m['value']} ({m.get('split', '')}"
+                     f"{', ' if m.get('split') else ''}{m['protocol']})")
+    lines += [f"  license:      {e.license}", f"  citation:     {e.citation}"]
+    if e.card:
+        lines.append(f"  card:         {cat.root / e.card}")
+    print("\n".join(lines), file=out)
+    if args.card:
+        print("", file=out)
+        print(registry.model_card(e.name, e.version, index=args.index), file=out)
+    return 0
+
+
+def _fetch_kwargs(args) -> dict:
+    return dict(cache_dir=args.cache_dir, base_url=args.base_url, offline=args.offline,
+                progress=args.progress, max_tries=args.max_tries, index=args.index)
+
+
+def cmd_download(args, out) -> int:
+    from keras_relaxeq.zoo.download import download
+
+    path = download(args.name, args.version, **_fetch_kwargs(args))
+    print(path, file=out)
+    return 0
+
+
+def _check_signature(model, entry) -> list[str]:
+    problems = []
+    spec = model.input_specs.get(entry.input_name)
+    if spec is None:
+        return [f"serving_default has no input {entry.input_name!r} "
+                f"(inputs: {sorted(model.input_specs)})"]
+    if spec.dtype.name != entry.input.get("dtype", "float32"):
+        problems.append(f"input dtype {spec.dtype.name}, catalogue says {entry.input['dtype']}")
+    want = entry.input.get("shape")
+    got = spec.shape.as_list() if spec.shape.rank is not None else None
+    if want is not None and got is not None:
+        # The batch axis is free; elsewhere the model must accept what the catalogue promises
+        # (a free axis in the catalogue needs a free axis in the signature).
+        if len(want) != len(got) or any(
+                (w is None and g is not None) or (w is not None and g is not None and w != g)
+                for w, g in list(zip(want, got))[1:]):
+            problems.append(f"input shape {got}, catalogue says {want}")
+    missing = sorted(set(entry.outputs) - set(model.output_names))
+    if missing:
+        problems.append(f"outputs {missing} missing (has {model.output_names})")
+    if entry.task == "point_cloud_classification":
+        need = {"logits", "probabilities", "class_id"} - set(model.output_names)
+        if need:
+            problems.append(f"classifier outputs {sorted(need)} missing")
+    return problems
+
+
+def check_invariance(model, entry, *, num_samples=4, num_points=None, atol=1e-4, rtol=1e-3,
+                     seed=0) -> tuple[bool, float, float, float]:
+    """Logits on random clouds vs. on randomly rotated copies: ``(ok, max_err, mean_err, tol)``."""
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_relaxeq.groups import random_rotations
+
+    spec = model.input_specs[entry.input_name]
+    shape = spec.shape.as_list()
+    n = num_points or entry.input.get("num_points") or (shape[1] if len(shape) > 1 and shape[1]
+                                                        else 256)
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(num_samples, n, 3))
+    x -= x.mean(axis=1, keepdims=True)
+    x /= np.linalg.norm(x, axis=-1).max(axis=1)[:, None, None]  # centred, in the unit sphere
+    rot = random_rotations(num_samples, seed=seed, dtype=tf.float64).numpy()
+    xr = np.einsum("bij,bnj->bni", rot, x)  # rotate in float64
+    a = model(x.astype(np.float32))["logits"].astype(np.float64)
+    b = model(xr.astype(np.float32))["logits"].astype(np.float64)
+    err = np.abs(a - b)
+    tol = atol + rtol * float(np.abs(a).max())
+    return bool(err.max() <= tol), float(err.max()), float(err.mean()), tol
+
+
+def cmd_verify(args, out) -> int:
+    from keras_relaxeq.zoo import registry
+    from keras_relaxeq.zoo.download import ServingModel, ensure_artifact
+
+    cat = registry.load_index(args.index)
+    if args.names:
+        for n in args.names:
+            cat.get(n)  # UnknownModelError with suggestions
+        entries = [e for e in cat.entries if e.name in set(args.names)]
+    else:
+        entries = list(cat.entries)
+    entries.sort(key=lambda e: (e.name, e.version))
+    if not entries:
+        print(f"No entries in the catalogue {cat.path}; nothing to verify.", file=out)
+        return 0
+    failures = 0
+    for e in entries:
+        label = f"{e.name} v{e.version}"
+        steps = []
+        try:
+            path = ensure_artifact(e, e.artifact, catalogue=cat, cache_dir=args.cache_dir,
+                                   base_url=args.base_url, offline=args.offline,
+                                   progress=args.progress, max_tries=args.max_tries)
+            steps.append("sha256 ok")
+            model = ServingModel(path, e)
+            steps.append("loads")
+            problems = _check_signature(model, e)
+            if problems:
+                raise AssertionError("signature: " + "; ".join(problems))
+            steps.append("signature ok")
+            if e.is_invariant_classifier:
+                ok, mx, mean, tol = check_invariance(
+                    model, e, num_samples=args.num_samples, num_points=args.num_points,
+                    atol=args.atol, rtol=args.rtol, seed=args.seed)
+                detail = f"rotation invariance max err {mx:.2e}, mean {mean:.2e} (tol {tol:.2e})"
+                if not ok:
+                    raise AssertionError(detail)
+                steps.append(detail)
+            else:
+                steps.append(f"invariance check n/a for task {e.task}")
+            print(f"OK    {label}: " + ", ".join(steps), file=out)
+        except Exception as exc:  # report every entry, then fail
+            failures += 1
+            done = (", ".join(steps) + "; ") if steps else ""
+            print(f"FAIL  {label}: {done}{type(exc).__name__}: {exc}", file=out)
+    print(f"{len(entries) - failures}/{len(entries)} entries passed.", file=out)
+    return 1 if failures else 0
+
+
+def cmd_serve_config(args, out) -> int:
+    from keras_relaxeq.export.serving import update_models_config
+    from keras_relaxeq.zoo import registry
+    from keras_relaxeq.zoo.download import (
+        archive_manifest,
+        cached_path,
+        entry_cache_dir,
+        tree_problems,
+    )
+    from keras_relaxeq.zoo.errors import ZooError
+
+    cat = registry.load_index(args.index)
+    base = Path(args.base_dir).expanduser()
+    prefix = args.model_base_path_prefix or str(base.resolve())
+    served = {}
+    for e in sorted(cat.entries, key=lambda e: (e.name, e.version)):
+        src = cached_path(e.name, e.version, cache_dir=args.cache_dir, index=args.index)
+        if src is None:
+            print(f"skip  {e.name} v{e.version}: not downloaded (relaxeq zoo download "
+                  f"{e.name} --version {e.version})", file=out)
+            continue
+        dest = base / e.name / str(e.version)
+        if dest.exists() or dest.is_symlink():
+            manifest = archive_manifest(entry_cache_dir(e, args.cache_dir) / e.artifact.basename)
+            problems = tree_problems(dest, manifest)
+            if problems:
+                raise ZooError(f"{dest} exists and differs from the verified "
+                               f"{e.name} v{e.version} ({'; '.join(problems[:3])}); "
+                               "remove it and run again.")
+        else:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if args.link:
+                os.symlink(src.resolve(), dest, target_is_directory=True)
+            else:
+                tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{e.version}-", dir=dest.parent))
+                try:
+                    shutil.copytree(src, tmp / "v")  # copies: never share inodes with the cache
+                    os.replace(tmp / "v", dest)
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+        served[e.name] = prefix.rstrip("/") + "/" + e.name
+        print(f"serve {e.name} v{e.version}: {dest}", file=out)
+    if not served:
+        print("No downloaded entries; models.config not written. Download some with "
+              "`relaxeq zoo download NAME`.", file=out)
+        return 0
+    config = update_models_config(base, served)
+    print(f"wrote {config}", file=out)
+    print("Serve with:\n  docker run -p 8501:8501 -v "
+          f"{base.resolve()}:/models -t tensorflow/serving "
+          "--model_config_file=/models/models.config"
+          + ("" if args.model_base_path_prefix == "/models" else
+             "\n  (write the config with --model-base-path-prefix /models for that mount)"),
+          file=out)
+    return 0
+
+
+COMMANDS = {
+    "list": cmd_list,
+    "info": cmd_info,
+    "download": cmd_download,
+    "verify": cmd_verify,
+    "serve-config": cmd_serve_config,
+}
+
+
+def main(argv=None, out=None) -> int:
+    """Entry point of the ``relaxeq`` console script; returns the exit status."""
+    from keras_relaxeq.zoo.errors import ZooError
+
+    out = out or sys.stdout
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command != "zoo" or not getattr(args, "zoo_command", None):
+        parser.print_help(file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[args.zoo_command](args, out)
+    except ZooError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

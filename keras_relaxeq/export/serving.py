@@ -1,0 +1,554 @@
+"""SavedModel export for TF Serving, the ``models.config`` file, and reproducible packing.
+
+``export_saved_model`` writes ``<base_dir>/<name>/<version>/`` (``saved_model.pb`` +
+``variables/``) through ``keras.export.ExportArchive``, with one named input (``points``,
+``float32 [batch, points, 3]``) and dict outputs, under the endpoint ``serve`` aliased as
+``serving_default``. Only projected models are served: a model that still has relaxation branches
+is refused unless ``allow_relaxed=True``, in which case it is projected first
+(``keras_relaxeq.export.projection.project``) and the projection is exported.
+
+The artifact needs nothing but stock TensorFlow to load and serve::
+
+    docker run -p 8501:8501 -v "$BASE_DIR:/models" -t tensorflow/serving \\
+        --model_config_file=/models/models.config
+    curl -d '{"instances": [[[0.1, 0.2, 0.3], ...]]}' \\
+        http://localhost:8501/v1/models/<name>:predict       # row format
+    curl -d '{"inputs": {"points": [[[0.1, 0.2, 0.3], ...]]}}' \\
+        http://localhost:8501/v1/models/<name>:predict       # columnar format
+
+(write the config with ``config_base_path="/models"`` for the container's paths; see
+``zoo/README.md``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import re
+import shutil
+import stat
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping, NamedTuple
+
+DEFAULT_ENDPOINT = "serve"
+SERVING_DEFAULT = "serving_default"
+MODELS_CONFIG = "models.config"
+
+#: Ops that would tie a SavedModel to a Python process; never allowed in an export.
+FORBIDDEN_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc"})
+
+_MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+# ---------------------------------------------------------------------------------------------
+# Output builders: model output -> dict of named serving outputs.
+# ---------------------------------------------------------------------------------------------
+
+
+def _single_output(y, wanted="logits"):
+    if isinstance(y, Mapping):
+        if wanted in y:
+            return y[wanted]
+        if len(y) == 1:
+            return next(iter(y.values()))
+        raise ValueError(f"Model returns a dict with keys {sorted(y)}; the classification "
+                         f"output builder needs a {wanted!r} key or a single output.")
+    if isinstance(y, (list, tuple)):
+        if len(y) == 1:
+            return y[0]
+        raise ValueError(f"Model returns {len(y)} outputs; pass outputs=<callable> to name them.")
+    return y
+
+
+def classification_outputs(y) -> dict:
+    """``{"logits", "probabilities" (softmax), "class_id" (argmax, int64)}`` from class logits."""
+    import tensorflow as tf
+
+    logits = tf.convert_to_tensor(_single_output(y, "logits"))
+    logits = tf.cast(logits, tf.float32)
+    return {
+        "logits": tf.identity(logits, name="logits"),
+        "probabilities": tf.nn.softmax(logits, axis=-1, name="probabilities"),
+        "class_id": tf.argmax(logits, axis=-1, output_type=tf.int64, name="class_id"),
+    }
+
+
+def regression_outputs(y) -> dict:
+    """``{"prediction": y}``; a model that returns a dict keeps its own output names."""
+    import tensorflow as tf
+
+    if isinstance(y, Mapping):
+        return {str(k): tf.identity(v) for k, v in y.items()}
+    return {"prediction": tf.identity(_single_output(y, "prediction"), name="prediction")}
+
+
+OUTPUT_BUILDERS: dict[str, Callable[[Any], Mapping[str, Any]]] = {
+    "classification": classification_outputs,
+    "regression": regression_outputs,
+}
+
+
+def register_output_builder(name: str, fn: Callable[[Any], Mapping[str, Any]]) -> None:
+    """Make ``outputs=name`` available to :func:`export_saved_model`.
+
+    ``fn`` maps the model output (inside a ``tf.function``; use stock TF ops only) to a dict of
+    named tensors, which become the signature's output names.
+    """
+    OUTPUT_BUILDERS[name] = fn
+
+
+def _resolve_outputs(outputs, num_classes_output):
+    if outputs is None:
+        outputs = "classification" if num_classes_output else "regression"
+    if callable(outputs):
+        return outputs
+    try:
+        return OUTPUT_BUILDERS[outputs]
+    except KeyError:
+        raise ValueError(f"Unknown outputs={outputs!r}; choose one of {sorted(OUTPUT_BUILDERS)} "
+                         "or pass a callable (see register_output_builder).") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Relaxation branches and projection.
+# ---------------------------------------------------------------------------------------------
+
+
+def _variables_named_relaxation(model) -> list[str]:
+    found = []
+    for v in getattr(model, "weights", []):
+        path = getattr(v, "path", None) or getattr(v, "name", "")
+        if "relaxation_kernel" in path:
+            found.append(path)
+    return found
+
+
+def _projection_api():
+    """``(has_relaxation_branches, project)``; ``project`` is None if the module is missing."""
+    try:
+        from keras_relaxeq.export.projection import has_relaxation_branches, project
+    except ImportError:
+        # Projection not available: a plain Keras model needs none. Still refuse models that
+        # visibly carry relaxation weights (conventions: they are named ``relaxation_kernel``).
+        return (lambda m: bool(_variables_named_relaxation(m))), None
+    return has_relaxation_branches, project
+
+
+def _ensure_projected(model, allow_relaxed: bool):
+    has_branches, project = _projection_api()
+    if not has_branches(model):
+        return model
+    if not allow_relaxed:
+        names = _variables_named_relaxation(model)
+        detail = f" (e.g. {', '.join(names[:3])})" if names else ""
+        raise ValueError(
+            f"Model {getattr(model, 'name', model)!r} still has relaxation branches{detail}. "
+            "Serve projected models only: call keras_relaxeq.export.projection.project(model) "
+            "and export the result, or pass allow_relaxed=True to have export_saved_model "
+            "project it for you.")
+    if project is None:
+        raise RuntimeError("The model has relaxation branches but keras_relaxeq.export.projection "
+                           "is not available to remove them; project the model first.")
+    projected = project(model)
+    if has_branches(projected):
+        raise RuntimeError("project(model) returned a model that still has relaxation branches.")
+    return projected
+
+
+# ---------------------------------------------------------------------------------------------
+# Input signature.
+# ---------------------------------------------------------------------------------------------
+
+
+def _model_input_shape(model):
+    """Shape ``(None, ...)`` and dtype of a single-input Functional/Sequential model, or None."""
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        inputs = None
+    if inputs and len(inputs) == 1:
+        shape = tuple(inputs[0].shape)
+        return (None,) + shape[1:], str(inputs[0].dtype)
+    return None
+
+
+def _as_spec(value, name, default_dtype="float32"):
+    import tensorflow as tf
+
+    if isinstance(value, tf.TensorSpec):
+        return tf.TensorSpec(value.shape, value.dtype, name=name)
+    shape = getattr(value, "shape", value)  # keras.InputSpec / KerasTensor / tuple
+    dtype = getattr(value, "dtype", None) or default_dtype
+    shape = [None] + [None if d is None else int(d) for d in list(shape)[1:]]
+    return tf.TensorSpec(shape, tf.as_dtype(str(dtype).replace("tf.", "")), name=name)
+
+
+def resolve_input_signature(model, input_name="points", input_signature=None,
+                            input_shape=None) -> dict:
+    """``{name: tf.TensorSpec}`` for the serving signature (batch dimension always ``None``).
+
+    Priority: ``input_signature`` (a spec, a shape, or a ``{name: spec-or-shape}`` dict for models
+    with several inputs), then ``input_shape``, then the model's own single input (Functional and
+    Sequential models: the number of points stays free when the model leaves it free), then
+    ``[None, None, 3]`` (subclassed models: any batch, any number of points).
+    """
+    if isinstance(input_signature, Mapping):
+        return {str(k): _as_spec(v, str(k)) for k, v in input_signature.items()}
+    if input_signature is not None:
+        return {input_name: _as_spec(input_signature, input_name)}
+    if input_shape is not None:
+        return {input_name: _as_spec(tuple(input_shape), input_name)}
+    found = _model_input_shape(model)
+    if found is not None:
+        shape, dtype = found
+        return {input_name: _as_spec(shape, input_name, dtype)}
+    return {input_name: _as_spec((None, None, 3), input_name)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Export.
+# ---------------------------------------------------------------------------------------------
+
+
+def list_ops(export_dir) -> set[str]:
+    """Every op type used by the SavedModel's graphs and function library."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    sm = saved_model_pb2.SavedModel()
+    sm.ParseFromString((Path(export_dir) / "saved_model.pb").read_bytes())
+    ops = set()
+    for mg in sm.meta_graphs:
+        ops.update(n.op for n in mg.graph_def.node)
+        for fn in mg.graph_def.library.function:
+            ops.update(n.op for n in fn.node_def)
+    return ops
+
+
+def check_stock_ops(export_dir) -> set[str]:
+    """Raise ``ValueError`` if the SavedModel uses a Python op or an op unknown to stock TF."""
+    from tensorflow.python.framework import op_def_registry
+
+    ops = list_ops(export_dir)
+    bad = sorted(o for o in ops if o in FORBIDDEN_OPS or op_def_registry.get(o) is None)
+    if bad:
+        raise ValueError(f"SavedModel {export_dir} uses non-stock ops {bad}; TF Serving cannot "
+                         "run them. Replace tf.py_function / custom ops with TF ops.")
+    return ops
+
+
+def export_saved_model(
+    model,
+    base_dir,
+    name: str,
+    version: int,
+    *,
+    allow_relaxed: bool = False,
+    input_name: str = "points",
+    num_classes_output: bool = True,
+    outputs: str | Callable | None = None,
+    input_signature=None,
+    input_shape=None,
+    overwrite: bool = False,
+    write_config: bool = True,
+    config_base_path: str | None = None,
+    check_ops: bool = True,
+    verbose: bool = False,
+) -> Path:
+    """Export ``model`` to ``<base_dir>/<name>/<version>/`` for TF Serving; return that path.
+
+    Args:
+        model: a built Keras model. If it still has relaxation branches it is refused unless
+            ``allow_relaxed=True``, which projects it (``projection.project``) before export.
+        base_dir: the TF Serving model base directory (holds ``models.config``).
+        name: TF Serving model name (the zoo uses ``<arch>_<group>_<dataset>``).
+        version: positive integer version; an existing version is never overwritten unless
+            ``overwrite=True`` (published artifacts are immutable).
+        input_name: name of the single serving input (``points``).
+        num_classes_output: shorthand used when ``outputs`` is None: True -> the model returns
+            class logits (``outputs="classification"``), False -> ``outputs="regression"``.
+        outputs: ``"classification"`` (``logits``, ``probabilities``, ``class_id``),
+            ``"regression"`` (``prediction``), a name given to :func:`register_output_builder`,
+            or a callable ``model_output -> {name: tensor}``.
+        input_signature / input_shape: override the input spec (see
+            :func:`resolve_input_signature`); by default it comes from the model.
+        write_config: add/replace this model's entry in ``<base_dir>/models.config``.
+        config_base_path: directory that TF Serving will see in place of ``base_dir`` (e.g.
+            ``"/models"`` inside the ``tensorflow/serving`` container); default: absolute
+            ``base_dir``.
+        check_ops: fail if the export uses ``tf.py_function`` or non-stock ops.
+    """
+    import keras
+
+    if not _MODEL_NAME_RE.match(name):
+        raise ValueError(f"Invalid model name {name!r}: use letters, digits, '_', '-', '.'.")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"version must be a positive integer, got {version!r} (TF Serving only "
+                         "loads integer-named version directories).")
+    build_outputs = _resolve_outputs(outputs, num_classes_output)
+    model = _ensure_projected(model, allow_relaxed)
+    specs = resolve_input_signature(model, input_name, input_signature, input_shape)
+    single = next(iter(specs)) if len(specs) == 1 else None
+
+    def serve(inputs):
+        x = inputs[single] if single is not None else dict(inputs)
+        y = model(x, training=False)
+        result = dict(build_outputs(y))
+        if not result:
+            raise ValueError("The output builder returned no outputs.")
+        return result
+
+    model_dir = Path(base_dir) / name
+    final = model_dir / str(version)
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"{final} already exists; published versions are immutable. Export "
+                              "a new version (or pass overwrite=True for a scratch directory).")
+    model_dir.mkdir(parents=True, exist_ok=True)
+    # A non-integer directory name: TF Serving ignores it while it is being written.
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-export-{version}-", dir=model_dir))
+    try:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint(DEFAULT_ENDPOINT, serve, input_signature=[specs])
+        archive.write_out(str(tmp / "sm"), verbose=verbose)
+        if check_ops:
+            check_stock_ops(tmp / "sm")
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".tmp-old-{version}-", dir=model_dir))
+            os.replace(final, old / "v")
+            os.replace(tmp / "sm", final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp / "sm", final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if write_config:
+        prefix = config_base_path if config_base_path is not None else str(
+            Path(base_dir).resolve())
+        update_models_config(base_dir, {name: _join_base(prefix, name)})
+    return final
+
+
+def _join_base(prefix: str, name: str) -> str:
+    return prefix.rstrip("/") + "/" + name if prefix else name
+
+
+# ---------------------------------------------------------------------------------------------
+# models.config (TF Serving ModelServerConfig text proto).
+# ---------------------------------------------------------------------------------------------
+
+
+def _strip_comments(text: str) -> str:
+    out, i, in_str, quote = [], 0, False, ""
+    while i < len(text):
+        c = text[i]
+        if in_str:
+            out.append(c)
+            if c == "\\" and i + 1 < len(text):
+                out.append(text[i + 1])
+                i += 1
+            elif c == quote:
+                in_str = False
+        elif c in "\"'":
+            in_str, quote = True, c
+            out.append(c)
+        elif c == "#":
+            while i < len(text) and text[i] != "\n":
+                i += 1
+            continue
+        else:
+            out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def _match_brace(text: str, open_idx: int) -> int:
+    depth, i, in_str, quote = 0, open_idx, False, ""
+    while i < len(text):
+        c = text[i]
+        if in_str:
+            if c == "\\":
+                i += 1
+            elif c == quote:
+                in_str = False
+        elif c in "\"'":
+            in_str, quote = True, c
+        elif c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    raise ValueError("unbalanced braces")
+
+
+def _proto_str(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _unquote(s: str) -> str:
+    return re.sub(r"\\(.)", r"\1", s)
+
+
+def read_models_config(path) -> list[tuple[str, str]]:
+    """``[(name, config_block_body)]`` of an existing ``models.config`` (empty if absent)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    text = _strip_comments(path.read_text(encoding="utf-8"))
+    if not text.strip():
+        return []
+    m = re.search(r"\bmodel_config_list\s*:?\s*\{", text)
+    if not m:
+        raise ValueError(f"{path} is not a TF Serving model config (no model_config_list); "
+                         "refusing to overwrite it.")
+    end = _match_brace(text, m.end() - 1)
+    body = text[m.end():end]
+    blocks, pos = [], 0
+    for cm in re.finditer(r"\bconfig\s*:?\s*\{", body):
+        if cm.start() < pos:
+            continue
+        close = _match_brace(body, cm.end() - 1)
+        block = body[cm.end():close]
+        nm = re.search(r'\bname\s*:\s*"((?:[^"\\]|\\.)*)"', block)
+        if not nm:
+            raise ValueError(f"{path}: a config block has no name")
+        blocks.append((_unquote(nm.group(1)), block.strip()))
+        pos = close + 1
+    return blocks
+
+
+def format_model_config(name: str, base_path: str, platform: str = "tensorflow") -> str:
+    return (f"name: {_proto_str(name)}\n"
+            f"    base_path: {_proto_str(base_path)}\n"
+            f"    model_platform: {_proto_str(platform)}")
+
+
+def update_models_config(base_dir, models: Mapping[str, str], config_path=None) -> Path:
+    """Add or replace ``{name: base_path}`` entries in ``models.config``, keeping the others."""
+    config_path = Path(config_path) if config_path else Path(base_dir) / MODELS_CONFIG
+    blocks = dict(read_models_config(config_path))  # preserves order, replaces by name
+    for name, base_path in models.items():
+        blocks[name] = format_model_config(name, base_path)
+    lines = ["model_config_list {"]
+    for body in blocks.values():
+        body_lines = [ln.strip() for ln in body.splitlines() if ln.strip()]
+        lines.append("  config {")
+        lines.extend("    " + ln for ln in body_lines)
+        lines.append("  }")
+    lines.append("}")
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-models-config-", dir=config_path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+        os.replace(tmp, config_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return config_path
+
+
+# ---------------------------------------------------------------------------------------------
+# Reproducible packing.
+# ---------------------------------------------------------------------------------------------
+
+
+class PackedArtifact(NamedTuple):
+    path: Path
+    sha256: str
+    size: int
+
+
+def sha256_file(path, chunk_size: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(chunk_size), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _tarinfo(name: str, st: os.stat_result, is_dir: bool) -> tarfile.TarInfo:
+    ti = tarfile.TarInfo(name)
+    ti.mtime = 0
+    ti.uid = ti.gid = 0
+    ti.uname = ti.gname = ""
+    if is_dir:
+        ti.type = tarfile.DIRTYPE
+        ti.mode = 0o755
+    else:
+        ti.type = tarfile.REGTYPE
+        ti.size = st.st_size
+        ti.mode = 0o755 if st.st_mode & stat.S_IXUSR else 0o644
+    return ti
+
+
+def pack_saved_model(export_dir, tar_path) -> PackedArtifact:
+    """Pack ``export_dir``'s contents into a byte-reproducible ``.tar.gz``.
+
+    Members are the directory's contents (``saved_model.pb``, ``variables/...``) at the archive
+    root, in sorted order, with mtime 0, uid/gid 0, no user names and normalised modes; the gzip
+    header carries no name and mtime 0. Packing the same directory twice gives the same sha256.
+    Returns ``(path, sha256, size)`` for the catalogue entry.
+    """
+    export_dir = Path(export_dir)
+    if not (export_dir / "saved_model.pb").is_file():
+        raise ValueError(f"{export_dir} is not a SavedModel directory (no saved_model.pb).")
+    tar_path = Path(tar_path)
+    tar_path.parent.mkdir(parents=True, exist_ok=True)
+    members = []
+    for root, dirs, files in os.walk(export_dir):
+        dirs.sort()
+        rel_root = Path(root).relative_to(export_dir)
+        for d in dirs:
+            members.append((rel_root / d, True))
+        for f in sorted(files):
+            members.append((rel_root / f, False))
+    members.sort(key=lambda m: m[0].as_posix())
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-pack-", suffix=".tar.gz", dir=tar_path.parent)
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
+                               compresslevel=9) as gz:
+                with tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
+                    for rel, is_dir in members:
+                        full = export_dir / rel
+                        st = full.lstat()
+                        if stat.S_ISLNK(st.st_mode) or not (
+                                stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+                            raise ValueError(f"{full}: only regular files and directories can "
+                                             "be packed")
+                        ti = _tarinfo(rel.as_posix(), st, is_dir)
+                        if is_dir:
+                            tar.addfile(ti)
+                        else:
+                            with open(full, "rb") as f:
+                                tar.addfile(ti, f)
+        os.replace(tmp, tar_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return PackedArtifact(tar_path, sha256_file(tar_path), tar_path.stat().st_size)
+
+
+__all__ = [
+    "FORBIDDEN_OPS",
+    "MODELS_CONFIG",
+    "OUTPUT_BUILDERS",
+    "PackedArtifact",
+    "check_stock_ops",
+    "classification_outputs",
+    "export_saved_model",
+    "format_model_config",
+    "list_ops",
+    "pack_saved_model",
+    "read_models_config",
+    "register_output_builder",
+    "regression_outputs",
+    "resolve_input_signature",
+    "sha256_file",
+    "update_models_config",
+]

@@ -1,0 +1,337 @@
+"""The model-zoo catalogue: ``zoo/index.json`` and the model cards next to it.
+
+The catalogue ships in the repository's top-level ``zoo/`` folder, located relative to the
+package (``Path(keras_relaxeq.__file__).parents[1] / "zoo"``). Set ``KERAS_RELAXEQ_ZOO_INDEX`` to
+the path of another ``index.json`` (or of a folder holding one) to use a different catalogue.
+The schema is documented in ``zoo/README.md``; :func:`load_index` validates it.
+
+Entries are immutable: a new artifact is a new integer version with a new sha256. Names are
+``<arch>_<group>_<dataset>`` (lower case, ``[a-z0-9]`` words joined by ``_``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Mapping
+
+from keras_relaxeq.zoo.errors import InvalidIndexError, UnknownModelError, ZooError
+
+ENV_INDEX = "KERAS_RELAXEQ_ZOO_INDEX"
+SCHEMA_VERSION = 1
+INDEX_FILENAME = "index.json"
+
+#: Tasks known to the tooling. ``relaxeq zoo verify`` checks rotation invariance of the logits
+#: for ``INVARIANT_TASKS``; other tasks get the hash / load / signature checks only.
+TASKS = ("point_cloud_classification", "nbody_regression", "regression", "other")
+INVARIANT_TASKS = ("point_cloud_classification",)
+
+_NAME_RE = re.compile(r"^[a-z0-9]+(_[a-z0-9]+){2,}$")
+_WORD_RE = re.compile(r"^[a-z0-9]+$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def default_zoo_dir() -> Path:
+    """The repository's ``zoo/`` folder (``Path(keras_relaxeq.__file__).parents[1] / "zoo"``)."""
+    import keras_relaxeq
+
+    return Path(keras_relaxeq.__file__).resolve().parents[1] / "zoo"
+
+
+def index_path(index=None) -> Path:
+    """Resolve the catalogue file: argument, else ``$KERAS_RELAXEQ_ZOO_INDEX``, else the repo's."""
+    raw = index if index is not None else os.environ.get(ENV_INDEX) or None
+    path = Path(raw).expanduser() if raw is not None else default_zoo_dir() / INDEX_FILENAME
+    if path.is_dir():
+        path = path / INDEX_FILENAME
+    return path
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One published file: path relative to the mirror root, byte size, sha256 (hex)."""
+
+    file: str
+    size: int
+    sha256: str
+    format: str = "saved_model.tar.gz"
+
+    @property
+    def basename(self) -> str:
+        return PurePosixPath(self.file).name
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One published model version (see ``zoo/README.md`` for every field)."""
+
+    name: str
+    version: int
+    arch: str
+    group: str
+    dataset: str
+    task: str
+    architecture: Mapping[str, Any]
+    input: Mapping[str, Any]
+    outputs: Mapping[str, Any]
+    artifact: Artifact
+    metrics: tuple
+    license: str
+    citation: str
+    card: str | None = None
+    keras_artifact: Artifact | None = None
+    description: str = ""
+    recipe: str | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def input_name(self) -> str:
+        return self.input.get("name", "points")
+
+    @property
+    def is_invariant_classifier(self) -> bool:
+        return self.task in INVARIANT_TASKS
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(self.raw))
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """A parsed catalogue: its path, optional default base URL, and its entries."""
+
+    path: Path
+    entries: tuple
+    base_url: str | None = None
+
+    @property
+    def root(self) -> Path:
+        """The folder holding the index (cards are relative to it; it is the fallback mirror)."""
+        return self.path.parent
+
+    def names(self) -> list[str]:
+        return sorted({e.name for e in self.entries})
+
+    def versions(self, name: str) -> list[int]:
+        return sorted(e.version for e in self.entries if e.name == name)
+
+    def get(self, name: str, version: int | None = None) -> ZooEntry:
+        candidates = [e for e in self.entries if e.name == name]
+        if not candidates:
+            raise UnknownModelError(name, self.names())
+        if version is None:
+            return max(candidates, key=lambda e: e.version)
+        for e in candidates:
+            if e.version == int(version):
+                return e
+        raise UnknownModelError(name, self.names(), version=version,
+                                versions=self.versions(name))
+
+
+def _fail(path, where, msg):
+    raise InvalidIndexError(f"{path}: {where}: {msg}. Fix the catalogue (schema: zoo/README.md).")
+
+
+def _require(d: Mapping, key: str, types, path, where):
+    if key not in d:
+        _fail(path, where, f"missing required field {key!r}")
+    value = d[key]
+    types_t = types if isinstance(types, tuple) else (types,)
+    if not isinstance(value, types_t) or (isinstance(value, bool) and bool not in types_t):
+        names = " or ".join(t.__name__ for t in types_t)
+        _fail(path, where, f"field {key!r} must be {names}, got {type(value).__name__}")
+    return value
+
+
+def _safe_relpath(p: str, path, where, key) -> str:
+    pp = PurePosixPath(p)
+    if not p or pp.is_absolute() or ".." in pp.parts or "\\" in p or ":" in p:
+        _fail(path, where, f"{key} must be a relative POSIX path without '..', got {p!r}")
+    return str(pp)
+
+
+def _parse_artifact(d, path, where) -> Artifact:
+    if not isinstance(d, Mapping):
+        _fail(path, where, "artifact must be an object")
+    file = _safe_relpath(_require(d, "file", str, path, where), path, where, "artifact.file")
+    size = _require(d, "size", int, path, where)
+    if size <= 0:
+        _fail(path, where, "artifact.size must be a positive byte count")
+    sha = _require(d, "sha256", str, path, where).lower()
+    if not _SHA256_RE.match(sha):
+        _fail(path, where, "artifact.sha256 must be 64 hex digits")
+    fmt = d.get("format", "saved_model.tar.gz")
+    return Artifact(file=file, size=size, sha256=sha, format=fmt)
+
+
+def _parse_entry(d, path, i) -> ZooEntry:
+    where = f"models[{i}]"
+    if not isinstance(d, Mapping):
+        _fail(path, where, "an entry must be an object")
+    name = _require(d, "name", str, path, where)
+    where = f"models[{i}] ({name})"
+    if not _NAME_RE.match(name):
+        _fail(path, where, "name must be '<arch>_<group>_<dataset>' in lower case [a-z0-9_]")
+    version = _require(d, "version", int, path, where)
+    if version < 1:
+        _fail(path, where, "version must be an integer >= 1")
+    arch = _require(d, "arch", str, path, where)
+    group = _require(d, "group", str, path, where)
+    dataset = _require(d, "dataset", str, path, where)
+    for key, word in (("arch", arch), ("group", group), ("dataset", dataset)):
+        if not _WORD_RE.match(word):
+            _fail(path, where, f"{key} must match [a-z0-9]+, got {word!r}")
+    if name != f"{arch}_{group}_{dataset}":
+        _fail(path, where, f"name must equal '<arch>_<group>_<dataset>' = "
+                           f"{arch}_{group}_{dataset}")
+    task = _require(d, "task", str, path, where)
+    if task not in TASKS:
+        _fail(path, where, f"task must be one of {TASKS}")
+    architecture = _require(d, "architecture", dict, path, where)
+    _require(architecture, "class", str, path, where + ".architecture")
+    _require(architecture, "config", dict, path, where + ".architecture")
+    inp = _require(d, "input", dict, path, where)
+    _require(inp, "name", str, path, where + ".input")
+    _require(inp, "dtype", str, path, where + ".input")
+    shape = _require(inp, "shape", list, path, where + ".input")
+    if not all(s is None or (isinstance(s, int) and s > 0) for s in shape):
+        _fail(path, where, "input.shape must be a list of positive ints or null")
+    _require(inp, "preprocessing", str, path, where + ".input")
+    outputs = _require(d, "outputs", dict, path, where)
+    artifact = _parse_artifact(_require(d, "artifact", dict, path, where), path, where)
+    keras_artifact = None
+    if d.get("keras_artifact") is not None:
+        keras_artifact = _parse_artifact(d["keras_artifact"], path, where + ".keras_artifact")
+    metrics = _require(d, "metrics", list, path, where)
+    for j, m in enumerate(metrics):
+        w = f"{where}.metrics[{j}]"
+        if not isinstance(m, dict):
+            _fail(path, w, "a metric must be an object")
+        _require(m, "name", str, path, w)
+        _require(m, "value", (int, float), path, w)
+        _require(m, "protocol", str, path, w)
+    license_ = _require(d, "license", str, path, where)
+    citation = _require(d, "citation", str, path, where)
+    card = d.get("card")
+    if card is not None:
+        card = _safe_relpath(card, path, where, "card")
+    return ZooEntry(
+        name=name, version=version, arch=arch, group=group, dataset=dataset, task=task,
+        architecture=architecture, input=inp, outputs=outputs, artifact=artifact,
+        metrics=tuple(metrics), license=license_, citation=citation, card=card,
+        keras_artifact=keras_artifact, description=d.get("description", ""),
+        recipe=d.get("recipe"), raw=d,
+    )
+
+
+def parse_index(data: Any, path: Path | str = "<index>") -> Catalogue:
+    """Validate a decoded ``index.json`` document and return a :class:`Catalogue`."""
+    path = Path(path)
+    if not isinstance(data, dict):
+        _fail(path, "top level", "must be an object with a 'models' list")
+    schema = data.get("schema_version", SCHEMA_VERSION)
+    if schema != SCHEMA_VERSION:
+        _fail(path, "schema_version", f"unsupported schema {schema!r} (this keras_relaxeq "
+                                      f"reads {SCHEMA_VERSION}); upgrade keras_relaxeq")
+    models = data.get("models")
+    if not isinstance(models, list):
+        _fail(path, "top level", "'models' must be a list")
+    entries = tuple(_parse_entry(d, path, i) for i, d in enumerate(models))
+    seen = set()
+    for e in entries:
+        if (e.name, e.version) in seen:
+            _fail(path, e.name, f"version {e.version} is listed twice (artifacts are immutable: "
+                                "publish a new version instead)")
+        seen.add((e.name, e.version))
+    base_url = data.get("base_url")
+    if base_url is not None and not isinstance(base_url, str):
+        _fail(path, "base_url", "must be a string or null")
+    return Catalogue(path=path, entries=entries, base_url=base_url or None)
+
+
+_cache: dict = {}
+_cache_lock = threading.Lock()
+
+
+def load_index(index=None) -> Catalogue:
+    """Load and validate the catalogue (cached per path and modification time)."""
+    path = index_path(index)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise InvalidIndexError(
+            f"Catalogue file {path} does not exist. Set {ENV_INDEX} to an index.json, or "
+            "reinstall keras_relaxeq from a checkout that has the top-level zoo/ folder."
+        ) from None
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    with _cache_lock:
+        if key in _cache:
+            return _cache[key]
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InvalidIndexError(f"{path} is not valid JSON: {exc}") from None
+    cat = parse_index(data, path)
+    with _cache_lock:
+        _cache.clear()
+        _cache[key] = cat
+    return cat
+
+
+def list_entries(index=None) -> list[ZooEntry]:
+    """Every entry (all versions), sorted by name then version."""
+    return sorted(load_index(index).entries, key=lambda e: (e.name, e.version))
+
+
+def list_models(index=None) -> list[str]:
+    """Sorted names of the published models (one name per model, whatever its versions)."""
+    return load_index(index).names()
+
+
+def get_entry(name: str, version: int | None = None, *, index=None) -> ZooEntry:
+    """The entry ``name`` at ``version`` (latest when ``None``).
+
+    Raises :class:`UnknownModelError` (with close-match suggestions) for an unknown name or version.
+    """
+    return load_index(index).get(name, version)
+
+
+def card_path(name: str, version: int | None = None, *, index=None) -> Path:
+    cat = load_index(index)
+    entry = cat.get(name, version)
+    if not entry.card:
+        raise ZooError(f"Model {name!r} v{entry.version} has no model card listed in {cat.path}.")
+    return cat.root / entry.card
+
+
+def model_card(name: str, version: int | None = None, *, index=None) -> str:
+    """The Markdown model card of ``name`` (latest version by default)."""
+    path = card_path(name, version, index=index)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ZooError(f"Model card {path} listed for {name!r} is missing; the catalogue and "
+                       "zoo/ folder are out of sync (reinstall or report it).") from None
+
+
+__all__ = [
+    "Artifact",
+    "Catalogue",
+    "ENV_INDEX",
+    "INVARIANT_TASKS",
+    "TASKS",
+    "ZooEntry",
+    "card_path",
+    "default_zoo_dir",
+    "get_entry",
+    "index_path",
+    "list_entries",
+    "list_models",
+    "load_index",
+    "model_card",
+    "parse_index",
+]
