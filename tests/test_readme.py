@@ -1,0 +1,17 @@
+"""The README's Python examples run as written (in a temporary working directory)."""
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_python_examples_run(tmp_path, monkeypatch):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert len(blocks) >= 2
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    for block in blocks:  # later blocks use names from earlier ones (kr, np)
+        exec(compile(block, str(README), "exec"), namespace)
+    assert (tmp_path / "classifier.keras").exists()
+    assert not namespace["kr"].has_relaxation_branches(namespace["plain"])
