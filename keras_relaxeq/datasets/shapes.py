@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from keras_relaxeq.datasets.modelnet40 import normalize_point_clouds
 from keras_relaxeq.groups.so3 import random_rotations, random_z_rotations
 
 CLASSES = ("sphere", "cube", "cylinder", "cone", "torus", "ellipsoid")
@@ -45,13 +46,6 @@ def _sample(name, n, rng):
     raise ValueError(f"Unknown shape {name!r}; known: {CLASSES}.")
 
 
-def normalize_unit_sphere(points, min_scale=1e-6):
-    """Centre each cloud ``[..., P, 3]`` and scale it into the unit sphere (never divides by ~0)."""
-    points = points - points.mean(axis=-2, keepdims=True)
-    scale = np.linalg.norm(points, axis=-1).max(axis=-1)[..., None, None]
-    return points / np.maximum(scale, min_scale)
-
-
 def make_shapes(num_samples, num_points=128, rotation="so3", noise=0.01, seed=0, classes=CLASSES):
     """Return ``(points [n, num_points, 3] float32, labels [n] int32)``, balanced over ``classes``.
 
@@ -71,7 +65,7 @@ def make_shapes(num_samples, num_points=128, rotation="so3", noise=0.01, seed=0,
     rng.shuffle(labels)
     clouds = np.stack([_sample(classes[c], num_points, rng) for c in labels])
     clouds = clouds + noise * rng.normal(size=clouds.shape)
-    clouds = normalize_unit_sphere(clouds)
+    clouds = normalize_point_clouds(clouds).astype(np.float64)
     if rotation != "none":
         draw = random_rotations if rotation == "so3" else random_z_rotations
         rot = draw(num_samples, seed=int(seed), dtype="float64").numpy()
