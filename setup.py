@@ -29,6 +29,7 @@ setup(
         "h5py>=3.10",
         "tqdm>=4.66",
         "matplotlib>=3.8",
+        "tensorboard>=2.20",
         "importlib_resources>=6",  # imported by tensorflow-datasets builders, not declared by it
     ],
     extras_require={

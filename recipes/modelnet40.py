@@ -1,0 +1,367 @@
+#!/usr/bin/env python
+"""ModelNet40 classification with a relaxed vector-neuron network (method.md section 6).
+
+    python recipes/modelnet40.py --model vn_pointnet --output-dir runs/vn_pointnet
+    python recipes/modelnet40.py --model vn_dgcnn --output-dir runs/vn_dgcnn --schedule triangle
+    python recipes/modelnet40.py --model vn_classifier --epochs 2 --max-train-samples 64 \
+        --points 64 --width 0.25 --output-dir /tmp/quick
+
+Each ``--model`` has the published defaults (``CONFIGS``); every option overrides them.
+Training selects on the validation split carved from the training files
+(``modelnet40_dataset(split="val")``), never on the test set.  The output directory gets:
+
+* ``backup/``            ``BackupAndRestore`` state: re-running the same command resumes a
+                         killed run (or extends a finished one when ``--epochs`` grows);
+                         ``--fresh`` starts over, ``--resume`` insists on a backup;
+* ``log.csv``            per-epoch loss, accuracy, val accuracy, projected val accuracy,
+                         theta and both penalties (CSVLogger, appended on resume);
+* ``logs/``              TensorBoard (same quantities);
+* ``best_relaxed.keras`` ``ModelCheckpoint`` of the relaxed model at the best projected val
+                         accuracy, ``best_projected.keras`` its projection;
+* ``projected.keras``    the final projected (exactly equivariant) model;
+* ``summary.json``       config, epochs run, final and best projected val accuracy,
+                         rotation-invariance error, wall time, parameter counts;
+* ``history.png``        accuracy / theta / penalties vs epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import importlib
+import importlib.util
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+MODELS = ("vn_pointnet", "vn_dgcnn", "vn_classifier")
+
+#: published defaults per zoo entry (method.md sections 3, 4 and 6)
+CONFIGS = {
+    "vn_pointnet": dict(
+        epochs=200, batch=24, optimizer="adam", lr=1e-3, weight_decay=1e-4, momentum=0.9,
+        lr_schedule="step", lr_step=20, lr_gamma=0.7, lr_min=0.0, label_smoothing=0.0,
+        k=20, width=1.0, lambda_lie=0.01, lambda_proj=0.01, penalty_scale="none",
+        relaxation_initializer="zeros", schedule="triangle"),
+    "vn_dgcnn": dict(
+        epochs=250, batch=32, optimizer="sgd", lr=0.1, weight_decay=1e-4, momentum=0.9,
+        lr_schedule="cosine", lr_step=20, lr_gamma=0.7, lr_min=1e-3, label_smoothing=0.2,
+        k=20, width=1.0, lambda_lie=0.0005, lambda_proj=0.0005, penalty_scale="theta",
+        relaxation_initializer=None, schedule="triangle"),
+    # the small demo classifier: PointNet-like training, for quick runs and tests
+    "vn_classifier": dict(
+        epochs=200, batch=24, optimizer="adam", lr=1e-3, weight_decay=1e-4, momentum=0.9,
+        lr_schedule="step", lr_step=20, lr_gamma=0.7, lr_min=0.0, label_smoothing=0.0,
+        k=10, width=1.0, lambda_lie=0.01, lambda_proj=0.01, penalty_scale="none",
+        relaxation_initializer="zeros", schedule="triangle"),
+}
+
+NUM_CLASSES = 40
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = None  # model-dependent defaults are filled in from CONFIGS
+    p.add_argument("--model", choices=MODELS, default="vn_pointnet")
+    g = p.add_argument_group("training (default: the published value for --model)")
+    g.add_argument("--epochs", type=int, default=d)
+    g.add_argument("--batch", type=int, default=d, help="batch size")
+    g.add_argument("--optimizer", choices=("adam", "sgd"), default=d)
+    g.add_argument("--lr", type=float, default=d, help="initial learning rate")
+    g.add_argument("--weight-decay", type=float, default=d,
+                   help="weight decay (Keras' decoupled form, lr * wd * w per step)")
+    g.add_argument("--momentum", type=float, default=d, help="SGD momentum")
+    g.add_argument("--lr-schedule", choices=("step", "cosine", "constant"), default=d,
+                   help="per-epoch LearningRateScheduler: StepLR or cosine annealing to --lr-min")
+    g.add_argument("--lr-step", type=int, default=d, help="StepLR step size (epochs)")
+    g.add_argument("--lr-gamma", type=float, default=d, help="StepLR factor")
+    g.add_argument("--lr-min", type=float, default=d, help="cosine end learning rate")
+    g.add_argument("--label-smoothing", type=float, default=d)
+    g = p.add_argument_group("relaxation (method.md sections 3-4)")
+    g.add_argument("--relaxed", action=argparse.BooleanOptionalAction, default=True,
+                   help="train with relaxation branches (--no-relaxed: the plain equivariant model)")
+    g.add_argument("--schedule", choices=("triangle", "decay", "constant", "cosine"), default=d,
+                   help="theta schedule")
+    g.add_argument("--theta-value", type=float, default=0.1, help="theta of --schedule constant")
+    g.add_argument("--theta-per-step", action="store_true", help="update theta at every batch")
+    g.add_argument("--lambda-lie", type=float, default=d)
+    g.add_argument("--lambda-proj", type=float, default=d)
+    g.add_argument("--penalty-scale", choices=("none", "theta"), default=d)
+    g.add_argument("--relaxation-initializer", default=d, help="branch initializer (default: the model's)")
+    g = p.add_argument_group("model and data")
+    g.add_argument("--k", type=int, default=d, help="kNN neighbours")
+    g.add_argument("--width", type=float, default=d, help="channel multiplier")
+    g.add_argument("--points", type=int, default=300, help="points per shape")
+    g.add_argument("--rotation", choices=("so3", "z", "none"), default="so3",
+                   help="random rotation per shape (train and validation)")
+    g.add_argument("--data-dir", default=None, help="ModelNet40 folder (default: $KERAS_RELAXEQ_DATA or "
+                                                    "the shared copy)")
+    g.add_argument("--val-fraction", type=float, default=0.2, help="validation split carved from train")
+    g.add_argument("--split-seed", type=int, default=0)
+    g.add_argument("--train-fraction", type=float, default=None, help="use this fraction of the training split")
+    g.add_argument("--max-train-samples", type=int, default=None, help="cap on training shapes per epoch")
+    g.add_argument("--max-val-samples", type=int, default=None, help="cap on validation shapes")
+    g.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("evaluation and output")
+    g.add_argument("--eval-every", type=int, default=1, help="projected validation every N epochs")
+    g.add_argument("--relaxed-val", action=argparse.BooleanOptionalAction, default=True,
+                   help="also validate the relaxed model each epoch (Keras val_loss / val_accuracy)")
+    g.add_argument("--bn-reestimate", type=int, default=None, metavar="N",
+                   help="re-estimate BatchNorm statistics of the projected model on N training batches "
+                        "(off by default)")
+    g.add_argument("--invariance-samples", type=int, default=16, help="shapes for the invariance check")
+    g.add_argument("--output-dir", default="runs/modelnet40")
+    rg = g.add_mutually_exclusive_group()
+    rg.add_argument("--resume", action="store_true",
+                    help="require a backup in --output-dir and continue from it (the default is to "
+                         "resume when one exists)")
+    rg.add_argument("--fresh", action="store_true", help="delete the backup and logs and start over")
+    g.add_argument("--verbose", type=int, default=1, help="Keras fit verbosity (1: progress bar)")
+    return p
+
+
+def resolve_config(args) -> dict:
+    """The effective configuration: CONFIGS[model] overridden by the given options."""
+    cfg = copy.deepcopy(CONFIGS[args.model])
+    for key, value in vars(args).items():
+        if value is not None or key not in cfg:
+            cfg[key] = value
+    if cfg["epochs"] < 1 or cfg["batch"] < 1:
+        raise SystemExit("--epochs and --batch must be >= 1")
+    return cfg
+
+
+# ----------------------------------------------------------------------------- pieces
+
+def learning_rate_fn(cfg):
+    lr, epochs = float(cfg["lr"]), int(cfg["epochs"])
+    kind = cfg["lr_schedule"]
+    if kind == "step":  # torch StepLR(step_size, gamma)
+        return lambda epoch: lr * cfg["lr_gamma"] ** (epoch // cfg["lr_step"])
+    if kind == "cosine":  # torch CosineAnnealingLR(T_max=epochs, eta_min=lr_min)
+        lo = float(cfg["lr_min"])
+        return lambda epoch: lo + (lr - lo) * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+    return lambda epoch: lr
+
+
+def make_optimizer(cfg):
+    import keras
+    wd = cfg["weight_decay"] or None
+    if cfg["optimizer"] == "sgd":
+        return keras.optimizers.SGD(cfg["lr"], momentum=cfg["momentum"], weight_decay=wd)
+    return keras.optimizers.Adam(cfg["lr"], weight_decay=wd)
+
+
+def build_model(cfg):
+    """The zoo architecture ``cfg["model"]``, imported lazily by name."""
+    name = cfg["model"]
+    builder = getattr(importlib.import_module(f"keras_relaxeq.models.{name}"), name)
+    kwargs = dict(relaxed=cfg["relaxed"], lambda_lie=cfg["lambda_lie"], lambda_proj=cfg["lambda_proj"],
+                  penalty_scale=cfg["penalty_scale"])
+    if cfg.get("relaxation_initializer"):
+        kwargs["relaxation_initializer"] = cfg["relaxation_initializer"]
+    if name == "vn_classifier":
+        channels = tuple(max(2, int(round(c * cfg["width"]))) for c in (16, 32, 64))
+        return builder(NUM_CLASSES, num_points=cfg["points"], channels=channels, k=cfg["k"],
+                       hidden_units=max(8, int(round(64 * cfg["width"]))), **kwargs)
+    if name == "vn_pointnet":
+        return builder(num_classes=NUM_CLASSES, num_points=cfg["points"], k=cfg["k"], width=cfg["width"],
+                       **kwargs)
+    return builder(num_classes=NUM_CLASSES, num_points=cfg["points"], k=cfg["k"], width=cfg["width"], **kwargs)
+
+
+def make_datasets(cfg):
+    import tensorflow as tf
+    from keras_relaxeq.datasets.modelnet40 import modelnet40_dataset
+
+    common = dict(num_points=cfg["points"], rotation=cfg["rotation"], data_dir=cfg["data_dir"],
+                  val_fraction=cfg["val_fraction"], split_seed=cfg["split_seed"])
+    train = modelnet40_dataset("train", batch_size=cfg["batch"], seed=cfg["seed"], **common)
+    val = modelnet40_dataset("val", batch_size=cfg["batch"], seed=cfg["seed"] + 1, **common)
+    # the same training distribution without augmentation for the BN re-estimation
+    bn = modelnet40_dataset("train", batch_size=cfg["batch"], seed=cfg["seed"] + 2, augment=False,
+                            shuffle=True, **common)
+    n_train = int(train.cardinality()) * cfg["batch"]
+    if cfg.get("train_fraction"):
+        n_train = min(n_train, max(cfg["batch"], int(n_train * cfg["train_fraction"])))
+    if cfg.get("max_train_samples"):
+        n_train = min(n_train, int(cfg["max_train_samples"]))
+    train_batches = max(1, n_train // cfg["batch"])
+    train = train.take(train_batches)  # the shuffle differs per epoch, so a subset is redrawn each epoch
+    if cfg.get("max_val_samples"):
+        val_batches = int(val.cardinality())
+        n_val = int(cfg["max_val_samples"])
+        val = val.unbatch().take(n_val).batch(cfg["batch"])
+        if n_val <= (val_batches - 1) * cfg["batch"]:  # surely n_val shapes: keep the cardinality known
+            val = val.apply(tf.data.experimental.assert_cardinality(-(-n_val // cfg["batch"])))
+    depth = NUM_CLASSES
+
+    def one_hot(x, y):  # one-hot targets for CategoricalCrossentropy(label_smoothing)
+        return x, tf.one_hot(tf.cast(y, tf.int32), depth)
+
+    train = train.map(one_hot)
+    val = val.map(one_hot).cache()
+    return train, val, bn, train_batches * cfg["batch"]
+
+
+def read_csv_history(path):
+    """Columns of the CSVLogger file (one row per epoch, the last row wins for a repeated epoch)."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    by_epoch = {}
+    for row in rows:
+        try:
+            by_epoch[int(row["epoch"])] = row
+        except (KeyError, ValueError):
+            continue
+    history = {}
+    for epoch in sorted(by_epoch):
+        row = by_epoch[epoch]
+        for key in row:
+            history.setdefault(key, [])
+        for key in history:
+            value = row.get(key)
+            try:
+                history[key].append(float(value))
+            except (TypeError, ValueError):
+                history[key].append(float("nan"))
+    return history
+
+
+def _finite(values):
+    return [v for v in values if isinstance(v, float) and math.isfinite(v)]
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    cfg = resolve_config(args)
+    out = Path(cfg["output_dir"])
+    backup_dir = out / "backup"
+    if cfg["fresh"] and out.exists():
+        for name in ("backup", "logs", "log.csv", "best_relaxed.keras", "best_projected.keras"):
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    if cfg["resume"] and not backup_dir.exists():
+        raise SystemExit(f"--resume: no backup in {backup_dir}")
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+
+    import keras
+    import numpy as np
+
+    import keras_relaxeq as kr
+    from keras_relaxeq.testing import check_equivariance
+    from keras_relaxeq.training.callbacks import ProjectedValidation, plot_history
+
+    keras.utils.set_random_seed(cfg["seed"])
+    train, val, bn_data, n_train = make_datasets(cfg)
+    model = build_model(cfg)
+    model.compile(optimizer=make_optimizer(cfg),
+                  loss=keras.losses.CategoricalCrossentropy(from_logits=True,
+                                                            label_smoothing=cfg["label_smoothing"]),
+                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+    metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+
+    csv_path = out / "log.csv"
+    previous = read_csv_history(csv_path)
+    best_so_far = max(_finite(previous.get("projected_val_accuracy", [])), default=None)
+    projected_val = ProjectedValidation(
+        val, every=cfg["eval_every"], bn_reestimate=cfg["bn_reestimate"],
+        bn_data=bn_data if cfg["bn_reestimate"] else None, metrics=metrics,
+        best_path=out / "best_projected.keras", initial_best=best_so_far)
+    callbacks = [
+        kr.ThetaScheduler(cfg["schedule"], epochs=cfg["epochs"], per_step=cfg["theta_per_step"],
+                          value=cfg["theta_value"]),
+        keras.callbacks.LearningRateScheduler(learning_rate_fn(cfg)),
+        projected_val,  # before everything that reads projected_val_accuracy
+        keras.callbacks.ModelCheckpoint(str(out / "best_relaxed.keras"), monitor="projected_val_accuracy",
+                                        mode="max", save_best_only=True, initial_value_threshold=best_so_far),
+        keras.callbacks.CSVLogger(str(csv_path), append=True),
+    ]
+    tensorboard = importlib.util.find_spec("tensorboard") is not None
+    if tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False))
+    else:
+        print("recipes/modelnet40.py: the tensorboard package is not installed; no TensorBoard logs "
+              "(log.csv has the same quantities).", file=sys.stderr)
+    callbacks += [
+        # keep the backup after a finished run so that a larger --epochs extends it
+        keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False),
+    ]
+    fit_history = model.fit(train, validation_data=val if cfg["relaxed_val"] else None, epochs=cfg["epochs"],
+                            callbacks=callbacks,
+                            verbose=cfg["verbose"])
+    epochs_this_call = len(fit_history.epoch)
+
+    # final: projection, validation accuracy, invariance
+    # (reuses the callback's projected model and its compiled evaluation function)
+    projected_val.set_model(model)
+    bn_batches, projected_val.bn_reestimate = projected_val.bn_reestimate, None
+    final = {k[len("projected_val_"):]: v for k, v in projected_val.evaluate().items()}
+    projected = projected_val.projected
+    final_bn = None
+    if bn_batches:
+        projected_val.bn_reestimate = bn_batches
+        final_bn = {k[len("projected_val_"):]: v for k, v in projected_val.evaluate().items()}
+    xs = []
+    for x, _ in val:
+        xs.append(np.asarray(x))
+        if sum(len(a) for a in xs) >= cfg["invariance_samples"]:
+            break
+    points = np.concatenate(xs)[: cfg["invariance_samples"]]
+    report = check_equivariance(projected, points, input_reps="vector", output_reps="invariant",
+                                seed=cfg["seed"])
+    projected.save(out / "projected.keras")
+
+    history = read_csv_history(csv_path)
+    pva = history.get("projected_val_accuracy", [])
+    finite = [(v, i) for i, v in enumerate(pva) if math.isfinite(v)]
+    best_val, best_idx = max(finite) if finite else (None, None)
+    summary = {
+        "config": {k: v for k, v in cfg.items()},
+        "epochs_run": len(history.get("epoch", [])),
+        "epochs_this_invocation": epochs_this_call,
+        "resumed": epochs_this_call < cfg["epochs"],
+        "train_samples_per_epoch": n_train,
+        "final_projected_val_accuracy": float(final["accuracy"]),
+        "final_projected_val_loss": float(final["loss"]),
+        "final_projected_val_accuracy_bn_reestimated": None if final_bn is None else float(final_bn["accuracy"]),
+        "best_projected_val_accuracy": best_val,
+        "best_epoch": None if best_idx is None else int(history["epoch"][best_idx]) + 1,
+        "invariance": {"max_error": report.max_error, "mean_error": report.mean_error,
+                       "relative_max_error": report.max_error / max(report.scale, 1e-12),
+                       "output_scale": report.scale, "passed": bool(report.passed),
+                       "num_shapes": int(points.shape[0]), "num_rotations": report.num_samples},
+        "wall_time_seconds": time.time() - start,
+        "params": {"trained_model": int(model.count_params()), "projected_model": int(projected.count_params())},
+        "files": {"projected_model": "projected.keras", "best_projected_model": "best_projected.keras",
+                  "best_relaxed_model": "best_relaxed.keras", "csv_log": "log.csv", "tensorboard": "logs",
+                  "plot": "history.png", "backup": "backup"},
+        "tensorboard": tensorboard,
+    }
+    with open(out / "summary.json", "w") as f:
+        json.dump(summary, f, indent=2, default=str)
+    plot_history(history, out / "history.png", title=f"{cfg['model']} on ModelNet40")
+    if cfg["verbose"]:
+        print(f"projected val accuracy {summary['final_projected_val_accuracy']:.4f} (best {best_val}); "
+              f"invariance max error {report.max_error:.2e}; summary: {out / 'summary.json'}")
+    return summary
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
