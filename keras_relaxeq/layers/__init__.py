@@ -23,3 +23,11 @@ from keras_relaxeq.layers.vector_neurons import (
     knn_graph_feature,
     knn_indices,
 )
+from keras_relaxeq.layers.steerable import (
+    Gate,
+    O3Linear,
+    O3TensorProduct,
+    O3TensorProductGate,
+    SteerableNorm,
+    gate_irreps,
+)

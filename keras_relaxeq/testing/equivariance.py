@@ -63,7 +63,9 @@ def _draw(group: str, batch: int, seed):
 
 
 def _layer_reps(fn):
-    rep_in = getattr(fn, "input_rep", None)
+    # Layers with several inputs (e.g. a tensor product of features and attributes)
+    # declare one representation per input.
+    rep_in = getattr(fn, "equivariance_input_reps", None) or getattr(fn, "input_rep", None)
     rep_out = getattr(fn, "output_rep", None)
     return rep_in, rep_out
 
@@ -71,8 +73,8 @@ def _layer_reps(fn):
 def _transform(reps, rotations, values):
     flat_reps = tf.nest.flatten(reps) if not isinstance(reps, Representation) else [reps]
     flat_vals = tf.nest.flatten(values)
-    if len(flat_reps) == 1 and len(flat_vals) > 1:
-        flat_reps = flat_reps * len(flat_vals)
+    if len(flat_reps) == 1 and len(flat_vals) > 1 and isinstance(reps, (str, Representation)):
+        flat_reps = flat_reps * len(flat_vals)  # one representation given for all tensors
     if len(flat_reps) != len(flat_vals):
         raise ValueError(f"{len(flat_vals)} tensors but {len(flat_reps)} representations were given.")
     out = [as_representation(r).transform(rotations, tf.cast(v, tf.float64)) for r, v in zip(flat_reps, flat_vals)]

@@ -1,0 +1,797 @@
+"""Steerable O(3) layers (SEGNN / e3nn building blocks) as relaxable Keras layers.
+
+Features are steerable vectors ``[batch, ..., irreps.dim]`` laid out as an
+:class:`~keras_relaxeq.groups.Irreps` (e3nn layout: the ``(mul, irrep)`` blocks one
+after the other, copy-major inside a block).  O(3) acts through
+:class:`~keras_relaxeq.groups.IrrepsRep` (parity included).
+
+Layers (mirroring github.com/RobDHess/Steerable-E3-GNN ``models/segnn`` and e3nn):
+
+* :class:`O3Linear`: ``e3nn.o3.Linear``: weights only between equal irreps, path
+  normalisation ``1/sqrt(fan_in)`` with ``N(0, 1)`` weights, biases on ``0e`` outputs.
+* :class:`O3TensorProduct`: SEGNN's ``O3TensorProduct``: a weighted, fully connected
+  tensor product ``x (x) attr -> out`` (``e3nn.o3.FullyConnectedTensorProduct``,
+  ``"component"`` normalisation, all paths ``l1 (x) l2 -> l3`` with ``p3 = p1 p2``),
+  learned (not MLP-conditioned) weights, SEGNN's ``tp_rescale`` initialisation and a
+  bias on ``0e`` outputs.
+* :class:`Gate`: ``e3nn.nn.Gate``: scalars through an activation (SiLU), extra ``0e``
+  gate scalars through a sigmoid multiply the gated irreps.
+* :class:`O3TensorProductGate`: SEGNN's ``O3TensorProductSwishGate``: a tensor product
+  to ``irreps_out`` plus gate scalars, then the gate.
+* :class:`SteerableNorm`: SEGNN's ``InstanceNorm`` (``mode="instance"``) and e3nn's
+  ``BatchNorm`` (``mode="batch"``) on irreps.
+
+Relaxation (method.md section 2): every layer with a linear map or tensor product is a
+:class:`~keras_relaxeq.layers.base.RelaxedEquivariantLayer`; its branch is
+``theta * (W flat(x) + b)`` from ``irreps_in1`` to the layer's output irreps and acts on the
+first input ``x`` only (not on the attributes).  ``input_rep`` is the representation of
+``x``; ``attr_rep`` that of the attributes; ``equivariance_input_reps`` is the nest of
+input representations to pass to :func:`keras_relaxeq.testing.assert_equivariant`.
+
+Implementation: every weighted map is one dense ``[D1, D2, D_out]`` tensor assembled per
+call by a single gather + scatter from the flat weight vector (the Clebsch-Gordan
+coefficients, path normalisations and index maps are precomputed in NumPy), then applied
+with one matmul; no Python loop runs over samples or paths at call time.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_relaxeq.groups.clebsch_gordan import clebsch_gordan_for_irreps
+from keras_relaxeq.groups.irreps import Irreps, IrrepsRep
+from keras_relaxeq.layers.base import RelaxedEquivariantLayer
+
+register = keras.saving.register_keras_serializable(package="keras_relaxeq")
+
+NORM_MODES = ("instance", "batch")
+NORM_REDUCE = ("mean", "max")
+NORM_NORMALIZATION = ("component", "norm")
+
+
+# --------------------------------------------------------------------------- helpers
+def _irreps_arg(value, arg, owner, allow_empty=False) -> Irreps:
+    """Parse an irreps argument with an error naming the layer and the argument."""
+    try:
+        irreps = Irreps(value)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{owner}: cannot parse {arg}={value!r} as Irreps ({err}). "
+                         "Use e3nn syntax such as '16x0e+8x1o'.") from None
+    if not allow_empty and irreps.dim == 0:
+        raise ValueError(f"{owner}: {arg}={value!r} has dimension 0; it needs at least one irrep.")
+    return irreps
+
+
+def _untracked(layer, name, value):
+    """Set an attribute without Keras' container tracking (which would rebuild ``Irreps`` tuples)."""
+    object.__setattr__(layer, name, value)
+
+
+def _is_single_shape(shape) -> bool:
+    if isinstance(shape, tf.TensorShape):
+        return True
+    if not isinstance(shape, (tuple, list)):
+        return False
+    return all(s is None or isinstance(s, (int, np.integer)) for s in shape)
+
+
+def _check_dim(layer, shape, irreps: Irreps, what: str):
+    shape = tuple(shape)
+    if len(shape) < 2:
+        raise ValueError(f"{type(layer).__name__} '{layer.name}': {what} must have shape [batch, ..., "
+                         f"{irreps.dim}] for irreps '{irreps}', got shape {list(shape)}.")
+    if shape[-1] is not None and int(shape[-1]) != irreps.dim:
+        raise ValueError(f"{type(layer).__name__} '{layer.name}': {what} has feature dimension {shape[-1]} "
+                         f"(shape {list(shape)}) but its irreps '{irreps}' have dimension {irreps.dim}.")
+
+
+def _offsets(irreps: Irreps):
+    out, start = [], 0
+    for mul_ir in irreps:
+        out.append(start)
+        start += mul_ir.dim
+    return out
+
+
+def _scalar_positions(irreps: Irreps):
+    """Feature indices of the ``0e`` components and the index of their ``(mul, ir)`` term."""
+    pos, term = [], []
+    for t, (off, (mul, ir)) in enumerate(zip(_offsets(irreps), irreps)):
+        if ir.is_scalar():
+            pos.extend(range(off, off + mul))
+            term.extend([t] * mul)
+    return np.asarray(pos, np.int64), np.asarray(term, np.int64)
+
+
+class _PathPlan:
+    """Precomputed index maps of a weighted bilinear map ``in1 (x) in2 -> out``.
+
+    The dense map is ``T[a, b, c] = sum_paths coef * w[path, u, v, w] * C[i, j, k]`` with
+    ``a = off1 + u d1 + i`` etc.; each entry of ``T`` belongs to at most one path, so
+    ``T = scatter(positions, gather(kernel, weight_index) * values)``.
+
+    ``kind="tp"``: all paths with ``ir_out`` in ``ir1 * ir2`` (Clebsch-Gordan, ``"uvw"``
+    weights, e3nn ``FullyConnectedTensorProduct`` order).  ``kind="linear"``: ``in2`` is
+    ``1x0e`` and only ``ir1 == ir_out`` paths with the identity (e3nn ``Linear``).
+
+    ``normalization``: ``"segnn"`` (``coef = sqrt(2 l3 + 1)``, init bound
+    ``1/sqrt(fan_in)``: SEGNN's ``tp_rescale=True``), ``"e3nn"`` (``coef = sqrt((2 l3 + 1) /
+    fan_in)``: e3nn ``"component"``/``"element"``, used by ``tp_rescale=False``) or
+    ``"linear"`` (``coef = 1/sqrt(fan_in)``, e3nn ``Linear``).
+    """
+
+    def __init__(self, in1: Irreps, in2: Irreps, out: Irreps, kind: str, normalization: str):
+        self.in1, self.in2, self.out = in1, in2, out
+        self.dims = (in1.dim, in2.dim, out.dim)
+        instructions = []
+        for i1, (mul1, ir1) in enumerate(in1):
+            for i2, (mul2, ir2) in enumerate(in2):
+                for io, (mulo, iro) in enumerate(out):
+                    if mul1 * mul2 * mulo == 0:
+                        continue
+                    allowed = (ir1 == iro and ir2.is_scalar()) if kind == "linear" else iro in list(ir1 * ir2)
+                    if allowed:
+                        instructions.append((i1, i2, io))
+        self.instructions = instructions
+        fan_in = np.zeros(len(out), np.int64)
+        for i1, i2, io in instructions:
+            fan_in[io] += in1[i1].mul * in2[i2].mul
+        self.fan_in = fan_in
+
+        off1, off2, offo = _offsets(in1), _offsets(in2), _offsets(out)
+        d1_all, d2_all, do_all = self.dims
+        positions, windex, values, scales = [], [], [], []
+        woff = 0
+        self.path_slices = []
+        for i1, i2, io in instructions:
+            (mul1, ir1), (mul2, ir2), (mulo, iro) = in1[i1], in2[i2], out[io]
+            if kind == "linear":
+                cg = np.eye(iro.dim)[:, None, :]
+            else:
+                cg = np.asarray(clebsch_gordan_for_irreps(ir1, ir2, iro))
+            f = float(fan_in[io])
+            if normalization == "segnn":
+                coef, bound = math.sqrt(iro.dim), 1.0 / math.sqrt(f)
+            elif normalization == "e3nn":
+                coef, bound = math.sqrt(iro.dim / f), 1.0
+            elif normalization == "linear":
+                coef, bound = 1.0 / math.sqrt(f), 1.0
+            else:  # pragma: no cover
+                raise ValueError(normalization)
+            ii, jj, kk = np.nonzero(np.abs(cg) > 0)
+            vals = cg[ii, jj, kk] * coef
+            u, v, w = (g.reshape(-1, 1) for g in np.meshgrid(np.arange(mul1), np.arange(mul2), np.arange(mulo),
+                                                                indexing="ij"))
+            a = off1[i1] + u * ir1.dim + ii[None]
+            b = off2[i2] + v * ir2.dim + jj[None]
+            c = offo[io] + w * iro.dim + kk[None]
+            positions.append(((a * d2_all + b) * do_all + c).reshape(-1))
+            windex.append(np.broadcast_to(woff + (u * mul2 + v) * mulo + w, a.shape).reshape(-1))
+            values.append(np.broadcast_to(vals[None], a.shape).reshape(-1))
+            n = mul1 * mul2 * mulo
+            scales.append(np.full(n, bound))
+            self.path_slices.append(slice(woff, woff + n))
+            woff += n
+        self.weight_numel = woff
+        cat = lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt)  # noqa: E731
+        self.positions = cat(positions, np.int64)[:, None]
+        self.windex = cat(windex, np.int64)
+        self.values = cat(values, np.float64)
+        self.init_scales = cat(scales, np.float64)
+        self.bias_positions, bias_terms = _scalar_positions(out)
+        self.bias_scales = np.array([1.0 / math.sqrt(max(fan_in[t], 1)) for t in bias_terms], np.float64)
+
+    def dense(self, kernel, dtype):
+        """The dense map ``[D1 * D2, D_out]`` (zeros when there is no path)."""
+        d1, d2, do = self.dims
+        if self.weight_numel == 0:
+            return tf.zeros([d1 * d2, do], dtype)
+        kernel = tf.cast(kernel, dtype)
+        updates = tf.gather(kernel, self.windex) * tf.constant(self.values, dtype)
+        flat = tf.scatter_nd(tf.constant(self.positions), updates, [d1 * d2 * do])
+        return tf.reshape(flat, [d1 * d2, do])
+
+    def dense_bias(self, bias, dtype):
+        return tf.scatter_nd(tf.constant(self.bias_positions[:, None]), tf.cast(bias, dtype), [self.dims[2]])
+
+
+def _scaled_uniform(scales):
+    """Initializer ``U(-1, 1) * scales`` (per-element bounds, SEGNN's per-path init)."""
+    scales = np.asarray(scales, np.float64)
+
+    def init(shape, dtype=None):
+        base = keras.initializers.RandomUniform(-1.0, 1.0)(shape, dtype=dtype)
+        return base * tf.constant(scales, dtype=base.dtype)
+
+    return init
+
+
+def _serialize_initializer(init):
+    return None if init is None else keras.initializers.serialize(init)
+
+
+def _normalize2mom_constant(activation) -> float:
+    """``1 / sqrt(E[f(z)^2])`` for ``z ~ N(0, 1)`` (e3nn ``normalize2mom``), by Gauss-Hermite quadrature."""
+    z, w = np.polynomial.hermite_e.hermegauss(128)
+    with tf.init_scope():
+        fz = np.asarray(keras.ops.convert_to_numpy(activation(tf.constant(z, tf.float64))), np.float64)
+    second = float(np.sum(w * fz ** 2) / math.sqrt(2.0 * math.pi))
+    cst = 1.0 / math.sqrt(second)
+    return 1.0 if abs(cst - 1.0) < 1e-4 else cst
+
+
+def _is_odd(activation) -> bool:
+    z = np.linspace(0.1, 3.0, 7)
+    with tf.init_scope():
+        fp = keras.ops.convert_to_numpy(activation(tf.constant(z, tf.float64)))
+        fm = keras.ops.convert_to_numpy(activation(tf.constant(-z, tf.float64)))
+    return bool(np.allclose(fm, -fp, atol=1e-9))
+
+
+def _activation_id(act):
+    return act if isinstance(act, str) else keras.activations.serialize(act)
+
+
+class _IrrepsLayer(RelaxedEquivariantLayer):
+    """Shared plumbing: one input ``x`` with ``irreps_in1`` and, optionally, attributes with ``irreps_in2``.
+
+    With attributes the layer is called on ``(x, attr)``; the relaxation branch and
+    ``input_rep`` concern ``x`` only.
+    """
+
+    _in1_attr = "irreps_in1"
+    _in2_attr = None  # name of the attribute irreps, None for one-input layers
+    _out_attr = "irreps_out"
+
+    # -- irreps accessors --------------------------------------------------------------------
+    def _irreps_x(self) -> Irreps:
+        return getattr(self, self._in1_attr)
+
+    def _irreps_attr(self):
+        return getattr(self, self._in2_attr) if self._in2_attr else None
+
+    def _has_attr_input(self) -> bool:
+        return self._irreps_attr() is not None
+
+    @property
+    def attr_rep(self):
+        """Representation of the attributes (second input), or None."""
+        attr = self._irreps_attr()
+        return None if attr is None else IrrepsRep(attr)
+
+    @property
+    def equivariance_input_reps(self):
+        """Input representations for ``assert_equivariant``: ``(rep_x, rep_attr)`` or ``rep_x``."""
+        rep_x = IrrepsRep(self._irreps_x())
+        return (rep_x, self.attr_rep) if self._has_attr_input() else rep_x
+
+    def input_representation(self, input_shape):
+        return IrrepsRep(self._irreps_x())
+
+    def output_representation(self, input_shape):
+        return IrrepsRep(getattr(self, self._out_attr))
+
+    # -- input handling ---------------------------------------------------------------------
+    def _split_shapes(self, input_shape):
+        if self._has_attr_input():
+            if _is_single_shape(input_shape) or len(input_shape) != 2:
+                raise ValueError(f"{type(self).__name__} '{self.name}' takes two inputs (x, attr) with irreps "
+                                 f"'{self._irreps_x()}' and '{self._irreps_attr()}'; got input shape "
+                                 f"{input_shape}.")
+            x_shape, a_shape = (tuple(s) for s in input_shape)
+            _check_dim(self, x_shape, self._irreps_x(), "input x")
+            _check_dim(self, a_shape, self._irreps_attr(), "input attr")
+            return x_shape, a_shape
+        if not _is_single_shape(input_shape):
+            raise ValueError(f"{type(self).__name__} '{self.name}' takes one input with irreps "
+                             f"'{self._irreps_x()}' (it was built without irreps_in2); got input shapes "
+                             f"{input_shape}.")
+        x_shape = tuple(input_shape)
+        _check_dim(self, x_shape, self._irreps_x(), "input")
+        return x_shape, None
+
+    def _split_inputs(self, inputs):
+        """``(x, attr)`` cast to the compute dtype and broadcast to common leading axes."""
+        if self._has_attr_input():
+            if not isinstance(inputs, (tuple, list)) or len(inputs) != 2:
+                raise ValueError(f"{type(self).__name__} '{self.name}' must be called on (x, attr).")
+            x, attr = (tf.cast(t, self.compute_dtype) for t in inputs)
+            if x.shape.rank != attr.shape.rank or x.shape[:-1] != attr.shape[:-1] \
+                    or not x.shape[:-1].is_fully_defined():
+                lead = tf.broadcast_dynamic_shape(tf.shape(x)[:-1], tf.shape(attr)[:-1])
+                x = tf.broadcast_to(x, tf.concat([lead, tf.shape(x)[-1:]], 0))
+                attr = tf.broadcast_to(attr, tf.concat([lead, tf.shape(attr)[-1:]], 0))
+            return x, attr
+        if isinstance(inputs, (tuple, list)):
+            raise ValueError(f"{type(self).__name__} '{self.name}' takes one input tensor (it was built "
+                             "without irreps_in2), got a sequence.")
+        return tf.cast(inputs, self.compute_dtype), None
+
+    def _x_of(self, inputs):
+        return inputs[0] if isinstance(inputs, (tuple, list)) else inputs
+
+    def build(self, input_shape):
+        x_shape, attr_shape = self._split_shapes(input_shape)
+        _untracked(self, "_full_input_shape", input_shape)
+        _untracked(self, "_attr_shape", attr_shape)
+        super().build(x_shape)
+
+    def branch_penalties(self, inputs, collector=None, method=None):
+        """``(LD, N)`` of the branch; ``inputs`` may be ``x`` or ``(x, attr)`` (only ``x`` is used)."""
+        x = tf.cast(self._x_of(inputs), self.compute_dtype)
+        return super().branch_penalties(x, collector=collector, method=method)
+
+    def compute_output_shape(self, input_shape):
+        x_shape, _ = self._split_shapes(input_shape)
+        return tuple(x_shape[:-1]) + (getattr(self, self._out_attr).dim,)
+
+
+# --------------------------------------------------------------------------- O3Linear
+@register
+class O3Linear(_IrrepsLayer):
+    """Equivariant linear map ``[..., irreps_in.dim] -> [..., irreps_out.dim]`` (``e3nn.o3.Linear``).
+
+    One ``mul_in x mul_out`` weight block per pair of equal irreps (parity included),
+    ``N(0, 1)`` weights scaled by ``1/sqrt(fan_in)`` (fan-in: total input multiplicity
+    feeding that output block; e3nn ``path_normalization="element"``), and a bias on the
+    ``0e`` outputs (zeros).  Output blocks without a matching input irrep are 0 (+ bias).
+
+    Args:
+        irreps_in, irreps_out: irreps (strings or ``Irreps``).
+        use_bias: add a bias to the ``0e`` outputs.
+        kernel_initializer: initializer of the flat kernel ``[weight_numel]``
+            (default ``RandomNormal(stddev=1)``; the path normalisation is applied in the forward).
+        bias_initializer: initializer of the ``0e`` bias (default zeros).
+        **kwargs: relaxation arguments of :class:`RelaxedEquivariantLayer` (the branch maps
+            ``irreps_in -> irreps_out``).
+    """
+
+    _in1_attr = "irreps_in"
+
+    def __init__(self, irreps_in, irreps_out, use_bias=True, kernel_initializer=None, bias_initializer="zeros",
+                 **kwargs):
+        super().__init__(**kwargs)
+        owner = f"O3Linear '{self.name}'"
+        _untracked(self, "irreps_in", _irreps_arg(irreps_in, "irreps_in", owner))
+        _untracked(self, "irreps_out", _irreps_arg(irreps_out, "irreps_out", owner))
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = keras.initializers.get(
+            kernel_initializer if kernel_initializer is not None else keras.initializers.RandomNormal(stddev=1.0))
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.plan = _PathPlan(self.irreps_in, Irreps("1x0e"), self.irreps_out, "linear", "linear")
+        self.kernel = None
+        self.bias = None
+
+    @property
+    def weight_numel(self) -> int:
+        return self.plan.weight_numel
+
+    def build_equivariant(self, input_shape):
+        if self.plan.weight_numel:
+            self.kernel = self.add_weight(name="kernel", shape=(self.plan.weight_numel,),
+                                          initializer=self.kernel_initializer)
+        if self.use_bias and len(self.plan.bias_positions):
+            self.bias = self.add_weight(name="bias", shape=(len(self.plan.bias_positions),),
+                                        initializer=self.bias_initializer)
+
+    def dense_matrix(self):
+        """The equivariant map as a dense ``[irreps_in.dim, irreps_out.dim]`` matrix (``y = x M + b``)."""
+        return self.plan.dense(self.kernel, self.compute_dtype)
+
+    def dense_bias(self):
+        """The bias as a dense ``[irreps_out.dim]`` vector (zeros off the ``0e`` outputs)."""
+        if self.bias is None:
+            return tf.zeros([self.irreps_out.dim], self.compute_dtype)
+        return self.plan.dense_bias(self.bias, self.compute_dtype)
+
+    def equivariant_call(self, inputs, training=None):
+        x, _ = self._split_inputs(inputs)
+        out = tf.einsum("...a,ab->...b", x, self.dense_matrix())
+        if self.bias is not None:
+            out = out + self.dense_bias()
+        return out
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(irreps_in=str(self.irreps_in), irreps_out=str(self.irreps_out), use_bias=self.use_bias,
+                      kernel_initializer=_serialize_initializer(self.kernel_initializer),
+                      bias_initializer=_serialize_initializer(self.bias_initializer))
+        return config
+
+
+# --------------------------------------------------------------------------- O3TensorProduct
+@register
+class O3TensorProduct(_IrrepsLayer):
+    """Weighted fully connected tensor product ``x (x) attr -> out`` (SEGNN's ``O3TensorProduct``).
+
+    ``out_c = sum_paths coef * sum_{u,v,w} W^path_{uvw} sum_{ij} C_ijk x_{u,i} attr_{v,j}`` over
+    every path ``(l1, p1) (x) (l2, p2) -> (l3, p1 p2)`` with ``|l1 - l2| <= l3 <= l1 + l2``
+    (``C = clebsch_gordan_for_irreps``; e3nn ``FullyConnectedTensorProduct`` with
+    ``normalization="component"``), plus a bias on the ``0e`` outputs.
+
+    Normalisation and initialisation follow SEGNN:
+
+    * ``tp_rescale=True`` (default): weights ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` per output
+      block (fan-in: ``sum mul1 * mul2`` over the paths into it) and ``coef = sqrt(2 l3 + 1)``,
+      i.e. e3nn's normalised product divided by SEGNN's ``sqrt_k`` (torch ``nn.Linear``-like).
+    * ``tp_rescale=False``: weights ``U(-1, 1)``, ``coef = sqrt((2 l3 + 1) / fan_in)`` (e3nn).
+    * bias on ``0e`` outputs ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``.
+
+    ``irreps_in2=None`` means SEGNN's "no attributes": ``attr = 1`` (``1x0e``) and the layer
+    takes ``x`` alone.  Otherwise it is called on ``(x, attr)`` (leading axes broadcast).
+
+    Relaxation: the branch ``theta (W flat(x) + b)`` maps ``irreps_in1 -> irreps_out`` and reads
+    ``x`` only; ``input_rep`` is ``IrrepsRep(irreps_in1)``, ``attr_rep`` that of the attributes,
+    ``equivariance_input_reps`` the pair for ``assert_equivariant``.  SEGNN's branch init is
+    ``relaxation_initializer=keras.initializers.RandomNormal(stddev=1e-4)``.
+
+    Args:
+        irreps_in1: irreps of ``x``.
+        irreps_in2: irreps of the attributes (e.g. spherical harmonics), or None.
+        irreps_out: output irreps.
+        use_bias: bias on the ``0e`` outputs.
+        tp_rescale: SEGNN's rescaling (see above).
+        kernel_initializer, bias_initializer: override the SEGNN initialisations (the flat kernel
+            ``[weight_numel]`` is then initialised as given and still multiplied by ``coef``).
+    """
+
+    _in2_attr = "irreps_in2"
+
+    def __init__(self, irreps_in1, irreps_in2=None, irreps_out=None, use_bias=True, tp_rescale=True,
+                 kernel_initializer=None, bias_initializer=None, **kwargs):
+        super().__init__(**kwargs)
+        owner = f"{type(self).__name__} '{self.name}'"
+        if irreps_out is None:
+            raise ValueError(f"{owner}: irreps_out is required.")
+        _untracked(self, "irreps_in1", _irreps_arg(irreps_in1, "irreps_in1", owner))
+        _untracked(self, "irreps_in2",
+                   None if irreps_in2 is None else _irreps_arg(irreps_in2, "irreps_in2", owner))
+        _untracked(self, "irreps_out", _irreps_arg(irreps_out, "irreps_out", owner))
+        self.use_bias = bool(use_bias)
+        self.tp_rescale = bool(tp_rescale)
+        self.kernel_initializer = None if kernel_initializer is None else keras.initializers.get(kernel_initializer)
+        self.bias_initializer = None if bias_initializer is None else keras.initializers.get(bias_initializer)
+        in2 = self.irreps_in2 if self.irreps_in2 is not None else Irreps("1x0e")
+        self.plan = _PathPlan(self.irreps_in1, in2, self.irreps_out, "tp", "segnn" if self.tp_rescale else "e3nn")
+        self.kernel = None
+        self.bias = None
+
+    @property
+    def weight_numel(self) -> int:
+        """Number of tensor-product weights (``weight_numel`` of e3nn's ``FullyConnectedTensorProduct``)."""
+        return self.plan.weight_numel
+
+    def build_equivariant(self, input_shape):
+        if self.plan.weight_numel:
+            init = self.kernel_initializer or _scaled_uniform(self.plan.init_scales)
+            self.kernel = self.add_weight(name="kernel", shape=(self.plan.weight_numel,), initializer=init)
+        if self.use_bias and len(self.plan.bias_positions):
+            init = self.bias_initializer or _scaled_uniform(self.plan.bias_scales)
+            self.bias = self.add_weight(name="bias", shape=(len(self.plan.bias_positions),), initializer=init)
+
+    def dense_tensor(self):
+        """The bilinear map as a dense ``[irreps_in1.dim, irreps_in2.dim, irreps_out.dim]`` tensor."""
+        d1, d2, do = self.plan.dims
+        return tf.reshape(self.plan.dense(self.kernel, self.compute_dtype), [d1, d2, do])
+
+    def tensor_product(self, x, attr=None):
+        """The weighted tensor product (+ bias) of broadcast ``x`` ``[..., d1]`` and ``attr`` ``[..., d2]``."""
+        d1, d2, do = self.plan.dims
+        dense = self.plan.dense(self.kernel, self.compute_dtype)  # [d1 * d2, do]
+        lead = tf.shape(x)[:-1]
+        x2 = tf.reshape(x, [-1, d1])
+        if attr is None:  # attr = 1 (1x0e)
+            out = tf.matmul(x2, dense)
+        else:
+            a2 = tf.reshape(attr, [-1, d2])
+            outer = tf.reshape(x2[:, :, None] * a2[:, None, :], [-1, d1 * d2])
+            out = tf.matmul(outer, dense)
+        if self.bias is not None:
+            out = out + self.plan.dense_bias(self.bias, self.compute_dtype)
+        return tf.reshape(out, tf.concat([lead, [do]], 0))
+
+    def equivariant_call(self, inputs, training=None):
+        x, attr = self._split_inputs(inputs)
+        return self.tensor_product(x, attr)
+
+    def call(self, inputs, training=None):
+        x, attr = self._split_inputs(inputs)
+        outputs = self.tensor_product(x, attr)
+        if self.relaxed and self.has_relaxation_branch:
+            outputs = self.add_relaxation(x, outputs)
+        return outputs
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(irreps_in1=str(self.irreps_in1),
+                      irreps_in2=None if self.irreps_in2 is None else str(self.irreps_in2),
+                      irreps_out=str(self.irreps_out), use_bias=self.use_bias, tp_rescale=self.tp_rescale,
+                      kernel_initializer=_serialize_initializer(self.kernel_initializer),
+                      bias_initializer=_serialize_initializer(self.bias_initializer))
+        return config
+
+
+# --------------------------------------------------------------------------- Gate
+@register
+class Gate(_IrrepsLayer):
+    """Gate nonlinearity (``e3nn.nn.Gate``; SEGNN's ``O3SwishGate``).
+
+    Input ``irreps_scalars + irreps_gates + irreps_gated`` with
+    ``irreps_gates = f"{irreps_gated.num_irreps}x0e"``; output
+    ``irreps_scalars + irreps_gated``:
+
+        out = act(scalars)  (+)  gated_j * gate_act(gate_j)
+
+    one gate scalar per gated irrep copy.  As in e3nn the activations are rescaled to unit
+    second moment under ``N(0, 1)`` (``normalize2mom``) when ``normalize_activations``.
+    ``irreps_scalars`` must be ``l = 0``; ``0o`` scalars need an odd activation (``tanh``),
+    otherwise the layer would break parity.
+
+    Args:
+        irreps_scalars: scalars passed through ``scalar_activation`` (default SiLU).
+        irreps_gated: irreps multiplied by the gates (any ``l``, any parity).
+        scalar_activation, gate_activation: Keras activation names or callables.
+        normalize_activations: e3nn's ``normalize2mom`` rescaling.
+    """
+
+    has_relaxation_branch = False
+    _in1_attr = "irreps_in"
+
+    def __init__(self, irreps_scalars, irreps_gated="", scalar_activation="silu", gate_activation="sigmoid",
+                 normalize_activations=True, **kwargs):
+        super().__init__(**kwargs)
+        owner = f"Gate '{self.name}'"
+        _untracked(self, "irreps_scalars", _irreps_arg(irreps_scalars, "irreps_scalars", owner, allow_empty=True))
+        _untracked(self, "irreps_gated", _irreps_arg(irreps_gated, "irreps_gated", owner, allow_empty=True))
+        if any(ir.l != 0 for mul, ir in self.irreps_scalars if mul):
+            raise ValueError(f"{owner}: irreps_scalars must be scalars (l = 0), got '{self.irreps_scalars}'.")
+        _untracked(self, "irreps_gates",
+                   Irreps(f"{self.irreps_gated.num_irreps}x0e") if self.irreps_gated.num_irreps else Irreps(""))
+        _untracked(self, "irreps_in",
+                   (self.irreps_scalars + self.irreps_gates + self.irreps_gated).remove_zero_multiplicities())
+        _untracked(self, "irreps_out", (self.irreps_scalars + self.irreps_gated).remove_zero_multiplicities())
+        if self.irreps_in.dim == 0:
+            raise ValueError(f"{owner}: no features (irreps_scalars and irreps_gated are both empty).")
+        self.scalar_activation_id = _activation_id(scalar_activation)
+        self.gate_activation_id = _activation_id(gate_activation)
+        self.scalar_activation = keras.activations.get(scalar_activation)
+        self.gate_activation = keras.activations.get(gate_activation)
+        self.normalize_activations = bool(normalize_activations)
+        if any(ir.p == -1 for mul, ir in self.irreps_scalars if mul) and not _is_odd(self.scalar_activation):
+            raise ValueError(f"{owner}: odd scalars (0o) in irreps_scalars '{self.irreps_scalars}' need an odd "
+                             f"scalar_activation (e.g. 'tanh') to stay O(3)-equivariant; "
+                             f"{self.scalar_activation_id!r} is not odd. Gate them instead.")
+        self.scalar_constant = (_normalize2mom_constant(self.scalar_activation)
+                                if self.normalize_activations else 1.0)
+        self.gate_constant = (_normalize2mom_constant(self.gate_activation)
+                              if self.normalize_activations and self.irreps_gated.num_irreps else 1.0)
+        # which gate multiplies each gated component
+        self._gate_index = np.concatenate(
+            [np.repeat(np.arange(mul), ir.dim) + sum(m for m, _ in self.irreps_gated[:t])
+             for t, (mul, ir) in enumerate(self.irreps_gated) if mul] or [np.zeros(0, np.int64)]).astype(np.int64)
+
+    def equivariant_call(self, inputs, training=None):
+        x, _ = self._split_inputs(inputs)
+        ns, ng, nd = self.irreps_scalars.dim, self.irreps_gates.dim, self.irreps_gated.dim
+        parts = []
+        if ns:
+            parts.append(self.scalar_activation(x[..., :ns]) * tf.cast(self.scalar_constant, x.dtype))
+        if nd:
+            gates = self.gate_activation(x[..., ns:ns + ng]) * tf.cast(self.gate_constant, x.dtype)
+            gated = x[..., ns + ng:]
+            parts.append(gated * tf.gather(gates, self._gate_index, axis=-1))
+        return parts[0] if len(parts) == 1 else tf.concat(parts, axis=-1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(irreps_scalars=str(self.irreps_scalars), irreps_gated=str(self.irreps_gated),
+                      scalar_activation=self.scalar_activation_id, gate_activation=self.gate_activation_id,
+                      normalize_activations=self.normalize_activations)
+        return config
+
+
+def gate_irreps(irreps_out):
+    """SEGNN's split of ``irreps_out`` for a gated tensor product.
+
+    Returns ``(irreps_scalars, irreps_gated, irreps_tp_out)``: the leading ``0e`` terms are the
+    scalars (SEGNN assumes ``irreps_out[0]``), everything after is gated, and the tensor product
+    must produce ``(scalars + gates + gated).simplify()`` with one ``0e`` gate per gated copy.
+    """
+    irreps_out = Irreps(irreps_out)
+    n = 0
+    while n < len(irreps_out) and irreps_out[n].ir.is_scalar():
+        n += 1
+    scalars, gated = irreps_out[:n], irreps_out[n:]
+    gates = Irreps(f"{gated.num_irreps}x0e") if gated.num_irreps else Irreps("")
+    return scalars, gated, (scalars + gates + gated).simplify()
+
+
+# --------------------------------------------------------------------------- O3TensorProductGate
+@register
+class O3TensorProductGate(_IrrepsLayer):
+    """Tensor product then gate (SEGNN's ``O3TensorProductSwishGate``).
+
+    The tensor product (sublayer ``tensor_product``, an :class:`O3TensorProduct` with its own
+    relaxation branch, added before the nonlinearity) maps ``x (x) attr`` to
+    ``irreps_scalars + gates + irreps_gated`` (see :func:`gate_irreps`); the :class:`Gate`
+    (sublayer ``gate``) returns ``irreps_out``.  When ``irreps_out`` has no gated irreps the
+    gate is SEGNN's plain SiLU (no ``normalize2mom``), as in the reference code.
+
+    Args: as :class:`O3TensorProduct`, plus ``scalar_activation`` / ``gate_activation``.
+    """
+
+    has_relaxation_branch = False
+    _in2_attr = "irreps_in2"
+
+    def __init__(self, irreps_in1, irreps_in2=None, irreps_out=None, use_bias=True, tp_rescale=True,
+                 scalar_activation="silu", gate_activation="sigmoid", **kwargs):
+        super().__init__(**kwargs)
+        owner = f"O3TensorProductGate '{self.name}'"
+        if irreps_out is None:
+            raise ValueError(f"{owner}: irreps_out is required.")
+        _untracked(self, "irreps_in1", _irreps_arg(irreps_in1, "irreps_in1", owner))
+        _untracked(self, "irreps_in2",
+                   None if irreps_in2 is None else _irreps_arg(irreps_in2, "irreps_in2", owner))
+        _untracked(self, "irreps_out", _irreps_arg(irreps_out, "irreps_out", owner))
+        self.use_bias = bool(use_bias)
+        self.tp_rescale = bool(tp_rescale)
+        self.scalar_activation = _activation_id(scalar_activation)
+        self.gate_activation = _activation_id(gate_activation)
+        scalars, gated, tp_out = gate_irreps(self.irreps_out)
+        _untracked(self, "irreps_tp_out", tp_out)
+        relax = self.sublayer_config()
+        self.tensor_product = O3TensorProduct(self.irreps_in1, self.irreps_in2, tp_out, use_bias=self.use_bias,
+                                              tp_rescale=self.tp_rescale, name="tensor_product", **relax)
+        self.gate = Gate(scalars, gated, scalar_activation=self.scalar_activation,
+                         gate_activation=self.gate_activation, normalize_activations=gated.num_irreps > 0,
+                         name="gate", **relax)
+
+    def build_equivariant(self, input_shape):
+        if not self.tensor_product.built:
+            self.tensor_product.build(self._full_input_shape)
+        if not self.gate.built:
+            self.gate.build(self.tensor_product.compute_output_shape(self._full_input_shape))
+
+    def call(self, inputs, training=None):
+        return self.gate(self.tensor_product(inputs, training=training), training=training)
+
+    def equivariant_call(self, inputs, training=None):  # pragma: no cover - call() is overridden
+        return self.call(inputs, training=training)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(irreps_in1=str(self.irreps_in1),
+                      irreps_in2=None if self.irreps_in2 is None else str(self.irreps_in2),
+                      irreps_out=str(self.irreps_out), use_bias=self.use_bias, tp_rescale=self.tp_rescale,
+                      scalar_activation=self.scalar_activation, gate_activation=self.gate_activation)
+        return config
+
+
+# --------------------------------------------------------------------------- SteerableNorm
+@register
+class SteerableNorm(_IrrepsLayer):
+    """Normalisation of steerable features (SEGNN ``InstanceNorm``, e3nn ``BatchNorm``).
+
+    Per ``(mul, irrep)`` block, scalars are mean-centred, then every irrep copy is divided by
+    ``sqrt(mean(|x|^2) + eps)`` (``normalization="component"``: ``|x|^2 / (2l + 1)``; ``"norm"``:
+    ``|x|^2``), reduced by ``reduce`` (mean or max) over the statistics axes; with ``affine``
+    each copy is multiplied by a learned ``weight`` and ``0e`` copies get a ``bias``.  Norms of
+    irreps are O(3)-invariant, so the layer is equivariant.
+
+    * ``mode="instance"``: statistics per sample over the axes between batch and features
+      (``[batch, nodes, dim]``: per graph; inputs of rank >= 3).  Centres every ``l = 0`` block
+      (as SEGNN; centring ``0o`` is equivariant too).
+    * ``mode="batch"``: statistics over every axis but the features in training, running
+      averages (``running_mean`` of the ``0e`` blocks, ``running_var`` of the squared norms)
+      at inference (e3nn ``BatchNorm``; centres only ``0e``).  ``momentum`` follows the Keras
+      convention: ``running = momentum * running + (1 - momentum) * batch`` (e3nn's 0.1 is 0.9).
+
+    The bias goes to ``0e`` copies only (SEGNN adds it to every ``l = 0`` copy, which breaks
+    parity for ``0o``).
+    """
+
+    has_relaxation_branch = False
+    _in1_attr = "irreps"
+    _out_attr = "irreps"
+
+    def __init__(self, irreps, mode="instance", eps=1e-5, affine=True, reduce="mean", normalization="component",
+                 momentum=0.9, **kwargs):
+        super().__init__(**kwargs)
+        owner = f"SteerableNorm '{self.name}'"
+        _untracked(self, "irreps", _irreps_arg(irreps, "irreps", owner).remove_zero_multiplicities())
+        for arg, value, allowed in (("mode", mode, NORM_MODES), ("reduce", reduce, NORM_REDUCE),
+                                    ("normalization", normalization, NORM_NORMALIZATION)):
+            if value not in allowed:
+                raise ValueError(f"{owner}: {arg} must be one of {allowed}, got {value!r}.")
+        self.mode = mode
+        self.eps = float(eps)
+        self.affine = bool(affine)
+        self.reduce = reduce
+        self.normalization = normalization
+        self.momentum = float(momentum)
+        self.num_scalar = sum(mul for mul, ir in self.irreps if ir.is_scalar())
+        self.weight = self.bias = self.running_mean = self.running_var = None
+
+    def build_equivariant(self, input_shape):
+        if self.mode == "instance" and len(input_shape) < 3:
+            raise ValueError(f"SteerableNorm '{self.name}' with mode='instance' normalises over the axes between "
+                             f"batch and features and needs inputs [batch, nodes, ..., {self.irreps.dim}]; got "
+                             f"shape {list(input_shape)}. Use mode='batch' for [batch, dim] inputs.")
+        if self.affine:
+            self.weight = self.add_weight(name="weight", shape=(self.irreps.num_irreps,), initializer="ones")
+            if self.num_scalar:
+                self.bias = self.add_weight(name="bias", shape=(self.num_scalar,), initializer="zeros")
+        if self.mode == "batch":
+            if self.num_scalar:
+                self.running_mean = self.add_weight(name="running_mean", shape=(self.num_scalar,),
+                                                    initializer="zeros", trainable=False)
+            self.running_var = self.add_weight(name="running_var", shape=(self.irreps.num_irreps,),
+                                               initializer="ones", trainable=False)
+
+    def _reduce(self, t, axes):
+        if self.reduce == "mean":
+            return tf.reduce_mean(t, axis=axes)
+        return tf.reduce_max(t, axis=axes)
+
+    def equivariant_call(self, inputs, training=None):
+        x, _ = self._split_inputs(inputs)
+        rank = x.shape.rank
+        lead = tf.shape(x)[:-1]
+        batch_stats = self.mode == "batch" and bool(training)
+        # statistic axes of the [..., mul, d] / [..., mul] views
+        stat_axes = list(range(rank - 1)) if self.mode == "batch" else list(range(1, rank - 1))
+        fields, new_means, new_vars = [], [], []
+        iw = ib = 0
+        for sl, (mul, ir) in zip(self.irreps.slices(), self.irreps):
+            f = tf.reshape(x[..., sl], tf.concat([lead, [mul, ir.dim]], 0))
+            centre = ir.is_scalar() if self.mode == "batch" else ir.l == 0
+            if centre:
+                if self.mode == "instance" or batch_stats:
+                    mean = tf.reduce_mean(f, axis=stat_axes, keepdims=True)
+                    if batch_stats:
+                        new_means.append(tf.reshape(mean, [mul]))
+                else:
+                    mean = tf.reshape(tf.cast(self.running_mean[ib:ib + mul], x.dtype), [mul, 1])
+                f = f - mean
+            sq = tf.reduce_sum(tf.square(f), axis=-1)  # [..., mul]
+            if self.normalization == "component":
+                sq = sq / ir.dim
+            if self.mode == "instance" or batch_stats:
+                var = self._reduce(sq, stat_axes)  # [B, mul] (instance) or [mul] (batch)
+                if batch_stats:
+                    new_vars.append(var)
+                if self.mode == "instance":
+                    var = tf.reshape(var, tf.concat([tf.shape(var)[:1], [1] * (rank - 2), [mul]], 0))
+            else:
+                var = tf.cast(self.running_var[iw:iw + mul], x.dtype)
+            scale = tf.math.rsqrt(var + tf.cast(self.eps, x.dtype))
+            if self.affine:
+                scale = scale * tf.cast(self.weight[iw:iw + mul], x.dtype)
+            f = f * scale[..., None]
+            if self.affine and ir.is_scalar() and self.bias is not None:
+                f = f + tf.reshape(tf.cast(self.bias[ib:ib + mul], x.dtype), [mul, 1])
+            if ir.is_scalar():
+                ib += mul
+            iw += mul
+            fields.append(tf.reshape(f, tf.concat([lead, [mul * ir.dim]], 0)))
+        if batch_stats:
+            m = tf.cast(self.momentum, self.running_var.dtype)
+            if new_means:
+                batch_mean = tf.cast(tf.concat(new_means, 0), self.running_mean.dtype)
+                self.running_mean.assign(m * self.running_mean + (1.0 - m) * batch_mean)
+            batch_var = tf.cast(tf.concat(new_vars, 0), self.running_var.dtype)
+            self.running_var.assign(m * self.running_var + (1.0 - m) * batch_var)
+        return fields[0] if len(fields) == 1 else tf.concat(fields, axis=-1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(irreps=str(self.irreps), mode=self.mode, eps=self.eps, affine=self.affine, reduce=self.reduce,
+                      normalization=self.normalization, momentum=self.momentum)
+        return config
+
+
+__all__ = ["O3Linear", "O3TensorProduct", "Gate", "O3TensorProductGate", "SteerableNorm", "gate_irreps"]
