@@ -5,12 +5,18 @@
     python recipes/modelnet40.py --model vn_dgcnn --output-dir runs/vn_dgcnn --schedule triangle
     python recipes/modelnet40.py --model vn_classifier --epochs 2 --max-train-samples 64 \
         --points 64 --width 0.25 --output-dir /tmp/quick
+    python recipes/modelnet40.py --model vn_dgcnn --strategy mirrored     # all GPUs of this machine
+    TF_CONFIG=... python recipes/modelnet40.py --strategy multiworker --output-dir /shared/run  # every host
+
+``--strategy {default,mirrored,multiworker}`` (``keras_relaxeq.training.distribute``, see
+docs/distributed.md): ``--batch`` is the *global* batch size; only the chief writes the
+output directory (the other workers write to private temporary directories).
 
 Each ``--model`` has the published defaults (``CONFIGS``); every option overrides them.
 Training selects on the validation split carved from the training files
 (``modelnet40_dataset(split="val")``), never on the test set.  The output directory gets:
 
-* ``backup/``            ``BackupAndRestore`` state: re-running the same command resumes a
+* ``backup/``            ``MultiWorkerBackupAndRestore`` state: re-running the same command resumes a
                          killed run (or extends a finished one when ``--epochs`` grows);
                          ``--fresh`` starts over, ``--resume`` insists on a backup;
 * ``log.csv``            per-epoch loss, accuracy, val accuracy, projected val accuracy,
@@ -19,8 +25,9 @@ Training selects on the validation split carved from the training files
 * ``best_relaxed.keras`` ``ModelCheckpoint`` of the relaxed model at the best projected val
                          accuracy, ``best_projected.keras`` its projection;
 * ``projected.keras``    the final projected (exactly equivariant) model;
-* ``summary.json``       config, epochs run, final and best projected val accuracy,
-                         rotation-invariance error, wall time, parameter counts;
+* ``summary.json``       config, strategy and number of replicas, epochs run, final and best
+                         projected val accuracy, rotation-invariance error, wall time,
+                         parameter counts;
 * ``history.png``        accuracy / theta / penalties vs epoch.
 """
 
@@ -124,7 +131,21 @@ def build_parser() -> argparse.ArgumentParser:
                          "resume when one exists)")
     rg.add_argument("--fresh", action="store_true", help="delete the backup and logs and start over")
     g.add_argument("--verbose", type=int, default=1, help="Keras fit verbosity (1: progress bar)")
+    g = p.add_argument_group("distribution (docs/distributed.md)")
+    _dist().add_strategy_argument(g)
+    for action in p._actions:  # this recipe's batch option is --batch
+        if action.dest == "strategy" and action.help:
+            action.help = action.help.replace("--batch-size", "--batch")
+    g.add_argument("--cpu-replicas", type=int, default=None, metavar="N",
+                   help="testing aid: split the CPU into N logical devices and mirror over them "
+                        "(with --strategy mirrored, e.g. to test 2 replicas on a CPU-only machine)")
     return p
+
+
+def _dist():
+    """``keras_relaxeq.training.distribute`` (imports TensorFlow, but runs no TensorFlow op)."""
+    from keras_relaxeq.training import distribute
+    return distribute
 
 
 def resolve_config(args) -> dict:
@@ -135,7 +156,33 @@ def resolve_config(args) -> dict:
             cfg[key] = value
     if cfg["epochs"] < 1 or cfg["batch"] < 1:
         raise SystemExit("--epochs and --batch must be >= 1")
+    if cfg.get("cpu_replicas") is not None:
+        if cfg["cpu_replicas"] < 1:
+            raise SystemExit("--cpu-replicas must be >= 1")
+        if cfg.get("strategy") != "mirrored":
+            raise SystemExit("--cpu-replicas needs --strategy mirrored")
     return cfg
+
+
+def make_strategy(cfg):
+    """The ``tf.distribute`` strategy of ``--strategy``: call it before any other TensorFlow op.
+
+    With ``--cpu-replicas N`` the physical CPU is first split into N logical devices and the
+    ``MirroredStrategy`` mirrors over them (N replicas without GPUs, for tests).
+    """
+    dist = _dist()
+    n = cfg.get("cpu_replicas")
+    if not n:
+        return dist.get_strategy(cfg["strategy"])
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+    except RuntimeError as e:  # TensorFlow already initialised (e.g. a second main() in one process)
+        if len(tf.config.list_logical_devices("CPU")) < n:
+            raise SystemExit(f"--cpu-replicas {n}: TensorFlow is already initialised with fewer CPU devices; "
+                             f"use a fresh process ({e})") from None
+    return dist.get_strategy("mirrored", devices=[f"/cpu:{i}" for i in range(n)])
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -244,21 +291,33 @@ def _finite(values):
 
 # ----------------------------------------------------------------------------- main
 
+def _remove(target: Path):
+    """Delete a file or directory; tolerant of other workers deleting it at the same time."""
+    if target.is_dir():
+        shutil.rmtree(target, ignore_errors=True)
+    else:
+        target.unlink(missing_ok=True)
+
+
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     cfg = resolve_config(args)
+    # the first TensorFlow call (MultiWorkerMirroredStrategy configures collectives at start-up)
+    strategy = make_strategy(cfg)
+    dist = _dist()
+    chief = dist.is_chief(strategy)
     out = Path(cfg["output_dir"])
     backup_dir = out / "backup"
     if cfg["fresh"] and out.exists():
+        # every worker deletes before its own fit; nobody writes a backup before all workers are in fit
         for name in ("backup", "logs", "log.csv", "best_relaxed.keras", "best_projected.keras"):
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+            _remove(out / name)
     if cfg["resume"] and not backup_dir.exists():
         raise SystemExit(f"--resume: no backup in {backup_dir}")
-    out.mkdir(parents=True, exist_ok=True)
+    # Where this process writes every output file (= dist.checkpoint_path of each): ``out`` on the
+    # chief, one private temp dir on the other workers (they take part in every save, e.g. of
+    # distributed variables, but their files are thrown away at the end).
+    write_dir = Path(dist.worker_dir(str(out), strategy))
     start = time.time()
 
     import keras
@@ -268,40 +327,50 @@ def main(argv=None) -> dict:
     from keras_relaxeq.testing import check_equivariance
     from keras_relaxeq.training.callbacks import ProjectedValidation, plot_history
 
+    cfg["batch"] = dist.global_batch_size(cfg["batch"], strategy)  # --batch is the global batch size
     keras.utils.set_random_seed(cfg["seed"])
     train, val, bn_data, n_train = make_datasets(cfg)
-    model = build_model(cfg)
-    model.compile(optimizer=make_optimizer(cfg),
-                  loss=keras.losses.CategoricalCrossentropy(from_logits=True,
-                                                            label_smoothing=cfg["label_smoothing"]),
-                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+    # AutoShardPolicy.DATA: worker i keeps slice i of every global batch (the batches of one worker)
+    train, val = dist.shard_dataset(train, "data"), dist.shard_dataset(val, "data")
+    with strategy.scope():  # model, optimizer, metrics (and penalties) are created on every replica
+        model = build_model(cfg)
+        model.compile(optimizer=make_optimizer(cfg),
+                      loss=keras.losses.CategoricalCrossentropy(from_logits=True,
+                                                                label_smoothing=cfg["label_smoothing"]),
+                      metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+    dist.prepare_model(model, strategy)  # Keras 3.15 multi-worker workarounds (no-op otherwise)
+    # the projected model of ProjectedValidation is built in the callback, outside the strategy
+    # scope (one device, full validation set on every worker): its metrics too
     metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
 
-    csv_path = out / "log.csv"
-    previous = read_csv_history(csv_path)
+    csv_path = write_dir / "log.csv"
+    previous = read_csv_history(out / "log.csv")  # the shared log: same initial best on every worker
     best_so_far = max(_finite(previous.get("projected_val_accuracy", [])), default=None)
     projected_val = ProjectedValidation(
         val, every=cfg["eval_every"], bn_reestimate=cfg["bn_reestimate"],
         bn_data=bn_data if cfg["bn_reestimate"] else None, metrics=metrics,
-        best_path=out / "best_projected.keras", initial_best=best_so_far)
+        best_path=write_dir / "best_projected.keras",
+        initial_best=best_so_far)
     callbacks = [
         kr.ThetaScheduler(cfg["schedule"], epochs=cfg["epochs"], per_step=cfg["theta_per_step"],
                           value=cfg["theta_value"]),
         keras.callbacks.LearningRateScheduler(learning_rate_fn(cfg)),
         projected_val,  # before everything that reads projected_val_accuracy
-        keras.callbacks.ModelCheckpoint(str(out / "best_relaxed.keras"), monitor="projected_val_accuracy",
-                                        mode="max", save_best_only=True, initial_value_threshold=best_so_far),
+        keras.callbacks.ModelCheckpoint(str(write_dir / "best_relaxed.keras"),
+                                        monitor="projected_val_accuracy", mode="max", save_best_only=True,
+                                        initial_value_threshold=best_so_far),
         keras.callbacks.CSVLogger(str(csv_path), append=True),
     ]
     tensorboard = importlib.util.find_spec("tensorboard") is not None
     if tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False))
-    else:
+        callbacks.append(keras.callbacks.TensorBoard(str(write_dir / "logs"), write_graph=False))
+    elif chief:
         print("recipes/modelnet40.py: the tensorboard package is not installed; no TensorBoard logs "
               "(log.csv has the same quantities).", file=sys.stderr)
     callbacks += [
-        # keep the backup after a finished run so that a larger --epochs extends it
-        keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False),
+        # every worker restores from the shared backup, only the chief writes it; keep it after a
+        # finished run so that a larger --epochs extends it
+        dist.MultiWorkerBackupAndRestore(str(backup_dir), delete_checkpoint=False, strategy=strategy),
     ]
     fit_history = model.fit(train, validation_data=val if cfg["relaxed_val"] else None, epochs=cfg["epochs"],
                             callbacks=callbacks,
@@ -326,7 +395,7 @@ def main(argv=None) -> dict:
     points = np.concatenate(xs)[: cfg["invariance_samples"]]
     report = check_equivariance(projected, points, input_reps="vector", output_reps="invariant",
                                 seed=cfg["seed"])
-    projected.save(out / "projected.keras")
+    projected.save(write_dir / "projected.keras")
 
     history = read_csv_history(csv_path)
     pva = history.get("projected_val_accuracy", [])
@@ -334,6 +403,10 @@ def main(argv=None) -> dict:
     best_val, best_idx = max(finite) if finite else (None, None)
     summary = {
         "config": {k: v for k, v in cfg.items()},
+        "strategy": cfg["strategy"],
+        "num_replicas": int(strategy.num_replicas_in_sync),
+        "num_workers": int(dist.num_workers(strategy)),
+        "global_batch": int(cfg["batch"]),
         "epochs_run": len(history.get("epoch", [])),
         "epochs_this_invocation": epochs_this_call,
         "resumed": epochs_this_call < cfg["epochs"],
@@ -354,12 +427,14 @@ def main(argv=None) -> dict:
                   "plot": "history.png", "backup": "backup"},
         "tensorboard": tensorboard,
     }
-    with open(out / "summary.json", "w") as f:
+    with open(write_dir / "summary.json", "w") as f:
         json.dump(summary, f, indent=2, default=str)
-    plot_history(history, out / "history.png", title=f"{cfg['model']} on ModelNet40")
-    if cfg["verbose"]:
+    plot_history(history, write_dir / "history.png", title=f"{cfg['model']} on ModelNet40")
+    dist.cleanup_worker_dir(str(write_dir), str(out), strategy)  # non-chief: throw the private copy away
+    if cfg["verbose"] and chief:
         print(f"projected val accuracy {summary['final_projected_val_accuracy']:.4f} (best {best_val}); "
-              f"invariance max error {report.max_error:.2e}; summary: {out / 'summary.json'}")
+              f"invariance max error {report.max_error:.2e}; strategy {cfg['strategy']} "
+              f"({summary['num_replicas']} replicas); summary: {out / 'summary.json'}")
     return summary
 
 

@@ -37,7 +37,6 @@ def on_disk_tb(out):
     return json.loads((out / "summary.json").read_text())["tensorboard"]
 
 
-@pytest.mark.skipif(not (DATA / "modelnet40_aligned_1024").exists(), reason="no ModelNet40 data")
 def test_recipe_runs_and_resumes(tmp_path):
     recipe = load_recipe()
     out = tmp_path / "run"

@@ -1,0 +1,292 @@
+"""SEGNN for the charged N-body task (Brandstetter et al., ICLR 2022), relaxable.
+
+Mirrors github.com/RobDHess/Steerable-E3-GNN (``models/segnn/segnn.py`` with
+``task="node"``, ``nbody/train_nbody.py``'s ``O3Transform``, ``main.py``'s N-body irreps)
+as used by the relaxation paper's N-body experiment (method.md section 6):
+
+* **Graph**: fully connected over the ``N`` particles without self loops
+  (``N (N - 1)`` directed edges, 20 for 5 particles), built once from static index arrays;
+  everything is vectorised over the batch (gathers and one incidence-matrix contraction).
+* **Node features** ``2x1o+1x0e``: ``(loc - centre of mass, vel, |vel|)``.  (The reference
+  subtracts ``pos.mean(1)``, the mean over the *coordinates* of each particle, which is not
+  rotation-equivariant; we subtract the mean over particles, as the paper intends.)
+* **Edge attributes**: spherical harmonics up to ``lmax_attr`` (``normalization="integral"``,
+  normalised vectors) of ``rel = loc_j - loc_i`` for the edge ``j -> i`` (PyG
+  ``edge_index[0] = j`` sender, ``edge_index[1] = i`` receiver).
+* **Node attributes**: the mean of the incoming edge attributes plus the spherical harmonics
+  of the velocity, with the ``0e`` component set to 1 (the reference's ``catch_isolated_nodes``
+  does ``node_attr[:, 0] = 1``).
+* **Additional message features** ``2x0e``: ``(|rel|, q_i q_j)`` (the reference's order;
+  ``squared_distance=True`` uses ``|rel|^2`` instead, EGNN's choice).
+* **Embedding**: one :class:`O3TensorProduct` ``input (x) node_attr -> hidden``.
+* **Layers** (:class:`SEGNNLayer`): messages ``m_ij = TPG2(TPG1([x_i, x_j, feats], a_ij), a_ij)``
+  (two gated tensor products conditioned on the edge attributes), summed over ``j``;
+  update ``x_i + TP2(TPG1([x_i, m_i], a_i), a_i)`` (first gated, conditioned on the node
+  attributes, residual), then the optional instance norm.
+* **Output**: ``O3TensorProductGate(hidden -> hidden)`` then ``O3TensorProduct(hidden -> 1x1o)``,
+  both conditioned on the node attributes, added to the input positions.
+* **Hidden irreps**: weight-balanced (``--subspace_type=weightbalanced``): for 64 scalars and
+  ``lmax_hidden = lmax_attr = 1`` that is ``32x0e+32x1o``.
+
+Relaxation (method.md): only the two node-update tensor products of every layer get a branch
+(``update_layer_1``'s tensor product and ``update_layer_2``), initialised ``N(0, 1e-4)``;
+every other tensor product is built with ``relaxed=False``.  ``2 * num_layers`` relaxed
+layers in all.  The published N-body runs use ``--norm=none``, hence ``norm=None`` by default.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_relaxeq.groups.irreps import Irreps, balanced_irreps
+from keras_relaxeq.groups.spherical_harmonics import spherical_harmonics
+from keras_relaxeq.layers.steerable import O3TensorProduct, O3TensorProductGate, SteerableNorm
+from keras_relaxeq.training.model import RelaxedModel
+
+register = keras.saving.register_keras_serializable(package="keras_relaxeq")
+
+#: Irreps of the N-body node features ``(loc - com, vel, |vel|)`` and of the output.
+NBODY_INPUT_IRREPS = "2x1o+1x0e"
+NBODY_OUTPUT_IRREPS = "1x1o"
+NBODY_MESSAGE_IRREPS = "2x0e"
+NORMS = (None, "instance")
+
+
+def _untracked(layer, name, value):
+    """Set an attribute without Keras' container tracking (which would rebuild ``Irreps`` tuples)."""
+    object.__setattr__(layer, name, value)
+
+
+def fully_connected_edges(num_nodes: int):
+    """``(senders, receivers)`` of the complete directed graph without self loops (row-major)."""
+    senders, receivers = [], []
+    for i in range(num_nodes):
+        for j in range(num_nodes):
+            if i != j:
+                senders.append(j)
+                receivers.append(i)
+    return np.asarray(senders, np.int32), np.asarray(receivers, np.int32)
+
+
+def _incidence(receivers, num_nodes):
+    """``A[n, e] = 1`` where edge ``e`` ends at node ``n`` (sum aggregation by one contraction)."""
+    a = np.zeros((num_nodes, len(receivers)), np.float64)
+    a[receivers, np.arange(len(receivers))] = 1.0
+    return a
+
+
+@register
+class NBodyGraphFeatures(keras.layers.Layer):
+    """SEGNN's ``O3Transform`` on a fully connected graph, batched.
+
+    Called on ``[loc, vel, charges]`` (``[B, N, 3]``, ``[B, N, 3]``, ``[B, N, 1]``); returns
+    ``(x [B, N, 7], node_attr [B, N, A], edge_attr [B, E, A], edge_features [B, E, 2])`` with
+    ``A = (lmax_attr + 1)^2`` and ``E = N (N - 1)`` (see the module docstring).  No weights.
+    """
+
+    def __init__(self, num_nodes=5, lmax_attr=1, squared_distance=False, **kwargs):
+        super().__init__(**kwargs)
+        self.num_nodes = int(num_nodes)
+        if self.num_nodes < 2:
+            raise ValueError(f"NBodyGraphFeatures: num_nodes must be >= 2, got {num_nodes}.")
+        self.lmax_attr = int(lmax_attr)
+        self.squared_distance = bool(squared_distance)
+        _untracked(self, "attr_irreps", Irreps.spherical_harmonics(self.lmax_attr))
+        self.senders, self.receivers = fully_connected_edges(self.num_nodes)
+        self.num_edges = len(self.senders)
+        self.incoming_mean = _incidence(self.receivers, self.num_nodes) / (self.num_nodes - 1)
+
+    def call(self, inputs):
+        loc, vel, charges = (tf.cast(t, self.compute_dtype) for t in inputs)
+        dtype = loc.dtype
+        loc_i = tf.gather(loc, self.receivers, axis=1)
+        loc_j = tf.gather(loc, self.senders, axis=1)
+        rel = loc_j - loc_i  # [B, E, 3]
+        sq = tf.reduce_sum(tf.square(rel), axis=-1, keepdims=True)
+        dist = sq if self.squared_distance else tf.sqrt(sq)
+        q = charges[..., :1]
+        prod_charges = tf.gather(q, self.senders, axis=1) * tf.gather(q, self.receivers, axis=1)
+        edge_attr = spherical_harmonics(self.attr_irreps, rel, normalize=True, normalization="integral")
+        vel_attr = spherical_harmonics(self.attr_irreps, vel, normalize=True, normalization="integral")
+        node_attr = tf.einsum("ne,bea->bna", tf.constant(self.incoming_mean, dtype), edge_attr) + vel_attr
+        node_attr = tf.concat([tf.ones_like(node_attr[..., :1]), node_attr[..., 1:]], axis=-1)
+        centred = loc - tf.reduce_mean(loc, axis=1, keepdims=True)
+        speed = tf.sqrt(tf.reduce_sum(tf.square(vel), axis=-1, keepdims=True))
+        x = tf.concat([centred, vel, speed], axis=-1)
+        edge_features = tf.concat([dist, prod_charges], axis=-1)
+        return x, node_attr, edge_attr, edge_features
+
+    def compute_output_shape(self, input_shape):
+        batch = input_shape[0][0]
+        n, e, a = self.num_nodes, self.num_edges, self.attr_irreps.dim
+        return (batch, n, 7), (batch, n, a), (batch, e, a), (batch, e, 2)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_nodes=self.num_nodes, lmax_attr=self.lmax_attr, squared_distance=self.squared_distance)
+        return config
+
+
+@register
+class SEGNNLayer(keras.layers.Layer):
+    """One SEGNN message-passing layer on a fully connected graph (``SEGNNLayer`` of the reference).
+
+    Called on ``[x, edge_attr, node_attr, edge_features]``: ``x [B, N, hidden.dim]``,
+    ``edge_attr [B, E, attr.dim]``, ``node_attr [B, N, attr.dim]``,
+    ``edge_features [B, E, message.dim]``; returns the new ``x``.
+
+    Sublayers: ``message_layer_1``, ``message_layer_2`` (:class:`O3TensorProductGate`,
+    conditioned on the edge attributes, never relaxed), ``update_layer_1``
+    (:class:`O3TensorProductGate`) and ``update_layer_2`` (:class:`O3TensorProduct`),
+    conditioned on the node attributes and relaxed when ``relaxed``; ``feature_norm``
+    (:class:`SteerableNorm`, instance mode) when ``norm="instance"``.
+
+    Args:
+        hidden_irreps, attr_irreps, message_irreps: irreps of ``x``, of the (edge and node)
+            attributes and of the additional message features.
+        num_nodes: nodes per graph (the graph is complete, without self loops).
+        norm: None or ``"instance"``.
+        relaxed, relaxation_initializer, lie_method, theta: relaxation of the update layers.
+    """
+
+    def __init__(self, hidden_irreps, attr_irreps="1x0e+1x1o", message_irreps=NBODY_MESSAGE_IRREPS, num_nodes=5,
+                 norm=None, relaxed=True, relaxation_initializer=None, lie_method="auto", theta=1.0, **kwargs):
+        super().__init__(**kwargs)
+        if norm not in NORMS:
+            raise ValueError(f"SEGNNLayer '{self.name}': norm must be one of {NORMS}, got {norm!r}.")
+        _untracked(self, "hidden_irreps", Irreps(hidden_irreps))
+        _untracked(self, "attr_irreps", Irreps(attr_irreps))
+        _untracked(self, "message_irreps", Irreps(message_irreps))
+        self.num_nodes = int(num_nodes)
+        self.norm = norm
+        self.relaxed = bool(relaxed)
+        if relaxation_initializer is None:
+            relaxation_initializer = keras.initializers.RandomNormal(stddev=1e-4)
+        self.relaxation_initializer = keras.initializers.get(relaxation_initializer)
+        self.lie_method = lie_method
+        self.theta = float(theta)
+        self.senders, self.receivers = fully_connected_edges(self.num_nodes)
+        self.incidence = _incidence(self.receivers, self.num_nodes)
+
+        hidden, attr = self.hidden_irreps, self.attr_irreps
+        message_in = (hidden + hidden + self.message_irreps).simplify()
+        update_in = (hidden + hidden).simplify()
+        plain = dict(relaxed=False, dtype=self.dtype_policy)
+        relax = dict(relaxed=self.relaxed, relaxation_initializer=keras.initializers.serialize(
+            self.relaxation_initializer), lie_method=lie_method, theta=self.theta, dtype=self.dtype_policy)
+        self.message_layer_1 = O3TensorProductGate(message_in, attr, hidden, name="message_layer_1", **plain)
+        self.message_layer_2 = O3TensorProductGate(hidden, attr, hidden, name="message_layer_2", **plain)
+        self.update_layer_1 = O3TensorProductGate(update_in, attr, hidden, name="update_layer_1", **relax)
+        self.update_layer_2 = O3TensorProduct(hidden, attr, hidden, name="update_layer_2", **relax)
+        self.feature_norm = (SteerableNorm(hidden, mode="instance", name="feature_norm", dtype=self.dtype_policy)
+                             if norm == "instance" else None)
+
+    def build(self, input_shape):
+        x_shape, edge_attr_shape, node_attr_shape, feat_shape = (tuple(s) for s in input_shape)
+        batch = x_shape[0]
+        e, n = len(self.senders), self.num_nodes
+        msg_in = (batch, e, 2 * self.hidden_irreps.dim + self.message_irreps.dim)
+        self.message_layer_1.build((msg_in, edge_attr_shape))
+        self.message_layer_2.build(((batch, e, self.hidden_irreps.dim), edge_attr_shape))
+        self.update_layer_1.build(((batch, n, 2 * self.hidden_irreps.dim), node_attr_shape))
+        self.update_layer_2.build(((batch, n, self.hidden_irreps.dim), node_attr_shape))
+        if self.feature_norm is not None:
+            self.feature_norm.build((batch, n, self.hidden_irreps.dim))
+        self.built = True
+
+    def call(self, inputs, training=None):
+        x, edge_attr, node_attr, edge_features = inputs
+        dtype = self.compute_dtype
+        x = tf.cast(x, dtype)
+        x_i = tf.gather(x, self.receivers, axis=1)
+        x_j = tf.gather(x, self.senders, axis=1)
+        message = tf.concat([x_i, x_j, tf.cast(edge_features, dtype)], axis=-1)
+        message = self.message_layer_1((message, edge_attr), training=training)
+        message = self.message_layer_2((message, edge_attr), training=training)
+        aggregated = tf.einsum("ne,bed->bnd", tf.constant(self.incidence, dtype), message)  # sum over senders
+        update = self.update_layer_1((tf.concat([x, aggregated], axis=-1), node_attr), training=training)
+        update = self.update_layer_2((update, node_attr), training=training)
+        x = x + update
+        if self.feature_norm is not None:
+            x = self.feature_norm(x, training=training)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[0])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(hidden_irreps=str(self.hidden_irreps), attr_irreps=str(self.attr_irreps),
+                      message_irreps=str(self.message_irreps), num_nodes=self.num_nodes, norm=self.norm,
+                      relaxed=self.relaxed,
+                      relaxation_initializer=keras.initializers.serialize(self.relaxation_initializer),
+                      lie_method=self.lie_method, theta=self.theta)
+        return config
+
+
+def segnn_hidden_irreps(hidden_features=64, lmax_hidden=1, lmax_attr=1, balance="weights") -> Irreps:
+    """SEGNN's hidden irreps (``WeightBalancedIrreps(hidden_features x 0e, SH(lmax_attr), lmax=lmax_hidden)``)."""
+    return balanced_irreps(int(hidden_features), int(lmax_hidden), balance=balance,
+                           attr_irreps=Irreps.spherical_harmonics(int(lmax_attr)))
+
+
+def segnn(num_layers=4, hidden_features=64, lmax_hidden=1, lmax_attr=1, relaxed=True,
+          relaxation_initializer=None, lambda_lie=0.01, lambda_proj=0.01, norm=None, pool=None,
+          num_nodes=5, balance="weights", squared_distance=False, lie_method="auto", penalty_scale="none",
+          name="segnn_nbody"):
+    """SEGNN for the charged N-body task as a :class:`~keras_relaxeq.RelaxedModel`.
+
+    Args:
+        num_layers: message-passing layers (4 published).
+        hidden_features: scalar budget of the weight-balanced hidden irreps (64 published:
+            ``32x0e+32x1o``).
+        lmax_hidden, lmax_attr: maximal degree of the hidden irreps and of the attributes (1, 1).
+        relaxed: relaxation branches on the two node-update tensor products of every layer.
+        relaxation_initializer: branch initializer (default ``RandomNormal(stddev=1e-4)``).
+        lambda_lie, lambda_proj, penalty_scale: penalty weights (see ``RelaxedModel``).
+        norm: None (published N-body runs, ``--norm=none``) or ``"instance"``.
+        pool: must be None: N-body is a node-level task (the reference pools only for
+            ``task="graph"``).
+        num_nodes: particles per system (5).
+        balance: ``"weights"`` (published) or ``"dimension"`` hidden irreps.
+        squared_distance: use ``|rel|^2`` instead of ``|rel|`` as edge feature.
+        lie_method: how the Lie derivative is computed.
+
+    Inputs ``{"loc": [B, N, 3], "vel": [B, N, 3], "charges": [B, N, 1]}``; output the
+    predicted positions ``[B, N, 3]`` (``loc`` + a ``1x1o`` prediction).
+    """
+    if pool is not None:
+        raise ValueError(f"segnn: pool={pool!r}: the N-body model is a node-level task without pooling; "
+                         "use pool=None.")
+    if norm not in NORMS:
+        raise ValueError(f"segnn: norm must be one of {NORMS}, got {norm!r}.")
+    if int(num_layers) < 1:
+        raise ValueError(f"segnn: num_layers must be >= 1, got {num_layers}.")
+    if relaxation_initializer is None:
+        relaxation_initializer = keras.initializers.RandomNormal(stddev=1e-4)
+    relaxation_initializer = keras.initializers.get(relaxation_initializer)
+    hidden = segnn_hidden_irreps(hidden_features, lmax_hidden, lmax_attr, balance)
+    attr = Irreps.spherical_harmonics(int(lmax_attr))
+    n = int(num_nodes)
+
+    loc = keras.Input((n, 3), name="loc")
+    vel = keras.Input((n, 3), name="vel")
+    charges = keras.Input((n, 1), name="charges")
+    x, node_attr, edge_attr, edge_features = NBodyGraphFeatures(
+        num_nodes=n, lmax_attr=lmax_attr, squared_distance=squared_distance, name="graph_features")(
+        [loc, vel, charges])
+    x = O3TensorProduct(NBODY_INPUT_IRREPS, attr, hidden, relaxed=False, name="embedding")((x, node_attr))
+    for i in range(int(num_layers)):
+        x = SEGNNLayer(hidden, attr, NBODY_MESSAGE_IRREPS, num_nodes=n, norm=norm, relaxed=relaxed,
+                       relaxation_initializer=relaxation_initializer, lie_method=lie_method,
+                       name=f"layer_{i}")([x, edge_attr, node_attr, edge_features])
+    x = O3TensorProductGate(hidden, attr, hidden, relaxed=False, name="pre_pool1")((x, node_attr))
+    delta = O3TensorProduct(hidden, attr, NBODY_OUTPUT_IRREPS, relaxed=False, name="pre_pool2")((x, node_attr))
+    positions = keras.layers.Add(name="positions")([loc, delta])
+    return RelaxedModel({"loc": loc, "vel": vel, "charges": charges}, positions, lambda_lie=lambda_lie,
+                        lambda_proj=lambda_proj, penalty_scale=penalty_scale, name=name)
+
+
+__all__ = ["segnn", "segnn_hidden_irreps", "SEGNNLayer", "NBodyGraphFeatures", "fully_connected_edges"]

@@ -1,0 +1,185 @@
+"""SEGNN for the charged N-body task (models/segnn.py): shapes, E(3) equivariance, projection, saving.
+
+A small SEGNN (2 layers, 16 hidden scalars) is trained for a few steps on real simulated
+charged N-body data at theta = 1, so that the relaxation branches are non-zero; then
+
+* the projected model is O(3)-equivariant (rotations and reflections act on ``loc``, ``vel``
+  and the output, charges are invariant) and translation-equivariant;
+* the relaxed model at theta = 1 is not (negative control), at theta = 0 it equals the projection;
+* exactly the two node-update tensor products of every layer are relaxed;
+* projection gives the plain model's parameter count; ``.keras`` files round-trip.
+"""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_relaxeq as kr
+from keras_relaxeq.groups import Irreps
+from keras_relaxeq.layers.base import relaxed_layers
+from keras_relaxeq.models.segnn import NBodyGraphFeatures, SEGNNLayer, fully_connected_edges, segnn, \
+    segnn_hidden_irreps
+from keras_relaxeq.testing import assert_equivariant, check_equivariance
+
+SMALL = dict(num_layers=2, hidden_features=16)
+REPS = {"loc": "vector", "vel": "vector", "charges": "invariant"}
+BATCH = 25
+
+
+@pytest.fixture(scope="module")
+def nbody_cache(tmp_path_factory):
+    """``KERAS_RELAXEQ_CACHE`` pointed at a temporary directory for the whole module."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("KERAS_RELAXEQ_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def train_ds(nbody_cache):
+    from keras_relaxeq.datasets.nbody import nbody_dataset
+    return nbody_dataset("train", batch_size=BATCH, num_samples=100, seed=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def batch(train_ds):
+    x, y = next(iter(train_ds))
+    return {k: v[:8] for k, v in x.items()}, y[:8]
+
+
+@pytest.fixture(scope="module")
+def trained(train_ds):
+    """The relaxed small SEGNN after one epoch (4 steps) at theta = 1."""
+    keras.utils.set_random_seed(0)
+    model = segnn(relaxed=True, **SMALL)
+    assert kr.set_theta(model, 1.0) == 2 * SMALL["num_layers"]
+    # Eager: tracing the penalised train step costs more than these few small steps.
+    model.compile(optimizer=keras.optimizers.Adam(5e-3), loss="mse", run_eagerly=True)
+    history = model.fit(train_ds, epochs=1, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert history.history["lie_penalty"][0] > 0.0 and history.history["projection_penalty"][0] > 0.0
+    return model
+
+
+@pytest.fixture(scope="module")
+def projected(trained):
+    return kr.project(trained)
+
+
+def test_hidden_irreps_are_the_published_weight_balanced_ones():
+    assert segnn_hidden_irreps(64, 1, 1) == Irreps("32x0e+32x1o")
+
+
+def test_output_shape_and_residual(batch):
+    x, y = batch
+    model = segnn(relaxed=False, **SMALL)
+    out = model(x)
+    assert out.shape == (8, 5, 3) and out.dtype == tf.float32
+    assert y.shape == (8, 5, 3)
+    assert np.all(np.isfinite(out.numpy()))
+
+
+def test_graph_features_match_reference(batch):
+    x, _ = batch
+    loc, vel, q = (x[k].numpy().astype(np.float64) for k in ("loc", "vel", "charges"))
+    layer = NBodyGraphFeatures(num_nodes=5, lmax_attr=1, dtype="float64")
+    feats, node_attr, edge_attr, edge_features = (t.numpy() for t in layer([loc, vel, q]))
+    send, recv = fully_connected_edges(5)
+    assert len(send) == 20 and not np.any(send == recv)
+    rel = loc[:, send] - loc[:, recv]
+    np.testing.assert_allclose(edge_features[..., 0], np.linalg.norm(rel, axis=-1), rtol=1e-12)
+    np.testing.assert_allclose(edge_features[..., 1], (q[:, send] * q[:, recv])[..., 0], rtol=1e-12)
+    np.testing.assert_allclose(feats[..., :3], loc - loc.mean(axis=1, keepdims=True), atol=1e-12)
+    np.testing.assert_allclose(feats[..., 3:6], vel, atol=1e-12)
+    np.testing.assert_allclose(feats[..., 6], np.linalg.norm(vel, axis=-1), rtol=1e-12)
+    # "integral" spherical harmonics: Y_0 = 1/sqrt(4 pi), Y_1 = sqrt(3 / (4 pi)) r_hat
+    c0, c1 = 1 / np.sqrt(4 * np.pi), np.sqrt(3 / (4 * np.pi))
+    np.testing.assert_allclose(edge_attr[..., 0], c0, rtol=1e-12)
+    rhat = rel / np.linalg.norm(rel, axis=-1, keepdims=True)
+    np.testing.assert_allclose(edge_attr[..., 1:], c1 * rhat, atol=1e-12)
+    vhat = vel / np.linalg.norm(vel, axis=-1, keepdims=True)
+    mean_in = np.stack([rhat[:, recv == i].mean(axis=1) for i in range(5)], axis=1)
+    np.testing.assert_allclose(node_attr[..., 0], 1.0)  # the reference sets the 0e attribute to 1
+    np.testing.assert_allclose(node_attr[..., 1:], c1 * (mean_in + vhat), atol=1e-12)
+
+
+def test_only_node_update_tensor_products_are_relaxed():
+    model = segnn(relaxed=True, num_layers=3, hidden_features=8)
+    relaxed = relaxed_layers(model)
+    assert len(relaxed) == 2 * 3
+    assert sorted(l.name for l in relaxed) == sorted(["tensor_product", "update_layer_2"] * 3)
+    for layer in model.layers:
+        if isinstance(layer, SEGNNLayer):
+            assert layer.update_layer_1.tensor_product in relaxed and layer.update_layer_2 in relaxed
+            assert not relaxed_layers(layer.message_layer_1) and not relaxed_layers(layer.message_layer_2)
+    assert not relaxed_layers(segnn(relaxed=False, num_layers=3, hidden_features=8))
+    with pytest.raises(ValueError, match="pool"):
+        segnn(pool="avg", **SMALL)
+    with pytest.raises(ValueError, match="norm"):
+        segnn(norm="batch", **SMALL)
+
+
+def test_projected_parameter_count_equals_plain(trained, projected):
+    plain = segnn(relaxed=False, **SMALL)
+    assert not kr.has_relaxation_branches(projected)
+    assert projected.count_params() == plain.count_params()
+    assert trained.count_params() > plain.count_params()
+    for layer in relaxed_layers(trained):  # training made the branches move away from N(0, 1e-4)
+        assert float(tf.reduce_max(tf.abs(layer.relaxation_kernel))) > 1e-3
+
+
+def test_projected_segnn_is_e3_equivariant(trained, projected, batch):
+    x, _ = batch
+    report = assert_equivariant(projected, x, input_reps=REPS, output_reps="vector", group="O3", num_samples=3)
+    assert report.max_error < 1e-4
+    # translations: loc + t -> out + t (charges, velocities unchanged)
+    t = tf.constant(np.random.default_rng(1).normal(scale=3.0, size=(8, 1, 3)), tf.float32)
+    out = projected(x).numpy()
+    moved = projected(dict(x, loc=x["loc"] + t)).numpy()
+    np.testing.assert_allclose(moved, out + t.numpy(), atol=2e-4)
+    # the relaxed model at theta = 0 computes the projected model
+    kr.set_theta(trained, 0.0)
+    try:
+        np.testing.assert_allclose(trained(x).numpy(), out, atol=1e-5)
+    finally:
+        kr.set_theta(trained, 1.0)
+
+
+def test_relaxed_segnn_at_theta_one_is_not_equivariant(trained, batch):
+    x, _ = batch
+    kr.set_theta(trained, 1.0)
+    report = check_equivariance(trained, x, input_reps=REPS, output_reps="vector", group="O3", num_samples=2)
+    assert not report.passed, report
+
+
+def test_instance_norm_variant_is_equivariant(batch):
+    x, _ = batch
+    keras.utils.set_random_seed(2)
+    model = segnn(relaxed=True, norm="instance", **SMALL)
+    assert kr.set_theta(model, 0.0) == 4
+    assert_equivariant(model, x, input_reps=REPS, output_reps="vector", group="O3", num_samples=2)
+    plain = kr.project(model)
+    assert plain.count_params() == segnn(relaxed=False, norm="instance", **SMALL).count_params()
+
+
+def test_keras_round_trip(trained, projected, batch, tmp_path):
+    x, _ = batch
+    kr.set_theta(trained, 0.25)
+    try:
+        path = os.fspath(tmp_path / "relaxed.keras")
+        trained.save(path)
+        loaded = keras.saving.load_model(path)
+        assert isinstance(loaded, kr.RelaxedModel)
+        assert kr.get_theta(loaded) == pytest.approx(0.25)
+        assert len(relaxed_layers(loaded)) == 4
+        np.testing.assert_allclose(loaded(x).numpy(), trained(x).numpy(), atol=1e-6)
+    finally:
+        kr.set_theta(trained, 1.0)
+    path = os.fspath(tmp_path / "projected.keras")
+    projected.save(path)
+    loaded = keras.saving.load_model(path)
+    assert not kr.has_relaxation_branches(loaded)
+    np.testing.assert_allclose(loaded(x).numpy(), projected(x).numpy(), atol=1e-6)
