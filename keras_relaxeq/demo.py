@@ -13,7 +13,6 @@ import json
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 import keras_relaxeq as kr
