@@ -133,9 +133,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--verbose", type=int, default=1, help="Keras fit verbosity (1: progress bar)")
     g = p.add_argument_group("distribution (docs/distributed.md)")
     _dist().add_strategy_argument(g)
-    for action in p._actions:  # this recipe's batch option is --batch
-        if action.dest == "strategy" and action.help:
-            action.help = action.help.replace("--batch-size", "--batch")
     g.add_argument("--cpu-replicas", type=int, default=None, metavar="N",
                    help="testing aid: split the CPU into N logical devices and mirror over them "
                         "(with --strategy mirrored, e.g. to test 2 replicas on a CPU-only machine)")

@@ -6,7 +6,7 @@ A recipe does::
     add_strategy_argument(parser)                     # --strategy {default,mirrored,multiworker}
     args = parser.parse_args()
     strategy = get_strategy(args.strategy)            # FIRST TensorFlow call of the program
-    batch = global_batch_size(args.batch_size, strategy)   # --batch-size is the *global* batch
+    batch = global_batch_size(args.batch, strategy)   # --batch is the *global* batch
     with strategy.scope():                            # model, optimizer, metrics, penalties
         model = build_model(); model.compile(...)
     train = shard_dataset(make_dataset(batch_size=batch), "data")
@@ -74,7 +74,7 @@ def add_strategy_argument(parser, default: str = "default"):
         "--strategy", choices=STRATEGIES, default=default,
         help="tf.distribute strategy: 'default' (one device), 'mirrored' (all GPUs of this "
              "machine), 'multiworker' (MultiWorkerMirroredStrategy; reads TF_CONFIG, run the same "
-             "command on every host). --batch-size is the global batch size in every case.")
+             "command on every host). --batch is the global batch size in every case.")
     return parser
 
 
