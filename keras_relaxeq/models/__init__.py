@@ -3,3 +3,4 @@
 from keras_relaxeq.models.vn_classifier import vn_classifier
 from keras_relaxeq.models.vn_dgcnn import vn_dgcnn
 from keras_relaxeq.models.vn_pointnet import VNConcatGlobal, vn_pointnet
+from keras_relaxeq.models.segnn import segnn

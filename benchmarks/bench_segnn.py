@@ -1,0 +1,182 @@
+#!/usr/bin/env python
+"""Training speed of the relaxed vs the plain SEGNN on charged N-body (published size).
+
+Both models (``keras_relaxeq.models.segnn.segnn``, default: 4 layers, 64 hidden scalars =
+``32x0e+32x1o``, lmax 1, batch 100) are built in one process and timed side by side,
+interleaved round-robin so both see the same machine load:
+
+* ``plain``   ``segnn(relaxed=False)``: the equivariant model;
+* ``relaxed`` ``segnn(relaxed=True)`` at theta = 1: branches on the 8 node-update tensor
+  products, with the Lie and projection penalties (closed form) in the loss.
+
+Timing: each model's compiled train step (``model.train_function``, the ``tf.function`` that
+``fit`` runs; Adam 5e-4, MSE) on real training batches from ``nbody_dataset`` (cycled);
+``--warmup`` steps (tracing, grappler) are excluded; each round times ``--steps`` consecutive
+steps per model; reported: median (and IQR) over ``--repeats`` rounds, steps/s, the relaxed /
+plain ratio, and the projected time of one full published run (``--epochs`` x
+``train_samples / batch`` steps = 1000 x 30), training steps only, and with the per-epoch
+projected validation (``--val-samples / batch`` evaluation steps of the plain model) added.
+
+Example::
+
+    python benchmarks/bench_segnn.py --repeats 5 --json /tmp/bench_segnn.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--norm", choices=("none", "instance"), default="none")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps per model (tracing included)")
+    p.add_argument("--steps", type=int, default=10, help="steps per model per round")
+    p.add_argument("--repeats", type=int, default=5, help="rounds")
+    p.add_argument("--epochs", type=int, default=1000, help="epochs of the projected full run")
+    p.add_argument("--train-samples", type=int, default=3000, help="training samples of the projected run")
+    p.add_argument("--val-samples", type=int, default=2000,
+                   help="validation samples evaluated (projected model) per epoch in the projected run")
+    p.add_argument("--jit", action="store_true", help="XLA jit_compile the train steps")
+    p.add_argument("--threads", type=int, default=None, help="TF intra-op threads (default: TF's choice)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="write the results here")
+    return p
+
+
+def build(relaxed, args):
+    import keras
+    import keras_relaxeq as kr
+    from keras_relaxeq.models.segnn import segnn
+
+    model = segnn(num_layers=args.layers, hidden_features=args.hidden, relaxed=relaxed,
+                  norm=None if args.norm == "none" else args.norm, name=f"segnn_{'relaxed' if relaxed else 'plain'}")
+    if relaxed:
+        kr.set_theta(model, 1.0)
+    model.compile(optimizer=keras.optimizers.Adam(5e-4), loss="mse", jit_compile=bool(args.jit))
+    return model
+
+
+def train_steps(model, batches, steps, start=0):
+    """Run ``steps`` compiled train steps cycling through ``batches``; returns the last loss."""
+    if model.train_function is None:
+        model.make_train_function()
+    logs = None
+    for i in range(steps):
+        logs = model.train_function(iter([batches[(start + i) % len(batches)]]))
+    return float(logs["loss"])  # forces completion
+
+
+def eval_steps(model, batches, steps):
+    """Run ``steps`` compiled evaluation steps (``model.test_function``) cycling through ``batches``."""
+    if model.test_function is None:
+        model.make_test_function()
+    logs = None
+    for i in range(steps):
+        logs = model.test_function(iter([batches[i % len(batches)]]))
+    return float(logs["loss"])
+
+
+def _quantiles(values):
+    values = sorted(values)
+    if len(values) == 1:
+        return values[0], values[0], values[0]
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return q[0], statistics.median(values), q[2]
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    import tensorflow as tf
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    import keras
+    from keras_relaxeq.datasets.nbody import nbody_dataset
+    from keras_relaxeq.layers.base import relaxed_layers
+
+    keras.utils.set_random_seed(args.seed)
+    ds = nbody_dataset("train", batch_size=args.batch, num_samples=max(args.batch * 4, args.batch), seed=args.seed,
+                       drop_remainder=True)
+    batches = list(ds.take(4))
+    models, build_seconds = {}, {}
+    for label, relaxed in (("plain", False), ("relaxed", True)):
+        t0 = time.perf_counter()
+        model = build(relaxed, args)
+        train_steps(model, batches, max(args.warmup, 1))
+        models[label] = model
+        build_seconds[label] = time.perf_counter() - t0
+        print(f"  built + warmed up {label:<8s} {build_seconds[label]:6.1f} s ({model.count_params():,} params, "
+              f"{len(relaxed_layers(model))} relaxed layers, jit={model.jit_compile})", flush=True)
+    labels = list(models)
+    times = {l: [] for l in labels}
+    for r in range(args.repeats):
+        order = labels[r % 2:] + labels[:r % 2]
+        for label in order:
+            t0 = time.perf_counter()
+            train_steps(models[label], batches, args.steps, start=r)
+            times[label].append(1000.0 * (time.perf_counter() - t0) / args.steps)
+        print(f"  round {r + 1}/{args.repeats}: " + "  ".join(f"{l}={times[l][-1]:.1f} ms" for l in labels),
+              flush=True)
+
+    # per-epoch projected validation = evaluation steps of the plain (projected) architecture
+    eval_steps(models["plain"], batches, max(args.warmup, 1))
+    eval_times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        eval_steps(models["plain"], batches, args.steps)
+        eval_times.append(1000.0 * (time.perf_counter() - t0) / args.steps)
+    eval_ms = statistics.median(eval_times)
+    val_batches = -(-args.val_samples // args.batch)
+
+    steps_per_epoch = args.train_samples // args.batch
+    total_steps = args.epochs * steps_per_epoch
+    results = {}
+    for label in labels:
+        q1, med, q3 = _quantiles(times[label])
+        results[label] = {"ms_per_step_median": med, "ms_per_step_iqr": [q1, q3], "steps_per_second": 1000.0 / med,
+                          "params": int(models[label].count_params()),
+                          "relaxed_layers": len(relaxed_layers(models[label])),
+                          "full_run_hours": total_steps * med / 1000.0 / 3600.0,
+                          "full_run_hours_with_validation":
+                              args.epochs * (steps_per_epoch * med + val_batches * eval_ms) / 1000.0 / 3600.0,
+                          "ms_per_step_all": times[label]}
+    paired = [r / p for r, p in zip(times["relaxed"], times["plain"])]
+    summary = {
+        "config": vars(args), "steps_per_epoch": steps_per_epoch, "full_run_steps": total_steps,
+        "results": results,
+        "eval_ms_per_batch_median": eval_ms, "val_batches_per_epoch": val_batches,
+        "relaxed_over_plain_median": results["relaxed"]["ms_per_step_median"] / results["plain"]["ms_per_step_median"],
+        "relaxed_over_plain_paired_median": statistics.median(paired),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "tensorflow": tf.__version__,
+                    "keras": keras.__version__, "gpus": len(tf.config.list_physical_devices("GPU"))},
+    }
+    print(f"\nSEGNN N-body train step, batch {args.batch}, {args.layers} layers, hidden {args.hidden} "
+          f"({os.cpu_count()} CPUs, {summary['machine']['gpus']} GPUs, jit={bool(args.jit)}):")
+    print(f"{'model':<9s} {'params':>9s} {'ms/step (median)':>17s} {'IQR':>17s} {'steps/s':>8s} "
+          f"{'full run (' + str(total_steps) + ' steps)':>26s}")
+    for label in labels:
+        r = results[label]
+        print(f"{label:<9s} {r['params']:>9,d} {r['ms_per_step_median']:>17.1f} "
+              f"{r['ms_per_step_iqr'][0]:>8.1f}-{r['ms_per_step_iqr'][1]:<8.1f} {r['steps_per_second']:>8.2f} "
+              f"{r['full_run_hours']:>22.2f} h")
+    print(f"projected validation: {eval_ms:.1f} ms per batch x {val_batches} batches per epoch; full run with "
+          f"validation every epoch: " + ", ".join(f"{l} {results[l]['full_run_hours_with_validation']:.2f} h"
+                                                  for l in labels))
+    print(f"relaxed / plain: {summary['relaxed_over_plain_median']:.2f}x (paired median "
+          f"{summary['relaxed_over_plain_paired_median']:.2f}x)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(summary, f, indent=2)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
