@@ -5,6 +5,8 @@
     python recipes/segnn_nbody.py --no-relaxed --output-dir runs/segnn_nbody_plain
     python recipes/segnn_nbody.py --epochs 2 --train-samples 100 --hidden 16 --layers 2 \
         --output-dir /tmp/segnn_smoke
+    python recipes/segnn_nbody.py --strategy mirrored --output-dir runs/segnn_nbody   # all GPUs of this machine
+    TF_CONFIG=... python recipes/segnn_nbody.py --strategy multiworker --output-dir /shared/run  # every host
 
 Published defaults (``DEFAULTS``): 1000 epochs, batch 100, Adam 5e-4, weight decay 1e-12,
 3,000 training trajectories (30 steps per epoch), lambda_lie = lambda_proj = 0.01, triangle theta
@@ -12,13 +14,19 @@ schedule, SEGNN with 4 layers, 64 hidden scalars (``32x0e+32x1o``), lmax 1, no n
 rotation per training batch.  The checkpoint is selected on the validation MSE of the *projected*
 model (never on the test set); the test MSE of that best projected model is reported at the end.
 
+``--strategy {default,mirrored,multiworker}`` (``keras_relaxeq.training.distribute``, see
+docs/distributed.md): ``--batch`` is the *global* batch size (divisible by the number of replicas);
+the training data is batched with it, gets one rotation per global batch and is sharded with
+``AutoShardPolicy.DATA`` (worker *i* keeps slice *i* of every global batch), so N replicas / workers
+see the same global batches as one device.  Only the chief writes ``--output-dir``.
+
 Differences from the reference code: Keras' Adam applies the (negligible, 1e-12) weight decay in
 decoupled form; the reference evaluates the un-projected network and selects on validation but
 reports the test loss of the same epoch, which is what ``best_test_mse`` is here.
 
 The output directory gets:
 
-* ``backup/``             ``BackupAndRestore`` state: re-running the same command resumes a killed
+* ``backup/``             ``MultiWorkerBackupAndRestore`` state: re-running the same command resumes a killed
                           run (or extends a finished one when ``--epochs`` grows); ``--fresh`` starts
                           over, ``--resume`` insists on a backup;
 * ``log.csv``             per-epoch train MSE, relaxed and projected val MSE, theta, penalties;
@@ -26,7 +34,7 @@ The output directory gets:
 * ``best_relaxed.keras``  the relaxed model at the best projected val MSE, ``best_projected.keras``
                           its projection;
 * ``projected.keras``     the final projected (exactly equivariant) model;
-* ``summary.json``        config, epochs, best / final projected val MSE, test MSE of the best
+* ``summary.json``        config, strategy / replicas / workers / global batch, epochs, best / final projected val MSE, test MSE of the best
                           projected model, E(3)-equivariance errors, parameter counts, wall time;
 * ``history.png``         MSE / theta / penalties vs epoch.
 """
@@ -57,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=d["epochs"])
-    g.add_argument("--batch", type=int, default=d["batch"], help="batch size")
+    g.add_argument("--batch", type=int, default=d["batch"],
+                   help="global batch size (summed over all replicas and workers)")
     g.add_argument("--lr", type=float, default=d["lr"], help="Adam learning rate")
     g.add_argument("--weight-decay", type=float, default=d["weight_decay"],
                    help="weight decay (Keras' decoupled form)")
@@ -87,7 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
     rg.add_argument("--resume", action="store_true", help="require a backup in --output-dir and continue")
     rg.add_argument("--fresh", action="store_true", help="delete the backup and logs and start over")
     g.add_argument("--verbose", type=int, default=1, help="Keras fit verbosity (1: progress bar)")
+    g = p.add_argument_group("distribution (docs/distributed.md)")
+    _dist().add_strategy_argument(g)
+    g.add_argument("--cpu-replicas", type=int, default=None, metavar="N",
+                   help="testing aid: split the CPU into N logical devices and mirror over them "
+                        "(with --strategy mirrored, e.g. to test 2 replicas on a CPU-only machine)")
     return p
+
+
+def _dist():
+    """``keras_relaxeq.training.distribute`` (imports TensorFlow, but runs no TensorFlow op)."""
+    from keras_relaxeq.training import distribute
+    return distribute
 
 
 def resolve_config(args) -> dict:
@@ -98,7 +118,33 @@ def resolve_config(args) -> dict:
             raise SystemExit(f"--{key.replace('_', '-')} must be >= 1")
     if cfg["train_samples"] < cfg["batch"]:
         raise SystemExit("--train-samples must be at least --batch (full batches are used for training)")
+    if cfg.get("cpu_replicas") is not None:
+        if cfg["cpu_replicas"] < 1:
+            raise SystemExit("--cpu-replicas must be >= 1")
+        if cfg.get("strategy") != "mirrored":
+            raise SystemExit("--cpu-replicas needs --strategy mirrored")
     return cfg
+
+
+def make_strategy(cfg):
+    """The ``tf.distribute`` strategy of ``--strategy``: call it before any other TensorFlow op.
+
+    With ``--cpu-replicas N`` the physical CPU is first split into N logical devices and the
+    ``MirroredStrategy`` mirrors over them (N replicas without GPUs, for tests).
+    """
+    dist = _dist()
+    n = cfg.get("cpu_replicas")
+    if not n:
+        return dist.get_strategy(cfg["strategy"])
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+    except RuntimeError as e:  # TensorFlow already initialised (e.g. a second main() in one process)
+        if len(tf.config.list_logical_devices("CPU")) < n:
+            raise SystemExit(f"--cpu-replicas {n}: TensorFlow is already initialised with fewer CPU devices; "
+                             f"use a fresh process ({e})") from None
+    return dist.get_strategy("mirrored", devices=[f"/cpu:{i}" for i in range(n)])
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -111,6 +157,13 @@ def build_model(cfg):
 
 
 def make_datasets(cfg):
+    """Train / val / test pipelines batched with ``cfg["batch"]``, the *global* batch size.
+
+    ``nbody_dataset`` shuffles, batches and then rotates each batch, so there is one rotation per
+    global batch; sharded with ``AutoShardPolicy.DATA`` each replica / worker gets its slice of every
+    (rotated) global batch, i.e. the same global batches as on one device.  The pipelines are seeded,
+    hence identical on every worker (which DATA sharding needs).
+    """
     from keras_relaxeq.datasets.nbody import nbody_dataset
     # training: reshuffled, one random rotation per batch, full batches (the reference drops the last)
     train = nbody_dataset("train", batch_size=cfg["batch"], num_samples=cfg["train_samples"], seed=cfg["seed"],
@@ -232,21 +285,32 @@ def equivariance_errors(model, inputs, seed=0):
 
 # ----------------------------------------------------------------------------- main
 
+def _remove(target: Path):
+    """Delete a file or directory; tolerant of other workers deleting it at the same time."""
+    if target.is_dir():
+        shutil.rmtree(target, ignore_errors=True)
+    else:
+        target.unlink(missing_ok=True)
+
+
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     cfg = resolve_config(args)
+    # the first TensorFlow call (MultiWorkerMirroredStrategy configures collectives at start-up)
+    strategy = make_strategy(cfg)
+    dist = _dist()
+    chief = dist.is_chief(strategy)
     out = Path(cfg["output_dir"])
     backup_dir = out / "backup"
     if cfg["fresh"] and out.exists():
+        # every worker deletes before its own fit; nobody writes a backup before all workers are in fit
         for name in ("backup", "logs", "log.csv", "best_relaxed.keras", "best_projected.keras"):
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+            _remove(out / name)
     if cfg["resume"] and not backup_dir.exists():
         raise SystemExit(f"--resume: no backup in {backup_dir}")
-    out.mkdir(parents=True, exist_ok=True)
+    # Where this process writes every output file: ``out`` on the chief, one private temp dir on the
+    # other workers (they take part in every save, but their files are thrown away at the end).
+    write_dir = Path(dist.worker_dir(str(out), strategy))
     start = time.time()
 
     import keras
@@ -254,34 +318,43 @@ def main(argv=None) -> dict:
     import keras_relaxeq as kr
     from keras_relaxeq.training.callbacks import ProjectedValidation
 
+    cfg["batch"] = dist.global_batch_size(cfg["batch"], strategy)  # --batch is the global batch size
     keras.utils.set_random_seed(cfg["seed"])
     train, val, test = make_datasets(cfg)
-    model = build_model(cfg)
-    model.compile(optimizer=keras.optimizers.Adam(cfg["lr"], weight_decay=cfg["weight_decay"] or None),
-                  loss="mse")
+    # AutoShardPolicy.DATA: worker i keeps slice i of every global batch (one rotation per global batch)
+    train, val = dist.shard_dataset(train, "data"), dist.shard_dataset(val, "data")
+    with strategy.scope():  # model, optimizer, metrics (and penalties) are created on every replica
+        model = build_model(cfg)
+        model.compile(optimizer=keras.optimizers.Adam(cfg["lr"], weight_decay=cfg["weight_decay"] or None),
+                      loss="mse")
+    dist.prepare_model(model, strategy)  # Keras 3.15 multi-worker workarounds (no-op otherwise)
 
-    csv_path = out / "log.csv"
-    previous = read_csv_history(csv_path)
+    # the projected model of ProjectedValidation is built in the callback, outside the strategy scope
+    # (one device, full validation set on every worker)
+    csv_path = write_dir / "log.csv"
+    previous = read_csv_history(out / "log.csv")  # the shared log: same initial best on every worker
     finite_prev = [v for v in previous.get("projected_val_loss", []) if math.isfinite(v)]
     best_so_far = min(finite_prev) if finite_prev else None
     projected_val = make_callbacks(keras, ProjectedValidation)(
-        val, every=cfg["eval_every"], best_path=out / "best_projected.keras", initial_best=best_so_far)
+        val, every=cfg["eval_every"], best_path=write_dir / "best_projected.keras", initial_best=best_so_far)
     callbacks = []
     if cfg["relaxed"]:
         callbacks.append(kr.ThetaScheduler(cfg["schedule"], epochs=cfg["epochs"], value=cfg["theta_value"]))
     callbacks += [
         projected_val,  # before everything that reads projected_val_loss
-        keras.callbacks.ModelCheckpoint(str(out / "best_relaxed.keras"), monitor="projected_val_loss", mode="min",
+        keras.callbacks.ModelCheckpoint(str(write_dir / "best_relaxed.keras"), monitor="projected_val_loss", mode="min",
                                         save_best_only=True, initial_value_threshold=best_so_far),
         keras.callbacks.CSVLogger(str(csv_path), append=True),
     ]
     tensorboard = importlib.util.find_spec("tensorboard") is not None
     if tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False))
-    else:
+        callbacks.append(keras.callbacks.TensorBoard(str(write_dir / "logs"), write_graph=False))
+    elif chief:
         print("recipes/segnn_nbody.py: tensorboard is not installed; no TensorBoard logs (log.csv has the same "
               "quantities).", file=sys.stderr)
-    callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False))
+    # every worker restores from the shared backup, only the chief writes it; kept after a finished run
+    # so that a larger --epochs extends it
+    callbacks.append(dist.MultiWorkerBackupAndRestore(str(backup_dir), delete_checkpoint=False, strategy=strategy))
     fit_start = time.time()
     fit_history = model.fit(train, validation_data=val if cfg["relaxed_val"] else None, epochs=cfg["epochs"],
                             callbacks=callbacks, verbose=cfg["verbose"])
@@ -292,8 +365,8 @@ def main(argv=None) -> dict:
     projected_val.set_model(model)
     final_val = projected_val.evaluate()["projected_val_loss"]
     projected = projected_val.projected
-    projected.save(out / "projected.keras")
-    best_path = out / "best_projected.keras"
+    projected.save(write_dir / "projected.keras")
+    best_path = write_dir / "best_projected.keras"
     best = keras.saving.load_model(best_path, compile=False) if best_path.exists() else projected
     best.compile(loss="mse", jit_compile=False)
     best_test = float(best.evaluate(test, verbose=0, return_dict=True)["loss"])
@@ -310,6 +383,10 @@ def main(argv=None) -> dict:
                     else model.count_params())
     summary = {
         "config": cfg,
+        "strategy": cfg["strategy"],
+        "num_replicas": int(strategy.num_replicas_in_sync),
+        "num_workers": int(dist.num_workers(strategy)),
+        "global_batch": int(cfg["batch"]),
         "epochs_run": len(history.get("epoch", [])),
         "epochs_this_invocation": epochs_this_call,
         "resumed": epochs_this_call < cfg["epochs"],
@@ -329,14 +406,16 @@ def main(argv=None) -> dict:
                   "plot": "history.png", "backup": "backup"},
         "tensorboard": tensorboard,
     }
-    with open(out / "summary.json", "w") as f:
+    with open(write_dir / "summary.json", "w") as f:
         json.dump(summary, f, indent=2, default=str)
-    plot_regression_history(history, out / "history.png",
+    plot_regression_history(history, write_dir / "history.png",
                             title=f"SEGNN ({'relaxed' if cfg['relaxed'] else 'plain'}) on charged N-body")
-    if cfg["verbose"]:
+    dist.cleanup_worker_dir(str(write_dir), str(out), strategy)  # non-chief: throw the private copy away
+    if cfg["verbose"] and chief:
         print(f"best projected val MSE {best_val} (epoch {summary['best_epoch']}); test MSE of the best projected "
               f"model {best_test:.5f}; O(3) error {equivariance['o3_max_error']:.2e}, translation error "
-              f"{equivariance['translation_max_error']:.2e}; summary: {out / 'summary.json'}")
+              f"{equivariance['translation_max_error']:.2e}; strategy {cfg['strategy']} ({summary['num_replicas']} replicas, "
+              f"global batch {cfg['batch']}); summary: {out / 'summary.json'}")
     return summary
 
 
