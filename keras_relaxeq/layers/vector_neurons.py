@@ -75,7 +75,14 @@ class VNLinear(_VectorLayer):
                                       initializer=self.kernel_initializer)
 
     def equivariant_call(self, inputs, training=None):
-        return tf.einsum("...ci,cd->...di", inputs, self.kernel)
+        # Fold every leading axis into one before the einsum: with a "..." operand TF's
+        # einsum gradient w.r.t. the kernel materialises a per-point [points, C_in, C_out]
+        # outer product before reducing it (gigabytes for VN-PointNet), while the rank-3
+        # form contracts the points axis in one matmul.
+        shape = tf.shape(inputs)
+        x = tf.reshape(inputs, [-1, shape[-2], 3])
+        y = tf.einsum("nci,cd->ndi", x, self.kernel)
+        return tf.reshape(y, tf.concat([shape[:-2], [self.channels, 3]], 0))
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-2]) + (self.channels, 3)
