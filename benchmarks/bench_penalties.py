@@ -7,7 +7,9 @@ architecture in five variants:
 
     plain          relaxed=False, keras.Model                (the equivariant model)
     relaxed_nopen  relaxed branches, keras.Model             (branches, no penalties)
-    closed_form    relaxed, RelaxedModel, lie_method="closed_form"
+    auto           relaxed, RelaxedModel, lie_method="auto" (the default: Gram-matrix closed form
+                   for per-point features, direct evaluation for pooled ones)
+    closed_form    relaxed, RelaxedModel, lie_method="closed_form" (Gram matrix everywhere)
     jvp            relaxed, RelaxedModel, lie_method="jvp"   (tf.autodiff.ForwardAccumulator)
     tape           relaxed, RelaxedModel, lie_method="tape"  (double-backward GradientTape)
 
@@ -63,8 +65,8 @@ import subprocess
 import sys
 import time
 
-VARIANTS = ("plain", "relaxed_nopen", "closed_form", "jvp", "tape")
-PENALTY_METHODS = ("closed_form", "jvp", "tape")
+VARIANTS = ("plain", "relaxed_nopen", "auto", "closed_form", "jvp", "tape")
+PENALTY_METHODS = ("auto", "closed_form", "jvp", "tape")
 TARGET_SHARE = 0.15
 
 

@@ -39,7 +39,7 @@ from keras_relaxeq.groups.representations import Representation
 
 _STATE = threading.local()
 
-LIE_METHODS = ("auto", "closed_form", "jvp", "tape")
+LIE_METHODS = ("auto", "closed_form", "direct", "jvp", "tape")
 BRANCHES = ("linear", "mlp")
 
 
@@ -206,6 +206,26 @@ def linear_branch_penalties(kernel, bias, gram, in_rep: Representation, out_rep:
     return lie, proj
 
 
+def direct_linear_branch_penalties(kernel, bias, flat_x, in_rep: Representation, out_rep: Representation):
+    """``(LD, N)`` of the linear branch evaluated directly on the rows of ``flat_x`` ``[P, D_in]``.
+
+    ``sum_p sum_k ||x_p M_k - c_k||^2`` with one ``[P, D_in] x [D_in, 4 D_out]`` product: cheaper
+    than the Gram-matrix closed form when there are fewer rows than input features (pooled
+    features: one row per sample), exact like it.
+    """
+    w = tf.convert_to_tensor(kernel)
+    a = tf.transpose(in_rep.apply_generators(tf.transpose(w), transpose=True), [0, 2, 1])
+    m = a - out_rep.apply_generators(w)  # [3, D_in, D_out]
+    d_out = tf.shape(w)[1]
+    blocks = tf.reshape(tf.transpose(tf.concat([m, w[None]], axis=0), [1, 0, 2]), [tf.shape(w)[0], -1])
+    y = tf.reshape(tf.matmul(flat_x, blocks), [-1, 4, d_out])  # x M_0, x M_1, x M_2, x W
+    lie_rows, r = y[:, :3], y[:, 3]
+    if bias is not None:
+        lie_rows = lie_rows - out_rep.apply_generators(bias)[None]
+        r = r + bias
+    return tf.reduce_sum(tf.square(lie_rows)), tf.reduce_sum(tf.square(r))
+
+
 def autodiff_branch_penalties(branch_fn, flat_x, in_rep: Representation, out_rep: Representation,
                               method: str = "jvp"):
     """``(LD, N)`` of any branch ``branch_fn: [P, D_in] -> [P, D_out]`` by autodiff.
@@ -285,8 +305,8 @@ class RelaxedEquivariantLayer(keras.layers.Layer):
             raise ValueError(f"relaxation_branch must be one of {BRANCHES}, got {relaxation_branch!r}.")
         if lie_method not in LIE_METHODS:
             raise ValueError(f"lie_method must be one of {LIE_METHODS}, got {lie_method!r}.")
-        if lie_method == "closed_form" and relaxation_branch != "linear":
-            raise ValueError("lie_method='closed_form' needs relaxation_branch='linear'; "
+        if lie_method in ("closed_form", "direct") and relaxation_branch != "linear":
+            raise ValueError(f"lie_method={lie_method!r} needs relaxation_branch='linear'; "
                              "use lie_method='jvp' or 'tape' for other branches.")
         self.relaxed = bool(relaxed) and not _force_plain()
         self.relaxation_initializer = keras.initializers.get(relaxation_initializer)
@@ -381,10 +401,17 @@ class RelaxedEquivariantLayer(keras.layers.Layer):
             y = y + self.relaxation_bias
         return y
 
-    def resolved_lie_method(self) -> str:
-        if self.lie_method == "auto":
-            return "closed_form" if self.relaxation_branch == "linear" else "jvp"
-        return self.lie_method
+    def resolved_lie_method(self, inputs=None) -> str:
+        """The method used for ``inputs``: ``"auto"`` picks, for linear branches, the Gram-matrix
+        closed form for per-point features and the direct evaluation for pooled features (only a
+        batch axis before the feature axes: fewer rows than input features); JVP otherwise."""
+        if self.lie_method != "auto":
+            return self.lie_method
+        if self.relaxation_branch != "linear":
+            return "jvp"
+        if inputs is not None and inputs.shape.rank == self.input_rep.feature_rank + 1:
+            return "direct"
+        return "closed_form"
 
     def add_relaxation(self, inputs, outputs):
         """Return ``outputs + theta * R(inputs)`` and report penalties to the active collector."""
@@ -399,8 +426,13 @@ class RelaxedEquivariantLayer(keras.layers.Layer):
 
     def branch_penalties(self, inputs, collector=None, method=None):
         """``(LD, N)`` of this layer's own branch for ``inputs`` (on ``stop_gradient``)."""
-        method = method or self.resolved_lie_method()
+        method = method or self.resolved_lie_method(inputs)
         flat_x = tf.stop_gradient(_flatten_features(inputs, self.input_rep))
+        if method == "direct":
+            if self.relaxation_branch != "linear":
+                raise ValueError("The direct evaluation needs a linear branch.")
+            return direct_linear_branch_penalties(self.relaxation_kernel, self.relaxation_bias, flat_x,
+                                                  self.input_rep, self.output_rep)
         if method == "closed_form":
             if self.relaxation_branch != "linear":
                 raise ValueError("The closed form needs a linear branch.")

@@ -73,14 +73,14 @@ def finite_difference_lie(layer, x, eps=1e-4):
     return total
 
 
-METHODS = ["closed_form", "jvp", "tape"]
+METHODS = ["closed_form", "direct", "jvp", "tape"]
 
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_closed_form_equals_autodiff_float64(bias):
     layer, x = make_layer(3, 4, dtype="float64", bias=bias)
     values = {m: [float(v) for v in layer.branch_penalties(x, method=m)] for m in METHODS}
-    for m in ("jvp", "tape"):
+    for m in ("direct", "jvp", "tape"):
         np.testing.assert_allclose(values[m], values["closed_form"], rtol=1e-10)
     assert values["closed_form"][0] > 1.0 and values["closed_form"][1] > 1.0
 
@@ -88,7 +88,7 @@ def test_closed_form_equals_autodiff_float64(bias):
 def test_closed_form_equals_autodiff_float32():
     layer, x = make_layer(5, 6, dtype="float32", seed=3)
     cf = np.array([float(v) for v in layer.branch_penalties(x, method="closed_form")])
-    for m in ("jvp", "tape"):
+    for m in ("direct", "jvp", "tape"):
         np.testing.assert_allclose([float(v) for v in layer.branch_penalties(x, method=m)], cf, rtol=1e-4)
 
 
@@ -178,3 +178,12 @@ def test_safe_sqrt_value_and_finite_gradient_at_zero():
     g = tape.gradient(y, x).numpy()
     np.testing.assert_allclose(y.numpy(), [0.0, 2.0])
     assert np.all(np.isfinite(g)) and abs(g[1] - 0.25) < 1e-6
+
+
+def test_auto_method_uses_direct_evaluation_for_pooled_features():
+    layer, x = make_layer(3, 2, dtype="float64", seed=8)
+    assert layer.resolved_lie_method(x) == "closed_form"  # [batch, points, C, 3]: Gram matrix
+    pooled = x[:, 0]  # [batch, C, 3]: fewer rows than input features
+    assert layer.resolved_lie_method(pooled) == "direct"
+    np.testing.assert_allclose([float(v) for v in layer.branch_penalties(pooled)],
+                               [float(v) for v in layer.branch_penalties(pooled, method="jvp")], rtol=1e-10)
