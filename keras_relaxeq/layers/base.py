@@ -209,20 +209,18 @@ def linear_branch_penalties(kernel, bias, gram, in_rep: Representation, out_rep:
 def direct_linear_branch_penalties(kernel, bias, flat_x, in_rep: Representation, out_rep: Representation):
     """``(LD, N)`` of the linear branch evaluated directly on the rows of ``flat_x`` ``[P, D_in]``.
 
-    ``sum_p sum_k ||x_p M_k - c_k||^2`` with one ``[P, D_in] x [D_in, 4 D_out]`` product: cheaper
-    than the Gram-matrix closed form when there are fewer rows than input features (pooled
-    features: one row per sample), exact like it.
+    Rows first: ``x M_k = (x G_in,k^T) W - (x W) G_out,k^T`` with the structured generator actions
+    on the rows and one ``[4 P, D_in] x [D_in, D_out]`` product; the kernel-sized ``M_k`` is never
+    built.  Cheaper than the Gram-matrix closed form when there are fewer rows than input features
+    (pooled features: one row per sample), exact like it.
     """
     w = tf.convert_to_tensor(kernel)
-    a = tf.transpose(in_rep.apply_generators(tf.transpose(w), transpose=True), [0, 2, 1])
-    m = a - out_rep.apply_generators(w)  # [3, D_in, D_out]
-    d_out = tf.shape(w)[1]
-    blocks = tf.reshape(tf.transpose(tf.concat([m, w[None]], axis=0), [1, 0, 2]), [tf.shape(w)[0], -1])
-    y = tf.reshape(tf.matmul(flat_x, blocks), [-1, 4, d_out])  # x M_0, x M_1, x M_2, x W
-    lie_rows, r = y[:, :3], y[:, 3]
-    if bias is not None:
-        lie_rows = lie_rows - out_rep.apply_generators(bias)[None]
-        r = r + bias
+    x = tf.convert_to_tensor(flat_x)
+    p = tf.shape(x)[0]
+    rows = tf.concat([x[None], in_rep.apply_generators(x)], axis=0)  # [4, P, D_in]: x, x G_in,k^T
+    y = tf.reshape(tf.matmul(tf.reshape(rows, [-1, tf.shape(w)[0]]), w), [4, p, -1])
+    r = y[0] if bias is None else y[0] + bias  # R(x) = x W + b
+    lie_rows = y[1:] - out_rep.apply_generators(r)  # (x G_in,k^T) W - R(x) G_out,k^T
     return tf.reduce_sum(tf.square(lie_rows)), tf.reduce_sum(tf.square(r))
 
 

@@ -6,7 +6,7 @@ Covers O3Linear, O3TensorProduct, Gate, O3TensorProductGate, SteerableNorm:
    random branch weights) and a negative control (relaxed, theta = 1: not equivariant);
    parity matters (1o (x) 1o -> 1e);
 2. agreement with independent float64 NumPy implementations (per-path CG einsums);
-3. Lie penalty: closed form == JVP == tape; zero for an equivariant branch;
+3. Lie penalty: closed form == direct == JVP == tape; zero for an equivariant branch;
 4. ``get_config`` round trip, ``.keras`` save/load (theta survives), projection;
 5. errors.
 
@@ -349,8 +349,10 @@ def test_lie_closed_form_equals_autodiff(name):
     branch_layer = branches[0]
     closed = [float(v) for v in branch_layer.branch_penalties(x, method="closed_form")]
     jvp = [float(v) for v in branch_layer.branch_penalties(x, method="jvp")]
+    direct = [float(v) for v in branch_layer.branch_penalties(x, method="direct")]
     assert closed[0] > 1.0 and closed[1] > 1.0
     np.testing.assert_allclose(jvp, closed, rtol=1e-10)
+    np.testing.assert_allclose(direct, closed, rtol=1e-10)
     if name in ("tp", "tp_gate"):  # (kept to two cases for speed)
         tape = [float(v) for v in branch_layer.branch_penalties(x, method="tape")]
         np.testing.assert_allclose(tape, closed, rtol=1e-10)
@@ -368,7 +370,7 @@ def test_lie_penalty_zero_for_equivariant_branch():
     bias = np.zeros(Irreps(IN1).dim)
     bias[:2] = [0.7, -1.3]
     layer.relaxation_bias.assign(bias)
-    for method in ("closed_form", "jvp"):
+    for method in ("closed_form", "direct", "jvp"):
         lie, proj = (float(v) for v in layer.branch_penalties(x, method=method))
         assert abs(lie) < 1e-18 * proj and proj > 1.0, (method, lie, proj)
     # a tensor product whose branch is an equivariant linear map irreps_in1 -> irreps_out
@@ -380,7 +382,7 @@ def test_lie_penalty_zero_for_equivariant_branch():
     randomize(lin, ("bias",), seed=3)
     tp.relaxation_kernel.assign(lin.dense_matrix())
     tp.relaxation_bias.assign(lin.dense_bias())
-    for method in ("closed_form", "jvp"):
+    for method in ("closed_form", "direct", "jvp"):
         lie, proj = (float(v) for v in tp.branch_penalties(inputs, method=method))
         assert abs(lie) < 1e-18 * proj and proj > 1.0, (method, lie, proj)
     # the equivariant branch keeps the relaxed layer equivariant at theta = 1
