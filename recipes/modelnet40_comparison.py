@@ -25,7 +25,6 @@ machine better than one 2-thread job at this width).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -105,17 +104,13 @@ def train_one(args, arm: str, seed: int) -> int:
 
 
 def read_log(path: Path) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {}
-    if not path.exists():
-        return out
-    with open(path) as f:
-        for row in csv.DictReader(f):
-            for k, v in row.items():
-                try:
-                    out.setdefault(k, []).append(float(v))
-                except (TypeError, ValueError):
-                    out.setdefault(k, []).append(float("nan"))
-    return out
+    """Per-epoch columns of a run's ``log.csv`` (the recipe's reader: a resumed epoch counts once)."""
+    sys.path.insert(0, str(HERE))
+    try:
+        from modelnet40 import read_csv_history
+    finally:
+        sys.path.remove(str(HERE))
+    return read_csv_history(path)
 
 
 def _mean_std(values):
