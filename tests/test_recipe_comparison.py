@@ -1,68 +1,102 @@
-"""recipes/modelnet40_comparison.py: the commands it runs and the aggregation of finished runs."""
+"""recipes/compare.py: the commands it runs and the aggregation of finished runs."""
 
 import csv
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_driver():
-    spec = importlib.util.spec_from_file_location("modelnet40_comparison",
-                                                  ROOT / "recipes" / "modelnet40_comparison.py")
+    spec = importlib.util.spec_from_file_location("compare", ROOT / "recipes" / "compare.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
 
-def fake_run(d: Path, final, bn, best, epochs=3, accs=(0.1, 0.2, 0.3)):
-    """A run directory as recipes/modelnet40.py leaves it (summary.json and log.csv)."""
+def fake_run(d: Path, summary: dict, column: str, values):
+    """A run directory as the recipes leave it (summary.json and a CSVLogger log.csv)."""
     d.mkdir(parents=True)
-    summary = {"epochs_run": epochs, "final_projected_val_accuracy": final,
-               "final_projected_val_accuracy_bn_reestimated": bn, "best_projected_val_accuracy": best,
-               "best_epoch": 2, "invariance": {"max_error": 1e-5, "relative_max_error": 1e-6},
-               "wall_time_seconds": 600.0, "params": {"trained_model": 10, "projected_model": 5}}
     (d / "summary.json").write_text(json.dumps(summary))
     with open(d / "log.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["epoch", "accuracy", "projected_val_accuracy", "theta"])
-        for e, a in enumerate(accs):
-            w.writerow([e, a, a + 0.01, 0.5])
-        w.writerow([len(accs) - 1, accs[-1], accs[-1] + 0.01, 0.0])  # a resumed epoch, logged twice
+        w.writerow(["epoch", column, "theta"])
+        for e, a in enumerate(values):
+            w.writerow([e, a, 0.5])
+        w.writerow([len(values) - 1, values[-1], 0.0])  # a resumed epoch, logged twice
 
 
-def test_commands_keep_the_arms_identical_but_relaxed():
+def mn40_summary(final, bn, best, epochs=3):
+    return {"epochs_run": epochs, "final_projected_val_accuracy": final,
+            "final_projected_val_accuracy_bn_reestimated": bn, "best_projected_val_accuracy": best,
+            "invariance": {"max_error": 1e-5}, "wall_time_seconds": 600.0}
+
+
+def test_commands_differ_only_in_the_arm():
     drv = load_driver()
-    args = drv.build_parser().parse_args(["--output-dir", "/tmp/x", "--epochs", "5", "--", "--points", "64"])
+    args = drv.parse_args(["modelnet40", "--output-dir", "/tmp/x", "--epochs", "5",
+                                          "--", "--points", "64"])
     relaxed, standard = drv.command(args, "relaxed", 1), drv.command(args, "standard", 1)
-    assert "--relaxed" in relaxed and "--no-relaxed" in standard
-    diff = set(relaxed) ^ set(standard)
-    assert diff == {"--relaxed", "--no-relaxed", "/tmp/x/relaxed_seed1", "/tmp/x/standard_seed1"}
-    assert relaxed[-2:] == ["--points", "64"]
-    i = relaxed.index("--epochs")
-    assert relaxed[i + 1] == "5" and relaxed[relaxed.index("--width") + 1] == "0.25"
+    assert set(relaxed) ^ set(standard) == {"--relaxed", "--no-relaxed", "/tmp/x/relaxed_seed1",
+                                            "/tmp/x/standard_seed1"}
+    assert relaxed[1].endswith("modelnet40.py") and relaxed[-2:] == ["--points", "64"]
+    assert relaxed[relaxed.index("--epochs") + 1] == "5" and relaxed[relaxed.index("--width") + 1] == "0.25"
+    # a sweep adds the option and names the run after it; the protocol's default epochs apply
+    args = drv.parse_args(["segnn_nbody", "--output-dir", "/tmp/s", "--sweep", "layers=2,8"])
+    jobs, name = drv.jobs_of(args)
+    assert name == "layers" and len(jobs) == 2 * 2 * 3
+    cmd = drv.command(args, "standard", 2, "8", name)
+    assert cmd[cmd.index("--layers") + 1] == "8" and cmd[cmd.index("--epochs") + 1] == "1000"
+    assert cmd[cmd.index("--output-dir") + 1] == "/tmp/s/standard_layers8_seed2"
+    with pytest.raises(SystemExit):
+        drv.parse_sweep("layers=")
 
 
 def test_aggregate_mean_std_and_outputs(tmp_path):
     drv = load_driver()
-    fake_run(tmp_path / "relaxed_seed0", 0.50, 0.52, 0.55)
-    fake_run(tmp_path / "relaxed_seed1", 0.60, 0.61, 0.65)
-    fake_run(tmp_path / "standard_seed0", 0.40, None, 0.45)
-    fake_run(tmp_path / "standard_seed1", 0.30, None, 0.35, epochs=2)  # unfinished: not in the mean
-    args = drv.build_parser().parse_args(["--output-dir", str(tmp_path), "--seeds", "0", "1", "--epochs", "3"])
+    fake_run(tmp_path / "relaxed_seed0", mn40_summary(0.50, 0.52, 0.55), "projected_val_accuracy", [0.1, 0.2, 0.5])
+    fake_run(tmp_path / "relaxed_seed1", mn40_summary(0.60, 0.61, 0.65), "projected_val_accuracy", [0.1, 0.3, 0.6])
+    fake_run(tmp_path / "standard_seed0", mn40_summary(0.40, None, 0.45), "projected_val_accuracy", [0.1, 0.2, 0.4])
+    fake_run(tmp_path / "standard_seed1", mn40_summary(0.30, None, 0.35, epochs=2),  # unfinished: not in the mean
+             "projected_val_accuracy", [0.1, 0.3])
+    args = drv.parse_args(["modelnet40", "--output-dir", str(tmp_path), "--seeds", "0", "1",
+                                          "--epochs", "3"])
     result = drv.aggregate(args)
-    rel, std = result["summary"]["relaxed"], result["summary"]["standard"]
+    rel, std = ({g["arm"]: g for g in result["groups"]}[a] for a in ("relaxed", "standard"))
     assert rel["runs"] == 2 and std["runs"] == 1
-    assert math.isclose(rel["final_projected_val_accuracy"]["mean"], 0.55)
-    assert math.isclose(rel["final_projected_val_accuracy"]["std"], math.sqrt(0.005))  # sample std
-    assert math.isclose(std["final_projected_val_accuracy"]["mean"], 0.40)
-    assert std["final_projected_val_accuracy_bn_reestimated"]["mean"] is None
+    acc = rel["stats"]["final_projected_val_accuracy"]
+    assert math.isclose(acc["mean"], 0.55) and math.isclose(acc["std"], math.sqrt(0.005))  # sample std
+    assert math.isclose(std["stats"]["final_projected_val_accuracy"]["mean"], 0.40)
+    assert std["stats"]["final_projected_val_accuracy_bn_reestimated"]["mean"] is None
     md = (tmp_path / "comparison.md").read_text()
-    assert "| relaxed | 2 | 55.0 ± 7.1 |" in md and "| standard | 0 | 3 | 40.00 |" in md
+    assert "| relaxed | 2 | 55.0 ± 7.1 | 56.5 ± 6.4 |" in md
+    assert "| standard | 1 | 2 (unfinished) |" in md
     assert (tmp_path / "comparison.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "comparison.json").read_text())["protocol"]["epochs"] == 3
-    # the recipe's CSV reader: the epoch logged twice (resume) counts once, the last row wins
-    log = drv.read_log(tmp_path / "relaxed_seed0" / "log.csv")
-    assert log["theta"] == [0.5, 0.5, 0.0]
+    # the recipes' CSV reader: the epoch logged twice (resume) counts once, the last row wins
+    assert drv.read_log(tmp_path / "relaxed_seed0" / "log.csv")["theta"] == [0.5, 0.5, 0.0]
+
+
+def test_aggregate_sweep_lower_is_better(tmp_path):
+    drv = load_driver()
+    for layers, mse in (("2", 0.006), ("4", 0.004)):
+        for arm, shift in (("relaxed", -0.001), ("standard", 0.0)):
+            summary = {"epochs_run": 2, "best_test_mse": mse + shift, "best_projected_val_mse": mse,
+                       "final_projected_test_mse": mse, "equivariance_of_best_projected": {"o3_max_error": 1e-6},
+                       "wall_time_seconds": 60.0}
+            fake_run(tmp_path / f"{arm}_layers{layers}_seed0", summary, "projected_val_loss", [0.1, mse])
+    args = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--seeds", "0",
+                                          "--epochs", "2", "--sweep", "layers=2,4"])
+    result = drv.aggregate(args)
+    assert result["higher_is_better"] is False
+    by = {(g["sweep_value"], g["arm"]): g["stats"]["best_test_mse"]["mean"] for g in result["groups"]}
+    assert math.isclose(by[("4", "relaxed")], 0.003) and math.isclose(by[("2", "standard")], 0.006)
+    md = (tmp_path / "comparison.md").read_text()
+    assert "| 4 | relaxed | 1 | 3.000 ± 0.000 |" in md
+    assert (tmp_path / "comparison.png").stat().st_size > 10_000

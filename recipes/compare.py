@@ -1,0 +1,388 @@
+#!/usr/bin/env python
+"""Relaxed vs standard training, several seeds (and optionally a sweep), aggregated (docs/results.md).
+
+Runs a recipe once per (sweep value, arm, seed) -- arm ``relaxed`` (``--relaxed``) and arm
+``standard`` (``--no-relaxed``), every other option identical -- then aggregates the runs'
+``summary.json`` / ``log.csv`` into ``comparison.json``, ``comparison.md`` (mean and sample std
+per arm and sweep value) and ``comparison.png`` (per-epoch curves; the metric vs the sweep value).
+
+    python recipes/compare.py modelnet40 --output-dir runs/mn40_cmp                # issue 3's CPU protocol
+    python recipes/compare.py modelnet40 --output-dir runs/mn40_cmp --report-only  # aggregate only
+    python recipes/compare.py segnn_nbody --output-dir runs/segnn_cmp --epochs 1000
+    python recipes/compare.py segnn_nbody --sweep layers=2,4,6,8 --output-dir runs/segnn_layers
+    python recipes/compare.py segnn_nbody --sweep train-samples=1000,3000,10000 --output-dir runs/segnn_samples
+    python recipes/compare.py modelnet40 --seeds 0 --epochs 1 --output-dir /tmp/cmp -- --points 64
+                                        # anything after -- goes to every run (and overrides the protocol)
+
+Experiments (``EXPERIMENTS``):
+
+* ``modelnet40``: ``recipes/modelnet40.py --model vn_pointnet`` with the published VN-PointNet
+  hyper-parameters (Adam 1e-3, weight decay 1e-4, batch 24, lambda 0.01 / 0.01, triangle schedule,
+  300 points, SO(3) rotations), the schedule compressed from 200 to ``--epochs`` (default 8) epochs:
+  StepLR every epoch instead of every 20, theta updated per step; ``--width 0.25`` on every channel
+  count; BN re-estimation of the projected model reported as well.  Metric: validation accuracy of
+  the projected model (higher is better).
+* ``segnn_nbody``: ``recipes/segnn_nbody.py`` with its published defaults (1000 epochs, batch 100,
+  Adam 5e-4, 3,000 trajectories, 4 layers) unless overridden.  Metric: test MSE of the projected
+  model selected on validation MSE (lower is better).
+
+Every run resumes from its own backup, so re-running the same command after an interruption
+continues where it stopped (finished runs are only re-aggregated).  ``--jobs`` runs that many
+trainings at once, each limited to ``--threads`` TensorFlow threads (two 1-thread jobs use a 2-core
+machine better than one 2-thread job for these small models).  Runs are ordered seed-major, so an
+interrupted comparison has complete (relaxed, standard) pairs first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ARMS = ("relaxed", "standard")
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str            # summary.json key (dotted for nested)
+    label: str
+    scale: float = 1.0  # shown as value * scale
+    digits: int = 2
+
+
+@dataclass(frozen=True)
+class Experiment:
+    script: str
+    protocol: tuple             # recipe options of the CPU protocol (before --epochs and the extras)
+    epochs: int
+    metric: Metric              # the headline metric
+    higher_is_better: bool
+    curve: str                  # log.csv column plotted per epoch
+    curve_label: str
+    extra_metrics: tuple = ()
+    train_curve: str | None = None
+    log_scale: bool = False
+    notes: dict = field(default_factory=dict)
+
+
+EXPERIMENTS = {
+    "modelnet40": Experiment(
+        script="modelnet40.py",
+        protocol=("--model", "vn_pointnet", "--width", "0.25", "--lr-step", "1", "--theta-per-step",
+                  "--bn-reestimate", "20"),
+        epochs=8,
+        metric=Metric("final_projected_val_accuracy", "final projected val acc (%)", 100.0, 1),
+        higher_is_better=True,
+        curve="projected_val_accuracy", curve_label="projected val accuracy",
+        extra_metrics=(Metric("final_projected_val_accuracy_bn_reestimated", "after BN re-estimation (%)", 100.0, 1),
+                       Metric("best_projected_val_accuracy", "best projected val acc (%)", 100.0, 1),
+                       Metric("invariance.max_error", "invariance max error", 1.0, -1)),
+        train_curve="accuracy"),
+    "segnn_nbody": Experiment(
+        script="segnn_nbody.py",
+        protocol=(),
+        epochs=1000,
+        metric=Metric("best_test_mse", "test MSE of the selected projected model (x1e-3)", 1e3, 3),
+        higher_is_better=False,
+        curve="projected_val_loss", curve_label="projected val MSE",
+        extra_metrics=(Metric("best_projected_val_mse", "best projected val MSE (x1e-3)", 1e3, 3),
+                       Metric("final_projected_test_mse", "final projected test MSE (x1e-3)", 1e3, 3),
+                       Metric("equivariance_of_best_projected.o3_max_error", "O(3) max error", 1.0, -1)),
+        train_curve="loss", log_scale=True),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("experiment", choices=sorted(EXPERIMENTS))
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    p.add_argument("--epochs", type=int, default=None, help="default: the experiment's protocol")
+    p.add_argument("--sweep", default=None, metavar="OPTION=V1,V2,...",
+                   help="also vary one recipe option, e.g. layers=2,4,6,8 or train-samples=1000,3000")
+    p.add_argument("--jobs", type=int, default=2, help="trainings at once")
+    p.add_argument("--threads", type=int, default=1, help="TensorFlow threads per training (0: TF default)")
+    p.add_argument("--report-only", action="store_true", help="only aggregate the finished runs")
+    p.epilog = "Options after -- are passed to every recipe run (e.g. -- --points 64)."
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The driver's options; everything after the first ``--`` is kept for the recipe runs."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1:]
+    args = build_parser().parse_args(argv)
+    args.extra = extra
+    return args
+
+
+def parse_sweep(text):
+    """``"layers=2,4"`` -> ``("layers", ["2", "4"])``; None -> ``(None, [None])``."""
+    if not text:
+        return None, [None]
+    name, _, values = text.partition("=")
+    name = name.strip().lstrip("-")
+    vals = [v.strip() for v in values.split(",") if v.strip()]
+    if not name or not vals:
+        raise SystemExit(f"--sweep: expected OPTION=V1,V2,..., got {text!r}")
+    return name, vals
+
+
+def run_name(arm: str, seed: int, sweep_name=None, value=None) -> str:
+    if sweep_name is None:
+        return f"{arm}_seed{seed}"
+    return f"{arm}_{sweep_name.replace('-', '_')}{value}_seed{seed}"
+
+
+def jobs_of(args):
+    sweep_name, values = parse_sweep(args.sweep)
+    return [(arm, seed, value) for value in values for seed in args.seeds for arm in args.arms], sweep_name
+
+
+def epochs_of(args) -> int:
+    return args.epochs or EXPERIMENTS[args.experiment].epochs
+
+
+def command(args, arm: str, seed: int, value=None, sweep_name=None) -> list[str]:
+    exp = EXPERIMENTS[args.experiment]
+    out = Path(args.output_dir) / run_name(arm, seed, sweep_name, value)
+    cmd = [sys.executable, str(HERE / exp.script), *exp.protocol,
+           "--relaxed" if arm == "relaxed" else "--no-relaxed", "--seed", str(seed),
+           "--epochs", str(epochs_of(args)), "--verbose", "2", "--output-dir", str(out)]
+    if sweep_name is not None:
+        cmd += [f"--{sweep_name}", str(value)]
+    return cmd + list(args.extra)
+
+
+def _load(d: Path):
+    try:
+        return json.loads((d / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def train_one(args, arm, seed, value, sweep_name) -> int:
+    d = Path(args.output_dir) / run_name(arm, seed, sweep_name, value)
+    tag = f"[{d.name}]"
+    summary = _load(d)
+    if summary and summary.get("epochs_run", 0) >= epochs_of(args):
+        print(f"{tag} finished earlier", flush=True)
+        return 0
+    d.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    if args.threads:
+        n = str(args.threads)
+        env.update(TF_NUM_INTRAOP_THREADS=n, TF_NUM_INTEROP_THREADS=n, OMP_NUM_THREADS=n)
+    cmd = command(args, arm, seed, value, sweep_name)
+    (d / "command.txt").write_text(" ".join(cmd) + "\n")
+    print(f"{tag} start: {' '.join(cmd)}", flush=True)
+    t0 = time.time()
+    with open(d / "stdout.log", "a") as log:
+        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    print(f"{tag} exit {rc} after {(time.time() - t0) / 60:.1f} min (log: {d / 'stdout.log'})", flush=True)
+    return rc
+
+
+def read_log(path: Path) -> dict:
+    """Per-epoch columns of a run's ``log.csv`` (the recipes' reader: a resumed epoch counts once)."""
+    sys.path.insert(0, str(HERE))
+    try:
+        from modelnet40 import read_csv_history
+    finally:
+        sys.path.remove(str(HERE))
+    return read_csv_history(path)
+
+
+def _get(summary: dict, dotted: str):
+    value = summary
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value if isinstance(value, (int, float)) else None
+
+
+def mean_std(values):
+    vals = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return {"mean": None, "std": None, "n": 0}
+    m = sum(vals) / len(vals)
+    s = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+    return {"mean": m, "std": s, "n": len(vals)}
+
+
+def aggregate(args) -> dict:
+    exp = EXPERIMENTS[args.experiment]
+    out = Path(args.output_dir)
+    jobs, sweep_name = jobs_of(args)
+    metrics = (exp.metric, *exp.extra_metrics)
+    runs, curves = [], {}
+    for arm, seed, value in jobs:
+        d = out / run_name(arm, seed, sweep_name, value)
+        summary = _load(d)
+        row = {"arm": arm, "seed": seed, "sweep_value": value, "run": d.name}
+        if summary is None:
+            runs.append(dict(row, finished=False))
+            continue
+        row.update(finished=summary.get("epochs_run", 0) >= epochs_of(args), epochs=summary.get("epochs_run"),
+                   wall_time_minutes=summary.get("wall_time_seconds", float("nan")) / 60,
+                   command=(d / "command.txt").read_text().strip() if (d / "command.txt").exists() else None)
+        row.update({m.key: _get(summary, m.key) for m in metrics})
+        runs.append(row)
+        if row["finished"]:
+            curves.setdefault((value, arm), []).append(read_log(d / "log.csv"))
+    groups = []
+    for value in parse_sweep(args.sweep)[1]:
+        for arm in args.arms:
+            done = [r for r in runs if r["arm"] == arm and r["sweep_value"] == value and r["finished"]]
+            stats = {m.key: mean_std(r[m.key] for r in done) for m in metrics}
+            stats["wall_time_minutes"] = mean_std(r["wall_time_minutes"] for r in done)
+            groups.append({"arm": arm, "sweep_value": value, "runs": len(done), "stats": stats})
+    result = {"experiment": args.experiment, "sweep": sweep_name,
+              "protocol": {"script": exp.script, "options": list(exp.protocol), "epochs": epochs_of(args),
+                           "seeds": args.seeds, "extra": list(args.extra)},
+              "metric": exp.metric.key, "higher_is_better": exp.higher_is_better,
+              "groups": groups, "runs": runs}
+    (out / "comparison.json").write_text(json.dumps(result, indent=2))
+    (out / "comparison.md").write_text(markdown(result, exp))
+    plot(curves, result, exp, out / "comparison.png")
+    return result
+
+
+def _fmt(value, m: Metric):
+    if value is None:
+        return "n/a"
+    if m.digits < 0:
+        return f"{value:.1e}"
+    return f"{value * m.scale:.{m.digits}f}"
+
+
+def _fmt_ms(stats, m: Metric):
+    if stats["mean"] is None:
+        return "n/a"
+    if m.digits < 0:
+        return f"{stats['mean']:.1e}"
+    return f"{stats['mean'] * m.scale:.{m.digits}f} ± {stats['std'] * m.scale:.{m.digits}f}"
+
+
+def markdown(result, exp: Experiment) -> str:
+    metrics = (exp.metric, *exp.extra_metrics)
+    sweep = result["sweep"]
+    head = ([sweep] if sweep else []) + ["arm", "runs"] + [m.label for m in metrics] + ["minutes per run"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    minutes = Metric("wall_time_minutes", "", 1.0, 0)
+    for g in result["groups"]:
+        cells = ([str(g["sweep_value"])] if sweep else []) + [g["arm"], str(g["runs"])]
+        cells += [_fmt_ms(g["stats"][m.key], m) for m in metrics] + [_fmt_ms(g["stats"]["wall_time_minutes"], minutes)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Mean ± sample standard deviation over the finished seeds. Per run:", ""]
+    head = ([sweep] if sweep else []) + ["arm", "seed", "epochs"] + [m.label for m in metrics]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in result["runs"]:
+        cells = ([str(r["sweep_value"])] if sweep else []) + [r["arm"], str(r["seed"])]
+        if "epochs" not in r:
+            cells += ["not run"] + [""] * len(metrics)
+        else:
+            cells += [f"{r['epochs']}" + ("" if r["finished"] else " (unfinished)")]
+            cells += [_fmt(r[m.key], m) for m in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(curves, result, exp: Experiment, path: Path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    colors = {"relaxed": "tab:red", "standard": "tab:blue"}
+    values = parse_sweep_values(result)
+    panels = [(exp.curve, exp.curve_label)] + ([(exp.train_curve, f"train {exp.train_curve}")] if exp.train_curve else [])
+    ncols = len(panels) + 1 + (1 if result["sweep"] else 0)
+    fig, axes = plt.subplots(1, ncols, figsize=(5 * ncols, 4))
+    styles = ["-", "--", ":", "-."]
+    for (value, arm), logs in sorted(curves.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
+        style = styles[values.index(value) % len(styles)] if value in values else "-"
+        suffix = f", {result['sweep']}={value}" if result["sweep"] else ""
+        for (key, label), ax in zip(panels, axes):
+            rows = [np.asarray(log.get(key, []), dtype=float) for log in logs if log.get(key)]
+            if not rows:
+                continue
+            n = min(len(r) for r in rows)
+            data = np.stack([r[:n] for r in rows])
+            epochs = np.arange(1, n + 1)
+            if not result["sweep"]:
+                for r in data:
+                    ax.plot(epochs, r, color=colors[arm], alpha=0.25, lw=0.8)
+            ax.plot(epochs, data.mean(0), color=colors[arm], ls=style, lw=2,
+                    label=f"{arm}{suffix} (mean of {len(rows)})")
+            ax.set_title(label)
+            ax.set_xlabel("epoch")
+            if exp.log_scale:
+                ax.set_yscale("log")
+        thetas = [log.get("theta") for log in logs if log.get("theta")]
+        if thetas and arm == "relaxed":
+            axes[len(panels)].plot(np.arange(1, len(thetas[0]) + 1), thetas[0], color=colors[arm], ls=style,
+                                   label=f"theta{suffix}")
+    axes[len(panels)].set_title("theta at the end of each epoch")
+    axes[len(panels)].set_xlabel("epoch")
+    if result["sweep"]:
+        ax = axes[-1]
+        m = exp.metric
+        for arm in colors:
+            gs = [g for g in result["groups"] if g["arm"] == arm and g["stats"][m.key]["mean"] is not None]
+            if not gs:
+                continue
+            xs = [float(g["sweep_value"]) for g in gs]
+            ys = [g["stats"][m.key]["mean"] * m.scale for g in gs]
+            es = [g["stats"][m.key]["std"] * m.scale for g in gs]
+            ax.errorbar(xs, ys, yerr=es, color=colors[arm], marker="o", capsize=3, label=arm)
+        ax.set_xlabel(result["sweep"])
+        ax.set_title(m.label)
+        if exp.log_scale:
+            ax.set_xscale("log")
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle(f"{result['experiment']}: relaxed vs standard, {result['protocol']['epochs']} epochs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def parse_sweep_values(result):
+    return sorted({r["sweep_value"] for r in result["runs"]}, key=str)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        jobs, sweep_name = jobs_of(args)
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            codes = list(pool.map(lambda job: train_one(args, *job, sweep_name), jobs))
+        failed = [job for job, rc in zip(jobs, codes) if rc != 0]
+        if failed:
+            print(f"failed runs: {failed} (see their stdout.log); aggregating the others", file=sys.stderr)
+    result = aggregate(args)
+    print((out / "comparison.md").read_text())
+    print(f"written: {out / 'comparison.json'}, {out / 'comparison.md'}, {out / 'comparison.png'}")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
