@@ -5,6 +5,7 @@
     relaxeq zoo download NAME [--version V] [--cache-dir DIR] [--base-url URL] [--offline]
     relaxeq zoo verify [NAME ...] [--atol A] [--rtol R] [...]
     relaxeq zoo serve-config --base-dir DIR [--model-base-path-prefix /models] [--link]
+    relaxeq zoo publish RUN_DIR [--name N] [--version V] [--model-file F] [--max-val-samples N]
 
 Every ``zoo`` command takes ``--index PATH`` (default ``$KERAS_RELAXEQ_ZOO_INDEX`` or the
 repository's ``zoo/index.json``). Exit status: 0 success, 1 a zoo error or a failed check,
@@ -81,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--link", action="store_true",
                    help="symlink versions to the cache instead of copying (not for docker "
                         "bind mounts)")
+
+    p = zsub.add_parser("publish", help="publish a recipes/modelnet40.py run: export, pack, "
+                                        "measure the artifact, write the card and the entry")
+    from keras_relaxeq.zoo.publish import add_arguments
+
+    add_arguments(p)
     return parser
 
 
@@ -334,12 +341,19 @@ def cmd_serve_config(args, out) -> int:
     return 0
 
 
+def cmd_publish(args, out) -> int:
+    from keras_relaxeq.zoo.publish import run_from_args
+
+    return run_from_args(args, out)
+
+
 COMMANDS = {
     "list": cmd_list,
     "info": cmd_info,
     "download": cmd_download,
     "verify": cmd_verify,
     "serve-config": cmd_serve_config,
+    "publish": cmd_publish,
 }
 
 

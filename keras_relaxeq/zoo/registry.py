@@ -6,7 +6,14 @@ the path of another ``index.json`` (or of a folder holding one) to use a differe
 The schema is documented in ``zoo/README.md``; :func:`load_index` validates it.
 
 Entries are immutable: a new artifact is a new integer version with a new sha256. Names are
-``<arch>_<group>_<dataset>`` (lower case, ``[a-z0-9]`` words joined by ``_``).
+``<arch>_<group>_<dataset>`` (lower case, ``[a-z0-9]`` words joined by ``_``): ``group`` and
+``dataset`` are one word each, ``arch`` may have several (``vn_pointnet_so3_modelnet40``), so the
+last two words of a name are always its group and data set.
+
+The package does not ship ``zoo/``: it is found in the checkout next to the package (editable
+installs, ``pip install -e .``). With a regular (non-editable) install point
+``KERAS_RELAXEQ_ZOO_INDEX`` at a checkout's ``zoo/index.json`` (the artifacts are read from the
+folder holding it) or set ``KERAS_RELAXEQ_ZOO_URL`` to a mirror.
 """
 
 from __future__ import annotations
@@ -32,7 +39,18 @@ INVARIANT_TASKS = ("point_cloud_classification",)
 
 _NAME_RE = re.compile(r"^[a-z0-9]+(_[a-z0-9]+){2,}$")
 _WORD_RE = re.compile(r"^[a-z0-9]+$")
+_ARCH_RE = re.compile(r"^[a-z0-9]+(_[a-z0-9]+)*$")  # arch may be several words: vn_pointnet
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def split_name(name: str) -> tuple[str, str, str]:
+    """``(arch, group, dataset)`` of a zoo name: the last two words are group and data set."""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ValueError(f"Invalid zoo name {name!r}: use '<arch>_<group>_<dataset>', three or "
+                         "more lower-case [a-z0-9] words joined by '_' (e.g. "
+                         "'vn_pointnet_so3_modelnet40').")
+    arch, group, dataset = name.rsplit("_", 2)
+    return arch, group, dataset
 
 
 def default_zoo_dir() -> Path:
@@ -175,16 +193,19 @@ def _parse_entry(d, path, i) -> ZooEntry:
     name = _require(d, "name", str, path, where)
     where = f"models[{i}] ({name})"
     if not _NAME_RE.match(name):
-        _fail(path, where, "name must be '<arch>_<group>_<dataset>' in lower case [a-z0-9_]")
+        _fail(path, where, "name must be '<arch>_<group>_<dataset>': three or more lower-case "
+                           "[a-z0-9] words joined by '_'")
     version = _require(d, "version", int, path, where)
     if version < 1:
         _fail(path, where, "version must be an integer >= 1")
     arch = _require(d, "arch", str, path, where)
     group = _require(d, "group", str, path, where)
     dataset = _require(d, "dataset", str, path, where)
-    for key, word in (("arch", arch), ("group", group), ("dataset", dataset)):
+    if not _ARCH_RE.match(arch):
+        _fail(path, where, f"arch must be [a-z0-9] words joined by '_', got {arch!r}")
+    for key, word in (("group", group), ("dataset", dataset)):
         if not _WORD_RE.match(word):
-            _fail(path, where, f"{key} must match [a-z0-9]+, got {word!r}")
+            _fail(path, where, f"{key} must match [a-z0-9]+ (one word), got {word!r}")
     if name != f"{arch}_{group}_{dataset}":
         _fail(path, where, f"name must equal '<arch>_<group>_<dataset>' = "
                            f"{arch}_{group}_{dataset}")
@@ -334,4 +355,5 @@ __all__ = [
     "load_index",
     "model_card",
     "parse_index",
+    "split_name",
 ]

@@ -14,7 +14,7 @@ SHA = "ab" * 32
 
 
 def entry(name="vnpointnet_so3_modelnet40", version=1, **extra):
-    arch, group, dataset = name.split("_")
+    arch, group, dataset = name.rsplit("_", 2)
     e = {
         "name": name, "version": version, "arch": arch, "group": group, "dataset": dataset,
         "task": "point_cloud_classification",
@@ -131,6 +131,34 @@ def test_malformed_entries_are_rejected(tmp_path, mutate, message):
     with pytest.raises(errors.InvalidIndexError, match=message) as info:
         registry.load_index(path)
     assert str(path) in str(info.value) and "zoo/README.md" in str(info.value)
+
+
+def test_multi_word_arch_names(tmp_path):
+    # the zoo's names: the arch may have several words, group and dataset are the last two
+    names = ["vn_pointnet_so3_modelnet40", "vn_dgcnn_so3_modelnet40", "vnpointnet_so3_modelnet40"]
+    path = write(tmp_path, {"models": [entry(n) for n in names]})
+    cat = registry.load_index(path)
+    assert cat.names() == sorted(names)
+    e = cat.get("vn_pointnet_so3_modelnet40")
+    assert (e.arch, e.group, e.dataset) == ("vn_pointnet", "so3", "modelnet40")
+    assert registry.split_name("vn_dgcnn_so3_modelnet40") == ("vn_dgcnn", "so3", "modelnet40")
+    assert registry.split_name("a_b_c") == ("a", "b", "c")
+    for bad in ("vn_so3", "VN_pointnet_so3_modelnet40", "vn__pointnet_so3_x", ""):
+        with pytest.raises(ValueError, match="Invalid zoo name"):
+            registry.split_name(bad)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"arch": "vn", "group": "pointnet_so3"}, "group must match"),
+    ({"arch": "vn_pointnet_so3", "group": "modelnet40", "dataset": ""}, "dataset must match"),
+    ({"arch": "vn_pointnet_", "group": "so3"}, "arch must be"),
+    ({"arch": "vn_dgcnn"}, "name must equal"),
+], ids=["group-with-underscore", "empty-dataset", "arch-trailing-underscore", "arch-mismatch"])
+def test_multi_word_arch_must_still_spell_the_name(tmp_path, fields, message):
+    e = entry("vn_pointnet_so3_modelnet40")
+    e.update(fields)
+    with pytest.raises(errors.InvalidIndexError, match=message):
+        registry.load_index(write(tmp_path, {"models": [e]}))
 
 
 def test_malformed_catalogues_are_rejected(tmp_path):

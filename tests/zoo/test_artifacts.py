@@ -1,0 +1,200 @@
+"""Every artifact of the repository's ``zoo/index.json`` works without keras_relaxeq.
+
+Per entry (parametrized): the verified archive is extracted (tarfile with the ``data`` filter)
+and loaded with ``tf.saved_model.load`` in a fresh interpreter that never imports
+keras_relaxeq; ``serving_default`` runs on real ModelNet40 validation shapes and on rotated
+copies; the parent checks that the logits equal the published Keras model's and are rotation
+invariant (tolerance of ``relaxeq zoo verify``), and ``saved_model_cli show`` lists the
+signature. With an empty catalogue a single test checks that it parses and has no entries, and
+the same checker runs on an entry published from a tiny model into a temporary catalogue.
+"""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from keras_relaxeq.zoo import registry
+from keras_relaxeq.zoo.download import ensure_artifact, load
+
+REPO_ZOO = Path(__file__).resolve().parents[2] / "zoo"
+REPO_INDEX = REPO_ZOO / "index.json"
+BIN = Path(sys.executable).parent
+NUM_SHAPES = 8
+VERIFY_ATOL, VERIFY_RTOL = 1e-4, 1e-3  # `relaxeq zoo verify` defaults
+PARITY_ATOL, PARITY_RTOL = 1e-5, 1e-4  # same graph and kernels; batch composition may differ
+
+FRESH_PROCESS_CODE = r"""
+import json, sys, tarfile, pathlib
+import numpy as np
+import tensorflow as tf
+archive, dest, data, out_path = sys.argv[1:5]
+dest = pathlib.Path(dest)
+with tarfile.open(archive, "r:gz") as tar:
+    for m in tar.getmembers():
+        p = pathlib.PurePosixPath(m.name)
+        assert not p.is_absolute() and ".." not in p.parts, m.name
+        assert m.isfile() or m.isdir(), m.name
+    tar.extractall(dest, filter="data")
+obj = tf.saved_model.load(str(dest))
+sig = obj.signatures["serving_default"]
+args, kwargs = sig.structured_input_signature
+x = np.load(data)  # [2, shapes, points, 3]: the shapes, then rotated copies
+out = {k: np.stack([sig(points=tf.constant(x[i]))[k].numpy() for i in range(len(x))])
+       for k in sig.structured_outputs}
+np.savez(out_path, **out)
+assert "keras_relaxeq" not in sys.modules, "keras_relaxeq was imported"
+print(json.dumps({
+    "positional": len(args),
+    "inputs": {k: [v.dtype.name, v.shape.as_list()] for k, v in kwargs.items()},
+    "outputs": {k: [v.dtype.name, v.shape.as_list()] for k, v in sig.structured_outputs.items()},
+    "keras_relaxeq_imported": any(m.startswith("keras_relaxeq") for m in sys.modules),
+}))
+"""
+
+
+def _catalogue_keys():
+    """``[(name, version)]`` of the shipped catalogue; a placeholder when it is empty or broken
+    (the test then checks that and fails on a broken catalogue instead of skipping)."""
+    try:
+        entries = registry.load_index(REPO_INDEX).entries
+    except Exception:  # reported by test_repository_catalogue_parses
+        return [pytest.param(None, id="catalogue-invalid")]
+    keys = sorted((e.name, e.version) for e in entries)
+    return [pytest.param(k, id=f"{k[0]}-v{k[1]}") for k in keys] or [
+        pytest.param(None, id="no-entries")]
+
+
+def validation_shapes(num_points: int) -> np.ndarray:
+    """``[2, NUM_SHAPES, num_points, 3]``: real validation shapes (canonical pose), and the same
+    shapes under Haar-random rotations (rotated in float64)."""
+    import tensorflow as tf
+
+    from keras_relaxeq.datasets.modelnet40 import modelnet40_dataset
+    from keras_relaxeq.groups import random_rotations
+
+    ds = modelnet40_dataset("val", num_points=num_points, batch_size=NUM_SHAPES, rotation="none",
+                            seed=123)
+    x = np.asarray(next(iter(ds))[0], dtype=np.float64)
+    rot = random_rotations(len(x), seed=7, dtype=tf.float64).numpy()
+    xr = np.einsum("bij,bnj->bni", rot, x)
+    return np.stack([x, xr]).astype(np.float32)
+
+
+def check_entry(catalogue, entry, work: Path) -> dict:
+    """Run every artifact check on ``entry`` of ``catalogue``; returns what was measured."""
+    assert entry.task == "point_cloud_classification", "only classifiers are checked here"
+    assert entry.keras_artifact is not None, (
+        f"{entry.name} v{entry.version} publishes no .keras file to compare with; publish "
+        "entries with `relaxeq zoo publish`")
+    cache = work / "cache"
+    archive = ensure_artifact(entry, entry.artifact, catalogue=catalogue, cache_dir=cache,
+                              extract=False, progress=False)  # verified against the sha256
+    extracted = ensure_artifact(entry, entry.artifact, catalogue=catalogue, cache_dir=cache,
+                                progress=False)
+    num_points = int(entry.input.get("num_points") or 256)
+    x = validation_shapes(num_points)
+    np.save(work / "x.npy", x)
+
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("KERAS_RELAXEQ") and k != "PYTHONPATH"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    fresh = subprocess.Popen(
+        [sys.executable, "-c", FRESH_PROCESS_CODE, str(archive), str(work / "fresh"),
+         str(work / "x.npy"), str(work / "out.npz")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=work)
+    cli = subprocess.Popen(
+        [str(BIN / "saved_model_cli"), "show", "--dir", str(extracted), "--tag_set", "serve",
+         "--signature_def", "serving_default"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=work)
+    try:
+        # meanwhile, in this process: the published Keras model on the same shapes
+        keras_model = load(entry.name, entry.version, as_keras=True, cache_dir=cache,
+                           index=catalogue.path, progress=False)
+        expected = np.stack([keras_model.predict(x[i], verbose=0) for i in range(len(x))])
+        stdout, stderr = fresh.communicate(timeout=300)
+        assert fresh.returncode == 0, stderr[-3000:]
+        cli_out, cli_err = cli.communicate(timeout=300)
+        assert cli.returncode == 0, cli_err[-3000:]
+    finally:
+        for proc in (fresh, cli):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    info = json.loads(stdout.strip().splitlines()[-1])
+    assert info["keras_relaxeq_imported"] is False
+    assert info["positional"] == 0
+    assert info["inputs"] == {entry.input_name: ["float32", [None, None, 3]]}
+    assert set(info["outputs"]) == {"logits", "probabilities", "class_id"}
+    assert info["outputs"]["class_id"][0] == "int64"
+    out = np.load(work / "out.npz")
+    logits = out["logits"].astype(np.float64)
+    assert logits.shape == (2, NUM_SHAPES, 40)
+    np.testing.assert_array_equal(out["class_id"], logits.argmax(-1))
+    np.testing.assert_allclose(out["probabilities"].sum(-1), 1.0, rtol=1e-5)
+
+    scale = float(np.abs(expected).max())
+    parity = float(np.abs(logits - expected).max())
+    assert parity <= PARITY_ATOL + PARITY_RTOL * scale, f"artifact vs Keras: {parity:.3e}"
+    invariance = float(np.abs(logits[1] - logits[0]).max())
+    tol = VERIFY_ATOL + VERIFY_RTOL * float(np.abs(logits[0]).max())
+    assert invariance <= tol, f"rotation invariance error {invariance:.3e} > {tol:.1e}"
+
+    assert f"inputs['{entry.input_name}'] tensor_info:" in cli_out
+    block = cli_out.split(f"inputs['{entry.input_name}']")[1].split("outputs[")[0]
+    assert "DT_FLOAT" in block and "(-1, -1, 3)" in block
+    for name in ("logits", "probabilities", "class_id"):
+        assert f"outputs['{name}']" in cli_out, name
+    return {"parity": parity, "invariance": invariance, "tolerance": tol}
+
+
+def test_repository_catalogue_parses():
+    cat = registry.load_index(REPO_INDEX)
+    print(f"{REPO_INDEX}: {len(cat.entries)} entries")
+    for e in cat.entries:  # local files are complete and match the catalogue
+        assert e.card and (REPO_ZOO / e.card).is_file(), e.name
+        if cat.base_url is None:
+            for art in filter(None, (e.artifact, e.keras_artifact)):
+                data = (REPO_ZOO / art.file).read_bytes()
+                assert len(data) == art.size, art.file
+                assert hashlib.sha256(data).hexdigest() == art.sha256, art.file
+
+
+@pytest.mark.parametrize("key", _catalogue_keys())
+def test_artifact(key, tmp_path):
+    cat = registry.load_index(REPO_INDEX)  # a broken catalogue fails here
+    if key is None:
+        assert cat.entries == (), "the catalogue has entries but none were parametrized"
+        return
+    result = check_entry(cat, cat.get(*key), tmp_path)
+    print(f"{key[0]} v{key[1]}: {result}")
+
+
+def test_checker_on_a_freshly_published_entry(tmp_path):
+    """The checker itself works (also while the shipped catalogue is still empty)."""
+    import keras
+
+    from keras_relaxeq.models import vn_classifier
+    from keras_relaxeq.zoo.publish import publish_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    keras.utils.set_random_seed(0)
+    vn_classifier(40, num_points=32, channels=(2, 4, 8), k=4, hidden_units=8,
+                  relaxed=False).save(run / "best_projected.keras")
+    cfg = {"model": "vn_classifier", "points": 32, "k": 4, "width": 0.125, "epochs": 1,
+           "seed": 0, "val_fraction": 0.2, "split_seed": 0, "relaxed": True,
+           "schedule": "triangle", "rotation": "so3"}
+    (run / "summary.json").write_text(json.dumps({"config": cfg, "epochs_run": 1}))
+    publish_run(run, zoo_dir=tmp_path / "zoo", max_val_samples=8, num_rotations=1,
+                invariance_samples=2)
+    cat = registry.load_index(tmp_path / "zoo" / "index.json")
+    (work := tmp_path / "work").mkdir()
+    result = check_entry(cat, cat.get("vn_classifier_so3_modelnet40"), work)
+    assert result["parity"] <= 1e-4 and result["invariance"] <= result["tolerance"]
