@@ -12,7 +12,9 @@ interleaved round-robin so both see the same machine load:
 Timing: each model's compiled train step (``model.train_function``, the ``tf.function`` that
 ``fit`` runs; Adam 5e-4, MSE) on real training batches from ``nbody_dataset`` (cycled);
 ``--warmup`` steps (tracing, grappler) are excluded; each round times ``--steps`` consecutive
-steps per model; reported: median (and IQR) over ``--repeats`` rounds, steps/s, the relaxed /
+steps per model; reported: median (and IQR) over ``--repeats`` rounds of the wall time and the
+median process CPU time per step (``time.process_time``: less sensitive to other jobs on a
+shared machine; with ``--threads 1`` it approximates the wall time of an idle machine), steps/s, the relaxed /
 plain ratio, and the projected time of one full published run (``--epochs`` x
 ``train_samples / batch`` steps = 1000 x 30), training steps only, and with the per-epoch
 projected validation (``--val-samples / batch`` evaluation steps of the plain model) added.
@@ -46,6 +48,8 @@ def build_parser():
     p.add_argument("--val-samples", type=int, default=2000,
                    help="validation samples evaluated (projected model) per epoch in the projected run")
     p.add_argument("--jit", action="store_true", help="XLA jit_compile the train steps")
+    p.add_argument("--lie-method", default=None,
+                   help="lie_method of the relaxed model (default: segnn's default, 'auto')")
     p.add_argument("--threads", type=int, default=None, help="TF intra-op threads (default: TF's choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write the results here")
@@ -57,8 +61,10 @@ def build(relaxed, args):
     import keras_relaxeq as kr
     from keras_relaxeq.models.segnn import segnn
 
+    extra = {"lie_method": args.lie_method} if args.lie_method else {}
     model = segnn(num_layers=args.layers, hidden_features=args.hidden, relaxed=relaxed,
-                  norm=None if args.norm == "none" else args.norm, name=f"segnn_{'relaxed' if relaxed else 'plain'}")
+                  norm=None if args.norm == "none" else args.norm, name=f"segnn_{'relaxed' if relaxed else 'plain'}",
+                  **extra)
     if relaxed:
         kr.set_theta(model, 1.0)
     model.compile(optimizer=keras.optimizers.Adam(5e-4), loss="mse", jit_compile=bool(args.jit))
@@ -117,14 +123,16 @@ def main(argv=None):
               f"{len(relaxed_layers(model))} relaxed layers, jit={model.jit_compile})", flush=True)
     labels = list(models)
     times = {l: [] for l in labels}
+    cpu_times = {l: [] for l in labels}
     for r in range(args.repeats):
         order = labels[r % 2:] + labels[:r % 2]
         for label in order:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             train_steps(models[label], batches, args.steps, start=r)
             times[label].append(1000.0 * (time.perf_counter() - t0) / args.steps)
-        print(f"  round {r + 1}/{args.repeats}: " + "  ".join(f"{l}={times[l][-1]:.1f} ms" for l in labels),
-              flush=True)
+            cpu_times[label].append(1000.0 * (time.process_time() - c0) / args.steps)
+        print(f"  round {r + 1}/{args.repeats}: " + "  ".join(f"{l}={times[l][-1]:.1f} ms (cpu {cpu_times[l][-1]:.1f})"
+                                                             for l in labels), flush=True)
 
     # per-epoch projected validation = evaluation steps of the plain (projected) architecture
     eval_steps(models["plain"], batches, max(args.warmup, 1))
@@ -147,7 +155,9 @@ def main(argv=None):
                           "full_run_hours": total_steps * med / 1000.0 / 3600.0,
                           "full_run_hours_with_validation":
                               args.epochs * (steps_per_epoch * med + val_batches * eval_ms) / 1000.0 / 3600.0,
-                          "ms_per_step_all": times[label]}
+                          "ms_per_step_all": times[label],
+                          "cpu_ms_per_step_median": statistics.median(cpu_times[label]),
+                          "cpu_ms_per_step_all": cpu_times[label]}
     paired = [r / p for r, p in zip(times["relaxed"], times["plain"])]
     summary = {
         "config": vars(args), "steps_per_epoch": steps_per_epoch, "full_run_steps": total_steps,
@@ -160,13 +170,13 @@ def main(argv=None):
     }
     print(f"\nSEGNN N-body train step, batch {args.batch}, {args.layers} layers, hidden {args.hidden} "
           f"({os.cpu_count()} CPUs, {summary['machine']['gpus']} GPUs, jit={bool(args.jit)}):")
-    print(f"{'model':<9s} {'params':>9s} {'ms/step (median)':>17s} {'IQR':>17s} {'steps/s':>8s} "
-          f"{'full run (' + str(total_steps) + ' steps)':>26s}")
+    print(f"{'model':<9s} {'params':>9s} {'ms/step (median)':>17s} {'IQR':>17s} {'cpu ms/step':>12s} "
+          f"{'steps/s':>8s} {'full run (' + str(total_steps) + ' steps)':>26s}")
     for label in labels:
         r = results[label]
         print(f"{label:<9s} {r['params']:>9,d} {r['ms_per_step_median']:>17.1f} "
-              f"{r['ms_per_step_iqr'][0]:>8.1f}-{r['ms_per_step_iqr'][1]:<8.1f} {r['steps_per_second']:>8.2f} "
-              f"{r['full_run_hours']:>22.2f} h")
+              f"{r['ms_per_step_iqr'][0]:>8.1f}-{r['ms_per_step_iqr'][1]:<8.1f} {r['cpu_ms_per_step_median']:>12.1f} "
+              f"{r['steps_per_second']:>8.2f} {r['full_run_hours']:>22.2f} h")
     print(f"projected validation: {eval_ms:.1f} ms per batch x {val_batches} batches per epoch; full run with "
           f"validation every epoch: " + ", ".join(f"{l} {results[l]['full_run_hours_with_validation']:.2f} h"
                                                   for l in labels))

@@ -28,10 +28,14 @@ first input ``x`` only (not on the attributes).  ``input_rep`` is the representa
 ``x``; ``attr_rep`` that of the attributes; ``equivariance_input_reps`` is the nest of
 input representations to pass to :func:`keras_relaxeq.testing.assert_equivariant`.
 
-Implementation: every weighted map is one dense ``[D1, D2, D_out]`` tensor assembled per
-call by a single gather + scatter from the flat weight vector (the Clebsch-Gordan
-coefficients, path normalisations and index maps are precomputed in NumPy), then applied
-with one matmul; no Python loop runs over samples or paths at call time.
+Implementation: :class:`O3Linear` assembles its dense ``[D_in, D_out]`` matrix per call by a
+single gather + scatter from the flat weight vector and applies it with one matmul.
+:class:`O3TensorProduct` works by irrep type (:class:`_TypePlan`): blocks of equal irreps are
+merged, the attributes are contracted with the Clebsch-Gordan tensors, and all path weights
+into (or out of) a type are applied with one matmul, skipping the zeros of the dense
+``[D1 D2, D_out]`` map (``dense_tensor()`` / ``tensor_product_dense`` keep the dense form as
+a reference).  Index maps, CG coefficients and path normalisations are precomputed in NumPy;
+no Python loop runs over samples or paths at call time.
 """
 
 from __future__ import annotations
@@ -147,6 +151,7 @@ class _PathPlan:
         positions, windex, values, scales = [], [], [], []
         woff = 0
         self.path_slices = []
+        self.path_coefs = []
         for i1, i2, io in instructions:
             (mul1, ir1), (mul2, ir2), (mulo, iro) = in1[i1], in2[i2], out[io]
             if kind == "linear":
@@ -162,6 +167,7 @@ class _PathPlan:
                 coef, bound = 1.0 / math.sqrt(f), 1.0
             else:  # pragma: no cover
                 raise ValueError(normalization)
+            self.path_coefs.append(coef)
             ii, jj, kk = np.nonzero(np.abs(cg) > 0)
             vals = cg[ii, jj, kk] * coef
             u, v, w = (g.reshape(-1, 1) for g in np.meshgrid(np.arange(mul1), np.arange(mul2), np.arange(mulo),
@@ -197,6 +203,237 @@ class _PathPlan:
 
     def dense_bias(self, bias, dtype):
         return tf.scatter_nd(tf.constant(self.bias_positions[:, None]), tf.cast(bias, dtype), [self.dims[2]])
+
+
+def _type_blocks(irreps: Irreps):
+    """Group the ``(mul, ir)`` blocks of ``irreps`` by irrep type (order of first appearance).
+
+    Returns ``[(ir, [(block, mul, offset_within_type), ...], total_mul), ...]``.
+    """
+    groups = {}
+    for b, (mul, ir) in enumerate(irreps):
+        if mul == 0:
+            continue
+        entry = groups.setdefault(ir, [])
+        entry.append((b, mul, sum(m for _, m, _ in entry)))
+    return [(ir, blocks, sum(m for _, m, _ in blocks)) for ir, blocks in groups.items()]
+
+
+class _TypePlan:
+    """Fast evaluation of a ``kind="tp"`` :class:`_PathPlan` by irrep type (same map, far fewer FLOPs).
+
+    The dense ``[D1 D2, D_out]`` map is mostly zeros (block structure, CG sparsity); this plan
+    skips them.  Blocks of equal irreps are merged: ``X_t [N, d1, U]`` (copy index last) for
+    ``x`` and ``A_t [N, V, d2]`` for the attributes.  Every type triple ``(t1, t2, t3)``
+    carrying paths is evaluated in one of two orders, whichever costs less:
+
+    * ``"Y"`` (weights first): ``Y = X_t1 @ W`` (one matmul per input type for all its "Y"
+      triples), then mixed with ``M[n, v, i, k] = sum_j C_ijk A[n, v, j]``:
+      ``out[n, k, w] += sum_{v,i} M[n, v, i, k] Y[n, i, (v, w)]``;
+    * ``"Z"`` (attributes first): ``Z[n, k, (u, v)] = sum_i M[n, v, i, k] X[n, i, u]``, the Z of
+      all such triples into an output type concatenated, then one matmul with ``W``.
+
+    For ``l2 = 0`` attributes with ``l1 = l3`` (``C_i0k = c delta_ik``) the mixing is a
+    multiplication by the attribute (``c`` is folded into ``W``).  The weight matrices are a
+    permutation (one gather) of the flat kernel times the path normalisations.
+    """
+
+    def __init__(self, plan: "_PathPlan"):
+        in1, in2, out = plan.in1, plan.in2, plan.out
+        self.dims = plan.dims
+        self.types1, self.types2, self.types_out = _type_blocks(in1), _type_blocks(in2), _type_blocks(out)
+        self.block_dims1 = [mul * ir.dim for mul, ir in in1]
+        self.block_dims2 = [mul * ir.dim for mul, ir in in2]
+        pos1 = {b: (t, off) for t, (_, blocks, _) in enumerate(self.types1) for b, _, off in blocks}
+        pos2 = {b: (t, off) for t, (_, blocks, _) in enumerate(self.types2) for b, _, off in blocks}
+        poso = {b: (t, off) for t, (_, blocks, _) in enumerate(self.types_out) for b, _, off in blocks}
+        # ---- type triples carrying paths (instruction order) and their evaluation order
+        keys = []
+        for i1, i2, io in plan.instructions:
+            key = (pos1[i1][0], pos2[i2][0], poso[io][0])
+            if key not in keys:
+                keys.append(key)
+        triples = []
+        for t1, t2, to in keys:
+            (ir1, _, u), (ir2, _, v), (iro, _, w) = self.types1[t1], self.types2[t2], self.types_out[to]
+            cg = np.asarray(clebsch_gordan_for_irreps(ir1, ir2, iro), np.float64)  # [d1, d2, d3]
+            d1, d3 = ir1.dim, iro.dim
+            diag_c = cg[0, 0, 0] if (ir2.dim == 1 and v == 1 and ir1 == iro) else 0.0
+            diag = diag_c != 0.0 and np.allclose(cg[:, 0, :], diag_c * np.eye(d1), atol=1e-13)
+            mix_y = d3 * w if diag else d1 * d3 * v * w
+            mix_z = d1 * u if diag else d1 * d3 * u * v
+            cost_y, cost_z = u * v * w * d1 + mix_y, u * v * w * d3 + mix_z + d3 * u * v
+            triples.append(dict(t1=t1, t2=t2, to=to, d1=d1, d2=ir2.dim, d3=d3, U=u, V=v, W=w, cg=cg,
+                                diag=bool(diag), c=float(diag_c) if diag else 1.0,
+                                mode="Y" if cost_y <= cost_z else "Z"))
+        self.triples = triples
+        # ---- attribute-side CG matrices (non-diagonal triples): M[n, v, (i, k)] = A[n, v, :] @ cg_mat
+        self.m_cols = {}  # t2 -> [(triple index, width)]
+        cg_mats = {}
+        for n, t in enumerate(triples):
+            if t["diag"]:
+                continue
+            self.m_cols.setdefault(t["t2"], []).append((n, t["d1"] * t["d3"]))
+            cg_mats.setdefault(t["t2"], []).append(
+                np.transpose(t["cg"], (1, 0, 2)).reshape(t["d2"], t["d1"] * t["d3"]))
+        self.cg_mats = {t2: np.concatenate(m, axis=1) for t2, m in cg_mats.items()}
+        # ---- weight matrices: "Y" per input type [U, sum V W], "Z" per output type [sum U V, W]
+        mats = []  # (kind, type, rows, cols)
+        self.y_cols, self.z_rows = {}, {}  # type -> [(triple index, start)]
+        for n, t in enumerate(triples):
+            if t["mode"] == "Y":
+                entry = self.y_cols.setdefault(t["t1"], [])
+                entry.append((n, sum(triples[m]["V"] * triples[m]["W"] for m, _ in entry)))
+            else:
+                entry = self.z_rows.setdefault(t["to"], [])
+                entry.append((n, sum(triples[m]["U"] * triples[m]["V"] for m, _ in entry)))
+        for t1, entry in self.y_cols.items():
+            mats.append(("Y", t1, self.types1[t1][2], sum(triples[m]["V"] * triples[m]["W"] for m, _ in entry)))
+        for to, entry in self.z_rows.items():
+            mats.append(("Z", to, sum(triples[m]["U"] * triples[m]["V"] for m, _ in entry), self.types_out[to][2]))
+        self.mats = mats
+        index = {(k, t): np.full((r, c), -1, np.int64) for k, t, r, c in mats}
+        scale = {(k, t): np.zeros((r, c), np.float64) for k, t, r, c in mats}
+        start_of = {n: s for entry in list(self.y_cols.values()) + list(self.z_rows.values()) for n, s in entry}
+        for (i1, i2, io), sl, coef in zip(plan.instructions, plan.path_slices, plan.path_coefs):
+            (t1, off1), (t2, off2), (to, offo) = pos1[i1], pos2[i2], poso[io]
+            n = keys.index((t1, t2, to))
+            t = triples[n]
+            mul1, mul2, mulo = in1[i1].mul, in2[i2].mul, out[io].mul
+            u, v, w = np.meshgrid(np.arange(mul1), np.arange(mul2), np.arange(mulo), indexing="ij")
+            if t["mode"] == "Y":
+                key, rows, cols = ("Y", t1), off1 + u, start_of[n] + (off2 + v) * t["W"] + offo + w
+            else:
+                key, rows, cols = ("Z", to), start_of[n] + (off1 + u) * t["V"] + off2 + v, offo + w
+            index[key][rows, cols] = sl.start + (u * mul2 + v) * mulo + w
+            scale[key][rows, cols] = coef * t["c"]
+        flat_index = np.concatenate([index[(k, t)].reshape(-1) for k, t, _, _ in mats]) if mats else \
+            np.zeros(0, np.int64)
+        self.w_sizes = [r * c for _, _, r, c in mats]
+        self.w_pad = bool(np.any(flat_index < 0))  # entries no path reaches read a padded zero
+        self.w_index = np.where(flat_index < 0, plan.weight_numel, flat_index)
+        self.w_scale = np.concatenate([scale[(k, t)].reshape(-1) for k, t, _, _ in mats]) if mats else \
+            np.zeros(0, np.float64)
+        # ---- bias (the 0e output type receives the whole bias vector, in order) and output layout
+        self.bias_type = next((to for to, (ir, _, _) in enumerate(self.types_out) if ir.is_scalar()), None)
+        self.out_blocks = [(b, poso[b]) for b, (mul, _) in enumerate(out) if mul]
+        self.out_identity = all(len(blocks) == 1 for _, blocks, _ in self.types_out) and \
+            [poso[b][0] for b, _ in self.out_blocks] == list(range(len(self.types_out)))
+
+    # -- call-time pieces -------------------------------------------------------------------
+    @staticmethod
+    def _by_type(x2, types, block_dims, copy_last):
+        """``{t: [N, d, U]}`` (``copy_last``) or ``{t: [N, U, d]}`` from flat features ``[N, D]``."""
+        nonzero = [d for d in block_dims if d]
+        parts = tf.split(x2, nonzero, axis=-1) if len(nonzero) > 1 else [x2]
+        part_of = dict(zip([b for b, d in enumerate(block_dims) if d], parts))
+        result = {}
+        for t, (ir, blocks, total) in enumerate(types):
+            if ir.dim == 1:
+                cat = [part_of[b] for b, _, _ in blocks]
+                xt = cat[0] if len(cat) == 1 else tf.concat(cat, axis=-1)
+                result[t] = tf.reshape(xt, [-1, 1, total] if copy_last else [-1, total, 1])
+            else:
+                cat = [tf.reshape(part_of[b], [-1, mul, ir.dim]) for b, mul, _ in blocks]
+                xt = cat[0] if len(cat) == 1 else tf.concat(cat, axis=1)
+                result[t] = tf.transpose(xt, [0, 2, 1]) if copy_last else xt
+        return result
+
+    def weights(self, kernel, dtype):
+        """``{(kind, type): matrix}`` of the "Y" and "Z" weight matrices."""
+        if not self.mats:
+            return {}
+        kernel = tf.cast(kernel, dtype)
+        if self.w_pad:
+            kernel = tf.concat([kernel, tf.zeros([1], dtype)], 0)
+        flat = tf.gather(kernel, self.w_index) * tf.constant(self.w_scale, dtype)
+        pieces = tf.split(flat, self.w_sizes) if len(self.w_sizes) > 1 else [flat]
+        return {(k, t): tf.reshape(p, [r, c]) for (k, t, r, c), p in zip(self.mats, pieces)}
+
+    @staticmethod
+    def _mix(m, t, tri, mode):
+        """Contract ``t [N, d1, C]`` with the attribute-side ``m`` -> ``[N, d3, C']`` (see the class doc)."""
+        d1, d3, v = tri["d1"], tri["d3"], tri["V"]
+        if tri["diag"]:
+            return t if m is None else tf.reshape(m, [-1, 1, 1]) * t
+        if v == 1:
+            if d1 == 1:
+                return tf.reshape(m, [-1, d3, 1]) * t
+            if d3 == 1:
+                return tf.reduce_sum(tf.reshape(m, [-1, d1, 1]) * t, axis=1, keepdims=True)
+            c = t.shape[-1]
+            return tf.reduce_sum(tf.reshape(m, [-1, d1, d3, 1]) * tf.reshape(t, [-1, d1, 1, c]), axis=1)
+        mt = tf.transpose(tf.reshape(m, [-1, v, d1, d3]), [0, 2, 3, 1])  # [N, d1, d3, V]
+        if mode == "Y":  # t = Y [N, d1, V W] -> sum over i and v
+            w = tri["W"]
+            return tf.reduce_sum(tf.reshape(mt, [-1, d1, d3, v, 1]) * tf.reshape(t, [-1, d1, 1, v, w]), axis=[1, 3])
+        u = tri["U"]  # t = X [N, d1, U] -> Z [N, d3, U V]
+        z = tf.reduce_sum(tf.reshape(mt, [-1, d1, d3, 1, v]) * tf.reshape(t, [-1, d1, 1, u, 1]), axis=1)
+        return tf.reshape(z, [-1, d3, u * v])
+
+    def __call__(self, x2, a2, kernel, bias, dtype):
+        """Tensor product of ``x2 [N, D1]`` and ``a2 [N, D2]`` (None: ``1x0e`` = 1), + bias, as ``[N, D_out]``."""
+        n = tf.shape(x2)[0]
+        xt = self._by_type(x2, self.types1, self.block_dims1, copy_last=True)  # {t1: [N, d1, U]}
+        at = {} if a2 is None else self._by_type(a2, self.types2, self.block_dims2, copy_last=False)
+        # attribute side: diagonal triples use A itself, the others M = A @ CG
+        m_of = {}
+        for k, tri in enumerate(self.triples):
+            if tri["diag"]:
+                m_of[k] = None if a2 is None else at[tri["t2"]]
+        for t2, cols in self.m_cols.items():
+            ir2, _, v = self.types2[t2]
+            a = tf.reshape(at[t2], [-1, ir2.dim])
+            cg = tf.constant(self.cg_mats[t2], dtype)
+            m = tf.matmul(a, cg) if ir2.dim > 1 else a * cg
+            m = tf.reshape(m, [-1, v * cg.shape[1]]) if v > 1 else m
+            widths = [v * wd for _, wd in cols]
+            if v > 1:  # [N, V, sum] -> per triple [N, V * width]
+                m = tf.reshape(m, [-1, v, cg.shape[1]])
+                pieces = tf.split(m, [wd for _, wd in cols], axis=-1) if len(cols) > 1 else [m]
+                pieces = [tf.reshape(p, [-1, w]) for p, w in zip(pieces, widths)]
+            else:
+                pieces = tf.split(m, widths, axis=-1) if len(cols) > 1 else [m]
+            for (k, _), p in zip(cols, pieces):
+                m_of[k] = p
+        ws = self.weights(kernel, dtype)
+        contrib = {to: [] for to in range(len(self.types_out))}
+        for t1, entry in self.y_cols.items():  # weights first
+            d1, u = self.types1[t1][0].dim, self.types1[t1][2]
+            wy = ws[("Y", t1)]
+            y = tf.reshape(tf.matmul(tf.reshape(xt[t1], [-1, u]), wy), [-1, d1, wy.shape[1]])
+            sizes = [self.triples[k]["V"] * self.triples[k]["W"] for k, _ in entry]
+            pieces = tf.split(y, sizes, axis=-1) if len(sizes) > 1 else [y]
+            for (k, _), p in zip(entry, pieces):
+                tri = self.triples[k]
+                contrib[tri["to"]].append(self._mix(m_of[k], p, tri, "Y"))
+        for to, entry in self.z_rows.items():  # attributes first
+            d3 = self.types_out[to][0].dim
+            zs = [self._mix(m_of[k], xt[self.triples[k]["t1"]], self.triples[k], "Z") for k, _ in entry]
+            z = zs[0] if len(zs) == 1 else tf.concat(zs, axis=-1)
+            wz = ws[("Z", to)]
+            contrib[to].append(tf.reshape(tf.matmul(tf.reshape(z, [-1, wz.shape[0]]), wz), [-1, d3, wz.shape[1]]))
+        outs = []
+        for to, (iro, _, mulo) in enumerate(self.types_out):
+            parts = contrib[to]
+            if parts:
+                o = parts[0] if len(parts) == 1 else tf.add_n(parts)  # [N, d3, W]
+            else:
+                o = tf.zeros(tf.stack([n, iro.dim, mulo]), dtype)
+            if bias is not None and to == self.bias_type:
+                o = o + tf.cast(bias, dtype)
+            outs.append(tf.reshape(o, [-1, mulo]) if iro.dim == 1 else tf.transpose(o, [0, 2, 1]))  # copy-major
+        if self.out_identity:
+            flat = [tf.reshape(o, [-1, ir.dim * mul]) for o, (ir, _, mul) in zip(outs, self.types_out)]
+            return flat[0] if len(flat) == 1 else tf.concat(flat, axis=-1)
+        split = {}
+        for to, (iro, blocks, _) in enumerate(self.types_out):
+            muls = [mul for _, mul, _ in blocks]
+            pieces = tf.split(outs[to], muls, axis=1) if len(muls) > 1 else [outs[to]]
+            for (b, mul, _), piece in zip(blocks, pieces):
+                split[b] = tf.reshape(piece, [-1, mul * iro.dim])
+        flat = [split[b] for b, _ in self.out_blocks]
+        return flat[0] if len(flat) == 1 else tf.concat(flat, axis=-1)
 
 
 def _scaled_uniform(scales):
@@ -457,6 +694,7 @@ class O3TensorProduct(_IrrepsLayer):
         self.bias_initializer = None if bias_initializer is None else keras.initializers.get(bias_initializer)
         in2 = self.irreps_in2 if self.irreps_in2 is not None else Irreps("1x0e")
         self.plan = _PathPlan(self.irreps_in1, in2, self.irreps_out, "tp", "segnn" if self.tp_rescale else "e3nn")
+        _untracked(self, "type_plan", _TypePlan(self.plan))
         self.kernel = None
         self.bias = None
 
@@ -479,7 +717,19 @@ class O3TensorProduct(_IrrepsLayer):
         return tf.reshape(self.plan.dense(self.kernel, self.compute_dtype), [d1, d2, do])
 
     def tensor_product(self, x, attr=None):
-        """The weighted tensor product (+ bias) of broadcast ``x`` ``[..., d1]`` and ``attr`` ``[..., d2]``."""
+        """The weighted tensor product (+ bias) of broadcast ``x`` ``[..., d1]`` and ``attr`` ``[..., d2]``.
+
+        Evaluated by irrep type (:class:`_TypePlan`); equal to ``outer(x, attr) @ dense_tensor() + bias``.
+        """
+        d1, d2, do = self.plan.dims
+        lead = tf.shape(x)[:-1]
+        x2 = tf.reshape(x, [-1, d1])
+        a2 = None if attr is None else tf.reshape(attr, [-1, d2])
+        out = self.type_plan(x2, a2, self.kernel, self.bias, self.compute_dtype)
+        return tf.reshape(out, tf.concat([lead, [do]], 0))
+
+    def tensor_product_dense(self, x, attr=None):
+        """Reference evaluation through the dense ``[d1 * d2, d_out]`` map (slow; for tests)."""
         d1, d2, do = self.plan.dims
         dense = self.plan.dense(self.kernel, self.compute_dtype)  # [d1 * d2, do]
         lead = tf.shape(x)[:-1]
@@ -569,21 +819,29 @@ class Gate(_IrrepsLayer):
                                 if self.normalize_activations else 1.0)
         self.gate_constant = (_normalize2mom_constant(self.gate_activation)
                               if self.normalize_activations and self.irreps_gated.num_irreps else 1.0)
-        # which gate multiplies each gated component
-        self._gate_index = np.concatenate(
-            [np.repeat(np.arange(mul), ir.dim) + sum(m for m, _ in self.irreps_gated[:t])
-             for t, (mul, ir) in enumerate(self.irreps_gated) if mul] or [np.zeros(0, np.int64)]).astype(np.int64)
 
     def equivariant_call(self, inputs, training=None):
         x, _ = self._split_inputs(inputs)
         ns, ng, nd = self.irreps_scalars.dim, self.irreps_gates.dim, self.irreps_gated.dim
+        # tf.split / reshapes rather than strided slices and a gather: their gradients are much cheaper
+        sizes = [d for d in (ns, ng, nd) if d]
+        pieces = iter(tf.split(x, sizes, axis=-1) if len(sizes) > 1 else [x])
         parts = []
         if ns:
-            parts.append(self.scalar_activation(x[..., :ns]) * tf.cast(self.scalar_constant, x.dtype))
+            parts.append(self.scalar_activation(next(pieces)) * tf.cast(self.scalar_constant, x.dtype))
         if nd:
-            gates = self.gate_activation(x[..., ns:ns + ng]) * tf.cast(self.gate_constant, x.dtype)
-            gated = x[..., ns + ng:]
-            parts.append(gated * tf.gather(gates, self._gate_index, axis=-1))
+            gates = self.gate_activation(next(pieces)) * tf.cast(self.gate_constant, x.dtype)
+            gated = next(pieces)
+            lead = tf.shape(x)[:-1]
+            blocks = [(mul, ir.dim) for mul, ir in self.irreps_gated if mul]
+            gate_blocks = tf.split(gates, [m for m, _ in blocks], axis=-1) if len(blocks) > 1 else [gates]
+            gated_blocks = tf.split(gated, [m * d for m, d in blocks], axis=-1) if len(blocks) > 1 else [gated]
+            for (mul, d), g, f in zip(blocks, gate_blocks, gated_blocks):
+                if d == 1:
+                    parts.append(f * g)
+                else:
+                    prod = tf.reshape(f, [-1, mul, d]) * tf.reshape(g, [-1, mul, 1])
+                    parts.append(tf.reshape(prod, tf.concat([lead, [mul * d]], 0)))
         return parts[0] if len(parts) == 1 else tf.concat(parts, axis=-1)
 
     def get_config(self):

@@ -6,7 +6,7 @@ as used by the relaxation paper's N-body experiment (method.md section 6):
 
 * **Graph**: fully connected over the ``N`` particles without self loops
   (``N (N - 1)`` directed edges, 20 for 5 particles), built once from static index arrays;
-  everything is vectorised over the batch (gathers and one incidence-matrix contraction).
+  everything is vectorised over the batch (broadcasts, reshapes and sums; no gathers).
 * **Node features** ``2x1o+1x0e``: ``(loc - centre of mass, vel, |vel|)``.  (The reference
   subtracts ``pos.mean(1)``, the mean over the *coordinates* of each particle, which is not
   rotation-equivariant; we subtract the mean over particles, as the paper intends.)
@@ -77,6 +77,37 @@ def _incidence(receivers, num_nodes):
     return a
 
 
+def _edge_endpoints(x, num_nodes):
+    """``(x[:, receivers], x[:, senders])`` for :func:`fully_connected_edges` without gathers.
+
+    The edges are row-major over ``(i, j != i)``: receivers repeat each node ``N - 1`` times
+    (a broadcast), senders are the off-diagonal entries of the ``N x N`` grid ``x_j`` (dropping
+    the first entry of the flattened grid and the last column of its ``[N - 1, N + 1]``
+    reshape removes the diagonal).  Same values as the gathers; cheaper gradients (sums).
+    """
+    n = num_nodes
+    x = tf.convert_to_tensor(x)
+    batch, dim = tf.shape(x)[0], tf.shape(x)[2]
+    x_i = tf.reshape(tf.broadcast_to(tf.expand_dims(x, 2), tf.stack([batch, n, n - 1, dim])),
+                     tf.stack([batch, n * (n - 1), dim]))
+    grid = tf.reshape(tf.broadcast_to(tf.expand_dims(x, 1), tf.stack([batch, n, n, dim])),
+                      tf.stack([batch, n * n, dim]))
+    grid = tf.reshape(tf.slice(grid, [0, 1, 0], [-1, n * n - 1, -1]), tf.stack([batch, n - 1, n + 1, dim]))
+    x_j = tf.reshape(tf.slice(grid, [0, 0, 0, 0], [-1, -1, n, -1]), tf.stack([batch, n * (n - 1), dim]))
+    return x_i, x_j
+
+
+def _sum_incoming(edge_values, num_nodes):
+    """Sum of ``[B, E, D]`` edge values over the incoming edges of every node (``[B, N, D]``).
+
+    Edges of :func:`fully_connected_edges` are grouped by receiver (``N - 1`` consecutive edges
+    each), so this is a reshape and a sum (the incidence-matrix contraction, without the zeros).
+    """
+    n = num_nodes
+    shape = tf.shape(edge_values)
+    return tf.reduce_sum(tf.reshape(edge_values, tf.stack([shape[0], n, n - 1, shape[2]])), axis=2)
+
+
 @register
 class NBodyGraphFeatures(keras.layers.Layer):
     """SEGNN's ``O3Transform`` on a fully connected graph, batched.
@@ -110,7 +141,7 @@ class NBodyGraphFeatures(keras.layers.Layer):
         prod_charges = tf.gather(q, self.senders, axis=1) * tf.gather(q, self.receivers, axis=1)
         edge_attr = spherical_harmonics(self.attr_irreps, rel, normalize=True, normalization="integral")
         vel_attr = spherical_harmonics(self.attr_irreps, vel, normalize=True, normalization="integral")
-        node_attr = tf.einsum("ne,bea->bna", tf.constant(self.incoming_mean, dtype), edge_attr) + vel_attr
+        node_attr = _sum_incoming(edge_attr * tf.cast(1.0 / (self.num_nodes - 1), dtype), self.num_nodes) + vel_attr
         node_attr = tf.concat([tf.ones_like(node_attr[..., :1]), node_attr[..., 1:]], axis=-1)
         centred = loc - tf.reduce_mean(loc, axis=1, keepdims=True)
         speed = tf.sqrt(tf.reduce_sum(tf.square(vel), axis=-1, keepdims=True))
@@ -200,12 +231,11 @@ class SEGNNLayer(keras.layers.Layer):
         x, edge_attr, node_attr, edge_features = inputs
         dtype = self.compute_dtype
         x = tf.cast(x, dtype)
-        x_i = tf.gather(x, self.receivers, axis=1)
-        x_j = tf.gather(x, self.senders, axis=1)
+        x_i, x_j = _edge_endpoints(x, self.num_nodes)
         message = tf.concat([x_i, x_j, tf.cast(edge_features, dtype)], axis=-1)
         message = self.message_layer_1((message, edge_attr), training=training)
         message = self.message_layer_2((message, edge_attr), training=training)
-        aggregated = tf.einsum("ne,bed->bnd", tf.constant(self.incidence, dtype), message)  # sum over senders
+        aggregated = _sum_incoming(message, self.num_nodes)  # sum over senders
         update = self.update_layer_1((tf.concat([x, aggregated], axis=-1), node_attr), training=training)
         update = self.update_layer_2((update, node_attr), training=training)
         x = x + update
