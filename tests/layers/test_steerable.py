@@ -31,6 +31,7 @@ from keras_relaxeq.layers.steerable import (
     gate_irreps,
 )
 from keras_relaxeq.testing import assert_equivariant, check_equivariance
+from tp_reference import reference_tp
 
 IN1 = "2x0e+2x1o+1x1e"  # dim 11; 1e so that 0o and parity-flipped paths exist
 ATTR = "1x0e+1x1o"  # spherical harmonics up to l = 1
@@ -179,34 +180,6 @@ def test_float32_default_dtype():
 
 
 # --------------------------------------------------------------------------- 2. reference implementations
-def reference_tp(in1, in2, out, kernel, bias, x, y, tp_rescale=True):
-    """e3nn FullyConnectedTensorProduct (component) with SEGNN's rescaling, path by path in NumPy."""
-    in1, in2, out = Irreps(in1), Irreps(in2), Irreps(out)
-    paths = [(i1, i2, io) for i1, (_, a) in enumerate(in1) for i2, (_, b) in enumerate(in2)
-             for io, (_, c) in enumerate(out) if c in list(a * b)]
-    fan_in = {io: sum(in1[i1].mul * in2[i2].mul for i1, i2, o in paths if o == io) for _, _, io in paths}
-    lead = x.shape[:-1]
-    blocks = [np.zeros(lead + (m, ir.dim)) for m, ir in out]
-    off = 0
-    for i1, i2, io in paths:
-        (m1, r1), (m2, r2), (mo, ro) = in1[i1], in2[i2], out[io]
-        w = kernel[off:off + m1 * m2 * mo].reshape(m1, m2, mo)
-        off += m1 * m2 * mo
-        coef = math.sqrt(ro.dim) if tp_rescale else math.sqrt(ro.dim / fan_in[io])
-        xb = x[..., in1.slices()[i1]].reshape(lead + (m1, r1.dim))
-        yb = y[..., in2.slices()[i2]].reshape(lead + (m2, r2.dim))
-        blocks[io] += coef * np.einsum("...ui,...vj,ijk,uvw->...wk", xb, yb, clebsch_gordan_for_irreps(r1, r2, ro), w)
-    assert off == len(kernel)
-    result = np.concatenate([b.reshape(lead + (-1,)) for b in blocks], -1)
-    if bias is not None:
-        ib = 0
-        for sl, (m, ir) in zip(out.slices(), out):
-            if ir.is_scalar():
-                result[..., sl] += bias[ib:ib + m]
-                ib += m
-    return result
-
-
 @pytest.mark.parametrize("tp_rescale", [True, False])
 def test_tensor_product_matches_numpy(tp_rescale):
     layer = O3TensorProduct(IN1, ATTR, OUT, tp_rescale=tp_rescale, relaxed=False, dtype=F64)

@@ -22,6 +22,7 @@ import keras
 
 from keras_relaxeq.groups import Irreps, clebsch_gordan_for_irreps
 from keras_relaxeq.layers.steerable import O3TensorProduct
+from tp_reference import reference_tp as reference
 from keras_relaxeq.models.segnn import _edge_endpoints, _incidence, _sum_incoming, fully_connected_edges
 
 F64 = "float64"
@@ -37,36 +38,6 @@ CASES = {
     "zero_multiplicities": ("1x0e+0x1o+2x1o", "1x0e+1x1o", "0x0e+2x0e+1x1e+2x1o"),
     "no_attr": ("2x0e+2x1o+1x1e", None, "2x0e+1x0o+2x1o+1x1e+1x2e"),
 }
-
-
-def reference(in1, in2, out, kernel, bias, x, y, tp_rescale):
-    """Per path: ``coef * einsum('...ui,...vj,ijk,uvw->...wk')`` (e3nn FullyConnectedTensorProduct order)."""
-    in1, in2, out = Irreps(in1), Irreps(in2), Irreps(out)
-    paths = [(i1, i2, io) for i1, (m1, a) in enumerate(in1) for i2, (m2, b) in enumerate(in2)
-             for io, (mo, c) in enumerate(out) if m1 * m2 * mo and c in list(a * b)]
-    fan_in = {}
-    for i1, i2, io in paths:
-        fan_in[io] = fan_in.get(io, 0) + in1[i1].mul * in2[i2].mul
-    lead = x.shape[:-1]
-    blocks = [np.zeros(lead + (m, ir.dim)) for m, ir in out]
-    off = 0
-    for i1, i2, io in paths:
-        (m1, r1), (m2, r2), (mo, ro) = in1[i1], in2[i2], out[io]
-        w = kernel[off:off + m1 * m2 * mo].reshape(m1, m2, mo)
-        off += m1 * m2 * mo
-        coef = math.sqrt(ro.dim) if tp_rescale else math.sqrt(ro.dim / fan_in[io])
-        xb = x[..., in1.slices()[i1]].reshape(lead + (m1, r1.dim))
-        yb = y[..., in2.slices()[i2]].reshape(lead + (m2, r2.dim))
-        blocks[io] += coef * np.einsum("...ui,...vj,ijk,uvw->...wk", xb, yb, clebsch_gordan_for_irreps(r1, r2, ro), w)
-    assert off == len(kernel)
-    result = np.concatenate([b.reshape(lead + (-1,)) for b in blocks], -1)
-    if bias is not None:
-        ib = 0
-        for sl, (m, ir) in zip(out.slices(), out):
-            if ir.is_scalar():
-                result[..., sl] += bias[ib:ib + m]
-                ib += m
-    return result
 
 
 def make(name, tp_rescale, seed=0):
