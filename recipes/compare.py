@@ -281,7 +281,7 @@ def _fmt_ms(stats, m: Metric):
 def markdown(result, exp: Experiment) -> str:
     metrics = (exp.metric, *exp.extra_metrics)
     sweep = result["sweep"]
-    head = ([sweep] if sweep else []) + ["arm", "runs"] + [m.label for m in metrics] + ["minutes per run"]
+    head = ([sweep] if sweep else []) + ["arm", "runs"] + [m.label for m in metrics] + ["minutes (last invocation)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     minutes = Metric("wall_time_minutes", "", 1.0, 0)
     for g in result["groups"]:
@@ -294,7 +294,7 @@ def markdown(result, exp: Experiment) -> str:
     for r in result["runs"]:
         cells = ([str(r["sweep_value"])] if sweep else []) + [r["arm"], str(r["seed"])]
         if "epochs" not in r:
-            cells += ["not run"] + [""] * len(metrics)
+            cells += ["no summary yet"] + [""] * len(metrics)
         else:
             cells += [f"{r['epochs']}" + ("" if r["finished"] else " (unfinished)")]
             cells += [_fmt(r[m.key], m) for m in metrics]
