@@ -198,11 +198,7 @@ def train_one(args, arm, seed, value, sweep_name) -> int:
 
 def read_log(path: Path) -> dict:
     """Per-epoch columns of a run's ``log.csv`` (the recipes' reader: a resumed epoch counts once)."""
-    sys.path.insert(0, str(HERE))
-    try:
-        from modelnet40 import read_csv_history
-    finally:
-        sys.path.remove(str(HERE))
+    from keras_relaxeq.training.recipe import read_csv_history
     return read_csv_history(path)
 
 

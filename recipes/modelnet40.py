@@ -35,15 +35,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import importlib
 import importlib.util
 import json
 import math
-import shutil
 import sys
 import time
-from pathlib import Path
+
+from keras_relaxeq.training.recipe import make_strategy, prepare_output_dir, read_csv_history
 
 MODELS = ("vn_pointnet", "vn_dgcnn", "vn_classifier")
 
@@ -161,27 +160,6 @@ def resolve_config(args) -> dict:
     return cfg
 
 
-def make_strategy(cfg):
-    """The ``tf.distribute`` strategy of ``--strategy``: call it before any other TensorFlow op.
-
-    With ``--cpu-replicas N`` the physical CPU is first split into N logical devices and the
-    ``MirroredStrategy`` mirrors over them (N replicas without GPUs, for tests).
-    """
-    dist = _dist()
-    n = cfg.get("cpu_replicas")
-    if not n:
-        return dist.get_strategy(cfg["strategy"])
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    try:
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
-    except RuntimeError as e:  # TensorFlow already initialised (e.g. a second main() in one process)
-        if len(tf.config.list_logical_devices("CPU")) < n:
-            raise SystemExit(f"--cpu-replicas {n}: TensorFlow is already initialised with fewer CPU devices; "
-                             f"use a fresh process ({e})") from None
-    return dist.get_strategy("mirrored", devices=[f"/cpu:{i}" for i in range(n)])
-
-
 # ----------------------------------------------------------------------------- pieces
 
 def learning_rate_fn(cfg):
@@ -255,45 +233,11 @@ def make_datasets(cfg):
     return train, val, bn, train_batches * cfg["batch"]
 
 
-def read_csv_history(path):
-    """Columns of the CSVLogger file (one row per epoch, the last row wins for a repeated epoch)."""
-    path = Path(path)
-    if not path.exists():
-        return {}
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    by_epoch = {}
-    for row in rows:
-        try:
-            by_epoch[int(row["epoch"])] = row
-        except (KeyError, ValueError):
-            continue
-    history = {}
-    for epoch in sorted(by_epoch):
-        row = by_epoch[epoch]
-        for key in row:
-            history.setdefault(key, [])
-        for key in history:
-            value = row.get(key)
-            try:
-                history[key].append(float(value))
-            except (TypeError, ValueError):
-                history[key].append(float("nan"))
-    return history
-
-
 def _finite(values):
     return [v for v in values if isinstance(v, float) and math.isfinite(v)]
 
 
 # ----------------------------------------------------------------------------- main
-
-def _remove(target: Path):
-    """Delete a file or directory; tolerant of other workers deleting it at the same time."""
-    if target.is_dir():
-        shutil.rmtree(target, ignore_errors=True)
-    else:
-        target.unlink(missing_ok=True)
 
 
 def main(argv=None) -> dict:
@@ -303,18 +247,7 @@ def main(argv=None) -> dict:
     strategy = make_strategy(cfg)
     dist = _dist()
     chief = dist.is_chief(strategy)
-    out = Path(cfg["output_dir"])
-    backup_dir = out / "backup"
-    if cfg["fresh"] and out.exists():
-        # every worker deletes before its own fit; nobody writes a backup before all workers are in fit
-        for name in ("backup", "logs", "log.csv", "best_relaxed.keras", "best_projected.keras"):
-            _remove(out / name)
-    if cfg["resume"] and not backup_dir.exists():
-        raise SystemExit(f"--resume: no backup in {backup_dir}")
-    # Where this process writes every output file (= dist.checkpoint_path of each): ``out`` on the
-    # chief, one private temp dir on the other workers (they take part in every save, e.g. of
-    # distributed variables, but their files are thrown away at the end).
-    write_dir = Path(dist.worker_dir(str(out), strategy))
+    out, backup_dir, write_dir = prepare_output_dir(cfg, strategy)  # --fresh / --resume
     start = time.time()
 
     import keras

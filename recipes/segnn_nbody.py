@@ -42,14 +42,13 @@ The output directory gets:
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib.util
 import json
 import math
-import shutil
 import sys
 import time
-from pathlib import Path
+
+from keras_relaxeq.training.recipe import make_strategy, prepare_output_dir, read_csv_history
 
 #: published settings of the relaxation paper's N-body run (method.md section 6, SEGNN README)
 DEFAULTS = dict(epochs=1000, batch=100, lr=5e-4, weight_decay=1e-12, lambda_lie=0.01, lambda_proj=0.01,
@@ -126,27 +125,6 @@ def resolve_config(args) -> dict:
     return cfg
 
 
-def make_strategy(cfg):
-    """The ``tf.distribute`` strategy of ``--strategy``: call it before any other TensorFlow op.
-
-    With ``--cpu-replicas N`` the physical CPU is first split into N logical devices and the
-    ``MirroredStrategy`` mirrors over them (N replicas without GPUs, for tests).
-    """
-    dist = _dist()
-    n = cfg.get("cpu_replicas")
-    if not n:
-        return dist.get_strategy(cfg["strategy"])
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    try:
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
-    except RuntimeError as e:  # TensorFlow already initialised (e.g. a second main() in one process)
-        if len(tf.config.list_logical_devices("CPU")) < n:
-            raise SystemExit(f"--cpu-replicas {n}: TensorFlow is already initialised with fewer CPU devices; "
-                             f"use a fresh process ({e})") from None
-    return dist.get_strategy("mirrored", devices=[f"/cpu:{i}" for i in range(n)])
-
-
 # ----------------------------------------------------------------------------- pieces
 
 def build_model(cfg):
@@ -197,33 +175,6 @@ def make_callbacks(keras, ProjectedValidation):
                 self.projected.save(self.best_mse_path)
 
     return ProjectedValidationMSE
-
-
-def read_csv_history(path):
-    """Columns of the CSVLogger file (one row per epoch, the last row wins for a repeated epoch)."""
-    path = Path(path)
-    if not path.exists():
-        return {}
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    by_epoch = {}
-    for row in rows:
-        try:
-            by_epoch[int(row["epoch"])] = row
-        except (KeyError, ValueError):
-            continue
-    history = {}
-    for epoch in sorted(by_epoch):
-        for key in by_epoch[epoch]:
-            history.setdefault(key, [])
-    for epoch in sorted(by_epoch):
-        row = by_epoch[epoch]
-        for key in history:
-            try:
-                history[key].append(float(row.get(key)))
-            except (TypeError, ValueError):
-                history[key].append(float("nan"))
-    return history
 
 
 def plot_regression_history(history, path, title=None):
@@ -285,13 +236,6 @@ def equivariance_errors(model, inputs, seed=0):
 
 # ----------------------------------------------------------------------------- main
 
-def _remove(target: Path):
-    """Delete a file or directory; tolerant of other workers deleting it at the same time."""
-    if target.is_dir():
-        shutil.rmtree(target, ignore_errors=True)
-    else:
-        target.unlink(missing_ok=True)
-
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
@@ -300,17 +244,7 @@ def main(argv=None) -> dict:
     strategy = make_strategy(cfg)
     dist = _dist()
     chief = dist.is_chief(strategy)
-    out = Path(cfg["output_dir"])
-    backup_dir = out / "backup"
-    if cfg["fresh"] and out.exists():
-        # every worker deletes before its own fit; nobody writes a backup before all workers are in fit
-        for name in ("backup", "logs", "log.csv", "best_relaxed.keras", "best_projected.keras"):
-            _remove(out / name)
-    if cfg["resume"] and not backup_dir.exists():
-        raise SystemExit(f"--resume: no backup in {backup_dir}")
-    # Where this process writes every output file: ``out`` on the chief, one private temp dir on the
-    # other workers (they take part in every save, but their files are thrown away at the end).
-    write_dir = Path(dist.worker_dir(str(out), strategy))
+    out, backup_dir, write_dir = prepare_output_dir(cfg, strategy)  # --fresh / --resume
     start = time.time()
 
     import keras

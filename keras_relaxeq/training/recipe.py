@@ -1,0 +1,94 @@
+"""Plumbing shared by the training recipes (``recipes/*.py``): strategy, output directory, CSV log.
+
+Everything here runs before (or without) any TensorFlow op, so a recipe can create its
+``tf.distribute`` strategy first, as ``MultiWorkerMirroredStrategy`` requires.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+#: files and folders a recipe run writes that ``--fresh`` deletes
+RUN_STATE = ("backup", "logs", "log.csv", "best_relaxed.keras", "best_projected.keras")
+
+
+def make_strategy(cfg):
+    """The ``tf.distribute`` strategy of ``cfg["strategy"]``: call it before any other TensorFlow op.
+
+    With ``cfg["cpu_replicas"] = N`` the physical CPU is first split into N logical devices and
+    the ``MirroredStrategy`` mirrors over them (N replicas without GPUs, for tests).
+    """
+    from keras_relaxeq.training import distribute as dist
+
+    n = cfg.get("cpu_replicas")
+    if not n:
+        return dist.get_strategy(cfg["strategy"])
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+    except RuntimeError as e:  # TensorFlow already initialised (e.g. a second main() in one process)
+        if len(tf.config.list_logical_devices("CPU")) < n:
+            raise SystemExit(f"--cpu-replicas {n}: TensorFlow is already initialised with fewer CPU devices; "
+                             f"use a fresh process ({e})") from None
+    return dist.get_strategy("mirrored", devices=[f"/cpu:{i}" for i in range(n)])
+
+
+def remove_path(target: Path) -> None:
+    """Delete a file or directory; tolerant of other workers deleting it at the same time."""
+    target = Path(target)
+    if target.is_dir():
+        shutil.rmtree(target, ignore_errors=True)
+    else:
+        target.unlink(missing_ok=True)
+
+
+def prepare_output_dir(cfg, strategy) -> tuple[Path, Path, Path]:
+    """``(out, backup_dir, write_dir)`` of a run, after ``--fresh`` / ``--resume`` handling.
+
+    ``--fresh`` deletes the run state (:data:`RUN_STATE`); every worker deletes before its own
+    fit and nobody writes a backup before all workers are in fit.  ``--resume`` insists on a
+    backup.  ``write_dir`` is where this process writes every output file: ``out`` on the chief,
+    one private temporary directory on the other workers (they take part in every save, e.g. of
+    distributed variables, but their files are thrown away at the end).
+    """
+    from keras_relaxeq.training import distribute as dist
+
+    out = Path(cfg["output_dir"])
+    backup_dir = out / "backup"
+    if cfg.get("fresh") and out.exists():
+        for name in RUN_STATE:
+            remove_path(out / name)
+    if cfg.get("resume") and not backup_dir.exists():
+        raise SystemExit(f"--resume: no backup in {backup_dir}")
+    return out, backup_dir, Path(dist.worker_dir(str(out), strategy))
+
+
+def read_csv_history(path) -> dict[str, list[float]]:
+    """Columns of a ``CSVLogger`` file (one row per epoch, the last row wins for a repeated epoch,
+    as after a resume); non-numeric cells become NaN."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    by_epoch = {}
+    for row in rows:
+        try:
+            by_epoch[int(row["epoch"])] = row
+        except (KeyError, ValueError):
+            continue
+    history: dict[str, list[float]] = {}
+    for epoch in sorted(by_epoch):
+        for key in by_epoch[epoch]:
+            history.setdefault(key, [])
+    for epoch in sorted(by_epoch):
+        row = by_epoch[epoch]
+        for key in history:
+            try:
+                history[key].append(float(row.get(key)))
+            except (TypeError, ValueError):
+                history[key].append(float("nan"))
+    return history
