@@ -201,12 +201,12 @@ def build_model(cfg):
 
 def make_datasets(cfg):
     import tensorflow as tf
-    from keras_relaxeq.datasets.modelnet40 import modelnet40_dataset
+    from keras_relaxeq.datasets.modelnet40 import modelnet40_dataset, recipe_validation_dataset
 
     common = dict(num_points=cfg["points"], rotation=cfg["rotation"], data_dir=cfg["data_dir"],
                   val_fraction=cfg["val_fraction"], split_seed=cfg["split_seed"])
     train = modelnet40_dataset("train", batch_size=cfg["batch"], seed=cfg["seed"], **common)
-    val = modelnet40_dataset("val", batch_size=cfg["batch"], seed=cfg["seed"] + 1, **common)
+    val = recipe_validation_dataset(cfg, data_dir=cfg["data_dir"])  # relaxeq zoo publish measures on this same split
     # the same training distribution without augmentation for the BN re-estimation
     bn = modelnet40_dataset("train", batch_size=cfg["batch"], seed=cfg["seed"] + 2, augment=False,
                             shuffle=True, **common)

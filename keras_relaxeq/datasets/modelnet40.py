@@ -53,6 +53,7 @@ __all__ = [
     "detect_layout",
     "load_modelnet40",
     "modelnet40_dataset",
+    "recipe_validation_dataset",
     "normalize_point_clouds",
     "random_point_dropout",
     "read_modelnet40",
@@ -528,3 +529,22 @@ def modelnet40_dataset(
     num_batches = indices.size // batch_size if drop_remainder else -(-indices.size // batch_size)
     ds = ds.apply(tf.data.experimental.assert_cardinality(num_batches))  # flat_map hides it
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def recipe_validation_dataset(config: dict, rotation: str | None = None, batch_size: int | None = None,
+                              data_dir=None) -> tf.data.Dataset:
+    """The validation split exactly as ``recipes/modelnet40.py`` draws it for a run's ``config``
+    (its ``summary.json`` ``"config"``): same points, ``val_fraction``, ``split_seed`` and
+    element seed (``seed + 1``).  ``rotation`` (default: the run's) and ``batch_size`` (default:
+    the run's ``batch``) can be overridden without changing any element: every draw is keyed by
+    the shape index.  ``data_dir``: as in :func:`modelnet40_dataset` (the run's ``data_dir`` is not
+    used: it may not exist where the run is evaluated).  ``recipes/modelnet40.py`` and
+    ``relaxeq zoo publish`` both use this.
+    """
+    return modelnet40_dataset(
+        "val", num_points=int(config["points"]),
+        batch_size=int(batch_size if batch_size is not None else config["batch"]),
+        rotation=rotation or config.get("rotation", "so3"),
+        data_dir=data_dir,
+        val_fraction=float(config.get("val_fraction", 0.2)), split_seed=int(config.get("split_seed", 0)),
+        seed=int(config.get("seed", 0)) + 1)

@@ -151,15 +151,9 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def _val_dataset(cfg: dict, rotation: str, data_dir, batch_size: int = 32):
-    """The validation split exactly as ``recipes/modelnet40.py`` builds it (``make_datasets``):
-    same points, val fraction, split seed and element seed (``seed + 1``); the batch size does
-    not change any element (every draw is keyed by the shape index)."""
-    from keras_relaxeq.datasets.modelnet40 import modelnet40_dataset
+    from keras_relaxeq.datasets.modelnet40 import recipe_validation_dataset
 
-    return modelnet40_dataset(
-        "val", num_points=int(cfg["points"]), batch_size=batch_size, rotation=rotation,
-        data_dir=data_dir, val_fraction=float(cfg.get("val_fraction", 0.2)),
-        split_seed=int(cfg.get("split_seed", 0)), seed=int(cfg.get("seed", 0)) + 1)
+    return recipe_validation_dataset(cfg, rotation=rotation, batch_size=batch_size, data_dir=data_dir)
 
 
 def _take(ds, n):

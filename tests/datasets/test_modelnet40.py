@@ -293,6 +293,28 @@ def test_val_pipeline_equals_normalised_subset(real):
     np.testing.assert_array_equal(points, next(ds.as_numpy_iterator())[0])  # fixed for evaluation
 
 
+def test_recipe_validation_dataset_is_the_runs_split_at_any_batch_size():
+    """What ``relaxeq zoo publish`` measures on is the split the recipe validated on."""
+    cfg = {"points": 64, "batch": 24, "rotation": "so3", "val_fraction": 0.2, "split_seed": 3, "seed": 5,
+           "data_dir": "/nonexistent/run/machine/path"}  # the run's data_dir is not used
+    run = mn.modelnet40_dataset("val", num_points=64, batch_size=24, rotation="so3", data_dir=REAL_DIR,
+                                val_fraction=0.2, split_seed=3, seed=6)
+    ref = [np.concatenate(t)[:100] for t in zip(*[(x, y) for x, y in run.take(5).as_numpy_iterator()])]
+    for batch, rotation in ((24, None), (40, "so3")):
+        ds = mn.recipe_validation_dataset(cfg, rotation=rotation, batch_size=batch, data_dir=REAL_DIR)
+        got = [np.concatenate(t)[:100] for t in zip(*[(x, y) for x, y in ds.take(5).as_numpy_iterator()])]
+        np.testing.assert_array_equal(got[1], ref[1])
+        np.testing.assert_array_equal(got[0], ref[0])
+    unrotated = mn.recipe_validation_dataset(cfg, rotation="none", data_dir=REAL_DIR)
+    x, y = next(unrotated.as_numpy_iterator())
+    np.testing.assert_array_equal(y, ref[1][:24])
+    # the same subsets, not rotated: equal norms, different coordinates
+    np.testing.assert_allclose(np.linalg.norm(x, axis=-1), np.linalg.norm(ref[0][:24], axis=-1), atol=1e-5)
+    assert np.abs(x - ref[0][:24]).max() > 1e-2
+    other_seed = mn.recipe_validation_dataset({**cfg, "seed": 6}, data_dir=REAL_DIR)
+    assert not np.array_equal(next(other_seed.as_numpy_iterator())[0], ref[0][:24])
+
+
 def _val_batch(rotation, **kw):
     kw = {"batch_size": 16, "augment": False, "data_dir": REAL_DIR, **kw}
     return mn.modelnet40_dataset("val", rotation=rotation, **kw).as_numpy_iterator().next()[0]
