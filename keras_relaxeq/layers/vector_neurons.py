@@ -41,6 +41,27 @@ def _torch_linear_init():
     return keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
 
 
+def vn_linear(x, kernels):
+    """Apply VN linear maps ``[..., C, 3] -> [..., D_k, 3]``, one per kernel ``[C, D_k]``, in one matmul.
+
+    The features are transposed once to rows ``[3 * points, C]`` (xyz-major per point), multiplied
+    by the concatenated kernels, split per kernel and transposed back.  Faster than
+    ``einsum("...ci,cd->...di")`` on CPU (TF's einsum transposes around every product, and its
+    kernel gradient with a ``...`` operand builds a per-point ``[C_in, C_out]`` outer product), and
+    maps sharing an input (``map_to_feat``/``map_to_dir``) read it once:
+    ``python benchmarks/bench_vn_models.py`` has the before/after numbers.
+    """
+    shape = tf.shape(x)
+    c = x.shape[-2]
+    rows = tf.reshape(tf.transpose(tf.reshape(x, [-1, c, 3]), [0, 2, 1]), [-1, c])
+    widths = [int(k.shape[-1]) for k in kernels]
+    y = tf.matmul(rows, kernels[0] if len(kernels) == 1 else tf.concat(kernels, axis=1))
+    parts = [y] if len(kernels) == 1 else tf.split(y, widths, axis=1)
+    lead = shape[:-2]
+    return [tf.reshape(tf.transpose(tf.reshape(part, [-1, 3, d]), [0, 2, 1]), tf.concat([lead, [d, 3]], 0))
+            for part, d in zip(parts, widths)]
+
+
 class _VectorLayer(RelaxedEquivariantLayer):
     """Shared representation declarations for layers mapping vectors to vectors."""
 
@@ -75,14 +96,7 @@ class VNLinear(_VectorLayer):
                                       initializer=self.kernel_initializer)
 
     def equivariant_call(self, inputs, training=None):
-        # Fold every leading axis into one before the einsum: with a "..." operand TF's
-        # einsum gradient w.r.t. the kernel materialises a per-point [points, C_in, C_out]
-        # outer product before reducing it (gigabytes for VN-PointNet), while the rank-3
-        # form contracts the points axis in one matmul.
-        shape = tf.shape(inputs)
-        x = tf.reshape(inputs, [-1, shape[-2], 3])
-        y = tf.einsum("nci,cd->ndi", x, self.kernel)
-        return tf.reshape(y, tf.concat([shape[:-2], [self.channels, 3]], 0))
+        return vn_linear(inputs, [self.kernel])[0]
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-2]) + (self.channels, 3)
@@ -176,10 +190,17 @@ class VNLeakyReLU(_VectorLayer):
         self.map_to_dir.build(input_shape)
 
     def call(self, inputs, training=None):
-        p = inputs if self.map_to_feat is None else self.map_to_feat(inputs)
+        if self.map_to_feat is None:
+            p, d = inputs, self.map_to_dir(inputs)
+        else:
+            # both maps read the same input: one matmul; each map's own branch (if any) on top
+            p, d = vn_linear(inputs, [self.map_to_feat.kernel, self.map_to_dir.kernel])
+            if self.map_to_feat.relaxed:
+                p = self.map_to_feat.add_relaxation(inputs, p)
+            if self.map_to_dir.relaxed:
+                d = self.map_to_dir.add_relaxation(inputs, d)
         if self.batchnorm is not None:
             p = self.batchnorm(p, training=training)
-        d = self.map_to_dir(inputs)
         return vn_leaky_relu(p, d, self.negative_slope)
 
     def compute_output_shape(self, input_shape):
