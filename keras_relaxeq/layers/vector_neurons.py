@@ -62,6 +62,18 @@ def vn_linear(x, kernels):
             for part, d in zip(parts, widths)]
 
 
+def concat_mean_shape(input_shape):
+    """Shape of ``[x, mean over points of x]`` (channels doubled)."""
+    c = input_shape[-2]
+    return tuple(input_shape[:-2]) + (None if c is None else 2 * c, 3)
+
+
+def concat_mean_features(x):
+    """``[x, mean over the points axis (-3) of x]`` along the channel axis: ``[..., N, 2C, 3]``."""
+    mean = tf.broadcast_to(tf.reduce_mean(x, axis=-3, keepdims=True), tf.shape(x))
+    return tf.concat([x, mean], axis=-2)
+
+
 class _VectorLayer(RelaxedEquivariantLayer):
     """Shared representation declarations for layers mapping vectors to vectors."""
 
@@ -159,13 +171,20 @@ class VNLeakyReLU(_VectorLayer):
         negative_slope: 0 for VN-PointNet, 0.2 for VN-DGCNN.
         share_nonlinearity: one direction for all channels.
         use_batchnorm: apply :class:`VNBatchNorm` to ``p``.
+        concat_mean: the block's input is ``[x, mean over points of x]`` (``2C`` channels; both
+            maps have ``2C`` input rows) without building that concatenation: the maps run on
+            ``x`` and on the per-cloud mean and are added (half the matmul rows).  Relaxation
+            branches see the concatenated features.  Needs a points axis (``axis=-3``).
     """
 
     has_relaxation_branch = False
 
     def __init__(self, channels=None, negative_slope=0.2, share_nonlinearity=False, use_batchnorm=True,
-                 **kwargs):
+                 concat_mean=False, **kwargs):
         super().__init__(**kwargs)
+        self.concat_mean = bool(concat_mean)
+        if self.concat_mean and channels is None:
+            raise ValueError("VNLeakyReLU(concat_mean=True) needs channels (map_to_feat).")
         self.channels = None if channels is None else int(channels)
         self.negative_slope = float(negative_slope)
         self.share_nonlinearity = bool(share_nonlinearity)
@@ -180,6 +199,11 @@ class VNLeakyReLU(_VectorLayer):
 
     def build_equivariant(self, input_shape):
         c_in = _check_vector_shape(self, input_shape)
+        if self.concat_mean:
+            if len(input_shape) < 4:
+                raise ValueError(f"VNLeakyReLU '{self.name}' with concat_mean=True needs per-point features "
+                                 f"[batch, points, channels, 3]; got shape {list(input_shape)}.")
+            input_shape = concat_mean_shape(input_shape)
         if self.map_to_dir is None:
             self.map_to_dir = VNLinear(c_in, name="map_to_dir", **self.sublayer_config())
         if self.map_to_feat is not None:
@@ -194,11 +218,21 @@ class VNLeakyReLU(_VectorLayer):
             p, d = inputs, self.map_to_dir(inputs)
         else:
             # both maps read the same input: one matmul; each map's own branch (if any) on top
-            p, d = vn_linear(inputs, [self.map_to_feat.kernel, self.map_to_dir.kernel])
-            if self.map_to_feat.relaxed:
-                p = self.map_to_feat.add_relaxation(inputs, p)
-            if self.map_to_dir.relaxed:
-                d = self.map_to_dir.add_relaxation(inputs, d)
+            kernels = [self.map_to_feat.kernel, self.map_to_dir.kernel]
+            if self.concat_mean:
+                c = inputs.shape[-2]
+                mean = tf.reduce_mean(inputs, axis=-3, keepdims=True)
+                p, d = vn_linear(inputs, [k[:c] for k in kernels])
+                p_mean, d_mean = vn_linear(mean, [k[c:] for k in kernels])
+                p, d = p + p_mean, d + d_mean
+            else:
+                p, d = vn_linear(inputs, kernels)
+            if self.map_to_feat.relaxed or self.map_to_dir.relaxed:
+                full = concat_mean_features(inputs) if self.concat_mean else inputs
+                if self.map_to_feat.relaxed:
+                    p = self.map_to_feat.add_relaxation(full, p)
+                if self.map_to_dir.relaxed:
+                    d = self.map_to_dir.add_relaxation(full, d)
         if self.batchnorm is not None:
             p = self.batchnorm(p, training=training)
         return vn_leaky_relu(p, d, self.negative_slope)
@@ -210,7 +244,8 @@ class VNLeakyReLU(_VectorLayer):
     def get_config(self):
         config = super().get_config()
         config.update(channels=self.channels, negative_slope=self.negative_slope,
-                      share_nonlinearity=self.share_nonlinearity, use_batchnorm=self.use_batchnorm)
+                      share_nonlinearity=self.share_nonlinearity, use_batchnorm=self.use_batchnorm,
+                      concat_mean=self.concat_mean)
         return config
 
 
@@ -301,13 +336,19 @@ class VNStdFeature(RelaxedEquivariantLayer):
     ``z``; returns ``(x_std, z)`` with ``x_std[..., c, k] = <x_c, z_k>``
     (invariant, ``[..., C, 3]``) and the frame ``z`` (``[..., 3, 3]``,
     equivariant).
+
+    ``concat_mean=True`` projects ``[x, mean over points of x]`` (``2C`` channels, as
+    VN-PointNet / VN-DGCNN do before this layer) without materialising the concatenation for
+    the first block (see :class:`VNLeakyReLU`); same weights and outputs as the layer with
+    ``concat_mean=False`` applied to the concatenated features.
     """
 
     has_relaxation_branch = False
 
     def __init__(self, normalize_frame=False, share_nonlinearity=False, negative_slope=0.2,
-                 use_batchnorm=True, **kwargs):
+                 use_batchnorm=True, concat_mean=False, **kwargs):
         super().__init__(**kwargs)
+        self.concat_mean = bool(concat_mean)
         self.normalize_frame = bool(normalize_frame)
         self.share_nonlinearity = bool(share_nonlinearity)
         self.negative_slope = float(negative_slope)
@@ -316,12 +357,19 @@ class VNStdFeature(RelaxedEquivariantLayer):
     def input_representation(self, input_shape):
         return VectorRep(_check_vector_shape(self, input_shape))
 
-    def output_representation(self, input_shape):
+    def _channels(self, input_shape):
+        """Channels of the features that are projected (doubled by ``concat_mean``)."""
         c = _check_vector_shape(self, input_shape)
-        return (TrivialRep(c, 3), VectorRep(3))
+        return 2 * c if self.concat_mean else c
+
+    def output_representation(self, input_shape):
+        return (TrivialRep(self._channels(input_shape), 3), VectorRep(3))
 
     def build(self, input_shape):
-        c = _check_vector_shape(self, input_shape)
+        if self.concat_mean and len(input_shape) < 4:
+            raise ValueError(f"VNStdFeature '{self.name}' with concat_mean=True needs per-point features "
+                             f"[batch, points, channels, 3]; got shape {list(input_shape)}.")
+        c = self._channels(input_shape)
         if c < 4:
             raise ValueError(f"VNStdFeature '{self.name}' needs at least 4 input channels (it maps C -> C/2 -> C/4); "
                              f"got {c}.")
@@ -331,11 +379,11 @@ class VNStdFeature(RelaxedEquivariantLayer):
         super().build(input_shape)
 
     def build_equivariant(self, input_shape):
-        c = _check_vector_shape(self, input_shape)
+        c = self._channels(input_shape)
         relax = self.sublayer_config()
         block = dict(negative_slope=self.negative_slope, share_nonlinearity=self.share_nonlinearity,
                      use_batchnorm=self.use_batchnorm, **relax)
-        self.vn1 = VNLeakyReLU(c // 2, name="vn1", **block)
+        self.vn1 = VNLeakyReLU(c // 2, name="vn1", concat_mean=self.concat_mean, **block)
         self.vn2 = VNLeakyReLU(c // 4, name="vn2", **block)
         self.vn_lin = VNLinear(2 if self.normalize_frame else 3, name="vn_lin", **relax)
         self.vn1.build(input_shape)
@@ -352,17 +400,24 @@ class VNStdFeature(RelaxedEquivariantLayer):
             u2 = v2 / (tf.norm(v2, axis=-1, keepdims=True) + EPS)
             u3 = tf.linalg.cross(u1, u2)
             z = tf.stack([u1, u2, u3], axis=-2)
-        x_std = tf.einsum("...cj,...kj->...ck", inputs, z)
+        x_std = tf.matmul(inputs, z, transpose_b=True)  # [..., C, 3]: <x_c, z_k>
+        if self.concat_mean:  # the mean channels: <mean_c, z_k>, broadcast over the points
+            x_std_mean = tf.matmul(tf.reduce_mean(inputs, axis=-3, keepdims=True), z, transpose_b=True)
+            x_std = tf.concat([x_std, x_std_mean], axis=-2)
         return x_std, z
 
     def compute_output_shape(self, input_shape):
         lead = tuple(input_shape[:-2])
-        return lead + (input_shape[-2], 3), lead + (3, 3)
+        c = input_shape[-2]
+        if self.concat_mean and c is not None:
+            c = 2 * c
+        return lead + (c, 3), lead + (3, 3)
 
     def get_config(self):
         config = super().get_config()
         config.update(normalize_frame=self.normalize_frame, share_nonlinearity=self.share_nonlinearity,
-                      negative_slope=self.negative_slope, use_batchnorm=self.use_batchnorm)
+                      negative_slope=self.negative_slope, use_batchnorm=self.use_batchnorm,
+                      concat_mean=self.concat_mean)
         return config
 
 

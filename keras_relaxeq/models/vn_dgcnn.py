@@ -38,7 +38,7 @@ from __future__ import annotations
 import keras
 
 from keras_relaxeq.layers.vector_neurons import VNGraphFeature, VNLeakyReLU, VNMeanPool, VNStdFeature
-from keras_relaxeq.models.vn_pointnet import VNConcatGlobal, dense_units, vn_channels
+from keras_relaxeq.models.vn_pointnet import dense_units, vn_channels
 from keras_relaxeq.training.model import RelaxedModel
 
 PLAIN_TRAINABLE_PARAMETERS = 2_899_830
@@ -85,10 +85,9 @@ def vn_dgcnn(num_classes=40, num_points=None, k=20, relaxed=True, width=1.0, nor
         features.append(x)
     x = keras.layers.Concatenate(axis=-2, name="concat_features")(features)
     x = VNLeakyReLU(c1024, share_nonlinearity=True, name="conv5", **block)(x)
-    x_mean = VNMeanPool(axis=-3, name="pool_mean")(x)
-    x = VNConcatGlobal(name="concat_mean")([x, x_mean])  # [B, N, 2 c1024, 3]
-    x, _ = VNStdFeature(normalize_frame=normalize_frame, negative_slope=negative_slope, name="std_feature",
-                        **relax)(x)
+    # [x, mean over points of x] ([B, N, 2 c1024, 3]) projected without building the concatenation
+    x, _ = VNStdFeature(normalize_frame=normalize_frame, negative_slope=negative_slope, concat_mean=True,
+                        name="std_feature", **relax)(x)
     x = keras.layers.Reshape((-1, 2 * c1024 * 3), name="invariants")(x)
     x_max = keras.layers.GlobalMaxPooling1D(name="max_points")(x)
     x_avg = keras.layers.GlobalAveragePooling1D(name="mean_points")(x)

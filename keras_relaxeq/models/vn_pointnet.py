@@ -166,9 +166,10 @@ def vn_pointnet(num_classes=40, num_points=None, relaxed=True, width=1.0, k=20, 
     x = VNLeakyReLU(c128, name="conv2", **block)(x)
     x = VNLinear(c1024, name="conv3", **relax)(x)
     x = VNBatchNorm(name="bn3", **relax)(x)
-    x_mean = VNMeanPool(axis=-3, name="pool_mean")(x)
-    x = VNConcatGlobal(name="concat_mean")([x, x_mean])  # [B, N, 2 c1024, 3]
-    x, _ = VNStdFeature(normalize_frame=normalize_frame, negative_slope=0.0, name="std_feature", **relax)(x)
+    # the invariant features of [x, mean over points of x] ([B, N, 2 c1024, 3]); concat_mean
+    # computes the first block on x and on the mean (half the rows of the largest matmul)
+    x, _ = VNStdFeature(normalize_frame=normalize_frame, negative_slope=0.0, concat_mean=True, name="std_feature",
+                        **relax)(x)
     x = keras.layers.Reshape((-1, 2 * c1024 * 3), name="invariants")(x)  # [B, N, 6 c1024]
     x = keras.layers.GlobalMaxPooling1D(name="max_points")(x)
 

@@ -33,6 +33,7 @@ from keras_relaxeq.layers import (
     set_theta,
 )
 from keras_relaxeq.layers.base import active_collector
+from keras_relaxeq.layers.vector_neurons import concat_mean_features
 from keras_relaxeq.testing import assert_equivariant
 
 VN_EPS = 1e-6  # the epsilon of the VN code (norms, leaky-ReLU denominator)
@@ -101,6 +102,9 @@ CASES = {
     "std": (lambda **kw: VNStdFeature(**kw), [SHAPE_STD, SHAPE_STD_NEIGHBOURS], True),
     "std_normalized": (lambda **kw: VNStdFeature(normalize_frame=True, **kw), [SHAPE_STD, SHAPE_STD_NEIGHBOURS],
                        True),
+    "lrelu_concat_mean": (lambda **kw: VNLeakyReLU(5, negative_slope=0.2, concat_mean=True, **kw),
+                          [SHAPE_POINTS, SHAPE_NEIGHBOURS], True),
+    "std_concat_mean": (lambda **kw: VNStdFeature(concat_mean=True, **kw), [SHAPE_POINTS, SHAPE_NEIGHBOURS], True),
     "graph": (lambda **kw: VNGraphFeature(k=5, **kw), [(2, 16, 4, 3)], False),
     "graph_cross": (lambda **kw: VNGraphFeature(k=5, cross=True, **kw), [(2, 16, 4, 3)], False),
 }
@@ -694,3 +698,49 @@ def test_layers_compute_in_their_float64_dtype(factory):
     assert not [w.path for w in layer.weights if w.dtype != "float64"], "sublayer weights not float64"
     outputs = tf.nest.flatten(layer(x))
     assert [o.dtype for o in outputs] == [tf.float64] * len(outputs)
+
+
+# --------------------------------------------------------------------------- concat_mean
+@pytest.mark.parametrize("relaxed", [False, True])
+@pytest.mark.parametrize("kind", ["lrelu", "std"])
+def test_concat_mean_equals_layer_on_concatenated_features(kind, relaxed):
+    """``concat_mean=True`` on x == the same weights with ``concat_mean=False`` on [x, mean_points(x)]:
+    outputs, relaxation penalties and gradients (the fast path never builds the concatenation)."""
+    make = {"lrelu": lambda **kw: VNLeakyReLU(5, negative_slope=0.2, **kw),
+            "std": lambda **kw: VNStdFeature(negative_slope=0.2, **kw)}[kind]
+    fast, ref = make(concat_mean=True, relaxed=relaxed), make(concat_mean=False, relaxed=relaxed)
+    x = vectors(SHAPE_POINTS, seed=31)
+    full = concat_mean_features(x)
+    assert full.shape == (2, 32, 8, 3)
+    np.testing.assert_allclose(full[:, :, 4:].numpy(), np.broadcast_to(x.numpy().mean(axis=1, keepdims=True),
+                                                                       x.shape), rtol=1e-6, atol=1e-7)
+    fast(x), ref(full)
+    assert [w.shape for w in fast.weights] == [w.shape for w in ref.weights]
+    randomize_batchnorm(fast, seed=32)
+    if relaxed:
+        randomize_branches(fast, seed=33)
+    ref.set_weights(fast.get_weights())
+    set_theta(fast, 0.37 if relaxed else 0.0)
+    set_theta(ref, 0.37 if relaxed else 0.0)
+    for training in (False, True):
+        out_fast, out_ref = fast(x, training=training), ref(full, training=training)
+        for a, b in zip(tf.nest.flatten(out_fast), tf.nest.flatten(out_ref)):
+            close(a, b, atol=1e-4, rtol=1e-4)
+    with tf.GradientTape(persistent=True) as tape:
+        loss_fast = tf.reduce_sum(tf.nest.flatten(fast(x, training=True))[0] ** 2)
+        loss_ref = tf.reduce_sum(tf.nest.flatten(ref(full, training=True))[0] ** 2)
+    for g_fast, g_ref in zip(tape.gradient(loss_fast, fast.trainable_weights),
+                             tape.gradient(loss_ref, ref.trainable_weights)):
+        close(g_fast, g_ref, atol=1e-3, rtol=1e-4)
+    if relaxed:
+        penalties_fast = [float(v) for v in fast.relaxation_penalties(x)]
+        penalties_ref = [float(v) for v in ref.relaxation_penalties(full)]
+        assert min(penalties_fast) > 0
+        np.testing.assert_allclose(penalties_fast, penalties_ref, rtol=1e-4)
+
+
+def test_concat_mean_needs_points_axis_and_channels():
+    with pytest.raises(ValueError, match="concat_mean=True needs per-point features"):
+        VNStdFeature(concat_mean=True)(vectors((2, 8, 3)))
+    with pytest.raises(ValueError, match=r"concat_mean=True\) needs channels"):
+        VNLeakyReLU(None, concat_mean=True)
