@@ -64,7 +64,8 @@ def build_parser():
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--variants", default="plain,relaxed,projected",
-                   help="comma-separated subset of plain,relaxed,projected")
+                   help="comma-separated subset of plain,relaxed,projected; a '_xla' suffix (plain_xla, ...) "
+                        "runs that variant with XLA jit_compile, so XLA and non-XLA are timed in one run")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant (tracing included)")
     p.add_argument("--steps", type=int, default=3, help="steps per variant per round")
     p.add_argument("--repeats", type=int, default=5, help="rounds")
@@ -141,7 +142,15 @@ def count_matmul_flops(graph):
     return flops, ops, calls
 
 
-def build_model(args, relaxed):
+def _split_variant(variant, args):
+    """``"relaxed_xla"`` -> ``("relaxed", True)``; ``--jit`` turns XLA on for every variant."""
+    base, _, suffix = variant.partition("_")
+    if base not in ("plain", "relaxed", "projected") or suffix not in ("", "xla"):
+        raise SystemExit(f"unknown variant {variant!r}: use plain, relaxed, projected, optionally with _xla")
+    return base, bool(args.jit) or suffix == "xla"
+
+
+def build_model(args, relaxed, jit=False):
     import keras
     import keras_relaxeq as kr
     from keras_relaxeq.models.vn_dgcnn import vn_dgcnn
@@ -156,7 +165,7 @@ def build_model(args, relaxed):
     if relaxed:
         kr.set_theta(model, 1.0)
     model.compile(optimizer=optimizer,
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=bool(args.jit))
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=bool(jit))
     return model
 
 
@@ -169,24 +178,24 @@ def worker(args):
     import keras_relaxeq as kr
     from keras_relaxeq.layers.base import relaxed_layers
 
-    variant = args.worker
+    variant, jit = _split_variant(args.worker, args)
     keras.utils.set_random_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     batches = [(tf.constant(rng.standard_normal((args.batch, args.points, 3)).astype("float32")),
                 tf.constant(rng.integers(0, 40, size=(args.batch,)).astype("int32"))) for _ in range(2)]
     t0 = time.perf_counter()
-    info = {"variant": variant}
+    info = {"variant": args.worker, "jit_compile": jit}
     if variant == "projected":
         relaxed_model = build_model(args, relaxed=True)
         model = kr.project(relaxed_model)
         info["relaxed_layers_before_projection"] = len(relaxed_layers(relaxed_model))
         del relaxed_model
-        forward = tf.function(lambda x: model(x, training=False), jit_compile=bool(args.jit))
+        forward = tf.function(lambda x: model(x, training=False), jit_compile=jit)
 
         def step(i):
             return forward(batches[i % 2][0])
     else:
-        model = build_model(args, relaxed=(variant == "relaxed"))
+        model = build_model(args, relaxed=(variant == "relaxed"), jit=jit)
         model.make_train_function()
 
         def step(i):
@@ -261,6 +270,8 @@ def main(argv=None):
     if args.worker:
         return worker(args)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for v in variants:
+        _split_variant(v, args)
     infos, workers = {}, {}
     load_start = os.getloadavg()
     # Build + warm up one worker at a time (no overlap with another worker's tracing).
@@ -293,14 +304,15 @@ def main(argv=None):
     for v in variants:
         q1, med, q3 = _quantiles(times[v])
         info = infos[v]
-        res = {"kind": "inference" if v == "projected" else "train", "ms_per_step_median": med,
+        base, _ = _split_variant(v, args)
+        res = {"kind": "inference" if base == "projected" else "train", "ms_per_step_median": med,
                "ms_per_step_iqr": [q1, q3], "samples_per_second": args.batch * 1000.0 / med,
                "ms_per_step_all": times[v], **info}
         if info.get("flops_step"):
             res["gflop_per_step"] = info["flops_step"] / 1e9
             res["achieved_gflops"] = info["flops_step"] / 1e9 / (med / 1000.0)
         if args.model == "pointnet" and args.points == 1024 and args.batch == 32 and args.width == 1.0:
-            ref = PYTORCH_REFERENCE_1024_B32[v]
+            ref = PYTORCH_REFERENCE_1024_B32[base]
             res["pytorch_reference_s"] = ref
             res["ours_over_pytorch"] = med / 1000.0 / ref
         results[v] = res
@@ -317,10 +329,10 @@ def main(argv=None):
 
     print(f"\nVN-{args.model} {args.points} points, batch {args.batch}, width {args.width} ({os.cpu_count()} CPUs, "
           f"jit={bool(args.jit)}; load avg {load_start[0]:.2f} at start, rounds {min(loads):.2f}-{max(loads):.2f}):")
-    print(f"{'variant':<10s} {'kind':<9s} {'params':>10s} {'ms/step med':>11s} {'IQR':>15s} {'samples/s':>9s} "
+    print(f"{'variant':<13s} {'kind':<9s} {'params':>10s} {'ms/step med':>11s} {'IQR':>15s} {'samples/s':>9s} "
           f"{'GFLOP':>7s} {'GFLOP/s':>7s} {'peak RSS':>9s} {'delta':>7s}")
     for v, r in results.items():
-        print(f"{v:<10s} {r['kind']:<9s} {r['params']:>10,d} {r['ms_per_step_median']:>11.0f} "
+        print(f"{v:<13s} {r['kind']:<9s} {r['params']:>10,d} {r['ms_per_step_median']:>11.0f} "
               f"{r['ms_per_step_iqr'][0]:>7.0f}-{r['ms_per_step_iqr'][1]:<7.0f} {r['samples_per_second']:>9.1f} "
               f"{r.get('gflop_per_step', float('nan')):>7.1f} {r.get('achieved_gflops', float('nan')):>7.1f} "
               f"{r['peak_rss_mib']:>6.0f} MiB {r['peak_delta_mib']:>4.0f} MiB"
@@ -329,6 +341,12 @@ def main(argv=None):
     if "relaxed_over_plain_median" in summary:
         print(f"relaxed / plain: {summary['relaxed_over_plain_median']:.2f}x (paired median "
               f"{summary['relaxed_over_plain_paired_median']:.2f}x)")
+    summary["xla_speedup_paired_median"] = {}
+    for v in variants:
+        if v + "_xla" in times:  # same round, so the same background load
+            speedup = statistics.median(a / b for a, b in zip(times[v], times[v + "_xla"]))
+            summary["xla_speedup_paired_median"][v] = speedup
+            print(f"{v}: XLA is {speedup:.2f}x faster (paired median over rounds)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(summary, f, indent=2)
