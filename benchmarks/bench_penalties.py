@@ -59,11 +59,12 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
+
+from _common import peak_rss_mib, quantiles  # noqa: E402  (benchmarks/ is sys.path[0])
 
 VARIANTS = ("plain", "relaxed_nopen", "auto", "closed_form", "jvp", "tape")
 PENALTY_METHODS = ("auto", "closed_form", "jvp", "tape")
@@ -171,31 +172,6 @@ def train_steps(model, batch, steps):
     return float(logs["loss"])
 
 
-def _peak_rss_mb():
-    """Peak resident set size of this process in MB.
-
-    ``VmHWM`` from ``/proc/self/status`` where available: ``getrusage().ru_maxrss`` survives
-    ``execve`` on Linux, so a subprocess started by a large parent would report the parent's peak.
-    """
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0  # kB
-    except OSError:
-        pass
-    scale = 1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0  # bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
-
-
-def _quantiles(values):
-    values = sorted(values)
-    if len(values) == 1:
-        return values[0], values[0], values[0]
-    q = statistics.quantiles(values, n=4, method="inclusive")
-    return q[0], statistics.median(values), q[2]
-
-
 # --------------------------------------------------------------------------- timing
 def run_timing(args, configs):
     """Interleaved timing of ``configs`` = [(label, variant, jit)]; returns {label: [ms per step]}."""
@@ -228,10 +204,10 @@ def memory_child(args):
     variant, jit = args._memory_child.split(":")
     _setup_tf(args)
     batch = make_batch(args)
-    before = _peak_rss_mb()
+    before = peak_rss_mib()
     model = build_model(variant, args, jit == "on")
     train_steps(model, batch, max(args.warmup, 1) + 2)
-    print("MEMORY_JSON " + json.dumps({"baseline_mb": before, "peak_mb": _peak_rss_mb()}), flush=True)
+    print("MEMORY_JSON " + json.dumps({"baseline_mb": before, "peak_mb": peak_rss_mib()}), flush=True)
 
 
 def run_memory(args, configs):
@@ -348,7 +324,7 @@ def summarize(args, configs, times, params, memory):
     for label, variant, jit in configs:
         by_jit.setdefault(jit, {})[variant] = label
     for label, variant, jit in configs:
-        q1, med, q3 = _quantiles(times[label])
+        q1, med, q3 = quantiles(times[label])
         row = dict(label=label, variant=variant, jit=jit, ms_median=med, ms_q1=q1, ms_q3=q3,
                    samples_per_s=1000.0 * args.batch / med, params=params[label], ms_all=times[label])
         ref = by_jit[jit]

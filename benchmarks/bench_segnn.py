@@ -29,9 +29,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
+
+from _common import machine_info, quantiles  # noqa: E402  (benchmarks/ is sys.path[0])
 
 
 def build_parser():
@@ -91,14 +92,6 @@ def eval_steps(model, batches, steps):
     return float(logs["loss"])
 
 
-def _quantiles(values):
-    values = sorted(values)
-    if len(values) == 1:
-        return values[0], values[0], values[0]
-    q = statistics.quantiles(values, n=4, method="inclusive")
-    return q[0], statistics.median(values), q[2]
-
-
 def main(argv=None):
     args = build_parser().parse_args(argv)
     import tensorflow as tf
@@ -148,7 +141,7 @@ def main(argv=None):
     total_steps = args.epochs * steps_per_epoch
     results = {}
     for label in labels:
-        q1, med, q3 = _quantiles(times[label])
+        q1, med, q3 = quantiles(times[label])
         results[label] = {"ms_per_step_median": med, "ms_per_step_iqr": [q1, q3], "steps_per_second": 1000.0 / med,
                           "params": int(models[label].count_params()),
                           "relaxed_layers": len(relaxed_layers(models[label])),
@@ -165,8 +158,7 @@ def main(argv=None):
         "eval_ms_per_batch_median": eval_ms, "val_batches_per_epoch": val_batches,
         "relaxed_over_plain_median": results["relaxed"]["ms_per_step_median"] / results["plain"]["ms_per_step_median"],
         "relaxed_over_plain_paired_median": statistics.median(paired),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "tensorflow": tf.__version__,
-                    "keras": keras.__version__, "gpus": len(tf.config.list_physical_devices("GPU"))},
+        "machine": machine_info(),
     }
     print(f"\nSEGNN N-body train step, batch {args.batch}, {args.layers} layers, hidden {args.hidden} "
           f"({os.cpu_count()} CPUs, {summary['machine']['gpus']} GPUs, jit={bool(args.jit)}):")

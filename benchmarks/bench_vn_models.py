@@ -19,7 +19,7 @@ sparse categorical cross-entropy on logits).  Reported: median and IQR of ms per
 rounds, samples/s, relaxed / plain ratio (also the median of the per-round paired ratios), and the
 1-minute load average sampled around every round.
 
-Peak memory: ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` of each worker after its last step
+Peak memory: ``VmHWM`` (peak resident set) of each worker after its last step
 (the process high-water mark: imports + model + optimizer + the largest step), and the same value
 minus the RSS after building the model and the data but before the first step (``peak_delta``:
 what tracing and running the step adds).
@@ -43,12 +43,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
+
+from _common import machine_info, peak_rss_mib, quantiles  # noqa: E402  (benchmarks/ is sys.path[0])
 
 #: Published PyTorch VN-PointNet, 1024 points, batch 32, on this machine type (seconds per batch).
 PYTORCH_REFERENCE_1024_B32 = {"plain": 32.0, "relaxed": 102.0, "projected": 16.0}
@@ -82,10 +82,6 @@ def build_parser():
 def _rss_mib():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _maxrss_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
 def _send(obj):
@@ -228,7 +224,7 @@ def worker(args):
             n += 1
         np.asarray(out)  # forces completion
         _send({"ms": 1000.0 * (time.perf_counter() - t0) / steps})
-    info.update(peak_rss_mib=_maxrss_mib())
+    info.update(peak_rss_mib=peak_rss_mib())
     info["peak_delta_mib"] = info["peak_rss_mib"] - info["rss_after_build_mib"]
     _send({"done": info})
 
@@ -251,14 +247,6 @@ class Worker:
     def send(self, text):
         self.proc.stdin.write(text + "\n")
         self.proc.stdin.flush()
-
-
-def _quantiles(values):
-    values = sorted(values)
-    if len(values) == 1:
-        return values[0], values[0], values[0]
-    q = statistics.quantiles(values, n=4, method="inclusive")
-    return q[0], statistics.median(values), q[2]
 
 
 def main(argv=None):
@@ -298,11 +286,9 @@ def main(argv=None):
         infos[v].update(workers[v].recv()["done"])
         workers[v].proc.wait()
 
-    import tensorflow as tf
-    import keras
     results = {}
     for v in variants:
-        q1, med, q3 = _quantiles(times[v])
+        q1, med, q3 = quantiles(times[v])
         info = infos[v]
         base, _ = _split_variant(v, args)
         res = {"kind": "inference" if base == "projected" else "train", "ms_per_step_median": med,
@@ -319,8 +305,7 @@ def main(argv=None):
     summary = {"config": {k: v for k, v in vars(args).items() if k != "worker"}, "command": "python benchmarks/bench_vn_models.py " + " ".join(sys.argv[1:]),
         "results": results, "load_average_start": load_start, "load_average_rounds": loads,
         "load_average_end": os.getloadavg(),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "tensorflow": tf.__version__,
-                    "keras": keras.__version__, "gpus": len(tf.config.list_physical_devices("GPU"))}}
+        "machine": machine_info()}
     if "plain" in results and "relaxed" in results:
         summary["relaxed_over_plain_median"] = results["relaxed"]["ms_per_step_median"] / results["plain"][
             "ms_per_step_median"]
