@@ -130,12 +130,23 @@ def build_parser() -> argparse.ArgumentParser:
                          "resume when one exists)")
     rg.add_argument("--fresh", action="store_true", help="delete the backup and logs and start over")
     g.add_argument("--verbose", type=int, default=1, help="Keras fit verbosity (1: progress bar)")
+    g.add_argument("--jit-compile", choices=("auto", "on", "off"), default="auto",
+                   help="XLA-compile the training step. auto: on with one replica, also on CPU where "
+                        "Keras' own 'auto' leaves XLA off (1.4-1.9x faster steps here, "
+                        "benchmarks/README_vn_models.md); off under a multi-replica tf.distribute strategy")
     g = p.add_argument_group("distribution (docs/distributed.md)")
     _dist().add_strategy_argument(g)
     g.add_argument("--cpu-replicas", type=int, default=None, metavar="N",
                    help="testing aid: split the CPU into N logical devices and mirror over them "
                         "(with --strategy mirrored, e.g. to test 2 replicas on a CPU-only machine)")
     return p
+
+
+def use_xla(option: str, strategy) -> bool:
+    """``--jit-compile``: on / off, or auto = on unless several replicas train in sync."""
+    if option in ("on", "off"):
+        return option == "on"
+    return strategy.num_replicas_in_sync == 1
 
 
 def _dist():
@@ -267,7 +278,8 @@ def main(argv=None) -> dict:
         model.compile(optimizer=make_optimizer(cfg),
                       loss=keras.losses.CategoricalCrossentropy(from_logits=True,
                                                                 label_smoothing=cfg["label_smoothing"]),
-                      metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+                      metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+                      jit_compile=use_xla(cfg["jit_compile"], strategy))
     dist.prepare_model(model, strategy)  # Keras 3.15 multi-worker workarounds (no-op otherwise)
     # the projected model of ProjectedValidation is built in the callback, outside the strategy
     # scope (one device, full validation set on every worker): its metrics too
@@ -336,6 +348,7 @@ def main(argv=None) -> dict:
         "strategy": cfg["strategy"],
         "num_replicas": int(strategy.num_replicas_in_sync),
         "num_workers": int(dist.num_workers(strategy)),
+        "xla": bool(model.jit_compile),
         "global_batch": int(cfg["batch"]),
         "epochs_run": len(history.get("epoch", [])),
         "epochs_this_invocation": epochs_this_call,

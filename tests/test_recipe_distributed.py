@@ -35,6 +35,7 @@ def test_recipe_mirrored_two_cpu_replicas(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["strategy"] == "mirrored" and summary["config"]["strategy"] == "mirrored"
     assert summary["num_replicas"] == 2 and summary["num_workers"] == 1, log
+    assert summary["xla"] is False  # --jit-compile auto: no XLA with several replicas
     assert summary["global_batch"] == 8 and summary["train_samples_per_epoch"] == 32
     assert summary["epochs_run"] == 1
     # the chief (the only process) wrote every output file into --output-dir

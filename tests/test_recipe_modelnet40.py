@@ -59,6 +59,7 @@ def test_recipe_runs_and_resumes(tmp_path):
     assert on_disk["invariance"]["passed"], on_disk["invariance"]
     assert on_disk["params"]["projected_model"] < on_disk["params"]["trained_model"]
     assert on_disk["config"]["model"] == "vn_classifier" and on_disk["wall_time_seconds"] > 0
+    assert on_disk["xla"] is True  # --jit-compile auto: XLA with one replica, also on CPU
     with open(out / "log.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [0, 1]
