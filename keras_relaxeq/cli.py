@@ -3,7 +3,7 @@
     relaxeq zoo list [--all-versions] [--json]
     relaxeq zoo info NAME [--version V] [--card] [--json]
     relaxeq zoo download NAME [--version V] [--cache-dir DIR] [--base-url URL] [--offline]
-    relaxeq zoo verify [NAME ...] [--atol A] [--rtol R] [...]
+    relaxeq zoo verify [NAME ...] [--atol A] [--rtol R] [...]   # hash, load, signature, symmetry
     relaxeq zoo serve-config --base-dir DIR [--model-base-path-prefix /models] [--link]
     relaxeq zoo publish RUN_DIR [--name N] [--version V] [--model-file F] [--max-val-samples N]
 
@@ -60,16 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", type=int, default=None)
     _add_fetch_args(p)
 
-    p = zsub.add_parser("verify", help="check hash, loading, serving signature and (for "
-                                       "point-cloud classifiers) rotation invariance")
+    p = zsub.add_parser("verify", help="check hash, loading, serving signature and the symmetry "
+                                       "(rotation invariance of point-cloud classifiers, E(3) "
+                                       "equivariance of N-body models)")
     p.add_argument("names", nargs="*", help="entries to check (default: all, every version)")
     _add_fetch_args(p)
-    p.add_argument("--num-samples", type=int, default=4, help="point clouds per check")
+    p.add_argument("--num-samples", type=int, default=4,
+                   help="point clouds (classifiers) or N-body systems per check")
     p.add_argument("--num-points", type=int, default=None,
                    help="points per cloud (default: the entry's input.num_points, else 256)")
     p.add_argument("--atol", type=float, default=1e-4)
     p.add_argument("--rtol", type=float, default=1e-3,
-                   help="tolerance on logits: |a-b| <= atol + rtol*max|a| (float32)")
+                   help="tolerance on logits / predicted positions: |a-b| <= atol + rtol*max|a| "
+                        "(float32)")
     p.add_argument("--seed", type=int, default=0)
 
     p = zsub.add_parser("serve-config", help="lay out downloaded entries for TF Serving and "
@@ -83,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="symlink versions to the cache instead of copying (not for docker "
                         "bind mounts)")
 
-    p = zsub.add_parser("publish", help="publish a recipes/modelnet40.py run: export, pack, "
-                                        "measure the artifact, write the card and the entry")
+    p = zsub.add_parser("publish", help="publish a recipes/modelnet40.py or "
+                                        "recipes/segnn_nbody.py run: export, pack, measure the "
+                                        "artifact, write the card and the entry")
     from keras_relaxeq.zoo.publish import add_arguments
 
     add_arguments(p)
@@ -151,7 +155,8 @@ def cmd_info(args, out) -> int:
         f"  task:         {e.task}",
         f"  architecture: {e.architecture.get('class')} {json.dumps(e.architecture.get('config'))}",
         f"  group:        {e.group}    dataset: {e.dataset}",
-        f"  input:        {e.input.get('name')} {e.input.get('dtype')} {e.input.get('shape')}",
+        *[f"  input:        {k} {v.get('dtype')} {v.get('shape')}"
+          for k, v in e.input_signature.items()],
         f"  preprocessing: {e.input.get('preprocessing')}",
         f"  outputs:      {', '.join(e.outputs)}",
         f"  artifact:     {e.artifact.file} ({_fmt_size(e.artifact.size)}, sha256 "
@@ -185,21 +190,24 @@ def cmd_download(args, out) -> int:
 
 def _check_signature(model, entry) -> list[str]:
     problems = []
-    spec = model.input_specs.get(entry.input_name)
-    if spec is None:
-        return [f"serving_default has no input {entry.input_name!r} "
-                f"(inputs: {sorted(model.input_specs)})"]
-    if spec.dtype.name != entry.input.get("dtype", "float32"):
-        problems.append(f"input dtype {spec.dtype.name}, catalogue says {entry.input['dtype']}")
-    want = entry.input.get("shape")
-    got = spec.shape.as_list() if spec.shape.rank is not None else None
-    if want is not None and got is not None:
-        # The batch axis is free; elsewhere the model must accept what the catalogue promises
-        # (a free axis in the catalogue needs a free axis in the signature).
-        if len(want) != len(got) or any(
-                (w is None and g is not None) or (w is not None and g is not None and w != g)
-                for w, g in list(zip(want, got))[1:]):
-            problems.append(f"input shape {got}, catalogue says {want}")
+    several = len(entry.input_signature) > 1
+    for name, want_spec in entry.input_signature.items():
+        spec = model.input_specs.get(name)
+        if spec is None:
+            return [f"serving_default has no input {name!r} (inputs: {sorted(model.input_specs)})"]
+        label = f"input {name!r}" if several else "input"
+        if spec.dtype.name != want_spec.get("dtype", "float32"):
+            problems.append(f"{label} dtype {spec.dtype.name}, catalogue says "
+                            f"{want_spec['dtype']}")
+        want = want_spec.get("shape")
+        got = spec.shape.as_list() if spec.shape.rank is not None else None
+        if want is not None and got is not None:
+            # The batch axis is free; elsewhere the model must accept what the catalogue promises
+            # (a free axis in the catalogue needs a free axis in the signature).
+            if len(want) != len(got) or any(
+                    (w is None and g is not None) or (w is not None and g is not None and w != g)
+                    for w, g in list(zip(want, got))[1:]):
+                problems.append(f"{label} shape {got}, catalogue says {want}")
     missing = sorted(set(entry.outputs) - set(model.output_names))
     if missing:
         problems.append(f"outputs {missing} missing (has {model.output_names})")
@@ -235,6 +243,95 @@ def check_invariance(model, entry, *, num_samples=4, num_points=None, atol=1e-4,
     return bool(err.max() <= tol), float(err.max()), float(err.mean()), tol
 
 
+def e3_equivariance_errors(predict, loc, vel, charges, *, num_rotations: int = 2, seed: int = 0,
+                           translation_scale: float = 1.0) -> dict:
+    """E(3) equivariance of an N-body position predictor on the systems ``loc, vel, charges``.
+
+    ``predict(loc, vel, charges)`` (float32 arrays ``[B, N, 3]``, ``[B, N, 3]``, ``[B, N, 1]``)
+    returns the predicted positions ``[B, N, 3]``. Each system is moved by ``num_rotations``
+    Haar-random rotations and one reflection (a random rotation composed with the mirror
+    ``z -> -z``), each combined with a random translation ``t ~ N(0, translation_scale^2)`` of the
+    positions (velocities rotate, charges are invariant), and by a translation alone; the
+    error of a move ``x -> Q x + t`` is ``|predict(Q x + t) - (Q predict(x) + t)|``. Moves are
+    applied in float64 and fed as float32. Returns the max / mean absolute error (overall and per
+    kind of move), the output scale ``max |Q predict(x) + t|`` and ``relative`` = max / scale.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_relaxeq.groups import random_rotations
+
+    loc, vel, charges = (np.asarray(a, np.float64) for a in (loc, vel, charges))
+    b = len(loc)
+    ref = np.asarray(predict(loc.astype(np.float32), vel.astype(np.float32),
+                             charges.astype(np.float32)), np.float64)
+    rots = random_rotations(b * (num_rotations + 1), seed=seed, dtype=tf.float64).numpy()
+    rots = rots.reshape(num_rotations + 1, b, 3, 3)
+    mirror = np.diag([1.0, 1.0, -1.0])
+    moves = [("rotation", rots[r]) for r in range(num_rotations)]
+    moves += [("reflection", mirror @ rots[num_rotations]), ("translation", np.eye(3)[None])]
+    rng = np.random.default_rng(seed)
+    errors, scale = {}, 0.0
+    for kind, q in moves:
+        q = np.broadcast_to(q, (b, 3, 3))
+        t = rng.normal(scale=translation_scale, size=(b, 1, 3))
+        move = lambda x: np.einsum("bij,bnj->bni", q, x)  # noqa: E731  (x -> Q x per system)
+        got = np.asarray(predict((move(loc) + t).astype(np.float32), move(vel).astype(np.float32),
+                                 charges.astype(np.float32)), np.float64)
+        want = move(ref) + t
+        errors.setdefault(kind, []).append(np.abs(got - want))
+        scale = max(scale, float(np.abs(want).max()))
+    by_kind = {k: np.concatenate([e.ravel() for e in v]) for k, v in errors.items()}
+    every = np.concatenate(list(by_kind.values()))
+    if not np.all(np.isfinite(every)):
+        raise AssertionError("E(3) equivariance check: the predictions are not finite")
+    out = {"max_abs": float(every.max()), "mean_abs": float(every.mean()), "scale": scale,
+           "relative": float(every.max()) / max(scale, 1e-12), "num_systems": b,
+           "num_rotations": int(num_rotations), "translation_scale": float(translation_scale)}
+    out.update({f"{k}_max_abs": float(v.max()) for k, v in by_kind.items()})
+    return out
+
+
+def _nbody_predict(model):
+    """``predict(loc, vel, charges)`` of a :class:`ServingModel` of an N-body entry."""
+    return lambda loc, vel, charges: model(loc=loc, vel=vel, charges=charges)["loc"]
+
+
+def check_e3_equivariance(model, entry, *, num_samples=4, atol=1e-4, rtol=1e-3,
+                          seed=0) -> tuple[bool, dict, float]:
+    """E(3) equivariance of an N-body entry's predicted positions on synthetic systems (``loc``,
+    ``vel`` standard normal, charges +-1): ``(ok, errors, tol)``, ``tol = atol + rtol * scale``."""
+    import numpy as np
+
+    n = entry.input_signature["loc"].get("shape", [None, None, 3])[1] or 5
+    rng = np.random.default_rng(seed)
+    loc = rng.normal(size=(num_samples, n, 3))
+    vel = rng.normal(size=(num_samples, n, 3))
+    charges = rng.choice([-1.0, 1.0], size=(num_samples, n, 1))
+    errors = e3_equivariance_errors(_nbody_predict(model), loc, vel, charges, seed=seed)
+    tol = atol + rtol * errors["scale"]
+    return bool(errors["max_abs"] <= tol), errors, tol
+
+
+def check_symmetry(model, entry, *, num_samples=4, num_points=None, atol=1e-4, rtol=1e-3,
+                   seed=0) -> tuple[bool, str] | None:
+    """The symmetry check of ``relaxeq zoo verify`` for ``entry``: rotation invariance of a
+    classifier's logits, E(3) equivariance of an N-body model's positions; ``(ok, detail)``, or
+    ``None`` when the entry's task has no such check."""
+    if entry.is_invariant_classifier:
+        ok, mx, mean, tol = check_invariance(model, entry, num_samples=num_samples,
+                                             num_points=num_points, atol=atol, rtol=rtol, seed=seed)
+        return ok, f"rotation invariance max err {mx:.2e}, mean {mean:.2e} (tol {tol:.2e})"
+    if entry.is_nbody_model:
+        ok, err, tol = check_e3_equivariance(model, entry, num_samples=num_samples, atol=atol,
+                                             rtol=rtol, seed=seed)
+        return ok, (f"E(3) equivariance max err {err['max_abs']:.2e}, mean {err['mean_abs']:.2e} "
+                    f"(tol {tol:.2e}; rotations {err['rotation_max_abs']:.2e}, reflection "
+                    f"{err['reflection_max_abs']:.2e}, translation "
+                    f"{err['translation_max_abs']:.2e})")
+    return None
+
+
 def cmd_verify(args, out) -> int:
     from keras_relaxeq.zoo import registry
     from keras_relaxeq.zoo.download import ServingModel, ensure_artifact
@@ -265,16 +362,16 @@ def cmd_verify(args, out) -> int:
             if problems:
                 raise AssertionError("signature: " + "; ".join(problems))
             steps.append("signature ok")
-            if e.is_invariant_classifier:
-                ok, mx, mean, tol = check_invariance(
-                    model, e, num_samples=args.num_samples, num_points=args.num_points,
-                    atol=args.atol, rtol=args.rtol, seed=args.seed)
-                detail = f"rotation invariance max err {mx:.2e}, mean {mean:.2e} (tol {tol:.2e})"
+            checked = check_symmetry(model, e, num_samples=args.num_samples,
+                                     num_points=args.num_points, atol=args.atol, rtol=args.rtol,
+                                     seed=args.seed)
+            if checked is None:
+                steps.append(f"invariance check n/a for task {e.task}")
+            else:
+                ok, detail = checked
                 if not ok:
                     raise AssertionError(detail)
                 steps.append(detail)
-            else:
-                steps.append(f"invariance check n/a for task {e.task}")
             print(f"OK    {label}: " + ", ".join(steps), file=out)
         except Exception as exc:  # report every entry, then fail
             failures += 1

@@ -59,6 +59,7 @@ __all__ = [
     "integrate_charged",
     "load_nbody",
     "nbody_dataset",
+    "recipe_dataset",
     "simulate_charged",
 ]
 
@@ -616,3 +617,32 @@ def nbody_dataset(split: str = "train", batch_size: int = 100, num_samples=None,
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
         )
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+#: How ``recipes/segnn_nbody.py`` draws each split from a run's config: the config key of the
+#: number of trajectories, reshuffling, the offset added to ``config["seed"]``, full batches only.
+RECIPE_SPLITS = {
+    "train": ("train_samples", True, 0, True),
+    "valid": ("val_samples", False, 1, False),
+    "test": ("test_samples", False, 2, False),
+}
+
+
+def recipe_dataset(config: Mapping, split: str, **kwargs) -> tf.data.Dataset:
+    """The split ``split`` exactly as ``recipes/segnn_nbody.py`` draws it for a run's ``config``
+    (its ``summary.json`` ``"config"``): ``config[<split>_samples]`` trajectories batched with
+    ``config["batch"]`` (the global batch), one random rotation per batch; training data is
+    reshuffled every epoch and drops a last partial batch (``seed``), validation and test are not
+    shuffled (``seed + 1``, ``seed + 2``).  ``kwargs`` go to :func:`nbody_dataset` (e.g.
+    ``cache_dir``, ``progress``).
+
+    The per-batch rotations come from ``tf.data.Dataset.random(seed=...)``, whose stream also
+    depends on TensorFlow's global seed: the recipe sets it with
+    ``keras.utils.set_random_seed(config["seed"])`` before building its pipelines, so do the same
+    to get the run's batches (``relaxeq zoo publish`` does).  ``recipes/segnn_nbody.py`` and
+    ``relaxeq zoo publish`` both use this.
+    """
+    key, shuffle, offset, drop_remainder = RECIPE_SPLITS[_check_split(split)]
+    return nbody_dataset(split, batch_size=int(config["batch"]), num_samples=int(config[key]),
+                         shuffle=shuffle, seed=int(config["seed"]) + offset,
+                         drop_remainder=drop_remainder, **kwargs)

@@ -40,6 +40,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -666,6 +667,10 @@ class ServingModel:
 
     ``model(points)`` takes a ``[batch, points, 3]`` (or a single ``[points, 3]``) array and
     returns a dict of NumPy arrays (``logits``, ``probabilities``, ``class_id`` for classifiers).
+    Models with several inputs take them by name or as one dict, e.g. an N-body model
+    ``model(loc=..., vel=..., charges=...)`` or ``model({"loc": ..., "vel": ..., "charges": ...})``
+    (``[batch, 5, 3]``, ``[batch, 5, 3]``, ``[batch, 5, 1]``, or one system without the batch
+    axis), returning ``{"loc": predicted positions}``.
     ``model.signature`` is the raw concrete function, ``model.path`` the SavedModel directory.
     """
 
@@ -688,11 +693,18 @@ class ServingModel:
         import numpy as np
         import tensorflow as tf
 
-        if points is not None:
+        if isinstance(points, Mapping):
+            inputs = {**points, **inputs}
+        elif points is not None:
             inputs[self.input_name] = points
         unknown = set(inputs) - set(self.input_specs)
         if unknown or not inputs:
             raise TypeError(f"Inputs must be {sorted(self.input_specs)}; got {sorted(inputs)}.")
+        missing = set(self.input_specs) - set(inputs)
+        if missing:
+            raise TypeError(f"Missing inputs {sorted(missing)}: this model takes "
+                            f"{sorted(self.input_specs)}; pass them by name, e.g. "
+                            f"model({', '.join(f'{k}=...' for k in sorted(self.input_specs))}).")
         squeeze = False
         feed = {}
         for key, value in inputs.items():
@@ -714,7 +726,8 @@ def load(name: str, version: int | None = None, *, as_keras: bool = False, cache
          **download_kwargs):
     """Download (if needed), verify and load a zoo model.
 
-    Returns a :class:`ServingModel` (callable on a ``points`` array, returning the output dict).
+    Returns a :class:`ServingModel` (callable on a ``points`` array, or on its named inputs for
+    models with several, e.g. ``loc``, ``vel``, ``charges``; returns the output dict).
     ``as_keras=True`` returns a ``keras.Model`` loaded from the entry's ``.keras`` file, if the
     entry publishes one; otherwise :class:`KerasFormatUnavailableError` says what exists.
     """

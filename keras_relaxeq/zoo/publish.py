@@ -1,11 +1,17 @@
-"""Publish a ModelNet40 recipe run (``recipes/modelnet40.py``) as a model-zoo entry.
+"""Publish a recipe run (``recipes/modelnet40.py`` or ``recipes/segnn_nbody.py``) as a model-zoo
+entry.
 
     relaxeq zoo publish RUN_DIR [--name vn_pointnet_so3_modelnet40] [--version N]
         [--model-file best_projected.keras] [--max-val-samples N] [--zoo-dir zoo/]
+    relaxeq zoo publish SEGNN_RUN_DIR [--max-test-samples N]   # -> segnn_o3_nbody
     python -m keras_relaxeq.zoo.publish RUN_DIR ...           # the same
 
 :func:`publish_run` reads the run directory (``summary.json``, the projected ``.keras`` model,
-``command.txt`` if present), then
+``command.txt`` if present), tells the recipe from the run's config (:func:`recipe_of`) and
+publishes it with that recipe's :class:`RecipeRun`: :class:`ModelNet40Run` here, N-body runs with
+``keras_relaxeq.zoo.publish_nbody.NBodyRun`` (inputs ``loc`` / ``vel`` / ``charges``, output
+``loc``; test MSE, E(3) equivariance and Keras parity measured on the artifact). For a
+ModelNet40 run it
 
 1. loads the model and refuses one that still has relaxation branches;
 2. exports it (``export_saved_model``: input ``points`` float32 ``[None, None, 3]``, outputs
@@ -46,6 +52,7 @@ DATASET = "modelnet40"
 TASK = "point_cloud_classification"
 NUM_CLASSES = 40
 RECIPE = "recipes/modelnet40.py"
+NBODY_RECIPE = "recipes/segnn_nbody.py"
 DEFAULT_LICENSE = "Apache-2.0"
 DEFAULT_CITATION = (
     "Pertigkiozoglou, Chatzipantazis, Trivedi, Daniilidis: Improving Equivariant Model Training "
@@ -79,18 +86,38 @@ def read_run(run_dir) -> dict:
     run_dir = Path(run_dir)
     path = run_dir / "summary.json"
     if not path.is_file():
-        raise PublishError(f"{run_dir} has no summary.json: not a finished recipes/modelnet40.py "
-                           "run (the summary is written at the end of training).")
+        raise PublishError(f"{run_dir} has no summary.json: not a finished {RECIPE} or "
+                           f"{NBODY_RECIPE} run (the summary is written at the end of training). "
+                           "Pass the --output-dir of a finished run.")
     summary = json.loads(path.read_text())
-    cfg = summary.get("config")
-    if not isinstance(cfg, dict) or "model" not in cfg or "points" not in cfg:
-        raise PublishError(f"{path} has no config with 'model' and 'points'.")
+    if not isinstance(summary.get("config"), dict):
+        raise PublishError(f"{path} has no 'config' object: not written by {RECIPE} or "
+                           f"{NBODY_RECIPE}.")
     return summary
 
 
-def recipe_command_from_config(cfg: dict) -> str:
-    """A ``recipes/modelnet40.py`` command line that sets every option of ``cfg`` explicitly."""
-    parts = ["python", RECIPE, "--model", str(cfg["model"])]
+#: config keys that every ``recipes/segnn_nbody.py`` run has
+NBODY_CONFIG_KEYS = ("layers", "hidden", "lmax_hidden", "lmax_attr", "norm", "batch", "seed",
+                     "test_samples")
+
+
+def recipe_of(cfg: dict, path="summary.json") -> str:
+    """The recipe that wrote a run's ``config``: :data:`RECIPE` or :data:`NBODY_RECIPE`."""
+    if "model" in cfg and "points" in cfg:
+        return RECIPE
+    if all(key in cfg for key in NBODY_CONFIG_KEYS):
+        return NBODY_RECIPE
+    raise PublishError(
+        f"{path}: cannot tell which recipe wrote this run: its config has neither 'model' and "
+        f"'points' ({RECIPE}) nor {', '.join(repr(k) for k in NBODY_CONFIG_KEYS)} "
+        f"({NBODY_RECIPE}). Only runs of these two recipes can be published; pass the "
+        "--output-dir of one of them.")
+
+
+def recipe_command_from_config(cfg: dict, recipe: str = RECIPE) -> str:
+    """A ``recipe`` command line that sets every option of ``cfg`` explicitly (``--model``
+    first when the config has one)."""
+    parts = ["python", recipe] + (["--model", str(cfg["model"])] if "model" in cfg else [])
     for key, value in cfg.items():
         if key == "model" or key in _NOT_OPTIONS or value is None:
             continue
@@ -223,6 +250,32 @@ def measure_artifact(signature, keras_model, cfg: dict, *, data_dir=None, max_va
     }
 
 
+def check_parity(meas: dict, what: str) -> None:
+    """Refuse an artifact whose outputs differ from the Keras model's (``keras_max_abs_diff``
+    beyond float32 round-off: same graph, same kernels)."""
+    tol = PARITY_ATOL + PARITY_RTOL * meas["keras_scale"]
+    if meas["keras_max_abs_diff"] > tol:
+        raise PublishError(f"artifact {what} differ from the Keras model's by "
+                           f"{meas['keras_max_abs_diff']:.3e} (> {tol:.1e}).")
+
+
+def check_symmetry_error(error: float, scale: float, what: str) -> None:
+    """Refuse an artifact whose measured symmetry error is beyond the tolerance of
+    ``relaxeq zoo verify`` (``VERIFY_ATOL + VERIFY_RTOL * scale``)."""
+    tol = VERIFY_ATOL + VERIFY_RTOL * scale
+    if error > tol:
+        raise PublishError(f"artifact {what}: max error {error:.3e} > {tol:.1e} (the tolerance "
+                           "of relaxeq zoo verify).")
+
+
+def keras_parity_metric(meas: dict, split: str, what: str, on: str) -> dict:
+    """The ``keras_max_abs_diff`` metric: artifact ``what`` vs the Keras model's ``on`` data."""
+    return {"name": "keras_max_abs_diff", "value": float(f"{meas['keras_max_abs_diff']:.3e}"),
+            "split": split,
+            "protocol": f"max |artifact {what} - Keras model {what}| on {on} (keras_artifact "
+                        "loaded with keras.saving.load_model)"}
+
+
 def _metrics(meas: dict, cfg: dict, val_size: int, seed: int) -> list[dict]:
     n, pts = meas["num_val"], int(cfg["points"])
     split = (f"validation split of the ModelNet40 training files (stratified, val_fraction "
@@ -248,11 +301,8 @@ def _metrics(meas: dict, cfg: dict, val_size: int, seed: int) -> list[dict]:
          "split": "val",
          "protocol": "invariance_max_abs_error / max |logits(x)| over the same shapes "
                      f"(logit scale {meas['logit_scale']:.4g}); {art}"},
-        {"name": "keras_max_abs_diff", "value": float(f"{meas['keras_max_abs_diff']:.3e}"),
-         "split": "val",
-         "protocol": f"max |artifact logits - Keras model logits| on the first "
-                     f"{meas['parity_shapes']} rotated validation shapes (keras_artifact loaded "
-                     "with keras.saving.load_model)"},
+        keras_parity_metric(meas, "val", "logits", f"the first {meas['parity_shapes']} rotated "
+                                                   "validation shapes"),
     ]
 
 
@@ -263,6 +313,48 @@ def _metrics(meas: dict, cfg: dict, val_size: int, seed: int) -> list[dict]:
 
 def _fmt(v, digits=4):
     return "n/a" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
+
+
+def card_metrics_lines(entry: dict, summary: dict) -> list[str]:
+    """The card's last training line (wall time, strategy) and its metrics section (``|`` in
+    protocols escaped)."""
+    return [f"- wall time {(summary.get('wall_time_seconds') or 0) / 3600:.2f} h, strategy "
+            f"{summary.get('strategy')} ({summary.get('num_replicas')} replica(s))",
+            "", "## Metrics of the published artifact", "",
+            "Measured by `relaxeq zoo publish` on the packed SavedModel itself:", "",
+            "| metric | value | protocol |", "| --- | --- | --- |"] + [
+        f"| `{m['name']}` | {m['value']} | {m['protocol'].replace('|', chr(92) + '|')} |"
+        for m in entry["metrics"]]
+
+
+def card_command_lines(command: str, command_source: str) -> list[str]:
+    """The card's recipe command block, saying where the command comes from."""
+    return ["Recipe command" + (" (from the run's command.txt)" if command_source == "command.txt"
+                                else f" ({command_source})") + ":",
+            "", "```sh", command, "```"]
+
+
+def card_closing_lines(entry: dict, limits: list[str], python_lines: list[str],
+                       data_licence: str, verify_note: str = "") -> list[str]:
+    """The card's Limits, Use (CLI, then ``python_lines`` between the imports and the ``.keras``
+    loading), Files and Licence sections."""
+    name, version = entry["name"], entry["version"]
+    art, kart = entry["artifact"], entry.get("keras_artifact") or {}
+    lines = ["## Limits", "", *[f"- {x}" for x in limits], "",
+             "## Use", "", "```sh", f"relaxeq zoo download {name} --version {version}",
+             f"relaxeq zoo verify {name}{verify_note}", "```", "",
+             "```python", "import numpy as np, tensorflow as tf", "from keras_relaxeq import zoo",
+             *python_lines,
+             f"keras_model = zoo.load({name!r}, version={version}, as_keras=True)  # the .keras "
+             "file", "```", "",
+             "## Files", "",
+             f"- SavedModel: `{art['file']}` ({art['size']:,} bytes, sha256 `{art['sha256']}`)"]
+    if kart:
+        lines.append(f"- Keras model: `{kart['file']}` ({kart['size']:,} bytes, sha256 "
+                     f"`{kart['sha256']}`)")
+    return lines + ["", "## Licence and citation", "",
+                    f"Licence: {entry['license']}. {data_licence}", "",
+                    f"Cite: {entry['citation']}.", ""]
 
 
 def render_card(entry: dict, summary: dict, meas: dict, command: str, command_source: str,
@@ -297,10 +389,6 @@ def render_card(entry: dict, summary: dict, meas: dict, command: str, command_so
     limits.append(f"Trained on {cfg['points']} points per cloud; other point counts are accepted "
                   "(at least k) but were not evaluated. Clouds must be centred and scaled into "
                   "the unit sphere (see preprocessing).")
-    metrics_rows = "\n".join(
-        f"| `{m['name']}` | {m['value']} | {m['protocol'].replace('|', chr(92) + '|')} |"
-        for m in entry["metrics"])
-    art, kart = entry["artifact"], entry.get("keras_artifact") or {}
     lines = [
         f"# {name} v{version}",
         "",
@@ -326,12 +414,7 @@ def render_card(entry: dict, summary: dict, meas: dict, command: str, command_so
         "",
         "## Training",
         "",
-        "Recipe command" + (" (from the run's command.txt)" if command_source == "command.txt"
-                            else f" ({command_source})") + ":",
-        "",
-        "```sh",
-        command,
-        "```",
+        *card_command_lines(command, command_source),
         "",
         f"- epochs run: {epochs_run} (configured {epochs_cfg}); batch {cfg.get('batch')}, "
         f"optimizer {cfg.get('optimizer')} lr {cfg.get('lr')} ({cfg.get('lr_schedule')}), "
@@ -347,59 +430,21 @@ def render_card(entry: dict, summary: dict, meas: dict, command: str, command_so
         f"{_fmt(summary.get('final_projected_val_accuracy'))}",
         f"- training-time invariance check of the final projected model: max error "
         f"{_fmt(inv.get('max_error'), 6)}, relative {_fmt(inv.get('relative_max_error'), 6)}",
-        f"- wall time {(summary.get('wall_time_seconds') or 0) / 3600:.2f} h, strategy "
-        f"{summary.get('strategy')} ({summary.get('num_replicas')} replica(s))",
-        "",
-        "## Metrics of the published artifact",
-        "",
-        "Measured by `relaxeq zoo publish` on the packed SavedModel itself:",
-        "",
-        "| metric | value | protocol |",
-        "| --- | --- | --- |",
-        metrics_rows,
+        *card_metrics_lines(entry, summary),
         "",
         f"Rotation invariance: max |logits(Rx) - logits(x)| = {meas['invariance_max_abs']:.2e} "
         f"(relative {meas['invariance_relative']:.2e}) over {meas['invariance_shapes']} "
         f"validation shapes x {meas['num_rotations']} random rotations; "
         "float32 round-off only.",
         "",
-        "## Limits",
-        "",
-        *[f"- {x}" for x in limits],
-        "",
-        "## Use",
-        "",
-        "```sh",
-        f"relaxeq zoo download {name} --version {version}",
-        f"relaxeq zoo verify {name}",
-        "```",
-        "",
-        "```python",
-        "import numpy as np, tensorflow as tf",
-        "from keras_relaxeq import zoo",
-        f"path = zoo.download({name!r}, version={version})   # verified, extracted SavedModel",
-        "model = tf.saved_model.load(str(path))             # needs only TensorFlow",
-        "serve = model.signatures['serving_default']",
-        f"points = np.zeros([1, {cfg['points']}, 3], np.float32)   # centred, in the unit sphere",
-        "out = serve(points=tf.constant(points))            # logits, probabilities, class_id",
-        f"keras_model = zoo.load({name!r}, version={version}, as_keras=True)  # the .keras file",
-        "```",
-        "",
-        "## Files",
-        "",
-        f"- SavedModel: `{art['file']}` ({art['size']:,} bytes, sha256 `{art['sha256']}`)",
-    ]
-    if kart:
-        lines.append(f"- Keras model: `{kart['file']}` ({kart['size']:,} bytes, sha256 "
-                     f"`{kart['sha256']}`)")
-    lines += [
-        "",
-        "## Licence and citation",
-        "",
-        f"Licence: {entry['license']}. ModelNet40 is distributed by Princeton for research use.",
-        "",
-        f"Cite: {entry['citation']}.",
-        "",
+        *card_closing_lines(entry, limits, [
+            f"path = zoo.download({name!r}, version={version})   # verified, extracted SavedModel",
+            "model = tf.saved_model.load(str(path))             # needs only TensorFlow",
+            "serve = model.signatures['serving_default']",
+            f"points = np.zeros([1, {cfg['points']}, 3], np.float32)   # centred, in the unit "
+            "sphere",
+            "out = serve(points=tf.constant(points))            # logits, probabilities, class_id",
+        ], "ModelNet40 is distributed by Princeton for research use."),
     ]
     return "\n".join(lines)
 
@@ -409,55 +454,241 @@ def render_card(entry: dict, summary: dict, meas: dict, command: str, command_so
 # ---------------------------------------------------------------------------------------------
 
 
+class RecipeRun:
+    """How the runs of one recipe are published; :func:`publish_run` drives these steps.
+
+    A subclass sets :attr:`recipe` and implements :meth:`default_name`, :meth:`export`,
+    :meth:`measure` (on the extracted artifact; raises :class:`PublishError` when a check fails),
+    :meth:`entry_fields`, :meth:`render_card` and :meth:`report`. :attr:`only_options` names the
+    :func:`publish_run` options that apply to this recipe's runs only.
+    """
+
+    recipe = ""
+    default_citation = DEFAULT_CITATION
+    data_licence = ""
+    only_options: tuple = ()
+
+    def __init__(self, run_dir: Path, summary: dict, *, model_file: str, seed: int,
+                 num_rotations: int, options: dict):
+        self.run_dir, self.summary, self.model_file = run_dir, summary, model_file
+        self.cfg = dict(summary["config"])
+        self.seed, self.num_rotations, self.options = seed, num_rotations, options
+
+    def default_name(self) -> str:
+        raise NotImplementedError
+
+    def export(self, model, export_dir: Path, name: str, version: int) -> Path:
+        raise NotImplementedError
+
+    def measure(self, signature, model) -> dict:
+        raise NotImplementedError
+
+    def entry_fields(self, model, meas: dict, params: int) -> dict:
+        """``task, description, architecture, input[, inputs], outputs[, labels]`` and
+        ``metrics``, ``training`` (recipe-specific numbers) of the catalogue entry."""
+        raise NotImplementedError
+
+    def render_card(self, entry: dict, meas: dict, command: str, source: str, params: int) -> str:
+        raise NotImplementedError
+
+    def report(self, meas: dict) -> str:
+        raise NotImplementedError
+
+    def write_extras(self, zoo_dir: Path) -> None:
+        """Files besides the artifact, card and index (e.g. a label list)."""
+
+    def training(self, command: str, **numbers) -> dict:
+        """The entry's ``training`` object: the run, the command, epochs, then ``numbers``."""
+        s = self.summary
+        return {"run": self.run_dir.name, "model_file": self.model_file, "command": command,
+                "epochs_run": s.get("epochs_run"), "epochs": self.cfg.get("epochs"),
+                "best_epoch": s.get("best_epoch"), **numbers,
+                "wall_time_seconds": s.get("wall_time_seconds")}
+
+    def command(self, given=None) -> tuple[str, str]:
+        """``(command, where it comes from)``: given, else the run's ``command.txt``, else one
+        reconstructed from ``summary.json``."""
+        if given is not None:
+            return str(given), "as given to relaxeq zoo publish"
+        if (self.run_dir / "command.txt").is_file():
+            return (self.run_dir / "command.txt").read_text().strip(), "command.txt"
+        return (recipe_command_from_config(self.cfg, self.recipe),
+                "reconstructed from summary.json: every option explicit")
+
+
+class ModelNet40Run(RecipeRun):
+    """A ``recipes/modelnet40.py`` run: SO(3)-invariant point-cloud classifier."""
+
+    recipe = RECIPE
+    data_licence = "ModelNet40 is distributed by Princeton for research use."
+    only_options = ("data_dir", "eval_points", "max_val_samples")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        cfg, opts = self.cfg, self.options
+        self.eval_cfg = dict(cfg, points=int(opts["eval_points"])) if opts.get("eval_points") \
+            else cfg
+        self.data_dir = opts.get("data_dir")
+        if self.data_dir is None and cfg.get("data_dir") and \
+                Path(cfg["data_dir"]).expanduser().exists():
+            self.data_dir = cfg["data_dir"]
+
+    def default_name(self) -> str:
+        return _default_name(self.cfg)
+
+    def export(self, model, export_dir, name, version):
+        from keras_relaxeq.export.serving import export_saved_model
+
+        return export_saved_model(model, export_dir, name, version, input_shape=(None, None, 3),
+                                  write_config=False)
+
+    def measure(self, signature, model):
+        meas = measure_artifact(signature, model, self.eval_cfg, data_dir=self.data_dir,
+                                max_val_samples=self.options.get("max_val_samples"),
+                                num_rotations=self.num_rotations,
+                                invariance_samples=self.options["invariance_samples"],
+                                seed=self.seed)
+        check_parity(meas, "logits")
+        check_symmetry_error(meas["invariance_max_abs"], meas["logit_scale"],
+                             "logits are not rotation invariant")
+        return meas
+
+    def entry_fields(self, model, meas, params):
+        from keras_relaxeq.datasets.modelnet40 import load_modelnet40, stratified_split
+
+        cfg = self.cfg
+        labels = load_modelnet40("train", self.data_dir)
+        val_size = int(stratified_split(labels.labels, float(cfg.get("val_fraction", 0.2)),
+                                        seed=int(cfg.get("split_seed", 0)))[1].size)
+        title = ARCH_TITLES.get(cfg["model"], cfg["model"])
+        return {
+            "task": TASK,
+            "description": (f"{title} (width {cfg.get('width')}) on ModelNet40, "
+                            + ("trained with constraint relaxation and projected"
+                               if cfg.get("relaxed", True) else "trained without relaxation")
+                            + f"; SO(3)-invariant; {self.summary.get('epochs_run')} epochs."),
+            "architecture": {"class": f"keras_relaxeq.models.{cfg['model']}",
+                             "config": architecture_config(cfg),
+                             "keras_class": f"{type(model).__module__}.{type(model).__name__}",
+                             "params": params},
+            "input": {"name": "points", "dtype": "float32", "shape": [None, None, 3],
+                      "layout": "[batch, points, xyz]", "num_points": int(cfg["points"]),
+                      "preprocessing": PREPROCESSING},
+            "outputs": {"logits": {"dtype": "float32", "shape": [None, NUM_CLASSES]},
+                        "probabilities": {"dtype": "float32", "shape": [None, NUM_CLASSES]},
+                        "class_id": {"dtype": "int64", "shape": [None]}},
+            "labels": LABELS_FILE,
+            "metrics": _metrics(meas, self.eval_cfg, val_size, self.seed),
+            "training": {
+                "best_projected_val_accuracy": self.summary.get("best_projected_val_accuracy"),
+                "final_projected_val_accuracy": self.summary.get("final_projected_val_accuracy"),
+                "val_accuracy_protocol": "recipe's projected validation (SO(3)-rotated "
+                                         "validation split"
+                                         + (f", first {cfg['max_val_samples']} shapes)"
+                                            if cfg.get("max_val_samples") else ")"),
+            },
+        }
+
+    def render_card(self, entry, meas, command, source, params):
+        return render_card(entry, self.summary, meas, command, source, self.model_file, params)
+
+    def report(self, meas):
+        return (f"accuracy {meas['accuracy_so3']:.4f} (SO(3)), {meas['accuracy_unrotated']:.4f} "
+                f"(unrotated) on {meas['num_val']} validation shapes; invariance "
+                f"{meas['invariance_max_abs']:.2e}")
+
+    def write_extras(self, zoo_dir):
+        from keras_relaxeq.datasets.modelnet40 import MODELNET40_CLASSES
+
+        labels_path = zoo_dir / LABELS_FILE
+        if not labels_path.is_file():
+            _atomic_write(labels_path, "\n".join(MODELNET40_CLASSES) + "\n")
+
+
+def recipe_run_class(recipe: str) -> type:
+    """The :class:`RecipeRun` of ``recipe`` (:data:`RECIPE` or :data:`NBODY_RECIPE`)."""
+    if recipe == NBODY_RECIPE:
+        from keras_relaxeq.zoo.publish_nbody import NBodyRun
+
+        return NBodyRun
+    return ModelNet40Run
+
+
+def _check_options(kind: type, run_dir: Path, options: dict) -> None:
+    """Refuse options that belong to the other recipe's runs (they would be silently ignored)."""
+    for other in (ModelNet40Run, recipe_run_class(NBODY_RECIPE)):
+        if other is kind:
+            continue
+        wrong = [k for k in other.only_options if options.get(k) is not None]
+        if wrong:
+            flags = ", ".join("--" + k.replace("_", "-") for k in wrong)
+            mine = ", ".join("--" + k.replace("_", "-") for k in kind.only_options)
+            raise PublishError(f"{flags} only apply to {other.recipe} runs; {run_dir} is a "
+                               f"{kind.recipe} run (its options: {mine}).")
+
+
 def publish_run(run_dir, name=None, version=None, zoo_dir=None, model_file="best_projected.keras",
                 data_dir=None, eval_points=None, num_rotations: int = 4, seed: int = 0,
-                recipe_command=None, license: str = DEFAULT_LICENSE,
-                citation: str = DEFAULT_CITATION, *, max_val_samples=None,
-                invariance_samples: int = 16, replace: bool = False, log=None) -> dict:
-    """Publish the run ``run_dir`` of ``recipes/modelnet40.py`` into the zoo ``zoo_dir``.
+                recipe_command=None, license: str = DEFAULT_LICENSE, citation: str | None = None,
+                *, max_val_samples=None, invariance_samples: int = 16, max_test_samples=None,
+                equivariance_samples: int = 16, replace: bool = False, log=None) -> dict:
+    """Publish the run ``run_dir`` of ``recipes/modelnet40.py`` or ``recipes/segnn_nbody.py``
+    into the zoo ``zoo_dir`` (the recipe is told from the run's config: :func:`recipe_of`).
 
     Args:
-        name: ``<arch>_so3_modelnet40`` (default from the run's ``--model``).
+        name: ``<arch>_<group>_<dataset>`` (default: ``<model>_so3_modelnet40`` from the run's
+            ``--model``; ``segnn_o3_nbody`` for an N-body run).
         version: default: one more than the latest published version of ``name``.
         zoo_dir: the catalogue folder (default: the repository's ``zoo/``).
         model_file: the projected model in the run directory (``best_projected.keras``: the
             model selected on the validation split; ``projected.keras``: the final epoch's).
-        data_dir: ModelNet40 folder (default: the run's ``--data-dir`` if it exists, else the
-            package default: ``$KERAS_RELAXEQ_DATA`` or ``../shared/data``).
-        eval_points: points per shape for the metrics (default: the run's ``--points``).
-        num_rotations: random rotations per shape in the invariance measurement.
+        num_rotations: random rotations per shape / system in the invariance / equivariance
+            measurement.
         seed: seed of those rotations.
         recipe_command: the training command for the card (default: ``command.txt`` of the
             run, else one reconstructed from ``summary.json``).
-        max_val_samples: evaluate on the first N validation shapes only (default: all).
+        citation: default: the recipe's papers.
         replace: overwrite an already published ``(name, version)`` (never do that for a
             version others may have downloaded).
 
+    ModelNet40 runs only:
+        data_dir: ModelNet40 folder (default: the run's ``--data-dir`` if it exists, else the
+            package default: ``$KERAS_RELAXEQ_DATA`` or ``../shared/data``).
+        eval_points: points per shape for the metrics (default: the run's ``--points``).
+        max_val_samples: evaluate on the first N validation shapes only (default: all).
+        invariance_samples: validation shapes of the invariance measurement.
+
+    N-body runs only:
+        max_test_samples: evaluate on the first N test trajectories of the recipe's test
+            pipeline (default: all of the run's ``--test-samples``).
+        equivariance_samples: test systems of the E(3) equivariance measurement.
+
     Returns the catalogue entry (a dict) and writes the artifact, the ``.keras`` copy, the card,
-    ``cards/modelnet40_labels.txt`` and ``index.json``.
+    ``index.json`` (and ``cards/modelnet40_labels.txt`` for ModelNet40).
     """
     import keras
+    import tensorflow as tf
 
     import keras_relaxeq  # noqa: F401  (registers the custom layers)
-    import keras_relaxeq.models  # noqa: F401  (VNConcatGlobal etc.)
-    from keras_relaxeq.datasets.modelnet40 import (
-        MODELNET40_CLASSES,
-        load_modelnet40,
-        stratified_split,
-    )
+    import keras_relaxeq.models  # noqa: F401  (VNConcatGlobal, SEGNN layers etc.)
+    from keras_relaxeq.cli import _check_signature, check_symmetry
     from keras_relaxeq.export.projection import has_relaxation_branches
-    from keras_relaxeq.export.serving import export_saved_model, pack_saved_model, sha256_file
+    from keras_relaxeq.export.serving import pack_saved_model, sha256_file
     from keras_relaxeq.zoo.download import ServingModel, safe_extract
 
     say = log or (lambda msg: None)
     t0 = time.time()
     run_dir = Path(run_dir)
     summary = read_run(run_dir)
-    cfg = dict(summary["config"])
-    eval_cfg = dict(cfg, points=int(eval_points)) if eval_points else cfg
-    if data_dir is None and cfg.get("data_dir") and Path(cfg["data_dir"]).expanduser().exists():
-        data_dir = cfg["data_dir"]
-    name = name or _default_name(cfg)
+    kind = recipe_run_class(recipe_of(summary["config"], run_dir / "summary.json"))
+    options = {"data_dir": data_dir, "eval_points": eval_points,
+               "max_val_samples": max_val_samples, "invariance_samples": invariance_samples,
+               "max_test_samples": max_test_samples,
+               "equivariance_samples": equivariance_samples}
+    _check_options(kind, run_dir, options)
+    run = kind(run_dir, summary, model_file=model_file, seed=seed, num_rotations=num_rotations,
+               options=options)
+    name = name or run.default_name()
     try:
         arch, group, dataset = registry.split_name(name)
     except ValueError as exc:
@@ -496,79 +727,32 @@ def publish_run(run_dir, name=None, version=None, zoo_dir=None, model_file="best
     stage = Path(tempfile.mkdtemp(prefix=".tmp-publish-", dir=zoo_dir))
     try:
         say("exporting the SavedModel")
-        export = export_saved_model(model, stage / "export", name, version,
-                                    input_shape=(None, None, 3), write_config=False)
+        export = run.export(model, stage / "export", name, version)
         packed = pack_saved_model(export, stage / "artifact.tar.gz")
         shutil.copyfile(model_path, stage / "model.keras")
         keras_sha = sha256_file(stage / "model.keras")
         keras_size = (stage / "model.keras").stat().st_size
         # everything below is measured on the packed archive, extracted like a download
         extracted = safe_extract(packed.path, stage / "extracted")
-        import tensorflow as tf
-
         loaded = tf.saved_model.load(str(extracted))
         signature = loaded.signatures["serving_default"]
-        say("measuring the artifact on the validation split")
-        meas = measure_artifact(signature, model, eval_cfg, data_dir=data_dir,
-                                max_val_samples=max_val_samples, num_rotations=num_rotations,
-                                invariance_samples=invariance_samples, seed=seed)
-        parity_tol = PARITY_ATOL + PARITY_RTOL * meas["keras_scale"]
-        if meas["keras_max_abs_diff"] > parity_tol:
-            raise PublishError(f"artifact logits differ from the Keras model's by "
-                               f"{meas['keras_max_abs_diff']:.3e} (> {parity_tol:.1e}).")
-        inv_tol = VERIFY_ATOL + VERIFY_RTOL * meas["logit_scale"]
-        if meas["invariance_max_abs"] > inv_tol:
-            raise PublishError(f"artifact logits are not rotation invariant: max error "
-                               f"{meas['invariance_max_abs']:.3e} > {inv_tol:.1e} (the tolerance "
-                               "of relaxeq zoo verify).")
-        labels = load_modelnet40("train", data_dir)
-        val_size = int(stratified_split(labels.labels, float(cfg.get("val_fraction", 0.2)),
-                                        seed=int(cfg.get("split_seed", 0)))[1].size)
+        say("measuring the artifact")
+        meas = run.measure(signature, model)
 
-        if recipe_command is None and (run_dir / "command.txt").is_file():
-            command, source = (run_dir / "command.txt").read_text().strip(), "command.txt"
-        elif recipe_command is None:
-            command = recipe_command_from_config(summary["config"])
-            source = "reconstructed from summary.json: every option explicit"
-        else:
-            command, source = str(recipe_command), "as given to relaxeq zoo publish"
-        title = ARCH_TITLES.get(cfg["model"], cfg["model"])
+        command, source = run.command(recipe_command)
+        fields = run.entry_fields(model, meas, params)
+        metrics, training = fields.pop("metrics"), fields.pop("training")
         entry = {
             "name": name, "version": version, "arch": arch, "group": group, "dataset": dataset,
-            "task": TASK,
-            "description": (f"{title} (width {cfg.get('width')}) on ModelNet40, "
-                            + ("trained with constraint relaxation and projected"
-                               if cfg.get("relaxed", True) else "trained without relaxation")
-                            + f"; SO(3)-invariant; {summary.get('epochs_run')} epochs."),
-            "architecture": {"class": f"keras_relaxeq.models.{cfg['model']}",
-                             "config": architecture_config(cfg),
-                             "keras_class": f"{type(model).__module__}.{type(model).__name__}",
-                             "params": params},
-            "input": {"name": "points", "dtype": "float32", "shape": [None, None, 3],
-                      "layout": "[batch, points, xyz]", "num_points": int(cfg["points"]),
-                      "preprocessing": PREPROCESSING},
-            "outputs": {"logits": {"dtype": "float32", "shape": [None, NUM_CLASSES]},
-                        "probabilities": {"dtype": "float32", "shape": [None, NUM_CLASSES]},
-                        "class_id": {"dtype": "int64", "shape": [None]}},
-            "labels": LABELS_FILE,
+            **fields,
             "artifact": {"file": art_rel, "format": "saved_model.tar.gz", "size": packed.size,
                          "sha256": packed.sha256},
             "keras_artifact": {"file": keras_rel, "format": "keras", "size": keras_size,
                                "sha256": keras_sha},
-            "metrics": _metrics(meas, eval_cfg, val_size, seed),
-            "training": {
-                "run": run_dir.name, "model_file": model_file, "command": command,
-                "epochs_run": summary.get("epochs_run"), "epochs": cfg.get("epochs"),
-                "best_epoch": summary.get("best_epoch"),
-                "best_projected_val_accuracy": summary.get("best_projected_val_accuracy"),
-                "final_projected_val_accuracy": summary.get("final_projected_val_accuracy"),
-                "val_accuracy_protocol": "recipe's projected validation (SO(3)-rotated "
-                                         "validation split"
-                                         + (f", first {cfg['max_val_samples']} shapes)"
-                                            if cfg.get("max_val_samples") else ")"),
-                "wall_time_seconds": summary.get("wall_time_seconds"),
-            },
-            "license": license, "citation": citation, "card": card_rel, "recipe": RECIPE,
+            "metrics": metrics,
+            "training": run.training(command, **training),
+            "license": license, "citation": citation or run.default_citation, "card": card_rel,
+            "recipe": run.recipe,
         }
         others = [m for m in doc["models"] if (m["name"], m["version"]) != (name, version)]
         new_doc = dict(doc, models=sorted(others + [entry],
@@ -578,18 +762,17 @@ def publish_run(run_dir, name=None, version=None, zoo_dir=None, model_file="best
         parsed = cat.get(name, version)
 
         # the check CI runs (`relaxeq zoo verify`), on the extracted archive
-        from keras_relaxeq.cli import _check_signature, check_invariance
-
         serving = ServingModel(extracted, parsed)
         problems = _check_signature(serving, parsed)
         if problems:
             raise PublishError("serving signature: " + "; ".join(problems))
-        ok, err, _, tol = check_invariance(serving, parsed, atol=VERIFY_ATOL, rtol=VERIFY_RTOL,
-                                           seed=seed)
-        if not ok:
-            raise PublishError(f"relaxeq zoo verify would fail: invariance error {err:.3e} > "
-                               f"{tol:.1e}")
-        card = render_card(entry, summary, meas, command, source, model_file, params)
+        checked = check_symmetry(serving, parsed, atol=VERIFY_ATOL, rtol=VERIFY_RTOL, seed=seed)
+        if checked is None:
+            raise PublishError(f"relaxeq zoo verify has no symmetry check for task "
+                               f"{parsed.task!r} with inputs {sorted(parsed.input_signature)}")
+        if not checked[0]:
+            raise PublishError(f"relaxeq zoo verify would fail: {checked[1]}")
+        card = run.render_card(entry, meas, command, source, params)
 
         # everything passed: move into place, index last
         for src, rel in ((packed.path, art_rel), (stage / "model.keras", keras_rel)):
@@ -598,15 +781,11 @@ def publish_run(run_dir, name=None, version=None, zoo_dir=None, model_file="best
             os.replace(src, dest)
             os.chmod(dest, 0o644)
         _atomic_write(zoo_dir / card_rel, card)
-        labels_path = zoo_dir / LABELS_FILE
-        if not labels_path.is_file():
-            _atomic_write(labels_path, "\n".join(MODELNET40_CLASSES) + "\n")
+        run.write_extras(zoo_dir)
         _atomic_write(zoo_dir / registry.INDEX_FILENAME, json.dumps(new_doc, indent=2) + "\n")
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    say(f"published {name} v{version} in {time.time() - t0:.0f} s: accuracy "
-        f"{meas['accuracy_so3']:.4f} (SO(3)), {meas['accuracy_unrotated']:.4f} (unrotated) on "
-        f"{meas['num_val']} validation shapes; invariance {meas['invariance_max_abs']:.2e}; "
+    say(f"published {name} v{version} in {time.time() - t0:.0f} s: {run.report(meas)}; "
         f"{zoo_dir / art_rel}")
     return entry
 
@@ -617,31 +796,38 @@ def publish_run(run_dir, name=None, version=None, zoo_dir=None, model_file="best
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir", help="output directory of recipes/modelnet40.py (summary.json, "
-                                   "*.keras)")
+    p.add_argument("run_dir", help="output directory of recipes/modelnet40.py or "
+                                   "recipes/segnn_nbody.py (summary.json, *.keras)")
     p.add_argument("--name", default=None,
                    help="zoo name (default <model>_so3_modelnet40, e.g. "
-                        "vn_pointnet_so3_modelnet40)")
+                        "vn_pointnet_so3_modelnet40; segnn_o3_nbody for N-body runs)")
     p.add_argument("--version", type=int, default=None,
                    help="version to publish (default: the next free one)")
     p.add_argument("--model-file", default="best_projected.keras",
                    help="projected model in the run directory (projected.keras: final epoch)")
     p.add_argument("--max-val-samples", type=int, default=None,
-                   help="evaluate on the first N validation shapes (default: all)")
+                   help="ModelNet40 runs: evaluate on the first N validation shapes (default: "
+                        "all)")
+    p.add_argument("--max-test-samples", type=int, default=None,
+                   help="N-body runs: evaluate on the first N test trajectories of the recipe's "
+                        "test pipeline (default: all of the run's --test-samples)")
     p.add_argument("--zoo-dir", default=None,
                    help="catalogue folder to write (default: the folder of --index / "
                         "$KERAS_RELAXEQ_ZOO_INDEX, else the repository's zoo/)")
-    p.add_argument("--data-dir", default=None, help="ModelNet40 folder (default: the run's, "
-                                                   "else $KERAS_RELAXEQ_DATA or ../shared/data)")
+    p.add_argument("--data-dir", default=None,
+                   help="ModelNet40 runs: the data folder (default: the run's, else "
+                        "$KERAS_RELAXEQ_DATA or ../shared/data)")
     p.add_argument("--eval-points", type=int, default=None,
-                   help="points per shape for the metrics (default: the run's --points)")
+                   help="ModelNet40 runs: points per shape for the metrics (default: the run's "
+                        "--points)")
     p.add_argument("--num-rotations", type=int, default=4,
-                   help="random rotations per shape for the invariance measurement")
+                   help="random rotations per shape (system) for the invariance (equivariance) "
+                        "measurement")
     p.add_argument("--seed", type=int, default=0, help="seed of those rotations")
     p.add_argument("--recipe-command", default=None,
                    help="training command for the card (default: the run's command.txt)")
     p.add_argument("--license", default=DEFAULT_LICENSE)
-    p.add_argument("--citation", default=DEFAULT_CITATION)
+    p.add_argument("--citation", default=None, help="default: the recipe's papers")
     p.add_argument("--replace", action="store_true",
                    help="overwrite an existing (name, version): only for never-distributed ones")
 
@@ -657,7 +843,8 @@ def run_from_args(args, out=None) -> int:
             model_file=args.model_file, data_dir=args.data_dir, eval_points=args.eval_points,
             num_rotations=args.num_rotations, seed=args.seed,
             recipe_command=args.recipe_command, license=args.license, citation=args.citation,
-            max_val_samples=args.max_val_samples, replace=args.replace,
+            max_val_samples=args.max_val_samples, max_test_samples=args.max_test_samples,
+            replace=args.replace,
             log=lambda msg: print(msg, file=out, flush=True))
     except PublishError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -670,14 +857,15 @@ def run_from_args(args, out=None) -> int:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m keras_relaxeq.zoo.publish",
-                                description="Publish a recipes/modelnet40.py run as a zoo entry.")
+                                description="Publish a recipes/modelnet40.py or "
+                                            "recipes/segnn_nbody.py run as a zoo entry.")
     add_arguments(p)
     p.add_argument("--index", default=None, help=argparse.SUPPRESS)
     return run_from_args(p.parse_args(argv))
 
 
-__all__ = ["PublishError", "measure_artifact", "publish_run", "read_run",
-           "recipe_command_from_config", "render_card"]
+__all__ = ["ModelNet40Run", "PublishError", "RecipeRun", "measure_artifact", "publish_run",
+           "read_run", "recipe_command_from_config", "recipe_of", "render_card"]
 
 
 if __name__ == "__main__":  # pragma: no cover

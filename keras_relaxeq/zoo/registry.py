@@ -33,9 +33,13 @@ SCHEMA_VERSION = 1
 INDEX_FILENAME = "index.json"
 
 #: Tasks known to the tooling. ``relaxeq zoo verify`` checks rotation invariance of the logits
-#: for ``INVARIANT_TASKS``; other tasks get the hash / load / signature checks only.
+#: for ``INVARIANT_TASKS`` and E(3) equivariance of the predicted positions for N-body entries
+#: (task ``nbody_regression`` with the inputs ``NBODY_INPUTS`` and the output ``loc``); other
+#: entries get the hash / load / signature checks only.
 TASKS = ("point_cloud_classification", "nbody_regression", "regression", "other")
 INVARIANT_TASKS = ("point_cloud_classification",)
+#: serving inputs of an N-body model: positions, velocities (vectors), charges (invariant)
+NBODY_INPUTS = ("loc", "vel", "charges")
 
 _NAME_RE = re.compile(r"^[a-z0-9]+(_[a-z0-9]+){2,}$")
 _WORD_RE = re.compile(r"^[a-z0-9]+$")
@@ -104,15 +108,30 @@ class ZooEntry:
     keras_artifact: Artifact | None = None
     description: str = ""
     recipe: str | None = None
+    inputs: Mapping[str, Any] | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def input_name(self) -> str:
+        """The primary serving input (the one a positional argument of ``ServingModel`` feeds)."""
         return self.input.get("name", "points")
+
+    @property
+    def input_signature(self) -> dict:
+        """Every serving input, ``{name: {"dtype", "shape", ...}}``: the entry's ``inputs`` for
+        models with several inputs, else ``{input.name: input}``."""
+        return dict(self.inputs) if self.inputs else {self.input_name: dict(self.input)}
 
     @property
     def is_invariant_classifier(self) -> bool:
         return self.task in INVARIANT_TASKS
+
+    @property
+    def is_nbody_model(self) -> bool:
+        """An N-body regressor whose E(3) equivariance ``relaxeq zoo verify`` checks: task
+        ``nbody_regression``, inputs ``loc``, ``vel``, ``charges`` and the output ``loc``."""
+        return (self.task == "nbody_regression" and set(NBODY_INPUTS) <= set(self.input_signature)
+                and "loc" in self.outputs)
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(self.raw))
@@ -186,6 +205,13 @@ def _parse_artifact(d, path, where) -> Artifact:
     return Artifact(file=file, size=size, sha256=sha, format=fmt)
 
 
+def _parse_tensor_spec(spec: Mapping, path, where, key) -> None:
+    _require(spec, "dtype", str, path, f"{where}.{key}")
+    shape = _require(spec, "shape", list, path, f"{where}.{key}")
+    if not all(s is None or (isinstance(s, int) and s > 0) for s in shape):
+        _fail(path, where, f"{key}.shape must be a list of positive ints or null")
+
+
 def _parse_entry(d, path, i) -> ZooEntry:
     where = f"models[{i}]"
     if not isinstance(d, Mapping):
@@ -217,11 +243,18 @@ def _parse_entry(d, path, i) -> ZooEntry:
     _require(architecture, "config", dict, path, where + ".architecture")
     inp = _require(d, "input", dict, path, where)
     _require(inp, "name", str, path, where + ".input")
-    _require(inp, "dtype", str, path, where + ".input")
-    shape = _require(inp, "shape", list, path, where + ".input")
-    if not all(s is None or (isinstance(s, int) and s > 0) for s in shape):
-        _fail(path, where, "input.shape must be a list of positive ints or null")
+    _parse_tensor_spec(inp, path, where, "input")
     _require(inp, "preprocessing", str, path, where + ".input")
+    inputs = d.get("inputs")
+    if inputs is not None:  # several serving inputs: {name: {dtype, shape}}, the primary among them
+        if not isinstance(inputs, dict) or not inputs:
+            _fail(path, where, "inputs must be a non-empty object {name: {dtype, shape}}")
+        for key, spec in inputs.items():
+            if not isinstance(spec, dict):
+                _fail(path, where, f"inputs.{key} must be an object with dtype and shape")
+            _parse_tensor_spec(spec, path, where, f"inputs.{key}")
+        if inp["name"] not in inputs:
+            _fail(path, where, f"input.name {inp['name']!r} must be one of inputs {sorted(inputs)}")
     outputs = _require(d, "outputs", dict, path, where)
     artifact = _parse_artifact(_require(d, "artifact", dict, path, where), path, where)
     keras_artifact = None
@@ -245,7 +278,7 @@ def _parse_entry(d, path, i) -> ZooEntry:
         architecture=architecture, input=inp, outputs=outputs, artifact=artifact,
         metrics=tuple(metrics), license=license_, citation=citation, card=card,
         keras_artifact=keras_artifact, description=d.get("description", ""),
-        recipe=d.get("recipe"), raw=d,
+        recipe=d.get("recipe"), inputs=inputs, raw=d,
     )
 
 
@@ -344,6 +377,7 @@ __all__ = [
     "Catalogue",
     "ENV_INDEX",
     "INVARIANT_TASKS",
+    "NBODY_INPUTS",
     "TASKS",
     "ZooEntry",
     "card_path",

@@ -5,8 +5,11 @@ and loaded with ``tf.saved_model.load`` in a fresh interpreter that never import
 keras_relaxeq; ``serving_default`` runs on real ModelNet40 validation shapes and on rotated
 copies; the parent checks that the logits equal the published Keras model's and are rotation
 invariant (tolerance of ``relaxeq zoo verify``), and ``saved_model_cli show`` lists the
-signature. With an empty catalogue a single test checks that it parses and has no entries, and
-the same checker runs on an entry published from a tiny model into a temporary catalogue.
+signature. N-body entries (``segnn_o3_nbody``) run on real N-body test systems and on copies
+moved by a rotation or reflection and a translation: the predicted positions must equal the Keras
+model's and move the same way (E(3) equivariance). With an empty catalogue a single test checks
+that it parses and has no entries, and the same checker runs on entries published from tiny
+models into temporary catalogues.
 """
 
 import hashlib
@@ -33,7 +36,7 @@ FRESH_PROCESS_CODE = r"""
 import json, sys, tarfile, pathlib
 import numpy as np
 import tensorflow as tf
-archive, dest, data, out_path = sys.argv[1:5]
+archive, dest, data, out_path = sys.argv[1:5]  # data: .npz, [calls, batch, ...] per input
 dest = pathlib.Path(dest)
 with tarfile.open(archive, "r:gz") as tar:
     for m in tar.getmembers():
@@ -44,9 +47,10 @@ with tarfile.open(archive, "r:gz") as tar:
 obj = tf.saved_model.load(str(dest))
 sig = obj.signatures["serving_default"]
 args, kwargs = sig.structured_input_signature
-x = np.load(data)  # [2, shapes, points, 3]: the shapes, then rotated copies
-out = {k: np.stack([sig(points=tf.constant(x[i]))[k].numpy() for i in range(len(x))])
-       for k in sig.structured_outputs}
+x = np.load(data)  # e.g. points [2, shapes, points, 3]: the shapes, then rotated copies
+calls = len(x[x.files[0]])
+out = {k: np.stack([sig(**{n: tf.constant(x[n][i]) for n in x.files})[k].numpy()
+                    for i in range(calls)]) for k in sig.structured_outputs}
 np.savez(out_path, **out)
 assert "keras_relaxeq" not in sys.modules, "keras_relaxeq was imported"
 print(json.dumps({
@@ -86,9 +90,30 @@ def validation_shapes(num_points: int) -> np.ndarray:
     return np.stack([x, xr]).astype(np.float32)
 
 
+def nbody_systems(cache_dir: Path) -> tuple[dict, np.ndarray, np.ndarray]:
+    """``(inputs, Q, t)``: ``loc``, ``vel``, ``charges`` ``[2, NUM_SHAPES, 5, .]``: real N-body
+    test systems, then the same systems moved by ``x -> Q x + t`` (a Haar-random rotation, a
+    reflection for every other system, a translation; velocities rotate only)."""
+    import tensorflow as tf
+
+    from keras_relaxeq.datasets.nbody import nbody_dataset
+    from keras_relaxeq.groups import random_rotations
+
+    ds = nbody_dataset("test", batch_size=NUM_SHAPES, num_samples=NUM_SHAPES, shuffle=False,
+                       rotate=False, cache_dir=cache_dir, progress=False)
+    x = {k: np.asarray(v, np.float64) for k, v in next(iter(ds))[0].items()}
+    q = random_rotations(NUM_SHAPES, seed=7, dtype=tf.float64).numpy()
+    q[::2] = q[::2] @ np.diag([1.0, 1.0, -1.0])
+    t = np.random.default_rng(7).normal(size=(NUM_SHAPES, 1, 3))
+    move = lambda v: np.einsum("bij,bnj->bni", q, v)  # noqa: E731
+    moved = {"loc": move(x["loc"]) + t, "vel": move(x["vel"]), "charges": x["charges"]}
+    return {k: np.stack([x[k], moved[k]]).astype(np.float32) for k in x}, q, t
+
+
 def check_entry(catalogue, entry, work: Path) -> dict:
     """Run every artifact check on ``entry`` of ``catalogue``; returns what was measured."""
-    assert entry.task == "point_cloud_classification", "only classifiers are checked here"
+    assert entry.task == "point_cloud_classification" or entry.is_nbody_model, (
+        "only classifiers and N-body models are checked here")
     assert entry.keras_artifact is not None, (
         f"{entry.name} v{entry.version} publishes no .keras file to compare with; publish "
         "entries with `relaxeq zoo publish`")
@@ -97,16 +122,18 @@ def check_entry(catalogue, entry, work: Path) -> dict:
                               extract=False, progress=False)  # verified against the sha256
     extracted = ensure_artifact(entry, entry.artifact, catalogue=catalogue, cache_dir=cache,
                                 progress=False)
-    num_points = int(entry.input.get("num_points") or 256)
-    x = validation_shapes(num_points)
-    np.save(work / "x.npy", x)
+    if entry.is_nbody_model:
+        inputs, q, t = nbody_systems(work / "nbody")
+    else:
+        inputs = {"points": validation_shapes(int(entry.input.get("num_points") or 256))}
+    np.savez(work / "x.npz", **inputs)
 
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("KERAS_RELAXEQ") and k != "PYTHONPATH"}
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     fresh = subprocess.Popen(
         [sys.executable, "-c", FRESH_PROCESS_CODE, str(archive), str(work / "fresh"),
-         str(work / "x.npy"), str(work / "out.npz")],
+         str(work / "x.npz"), str(work / "out.npz")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=work)
     cli = subprocess.Popen(
         [str(BIN / "saved_model_cli"), "show", "--dir", str(extracted), "--tag_set", "serve",
@@ -116,7 +143,9 @@ def check_entry(catalogue, entry, work: Path) -> dict:
         # meanwhile, in this process: the published Keras model on the same shapes
         keras_model = load(entry.name, entry.version, as_keras=True, cache_dir=cache,
                            index=catalogue.path, progress=False)
-        expected = np.stack([keras_model.predict(x[i], verbose=0) for i in range(len(x))])
+        expected = np.stack([keras_model.predict(
+            {k: v[i] for k, v in inputs.items()} if entry.is_nbody_model else inputs["points"][i],
+            verbose=0) for i in range(2)])
         stdout, stderr = fresh.communicate(timeout=300)
         assert fresh.returncode == 0, stderr[-3000:]
         cli_out, cli_err = cli.communicate(timeout=300)
@@ -130,6 +159,9 @@ def check_entry(catalogue, entry, work: Path) -> dict:
     info = json.loads(stdout.strip().splitlines()[-1])
     assert info["keras_relaxeq_imported"] is False
     assert info["positional"] == 0
+    assert info["inputs"] == {k: ["float32", v["shape"]] for k, v in entry.input_signature.items()}
+    if entry.is_nbody_model:
+        return _check_nbody_outputs(info, np.load(work / "out.npz"), expected, q, t, cli_out)
     assert info["inputs"] == {entry.input_name: ["float32", [None, None, 3]]}
     assert set(info["outputs"]) == {"logits", "probabilities", "class_id"}
     assert info["outputs"]["class_id"][0] == "int64"
@@ -152,6 +184,24 @@ def check_entry(catalogue, entry, work: Path) -> dict:
     for name in ("logits", "probabilities", "class_id"):
         assert f"outputs['{name}']" in cli_out, name
     return {"parity": parity, "invariance": invariance, "tolerance": tol}
+
+
+def _check_nbody_outputs(info, out, expected, q, t, cli_out) -> dict:
+    assert info["outputs"] == {"loc": ["float32", [None, 5, 3]]}
+    pred = out["loc"].astype(np.float64)
+    assert pred.shape == (2, NUM_SHAPES, 5, 3)
+    scale = float(np.abs(expected).max())
+    parity = float(np.abs(pred - expected).max())
+    assert parity <= PARITY_ATOL + PARITY_RTOL * scale, f"artifact vs Keras: {parity:.3e}"
+    want = np.einsum("bij,bnj->bni", q, pred[0]) + t
+    equivariance = float(np.abs(pred[1] - want).max())
+    tol = VERIFY_ATOL + VERIFY_RTOL * float(np.abs(want).max())
+    assert equivariance <= tol, f"E(3) equivariance error {equivariance:.3e} > {tol:.1e}"
+    for name, shape in (("loc", "(-1, 5, 3)"), ("vel", "(-1, 5, 3)"), ("charges", "(-1, 5, 1)")):
+        block = cli_out.split(f"inputs['{name}'] tensor_info:")[1].split("name:")[0]
+        assert "DT_FLOAT" in block and shape in block, (name, block)
+    assert "outputs['loc'] tensor_info:" in cli_out
+    return {"parity": parity, "invariance": equivariance, "tolerance": tol}
 
 
 def test_repository_catalogue_parses():
@@ -197,4 +247,33 @@ def test_checker_on_a_freshly_published_entry(tmp_path):
     cat = registry.load_index(tmp_path / "zoo" / "index.json")
     (work := tmp_path / "work").mkdir()
     result = check_entry(cat, cat.get("vn_classifier_so3_modelnet40"), work)
+    assert result["parity"] <= 1e-4 and result["invariance"] <= result["tolerance"]
+
+
+def test_checker_on_a_freshly_published_nbody_entry(tmp_path, monkeypatch):
+    """The checker on an N-body entry: an untrained plain SEGNN in a run directory laid out
+    like ``recipes/segnn_nbody.py`` writes it (its config comes from the recipe's parser)."""
+    import importlib.util
+
+    import keras
+
+    from keras_relaxeq.zoo.publish import publish_run
+
+    monkeypatch.setenv("KERAS_RELAXEQ_CACHE", str(tmp_path / "cache"))
+    spec = importlib.util.spec_from_file_location(
+        "recipe_segnn_nbody_artifacts", REPO_ZOO.parent / "recipes" / "segnn_nbody.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    cfg = recipe.resolve_config(recipe.build_parser().parse_args(
+        ["--no-relaxed", "--hidden", "8", "--layers", "1", "--epochs", "1", "--batch", "8",
+         "--train-samples", "8", "--val-samples", "8", "--test-samples", "8"]))
+    run = tmp_path / "run"
+    run.mkdir()
+    keras.utils.set_random_seed(0)
+    recipe.build_model(cfg).save(run / "best_projected.keras")
+    (run / "summary.json").write_text(json.dumps({"config": cfg, "epochs_run": 0}))
+    publish_run(run, zoo_dir=tmp_path / "zoo", num_rotations=1, equivariance_samples=4)
+    cat = registry.load_index(tmp_path / "zoo" / "index.json")
+    (work := tmp_path / "work").mkdir()
+    result = check_entry(cat, cat.get("segnn_o3_nbody"), work)
     assert result["parity"] <= 1e-4 and result["invariance"] <= result["tolerance"]
