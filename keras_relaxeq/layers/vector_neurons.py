@@ -68,10 +68,19 @@ def concat_mean_shape(input_shape):
     return tuple(input_shape[:-2]) + (None if c is None else 2 * c, 3)
 
 
-def concat_mean_features(x):
-    """``[x, mean over the points axis (-3) of x]`` along the channel axis: ``[..., N, 2C, 3]``."""
-    mean = tf.broadcast_to(tf.reduce_mean(x, axis=-3, keepdims=True), tf.shape(x))
-    return tf.concat([x, mean], axis=-2)
+def concat_mean_features(x, mean=None):
+    """``[x, mean over the points axis (-3) of x]`` along the channel axis: ``[..., N, 2C, 3]``
+    (``mean``: that mean with ``keepdims``, if the caller has it already)."""
+    if mean is None:
+        mean = tf.reduce_mean(x, axis=-3, keepdims=True)
+    return tf.concat([x, tf.broadcast_to(mean, tf.shape(x))], axis=-2)
+
+
+def _check_concat_mean_input(layer, input_shape):
+    """``concat_mean`` averages over the points axis (-3): per-point features only."""
+    if len(input_shape) < 4:
+        raise ValueError(f"{type(layer).__name__} '{layer.name}' with concat_mean=True needs per-point features "
+                         f"[batch, points, channels, 3]; got shape {list(input_shape)}.")
 
 
 class _VectorLayer(RelaxedEquivariantLayer):
@@ -200,9 +209,7 @@ class VNLeakyReLU(_VectorLayer):
     def build_equivariant(self, input_shape):
         c_in = _check_vector_shape(self, input_shape)
         if self.concat_mean:
-            if len(input_shape) < 4:
-                raise ValueError(f"VNLeakyReLU '{self.name}' with concat_mean=True needs per-point features "
-                                 f"[batch, points, channels, 3]; got shape {list(input_shape)}.")
+            _check_concat_mean_input(self, input_shape)
             input_shape = concat_mean_shape(input_shape)
         if self.map_to_dir is None:
             self.map_to_dir = VNLinear(c_in, name="map_to_dir", **self.sublayer_config())
@@ -219,6 +226,7 @@ class VNLeakyReLU(_VectorLayer):
         else:
             # both maps read the same input: one matmul; each map's own branch (if any) on top
             kernels = [self.map_to_feat.kernel, self.map_to_dir.kernel]
+            mean = None
             if self.concat_mean:
                 c = inputs.shape[-2]
                 mean = tf.reduce_mean(inputs, axis=-3, keepdims=True)
@@ -228,7 +236,7 @@ class VNLeakyReLU(_VectorLayer):
             else:
                 p, d = vn_linear(inputs, kernels)
             if self.map_to_feat.relaxed or self.map_to_dir.relaxed:
-                full = concat_mean_features(inputs) if self.concat_mean else inputs
+                full = concat_mean_features(inputs, mean) if self.concat_mean else inputs
                 if self.map_to_feat.relaxed:
                     p = self.map_to_feat.add_relaxation(full, p)
                 if self.map_to_dir.relaxed:
@@ -366,9 +374,8 @@ class VNStdFeature(RelaxedEquivariantLayer):
         return (TrivialRep(self._channels(input_shape), 3), VectorRep(3))
 
     def build(self, input_shape):
-        if self.concat_mean and len(input_shape) < 4:
-            raise ValueError(f"VNStdFeature '{self.name}' with concat_mean=True needs per-point features "
-                             f"[batch, points, channels, 3]; got shape {list(input_shape)}.")
+        if self.concat_mean:
+            _check_concat_mean_input(self, input_shape)
         c = self._channels(input_shape)
         if c < 4:
             raise ValueError(f"VNStdFeature '{self.name}' needs at least 4 input channels (it maps C -> C/2 -> C/4); "
