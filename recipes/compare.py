@@ -230,7 +230,10 @@ def aggregate(args) -> dict:
         d = out / run_name(arm, seed, sweep_name, value)
         summary = _load(d)
         row = {"arm": arm, "seed": seed, "sweep_value": value, "run": d.name}
-        if summary is None:
+        if summary is None:  # not started, or running / killed before its first summary
+            history = read_log(d / "log.csv") if (d / "log.csv").exists() else {}
+            if history.get("epoch"):
+                row["epochs_logged"] = len(history["epoch"])
             runs.append(dict(row, finished=False))
             continue
         row.update(finished=summary.get("epochs_run", 0) >= epochs_of(args), epochs=summary.get("epochs_run"),
@@ -290,7 +293,9 @@ def markdown(result, exp: Experiment) -> str:
     for r in result["runs"]:
         cells = ([str(r["sweep_value"])] if sweep else []) + [r["arm"], str(r["seed"])]
         if "epochs" not in r:
-            cells += ["no summary yet"] + [""] * len(metrics)
+            status = (f"in progress: {r['epochs_logged']} of {result['protocol']['epochs']} epochs logged"
+                      if r.get("epochs_logged") else "not started")
+            cells += [status] + [""] * len(metrics)
         else:
             cells += [f"{r['epochs']}" + ("" if r["finished"] else " (unfinished)")]
             cells += [_fmt(r[m.key], m) for m in metrics]

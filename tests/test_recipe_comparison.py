@@ -78,6 +78,14 @@ def test_aggregate_mean_std_and_outputs(tmp_path):
     assert "| relaxed | 2 | 55.0 ± 7.1 | 56.5 ± 6.4 |" in md
     assert "| standard | 1 | 2 (unfinished) |" in md
     assert (tmp_path / "comparison.png").stat().st_size > 10_000
+    # a run killed before its first summary shows its logged epochs; a missing run says so
+    (tmp_path / "relaxed_seed2").mkdir()
+    (tmp_path / "relaxed_seed2" / "log.csv").write_text("epoch,projected_val_accuracy\n0,0.1\n1,0.2\n1,0.2\n")
+    args = drv.parse_args(["modelnet40", "--output-dir", str(tmp_path), "--seeds", "0", "1", "2",
+                           "--epochs", "3"])
+    md = drv.markdown(drv.aggregate(args), drv.EXPERIMENTS["modelnet40"])
+    assert "| relaxed | 2 | in progress: 2 of 3 epochs logged |" in md
+    assert "| standard | 2 | not started |" in md
     assert json.loads((tmp_path / "comparison.json").read_text())["protocol"]["epochs"] == 3
     # the recipes' CSV reader: the epoch logged twice (resume) counts once, the last row wins
     assert drv.read_log(tmp_path / "relaxed_seed0" / "log.csv")["theta"] == [0.5, 0.5, 0.0]
