@@ -4,13 +4,14 @@
 Runs a recipe once per (sweep value, arm, seed) -- arm ``relaxed`` (``--relaxed``) and arm
 ``standard`` (``--no-relaxed``), every other option identical -- then aggregates the runs'
 ``summary.json`` / ``log.csv`` into ``comparison.json``, ``comparison.md`` (mean and sample std
-per arm and sweep value) and ``comparison.png`` (per-epoch curves; the metric vs the sweep value).
+per arm and sweep value) and ``comparison.png`` (per-epoch curves; the metric vs the sweep value);
+a sweep writes ``comparison_<option>.*`` instead.
 
     python recipes/compare.py modelnet40 --output-dir runs/mn40_cmp                # issue 3's CPU protocol
     python recipes/compare.py modelnet40 --output-dir runs/mn40_cmp --report-only  # aggregate only
     python recipes/compare.py segnn_nbody --output-dir runs/segnn_cmp --epochs 1000
-    python recipes/compare.py segnn_nbody --sweep layers=2,4,6,8 --output-dir runs/segnn_layers
-    python recipes/compare.py segnn_nbody --sweep train-samples=1000,3000,10000 --output-dir runs/segnn_samples
+    python recipes/compare.py segnn_nbody --sweep layers=2,4,6,8 --output-dir runs/segnn_cmp
+    python recipes/compare.py segnn_nbody --sweep train-samples=1000,3000,10000 --output-dir runs/segnn_cmp
     python recipes/compare.py modelnet40 --seeds 0 --epochs 1 --output-dir /tmp/cmp -- --points 64
                                         # anything after -- goes to every run (and overrides the protocol)
 
@@ -31,11 +32,19 @@ continues where it stopped (finished runs are only re-aggregated).  ``--jobs`` r
 trainings at once, each limited to ``--threads`` TensorFlow threads (two 1-thread jobs use a 2-core
 machine better than one 2-thread job for these small models).  Runs are ordered seed-major, so an
 interrupted comparison has complete (relaxed, standard) pairs first.
+
+A sweep value equal to what the comparison runs with anyway (``layers=4`` and
+``train-samples=3000`` for ``segnn_nbody``: the recipe's default, or the protocol's / the extras'
+value) is not trained again: its runs are the comparison's ``<arm>_seed<k>`` in the same
+``--output-dir``.  A run directory is locked while it trains, so a sweep started while the
+comparison still trains one of those runs skips it (run the sweep again later to aggregate it).
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
+import importlib.util
 import json
 import math
 import os
@@ -141,10 +150,44 @@ def parse_sweep(text):
     return name, vals
 
 
-def run_name(arm: str, seed: int, sweep_name=None, value=None) -> str:
+def recipe_default(args, option: str):
+    """The value a run of the experiment gets for ``--option`` when the sweep does not set it.
+
+    The recipe's own defaults, overridden by the experiment's protocol and the ``--`` extras.
+    """
+    exp = EXPERIMENTS[args.experiment]
+    spec = importlib.util.spec_from_file_location(f"_recipe_{args.experiment}", HERE / exp.script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    parsed, _ = module.build_parser().parse_known_args([*exp.protocol, *args.extra])
+    return getattr(parsed, option.replace("-", "_"), None)
+
+
+def is_baseline(args, sweep_name, value) -> bool:
+    """Whether the sweep value is what the plain comparison runs with (then its runs are reused)."""
     if sweep_name is None:
+        return True
+    default = recipe_default(args, sweep_name)
+    return default is not None and str(value) == str(default)
+
+
+def run_name(arm: str, seed: int, sweep_name=None, value=None, baseline=False) -> str:
+    """``relaxed_seed0``; in a sweep ``relaxed_layers2_seed0``, except at the baseline value, whose
+    run is the plain comparison's (same command), so a sweep in the comparison's output directory
+    reuses it instead of training it again."""
+    if sweep_name is None or baseline:
         return f"{arm}_seed{seed}"
     return f"{arm}_{sweep_name.replace('-', '_')}{value}_seed{seed}"
+
+
+def baseline_values(args, sweep_name) -> set:
+    """The sweep values whose runs are the plain comparison's (see ``is_baseline``)."""
+    return {v for v in parse_sweep(args.sweep)[1] if sweep_name is not None and is_baseline(args, sweep_name, v)}
+
+
+def output_stem(sweep_name) -> str:
+    """``comparison``, or ``comparison_<option>`` for a sweep (sweeps may share the comparison's folder)."""
+    return "comparison" if sweep_name is None else f"comparison_{sweep_name.replace('-', '_')}"
 
 
 def jobs_of(args):
@@ -156,13 +199,13 @@ def epochs_of(args) -> int:
     return args.epochs or EXPERIMENTS[args.experiment].epochs
 
 
-def command(args, arm: str, seed: int, value=None, sweep_name=None) -> list[str]:
+def command(args, arm: str, seed: int, value=None, sweep_name=None, baseline=False) -> list[str]:
     exp = EXPERIMENTS[args.experiment]
-    out = Path(args.output_dir) / run_name(arm, seed, sweep_name, value)
+    out = Path(args.output_dir) / run_name(arm, seed, sweep_name, value, baseline)
     cmd = [sys.executable, str(HERE / exp.script), *exp.protocol,
            "--relaxed" if arm == "relaxed" else "--no-relaxed", "--seed", str(seed),
            "--epochs", str(epochs_of(args)), "--verbose", "2", "--output-dir", str(out)]
-    if sweep_name is not None:
+    if sweep_name is not None and not baseline:
         cmd += [f"--{sweep_name}", str(value)]
     return cmd + list(args.extra)
 
@@ -174,26 +217,39 @@ def _load(d: Path):
         return None
 
 
-def train_one(args, arm, seed, value, sweep_name) -> int:
-    d = Path(args.output_dir) / run_name(arm, seed, sweep_name, value)
+def train_one(args, arm, seed, value, sweep_name, baseline=False) -> int:
+    d = Path(args.output_dir) / run_name(arm, seed, sweep_name, value, baseline)
     tag = f"[{d.name}]"
     summary = _load(d)
     if summary and summary.get("epochs_run", 0) >= epochs_of(args):
         print(f"{tag} finished earlier", flush=True)
         return 0
     d.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    if args.threads:
-        n = str(args.threads)
-        env.update(TF_NUM_INTRAOP_THREADS=n, TF_NUM_INTEROP_THREADS=n, OMP_NUM_THREADS=n)
-    cmd = command(args, arm, seed, value, sweep_name)
-    (d / "command.txt").write_text(" ".join(cmd) + "\n")
-    print(f"{tag} start: {' '.join(cmd)}", flush=True)
-    t0 = time.time()
-    with open(d / "stdout.log", "a") as log:
-        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    print(f"{tag} exit {rc} after {(time.time() - t0) / 60:.1f} min (log: {d / 'stdout.log'})", flush=True)
-    return rc
+    # one trainer per run directory: a sweep reuses the comparison's runs, and both may be started
+    # from two shells; the lock goes with the process, so a killed driver leaves nothing stale
+    lock = open(d / ".compare.lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        print(f"{tag} skipped: another compare.py is training it (run this command again when it has "
+              f"finished to aggregate it)", flush=True)
+        return 0
+    try:
+        env = dict(os.environ)
+        if args.threads:
+            n = str(args.threads)
+            env.update(TF_NUM_INTRAOP_THREADS=n, TF_NUM_INTEROP_THREADS=n, OMP_NUM_THREADS=n)
+        cmd = command(args, arm, seed, value, sweep_name, baseline)
+        (d / "command.txt").write_text(" ".join(cmd) + "\n")
+        print(f"{tag} start: {' '.join(cmd)}", flush=True)
+        t0 = time.time()
+        with open(d / "stdout.log", "a") as log:
+            rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        print(f"{tag} exit {rc} after {(time.time() - t0) / 60:.1f} min (log: {d / 'stdout.log'})", flush=True)
+        return rc
+    finally:
+        lock.close()
 
 
 def read_log(path: Path) -> dict:
@@ -226,8 +282,9 @@ def aggregate(args) -> dict:
     jobs, sweep_name = jobs_of(args)
     metrics = (exp.metric, *exp.extra_metrics)
     runs, curves = [], {}
+    base = baseline_values(args, sweep_name)
     for arm, seed, value in jobs:
-        d = out / run_name(arm, seed, sweep_name, value)
+        d = out / run_name(arm, seed, sweep_name, value, value in base)
         summary = _load(d)
         row = {"arm": arm, "seed": seed, "sweep_value": value, "run": d.name}
         if summary is None:  # not started, or running / killed before its first summary
@@ -255,9 +312,10 @@ def aggregate(args) -> dict:
                            "seeds": args.seeds, "extra": list(args.extra)},
               "metric": exp.metric.key, "higher_is_better": exp.higher_is_better,
               "groups": groups, "runs": runs}
-    (out / "comparison.json").write_text(json.dumps(result, indent=2))
-    (out / "comparison.md").write_text(markdown(result, exp))
-    plot(curves, result, exp, out / "comparison.png")
+    stem = output_stem(sweep_name)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    (out / f"{stem}.md").write_text(markdown(result, exp))
+    plot(curves, result, exp, out / f"{stem}.png")
     return result
 
 
@@ -374,14 +432,16 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         jobs, sweep_name = jobs_of(args)
+        base = baseline_values(args, sweep_name)
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-            codes = list(pool.map(lambda job: train_one(args, *job, sweep_name), jobs))
+            codes = list(pool.map(lambda job: train_one(args, *job, sweep_name, job[2] in base), jobs))
         failed = [job for job, rc in zip(jobs, codes) if rc != 0]
         if failed:
             print(f"failed runs: {failed} (see their stdout.log); aggregating the others", file=sys.stderr)
     result = aggregate(args)
-    print((out / "comparison.md").read_text())
-    print(f"written: {out / 'comparison.json'}, {out / 'comparison.md'}, {out / 'comparison.png'}")
+    stem = out / output_stem(result["sweep"])
+    print(stem.with_suffix(".md").read_text())
+    print(f"written: {stem}.json, {stem}.md, {stem}.png")
     return result
 
 

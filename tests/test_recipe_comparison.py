@@ -93,18 +93,60 @@ def test_aggregate_mean_std_and_outputs(tmp_path):
 
 def test_aggregate_sweep_lower_is_better(tmp_path):
     drv = load_driver()
-    for layers, mse in (("2", 0.006), ("4", 0.004)):
+    for layers, mse in (("2", 0.006), ("6", 0.004)):
         for arm, shift in (("relaxed", -0.001), ("standard", 0.0)):
             summary = {"epochs_run": 2, "best_test_mse": mse + shift, "best_projected_val_mse": mse,
                        "final_projected_test_mse": mse, "equivariance_of_best_projected": {"o3_max_error": 1e-6},
                        "wall_time_seconds": 60.0}
             fake_run(tmp_path / f"{arm}_layers{layers}_seed0", summary, "projected_val_loss", [0.1, mse])
     args = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--seeds", "0",
-                                          "--epochs", "2", "--sweep", "layers=2,4"])
+                                          "--epochs", "2", "--sweep", "layers=2,6"])
     result = drv.aggregate(args)
     assert result["higher_is_better"] is False
     by = {(g["sweep_value"], g["arm"]): g["stats"]["best_test_mse"]["mean"] for g in result["groups"]}
-    assert math.isclose(by[("4", "relaxed")], 0.003) and math.isclose(by[("2", "standard")], 0.006)
-    md = (tmp_path / "comparison.md").read_text()
-    assert "| 4 | relaxed | 1 | 3.000 ± 0.000 |" in md
-    assert (tmp_path / "comparison.png").stat().st_size > 10_000
+    assert math.isclose(by[("6", "relaxed")], 0.003) and math.isclose(by[("2", "standard")], 0.006)
+    md = (tmp_path / "comparison_layers.md").read_text()
+    assert "| 6 | relaxed | 1 | 3.000 ± 0.000 |" in md
+    assert (tmp_path / "comparison_layers.png").stat().st_size > 10_000
+
+
+def test_sweep_reuses_the_comparison_runs_at_the_baseline_value(tmp_path):
+    drv = load_driver()
+    args = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--seeds", "0",
+                           "--sweep", "layers=2,4,8"])
+    _, name = drv.jobs_of(args)
+    assert drv.recipe_default(args, "layers") == 4 and drv.baseline_values(args, name) == {"4"}
+    base = drv.command(args, "relaxed", 0)  # the plain comparison's run
+    assert drv.command(args, "relaxed", 0, "4", name, baseline=True) == base
+    assert "--layers" not in base and drv.command(args, "relaxed", 0, "2", name)[-2:] == ["--layers", "2"]
+    # the extras (and the protocol) override the recipe's default: then 8 is the baseline
+    args8 = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--sweep", "layers=2,4,8",
+                            "--", "--layers", "8"])
+    assert drv.baseline_values(args8, name) == {"8"}
+    assert drv.baseline_values(drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--sweep",
+                                               "train-samples=1000,3000"]), "train-samples") == {"3000"}
+    # aggregation reads the comparison's runs for the baseline value, into its own files
+    for arm in ("relaxed", "standard"):
+        for run, mse in ((f"{arm}_seed0", 0.004), (f"{arm}_layers2_seed0", 0.006), (f"{arm}_layers8_seed0", 0.008)):
+            summary = {"epochs_run": 2, "best_test_mse": mse, "wall_time_seconds": 60.0}
+            fake_run(tmp_path / run, summary, "projected_val_loss", [0.1, mse])
+    args = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--seeds", "0", "--epochs", "2",
+                           "--sweep", "layers=2,4,8"])
+    result = drv.aggregate(args)
+    by = {(r["sweep_value"], r["arm"]): r for r in result["runs"]}
+    assert by[("4", "relaxed")]["run"] == "relaxed_seed0" and math.isclose(by[("4", "relaxed")]["best_test_mse"], 0.004)
+    assert by[("8", "standard")]["run"] == "standard_layers8_seed0"
+    assert (tmp_path / "comparison_layers.md").exists() and not (tmp_path / "comparison.md").exists()
+
+
+def test_a_run_directory_trains_in_one_driver_at_a_time(tmp_path, capsys):
+    import fcntl
+    drv = load_driver()
+    args = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--seeds", "0"])
+    d = tmp_path / "relaxed_seed0"
+    d.mkdir()
+    with open(d / ".compare.lock", "w") as held:  # another driver trains this run
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert drv.train_one(args, "relaxed", 0, None, None) == 0
+    assert "skipped: another compare.py is training it" in capsys.readouterr().out
+    assert not (d / "stdout.log").exists() and not (d / "command.txt").exists()
