@@ -315,8 +315,8 @@ def main(argv=None) -> dict:
         dist.MultiWorkerBackupAndRestore(str(backup_dir), delete_checkpoint=False, strategy=strategy),
     ]
     fit_history = model.fit(train, validation_data=val if cfg["relaxed_val"] else None, epochs=cfg["epochs"],
-                            callbacks=callbacks,
-                            verbose=cfg["verbose"])
+                            callbacks=callbacks, verbose=cfg["verbose"],
+                            shuffle=False)  # the tf.data pipeline shuffles (Keras would only warn)
     epochs_this_call = len(fit_history.epoch)
 
     # final: projection, validation accuracy, invariance
