@@ -315,6 +315,11 @@ def _fmt(v, digits=4):
     return "n/a" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
 
 
+def _fmt_sci(v):
+    """Errors near float32 round-off: ``2.2e-05``, not ``0.000022``."""
+    return "n/a" if v is None else (f"{v:.1e}" if isinstance(v, float) else str(v))
+
+
 def card_metrics_lines(entry: dict, summary: dict) -> list[str]:
     """The card's last training line (wall time, strategy) and its metrics section (``|`` in
     protocols escaped)."""
@@ -376,8 +381,8 @@ def render_card(entry: dict, summary: dict, meas: dict, command: str, command_so
     if epochs_cfg and epochs_run is not None and int(epochs_run) < int(epochs_cfg):
         limits.append(f"Training stopped after {epochs_run} of {epochs_cfg} epochs.")
     elif published_epochs and epochs_run is not None and int(epochs_run) < published_epochs:
-        limits.append(f"Trained for {epochs_run} epochs, not the {published_epochs} of the "
-                      "published recipe.")
+        unit = "epoch" if int(epochs_run) == 1 else "epochs"
+        limits.append(f"Trained for {epochs_run} {unit}, not the {published_epochs} of the published recipe.")
     subset = {k: cfg.get(k) for k in ("max_train_samples", "train_fraction") if cfg.get(k)}
     if subset:
         limits.append("Each epoch used a subset of the training split ("
@@ -429,7 +434,7 @@ def render_card(entry: dict, summary: dict, meas: dict, command: str, command_so
         + f"): best {_fmt(summary.get('best_projected_val_accuracy'))}, final "
         f"{_fmt(summary.get('final_projected_val_accuracy'))}",
         f"- training-time invariance check of the final projected model: max error "
-        f"{_fmt(inv.get('max_error'), 6)}, relative {_fmt(inv.get('relative_max_error'), 6)}",
+        f"{_fmt_sci(inv.get('max_error'))}, relative {_fmt_sci(inv.get('relative_max_error'))}",
         *card_metrics_lines(entry, summary),
         "",
         f"Rotation invariance: max |logits(Rx) - logits(x)| = {meas['invariance_max_abs']:.2e} "

@@ -273,8 +273,8 @@ def _limits(cfg: dict, summary: dict, meas: dict, model_file: str) -> list[str]:
     if epochs_cfg and epochs_run is not None and int(epochs_run) < int(epochs_cfg):
         limits.append(f"Training stopped after {epochs_run} of {epochs_cfg} epochs.")
     elif epochs_run is not None and int(epochs_run) < PUBLISHED["epochs"]:
-        limits.append(f"Trained for {epochs_run} epochs, not the {PUBLISHED['epochs']} of the "
-                      "published recipe.")
+        unit = "epoch" if int(epochs_run) == 1 else "epochs"
+        limits.append(f"Trained for {epochs_run} {unit}, not the {PUBLISHED['epochs']} of the published recipe.")
     if int(cfg["train_samples"]) < PUBLISHED["train_samples"]:
         limits.append(f"Trained on {cfg['train_samples']} trajectories, not the "
                       f"{PUBLISHED['train_samples']:,} of the published experiments.")
