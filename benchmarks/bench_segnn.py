@@ -18,6 +18,8 @@ shared machine; with ``--threads 1`` it approximates the wall time of an idle ma
 plain ratio, and the projected time of one full published run (``--epochs`` x
 ``train_samples / batch`` steps = 1000 x 30), training steps only, and with the per-epoch
 projected validation (``--val-samples / batch`` evaluation steps of the plain model) added.
+Also the time of one backup (``save_weights`` of the weights and the Adam state, what
+``MultiWorkerBackupAndRestore`` writes) as a share of an epoch.
 
 Example::
 
@@ -137,6 +139,20 @@ def main(argv=None):
     eval_ms = statistics.median(eval_times)
     val_batches = -(-args.val_samples // args.batch)
 
+    # per-epoch backup of the recipe (MultiWorkerBackupAndRestore: weights + optimizer state, .weights.h5)
+    import tempfile
+    save_ms = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label in labels:
+            path = os.path.join(tmp, f"{label}.weights.h5")
+            models[label].save_weights(path)  # warm-up
+            samples = []
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                models[label].save_weights(path)
+                samples.append(1000.0 * (time.perf_counter() - t0))
+            save_ms[label] = statistics.median(samples)
+
     steps_per_epoch = args.train_samples // args.batch
     total_steps = args.epochs * steps_per_epoch
     results = {}
@@ -148,6 +164,9 @@ def main(argv=None):
                           "full_run_hours": total_steps * med / 1000.0 / 3600.0,
                           "full_run_hours_with_validation":
                               args.epochs * (steps_per_epoch * med + val_batches * eval_ms) / 1000.0 / 3600.0,
+                          "backup_ms_median": save_ms[label],
+                          "backup_share_of_epoch":
+                              save_ms[label] / (steps_per_epoch * med + val_batches * eval_ms + save_ms[label]),
                           "ms_per_step_all": times[label],
                           "cpu_ms_per_step_median": statistics.median(cpu_times[label]),
                           "cpu_ms_per_step_all": cpu_times[label]}
@@ -172,6 +191,9 @@ def main(argv=None):
     print(f"projected validation: {eval_ms:.1f} ms per batch x {val_batches} batches per epoch; full run with "
           f"validation every epoch: " + ", ".join(f"{l} {results[l]['full_run_hours_with_validation']:.2f} h"
                                                   for l in labels))
+    print("backup (save_weights, weights + Adam state) per epoch: " + ", ".join(
+        f"{l} {results[l]['backup_ms_median']:.0f} ms = {100 * results[l]['backup_share_of_epoch']:.1f}% of an epoch "
+        f"with validation" for l in labels) + "; the recipe backs up every --backup-every epochs")
     print(f"relaxed / plain: {summary['relaxed_over_plain_median']:.2f}x (paired median "
           f"{summary['relaxed_over_plain_paired_median']:.2f}x)")
     if args.json:

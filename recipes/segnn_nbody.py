@@ -97,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     rg.add_argument("--resume", action="store_true", help="require a backup in --output-dir and continue")
     rg.add_argument("--fresh", action="store_true", help="delete the backup and logs and start over")
     g.add_argument("--backup-every", type=int, default=10, metavar="N",
-                   help="back up for resuming every N epochs and after the last (a backup costs ~0.5 s, "
-                        "~10%% of an epoch; a killed run repeats at most N-1 epochs)")
+                   help="back up for resuming every N epochs and after the last (a backup costs about 4%% "
+                        "of an epoch, benchmarks/bench_segnn.py; a killed run repeats at most N-1 epochs)")
     g.add_argument("--verbose", type=int, default=1, help="Keras fit verbosity (1: progress bar)")
     g = p.add_argument_group("distribution (docs/distributed.md)")
     _dist().add_strategy_argument(g)

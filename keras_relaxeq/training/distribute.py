@@ -370,8 +370,8 @@ class MultiWorkerBackupAndRestore(keras.callbacks.BackupAndRestore):
     this callback only.
 
     ``every_epochs`` (with ``save_freq="epoch"``): back up after every ``every_epochs``-th
-    epoch and after the last one.  Saving the weights and the optimizer state costs about
-    half a second, which matters for short epochs (SEGNN N-body: ~10% of an epoch); a
+    epoch and after the last one.  A backup (weights and optimizer state) costs 0.1-0.2 s for
+    the SEGNN N-body model, about 4% of its 4-6 s epoch (``benchmarks/bench_segnn.py``); a
     killed run then repeats at most ``every_epochs - 1`` epochs.
     """
 
