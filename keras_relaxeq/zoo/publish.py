@@ -323,8 +323,13 @@ def _fmt_sci(v):
 def card_metrics_lines(entry: dict, summary: dict) -> list[str]:
     """The card's last training line (wall time, strategy) and its metrics section (``|`` in
     protocols escaped)."""
-    return [f"- wall time {(summary.get('wall_time_seconds') or 0) / 3600:.2f} h, strategy "
-            f"{summary.get('strategy')} ({summary.get('num_replicas')} replica(s))",
+    hours = (summary.get("wall_time_seconds") or 0) / 3600
+    if summary.get("resumed"):  # the summary times only the invocation that finished the run
+        wall = (f"wall time of the last invocation {hours:.2f} h ({summary.get('epochs_this_invocation')} of "
+                f"{summary.get('epochs_run')} epochs; the run was resumed)")
+    else:
+        wall = f"wall time {hours:.2f} h"
+    return [f"- {wall}, strategy {summary.get('strategy')} ({summary.get('num_replicas')} replica(s))",
             "", "## Metrics of the published artifact", "",
             "Measured by `relaxeq zoo publish` on the packed SavedModel itself:", "",
             "| metric | value | protocol |", "| --- | --- | --- |"] + [

@@ -177,7 +177,7 @@ def test_card(published):
     assert e.card == f"cards/{NAME}-1.md"
     text = registry.model_card(NAME, index=zoo / "index.json")
     for needle in (e.raw["training"]["command"], "reconstructed from summary.json",
-                   "epochs run: 1 (configured 1)", "Trained for 1 epochs, not the 1000",
+                   "epochs run: 1 (configured 1)", "Trained for 1 epoch, not the 1000",
                    "Trained on 10 trajectories", "## Limits", "trained as a plain (unrelaxed)",
                    "`loc` float32 `[batch, 5, 3]`", "`charges` float32 `[batch, 5, 1]`",
                    "relaxeq zoo verify segnn_o3_nbody", "model(loc=loc, vel=vel, charges=charges)",
