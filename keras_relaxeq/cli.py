@@ -4,7 +4,7 @@
     relaxeq zoo info NAME [--version V] [--card] [--json]
     relaxeq zoo download NAME [--version V] [--cache-dir DIR] [--base-url URL] [--offline]
     relaxeq zoo verify [NAME ...] [--atol A] [--rtol R] [...]   # hash, load, signature, symmetry
-    relaxeq zoo serve-config --base-dir DIR [--model-base-path-prefix /models] [--link]
+    relaxeq zoo serve-config --base-dir DIR [NAME ...] [--download] [--model-base-path-prefix /models] [--link]
     relaxeq zoo publish RUN_DIR [--name N] [--version V] [--model-file F] [--max-val-samples N]
 
 Every ``zoo`` command takes ``--index PATH`` (default ``$KERAS_RELAXEQ_ZOO_INDEX`` or the
@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = zsub.add_parser("serve-config", help="lay out downloaded entries for TF Serving and "
                                              "write models.config")
+    p.add_argument("names", nargs="*", metavar="NAME",
+                   help="entries to serve (default: every entry of the catalogue)")
+    p.add_argument("--download", action="store_true",
+                   help="download (and verify) the entries that are not in the cache yet")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar while downloading")
     p.add_argument("--base-dir", required=True, help="TF Serving model base directory")
     p.add_argument("--cache-dir", help="cache root to take the models from")
     p.add_argument("--model-base-path-prefix", default=None,
@@ -387,6 +392,7 @@ def cmd_serve_config(args, out) -> int:
     from keras_relaxeq.zoo.download import (
         archive_manifest,
         cached_path,
+        download,
         entry_cache_dir,
         tree_problems,
     )
@@ -395,12 +401,19 @@ def cmd_serve_config(args, out) -> int:
     cat = registry.load_index(args.index)
     base = Path(args.base_dir).expanduser()
     prefix = args.model_base_path_prefix or str(base.resolve())
+    entries = sorted(cat.entries, key=lambda e: (e.name, e.version))
+    if args.names:
+        wanted = {cat.get(name).name for name in args.names}  # unknown names: typed error, close matches
+        entries = [e for e in entries if e.name in wanted]
     served = {}
-    for e in sorted(cat.entries, key=lambda e: (e.name, e.version)):
+    for e in entries:
         src = cached_path(e.name, e.version, cache_dir=args.cache_dir, index=args.index)
+        if src is None and args.download:
+            src = download(e.name, e.version, cache_dir=args.cache_dir, index=args.index,
+                           progress=not args.no_progress)
         if src is None:
             print(f"skip  {e.name} v{e.version}: not downloaded (relaxeq zoo download "
-                  f"{e.name} --version {e.version})", file=out)
+                  f"{e.name} --version {e.version}, or serve-config --download)", file=out)
             continue
         dest = base / e.name / str(e.version)
         if dest.exists() or dest.is_symlink():
@@ -425,7 +438,7 @@ def cmd_serve_config(args, out) -> int:
         print(f"serve {e.name} v{e.version}: {dest}", file=out)
     if not served:
         print("No downloaded entries; models.config not written. Download some with "
-              "`relaxeq zoo download NAME`.", file=out)
+              "`relaxeq zoo download NAME`, or add --download.", file=out)
         return 0
     config = update_models_config(base, served)
     print(f"wrote {config}", file=out)

@@ -251,3 +251,21 @@ def test_serve_config(env):
         warnings.simplefilter("error")
         assert cached_path("tiny_so3_toy", index=index) == (
             env["cache"] / "zoo" / "tiny_so3_toy" / "1" / "saved_model")
+
+
+def test_serve_config_downloads_the_named_entries(env, capsys):
+    b = env["built"]
+    index = env["make_index"](entry("tiny_so3_toy", b["tiny_so3_toy"]),
+                              entry("plain_so3_toy", b["plain_so3_toy"]))
+    base = env["tmp"] / "serving_dl"
+    code, out = run("zoo", "--index", index, "serve-config", "tiny_so3_toy", "--download", "--no-progress",
+                    "--base-dir", str(base), "--model-base-path-prefix", "/models")
+    assert code == 0, out
+    assert (base / "tiny_so3_toy" / "1" / "saved_model.pb").is_file() and not (base / "plain_so3_toy").exists()
+    assert sorted(dict(read_models_config(base / "models.config"))) == ["tiny_so3_toy"]
+    assert (env["cache"] / "zoo" / "tiny_so3_toy" / "1" / "saved_model" / "saved_model.pb").is_file()
+    assert not (env["cache"] / "zoo" / "plain_so3_toy").exists()  # only the named entry was fetched
+    # an unknown name is a typed error with the close match, and nothing is written
+    code, _ = run("zoo", "--index", index, "serve-config", "tiny_so3_tyo", "--base-dir", str(env["tmp"] / "s2"))
+    err = capsys.readouterr().err
+    assert code == 1 and "tiny_so3_toy" in err and not (env["tmp"] / "s2").exists()
