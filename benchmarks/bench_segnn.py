@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import statistics
+import tempfile
 import time
 
 from _common import machine_info, quantiles  # noqa: E402  (benchmarks/ is sys.path[0])
@@ -140,7 +141,6 @@ def main(argv=None):
     val_batches = -(-args.val_samples // args.batch)
 
     # per-epoch backup of the recipe (MultiWorkerBackupAndRestore: weights + optimizer state, .weights.h5)
-    import tempfile
     save_ms = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label in labels:

@@ -163,14 +163,6 @@ def recipe_default(args, option: str):
     return getattr(parsed, option.replace("-", "_"), None)
 
 
-def is_baseline(args, sweep_name, value) -> bool:
-    """Whether the sweep value is what the plain comparison runs with (then its runs are reused)."""
-    if sweep_name is None:
-        return True
-    default = recipe_default(args, sweep_name)
-    return default is not None and str(value) == str(default)
-
-
 def run_name(arm: str, seed: int, sweep_name=None, value=None, baseline=False) -> str:
     """``relaxed_seed0``; in a sweep ``relaxed_layers2_seed0``, except at the baseline value, whose
     run is the plain comparison's (same command), so a sweep in the comparison's output directory
@@ -181,8 +173,12 @@ def run_name(arm: str, seed: int, sweep_name=None, value=None, baseline=False) -
 
 
 def baseline_values(args, sweep_name) -> set:
-    """The sweep values whose runs are the plain comparison's (see ``is_baseline``)."""
-    return {v for v in parse_sweep(args.sweep)[1] if sweep_name is not None and is_baseline(args, sweep_name, v)}
+    """The sweep values the plain comparison runs with anyway (their runs are reused); the
+    recipe is loaded once to learn its default."""
+    if sweep_name is None:
+        return set()
+    default = recipe_default(args, sweep_name)
+    return {v for v in parse_sweep(args.sweep)[1] if default is not None and str(v) == str(default)}
 
 
 def output_stem(sweep_name) -> str:
