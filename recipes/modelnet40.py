@@ -36,13 +36,12 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib
-import importlib.util
 import json
 import math
 import sys
 import time
 
-from keras_relaxeq.training.recipe import make_strategy, prepare_output_dir, read_csv_history
+from keras_relaxeq.training.recipe import make_strategy, prepare_output_dir, read_csv_history, run_callbacks
 
 MODELS = ("vn_pointnet", "vn_dgcnn", "vn_classifier")
 
@@ -298,22 +297,10 @@ def main(argv=None) -> dict:
                           value=cfg["theta_value"]),
         keras.callbacks.LearningRateScheduler(learning_rate_fn(cfg)),
         projected_val,  # before everything that reads projected_val_accuracy
-        keras.callbacks.ModelCheckpoint(str(write_dir / "best_relaxed.keras"),
-                                        monitor="projected_val_accuracy", mode="max", save_best_only=True,
-                                        initial_value_threshold=best_so_far),
-        keras.callbacks.CSVLogger(str(csv_path), append=True),
     ]
-    tensorboard = importlib.util.find_spec("tensorboard") is not None
-    if tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(str(write_dir / "logs"), write_graph=False))
-    elif chief:
-        print("recipes/modelnet40.py: the tensorboard package is not installed; no TensorBoard logs "
-              "(log.csv has the same quantities).", file=sys.stderr)
-    callbacks += [
-        # every worker restores from the shared backup, only the chief writes it; keep it after a
-        # finished run so that a larger --epochs extends it
-        dist.MultiWorkerBackupAndRestore(str(backup_dir), delete_checkpoint=False, strategy=strategy),
-    ]
+    tail, tensorboard = run_callbacks(write_dir, backup_dir, monitor="projected_val_accuracy", mode="max",
+                                      initial_best=best_so_far, strategy=strategy, recipe="recipes/modelnet40.py")
+    callbacks += tail
     fit_history = model.fit(train, validation_data=val if cfg["relaxed_val"] else None, epochs=cfg["epochs"],
                             callbacks=callbacks, verbose=cfg["verbose"],
                             shuffle=False)  # the tf.data pipeline shuffles (Keras would only warn)

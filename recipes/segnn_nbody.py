@@ -44,13 +44,12 @@ The output directory gets:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import sys
 import time
 
-from keras_relaxeq.training.recipe import make_strategy, prepare_output_dir, read_csv_history
+from keras_relaxeq.training.recipe import make_strategy, prepare_output_dir, read_csv_history, run_callbacks
 
 #: published settings of the relaxation paper's N-body run (method.md section 6, SEGNN README)
 DEFAULTS = dict(epochs=1000, batch=100, lr=5e-4, weight_decay=1e-12, lambda_lie=0.01, lambda_proj=0.01,
@@ -274,22 +273,11 @@ def main(argv=None) -> dict:
     callbacks = []
     if cfg["relaxed"]:
         callbacks.append(kr.ThetaScheduler(cfg["schedule"], epochs=cfg["epochs"], value=cfg["theta_value"]))
-    callbacks += [
-        projected_val,  # before everything that reads projected_val_loss
-        keras.callbacks.ModelCheckpoint(str(write_dir / "best_relaxed.keras"), monitor="projected_val_loss", mode="min",
-                                        save_best_only=True, initial_value_threshold=best_so_far),
-        keras.callbacks.CSVLogger(str(csv_path), append=True),
-    ]
-    tensorboard = importlib.util.find_spec("tensorboard") is not None
-    if tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(str(write_dir / "logs"), write_graph=False))
-    elif chief:
-        print("recipes/segnn_nbody.py: tensorboard is not installed; no TensorBoard logs (log.csv has the same "
-              "quantities).", file=sys.stderr)
-    # every worker restores from the shared backup, only the chief writes it; kept after a finished run
-    # so that a larger --epochs extends it
-    callbacks.append(dist.MultiWorkerBackupAndRestore(str(backup_dir), delete_checkpoint=False, strategy=strategy,
-                                                      every_epochs=cfg["backup_every"]))
+    callbacks.append(projected_val)  # before everything that reads projected_val_loss
+    tail, tensorboard = run_callbacks(write_dir, backup_dir, monitor="projected_val_loss", mode="min",
+                                      initial_best=best_so_far, strategy=strategy, recipe="recipes/segnn_nbody.py",
+                                      backup_every=cfg["backup_every"])
+    callbacks += tail
     fit_start = time.time()
     fit_history = model.fit(train, validation_data=val if cfg["relaxed_val"] else None, epochs=cfg["epochs"],
                             callbacks=callbacks, verbose=cfg["verbose"],

@@ -92,3 +92,43 @@ def read_csv_history(path) -> dict[str, list[float]]:
             except (TypeError, ValueError):
                 history[key].append(float("nan"))
     return history
+
+
+def run_callbacks(write_dir, backup_dir, *, monitor: str, mode: str, initial_best, strategy, recipe: str,
+                  backup_every: int = 1) -> tuple[list, bool]:
+    """The callbacks every recipe ends its list with, after its theta / learning-rate schedules and
+    its ``ProjectedValidation`` (which must come first: they read its ``projected_val_*`` value).
+
+    * ``ModelCheckpoint`` of the relaxed model at the best ``monitor`` (``best_relaxed.keras``),
+      starting from ``initial_best`` (the best value of the previous invocations, from ``log.csv``);
+    * ``CSVLogger`` (``log.csv``, appended to, so a resumed run continues it);
+    * ``TensorBoard`` (``logs/``) when the ``tensorboard`` package is installed (else a note on
+      stderr from the chief: ``log.csv`` has the same quantities);
+    * ``MultiWorkerBackupAndRestore`` (``backup_dir``, every ``backup_every`` epochs): every worker
+      restores from the shared backup, only the chief writes it; it is kept after a finished run
+      so that a larger ``--epochs`` extends it.
+
+    Returns ``(callbacks, tensorboard_installed)``.
+    """
+    import importlib.util
+    import sys
+
+    import keras
+
+    from keras_relaxeq.training import distribute as dist
+
+    write_dir = Path(write_dir)
+    callbacks = [
+        keras.callbacks.ModelCheckpoint(str(write_dir / "best_relaxed.keras"), monitor=monitor, mode=mode,
+                                        save_best_only=True, initial_value_threshold=initial_best),
+        keras.callbacks.CSVLogger(str(write_dir / "log.csv"), append=True),
+    ]
+    tensorboard = importlib.util.find_spec("tensorboard") is not None
+    if tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(str(write_dir / "logs"), write_graph=False))
+    elif dist.is_chief(strategy):
+        print(f"{recipe}: the tensorboard package is not installed; no TensorBoard logs (log.csv has the same "
+              "quantities).", file=sys.stderr)
+    callbacks.append(dist.MultiWorkerBackupAndRestore(str(backup_dir), delete_checkpoint=False, strategy=strategy,
+                                                      every_epochs=backup_every))
+    return callbacks, tensorboard
