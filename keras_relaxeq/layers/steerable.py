@@ -75,6 +75,16 @@ def _untracked(layer, name, value):
     object.__setattr__(layer, name, value)
 
 
+def _tensor_product_irreps(layer, irreps_in1, irreps_in2, irreps_out, owner):
+    """Parse and set ``irreps_in1`` / ``irreps_in2`` (None: no second input) / ``irreps_out`` of a
+    tensor-product layer (``irreps_out`` is required)."""
+    if irreps_out is None:
+        raise ValueError(f"{owner}: irreps_out is required.")
+    _untracked(layer, "irreps_in1", _irreps_arg(irreps_in1, "irreps_in1", owner))
+    _untracked(layer, "irreps_in2", None if irreps_in2 is None else _irreps_arg(irreps_in2, "irreps_in2", owner))
+    _untracked(layer, "irreps_out", _irreps_arg(irreps_out, "irreps_out", owner))
+
+
 def _is_single_shape(shape) -> bool:
     if isinstance(shape, tf.TensorShape):
         return True
@@ -682,12 +692,7 @@ class O3TensorProduct(_IrrepsLayer):
                  kernel_initializer=None, bias_initializer=None, **kwargs):
         super().__init__(**kwargs)
         owner = f"{type(self).__name__} '{self.name}'"
-        if irreps_out is None:
-            raise ValueError(f"{owner}: irreps_out is required.")
-        _untracked(self, "irreps_in1", _irreps_arg(irreps_in1, "irreps_in1", owner))
-        _untracked(self, "irreps_in2",
-                   None if irreps_in2 is None else _irreps_arg(irreps_in2, "irreps_in2", owner))
-        _untracked(self, "irreps_out", _irreps_arg(irreps_out, "irreps_out", owner))
+        _tensor_product_irreps(self, irreps_in1, irreps_in2, irreps_out, owner)
         self.use_bias = bool(use_bias)
         self.tp_rescale = bool(tp_rescale)
         self.kernel_initializer = None if kernel_initializer is None else keras.initializers.get(kernel_initializer)
@@ -889,12 +894,7 @@ class O3TensorProductGate(_IrrepsLayer):
                  scalar_activation="silu", gate_activation="sigmoid", **kwargs):
         super().__init__(**kwargs)
         owner = f"O3TensorProductGate '{self.name}'"
-        if irreps_out is None:
-            raise ValueError(f"{owner}: irreps_out is required.")
-        _untracked(self, "irreps_in1", _irreps_arg(irreps_in1, "irreps_in1", owner))
-        _untracked(self, "irreps_in2",
-                   None if irreps_in2 is None else _irreps_arg(irreps_in2, "irreps_in2", owner))
-        _untracked(self, "irreps_out", _irreps_arg(irreps_out, "irreps_out", owner))
+        _tensor_product_irreps(self, irreps_in1, irreps_in2, irreps_out, owner)
         self.use_bias = bool(use_bias)
         self.tp_rescale = bool(tp_rescale)
         self.scalar_activation = _activation_id(scalar_activation)
