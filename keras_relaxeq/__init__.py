@@ -11,7 +11,9 @@ Quick tour::
 """
 
 from keras_relaxeq.version import __version__
-from keras_relaxeq import groups, layers, testing, training
+# models too: importing the package registers every serializable class, so that
+# keras.saving.load_model works after a plain ``import keras_relaxeq``
+from keras_relaxeq import groups, layers, models, testing, training
 from keras_relaxeq.export.projection import has_relaxation_branches, project
 from keras_relaxeq.layers.base import (
     RelaxedEquivariantLayer,

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 600  # importing TF + keras_relaxeq alone takes 20-60 s on 2 busy cores; the run ~1 min
 
 
-def test_segnn_recipe_mirrored_two_cpu_replicas(tmp_path):
+def test_segnn_recipe_mirrored_two_cpu_replicas(tmp_path, monkeypatch):
     out = tmp_path / "run"
     cmd = [sys.executable, str(ROOT / "recipes" / "segnn_nbody.py"),
            "--strategy", "mirrored", "--cpu-replicas", "2", "--epochs", "1",
@@ -49,3 +49,20 @@ def test_segnn_recipe_mirrored_two_cpu_replicas(tmp_path):
     assert eq["translation_max_error"] < 1e-3, eq
     for key in ("best_projected_val_mse", "best_test_mse", "final_projected_val_mse", "final_projected_test_mse"):
         assert math.isfinite(summary[key]), (key, summary[key])
+
+    # recipes/relaxation_report.py on the finished run (config from summary.json, best_relaxed.keras)
+    # and on the same run seen as one still training (config from compare.py's command.txt, backup)
+    monkeypatch.setenv("KERAS_RELAXEQ_CACHE", str(tmp_path / "cache"))
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    import relaxation_report
+
+    rows = relaxation_report.main([str(out), "--batches", "2", "--json", str(tmp_path / "report.json")])
+    assert len(rows) == 2 * 2 + 1 and rows[-1]["layer"] == "total"  # two relaxed update products per layer
+    assert rows[-1]["points"] == 2 * 20 * 5 * 4  # 2 batches of 20 graphs x 5 nodes, 4 branches
+    assert all(r["theta"] == 0.0 and r["branch_rms"] == 0.0 for r in rows)  # theta ends at 0 (1 epoch)
+    assert all(0 < r["r_rms"] < 1 and r["equivariant_rms"] > 0 for r in rows)  # N(0, 1e-4) branch init
+    assert json.loads((tmp_path / "report.json").read_text())["rows"] == rows
+    (out / "summary.json").rename(tmp_path / "summary.json")
+    (out / "command.txt").write_text(" ".join(cmd) + "\n")
+    backup_rows = relaxation_report.main([str(out), "--checkpoint", "backup", "--batches", "2"])
+    assert [r["r_rms"] for r in backup_rows] == [r["r_rms"] for r in rows]  # same weights after the last epoch

@@ -45,23 +45,33 @@ BRANCHES = ("linear", "mlp")
 
 # --------------------------------------------------------------------------- collectors
 class PenaltyCollector:
-    """Accumulates the (Lie, projection) penalty sums of one forward pass."""
+    """Accumulates the (Lie, projection) penalty sums of one forward pass.
 
-    def __init__(self):
+    With ``record_activations=True`` each branch also reports ``(sum ||E(x)||^2,
+    sum ||theta R(x)||^2, P)``: the squared norms of the layer's equivariant output and of the
+    branch's contribution, and the number of rows (points) they sum over
+    (:func:`keras_relaxeq.training.diagnostics.relaxation_report`).
+    """
+
+    def __init__(self, record_activations: bool = False):
         self.lie = []
         self.projection = []
         self.layers = []
+        self.record_activations = bool(record_activations)
+        self.activations = []
         self._gram_cache = {}
 
-    def add(self, layer, lie, projection):
+    def add(self, layer, lie, projection, activations=None):
         self.layers.append(layer)
         self.lie.append(lie)
         self.projection.append(projection)
+        self.activations.append(activations)
 
     def extend(self, other: "PenaltyCollector"):
         self.layers.extend(other.layers)
         self.lie.extend(other.lie)
         self.projection.extend(other.projection)
+        self.activations.extend(other.activations)
 
     def __len__(self):
         return len(self.lie)
@@ -98,14 +108,15 @@ def active_collector():
 
 
 @contextlib.contextmanager
-def collect_relaxation_penalties():
+def collect_relaxation_penalties(record_activations: bool = False):
     """Context manager: every relaxed branch called inside adds its penalties.
 
     Yields a :class:`PenaltyCollector`; ``collector.totals()`` gives ``(LD, N)``.
-    Nested collectors also report to the enclosing one.
+    Nested collectors also report to the enclosing one.  ``record_activations``: see
+    :class:`PenaltyCollector`.
     """
     stack = _collector_stack()
-    collector = PenaltyCollector()
+    collector = PenaltyCollector(record_activations=record_activations)
     stack.append(collector)
     try:
         yield collector
@@ -415,11 +426,16 @@ class RelaxedEquivariantLayer(keras.layers.Layer):
         """Return ``outputs + theta * R(inputs)`` and report penalties to the active collector."""
         flat_x = _flatten_features(inputs, self.input_rep)
         r = self.branch(flat_x)
-        relaxed = outputs + tf.cast(self.theta, outputs.dtype) * tf.reshape(r, tf.shape(outputs))
+        contribution = tf.cast(self.theta, outputs.dtype) * tf.reshape(r, tf.shape(outputs))
+        relaxed = outputs + contribution
         collector = active_collector()
         if collector is not None:
             lie, proj = self.branch_penalties(inputs, collector=collector)
-            collector.add(self, lie, proj)
+            activations = None
+            if collector.record_activations:
+                activations = (tf.reduce_sum(tf.square(outputs)), tf.reduce_sum(tf.square(contribution)),
+                               tf.shape(flat_x)[0])
+            collector.add(self, lie, proj, activations)
         return relaxed
 
     def branch_penalties(self, inputs, collector=None, method=None):

@@ -1,0 +1,109 @@
+#!/usr/bin/env python
+"""How much is the relaxation doing in a recipe run?  Per-layer sizes of the branch on validation data.
+
+    python recipes/relaxation_report.py runs/segnn_cmp/relaxed_seed0                       # best_relaxed.keras
+    python recipes/relaxation_report.py runs/segnn_cmp/relaxed_seed1 --checkpoint backup   # the last backup
+    python recipes/relaxation_report.py runs/zoo_dgcnn --batches 2 --json /tmp/report.json
+
+Reads a run directory of ``recipes/segnn_nbody.py`` or ``recipes/modelnet40.py`` (also one that is
+still training), rebuilds the run's configuration (from ``summary.json``, or else from the
+``command.txt`` that ``recipes/compare.py`` writes), loads a relaxed checkpoint:
+
+* ``--checkpoint best`` (default): ``best_relaxed.keras``, the relaxed model at the best projected
+  validation value;
+* ``--checkpoint backup``: the weights of the run's last ``BackupAndRestore`` backup (mid-training,
+  at that epoch's theta), put into the recipe's model;
+
+and prints ``keras_relaxeq.training.relaxation_report`` on ``--batches`` batches of the recipe's
+validation pipeline: per relaxed branch, the rms sizes of the equivariant output ``E(x)``, of the
+branch's contribution ``theta R(x)`` and their ratio, of ``R(x)`` and of its Lie derivative.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import shlex
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+RECIPES = ("segnn_nbody", "modelnet40")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run_dir", help="output directory of a recipe run")
+    p.add_argument("--checkpoint", choices=("best", "backup"), default="best")
+    p.add_argument("--batches", type=int, default=5, help="validation batches to use")
+    p.add_argument("--json", default=None, help="also write the rows here")
+    return p
+
+
+def run_config(run_dir: Path):
+    """``(recipe module, cfg)`` of a run: ``summary.json``'s config, or the recipe's parser on ``command.txt``."""
+    summary, command = run_dir / "summary.json", run_dir / "command.txt"
+    if summary.exists():
+        cfg = json.loads(summary.read_text())["config"]
+        name = "segnn_nbody" if "lmax_hidden" in cfg else "modelnet40"
+        return importlib.import_module(name), cfg
+    if command.exists():
+        argv = shlex.split(command.read_text())
+        script = next((i for i, a in enumerate(argv) if Path(a).stem in RECIPES), None)
+        if script is not None:
+            recipe = importlib.import_module(Path(argv[script]).stem)
+            return recipe, recipe.resolve_config(recipe.build_parser().parse_args(argv[script + 1:]))
+    raise SystemExit(f"{run_dir}: neither summary.json nor a command.txt naming one of the recipes {RECIPES}; "
+                     "is this the --output-dir of a recipe run?")
+
+
+def load_checkpoint(recipe, cfg, run_dir: Path, which: str):
+    """The relaxed model and a label saying where it comes from."""
+    import keras
+
+    import keras_relaxeq  # noqa: F401  (registers the serializable classes)
+
+    if which == "best":
+        path = run_dir / "best_relaxed.keras"
+        if not path.exists():
+            raise SystemExit(f"{path} does not exist (yet): the run saves it after its first validation; "
+                             "try --checkpoint backup.")
+        return keras.saving.load_model(path, compile=False), str(path)
+    backup = run_dir / "backup" / "latest.weights.h5"
+    if not backup.exists():
+        raise SystemExit(f"{backup} does not exist: the run has not backed up yet.")
+    meta = run_dir / "backup" / "training_metadata.json"
+    epoch = json.loads(meta.read_text()).get("epoch") if meta.exists() else None
+    model = recipe.build_model(dict(cfg, relaxed=True))
+    with tempfile.TemporaryDirectory() as tmp:  # a copy: the training may rewrite the backup meanwhile
+        copy = Path(tmp) / "latest.weights.h5"
+        shutil.copyfile(backup, copy)
+        model.load_weights(copy)
+    return model, f"{backup} (after epoch {epoch + 1})" if epoch is not None else str(backup)
+
+
+def main(argv=None) -> list[dict]:
+    args = build_parser().parse_args(argv)
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise SystemExit(f"{run_dir} is not a directory.")
+    recipe, cfg = run_config(run_dir)
+    if not cfg.get("relaxed", True):
+        raise SystemExit(f"{run_dir} is a --no-relaxed run: it has no relaxation branch to report on.")
+
+    from keras_relaxeq.training import format_relaxation_report, relaxation_report
+
+    model, source = load_checkpoint(recipe, cfg, run_dir, args.checkpoint)
+    val = recipe.make_datasets(cfg)[1]
+    rows = relaxation_report(model, val, num_batches=args.batches)
+    print(f"{source}; {args.batches} validation batches of {cfg['batch']}\n")
+    print(format_relaxation_report(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"run": str(run_dir), "checkpoint": source, "rows": rows}, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,156 @@
+"""``relaxation_report``: per-branch sizes of the relaxation, checked against independent
+computations (the branch from relaxed - projected outputs, its Lie derivative by central finite
+differences of rotations in float64)."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_relaxeq as kr
+from keras_relaxeq.layers import VNLinear, set_theta
+from keras_relaxeq.training import format_relaxation_report, relaxation_report
+
+SHAPE = (2, 16, 4, 3)  # [batch, points, channels, 3]
+THETA = 0.7
+
+
+def rotation(axis: int, angle: float) -> np.ndarray:
+    """``exp(angle * L_axis)``: the rotation about coordinate axis ``axis``."""
+    c, s = math.cos(angle), math.sin(angle)
+    i, j = [k for k in range(3) if k != axis]
+    r = np.eye(3)
+    r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
+    return r
+
+
+def two_layer_model(dtype="float64"):
+    inputs = keras.Input(SHAPE[1:], dtype=dtype)
+    h = VNLinear(5, relaxed=True, dtype=dtype, name="first")(inputs)
+    outputs = VNLinear(3, relaxed=True, dtype=dtype, name="second")(h)
+    model = kr.RelaxedModel(inputs, outputs)
+    rng = np.random.default_rng(0)
+    for w in model.weights:
+        if w.path.split("/")[-1] in ("relaxation_kernel", "relaxation_bias"):
+            w.assign(rng.normal(size=tuple(w.shape)))
+    set_theta(model, THETA)
+    return model
+
+
+def layer_io(model, x):
+    """Inputs and outputs of each VNLinear, and the layers, for the independent computations."""
+    first, second = model.get_layer("first"), model.get_layer("second")
+    h = first(x)
+    return [(first, x), (second, h)]
+
+
+def branch_output(layer, x):
+    """``R(x)`` of a relaxed layer from its outputs at theta and at 0 (no internals used)."""
+    set_theta(layer, THETA)
+    relaxed = layer(x).numpy()
+    set_theta(layer, 0.0)
+    plain = layer(x).numpy()
+    set_theta(layer, THETA)
+    return (relaxed - plain) / THETA, plain
+
+
+def lie_derivative_fd(layer, x, eps=1e-5):
+    """``sum_k || d/dt g_k(-t) R(g_k(t) x) |_0 ||^2`` by central differences (rotations act on the last axis)."""
+    total = 0.0
+    for axis in range(3):
+        def conj(t):
+            g = rotation(axis, t)
+            r, _ = branch_output(layer, tf.constant(x.numpy() @ g.T))
+            return r @ g  # g^{-1} R(g x) with row vectors: (R) @ (g^{-1})^T = R @ g
+        d = (conj(eps) - conj(-eps)) / (2 * eps)
+        total += float(np.sum(d ** 2))
+    return total
+
+
+def test_report_matches_independent_computation():
+    model = two_layer_model()
+    x = tf.constant(np.random.default_rng(1).normal(size=SHAPE))
+    rows = relaxation_report(model, x)
+    assert [r["layer"] for r in rows][-1] == "total" and len(rows) == 3
+    points = SHAPE[0] * SHAPE[1]
+    totals = dict(r=0.0, e=0.0, lie=0.0)
+    for row, (layer, inp) in zip(rows, layer_io(model, x)):
+        assert layer.name in row["layer"]
+        assert row["points"] == points
+        assert row["theta"] == pytest.approx(THETA)
+        r, plain = branch_output(layer, inp)
+        assert row["r_rms"] == pytest.approx(math.sqrt(np.sum(r ** 2) / points), rel=1e-9)
+        assert row["branch_rms"] == pytest.approx(THETA * row["r_rms"], rel=1e-9)
+        assert row["equivariant_rms"] == pytest.approx(math.sqrt(np.sum(plain ** 2) / points), rel=1e-9)
+        lie = lie_derivative_fd(layer, inp)
+        assert row["lie_rms"] == pytest.approx(math.sqrt(lie / points), rel=1e-5)
+        assert row["lie_over_r"] == pytest.approx(math.sqrt(lie / np.sum(r ** 2)), rel=1e-5)
+        assert row["lie_rms"] > 0.1 * row["r_rms"]  # random branches are far from equivariant
+        totals["r"] += np.sum(r ** 2)
+        totals["e"] += np.sum(plain ** 2)
+        totals["lie"] += lie
+    total = rows[-1]
+    assert total["points"] == 2 * points
+    assert total["sqrt_n"] == pytest.approx(math.sqrt(totals["r"]), rel=1e-9)
+    assert total["sqrt_ld"] == pytest.approx(math.sqrt(totals["lie"]), rel=1e-5)
+    assert total["equivariant_rms"] == pytest.approx(math.sqrt(totals["e"] / (2 * points)), rel=1e-9)
+    # the totals are what the model's own penalty collector sums (RelaxedModel's loss terms)
+    with kr.collect_relaxation_penalties() as collector:
+        model(x, training=False)
+    ld, n = (float(v) for v in collector.totals(dtype=tf.float64))
+    assert total["sqrt_ld"] == pytest.approx(math.sqrt(ld), rel=1e-9)
+    assert total["sqrt_n"] == pytest.approx(math.sqrt(n), rel=1e-9)
+
+
+def test_dataset_batches_add_up_to_one_batch():
+    model = two_layer_model()
+    x = np.random.default_rng(2).normal(size=(4, *SHAPE[1:]))
+    y = np.zeros((4, SHAPE[1], 3, 3))
+    whole = relaxation_report(model, tf.constant(x))
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(2)
+    batched = relaxation_report(model, data, num_batches=None)
+    first_only = relaxation_report(model, data, num_batches=1)
+    for a, b in zip(whole, batched):
+        assert a["points"] == b["points"]
+        for key in ("equivariant_rms", "branch_rms", "r_rms", "lie_rms", "sqrt_ld", "sqrt_n"):
+            assert b[key] == pytest.approx(a[key], rel=1e-9), key
+    assert first_only[0]["points"] == whole[0]["points"] // 2
+
+
+def test_theta_zero_branch_contributes_nothing_and_table_renders():
+    model = two_layer_model()
+    set_theta(model, 0.0)
+    x = tf.constant(np.random.default_rng(3).normal(size=SHAPE))
+    rows = relaxation_report(model, x)
+    assert all(r["branch_rms"] == 0.0 and r["relative"] == 0.0 for r in rows)
+    assert all(r["r_rms"] > 0 for r in rows)  # R itself is still reported
+    table = format_relaxation_report(rows)
+    assert table.startswith("theta = 0") and "| **total** |" in table
+    assert len(table.splitlines()) == 2 + 2 + len(rows)
+
+
+def test_errors():
+    model = two_layer_model()
+    with pytest.raises(ValueError, match="no relaxed layers"):
+        relaxation_report(kr.project(model), tf.zeros(SHAPE, tf.float64))
+    empty = tf.data.Dataset.from_tensor_slices(np.zeros((0, *SHAPE[1:])))
+    with pytest.raises(ValueError, match="no batch"):
+        relaxation_report(model, empty.batch(2))
+
+
+def test_saved_segnn_loads_after_plain_package_import(tmp_path):
+    """``import keras_relaxeq`` alone registers the model classes (a SEGNN .keras file loads)."""
+    import subprocess
+    import sys
+
+    model = kr.models.segnn(num_layers=1, hidden_features=8, relaxed=True)
+    path = tmp_path / "segnn.keras"
+    model.save(path)
+    code = ("import keras, keras_relaxeq as kr; "
+            f"m = keras.saving.load_model({str(path)!r}, compile=False); "
+            "print(len(kr.layers.relaxed_layers(m)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.strip().splitlines()[-1]) == len(kr.layers.relaxed_layers(model)) > 0
