@@ -77,7 +77,8 @@ class Experiment:
     curve: str                  # log.csv column plotted per epoch
     curve_label: str
     extra_metrics: tuple = ()
-    train_curve: str | None = None
+    train_curve: str | None = None  # log.csv column (or "task_loss", see task_loss) of the training panel
+    train_curve_label: str | None = None
     log_scale: bool = False
     notes: dict = field(default_factory=dict)
 
@@ -105,7 +106,8 @@ EXPERIMENTS = {
         extra_metrics=(Metric("best_projected_val_mse", "best projected val MSE (x1e-3)", 1e3, 3),
                        Metric("final_projected_test_mse", "final projected test MSE (x1e-3)", 1e3, 3),
                        Metric("equivariance_of_best_projected.o3_max_error", "O(3) max error", 1.0, -1)),
-        train_curve="loss", log_scale=True),
+        train_curve="task_loss", train_curve_label="train MSE (penalties subtracted from the loss)",
+        log_scale=True),
 }
 
 
@@ -254,6 +256,28 @@ def read_log(path: Path) -> dict:
     return read_csv_history(path)
 
 
+def task_loss(history: dict, config: dict) -> list[float]:
+    """The training loss without the relaxation penalties, per epoch.
+
+    ``loss`` in ``log.csv`` is what ``RelaxedModel`` minimises: the task loss plus
+    ``lambda_lie * lie_penalty + lambda_proj * projection_penalty`` (times theta with
+    ``penalty_scale="theta"``), with both penalties logged as epoch means; subtracting the
+    penalty gives the epoch mean of the task loss (exact when the batches of an epoch have equal
+    size, as in the SEGNN recipe, and theta is constant within the epoch).  Standard runs log no
+    penalty: their loss is the task loss.
+    """
+    loss = history.get("loss", [])
+    lie, proj = history.get("lie_penalty"), history.get("projection_penalty")
+    if lie is None or proj is None:
+        return list(loss)
+    theta = history.get("theta") if config.get("penalty_scale") == "theta" else None
+    out = []
+    for i, value in enumerate(loss):
+        penalty = config.get("lambda_lie", 0.0) * lie[i] + config.get("lambda_proj", 0.0) * proj[i]
+        out.append(value - penalty * (theta[i] if theta is not None else 1.0))
+    return out
+
+
 def _get(summary: dict, dotted: str):
     value = summary
     for part in dotted.split("."):
@@ -295,7 +319,9 @@ def aggregate(args) -> dict:
         row.update({m.key: _get(summary, m.key) for m in metrics})
         runs.append(row)
         if row["finished"]:
-            curves.setdefault((value, arm), []).append(read_log(d / "log.csv"))
+            history = read_log(d / "log.csv")
+            history["task_loss"] = task_loss(history, summary.get("config", {}))
+            curves.setdefault((value, arm), []).append(history)
     groups = []
     for value in parse_sweep(args.sweep)[1]:
         for arm in args.arms:
@@ -365,7 +391,9 @@ def plot(curves, result, exp: Experiment, path: Path):
 
     colors = {"relaxed": "tab:red", "standard": "tab:blue"}
     values = parse_sweep_values(result)
-    panels = [(exp.curve, exp.curve_label)] + ([(exp.train_curve, f"train {exp.train_curve}")] if exp.train_curve else [])
+    panels = [(exp.curve, exp.curve_label)]
+    if exp.train_curve:
+        panels.append((exp.train_curve, exp.train_curve_label or f"train {exp.train_curve}"))
     ncols = len(panels) + 1 + (1 if result["sweep"] else 0)
     fig, axes = plt.subplots(1, ncols, figsize=(5 * ncols, 4))
     styles = ["-", "--", ":", "-."]

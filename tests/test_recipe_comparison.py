@@ -150,3 +150,16 @@ def test_a_run_directory_trains_in_one_driver_at_a_time(tmp_path, capsys):
         assert drv.train_one(args, "relaxed", 0, None, None) == 0
     assert "skipped: another compare.py is training it" in capsys.readouterr().out
     assert not (d / "stdout.log").exists() and not (d / "command.txt").exists()
+
+
+def test_task_loss_subtracts_the_logged_penalties():
+    drv = load_driver()
+    history = {"loss": [1.0, 2.0], "lie_penalty": [10.0, 20.0], "projection_penalty": [5.0, 5.0],
+               "theta": [0.5, 1.0]}
+    config = {"lambda_lie": 0.01, "lambda_proj": 0.02}
+    assert drv.task_loss(history, config) == pytest.approx([1.0 - 0.1 - 0.1, 2.0 - 0.2 - 0.1])
+    # penalty_scale="theta": the penalty was multiplied by the epoch's theta
+    scaled = drv.task_loss(history, dict(config, penalty_scale="theta"))
+    assert scaled == pytest.approx([1.0 - 0.5 * 0.2, 2.0 - 0.3])
+    # a standard run logs no penalty: its loss is the task loss
+    assert drv.task_loss({"loss": [0.3, 0.2]}, config) == [0.3, 0.2]
