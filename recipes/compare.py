@@ -256,6 +256,12 @@ def read_log(path: Path) -> dict:
     return read_csv_history(path)
 
 
+def read_relaxation(path: Path) -> dict:
+    """The all-branch totals of a relaxed run's ``relaxation.csv`` (``RelaxationMonitor``), or {}."""
+    from keras_relaxeq.training.diagnostics import read_relaxation_log
+    return read_relaxation_log(path)
+
+
 def task_loss(history: dict, config: dict) -> list[float]:
     """The training loss without the relaxation penalties, per epoch.
 
@@ -321,6 +327,7 @@ def aggregate(args) -> dict:
         if row["finished"]:
             history = read_log(d / "log.csv")
             history["task_loss"] = task_loss(history, summary.get("config", {}))
+            history["relaxation"] = read_relaxation(d / "relaxation.csv")
             curves.setdefault((value, arm), []).append(history)
     groups = []
     for value in parse_sweep(args.sweep)[1]:
@@ -337,7 +344,7 @@ def aggregate(args) -> dict:
     stem = output_stem(sweep_name)
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
     (out / f"{stem}.md").write_text(markdown(result, exp))
-    plot(curves, result, exp, out / f"{stem}.png")
+    result["figure_panels"] = plot(curves, result, exp, out / f"{stem}.png")
     return result
 
 
@@ -383,7 +390,8 @@ def markdown(result, exp: Experiment) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(curves, result, exp: Experiment, path: Path):
+def plot(curves, result, exp: Experiment, path: Path) -> list[str]:
+    """Writes the comparison figure; returns the panel titles."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -394,7 +402,8 @@ def plot(curves, result, exp: Experiment, path: Path):
     panels = [(exp.curve, exp.curve_label)]
     if exp.train_curve:
         panels.append((exp.train_curve, exp.train_curve_label or f"train {exp.train_curve}"))
-    ncols = len(panels) + 1 + (1 if result["sweep"] else 0)
+    monitored = any(log.get("relaxation", {}).get("epoch") for logs in curves.values() for log in logs)
+    ncols = len(panels) + 1 + (1 if monitored else 0) + (1 if result["sweep"] else 0)
     fig, axes = plt.subplots(1, ncols, figsize=(5 * ncols, 4))
     styles = ["-", "--", ":", "-."]
     for (value, arm), logs in sorted(curves.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
@@ -422,6 +431,23 @@ def plot(curves, result, exp: Experiment, path: Path):
                                    label=f"theta{suffix}")
     axes[len(panels)].set_title("theta at the end of each epoch")
     axes[len(panels)].set_xlabel("epoch")
+    if monitored:  # how large the branches were (recipes' RelaxationMonitor), mean over the seeds
+        ax = axes[len(panels) + 1]
+        for (value, arm), logs in sorted(curves.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
+            series = [log["relaxation"] for log in logs if log.get("relaxation", {}).get("epoch")]
+            if not series:
+                continue
+            epochs = sorted(set.intersection(*(set(r["epoch"]) for r in series)))
+            if not epochs:
+                continue
+            mean = [np.mean([r["relative"][r["epoch"].index(e)] for r in series]) for e in epochs]
+            style = styles[values.index(value) % len(styles)] if value in values else "-"
+            suffix = f", {result['sweep']}={value}" if result["sweep"] else ""
+            ax.plot(np.asarray(epochs) + 1, mean, color=colors[arm], ls=style, marker=".",
+                    label=f"{arm}{suffix} (mean of {len(series)})")
+        ax.set_yscale("log")
+        ax.set_title("||theta R(x)|| / ||E(x)|| (rms, all branches)")
+        ax.set_xlabel("epoch")
     if result["sweep"]:
         ax = axes[-1]
         m = exp.metric
@@ -443,7 +469,9 @@ def plot(curves, result, exp: Experiment, path: Path):
     fig.suptitle(f"{result['experiment']}: relaxed vs standard, {result['protocol']['epochs']} epochs")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    titles = [ax.get_title() for ax in axes]
     plt.close(fig)
+    return titles
 
 
 def parse_sweep_values(result):

@@ -33,6 +33,9 @@ The output directory gets:
                           backup are trained again (``log.csv`` keeps their last rows);
 * ``log.csv``             per-epoch train MSE, relaxed and projected val MSE, theta, penalties;
 * ``logs/``               TensorBoard (same quantities);
+* ``relaxation.csv``      relaxed runs, every ``--monitor-every`` epochs (10): per relaxation branch, the rms
+                          sizes of the equivariant output, of ``theta R(x)`` and of ``R``'s Lie derivative on
+                          two validation batches (``keras_relaxeq.training.RelaxationMonitor``);
 * ``best_relaxed.keras``  the relaxed model at the best projected val MSE, ``best_projected.keras``
                           its projection;
 * ``projected.keras``     the final projected (exactly equivariant) model;
@@ -98,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backup-every", type=int, default=10, metavar="N",
                    help="back up for resuming every N epochs and after the last (a backup costs about 4%% "
                         "of an epoch, benchmarks/bench_segnn.py; a killed run repeats at most N-1 epochs)")
+    g.add_argument("--monitor-every", type=int, default=10, metavar="N",
+                   help="relaxed runs: every N epochs (and after the last) append the per-branch sizes of the "
+                        "relaxation on 2 validation batches to relaxation.csv (0: never)")
     g.add_argument("--verbose", type=int, default=1, help="Keras fit verbosity (1: progress bar)")
     g = p.add_argument_group("distribution (docs/distributed.md)")
     _dist().add_strategy_argument(g)
@@ -119,6 +125,8 @@ def resolve_config(args) -> dict:
                 "eval_every", "backup_every"):
         if cfg[key] < 1:
             raise SystemExit(f"--{key.replace('_', '-')} must be >= 1")
+    if cfg["monitor_every"] < 0:
+        raise SystemExit("--monitor-every must be >= 0 (0: no relaxation.csv)")
     if cfg["train_samples"] < cfg["batch"]:
         raise SystemExit("--train-samples must be at least --batch (full batches are used for training)")
     if cfg.get("cpu_replicas") is not None:
@@ -273,6 +281,8 @@ def main(argv=None) -> dict:
     callbacks = []
     if cfg["relaxed"]:
         callbacks.append(kr.ThetaScheduler(cfg["schedule"], epochs=cfg["epochs"], value=cfg["theta_value"]))
+    if cfg["relaxed"] and cfg["monitor_every"]:
+        callbacks.append(kr.training.RelaxationMonitor(val, write_dir / "relaxation.csv", every=cfg["monitor_every"]))
     callbacks.append(projected_val)  # before everything that reads projected_val_loss
     tail, tensorboard = run_callbacks(write_dir, backup_dir, monitor="projected_val_loss", mode="min",
                                       initial_best=best_so_far, strategy=strategy, recipe="recipes/segnn_nbody.py",
@@ -327,6 +337,7 @@ def main(argv=None) -> dict:
         "wall_time_seconds": time.time() - start,
         "files": {"projected_model": "projected.keras", "best_projected_model": "best_projected.keras",
                   "best_relaxed_model": "best_relaxed.keras", "csv_log": "log.csv", "tensorboard": "logs",
+                  "relaxation_log": "relaxation.csv" if cfg["relaxed"] and cfg["monitor_every"] else None,
                   "plot": "history.png", "backup": "backup"},
         "tensorboard": tensorboard,
     }

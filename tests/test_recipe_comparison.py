@@ -108,6 +108,14 @@ def test_aggregate_sweep_lower_is_better(tmp_path):
     md = (tmp_path / "comparison_layers.md").read_text()
     assert "| 6 | relaxed | 1 | 3.000 ± 0.000 |" in md
     assert (tmp_path / "comparison_layers.png").stat().st_size > 10_000
+    assert len(result["figure_panels"]) == 4  # val curve, train curve, theta, metric vs sweep value
+    assert not any("R(x)" in t for t in result["figure_panels"])  # no relaxation.csv: no such panel
+    # a relaxed run with a RelaxationMonitor log gets the branch-size panel
+    with open(tmp_path / "relaxed_layers2_seed0" / "relaxation.csv", "w") as f:
+        f.write("epoch,layer,theta,relative\n0,total,0.5,0.01\n1,total,0.0,0.0\n0,layer_0,0.5,0.02\n")
+    result = drv.aggregate(args)
+    assert len(result["figure_panels"]) == 5
+    assert result["figure_panels"][3] == "||theta R(x)|| / ||E(x)|| (rms, all branches)"
 
 
 def test_sweep_reuses_the_comparison_runs_at_the_baseline_value(tmp_path):

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 600  # importing TF + keras_relaxeq alone takes 20-60 s on 2 busy cores; the run ~1 min
@@ -62,6 +64,14 @@ def test_segnn_recipe_mirrored_two_cpu_replicas(tmp_path, monkeypatch):
     assert all(r["theta"] == 0.0 and r["branch_rms"] == 0.0 for r in rows)  # theta ends at 0 (1 epoch)
     assert all(0 < r["r_rms"] < 1 and r["equivariant_rms"] > 0 for r in rows)  # N(0, 1e-4) branch init
     assert json.loads((tmp_path / "report.json").read_text())["rows"] == rows
+    # the recipe's RelaxationMonitor logged the same branches after the (last) epoch
+    from keras_relaxeq.training import read_relaxation_log
+    monitored = read_relaxation_log(out / "relaxation.csv")
+    assert monitored["epoch"] == [0.0] and monitored["theta"] == [0.0]
+    # (other random rotations of the validation batches: the equivariant part's norm does not change,
+    # the branch's, not being equivariant, a little)
+    assert monitored["equivariant_rms"][0] == pytest.approx(rows[-1]["equivariant_rms"], rel=1e-4)
+    assert monitored["r_rms"][0] == pytest.approx(rows[-1]["r_rms"], rel=0.1)
     (out / "summary.json").rename(tmp_path / "summary.json")
     (out / "command.txt").write_text(" ".join(cmd) + "\n")
     backup_rows = relaxation_report.main([str(out), "--checkpoint", "backup", "--batches", "2"])

@@ -22,12 +22,18 @@ Example::
     import keras_relaxeq as kr
     rows = kr.training.relaxation_report(model, val_dataset, num_batches=4)
     print(kr.training.format_relaxation_report(rows))
+
+During training, ``RelaxationMonitor(val_dataset, "relaxation.csv", every=10)`` appends the same
+rows every 10 epochs (``read_relaxation_log`` reads them back).
 """
 
 from __future__ import annotations
 
+import csv
 import math
+from pathlib import Path
 
+import keras
 import tensorflow as tf
 
 from keras_relaxeq.layers.base import collect_relaxation_penalties, get_theta, relaxed_layers
@@ -121,3 +127,68 @@ def format_relaxation_report(rows: list[dict]) -> str:
         cells += [f"{row[k]:.3g}" for k in keys[2:]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- during training
+
+#: the columns of the CSV that :class:`RelaxationMonitor` writes (one row per branch and epoch)
+MONITOR_COLUMNS = ("epoch",) + COLUMNS
+
+
+class RelaxationMonitor(keras.callbacks.Callback):
+    """Writes :func:`relaxation_report` on ``data`` to a CSV file every ``every`` epochs (and after
+    the last), at the epoch's theta: how large the branches are while they train.
+
+    One row per branch and epoch plus the ``"total"`` row (columns :data:`MONITOR_COLUMNS`,
+    ``epoch`` counted from 0 as in Keras' ``CSVLogger``).  The file is appended to, so a resumed
+    run continues it; an epoch trained again after a resume is logged again, and
+    :func:`read_relaxation_log` keeps its last rows.  Put it after ``ThetaScheduler`` in the
+    callback list.  Only the chief of a multi-worker run should be given a shared ``path``.
+    """
+
+    def __init__(self, data, path, every: int = 10, num_batches: int = 2):
+        super().__init__()
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be an integer >= 1, got {every!r}.")
+        self.data = data
+        self.path = Path(path)
+        self.every = every
+        self.num_batches = num_batches
+
+    def on_epoch_end(self, epoch, logs=None):
+        last = self.params.get("epochs") if self.params else None
+        if (epoch + 1) % self.every and (last is None or epoch + 1 != last):
+            return
+        if not relaxed_layers(self.model):
+            return
+        rows = relaxation_report(self.model, self.data, num_batches=self.num_batches)
+        new = not self.path.exists()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=MONITOR_COLUMNS)
+            if new:
+                writer.writeheader()
+            for row in rows:
+                writer.writerow(dict(row, epoch=epoch))
+
+
+def read_relaxation_log(path, layer: str = "total") -> dict[str, list[float]]:
+    """Columns of a :class:`RelaxationMonitor` CSV for one branch (default: the totals), by epoch;
+    for an epoch logged twice (a resumed run) the last rows win."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    by_epoch = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("layer") == layer:
+                by_epoch[int(row["epoch"])] = row
+    columns = {key: [] for key in MONITOR_COLUMNS if key != "layer"}
+    for epoch in sorted(by_epoch):
+        for key in columns:
+            value = by_epoch[epoch].get(key)
+            try:
+                columns[key].append(float(value))
+            except (TypeError, ValueError):
+                columns[key].append(float("nan"))
+    return columns

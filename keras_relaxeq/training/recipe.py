@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 #: files and folders a recipe run writes that ``--fresh`` deletes
-RUN_STATE = ("backup", "logs", "log.csv", "best_relaxed.keras", "best_projected.keras")
+RUN_STATE = ("backup", "logs", "log.csv", "relaxation.csv", "best_relaxed.keras", "best_projected.keras")
 
 
 def make_strategy(cfg):

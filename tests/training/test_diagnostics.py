@@ -154,3 +154,34 @@ def test_saved_segnn_loads_after_plain_package_import(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert int(out.stdout.strip().splitlines()[-1]) == len(kr.layers.relaxed_layers(model)) > 0
+
+
+def test_monitor_logs_the_report_during_fit(tmp_path):
+    from keras_relaxeq.training import RelaxationMonitor, read_relaxation_log
+
+    model = two_layer_model()
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(8, *SHAPE[1:])), rng.normal(size=(8, SHAPE[1], 3, 3))
+    val = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    path = tmp_path / "relaxation.csv"
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    model.fit(x, y, batch_size=4, epochs=5, verbose=0,
+              callbacks=[kr.ThetaScheduler("triangle", epochs=5), RelaxationMonitor(val, path, every=2)])
+    log = read_relaxation_log(path)
+    assert log["epoch"] == [1.0, 3.0, 4.0]  # every 2nd epoch and the last
+    assert log["theta"] == pytest.approx([kr.training.get_schedule("triangle", 5)(e) for e in (1, 3, 4)])
+    assert log["theta"][-1] == 0.0 and log["branch_rms"][-1] == 0.0
+    assert min(log["branch_rms"][:2]) > 0
+    final = relaxation_report(model, val, num_batches=2)  # the weights after the last epoch
+    assert log["r_rms"][-1] == pytest.approx(final[-1]["r_rms"], rel=1e-6)
+    assert read_relaxation_log(path, layer=final[0]["layer"])["lie_rms"][-1] == pytest.approx(final[0]["lie_rms"],
+                                                                                            rel=1e-6)
+    # a resumed run logs an epoch again: the last rows win
+    set_theta(model, 0.25)
+    monitor = RelaxationMonitor(val, path, every=1)
+    monitor.set_model(model)
+    monitor.set_params({"epochs": 5})
+    monitor.on_epoch_end(3)
+    assert read_relaxation_log(path)["theta"] == pytest.approx([log["theta"][0], 0.25, 0.0])
+    with pytest.raises(ValueError, match="every"):
+        RelaxationMonitor(val, path, every=0)
