@@ -4,6 +4,7 @@
     python recipes/relaxation_report.py runs/segnn_cmp/relaxed_seed0                       # best_relaxed.keras
     python recipes/relaxation_report.py runs/segnn_cmp/relaxed_seed1 --checkpoint backup   # the last backup
     python recipes/relaxation_report.py runs/zoo_dgcnn --batches 2 --json /tmp/report.json
+    python recipes/relaxation_report.py runs/segnn_cmp/relaxed_seed0 --random-branches       # reference
 
 Reads a run directory of ``recipes/segnn_nbody.py`` or ``recipes/modelnet40.py`` (also one that is
 still training), rebuilds the run's configuration (from ``summary.json``, or else from the
@@ -38,6 +39,10 @@ def build_parser():
     p.add_argument("run_dir", help="output directory of a recipe run")
     p.add_argument("--checkpoint", choices=("best", "backup"), default="best")
     p.add_argument("--batches", type=int, default=5, help="validation batches to use")
+    p.add_argument("--random-branches", action="store_true",
+                   help="reference: replace every branch's weights by N(0, 1) draws (seed 0) and set theta = 0 (so "
+                        "every layer sees the inputs of the projected model), to see what sqrt(LD / N) a random "
+                        "branch of these layers gives")
     p.add_argument("--json", default=None, help="also write the rows here")
     return p
 
@@ -84,6 +89,18 @@ def load_checkpoint(recipe, cfg, run_dir: Path, which: str):
     return model, f"{backup} (after epoch {epoch + 1})" if epoch is not None else str(backup)
 
 
+def randomize_branches(model, seed=0):
+    """Every relaxation kernel and bias gets N(0, 1) values (the equivariant weights are kept)."""
+    import numpy as np
+
+    from keras_relaxeq.layers import relaxed_layers
+
+    rng = np.random.default_rng(seed)
+    for layer in relaxed_layers(model):
+        for var in layer.relaxation_variables:
+            var.assign(rng.normal(size=tuple(var.shape)).astype(var.dtype))
+
+
 def main(argv=None) -> list[dict]:
     args = build_parser().parse_args(argv)
     run_dir = Path(args.run_dir)
@@ -93,9 +110,14 @@ def main(argv=None) -> list[dict]:
     if not cfg.get("relaxed", True):
         raise SystemExit(f"{run_dir} is a --no-relaxed run: it has no relaxation branch to report on.")
 
+    from keras_relaxeq.layers import set_theta
     from keras_relaxeq.training import format_relaxation_report, relaxation_report
 
     model, source = load_checkpoint(recipe, cfg, run_dir, args.checkpoint)
+    if args.random_branches:
+        randomize_branches(model)
+        set_theta(model, 0.0)
+        source += ", branches replaced by N(0, 1) weights, theta set to 0"
     val = recipe.make_datasets(cfg)[1]
     rows = relaxation_report(model, val, num_batches=args.batches)
     print(f"{source}; {args.batches} validation batches of {cfg['batch']}\n")
