@@ -76,3 +76,8 @@ def test_segnn_recipe_mirrored_two_cpu_replicas(tmp_path, monkeypatch):
     (out / "command.txt").write_text(" ".join(cmd) + "\n")
     backup_rows = relaxation_report.main([str(out), "--checkpoint", "backup", "--batches", "2"])
     assert [r["r_rms"] for r in backup_rows] == [r["r_rms"] for r in rows]  # same weights after the last epoch
+    # the random-branch reference: N(0, 1) weights, the same (theta = 0) inputs and equivariant outputs
+    reference = relaxation_report.main([str(out), "--random-branches", "--batches", "2"])
+    assert [r["equivariant_rms"] for r in reference] == pytest.approx([r["equivariant_rms"] for r in rows], rel=1e-5)
+    assert all(r["r_rms"] > 100 * b["r_rms"] and r["branch_rms"] == 0.0 for r, b in zip(reference, rows))
+    assert all(1.0 < r["lie_over_r"] < 3.0 for r in reference)
