@@ -41,7 +41,7 @@ def trained(tmp_path_factory):
     model = small_model()
     csv_path = tmp_path_factory.mktemp("cb") / "log.csv"
     cb = ProjectedValidation(val)
-    history = model.fit(train, epochs=2, verbose=0,
+    history = model.fit(train, epochs=2, verbose=0, shuffle=False,
                         callbacks=[kr.ThetaScheduler("triangle", epochs=2), cb,
                                    keras.callbacks.CSVLogger(str(csv_path))])
     return dict(model=model, cb=cb, history=history.history, val=val, train=train, csv=csv_path)
