@@ -93,8 +93,7 @@ def relaxation_report(model, data, num_batches: int | None = 1) -> list[dict]:
         seen += 1
     if not seen:
         raise ValueError("relaxation_report: the data yielded no batch.")
-    theta = get_theta(model)
-    theta = None if theta is None else float(theta)
+    theta = get_theta(model)  # a float, or None
     rows = [_row(name, theta, *s) for name, s in zip(names, sums)]
     total = tuple(sum(s[i] for s in sums) for i in range(5))
     rows.append(_row("total", theta, *total))
