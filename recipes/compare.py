@@ -429,25 +429,20 @@ def plot(curves, result, exp: Experiment, path: Path) -> list[str]:
         if thetas and arm == "relaxed":
             axes[len(panels)].plot(np.arange(1, len(thetas[0]) + 1), thetas[0], color=colors[arm], ls=style,
                                    label=f"theta{suffix}")
+        # how large the branches were (recipes' RelaxationMonitor), mean over the seeds at the common epochs
+        series = [dict(zip(log["relaxation"]["epoch"], log["relaxation"]["relative"]))
+                  for log in logs if log.get("relaxation", {}).get("epoch")]
+        common = sorted(set.intersection(*map(set, series))) if series else []
+        if common:
+            mean = [np.mean([by_epoch[e] for by_epoch in series]) for e in common]
+            axes[len(panels) + 1].plot(np.asarray(common) + 1, mean, color=colors[arm], ls=style, marker=".",
+                                       label=f"{arm}{suffix} (mean of {len(series)})")
     axes[len(panels)].set_title("theta at the end of each epoch")
     axes[len(panels)].set_xlabel("epoch")
-    if monitored:  # how large the branches were (recipes' RelaxationMonitor), mean over the seeds
-        ax = axes[len(panels) + 1]
-        for (value, arm), logs in sorted(curves.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
-            series = [log["relaxation"] for log in logs if log.get("relaxation", {}).get("epoch")]
-            if not series:
-                continue
-            epochs = sorted(set.intersection(*(set(r["epoch"]) for r in series)))
-            if not epochs:
-                continue
-            mean = [np.mean([r["relative"][r["epoch"].index(e)] for r in series]) for e in epochs]
-            style = styles[values.index(value) % len(styles)] if value in values else "-"
-            suffix = f", {result['sweep']}={value}" if result["sweep"] else ""
-            ax.plot(np.asarray(epochs) + 1, mean, color=colors[arm], ls=style, marker=".",
-                    label=f"{arm}{suffix} (mean of {len(series)})")
-        ax.set_yscale("log")
-        ax.set_title("||theta R(x)|| / ||E(x)|| (rms, all branches)")
-        ax.set_xlabel("epoch")
+    if monitored:
+        axes[len(panels) + 1].set_yscale("log")
+        axes[len(panels) + 1].set_title("||theta R(x)|| / ||E(x)|| (rms, all branches)")
+        axes[len(panels) + 1].set_xlabel("epoch")
     if result["sweep"]:
         ax = axes[-1]
         m = exp.metric

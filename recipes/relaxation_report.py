@@ -66,9 +66,7 @@ def run_config(run_dir: Path):
 
 def load_checkpoint(recipe, cfg, run_dir: Path, which: str):
     """The relaxed model and a label saying where it comes from."""
-    import keras
-
-    import keras_relaxeq  # noqa: F401  (registers the serializable classes)
+    import keras  # the recipe module imported keras_relaxeq, which registers its classes
 
     if which == "best":
         path = run_dir / "best_relaxed.keras"

@@ -37,6 +37,7 @@ import keras
 import tensorflow as tf
 
 from keras_relaxeq.layers.base import collect_relaxation_penalties, get_theta, relaxed_layers
+from keras_relaxeq.training.recipe import read_csv_history
 
 #: the columns of a report row, in table order
 COLUMNS = ("layer", "theta", "points", "equivariant_rms", "branch_rms", "relative", "r_rms", "lie_rms", "lie_over_r",
@@ -174,20 +175,6 @@ class RelaxationMonitor(keras.callbacks.Callback):
 def read_relaxation_log(path, layer: str = "total") -> dict[str, list[float]]:
     """Columns of a :class:`RelaxationMonitor` CSV for one branch (default: the totals), by epoch;
     for an epoch logged twice (a resumed run) the last rows win."""
-    path = Path(path)
-    if not path.exists():
-        return {}
-    by_epoch = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            if row.get("layer") == layer:
-                by_epoch[int(row["epoch"])] = row
-    columns = {key: [] for key in MONITOR_COLUMNS if key != "layer"}
-    for epoch in sorted(by_epoch):
-        for key in columns:
-            value = by_epoch[epoch].get(key)
-            try:
-                columns[key].append(float(value))
-            except (TypeError, ValueError):
-                columns[key].append(float("nan"))
-    return columns
+    history = read_csv_history(path, where=lambda row: row.get("layer") == layer)
+    history.pop("layer", None)
+    return history

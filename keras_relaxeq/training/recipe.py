@@ -66,14 +66,15 @@ def prepare_output_dir(cfg, strategy) -> tuple[Path, Path, Path]:
     return out, backup_dir, Path(dist.worker_dir(str(out), strategy))
 
 
-def read_csv_history(path) -> dict[str, list[float]]:
+def read_csv_history(path, where=None) -> dict[str, list[float]]:
     """Columns of a ``CSVLogger`` file (one row per epoch, the last row wins for a repeated epoch,
-    as after a resume); non-numeric cells become NaN."""
+    as after a resume); non-numeric cells become NaN.  ``where(row)``: keep only the rows (dicts of
+    strings) for which it is true."""
     path = Path(path)
     if not path.exists():
         return {}
     with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+        rows = [row for row in csv.DictReader(f) if where is None or where(row)]
     by_epoch = {}
     for row in rows:
         try:

@@ -747,11 +747,7 @@ def load(name: str, version: int | None = None, *, as_keras: bool = False, cache
         path = ensure_artifact(entry, entry.keras_artifact, extract=False, **common)
         import keras
 
-        for mod in ("keras_relaxeq.layers", "keras_relaxeq.models"):  # register custom objects
-            try:
-                __import__(mod)
-            except ImportError:
-                pass
+        # the custom classes are registered: importing this module imported keras_relaxeq
         return keras.saving.load_model(path)
     path = ensure_artifact(entry, entry.artifact, **common)
     return ServingModel(path, entry)

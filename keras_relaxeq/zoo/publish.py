@@ -679,8 +679,6 @@ def publish_run(run_dir, name=None, version=None, zoo_dir=None, model_file="best
     import keras
     import tensorflow as tf
 
-    import keras_relaxeq  # noqa: F401  (registers the custom layers)
-    import keras_relaxeq.models  # noqa: F401  (VNConcatGlobal, SEGNN layers etc.)
     from keras_relaxeq.cli import _check_signature, check_symmetry
     from keras_relaxeq.export.projection import has_relaxation_branches
     from keras_relaxeq.export.serving import pack_saved_model, sha256_file
