@@ -284,6 +284,27 @@ def task_loss(history: dict, config: dict) -> list[float]:
     return out
 
 
+def paired_curves(by_seed: dict, key: str) -> list[dict]:
+    """How far apart the two arms' per-epoch ``key`` curves are, per seed (and sweep value) where
+    both arms have finished: quantiles of ``|relaxed / standard - 1|`` over the common epochs.
+    The same seed gives both arms the same initial weights and batches, so this measures how
+    much the relaxation moves the trajectory."""
+    import numpy as np
+
+    out = []
+    for (value, arm, seed), relaxed in sorted(by_seed.items(), key=lambda kv: (str(kv[0][0]), kv[0][2])):
+        standard = by_seed.get((value, "standard", seed))
+        if arm != "relaxed" or standard is None:
+            continue
+        n = min(len(relaxed.get(key, [])), len(standard.get(key, [])))
+        if not n:
+            continue
+        diff = np.abs(np.asarray(relaxed[key][:n]) / np.asarray(standard[key][:n]) - 1.0)
+        out.append({"sweep_value": value, "seed": seed, "epochs": n, "median": float(np.nanmedian(diff)),
+                    "p90": float(np.nanpercentile(diff, 90)), "max": float(np.nanmax(diff))})
+    return out
+
+
 def _get(summary: dict, dotted: str):
     value = summary
     for part in dotted.split("."):
@@ -307,7 +328,7 @@ def aggregate(args) -> dict:
     out = Path(args.output_dir)
     jobs, sweep_name = jobs_of(args)
     metrics = (exp.metric, *exp.extra_metrics)
-    runs, curves = [], {}
+    runs, curves, by_seed = [], {}, {}
     base = baseline_values(args, sweep_name)
     for arm, seed, value in jobs:
         d = out / run_name(arm, seed, sweep_name, value, value in base)
@@ -329,6 +350,7 @@ def aggregate(args) -> dict:
             history["task_loss"] = task_loss(history, summary.get("config", {}))
             history["relaxation"] = read_relaxation(d / "relaxation.csv")
             curves.setdefault((value, arm), []).append(history)
+            by_seed[(value, arm, seed)] = history
     groups = []
     for value in parse_sweep(args.sweep)[1]:
         for arm in args.arms:
@@ -340,7 +362,7 @@ def aggregate(args) -> dict:
               "protocol": {"script": exp.script, "options": list(exp.protocol), "epochs": epochs_of(args),
                            "seeds": args.seeds, "extra": list(args.extra)},
               "metric": exp.metric.key, "higher_is_better": exp.higher_is_better,
-              "groups": groups, "runs": runs}
+              "groups": groups, "runs": runs, "paired_curves": paired_curves(by_seed, exp.curve)}
     stem = output_stem(sweep_name)
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
     (out / f"{stem}.md").write_text(markdown(result, exp))
@@ -387,6 +409,16 @@ def markdown(result, exp: Experiment) -> str:
             cells += [f"{r['epochs']}" + ("" if r["finished"] else " (unfinished)")]
             cells += [_fmt(r[m.key], m) for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
+    pairs = result.get("paired_curves") or []
+    if pairs:
+        lines += ["", f"Relaxed vs standard at the same epoch, per seed (both finished): |relaxed / standard - 1| of "
+                      f"the {exp.curve_label} over the epochs:", ""]
+        head = ([sweep] if sweep else []) + ["seed", "epochs", "median", "90th percentile", "max"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for p in pairs:
+            cells = ([str(p["sweep_value"])] if sweep else []) + [str(p["seed"]), str(p["epochs"])]
+            cells += [f"{100 * p[k]:.2f}%" for k in ("median", "p90", "max")]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

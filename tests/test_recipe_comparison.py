@@ -171,3 +171,21 @@ def test_task_loss_subtracts_the_logged_penalties():
     assert scaled == pytest.approx([1.0 - 0.5 * 0.2, 2.0 - 0.3])
     # a standard run logs no penalty: its loss is the task loss
     assert drv.task_loss({"loss": [0.3, 0.2]}, config) == [0.3, 0.2]
+
+
+def test_paired_curves_compare_the_arms_seed_by_seed(tmp_path):
+    drv = load_driver()
+    summary = {"epochs_run": 4, "best_test_mse": 0.005, "best_projected_val_mse": 0.005,
+               "final_projected_test_mse": 0.005, "equivariance_of_best_projected": {"o3_max_error": 1e-6},
+               "wall_time_seconds": 60.0}
+    fake_run(tmp_path / "relaxed_seed0", summary, "projected_val_loss", [1.0, 1.1, 2.0, 0.5])
+    fake_run(tmp_path / "standard_seed0", summary, "projected_val_loss", [1.0, 1.0, 1.0, 1.0])
+    fake_run(tmp_path / "relaxed_seed1", summary, "projected_val_loss", [1.0, 1.0, 1.0, 1.0])  # no standard pair
+    args = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--seeds", "0", "1", "--epochs", "4"])
+    result = drv.aggregate(args)
+    # fake_run logs the last epoch twice (a resume); the last row wins: relaxed [1, 1.1, 2, 0.5]
+    (pair,) = result["paired_curves"]
+    assert pair["seed"] == 0 and pair["epochs"] == 4
+    assert pair["median"] == pytest.approx(0.3) and pair["max"] == pytest.approx(1.0)
+    assert pair["p90"] == pytest.approx(0.85)  # numpy's linear interpolation between 0.5 and 1.0
+    assert "| 0 | 4 | 30.00% | 85.00% | 100.00% |" in (tmp_path / "comparison.md").read_text()
