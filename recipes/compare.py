@@ -478,17 +478,21 @@ def plot(curves, result, exp: Experiment, path: Path) -> list[str]:
     if result["sweep"]:
         ax = axes[-1]
         m = exp.metric
+        position = sweep_positions(values)
         for arm in colors:
             gs = [g for g in result["groups"] if g["arm"] == arm and g["stats"][m.key]["mean"] is not None]
             if not gs:
                 continue
-            xs = [float(g["sweep_value"]) for g in gs]
+            xs = [position[g["sweep_value"]] for g in gs]
             ys = [g["stats"][m.key]["mean"] * m.scale for g in gs]
             es = [g["stats"][m.key]["std"] * m.scale for g in gs]
             ax.errorbar(xs, ys, yerr=es, color=colors[arm], marker="o", capsize=3, label=arm)
         ax.set_xlabel(result["sweep"])
         ax.set_title(m.label)
-        if exp.log_scale:
+        if not all(isinstance(x, float) for x in position.values()):  # categorical values (e.g. centring)
+            ax.set_xticks(list(position.values()), [str(v) for v in position])
+            ax.set_xlim(-0.5, len(position) - 0.5)
+        elif exp.log_scale:
             ax.set_xscale("log")
     for ax in axes:
         if ax.get_legend_handles_labels()[0]:
@@ -499,6 +503,15 @@ def plot(curves, result, exp: Experiment, path: Path) -> list[str]:
     titles = [ax.get_title() for ax in axes]
     plt.close(fig)
     return titles
+
+
+def sweep_positions(values) -> dict:
+    """x positions of the sweep values on the metric-vs-value panel: the numbers themselves
+    (floats), or 0, 1, ... (ints) in the given order when a value is not a number."""
+    try:
+        return {v: float(v) for v in values}
+    except (TypeError, ValueError):
+        return {v: i for i, v in enumerate(values)}
 
 
 def parse_sweep_values(result):

@@ -87,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lmax-hidden", type=int, default=d["lmax_hidden"])
     g.add_argument("--lmax-attr", type=int, default=d["lmax_attr"])
     g.add_argument("--norm", choices=("none", "instance"), default=d["norm"])
+    g.add_argument("--centring", choices=("mass", "coordinates"), default="mass",
+                   help="node positions minus the centre of mass (equivariant), or minus the mean of each "
+                        "particle's own coordinates as the reference code does (NOT equivariant: ablation only)")
+    g.add_argument("--rotate", action=argparse.BooleanOptionalAction, default=True,
+                   help="one random rotation per batch in every split (--no-rotate: the data's own frame, "
+                        "as in the reference code)")
     g.add_argument("--train-samples", type=int, default=d["train_samples"])
     g.add_argument("--val-samples", type=int, default=d["val_samples"])
     g.add_argument("--test-samples", type=int, default=d["test_samples"])
@@ -143,7 +149,8 @@ def build_model(cfg):
     from keras_relaxeq.models.segnn import segnn
     return segnn(num_layers=cfg["layers"], hidden_features=cfg["hidden"], lmax_hidden=cfg["lmax_hidden"],
                  lmax_attr=cfg["lmax_attr"], relaxed=cfg["relaxed"], lambda_lie=cfg["lambda_lie"],
-                 lambda_proj=cfg["lambda_proj"], norm=None if cfg["norm"] == "none" else cfg["norm"])
+                 lambda_proj=cfg["lambda_proj"], norm=None if cfg["norm"] == "none" else cfg["norm"],
+                 centring=cfg.get("centring", "mass"))  # runs before --centring have no key
 
 
 def make_datasets(cfg):

@@ -118,6 +118,27 @@ def test_aggregate_sweep_lower_is_better(tmp_path):
     assert result["figure_panels"][3] == "||theta R(x)|| / ||E(x)|| (rms, all branches)"
 
 
+def test_sweep_over_a_categorical_option(tmp_path):
+    """A sweep over a non-numeric option (e.g. ``centring=mass,coordinates``) plots its values as
+    categories, in the command's order."""
+    drv = load_driver()
+    assert drv.sweep_positions(["1000", "300"]) == {"1000": 1000.0, "300": 300.0}
+    assert drv.sweep_positions(["mass", "coordinates"]) == {"mass": 0, "coordinates": 1}
+    for centring, mse in (("mass", 0.005), ("coordinates", 0.0045)):
+        summary = {"epochs_run": 2, "best_test_mse": mse, "best_projected_val_mse": mse,
+                   "final_projected_test_mse": mse, "equivariance_of_best_projected": {"o3_max_error": 1e-6},
+                   "wall_time_seconds": 60.0}
+        name = "standard_seed0" if centring == "mass" else f"standard_centring{centring}_seed0"  # the default
+        fake_run(tmp_path / name, summary, "projected_val_loss", [0.1, mse])
+    args = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--seeds", "0", "--arms", "standard",
+                           "--epochs", "2", "--sweep", "centring=mass,coordinates"])
+    result = drv.aggregate(args)
+    by = {g["sweep_value"]: g["stats"]["best_test_mse"]["mean"] for g in result["groups"]}
+    assert math.isclose(by["coordinates"], 0.0045) and math.isclose(by["mass"], 0.005)
+    assert "| coordinates | standard | 1 | 4.500 ± " in (tmp_path / "comparison_centring.md").read_text()
+    assert (tmp_path / "comparison_centring.png").stat().st_size > 10_000
+
+
 def test_sweep_reuses_the_comparison_runs_at_the_baseline_value(tmp_path):
     drv = load_driver()
     args = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--seeds", "0",

@@ -631,7 +631,8 @@ RECIPE_SPLITS = {
 def recipe_dataset(config: Mapping, split: str, **kwargs) -> tf.data.Dataset:
     """The split ``split`` exactly as ``recipes/segnn_nbody.py`` draws it for a run's ``config``
     (its ``summary.json`` ``"config"``): ``config[<split>_samples]`` trajectories batched with
-    ``config["batch"]`` (the global batch), one random rotation per batch; training data is
+    ``config["batch"]`` (the global batch), one random rotation per batch (none if
+    ``config["rotate"]`` is false, ``--no-rotate``); training data is
     reshuffled every epoch and drops a last partial batch (``seed``), validation and test are not
     shuffled (``seed + 1``, ``seed + 2``).  ``kwargs`` go to :func:`nbody_dataset` (e.g.
     ``cache_dir``, ``progress``).
@@ -643,6 +644,7 @@ def recipe_dataset(config: Mapping, split: str, **kwargs) -> tf.data.Dataset:
     ``relaxeq zoo publish`` both use this.
     """
     key, shuffle, offset, drop_remainder = RECIPE_SPLITS[_check_split(split)]
+    kwargs.setdefault("rotate", bool(config.get("rotate", True)))  # --no-rotate: the reference's frames
     return nbody_dataset(split, batch_size=int(config["batch"]), num_samples=int(config[key]),
                          shuffle=shuffle, seed=int(config["seed"]) + offset,
                          drop_remainder=drop_remainder, **kwargs)

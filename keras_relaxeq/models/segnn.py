@@ -8,8 +8,10 @@ as used by the relaxation paper's N-body experiment (method.md section 6):
   (``N (N - 1)`` directed edges, 20 for 5 particles), built once from static index arrays;
   everything is vectorised over the batch (broadcasts, reshapes and sums; no gathers).
 * **Node features** ``2x1o+1x0e``: ``(loc - centre of mass, vel, |vel|)``.  (The reference
-  subtracts ``pos.mean(1)``, the mean over the *coordinates* of each particle, which is not
-  rotation-equivariant; we subtract the mean over particles, as the paper intends.)
+  subtracts ``pos.mean(1)``, the mean over the *coordinates* of each particle, which is neither
+  rotation- nor translation-equivariant; we subtract the mean over particles, as the paper
+  intends.  ``centring="coordinates"`` reproduces the reference's features, for ablations only:
+  that model is not equivariant.)
 * **Edge attributes**: spherical harmonics up to ``lmax_attr`` (``normalization="integral"``,
   normalised vectors) of ``rel = loc_j - loc_i`` for the edge ``j -> i`` (PyG
   ``edge_index[0] = j`` sender, ``edge_index[1] = i`` receiver).
@@ -52,6 +54,8 @@ NBODY_INPUT_IRREPS = "2x1o+1x0e"
 NBODY_OUTPUT_IRREPS = "1x1o"
 NBODY_MESSAGE_IRREPS = "2x0e"
 NORMS = (None, "instance")
+#: node-feature centring: "mass" (equivariant) or "coordinates" (the reference code's, not equivariant)
+CENTRINGS = ("mass", "coordinates")
 
 
 def _untracked(layer, name, value):
@@ -117,11 +121,15 @@ class NBodyGraphFeatures(keras.layers.Layer):
     ``A = (lmax_attr + 1)^2`` and ``E = N (N - 1)`` (see the module docstring).  No weights.
     """
 
-    def __init__(self, num_nodes=5, lmax_attr=1, squared_distance=False, **kwargs):
+    def __init__(self, num_nodes=5, lmax_attr=1, squared_distance=False, centring="mass", **kwargs):
         super().__init__(**kwargs)
         self.num_nodes = int(num_nodes)
         if self.num_nodes < 2:
             raise ValueError(f"NBodyGraphFeatures: num_nodes must be >= 2, got {num_nodes}.")
+        if centring not in CENTRINGS:
+            raise ValueError(f"NBodyGraphFeatures: centring must be one of {CENTRINGS}, got {centring!r} "
+                             "('mass': equivariant; 'coordinates': the reference's non-equivariant features).")
+        self.centring = centring
         self.lmax_attr = int(lmax_attr)
         self.squared_distance = bool(squared_distance)
         _untracked(self, "attr_irreps", Irreps.spherical_harmonics(self.lmax_attr))
@@ -143,7 +151,8 @@ class NBodyGraphFeatures(keras.layers.Layer):
         vel_attr = spherical_harmonics(self.attr_irreps, vel, normalize=True, normalization="integral")
         node_attr = _sum_incoming(edge_attr * tf.cast(1.0 / (self.num_nodes - 1), dtype), self.num_nodes) + vel_attr
         node_attr = tf.concat([tf.ones_like(node_attr[..., :1]), node_attr[..., 1:]], axis=-1)
-        centred = loc - tf.reduce_mean(loc, axis=1, keepdims=True)
+        # "mass": mean over the particles; "coordinates": the reference's pos.mean(1) on [B*N, 3]
+        centred = loc - tf.reduce_mean(loc, axis=1 if self.centring == "mass" else 2, keepdims=True)
         speed = tf.sqrt(tf.reduce_sum(tf.square(vel), axis=-1, keepdims=True))
         x = tf.concat([centred, vel, speed], axis=-1)
         edge_features = tf.concat([dist, prod_charges], axis=-1)
@@ -156,7 +165,8 @@ class NBodyGraphFeatures(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(num_nodes=self.num_nodes, lmax_attr=self.lmax_attr, squared_distance=self.squared_distance)
+        config.update(num_nodes=self.num_nodes, lmax_attr=self.lmax_attr, squared_distance=self.squared_distance,
+                      centring=self.centring)
         return config
 
 
@@ -264,8 +274,8 @@ def segnn_hidden_irreps(hidden_features=64, lmax_hidden=1, lmax_attr=1, balance=
 
 def segnn(num_layers=4, hidden_features=64, lmax_hidden=1, lmax_attr=1, relaxed=True,
           relaxation_initializer=None, lambda_lie=0.01, lambda_proj=0.01, norm=None, pool=None,
-          num_nodes=5, balance="weights", squared_distance=False, lie_method="auto", penalty_scale="none",
-          name="segnn_nbody"):
+          num_nodes=5, balance="weights", squared_distance=False, centring="mass", lie_method="auto",
+          penalty_scale="none", name="segnn_nbody"):
     """SEGNN for the charged N-body task as a :class:`~keras_relaxeq.RelaxedModel`.
 
     Args:
@@ -282,6 +292,9 @@ def segnn(num_layers=4, hidden_features=64, lmax_hidden=1, lmax_attr=1, relaxed=
         num_nodes: particles per system (5).
         balance: ``"weights"`` (published) or ``"dimension"`` hidden irreps.
         squared_distance: use ``|rel|^2`` instead of ``|rel|`` as edge feature.
+        centring: ``"mass"`` (positions relative to the centre of mass; E(3)-equivariant) or
+            ``"coordinates"`` (the reference code's ``pos - pos.mean(1)``, each particle's position
+            minus the mean of its own x, y, z: *not* equivariant, for reproducing the reference).
         lie_method: how the Lie derivative is computed.
 
     Inputs ``{"loc": [B, N, 3], "vel": [B, N, 3], "charges": [B, N, 1]}``; output the
@@ -305,7 +318,8 @@ def segnn(num_layers=4, hidden_features=64, lmax_hidden=1, lmax_attr=1, relaxed=
     vel = keras.Input((n, 3), name="vel")
     charges = keras.Input((n, 1), name="charges")
     x, node_attr, edge_attr, edge_features = NBodyGraphFeatures(
-        num_nodes=n, lmax_attr=lmax_attr, squared_distance=squared_distance, name="graph_features")(
+        num_nodes=n, lmax_attr=lmax_attr, squared_distance=squared_distance, centring=centring,
+        name="graph_features")(
         [loc, vel, charges])
     x = O3TensorProduct(NBODY_INPUT_IRREPS, attr, hidden, relaxed=False, name="embedding")((x, node_attr))
     for i in range(int(num_layers)):

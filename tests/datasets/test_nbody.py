@@ -353,3 +353,24 @@ def test_dataset_deterministic_under_seed(cache_dir):
     got = invariants(np.concatenate([f["charges"] for f, _ in first[0]]),
                      np.concatenate([f["loc"] for f, _ in first[0]]))
     np.testing.assert_allclose(got, invariants(data["charges"], data["loc"]), atol=1e-4)
+
+
+def test_recipe_dataset_rotate_flag(cache_dir):
+    """A run's ``config["rotate"]`` (``--no-rotate``) switches the per-batch rotations off in every
+    split; runs recorded before the flag existed (no key) are rotated."""
+    config = {"batch": 3, "train_samples": 7, "val_samples": 7, "test_samples": 7, "seed": 0}
+    data = nbody.load_nbody("valid", num_samples=7, cache_dir=cache_dir)
+    plain = _batches(nbody.recipe_dataset(dict(config, rotate=False), "valid", cache_dir=cache_dir))
+    np.testing.assert_array_equal(np.concatenate([f["loc"] for f, _ in plain]), data["loc"].astype(np.float32))
+    np.testing.assert_array_equal(np.concatenate([t for _, t in plain]), data["target"].astype(np.float32))
+    rotated = _batches(nbody.recipe_dataset(config, "valid", cache_dir=cache_dir))
+    _, residual = _fit_rotation(plain[0][0]["loc"], rotated[0][0]["loc"])
+    assert residual < 1e-5 and np.abs(plain[0][0]["loc"] - rotated[0][0]["loc"]).max() > 1e-2
+    # training: the same shuffled samples with or without rotations
+    train_plain = _batches(nbody.recipe_dataset(dict(config, rotate=False), "train", cache_dir=cache_dir))
+    train_rot = _batches(nbody.recipe_dataset(dict(config, rotate=True), "train", cache_dir=cache_dir))
+    assert len(train_plain) == len(train_rot) == 2  # full batches only
+    for (f0, _), (f1, _) in zip(train_plain, train_rot):
+        np.testing.assert_array_equal(f0["charges"], f1["charges"])
+        np.testing.assert_allclose(np.linalg.norm(f0["vel"], axis=-1), np.linalg.norm(f1["vel"], axis=-1),
+                                   rtol=1e-5)

@@ -131,6 +131,28 @@ def test_projected_parameter_count_equals_plain(trained, projected):
         assert float(tf.reduce_max(tf.abs(layer.relaxation_kernel))) > 1e-3
 
 
+def test_reference_centring_reproduces_the_reference_features(batch):
+    """``centring="coordinates"``: the reference code's ``pos - pos.mean(1)`` on ``[B*N, 3]`` (each
+    particle minus the mean of its own x, y, z); the model built with it is not equivariant."""
+    x, _ = batch
+    loc, vel, q = (x[k].numpy().astype(np.float64) for k in ("loc", "vel", "charges"))
+    feats = NBodyGraphFeatures(num_nodes=5, centring="coordinates", dtype="float64")([loc, vel, q])[0].numpy()
+    flat = loc.reshape(-1, 3)
+    np.testing.assert_allclose(feats[..., :3].reshape(-1, 3), flat - flat.mean(axis=1, keepdims=True), atol=1e-12)
+    mass = NBodyGraphFeatures(num_nodes=5, dtype="float64")([loc, vel, q])[0].numpy()
+    np.testing.assert_allclose(feats[..., 3:], mass[..., 3:], atol=1e-12)  # vel, |vel| unchanged
+    with pytest.raises(ValueError, match="centring must be one of"):
+        NBodyGraphFeatures(num_nodes=5, centring="origin")
+    keras.utils.set_random_seed(3)
+    model = segnn(relaxed=False, centring="coordinates", **SMALL)
+    assert model.get_layer("graph_features").get_config()["centring"] == "coordinates"
+    report = check_equivariance(model, x, input_reps=REPS, output_reps="vector", group="O3", num_samples=2)
+    assert not report.passed, report
+    t = tf.constant(np.random.default_rng(1).normal(scale=3.0, size=(8, 1, 3)), tf.float32)
+    moved = model(dict(x, loc=x["loc"] + t)).numpy()
+    assert np.abs(moved - (model(x).numpy() + t.numpy())).max() > 1e-3
+
+
 def test_projected_segnn_is_e3_equivariant(trained, projected, batch):
     x, _ = batch
     report = assert_equivariant(projected, x, input_reps=REPS, output_reps="vector", group="O3", num_samples=3)
@@ -204,6 +226,12 @@ def test_recipe_published_defaults():
     assert (cfg["layers"], cfg["hidden"], cfg["train_samples"], cfg["norm"], cfg["relaxed"]) == \
         (4, 64, 3000, "none", True)
     assert recipe.resolve_config(recipe.build_parser().parse_args(["--no-relaxed"]))["relaxed"] is False
+    assert (cfg["centring"], cfg["rotate"]) == ("mass", True)
+    ablation = recipe.resolve_config(recipe.build_parser().parse_args(["--centring", "coordinates", "--no-rotate"]))
+    assert (ablation["centring"], ablation["rotate"]) == ("coordinates", False)
+    assert recipe.build_model(dict(ablation, relaxed=False)).get_layer("graph_features").centring == "coordinates"
+    old_run = {k: v for k, v in cfg.items() if k not in ("centring", "rotate")}  # summary.json of older runs
+    assert recipe.build_model(dict(old_run, relaxed=False)).get_layer("graph_features").centring == "mass"
 
 
 @pytest.mark.slow
