@@ -319,7 +319,8 @@ def mean_std(values):
     if not vals:
         return {"mean": None, "std": None, "n": 0}
     m = sum(vals) / len(vals)
-    s = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+    # the sample standard deviation is undefined for one run (None: the tables print the mean alone)
+    s = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else None
     return {"mean": m, "std": s, "n": len(vals)}
 
 
@@ -383,6 +384,8 @@ def _fmt_ms(stats, m: Metric):
         return "n/a"
     if m.digits < 0:
         return f"{stats['mean']:.1e}"
+    if stats["std"] is None:
+        return f"{stats['mean'] * m.scale:.{m.digits}f}"
     return f"{stats['mean'] * m.scale:.{m.digits}f} ± {stats['std'] * m.scale:.{m.digits}f}"
 
 
@@ -396,7 +399,8 @@ def markdown(result, exp: Experiment) -> str:
         cells = ([str(g["sweep_value"])] if sweep else []) + [g["arm"], str(g["runs"])]
         cells += [_fmt_ms(g["stats"][m.key], m) for m in metrics] + [_fmt_ms(g["stats"]["wall_time_minutes"], minutes)]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Mean ± sample standard deviation over the finished seeds. Per run:", ""]
+    lines += ["", "Mean ± sample standard deviation over the finished seeds (the mean alone for one run). Per run:",
+              ""]
     head = ([sweep] if sweep else []) + ["arm", "seed", "epochs"] + [m.label for m in metrics]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["runs"]:
@@ -485,7 +489,7 @@ def plot(curves, result, exp: Experiment, path: Path) -> list[str]:
                 continue
             xs = [position[g["sweep_value"]] for g in gs]
             ys = [g["stats"][m.key]["mean"] * m.scale for g in gs]
-            es = [g["stats"][m.key]["std"] * m.scale for g in gs]
+            es = [(g["stats"][m.key]["std"] or 0.0) * m.scale for g in gs]
             ax.errorbar(xs, ys, yerr=es, color=colors[arm], marker="o", capsize=3, label=arm)
         ax.set_xlabel(result["sweep"])
         ax.set_title(m.label)
