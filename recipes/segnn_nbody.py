@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--theta-value", type=float, default=0.1, help="theta of --schedule constant")
     g.add_argument("--lambda-lie", type=float, default=d["lambda_lie"])
     g.add_argument("--lambda-proj", type=float, default=d["lambda_proj"])
+    g.add_argument("--branch-placement", choices=("before_gate", "after_gate"), default="before_gate",
+                   help="the first node update's branch before its gate (method.md) or after it (as the "
+                        "relaxation paper's released code)")
+    g.add_argument("--branch-bias", action=argparse.BooleanOptionalAction, default=True,
+                   help="the branches' bias (--no-branch-bias: bias-free, as the released code)")
     g = p.add_argument_group("model and data")
     g.add_argument("--layers", type=int, default=d["layers"], help="message-passing layers")
     g.add_argument("--hidden", type=int, default=d["hidden"], help="hidden scalar budget (weight-balanced)")
@@ -150,7 +155,9 @@ def build_model(cfg):
     return segnn(num_layers=cfg["layers"], hidden_features=cfg["hidden"], lmax_hidden=cfg["lmax_hidden"],
                  lmax_attr=cfg["lmax_attr"], relaxed=cfg["relaxed"], lambda_lie=cfg["lambda_lie"],
                  lambda_proj=cfg["lambda_proj"], norm=None if cfg["norm"] == "none" else cfg["norm"],
-                 centring=cfg.get("centring", "mass"))  # runs before --centring have no key
+                 centring=cfg.get("centring", "mass"),  # runs from before an option have no key
+                 relaxation_placement=cfg.get("branch_placement", "before_gate"),
+                 relaxation_use_bias=cfg.get("branch_bias", True))
 
 
 def make_datasets(cfg):

@@ -874,25 +874,43 @@ def gate_irreps(irreps_out):
 
 
 # --------------------------------------------------------------------------- O3TensorProductGate
+#: where :class:`O3TensorProductGate` adds its relaxation branch
+RELAXATION_PLACEMENTS = ("before_gate", "after_gate")
+
+
 @register
 class O3TensorProductGate(_IrrepsLayer):
     """Tensor product then gate (SEGNN's ``O3TensorProductSwishGate``).
 
-    The tensor product (sublayer ``tensor_product``, an :class:`O3TensorProduct` with its own
-    relaxation branch, added before the nonlinearity) maps ``x (x) attr`` to
-    ``irreps_scalars + gates + irreps_gated`` (see :func:`gate_irreps`); the :class:`Gate`
-    (sublayer ``gate``) returns ``irreps_out``.  When ``irreps_out`` has no gated irreps the
-    gate is SEGNN's plain SiLU (no ``normalize2mom``), as in the reference code.
+    The tensor product (sublayer ``tensor_product``, an :class:`O3TensorProduct`) maps
+    ``x (x) attr`` to ``irreps_scalars + gates + irreps_gated`` (see :func:`gate_irreps`); the
+    :class:`Gate` (sublayer ``gate``) returns ``irreps_out``.  When ``irreps_out`` has no gated
+    irreps the gate is SEGNN's plain SiLU (no ``normalize2mom``), as in the reference code.
 
-    Args: as :class:`O3TensorProduct`, plus ``scalar_activation`` / ``gate_activation``.
+    Where the relaxation branch goes (``relaxation_placement``):
+
+    * ``"before_gate"`` (default, method.md section 2): the tensor product carries the branch,
+      ``gate(TP(x, attr) + theta R(x))``;
+    * ``"after_gate"``: this layer carries it, ``gate(TP(x, attr)) + theta R(x)`` with
+      ``R: irreps_in1 -> irreps_out`` (the relaxation paper's released SEGNN code adds its
+      linear branch there; for comparisons).
+
+    Args: as :class:`O3TensorProduct`, plus ``scalar_activation`` / ``gate_activation`` and
+    ``relaxation_placement``.
     """
 
     has_relaxation_branch = False
     _in2_attr = "irreps_in2"
 
     def __init__(self, irreps_in1, irreps_in2=None, irreps_out=None, use_bias=True, tp_rescale=True,
-                 scalar_activation="silu", gate_activation="sigmoid", **kwargs):
+                 scalar_activation="silu", gate_activation="sigmoid", relaxation_placement="before_gate", **kwargs):
+        if relaxation_placement not in RELAXATION_PLACEMENTS:
+            raise ValueError(f"O3TensorProductGate: relaxation_placement must be one of {RELAXATION_PLACEMENTS}, "
+                             f"got {relaxation_placement!r}.")
         super().__init__(**kwargs)
+        self.relaxation_placement = relaxation_placement
+        # the branch is this layer's (after the gate) or the tensor product's (before it)
+        self.has_relaxation_branch = relaxation_placement == "after_gate"
         owner = f"O3TensorProductGate '{self.name}'"
         _tensor_product_irreps(self, irreps_in1, irreps_in2, irreps_out, owner)
         self.use_bias = bool(use_bias)
@@ -902,6 +920,8 @@ class O3TensorProductGate(_IrrepsLayer):
         scalars, gated, tp_out = gate_irreps(self.irreps_out)
         _untracked(self, "irreps_tp_out", tp_out)
         relax = self.sublayer_config()
+        if self.has_relaxation_branch:
+            relax["relaxed"] = False
         self.tensor_product = O3TensorProduct(self.irreps_in1, self.irreps_in2, tp_out, use_bias=self.use_bias,
                                               tp_rescale=self.tp_rescale, name="tensor_product", **relax)
         self.gate = Gate(scalars, gated, scalar_activation=self.scalar_activation,
@@ -914,18 +934,23 @@ class O3TensorProductGate(_IrrepsLayer):
         if not self.gate.built:
             self.gate.build(self.tensor_product.compute_output_shape(self._full_input_shape))
 
-    def call(self, inputs, training=None):
+    def equivariant_call(self, inputs, training=None):
+        """``gate(TP(x, attr))``, with the tensor product's own branch when placed before the gate."""
         return self.gate(self.tensor_product(inputs, training=training), training=training)
 
-    def equivariant_call(self, inputs, training=None):  # pragma: no cover - call() is overridden
-        return self.call(inputs, training=training)
+    def call(self, inputs, training=None):
+        outputs = self.equivariant_call(inputs, training=training)
+        if self.relaxed and self.has_relaxation_branch:
+            outputs = self.add_relaxation(self._split_inputs(inputs)[0], outputs)
+        return outputs
 
     def get_config(self):
         config = super().get_config()
         config.update(irreps_in1=str(self.irreps_in1),
                       irreps_in2=None if self.irreps_in2 is None else str(self.irreps_in2),
                       irreps_out=str(self.irreps_out), use_bias=self.use_bias, tp_rescale=self.tp_rescale,
-                      scalar_activation=self.scalar_activation, gate_activation=self.gate_activation)
+                      scalar_activation=self.scalar_activation, gate_activation=self.gate_activation,
+                      relaxation_placement=self.relaxation_placement)
         return config
 
 
@@ -1052,4 +1077,5 @@ class SteerableNorm(_IrrepsLayer):
         return config
 
 
-__all__ = ["O3Linear", "O3TensorProduct", "Gate", "O3TensorProductGate", "SteerableNorm", "gate_irreps"]
+__all__ = ["O3Linear", "O3TensorProduct", "Gate", "O3TensorProductGate", "SteerableNorm", "gate_irreps",
+           "RELAXATION_PLACEMENTS"]

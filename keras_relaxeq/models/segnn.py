@@ -190,10 +190,14 @@ class SEGNNLayer(keras.layers.Layer):
         num_nodes: nodes per graph (the graph is complete, without self loops).
         norm: None or ``"instance"``.
         relaxed, relaxation_initializer, lie_method, theta: relaxation of the update layers.
+        relaxation_placement: ``update_layer_1``'s branch before its gate (default, method.md)
+            or ``"after_gate"`` (as the relaxation paper's released code).
+        relaxation_use_bias: the branches' bias (the released code's branches have none).
     """
 
     def __init__(self, hidden_irreps, attr_irreps="1x0e+1x1o", message_irreps=NBODY_MESSAGE_IRREPS, num_nodes=5,
-                 norm=None, relaxed=True, relaxation_initializer=None, lie_method="auto", theta=1.0, **kwargs):
+                 norm=None, relaxed=True, relaxation_initializer=None, lie_method="auto", theta=1.0,
+                 relaxation_placement="before_gate", relaxation_use_bias=True, **kwargs):
         super().__init__(**kwargs)
         if norm not in NORMS:
             raise ValueError(f"SEGNNLayer '{self.name}': norm must be one of {NORMS}, got {norm!r}.")
@@ -208,6 +212,8 @@ class SEGNNLayer(keras.layers.Layer):
         self.relaxation_initializer = keras.initializers.get(relaxation_initializer)
         self.lie_method = lie_method
         self.theta = float(theta)
+        self.relaxation_placement = relaxation_placement
+        self.relaxation_use_bias = bool(relaxation_use_bias)
         self.senders, self.receivers = fully_connected_edges(self.num_nodes)
         self.incidence = _incidence(self.receivers, self.num_nodes)
 
@@ -216,10 +222,12 @@ class SEGNNLayer(keras.layers.Layer):
         update_in = (hidden + hidden).simplify()
         plain = dict(relaxed=False, dtype=self.dtype_policy)
         relax = dict(relaxed=self.relaxed, relaxation_initializer=keras.initializers.serialize(
-            self.relaxation_initializer), lie_method=lie_method, theta=self.theta, dtype=self.dtype_policy)
+            self.relaxation_initializer), lie_method=lie_method, theta=self.theta,
+            relaxation_use_bias=self.relaxation_use_bias, dtype=self.dtype_policy)
         self.message_layer_1 = O3TensorProductGate(message_in, attr, hidden, name="message_layer_1", **plain)
         self.message_layer_2 = O3TensorProductGate(hidden, attr, hidden, name="message_layer_2", **plain)
-        self.update_layer_1 = O3TensorProductGate(update_in, attr, hidden, name="update_layer_1", **relax)
+        self.update_layer_1 = O3TensorProductGate(update_in, attr, hidden, name="update_layer_1",
+                                                  relaxation_placement=relaxation_placement, **relax)
         self.update_layer_2 = O3TensorProduct(hidden, attr, hidden, name="update_layer_2", **relax)
         self.feature_norm = (SteerableNorm(hidden, mode="instance", name="feature_norm", dtype=self.dtype_policy)
                              if norm == "instance" else None)
@@ -262,7 +270,8 @@ class SEGNNLayer(keras.layers.Layer):
                       message_irreps=str(self.message_irreps), num_nodes=self.num_nodes, norm=self.norm,
                       relaxed=self.relaxed,
                       relaxation_initializer=keras.initializers.serialize(self.relaxation_initializer),
-                      lie_method=self.lie_method, theta=self.theta)
+                      lie_method=self.lie_method, theta=self.theta, relaxation_placement=self.relaxation_placement,
+                      relaxation_use_bias=self.relaxation_use_bias)
         return config
 
 
@@ -275,7 +284,7 @@ def segnn_hidden_irreps(hidden_features=64, lmax_hidden=1, lmax_attr=1, balance=
 def segnn(num_layers=4, hidden_features=64, lmax_hidden=1, lmax_attr=1, relaxed=True,
           relaxation_initializer=None, lambda_lie=0.01, lambda_proj=0.01, norm=None, pool=None,
           num_nodes=5, balance="weights", squared_distance=False, centring="mass", lie_method="auto",
-          penalty_scale="none", name="segnn_nbody"):
+          penalty_scale="none", relaxation_placement="before_gate", relaxation_use_bias=True, name="segnn_nbody"):
     """SEGNN for the charged N-body task as a :class:`~keras_relaxeq.RelaxedModel`.
 
     Args:
@@ -296,6 +305,9 @@ def segnn(num_layers=4, hidden_features=64, lmax_hidden=1, lmax_attr=1, relaxed=
             ``"coordinates"`` (the reference code's ``pos - pos.mean(1)``, each particle's position
             minus the mean of its own x, y, z: *not* equivariant, for reproducing the reference).
         lie_method: how the Lie derivative is computed.
+        relaxation_placement, relaxation_use_bias: the first update's branch before its gate
+            (default, method.md) or ``"after_gate"``, and the branches' bias; ``"after_gate"``
+            without bias is the released code's branch placement (for comparisons).
 
     Inputs ``{"loc": [B, N, 3], "vel": [B, N, 3], "charges": [B, N, 1]}``; output the
     predicted positions ``[B, N, 3]`` (``loc`` + a ``1x1o`` prediction).
@@ -325,6 +337,7 @@ def segnn(num_layers=4, hidden_features=64, lmax_hidden=1, lmax_attr=1, relaxed=
     for i in range(int(num_layers)):
         x = SEGNNLayer(hidden, attr, NBODY_MESSAGE_IRREPS, num_nodes=n, norm=norm, relaxed=relaxed,
                        relaxation_initializer=relaxation_initializer, lie_method=lie_method,
+                       relaxation_placement=relaxation_placement, relaxation_use_bias=relaxation_use_bias,
                        name=f"layer_{i}")([x, edge_attr, node_attr, edge_features])
     x = O3TensorProductGate(hidden, attr, hidden, relaxed=False, name="pre_pool1")((x, node_attr))
     delta = O3TensorProduct(hidden, attr, NBODY_OUTPUT_IRREPS, relaxed=False, name="pre_pool2")((x, node_attr))

@@ -69,7 +69,7 @@ VERIFY_ATOL, VERIFY_RTOL = 1e-4, 1e-3
 PARITY_ATOL, PARITY_RTOL = 1e-5, 1e-4
 #: recipe options that are not training settings (left out of a reconstructed command)
 _NOT_OPTIONS = {"resume", "fresh", "cpu_replicas"}
-_BOOLEAN_OPTIONAL = {"relaxed", "relaxed_val", "rotate"}  # --x / --no-x
+_BOOLEAN_OPTIONAL = {"relaxed", "relaxed_val", "rotate", "branch_bias"}  # --x / --no-x
 
 
 class PublishError(ValueError):

@@ -73,6 +73,8 @@ CASES = {
     "tp_no_attr": (lambda **kw: O3TensorProduct(IN1, None, OUT, **kw), lambda s=0: feats(IN1, s), True),
     "tp_gate": (lambda **kw: O3TensorProductGate(IN1, ATTR, GATED_OUT, **kw),
                 lambda s=0: (feats(IN1, s), feats(ATTR, s + 1)), True),
+    "tp_gate_after": (lambda **kw: O3TensorProductGate(IN1, ATTR, GATED_OUT, relaxation_placement="after_gate", **kw),
+                      lambda s=0: (feats(IN1, s), feats(ATTR, s + 1)), True),
     "tp_gate_scalars": (lambda **kw: O3TensorProductGate(IN1, ATTR, "3x0e", **kw),
                         lambda s=0: (feats(IN1, s), feats(ATTR, s + 1)), True),
     "gate": (lambda **kw: Gate("2x0e", "2x1o+1x1e+1x2e+1x0o", **kw),
@@ -415,6 +417,30 @@ def test_keras_file_round_trip(name, tmp_path):
     np.testing.assert_allclose(np_(loaded(flat)), np_(model(flat)), atol=1e-12)
     if branch:
         assert get_theta(loaded) == pytest.approx(0.3)
+
+
+def test_gate_branch_placement():
+    """``relaxation_placement="after_gate"``: ``gate(TP(x, attr)) + theta (W x + b)``, the branch
+    the layer's own (the tensor product has none); ``"before_gate"`` puts it inside the gate."""
+    after, x = built("tp_gate_after", relaxed=True)
+    assert own_branch_layers(after) == [after] and not after.tensor_product.relaxed
+    assert randomize(after, ("relaxation_kernel", "relaxation_bias"), seed=4) == 2
+    set_theta(after, 0.7)
+    flat_x = np_(x[0])
+    expected = np_(after.gate(after.tensor_product(x))) + 0.7 * (
+        flat_x @ np_(after.relaxation_kernel) + np_(after.relaxation_bias))
+    np.testing.assert_allclose(np_(after(x)), expected, atol=1e-12)
+    assert after.relaxation_kernel.shape == (Irreps(IN1).dim, Irreps(GATED_OUT).dim)
+
+    before, _ = built("tp_gate", relaxed=True)
+    assert own_branch_layers(before) == [before.tensor_product]
+    assert before.tensor_product.relaxation_kernel.shape[1] == Irreps(before.irreps_tp_out).dim
+    plain = O3TensorProductGate(IN1, ATTR, GATED_OUT, relaxation_placement="after_gate", relaxed=False, dtype=F64)
+    plain(x)
+    assert not relaxed_layers(plain) and plain.count_params() == after.count_params() - sum(
+        int(np.prod(v.shape)) for v in after.relaxation_variables) - 1  # branch W, b and theta
+    with pytest.raises(ValueError, match="relaxation_placement must be one of"):
+        O3TensorProductGate(IN1, ATTR, GATED_OUT, relaxation_placement="inside")
 
 
 def test_projection_of_steerable_model():

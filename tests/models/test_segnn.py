@@ -153,6 +153,32 @@ def test_reference_centring_reproduces_the_reference_features(batch):
     assert np.abs(moved - (model(x).numpy() + t.numpy())).max() > 1e-3
 
 
+def test_released_branch_placement(batch, tmp_path):
+    """``relaxation_placement="after_gate", relaxation_use_bias=False``: the released code's
+    bias-free branches, the first one after the first update's gate; the projection removes them."""
+    x, _ = batch
+    keras.utils.set_random_seed(4)
+    model = segnn(relaxed=True, relaxation_placement="after_gate", relaxation_use_bias=False, **SMALL)
+    branches = relaxed_layers(model)
+    assert sorted(l.name for l in branches) == sorted(["update_layer_1", "update_layer_2"] * SMALL["num_layers"])
+    assert all(l.relaxation_bias is None for l in branches)
+    # the first update's branch is the gate layer's own, not its tensor product's
+    assert {type(l).__name__ for l in branches if l.name == "update_layer_1"} == {"O3TensorProductGate"}
+    for layer in branches:
+        layer.relaxation_kernel.assign(np.random.default_rng(0).normal(size=layer.relaxation_kernel.shape))
+    kr.set_theta(model, 1.0)
+    assert not check_equivariance(model, x, input_reps=REPS, output_reps="vector", group="O3", num_samples=2).passed
+    path = tmp_path / "released.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), atol=1e-5)
+    plain = kr.project(model)
+    assert plain.count_params() == segnn(relaxed=False, **SMALL).count_params()
+    assert_equivariant(plain, x, input_reps=REPS, output_reps="vector", group="O3", num_samples=2)
+    kr.set_theta(model, 0.0)
+    np.testing.assert_allclose(model(x).numpy(), plain(x).numpy(), atol=1e-5)
+
+
 def test_projected_segnn_is_e3_equivariant(trained, projected, batch):
     x, _ = batch
     report = assert_equivariant(projected, x, input_reps=REPS, output_reps="vector", group="O3", num_samples=3)
@@ -227,6 +253,11 @@ def test_recipe_published_defaults():
         (4, 64, 3000, "none", True)
     assert recipe.resolve_config(recipe.build_parser().parse_args(["--no-relaxed"]))["relaxed"] is False
     assert (cfg["centring"], cfg["rotate"]) == ("mass", True)
+    assert (cfg["branch_placement"], cfg["branch_bias"]) == ("before_gate", True)
+    released = recipe.resolve_config(recipe.build_parser().parse_args(["--branch-placement", "after_gate",
+                                                                       "--no-branch-bias"]))
+    layer = recipe.build_model(released).get_layer("layer_0").update_layer_1
+    assert layer.relaxation_placement == "after_gate" and layer.relaxation_bias is None
     ablation = recipe.resolve_config(recipe.build_parser().parse_args(["--centring", "coordinates", "--no-rotate"]))
     assert (ablation["centring"], ablation["rotate"]) == ("coordinates", False)
     assert recipe.build_model(dict(ablation, relaxed=False)).get_layer("graph_features").centring == "coordinates"
