@@ -52,6 +52,8 @@ import math
 import sys
 import time
 
+from keras_relaxeq.layers.steerable import RELAXATION_PLACEMENTS
+from keras_relaxeq.models.segnn import CENTRINGS
 from keras_relaxeq.training.recipe import make_strategy, prepare_output_dir, read_csv_history, run_callbacks
 
 #: published settings of the relaxation paper's N-body run (method.md section 6, SEGNN README)
@@ -81,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--theta-value", type=float, default=0.1, help="theta of --schedule constant")
     g.add_argument("--lambda-lie", type=float, default=d["lambda_lie"])
     g.add_argument("--lambda-proj", type=float, default=d["lambda_proj"])
-    g.add_argument("--branch-placement", choices=("before_gate", "after_gate"), default="before_gate",
+    g.add_argument("--branch-placement", choices=RELAXATION_PLACEMENTS, default="before_gate",
                    help="the first node update's branch before its gate (method.md) or after it (as the "
                         "relaxation paper's released code)")
     g.add_argument("--branch-bias", action=argparse.BooleanOptionalAction, default=True,
@@ -92,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lmax-hidden", type=int, default=d["lmax_hidden"])
     g.add_argument("--lmax-attr", type=int, default=d["lmax_attr"])
     g.add_argument("--norm", choices=("none", "instance"), default=d["norm"])
-    g.add_argument("--centring", choices=("mass", "coordinates"), default="mass",
+    g.add_argument("--centring", choices=CENTRINGS, default="mass",
                    help="node positions minus the centre of mass (equivariant), or minus the mean of each "
                         "particle's own coordinates as the reference code does (NOT equivariant: ablation only)")
     g.add_argument("--rotate", action=argparse.BooleanOptionalAction, default=True,
