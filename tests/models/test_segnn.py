@@ -131,7 +131,7 @@ def test_projected_parameter_count_equals_plain(trained, projected):
         assert float(tf.reduce_max(tf.abs(layer.relaxation_kernel))) > 1e-3
 
 
-def test_reference_centring_reproduces_the_reference_features(batch):
+def test_reference_centring_reproduces_the_reference_features(batch, tmp_path):
     """``centring="coordinates"``: the reference code's ``pos - pos.mean(1)`` on ``[B*N, 3]`` (each
     particle minus the mean of its own x, y, z); the model built with it is not equivariant."""
     x, _ = batch
@@ -151,6 +151,11 @@ def test_reference_centring_reproduces_the_reference_features(batch):
     t = tf.constant(np.random.default_rng(1).normal(scale=3.0, size=(8, 1, 3)), tf.float32)
     moved = model(dict(x, loc=x["loc"] + t)).numpy()
     assert np.abs(moved - (model(x).numpy() + t.numpy())).max() > 1e-3
+    path = tmp_path / "coordinates.keras"  # the centring survives saving: the loaded model gives the same output
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.get_layer("graph_features").centring == "coordinates"
+    np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), atol=1e-6)
 
 
 def test_released_branch_placement(batch, tmp_path):
