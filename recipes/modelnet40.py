@@ -183,6 +183,12 @@ def learning_rate_fn(cfg):
     return lambda epoch: lr
 
 
+def make_loss(cfg):
+    """The task loss on one-hot labels (relaxation_report.py --gradients uses it too)."""
+    import keras
+    return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg["label_smoothing"])
+
+
 def make_optimizer(cfg):
     import keras
     wd = cfg["weight_decay"] or None
@@ -275,8 +281,7 @@ def main(argv=None) -> dict:
     with strategy.scope():  # model, optimizer, metrics (and penalties) are created on every replica
         model = build_model(cfg)
         model.compile(optimizer=make_optimizer(cfg),
-                      loss=keras.losses.CategoricalCrossentropy(from_logits=True,
-                                                                label_smoothing=cfg["label_smoothing"]),
+                      loss=make_loss(cfg),
                       metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
                       jit_compile=use_xla(cfg["jit_compile"], strategy))
     dist.prepare_model(model, strategy)  # Keras 3.15 multi-worker workarounds (no-op otherwise)

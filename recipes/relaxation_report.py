@@ -5,6 +5,7 @@
     python recipes/relaxation_report.py runs/segnn_cmp/relaxed_seed1 --checkpoint backup   # the last backup
     python recipes/relaxation_report.py runs/zoo_dgcnn --batches 2 --json /tmp/report.json
     python recipes/relaxation_report.py runs/segnn_cmp/relaxed_seed0 --random-branches       # reference
+    python recipes/relaxation_report.py runs/segnn_cmp/relaxed_seed0 --gradients 30          # where training pushes
 
 Reads a run directory of ``recipes/segnn_nbody.py`` or ``recipes/modelnet40.py`` (also one that is
 still training), rebuilds the run's configuration (from ``summary.json``, or else from the
@@ -18,6 +19,11 @@ still training), rebuilds the run's configuration (from ``summary.json``, or els
 and prints ``keras_relaxeq.training.relaxation_report`` on ``--batches`` batches of the recipe's
 validation pipeline: per relaxed branch, the rms sizes of the equivariant output ``E(x)``, of the
 branch's contribution ``theta R(x)`` and their ratio, of ``R(x)`` and of its Lie derivative.
+
+``--gradients N`` prints ``keras_relaxeq.training.branch_gradient_report`` instead, on ``N`` batches
+of the recipe's *training* pipeline (with its per-batch random rotations) and the recipe's task
+loss: per branch, how much of the task-loss and penalty gradients on the kernel lies along
+equivariant maps and how much off them, and how coherent each part is across batches.
 """
 
 from __future__ import annotations
@@ -43,6 +49,9 @@ def build_parser():
                    help="reference: replace every branch's weights by N(0, 1) draws (seed 0) and set theta = 0 (so "
                         "every layer sees the inputs of the projected model), to see what sqrt(LD / N) a random "
                         "branch of these layers gives")
+    p.add_argument("--gradients", type=int, default=None, metavar="N",
+                   help="report the split of the task and penalty gradients on the branch kernels into equivariant "
+                        "and non-equivariant parts over N training batches (branch_gradient_report) instead")
     p.add_argument("--json", default=None, help="also write the rows here")
     return p
 
@@ -109,17 +118,29 @@ def main(argv=None) -> list[dict]:
         raise SystemExit(f"{run_dir} is a --no-relaxed run: it has no relaxation branch to report on.")
 
     from keras_relaxeq.layers import set_theta
-    from keras_relaxeq.training import format_relaxation_report, relaxation_report
+    from keras_relaxeq.training import branch_gradient_report, format_branch_gradient_report, \
+        format_relaxation_report, relaxation_report
 
     model, source = load_checkpoint(recipe, cfg, run_dir, args.checkpoint)
     if args.random_branches:
         randomize_branches(model)
         set_theta(model, 0.0)
         source += ", branches replaced by N(0, 1) weights, theta set to 0"
-    val = recipe.make_datasets(cfg)[1]
-    rows = relaxation_report(model, val, num_batches=args.batches)
-    print(f"{source}; {args.batches} validation batches of {cfg['batch']}\n")
-    print(format_relaxation_report(rows))
+    if args.gradients is not None:
+        if args.gradients < 1:
+            raise SystemExit(f"--gradients needs at least 1 batch, got {args.gradients}.")
+        if args.random_branches:
+            raise SystemExit("--gradients and --random-branches do not go together: at theta = 0 the task loss does "
+                             "not depend on the branches.")
+        train = recipe.make_datasets(cfg)[0]
+        rows = branch_gradient_report(model, train, loss=recipe.make_loss(cfg), num_batches=args.gradients)
+        print(f"{source}; {rows[0]['batches']} training batches of {cfg['batch']}\n")
+        print(format_branch_gradient_report(rows))
+    else:
+        val = recipe.make_datasets(cfg)[1]
+        rows = relaxation_report(model, val, num_batches=args.batches)
+        print(f"{source}; {args.batches} validation batches of {cfg['batch']}\n")
+        print(format_relaxation_report(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({"run": str(run_dir), "checkpoint": source, "rows": rows}, indent=2))
     return rows

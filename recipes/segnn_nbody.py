@@ -162,6 +162,11 @@ def build_model(cfg):
                  relaxation_use_bias=cfg.get("branch_bias", True))
 
 
+def make_loss(cfg):
+    """The task loss (relaxation_report.py --gradients uses it too)."""
+    return "mse"
+
+
 def make_datasets(cfg):
     """Train / val / test pipelines batched with ``cfg["batch"]``, the *global* batch size.
 
@@ -283,7 +288,7 @@ def main(argv=None) -> dict:
     with strategy.scope():  # model, optimizer, metrics (and penalties) are created on every replica
         model = build_model(cfg)
         model.compile(optimizer=keras.optimizers.Adam(cfg["lr"], weight_decay=cfg["weight_decay"] or None),
-                      loss="mse")
+                      loss=make_loss(cfg))
     dist.prepare_model(model, strategy)  # Keras 3.15 multi-worker workarounds (no-op otherwise)
 
     # the projected model of ProjectedValidation is built in the callback, outside the strategy scope

@@ -81,3 +81,12 @@ def test_segnn_recipe_mirrored_two_cpu_replicas(tmp_path, monkeypatch):
     assert [r["equivariant_rms"] for r in reference] == pytest.approx([r["equivariant_rms"] for r in rows], rel=1e-5)
     assert all(r["r_rms"] > 100 * b["r_rms"] and r["branch_rms"] == 0.0 for r, b in zip(reference, rows))
     assert all(1.0 < r["lie_over_r"] < 3.0 for r in reference)
+    # --gradients: the split of the gradients on the branch kernels, on training batches with the recipe's loss
+    grads = relaxation_report.main([str(out), "--gradients", "2"])
+    assert [r["layer"] for r in grads] == [r["layer"] for r in rows[:-1]]
+    assert all(r["batches"] == 2 and 0.0 < r["kernel_equivariant_share"] < 1.0 for r in grads)
+    # theta = 0: the task loss does not reach the branches, the penalties do (off the equivariant maps too)
+    assert all(r["task_eq_norm"] == 0.0 and r["task_ne_norm"] == 0.0 for r in grads)
+    assert all(r["penalty_ne_norm"] > 0.0 for r in grads)
+    with pytest.raises(SystemExit, match="do not go together"):
+        relaxation_report.main([str(out), "--gradients", "2", "--random-branches"])

@@ -6,6 +6,9 @@ from keras_relaxeq.groups.representations import (
     VectorFieldRep,
     VectorRep,
     as_representation,
+    equivariant_projection,
+    lie_derivative_of_map,
+    representation_degrees,
 )
 from keras_relaxeq.groups.so3 import (
     axis_rotation,

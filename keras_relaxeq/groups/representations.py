@@ -167,3 +167,66 @@ def as_representation(rep) -> Representation:
         return TrivialRep()
     raise ValueError(f"Unknown representation {rep!r}: pass a keras_relaxeq.groups.Representation, "
                      "'vector' (rotate the last axis of size 3) or 'invariant'.")
+
+
+# ----------------------------------------------------------------------------- equivariant linear maps
+
+def representation_degrees(rep: Representation) -> list[int]:
+    """The degrees ``l`` of the SO(3) irreps in ``rep``, from the eigenvalues ``l (l + 1)`` of its
+    Casimir ``-sum_k G_k^2`` (dense generators; raises if they are not so(3) generators in the
+    standard normalisation)."""
+    gens = np.asarray(rep.generators_numpy(), np.float64)
+    casimir = -np.einsum("kij,kjl->il", gens, gens)
+    eig = np.linalg.eigvalsh((casimir + casimir.T) / 2.0)
+    degrees = (np.sqrt(1.0 + 4.0 * np.maximum(eig, 0.0)) - 1.0) / 2.0
+    rounded = np.rint(degrees)
+    if np.abs(degrees - rounded).max(initial=0.0) > 1e-6:
+        raise ValueError(f"{rep}: the Casimir eigenvalues are not of the form l (l + 1); are its generators "
+                         "so(3) generators with [G_x, G_y] = G_z?")
+    return sorted(set(int(l) for l in rounded))
+
+
+def lie_derivative_of_map(kernel, in_rep: Representation, out_rep: Representation) -> np.ndarray:
+    """``L_k(W) = G_in,k^T W - W G_out,k^T`` (``[3, D_in, D_out]``, float64) of the linear map
+    ``x -> x W``: the map is SO(3)-equivariant iff all three vanish (method.md's Lie derivative of
+    a linear branch, per unit input)."""
+    w = np.asarray(kernel, np.float64)
+    g_in = np.asarray(in_rep.generators_numpy(), np.float64)
+    g_out = np.asarray(out_rep.generators_numpy(), np.float64)
+    return np.einsum("kji,jo->kio", g_in, w) - np.einsum("io,kpo->kip", w, g_out)
+
+
+def equivariant_projection(kernel, in_rep: Representation, out_rep: Representation) -> np.ndarray:
+    """Orthogonal (Frobenius) projection of the linear map ``x -> x W`` onto the SO(3)-equivariant maps.
+
+    ``kernel``: ``[D_in, D_out]`` for flattened features of ``in_rep`` and ``out_rep``.  Returns
+    ``P(W)`` (float64) with ``L_k(P(W)) = 0`` for k = 0, 1, 2 (:func:`lie_derivative_of_map`);
+    ``W - P(W)`` is orthogonal to every equivariant map.  The equivariant maps are the kernel of
+    ``A = sum_k L_k^* L_k``, the Casimir of ``in_rep (x) out_rep``, whose eigenvalues are ``L (L + 1)``
+    for the degrees ``L <= l_in + l_out`` present; ``P = prod_{L >= 1} (1 - A / (L (L + 1)))``
+    removes each of them exactly.  The Lie derivative does not see parity: for O(3) irreps a map
+    between equal ``l`` and opposite parity counts as equivariant here, as it does for the penalty.
+    """
+    w = np.asarray(kernel, np.float64)
+    if w.shape != (in_rep.dim, out_rep.dim):
+        raise ValueError(f"kernel of shape {list(w.shape)} does not map {in_rep} (dim {in_rep.dim}) to "
+                         f"{out_rep} (dim {out_rep.dim}); expected [{in_rep.dim}, {out_rep.dim}].")
+    g_in = np.asarray(in_rep.generators_numpy(), np.float64)
+    g_out = np.asarray(out_rep.generators_numpy(), np.float64)
+
+    def lie(m):
+        return np.einsum("kji,jo->kio", g_in, m) - np.einsum("io,kpo->kip", m, g_out)
+
+    def casimir(m):  # sum_k L_k^*(L_k(m)), with L_k^*(M) = G_in,k M - M G_out,k
+        lm = lie(m)
+        return np.einsum("kij,kjo->io", g_in, lm) - np.einsum("kio,kop->ip", lm, g_out)
+
+    top = max(representation_degrees(in_rep)) + max(representation_degrees(out_rep))
+    p = w.copy()
+    for degree in range(1, top + 1):
+        p = p - casimir(p) / float(degree * (degree + 1))
+    residual = np.sqrt(np.sum(lie(p) ** 2))
+    if residual > 1e-9 * max(np.sqrt(np.sum(w ** 2)), 1e-300):
+        raise RuntimeError(f"equivariant_projection: the projected map still has a Lie derivative of norm "
+                           f"{residual:.3g} (kernel norm {np.sqrt(np.sum(w ** 2)):.3g}).")
+    return p

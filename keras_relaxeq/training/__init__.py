@@ -3,6 +3,8 @@ per-layer relaxation report."""
 
 from keras_relaxeq.training.diagnostics import (
     RelaxationMonitor,
+    branch_gradient_report,
+    format_branch_gradient_report,
     format_relaxation_report,
     read_relaxation_log,
     relaxation_report,

@@ -178,3 +178,130 @@ def read_relaxation_log(path, layer: str = "total") -> dict[str, list[float]]:
     history = read_csv_history(path, where=lambda row: row.get("layer") == layer)
     history.pop("layer", None)
     return history
+
+
+# ----------------------------------------------------------------------------- gradients on the branches
+
+#: the columns of a :func:`branch_gradient_report` row
+GRADIENT_COLUMNS = ("layer", "theta", "batches", "kernel_equivariant_share", "task_eq_norm", "task_ne_norm",
+                    "task_eq_coherence", "task_ne_coherence", "penalty_eq_norm", "penalty_ne_norm")
+
+
+def branch_gradient_report(model, data, loss=None, num_batches: int | None = 10) -> list[dict]:
+    """Where do the task loss and the penalties push each linear branch kernel ``W``?
+
+    Per batch ``b`` of ``data`` (``(x, y)`` tuples, e.g. the training pipeline with its random
+    rotations) the gradients of the task loss ``loss(y, model(x))`` and of the model's penalty
+    (``RelaxedModel.relaxation_penalty``, if it has one) with respect to every relaxed layer's
+    ``relaxation_kernel`` are split by :func:`~keras_relaxeq.groups.equivariant_projection` into
+    the part along equivariant maps (``eq``, which the projection keeps only as a duplicate of the
+    equivariant layer's own weights) and the non-equivariant rest (``ne``, the relaxation proper).
+    One row per relaxed branch:
+
+    * ``kernel_equivariant_share``: ``||P W|| / ||W||`` of the current kernel;
+    * ``task_eq_norm`` / ``task_ne_norm``: the mean over batches of ``||P g_b||`` / ``||(1 - P) g_b||``;
+    * ``task_eq_coherence`` / ``task_ne_coherence``: ``||mean_b part(g_b)|| / mean_b ||part(g_b)||``:
+      1 when every batch pushes the same way, about ``1 / sqrt(batches)`` for independent noise.
+      For an equivariant model (theta = 0, or equivariant branches) and rotation-invariant data, the
+      expected task gradient has no non-equivariant part, so ``task_ne_coherence`` falls like noise;
+    * ``penalty_eq_norm`` / ``penalty_ne_norm``: the same means for the penalty's gradient (the Lie
+      term only pushes on the ``ne`` part; the projection term on both).
+
+    Args:
+        model: a model with linear relaxed branches, e.g. a relaxed ``RelaxedModel``.
+        data: a ``tf.data.Dataset`` of ``(inputs, targets)`` (further elements are ignored).
+        loss: the task loss, a Keras loss (object or name) or ``callable(y_true, y_pred)``;
+            default: the model's compiled loss.
+        num_batches: batches to use (None: all of ``data``).
+    """
+    from keras_relaxeq.groups.representations import equivariant_projection
+
+    import numpy as np
+
+    layers = relaxed_layers(model)
+    if not layers:
+        raise ValueError(f"{getattr(model, 'name', model)!r} has no relaxed layers; pass the relaxed model.")
+    mlp = [_layer_name(l) for l in layers if getattr(l, "relaxation_branch", "linear") != "linear"]
+    if mlp:
+        raise ValueError(f"branch_gradient_report splits linear branches only; {mlp} have MLP branches.")
+    if loss is None:
+        loss = getattr(model, "loss", None)
+        if loss is None:
+            raise ValueError("branch_gradient_report: the model is not compiled with a loss; pass loss= (e.g. 'mse').")
+    loss_fn = keras.losses.get(loss) if isinstance(loss, (str, dict)) else loss
+    if not isinstance(data, tf.data.Dataset):
+        raise TypeError("branch_gradient_report needs a tf.data.Dataset of (inputs, targets) batches.")
+    has_penalty = hasattr(model, "relaxation_penalty")
+    kernels = shapes = sums = norms = None
+    seen = 0
+    for batch in data:
+        if num_batches is not None and seen >= num_batches:
+            break
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise ValueError("branch_gradient_report: the dataset must yield (inputs, targets) tuples.")
+        x, y = batch[0], batch[1]
+        with tf.GradientTape(persistent=True) as tape:
+            with collect_relaxation_penalties() as collector:
+                y_pred = model(x, training=False)
+            task = tf.reduce_mean(loss_fn(y, y_pred))
+            penalty = model.relaxation_penalty(collector)[0] if has_penalty else None
+        if kernels is None:  # the branches in call order, as in relaxation_report
+            layers = list({id(l): l for l in collector.layers}.values())
+            kernels = [l.relaxation_kernel for l in layers]
+            shapes = [tuple(k.shape) for k in kernels]
+            sums = {key: [np.zeros(s) for s in shapes] for key in ("task_eq", "task_ne")}
+            norms = {key: [0.0] * len(kernels) for key in ("task_eq", "task_ne", "penalty_eq", "penalty_ne")}
+        grads = {"task": tape.gradient(task, kernels)}
+        if penalty is not None:
+            grads["penalty"] = tape.gradient(penalty, kernels)
+        del tape
+        for i, layer in enumerate(layers):
+            for kind, gs in grads.items():
+                g = np.zeros(shapes[i]) if gs[i] is None else np.asarray(gs[i], np.float64)
+                eq = equivariant_projection(g, layer.input_rep, layer.output_rep)
+                ne = g - eq
+                norms[f"{kind}_eq"][i] += float(np.linalg.norm(eq))
+                norms[f"{kind}_ne"][i] += float(np.linalg.norm(ne))
+                if kind == "task":
+                    sums["task_eq"][i] += eq
+                    sums["task_ne"][i] += ne
+        seen += 1
+    if not seen:
+        raise ValueError("branch_gradient_report: the data yielded no batch.")
+    theta = get_theta(model)
+    rows = []
+    for i, layer in enumerate(layers):
+        w = np.asarray(kernels[i], np.float64)
+        w_norm = float(np.linalg.norm(w))
+        share = float(np.linalg.norm(equivariant_projection(w, layer.input_rep, layer.output_rep))) / w_norm \
+            if w_norm > 0 else float("nan")
+
+        def coherence(key):
+            mean_norm = norms[key][i] / seen
+            return float(np.linalg.norm(sums[key][i] / seen)) / mean_norm if mean_norm > 0 else float("nan")
+
+        rows.append({
+            "layer": _layer_name(layer), "theta": theta, "batches": seen, "kernel_equivariant_share": share,
+            "task_eq_norm": norms["task_eq"][i] / seen, "task_ne_norm": norms["task_ne"][i] / seen,
+            "task_eq_coherence": coherence("task_eq"), "task_ne_coherence": coherence("task_ne"),
+            "penalty_eq_norm": norms["penalty_eq"][i] / seen if has_penalty else float("nan"),
+            "penalty_ne_norm": norms["penalty_ne"][i] / seen if has_penalty else float("nan"),
+        })
+    return rows
+
+
+def format_branch_gradient_report(rows: list[dict]) -> str:
+    """A Markdown table of :func:`branch_gradient_report` rows."""
+    header = ("layer", "||P W|| / ||W||", "task ||g_eq||", "task ||g_ne||", "coherence eq", "coherence ne",
+              "penalty ||g_eq||", "penalty ||g_ne||")
+    keys = GRADIENT_COLUMNS[3:]
+    first = rows[0] if rows else {}
+    theta = first.get("theta")
+    batches = first.get("batches", 0)
+    lines = [(f"theta = {theta:.4g}; " if theta is not None else "") +
+             f"{batches} batches (coherence of independent noise: about 1 / sqrt({batches}) = "
+             f"{1 / math.sqrt(batches) if batches else float('nan'):.3g})", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        lines.append("| " + " | ".join([str(row["layer"])] + [f"{row[k]:.3g}" for k in keys]) + " |")
+    return "\n".join(lines)

@@ -11,7 +11,10 @@ import tensorflow as tf
 
 import keras_relaxeq as kr
 from keras_relaxeq.layers import VNLinear, set_theta
-from keras_relaxeq.training import format_relaxation_report, relaxation_report
+from keras_relaxeq.groups import equivariant_projection
+from keras_relaxeq.layers.base import relaxed_layers
+from keras_relaxeq.training import branch_gradient_report, format_branch_gradient_report, format_relaxation_report, \
+    relaxation_report
 
 SHAPE = (2, 16, 4, 3)  # [batch, points, channels, 3]
 THETA = 0.7
@@ -185,3 +188,82 @@ def test_monitor_logs_the_report_during_fit(tmp_path):
     assert read_relaxation_log(path)["theta"] == pytest.approx([log["theta"][0], 0.25, 0.0])
     with pytest.raises(ValueError, match="every"):
         RelaxationMonitor(val, path, every=0)
+
+
+# ----------------------------------------------------------------------------- branch_gradient_report
+
+def octahedral_rotations() -> np.ndarray:
+    """The 24 rotations of the cube (signed permutation matrices with det 1).  Averaging over them
+    is the SO(3) average on representations with degrees l <= 3 except l = 0 invariants, in
+    particular on the maps between vector features (l <= 2)."""
+    import itertools
+    mats = []
+    for perm in itertools.permutations(range(3)):
+        for signs in itertools.product((1.0, -1.0), repeat=3):
+            m = np.zeros((3, 3))
+            m[range(3), perm] = signs
+            if np.linalg.det(m) > 0:
+                mats.append(m)
+    assert len(mats) == 24
+    return np.stack(mats)
+
+
+def rotated_copies(seed=4):
+    """One batch and its 24 octahedral rotations (inputs and targets rotated together)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=SHAPE)
+    y = rng.normal(size=(SHAPE[0], SHAPE[1], 3, 3))
+    g = octahedral_rotations()
+    xs = np.einsum("rij,...j->r...i", g, x)
+    ys = np.einsum("rij,...j->r...i", g, y)
+    return tf.data.Dataset.from_tensor_slices((xs, ys))
+
+
+def test_gradient_report_split_and_the_rotation_average():
+    """With equivariant branches the model is equivariant, so averaged over the rotations of a batch
+    the task gradient on every branch is an equivariant map (no non-equivariant part); with random
+    branches it is not.  The per-batch norms agree with a direct GradientTape computation."""
+    model = two_layer_model()
+    data = rotated_copies()
+    rows = branch_gradient_report(model, data, loss="mse", num_batches=None)
+    assert [r["layer"] for r in rows] == [r["layer"] for r in relaxation_report(model, next(iter(data))[0])[:-1]]
+    assert all(r["batches"] == 24 and r["theta"] == pytest.approx(THETA) for r in rows)
+    assert all(r["task_ne_coherence"] > 0.05 for r in rows)  # the relaxed model is not equivariant
+    assert all(0.0 < r["kernel_equivariant_share"] < 0.7 for r in rows)
+    assert all(r["penalty_ne_norm"] > 0 and r["penalty_eq_norm"] > 0 for r in rows)
+    # the first batch on its own, against an independent gradient
+    x, y = next(iter(data))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(tf.square(model(x) - y))
+    grads = tape.gradient(loss, [l.relaxation_kernel for l in relaxed_layers(model)])
+    one = branch_gradient_report(model, data, loss=lambda a, b: tf.square(a - b), num_batches=1)
+    for row, g, layer in zip(one, grads, relaxed_layers(model)):
+        g = g.numpy()
+        eq = equivariant_projection(g, layer.input_rep, layer.output_rep)
+        assert row["task_eq_norm"] == pytest.approx(np.linalg.norm(eq), rel=1e-9)
+        assert row["task_ne_norm"] == pytest.approx(np.linalg.norm(g - eq), rel=1e-9)
+        assert row["task_eq_norm"] ** 2 + row["task_ne_norm"] ** 2 == pytest.approx(np.sum(g ** 2), rel=1e-9)
+        assert row["task_eq_coherence"] == pytest.approx(1.0) and row["task_ne_coherence"] == pytest.approx(1.0)
+    # equivariant branches: the non-equivariant part averages out exactly
+    for layer in relaxed_layers(model):
+        layer.relaxation_kernel.assign(equivariant_projection(layer.relaxation_kernel.numpy(), layer.input_rep,
+                                                              layer.output_rep))
+        layer.relaxation_bias.assign(np.zeros(layer.relaxation_bias.shape))  # a vector bias is not equivariant
+    rows = branch_gradient_report(model, data, loss="mse", num_batches=None)
+    for row in rows:
+        assert row["kernel_equivariant_share"] == pytest.approx(1.0)
+        assert row["task_ne_norm"] > 1e-3 * row["task_eq_norm"]  # single batches do push off the equivariant maps
+        assert row["task_ne_coherence"] < 1e-9
+        assert row["task_eq_coherence"] > 0.1
+    table = format_branch_gradient_report(rows)
+    assert "1 / sqrt(24)" in table and len(table.splitlines()) == 4 + len(rows)
+
+
+def test_gradient_report_errors():
+    model = two_layer_model()
+    with pytest.raises(ValueError, match="no relaxed layers"):
+        branch_gradient_report(kr.project(model), rotated_copies(), loss="mse")
+    with pytest.raises(ValueError, match="pass loss="):
+        branch_gradient_report(model, rotated_copies())
+    with pytest.raises(TypeError, match="tf.data.Dataset"):
+        branch_gradient_report(model, tf.zeros(SHAPE, tf.float64), loss="mse")
