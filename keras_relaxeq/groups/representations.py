@@ -186,14 +186,26 @@ def representation_degrees(rep: Representation) -> list[int]:
     return sorted(set(int(l) for l in rounded))
 
 
+def _map_lie_operators(in_rep: Representation, out_rep: Representation):
+    """``(L, L^*)``: ``L(W)_k = G_in,k^T W - W G_out,k^T`` and its adjoint ``L^*(M) = sum_k G_in,k M_k - M_k G_out,k``
+    (Frobenius inner product), on float64 arrays, with the dense generators computed once."""
+    g_in = np.asarray(in_rep.generators_numpy(), np.float64)
+    g_out = np.asarray(out_rep.generators_numpy(), np.float64)
+
+    def lie(w):
+        return np.einsum("kji,jo->kio", g_in, w) - np.einsum("io,kpo->kip", w, g_out)
+
+    def adjoint(m):
+        return np.einsum("kij,kjo->io", g_in, m) - np.einsum("kio,kop->ip", m, g_out)
+
+    return lie, adjoint
+
+
 def lie_derivative_of_map(kernel, in_rep: Representation, out_rep: Representation) -> np.ndarray:
     """``L_k(W) = G_in,k^T W - W G_out,k^T`` (``[3, D_in, D_out]``, float64) of the linear map
     ``x -> x W``: the map is SO(3)-equivariant iff all three vanish (method.md's Lie derivative of
     a linear branch, per unit input)."""
-    w = np.asarray(kernel, np.float64)
-    g_in = np.asarray(in_rep.generators_numpy(), np.float64)
-    g_out = np.asarray(out_rep.generators_numpy(), np.float64)
-    return np.einsum("kji,jo->kio", g_in, w) - np.einsum("io,kpo->kip", w, g_out)
+    return _map_lie_operators(in_rep, out_rep)[0](np.asarray(kernel, np.float64))
 
 
 def equivariant_projection(kernel, in_rep: Representation, out_rep: Representation) -> np.ndarray:
@@ -211,20 +223,11 @@ def equivariant_projection(kernel, in_rep: Representation, out_rep: Representati
     if w.shape != (in_rep.dim, out_rep.dim):
         raise ValueError(f"kernel of shape {list(w.shape)} does not map {in_rep} (dim {in_rep.dim}) to "
                          f"{out_rep} (dim {out_rep.dim}); expected [{in_rep.dim}, {out_rep.dim}].")
-    g_in = np.asarray(in_rep.generators_numpy(), np.float64)
-    g_out = np.asarray(out_rep.generators_numpy(), np.float64)
-
-    def lie(m):
-        return np.einsum("kji,jo->kio", g_in, m) - np.einsum("io,kpo->kip", m, g_out)
-
-    def casimir(m):  # sum_k L_k^*(L_k(m)), with L_k^*(M) = G_in,k M - M G_out,k
-        lm = lie(m)
-        return np.einsum("kij,kjo->io", g_in, lm) - np.einsum("kio,kop->ip", lm, g_out)
-
+    lie, adjoint = _map_lie_operators(in_rep, out_rep)
     top = max(representation_degrees(in_rep)) + max(representation_degrees(out_rep))
     p = w.copy()
     for degree in range(1, top + 1):
-        p = p - casimir(p) / float(degree * (degree + 1))
+        p = p - adjoint(lie(p)) / float(degree * (degree + 1))  # A = L^* L, the Casimir
     residual = np.sqrt(np.sum(lie(p) ** 2))
     if residual > 1e-9 * max(np.sqrt(np.sum(w ** 2)), 1e-300):
         raise RuntimeError(f"equivariant_projection: the projected map still has a Lie derivative of norm "
