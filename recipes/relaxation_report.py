@@ -35,6 +35,7 @@ import shlex
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 RECIPES = ("segnn_nbody", "modelnet40")
@@ -87,11 +88,19 @@ def load_checkpoint(recipe, cfg, run_dir: Path, which: str):
     if not backup.exists():
         raise SystemExit(f"{backup} does not exist: the run has not backed up yet.")
     meta = run_dir / "backup" / "training_metadata.json"
-    epoch = json.loads(meta.read_text()).get("epoch") if meta.exists() else None
     model = recipe.build_model(dict(cfg, relaxed=True))
     with tempfile.TemporaryDirectory() as tmp:  # a copy: the training may rewrite the backup meanwhile
         copy = Path(tmp) / "latest.weights.h5"
-        shutil.copyfile(backup, copy)
+        epoch = None
+        for _ in range(5):  # weights and metadata of the same backup: unchanged while (and just after) copying
+            before = (backup.stat().st_mtime_ns, meta.read_text() if meta.exists() else None)
+            shutil.copyfile(backup, copy)
+            time.sleep(0.5)  # the training writes the metadata just after the weights
+            if (backup.stat().st_mtime_ns, meta.read_text() if meta.exists() else None) == before:
+                epoch = json.loads(before[1]).get("epoch") if before[1] else None
+                break
+        else:
+            raise SystemExit(f"{backup} kept changing while it was copied; try again.")
         model.load_weights(copy)
     return model, f"{backup} (after epoch {epoch + 1})" if epoch is not None else str(backup)
 
