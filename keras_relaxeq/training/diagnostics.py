@@ -194,8 +194,10 @@ def branch_gradient_report(model, data, loss=None, num_batches: int | None = 10)
     rotations) the gradients of the task loss ``loss(y, model(x))`` and of the model's penalty
     (``RelaxedModel.relaxation_penalty``, if it has one) with respect to every relaxed layer's
     ``relaxation_kernel`` are split by :func:`~keras_relaxeq.groups.equivariant_projection` into
-    the part along equivariant maps (``eq``, which the projection keeps only as a duplicate of the
-    equivariant layer's own weights) and the non-equivariant rest (``ne``, the relaxation proper).
+    the part along equivariant linear maps (``eq``: maps an equivariant layer may have; the
+    projection drops them with the rest of the branch) and the non-equivariant rest (``ne``, what
+    the relaxation adds).  At theta = 0 the task loss does not depend on the branches (its
+    gradients are 0, the coherences NaN).
     One row per relaxed branch:
 
     * ``kernel_equivariant_share``: ``||P W|| / ||W||`` of the current kernel;
