@@ -204,8 +204,9 @@ def branch_gradient_report(model, data, loss=None, num_batches: int | None = 10)
     * ``task_eq_norm`` / ``task_ne_norm``: the mean over batches of ``||P g_b||`` / ``||(1 - P) g_b||``;
     * ``task_eq_coherence`` / ``task_ne_coherence``: ``||mean_b part(g_b)|| / mean_b ||part(g_b)||``:
       1 when every batch pushes the same way, about ``1 / sqrt(batches)`` for independent noise.
-      For an equivariant model (theta = 0, or equivariant branches) and rotation-invariant data, the
-      expected task gradient has no non-equivariant part, so ``task_ne_coherence`` falls like noise;
+      For an equivariant model (equivariant branches; nearly so for branches small against the
+      equivariant outputs) and rotation-invariant data, the expected task gradient has no
+      non-equivariant part, so ``task_ne_coherence`` is at the noise level;
     * ``penalty_eq_norm`` / ``penalty_ne_norm``: the same means for the penalty's gradient (the Lie
       term only pushes on the ``ne`` part; the projection term on both).
 
