@@ -184,7 +184,8 @@ def read_relaxation_log(path, layer: str = "total") -> dict[str, list[float]]:
 
 #: the columns of a :func:`branch_gradient_report` row
 GRADIENT_COLUMNS = ("layer", "theta", "batches", "kernel_equivariant_share", "task_eq_norm", "task_ne_norm",
-                    "task_eq_coherence", "task_ne_coherence", "penalty_eq_norm", "penalty_ne_norm")
+                    "task_eq_coherence", "task_ne_coherence", "task_ne_noise_coherence", "penalty_eq_norm",
+                    "penalty_ne_norm")
 
 
 def branch_gradient_report(model, data, loss=None, num_batches: int | None = 10) -> list[dict]:
@@ -204,6 +205,9 @@ def branch_gradient_report(model, data, loss=None, num_batches: int | None = 10)
     * ``task_eq_norm`` / ``task_ne_norm``: the mean over batches of ``||P g_b||`` / ``||(1 - P) g_b||``;
     * ``task_eq_coherence`` / ``task_ne_coherence``: ``||mean_b part(g_b)|| / mean_b ||part(g_b)||``:
       1 when every batch pushes the same way, about ``1 / sqrt(batches)`` for independent noise.
+      ``task_ne_noise_coherence`` ``sqrt(sum_b ||g_b||^2) / sum_b ||g_b||`` (non-equivariant part) is
+      the exact value for zero-mean mutually orthogonal batch gradients (independent noise in many
+      dimensions) with the measured norms: the noise level to compare ``task_ne_coherence`` with;
       For an equivariant model (equivariant branches; nearly so for branches small against the
       equivariant outputs) and rotation-invariant data, the expected task gradient has no
       non-equivariant part, so ``task_ne_coherence`` is at the noise level;
@@ -254,6 +258,7 @@ def branch_gradient_report(model, data, loss=None, num_batches: int | None = 10)
             shapes = [tuple(k.shape) for k in kernels]
             sums = {key: [np.zeros(s) for s in shapes] for key in ("task_eq", "task_ne")}
             norms = {key: [0.0] * len(kernels) for key in ("task_eq", "task_ne", "penalty_eq", "penalty_ne")}
+            task_ne_sq = [0.0] * len(kernels)
         grads = {"task": tape.gradient(task, kernels)}
         if penalty is not None:
             grads["penalty"] = tape.gradient(penalty, kernels)
@@ -268,6 +273,7 @@ def branch_gradient_report(model, data, loss=None, num_batches: int | None = 10)
                 if kind == "task":
                     sums["task_eq"][i] += eq
                     sums["task_ne"][i] += ne
+                    task_ne_sq[i] += float(np.sum(ne ** 2))
         seen += 1
     if not seen:
         raise ValueError("branch_gradient_report: the data yielded no batch.")
@@ -287,6 +293,8 @@ def branch_gradient_report(model, data, loss=None, num_batches: int | None = 10)
             "layer": _layer_name(layer), "theta": theta, "batches": seen, "kernel_equivariant_share": share,
             "task_eq_norm": norms["task_eq"][i] / seen, "task_ne_norm": norms["task_ne"][i] / seen,
             "task_eq_coherence": coherence("task_eq"), "task_ne_coherence": coherence("task_ne"),
+            "task_ne_noise_coherence": math.sqrt(task_ne_sq[i]) / norms["task_ne"][i] if norms["task_ne"][i] > 0
+            else float("nan"),
             "penalty_eq_norm": norms["penalty_eq"][i] / seen if has_penalty else float("nan"),
             "penalty_ne_norm": norms["penalty_ne"][i] / seen if has_penalty else float("nan"),
         })
@@ -296,7 +304,7 @@ def branch_gradient_report(model, data, loss=None, num_batches: int | None = 10)
 def format_branch_gradient_report(rows: list[dict]) -> str:
     """A Markdown table of :func:`branch_gradient_report` rows."""
     header = ("layer", "||P W|| / ||W||", "task ||g_eq||", "task ||g_ne||", "coherence eq", "coherence ne",
-              "penalty ||g_eq||", "penalty ||g_ne||")
+              "noise level ne", "penalty ||g_eq||", "penalty ||g_ne||")
     keys = GRADIENT_COLUMNS[3:]
     first = rows[0] if rows else {}
     theta = first.get("theta")

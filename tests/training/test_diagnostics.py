@@ -244,6 +244,7 @@ def test_gradient_report_split_and_the_rotation_average():
         assert row["task_ne_norm"] == pytest.approx(np.linalg.norm(g - eq), rel=1e-9)
         assert row["task_eq_norm"] ** 2 + row["task_ne_norm"] ** 2 == pytest.approx(np.sum(g ** 2), rel=1e-9)
         assert row["task_eq_coherence"] == pytest.approx(1.0) and row["task_ne_coherence"] == pytest.approx(1.0)
+        assert row["task_ne_noise_coherence"] == pytest.approx(1.0)
     # equivariant branches: the non-equivariant part averages out exactly
     for layer in relaxed_layers(model):
         layer.relaxation_kernel.assign(equivariant_projection(layer.relaxation_kernel.numpy(), layer.input_rep,
@@ -254,6 +255,8 @@ def test_gradient_report_split_and_the_rotation_average():
         assert row["kernel_equivariant_share"] == pytest.approx(1.0)
         assert row["task_ne_norm"] > 1e-3 * row["task_eq_norm"]  # single batches do push off the equivariant maps
         assert row["task_ne_coherence"] < 1e-9
+        # the noise reference: between 1 / sqrt(24) (equal norms) and 1
+        assert 1 / math.sqrt(24) - 1e-12 <= row["task_ne_noise_coherence"] < 1.0
         assert row["task_eq_coherence"] > 0.1
     table = format_branch_gradient_report(rows)
     assert "1 / sqrt(24)" in table and len(table.splitlines()) == 4 + len(rows)
