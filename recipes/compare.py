@@ -493,11 +493,14 @@ def plot(curves, result, exp: Experiment, path: Path) -> list[str]:
             ax.errorbar(xs, ys, yerr=es, color=colors[arm], marker="o", capsize=3, label=arm)
         ax.set_xlabel(result["sweep"])
         ax.set_title(m.label)
-        if not all(isinstance(x, float) for x in position.values()):  # categorical values (e.g. centring)
-            ax.set_xticks(list(position.values()), [str(v) for v in position])
-            ax.set_xlim(-0.5, len(position) - 0.5)
-        elif exp.log_scale:
+        numeric = all(isinstance(x, float) for x in position.values())
+        xs = list(position.values())
+        if numeric and exp.log_scale and min(xs) > 0 and max(xs) >= 10 * min(xs):  # e.g. 1,000-10,000 samples
             ax.set_xscale("log")
+            ax.minorticks_off()
+        ax.set_xticks(xs, [str(v) for v in position])  # ticks at the sweep values (2, 4, 6, 8 layers)
+        if not numeric:  # categorical values (e.g. centring)
+            ax.set_xlim(-0.5, len(position) - 0.5)
     for ax in axes:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
