@@ -323,7 +323,7 @@ def main(argv=None) -> dict:
     projected.save(write_dir / "projected.keras")
     best_path = write_dir / "best_projected.keras"
     best = keras.saving.load_model(best_path, compile=False) if best_path.exists() else projected
-    best.compile(loss="mse", jit_compile=False)
+    best.compile(loss=make_loss(cfg), jit_compile=False)
     best_test = float(best.evaluate(test, verbose=0, return_dict=True)["loss"])
     final_test = float(projected.evaluate(test, verbose=0, return_dict=True)["loss"])
     x_check, _ = next(iter(val))
