@@ -44,3 +44,66 @@ def machine_info() -> dict:
 
     return {"cpus": os.cpu_count(), "platform": platform.platform(), "tensorflow": tf.__version__,
             "keras": keras.__version__, "gpus": len(tf.config.list_physical_devices("GPU"))}
+
+
+CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall")
+
+
+def op_time_tables(logdir, steps, top=15, scope_depth=3):
+    """Summarise a ``tf.profiler`` trace in ``logdir``: op time per step by op type and by scope.
+
+    Reads the newest ``*.xplane.pb`` below ``logdir`` (written by
+    ``tf.profiler.experimental.start/stop``) and adds the durations of the executed TensorFlow
+    ops (host-plane events named ``op_name:OpType``) over all threads.  Returns
+    ``{"total_ms": ..., "by_type": [(op_type, ms_per_step, share), ...], "by_scope": [...]}``;
+    a scope is the op name cut after ``scope_depth`` ``/``-separated parts with the model name
+    dropped (for a Keras model: the layer, then its sub-layer), gradient ops keep a ``grad:``
+    prefix.  Function calls are not counted (their ops are).  Shares are of the summed op time (which can exceed the wall time with several
+    threads).
+    """
+    import glob
+    from collections import Counter
+
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    files = sorted(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True), key=os.path.getmtime)
+    if not files:
+        raise FileNotFoundError(f"no *.xplane.pb below {logdir}")
+    space = xplane_pb2.XSpace()
+    with open(files[-1], "rb") as fh:
+        space.ParseFromString(fh.read())
+    by_type, by_scope = Counter(), Counter()
+    for plane in space.planes:
+        if not plane.name.startswith("/host:"):
+            continue
+        for line in plane.lines:
+            for event in line.events:
+                name = plane.event_metadata[event.metadata_id].name
+                if "::" in name or ":" not in name:
+                    continue  # executor bookkeeping, not an op
+                op_name, op_type = (part.strip() for part in name.rsplit(":", 1))
+                if op_type.startswith("__") or op_type in CALL_OPS or " " in op_name:
+                    continue  # a function call (eager or nested): its ops are counted instead
+                ms = event.duration_ps / 1e9
+                by_type[op_type] += ms
+                parts = op_name.split("/")
+                grad = parts[0] == "gradient_tape" or any(p.startswith("gradients") for p in parts)
+                parts = [p for p in parts if p != "gradient_tape" and not p.startswith("gradients")]
+                scope = "/".join(parts[1:1 + scope_depth - 1] if len(parts) > 1 else parts)
+                by_scope[("grad: " if grad else "") + scope] += ms
+    total = sum(by_type.values())
+
+    def rows(counter):
+        return [(k, v / steps, v / total if total else 0.0) for k, v in counter.most_common(top)]
+
+    return {"total_ms": total / steps, "by_type": rows(by_type), "by_scope": rows(by_scope)}
+
+
+def format_op_tables(tables, title):
+    """Markdown tables of :func:`op_time_tables`."""
+    out = [f"{title}: {tables['total_ms']:.1f} ms of op time per step", "",
+           "| op type | ms/step | share |", "|---|---|---|"]
+    out += [f"| {k} | {ms:.1f} | {100 * s:.0f}% |" for k, ms, s in tables["by_type"]]
+    out += ["", "| scope | ms/step | share |", "|---|---|---|"]
+    out += [f"| `{k}` | {ms:.1f} | {100 * s:.0f}% |" for k, ms, s in tables["by_scope"]]
+    return "\n".join(out)

@@ -9,6 +9,12 @@ interleaved round-robin so both see the same machine load:
 * ``relaxed`` ``segnn(relaxed=True)`` at theta = 1: branches on the 8 node-update tensor
   products, with the Lie and projection penalties (closed form) in the loss.
 
+``--layouts mul_ir,ir_mul`` times both feature layouts (``segnn(layout=...)``; the default is
+``ir_mul``) side by side: four models ``plain/mul_ir``, ``plain/ir_mul``, ``relaxed/...``,
+interleaved the same way, and the ``mul_ir / ir_mul`` step-time ratios.  ``--profile DIR`` also
+traces ``--steps`` steps of every model with ``tf.profiler`` and prints the op time by op type
+and by layer (``_common.op_time_tables``).
+
 Timing: each model's compiled train step (``model.train_function``, the ``tf.function`` that
 ``fit`` runs; Adam 5e-4, MSE) on real training batches from ``nbody_dataset`` (cycled);
 ``--warmup`` steps (tracing, grappler) are excluded; each round times ``--steps`` consecutive
@@ -35,7 +41,7 @@ import statistics
 import tempfile
 import time
 
-from _common import machine_info, quantiles  # noqa: E402  (benchmarks/ is sys.path[0])
+from _common import format_op_tables, machine_info, op_time_tables, quantiles  # noqa: E402  (benchmarks/ is sys.path[0])
 
 
 def build_parser():
@@ -54,13 +60,19 @@ def build_parser():
     p.add_argument("--jit", action="store_true", help="XLA jit_compile the train steps")
     p.add_argument("--lie-method", default=None,
                    help="lie_method of the relaxed model (default: segnn's default, 'auto')")
+    p.add_argument("--layouts", default="ir_mul",
+                   help="comma-separated feature layouts to time side by side (segnn's layout=: 'ir_mul', the "
+                        "default, and/or 'mul_ir'); with two, models are labelled plain/<layout>, relaxed/<layout>")
     p.add_argument("--threads", type=int, default=None, help="TF intra-op threads (default: TF's choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--profile", metavar="DIR", default=None,
+                   help="also trace --steps train steps of each model with tf.profiler into DIR/<model> "
+                        "(TensorBoard) and print the op time by op type and by layer")
     return p
 
 
-def build(relaxed, args):
+def build(relaxed, args, layout="ir_mul"):
     import keras
     import keras_relaxeq as kr
     from keras_relaxeq.models.segnn import segnn
@@ -68,7 +80,7 @@ def build(relaxed, args):
     extra = {"lie_method": args.lie_method} if args.lie_method else {}
     model = segnn(num_layers=args.layers, hidden_features=args.hidden, relaxed=relaxed,
                   norm=None if args.norm == "none" else args.norm, name=f"segnn_{'relaxed' if relaxed else 'plain'}",
-                  **extra)
+                  layout=layout, **extra)
     if relaxed:
         kr.set_theta(model, 1.0)
     model.compile(optimizer=keras.optimizers.Adam(5e-4), loss="mse", jit_compile=bool(args.jit))
@@ -108,10 +120,14 @@ def main(argv=None):
     ds = nbody_dataset("train", batch_size=args.batch, num_samples=max(args.batch * 4, args.batch), seed=args.seed,
                        drop_remainder=True)
     batches = list(ds.take(4))
-    models, build_seconds = {}, {}
-    for label, relaxed in (("plain", False), ("relaxed", True)):
+    layouts = [l.strip() for l in args.layouts.split(",") if l.strip()]
+    configs = [(kind, relaxed, layout) for kind, relaxed in (("plain", False), ("relaxed", True)) for layout in layouts]
+    models, build_seconds, kinds = {}, {}, {}
+    for kind, relaxed, layout in configs:
+        label = kind if len(layouts) == 1 else f"{kind}/{layout}"
+        kinds[label] = (kind, layout)
         t0 = time.perf_counter()
-        model = build(relaxed, args)
+        model = build(relaxed, args, layout)
         train_steps(model, batches, max(args.warmup, 1))
         models[label] = model
         build_seconds[label] = time.perf_counter() - t0
@@ -121,7 +137,7 @@ def main(argv=None):
     times = {l: [] for l in labels}
     cpu_times = {l: [] for l in labels}
     for r in range(args.repeats):
-        order = labels[r % 2:] + labels[:r % 2]
+        order = labels[r % len(labels):] + labels[:r % len(labels)]
         for label in order:
             t0, c0 = time.perf_counter(), time.process_time()
             train_steps(models[label], batches, args.steps, start=r)
@@ -131,11 +147,12 @@ def main(argv=None):
                                                              for l in labels), flush=True)
 
     # per-epoch projected validation = evaluation steps of the plain (projected) architecture
-    eval_steps(models["plain"], batches, max(args.warmup, 1))
+    plain_label = labels[0]  # plain, first layout
+    eval_steps(models[plain_label], batches, max(args.warmup, 1))
     eval_times = []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        eval_steps(models["plain"], batches, args.steps)
+        eval_steps(models[plain_label], batches, args.steps)
         eval_times.append(1000.0 * (time.perf_counter() - t0) / args.steps)
     eval_ms = statistics.median(eval_times)
     val_batches = -(-args.val_samples // args.batch)
@@ -144,7 +161,7 @@ def main(argv=None):
     save_ms = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label in labels:
-            path = os.path.join(tmp, f"{label}.weights.h5")
+            path = os.path.join(tmp, f"{label.replace('/', '_')}.weights.h5")
             models[label].save_weights(path)  # warm-up
             samples = []
             for _ in range(args.repeats):
@@ -152,6 +169,16 @@ def main(argv=None):
                 models[label].save_weights(path)
                 samples.append(1000.0 * (time.perf_counter() - t0))
             save_ms[label] = statistics.median(samples)
+
+    profiles = {}
+    if args.profile:
+        import tensorflow as tf
+        for label in labels:
+            logdir = os.path.join(args.profile, label.replace("/", "_"))
+            tf.profiler.experimental.start(logdir)
+            train_steps(models[label], batches, args.steps)
+            tf.profiler.experimental.stop()
+            profiles[label] = op_time_tables(logdir, args.steps)
 
     steps_per_epoch = args.train_samples // args.batch
     total_steps = args.epochs * steps_per_epoch
@@ -170,22 +197,38 @@ def main(argv=None):
                           "ms_per_step_all": times[label],
                           "cpu_ms_per_step_median": statistics.median(cpu_times[label]),
                           "cpu_ms_per_step_all": cpu_times[label]}
-    paired = [r / p for r, p in zip(times["relaxed"], times["plain"])]
+    label_of = {v: k for k, v in kinds.items()}
+
+    def ratio(num, den):
+        """(ratio of the medians, median of the per-round ratios) of two labels' wall times."""
+        paired = [a / b for a, b in zip(times[num], times[den])]
+        return results[num]["ms_per_step_median"] / results[den]["ms_per_step_median"], statistics.median(paired)
+
+    relaxed_over_plain = {layout: ratio(label_of[("relaxed", layout)], label_of[("plain", layout)])
+                          for layout in layouts}
+    layout_ratios = {}
+    if len(layouts) == 2:  # how many times slower the first layout is than the second
+        for kind in ("plain", "relaxed"):
+            layout_ratios[kind] = ratio(label_of[(kind, layouts[0])], label_of[(kind, layouts[1])])
     summary = {
         "config": vars(args), "steps_per_epoch": steps_per_epoch, "full_run_steps": total_steps,
         "results": results,
         "eval_ms_per_batch_median": eval_ms, "val_batches_per_epoch": val_batches,
-        "relaxed_over_plain_median": results["relaxed"]["ms_per_step_median"] / results["plain"]["ms_per_step_median"],
-        "relaxed_over_plain_paired_median": statistics.median(paired),
+        "relaxed_over_plain_median": relaxed_over_plain[layouts[0]][0],
+        "relaxed_over_plain_paired_median": relaxed_over_plain[layouts[0]][1],
+        "relaxed_over_plain_by_layout": relaxed_over_plain,
+        "layout_ratio": {k: {"first_over_second": v[0], "paired_median": v[1], "layouts": layouts}
+                         for k, v in layout_ratios.items()},
         "machine": machine_info(),
+        "profile": profiles,
     }
     print(f"\nSEGNN N-body train step, batch {args.batch}, {args.layers} layers, hidden {args.hidden} "
           f"({os.cpu_count()} CPUs, {summary['machine']['gpus']} GPUs, jit={bool(args.jit)}):")
-    print(f"{'model':<9s} {'params':>9s} {'ms/step (median)':>17s} {'IQR':>17s} {'cpu ms/step':>12s} "
+    print(f"{'model':<15s} {'params':>9s} {'ms/step (median)':>17s} {'IQR':>17s} {'cpu ms/step':>12s} "
           f"{'steps/s':>8s} {'full run (' + str(total_steps) + ' steps)':>26s}")
     for label in labels:
         r = results[label]
-        print(f"{label:<9s} {r['params']:>9,d} {r['ms_per_step_median']:>17.1f} "
+        print(f"{label:<15s} {r['params']:>9,d} {r['ms_per_step_median']:>17.1f} "
               f"{r['ms_per_step_iqr'][0]:>8.1f}-{r['ms_per_step_iqr'][1]:<8.1f} {r['cpu_ms_per_step_median']:>12.1f} "
               f"{r['steps_per_second']:>8.2f} {r['full_run_hours']:>22.2f} h")
     print(f"projected validation: {eval_ms:.1f} ms per batch x {val_batches} batches per epoch; full run with "
@@ -194,8 +237,14 @@ def main(argv=None):
     print("backup (save_weights, weights + Adam state) per epoch: " + ", ".join(
         f"{l} {results[l]['backup_ms_median']:.0f} ms = {100 * results[l]['backup_share_of_epoch']:.1f}% of an epoch "
         f"with validation" for l in labels) + "; the recipe backs up every --backup-every epochs")
-    print(f"relaxed / plain: {summary['relaxed_over_plain_median']:.2f}x (paired median "
-          f"{summary['relaxed_over_plain_paired_median']:.2f}x)")
+    for layout, (med, paired) in relaxed_over_plain.items():
+        print(f"relaxed / plain (layout {layout}): {med:.2f}x (paired median {paired:.2f}x)")
+    for kind, (med, paired) in layout_ratios.items():
+        print(f"{kind}: {layouts[0]} / {layouts[1]} step time {med:.2f}x (paired median {paired:.2f}x)")
+    for label, tables in profiles.items():
+        print()
+        trace = os.path.join(args.profile, label.replace("/", "_"))
+        print(format_op_tables(tables, f"{label}, {args.steps} traced steps (trace in {trace})"))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(summary, f, indent=2)

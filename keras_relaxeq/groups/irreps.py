@@ -438,12 +438,67 @@ def _block_generators(l: int) -> np.ndarray:
     return g
 
 
+#: feature layouts of a ``(mul, ir)`` block: copy-major ``"mul_ir"`` (e3nn, index ``u * d + i``) or
+#: component-major ``"ir_mul"`` (cuequivariance's ``ir_mul``, index ``i * mul + u``)
+LAYOUTS = ("mul_ir", "ir_mul")
+
+
+def check_layout(layout, owner="layout") -> str:
+    """``layout`` if it is one of :data:`LAYOUTS`, else a ValueError naming ``owner``."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"{owner}: layout must be one of {LAYOUTS}, got {layout!r} ('mul_ir': e3nn's copy-major "
+                         "blocks; 'ir_mul': component-major blocks, faster for tensor products).")
+    return layout
+
+
+def layout_permutation(irreps, layout) -> np.ndarray:
+    """Index array ``perm`` with ``x_layout = x_mul_ir[..., perm]`` for features of ``irreps``.
+
+    The blocks keep their order; only the inside of a block with ``l > 0`` and ``mul > 1``
+    changes (``"ir_mul"``: entry ``i * mul + u`` is ``mul_ir`` entry ``u * d + i``).
+    ``x_mul_ir = x_layout[..., argsort(perm)]``.
+    """
+    irreps = Irreps(irreps)
+    check_layout(layout)
+    perm = []
+    for sl, (mul, ir) in zip(irreps.slices(), irreps):
+        idx = np.arange(sl.start, sl.stop).reshape(mul, ir.dim)
+        perm.append((idx.T if layout == "ir_mul" else idx).reshape(-1))
+    return np.concatenate(perm).astype(np.int64) if perm else np.zeros(0, np.int64)
+
+
+def convert_layout(x, irreps, source="mul_ir", target="ir_mul") -> tf.Tensor:
+    """Features ``[..., irreps.dim]`` from layout ``source`` to ``target`` (a transpose per block)."""
+    irreps = Irreps(irreps)
+    check_layout(source, "convert_layout source")
+    check_layout(target, "convert_layout target")
+    x = tf.convert_to_tensor(x)
+    if source == target:
+        return x
+    lead = tf.shape(x)[:-1]
+    parts = []
+    for sl, (mul, ir) in zip(irreps.slices(), irreps):
+        block = x[..., sl]
+        if mul > 1 and ir.dim > 1:
+            shape = [mul, ir.dim] if source == "mul_ir" else [ir.dim, mul]
+            block = tf.reshape(block, tf.concat([lead, shape], 0))
+            block = tf.reshape(tf.linalg.matrix_transpose(block), tf.concat([lead, [mul * ir.dim]], 0))
+        parts.append(block)
+    if not parts:
+        return x
+    return parts[0] if len(parts) == 1 else tf.concat(parts, axis=-1)
+
+
 class IrrepsRep(Representation):
     """O(3) acting on steerable features ``[..., irreps.dim]`` laid out as ``irreps``.
 
+    ``layout``: ``"mul_ir"`` (default, e3nn: block ``(mul, ir)`` stored copy-major, entry
+    ``u * d + i``) or ``"ir_mul"`` (component-major, entry ``i * mul + u``; see
+    :func:`layout_permutation`).  Everything below holds in either layout.
+
     * ``generators_numpy()``: ``[3, dim, dim]``, block diagonal with
-      ``kron(I_mul, so3_generators(l))`` per ``(mul, (l, p))`` block.  Parity does not
-      enter the Lie algebra.
+      ``kron(I_mul, so3_generators(l))`` per ``(mul, (l, p))`` block (``kron(G, I_mul)`` in
+      ``"ir_mul"``).  Parity does not enter the Lie algebra.
     * ``apply_generators(v)``: the same, block by block (no dense ``dim x dim`` matrix).
     * ``transform(g, x)``: ``g`` is ``[3, 3]`` or one matrix per batch element
       ``[B, 3, 3]`` (``x`` is ``[B, ..., dim]``) and may be improper: ``g = s R`` acts on
@@ -453,13 +508,18 @@ class IrrepsRep(Representation):
     * ``matrix(g)``: the dense block-diagonal ``[..., dim, dim]``.
     """
 
-    def __init__(self, irreps):
+    def __init__(self, irreps, layout="mul_ir"):
         self.irreps = Irreps(irreps)
+        self.layout = check_layout(layout, "IrrepsRep")
         self.feature_shape = (self.irreps.dim,)
 
     @property
     def is_trivial(self) -> bool:
         return all(ir.is_scalar() for mul, ir in self.irreps if mul > 0)
+
+    @property
+    def _ir_mul(self) -> bool:
+        return self.layout == "ir_mul"
 
     def generators_numpy(self) -> np.ndarray:
         dim = self.irreps.dim
@@ -468,16 +528,19 @@ class IrrepsRep(Representation):
             if mul == 0 or ir.l == 0:
                 continue
             g = _block_generators(ir.l)
-            out[:, sl, sl] = np.stack([np.kron(np.eye(mul), g[k]) for k in range(3)])
+            kron = (lambda k: np.kron(g[k], np.eye(mul))) if self._ir_mul else (lambda k: np.kron(np.eye(mul), g[k]))
+            out[:, sl, sl] = np.stack([kron(k) for k in range(3)])
         return out
 
     def _blocks(self, x):
-        """Split ``[..., dim]`` into ``(mul, ir, [..., mul, 2l+1])`` blocks."""
+        """Split ``[..., dim]`` into ``(mul, ir, block)`` with blocks ``[..., mul, 2l+1]``
+        (``"mul_ir"``) or ``[..., 2l+1, mul]`` (``"ir_mul"``)."""
         lead = tf.shape(x)[:-1]
         for sl, (mul, ir) in zip(self.irreps.slices(), self.irreps):
             if mul == 0:
                 continue
-            block = tf.reshape(x[..., sl], tf.concat([lead, [mul, ir.dim]], 0))
+            shape = [ir.dim, mul] if self._ir_mul else [mul, ir.dim]
+            block = tf.reshape(x[..., sl], tf.concat([lead, shape], 0))
             yield mul, ir, block
 
     def _merge(self, blocks, lead):
@@ -489,7 +552,10 @@ class IrrepsRep(Representation):
     def apply_generators(self, v, transpose: bool = False) -> tf.Tensor:
         """``v @ G_k^T`` (``v @ G_k`` with ``transpose``), k = 0, 1, 2: ``[..., dim] -> [3, ..., dim]``."""
         v = tf.convert_to_tensor(v)
-        eq = "...mj,kij->k...mi" if not transpose else "...mj,kji->k...mi"
+        if self._ir_mul:
+            eq = "...jm,kij->k...im" if not transpose else "...jm,kji->k...im"
+        else:
+            eq = "...mj,kij->k...mi" if not transpose else "...mj,kji->k...mi"
         lead = tf.concat([[3], tf.shape(v)[:-1]], 0)
         out = []
         for mul, ir, block in self._blocks(v):
@@ -510,11 +576,12 @@ class IrrepsRep(Representation):
         dim = self.irreps.dim
         rows = []
         offset = 0
+        eq = "uv,...ij->...iujv" if self._ir_mul else "uv,...ij->...uivj"
         for mul, ir in self.irreps:
             if mul == 0:
                 continue
             d = _irrep_matrix(ir, split, tf.float64, cache)
-            block = tf.einsum("uv,...ij->...uivj", tf.eye(mul, dtype=tf.float64), d)
+            block = tf.einsum(eq, tf.eye(mul, dtype=tf.float64), d)
             block = tf.reshape(block, tf.concat([batch, [mul * ir.dim, mul * ir.dim]], 0))
             pad = [[0, 0]] * (block.shape.rank - 1) + [[offset, dim - offset - mul * ir.dim]]
             rows.append(tf.pad(block, pad))
@@ -536,23 +603,25 @@ class IrrepsRep(Representation):
                 continue
             d = _irrep_matrix(ir, split, x.dtype, cache)
             if not batched:
-                res = tf.einsum("...j,ij->...i", block, d)
+                res = tf.einsum("...jm,ij->...im" if self._ir_mul else "...j,ij->...i", block, d)
             else:
-                # block [B, ..., mul, d]; d [B, d, d] -> [B, 1, ..., 1, d, d] for broadcasting.
+                # block [B, ..., mul, d] ([B, ..., d, mul]); d [B, d, d] -> [B, 1, ..., 1, d, d]
                 ones = [1] * (block.shape.rank - 3)
                 d = tf.reshape(d, tf.concat([tf.shape(d)[:1], ones, [ir.dim, ir.dim]], 0))
-                res = tf.linalg.matmul(block, d, transpose_b=True)
+                res = tf.linalg.matmul(d, block) if self._ir_mul else tf.linalg.matmul(block, d, transpose_b=True)
             out.append((mul, ir, res))
         return self._merge(out, tf.shape(x)[:-1])
 
     def __eq__(self, other):
-        return type(self) is type(other) and self.irreps.simplify() == other.irreps.simplify()
+        return type(self) is type(other) and self.irreps.simplify() == other.irreps.simplify() and \
+            self.layout == other.layout
 
     def __hash__(self):
-        return hash((type(self).__name__, tuple(self.irreps.simplify())))
+        return hash((type(self).__name__, tuple(self.irreps.simplify()), self.layout))
 
     def __repr__(self):
-        return f"IrrepsRep('{self.irreps}')"
+        return f"IrrepsRep('{self.irreps}')" if self.layout == "mul_ir" else \
+            f"IrrepsRep('{self.irreps}', layout='{self.layout}')"
 
 
 def as_irreps(irreps_or_lmax) -> Irreps:
@@ -567,7 +636,11 @@ __all__ = [
     "MulIrrep",
     "Irreps",
     "IrrepsRep",
+    "LAYOUTS",
     "as_irreps",
+    "check_layout",
+    "convert_layout",
+    "layout_permutation",
     "balanced_irreps",
     "dimension_balanced_irreps",
     "weight_balanced_irreps",

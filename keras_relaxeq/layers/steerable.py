@@ -1,9 +1,12 @@
 """Steerable O(3) layers (SEGNN / e3nn building blocks) as relaxable Keras layers.
 
 Features are steerable vectors ``[batch, ..., irreps.dim]`` laid out as an
-:class:`~keras_relaxeq.groups.Irreps` (e3nn layout: the ``(mul, irrep)`` blocks one
-after the other, copy-major inside a block).  O(3) acts through
-:class:`~keras_relaxeq.groups.IrrepsRep` (parity included).
+:class:`~keras_relaxeq.groups.Irreps`: the ``(mul, irrep)`` blocks one after the other, and
+inside a block copy-major (``layout="mul_ir"``, e3nn's, the default) or component-major
+(``layout="ir_mul"``, as cuequivariance's ``ir_mul``; tensor products then need no transposes,
+see :func:`~keras_relaxeq.groups.layout_permutation`).  Every layer takes ``layout=``; the
+weights do not depend on it.  O(3) acts through :class:`~keras_relaxeq.groups.IrrepsRep`
+(parity included, in the layer's layout).
 
 Layers (mirroring github.com/RobDHess/Steerable-E3-GNN ``models/segnn`` and e3nn):
 
@@ -47,7 +50,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_relaxeq.groups.clebsch_gordan import clebsch_gordan_for_irreps
-from keras_relaxeq.groups.irreps import Irreps, IrrepsRep
+from keras_relaxeq.groups.irreps import Irreps, IrrepsRep, check_layout
 from keras_relaxeq.layers.base import RelaxedEquivariantLayer
 
 register = keras.saving.register_keras_serializable(package="keras_relaxeq")
@@ -111,6 +114,11 @@ def _offsets(irreps: Irreps):
     return out
 
 
+def _in_block(u, i, mul, d, layout):
+    """Position of copy ``u``, component ``i`` inside a ``(mul, ir)`` block of the given layout."""
+    return i * mul + u if layout == "ir_mul" else u * d + i
+
+
 def _scalar_positions(irreps: Irreps):
     """Feature indices of the ``0e`` components and the index of their ``(mul, ir)`` term."""
     pos, term = [], []
@@ -136,10 +144,15 @@ class _PathPlan:
     ``1/sqrt(fan_in)``: SEGNN's ``tp_rescale=True``), ``"e3nn"`` (``coef = sqrt((2 l3 + 1) /
     fan_in)``: e3nn ``"component"``/``"element"``, used by ``tp_rescale=False``) or
     ``"linear"`` (``coef = 1/sqrt(fan_in)``, e3nn ``Linear``).
+
+    ``layout``: the feature layout of ``in1``, ``in2`` and ``out`` (``"mul_ir"`` or ``"ir_mul"``,
+    see :func:`~keras_relaxeq.groups.layout_permutation`); the weights do not depend on it.
     """
 
-    def __init__(self, in1: Irreps, in2: Irreps, out: Irreps, kind: str, normalization: str):
+    def __init__(self, in1: Irreps, in2: Irreps, out: Irreps, kind: str, normalization: str,
+                 layout: str = "mul_ir"):
         self.in1, self.in2, self.out = in1, in2, out
+        self.layout = layout
         self.dims = (in1.dim, in2.dim, out.dim)
         instructions = []
         for i1, (mul1, ir1) in enumerate(in1):
@@ -182,9 +195,9 @@ class _PathPlan:
             vals = cg[ii, jj, kk] * coef
             u, v, w = (g.reshape(-1, 1) for g in np.meshgrid(np.arange(mul1), np.arange(mul2), np.arange(mulo),
                                                                 indexing="ij"))
-            a = off1[i1] + u * ir1.dim + ii[None]
-            b = off2[i2] + v * ir2.dim + jj[None]
-            c = offo[io] + w * iro.dim + kk[None]
+            a = off1[i1] + _in_block(u, ii[None], mul1, ir1.dim, layout)
+            b = off2[i2] + _in_block(v, jj[None], mul2, ir2.dim, layout)
+            c = offo[io] + _in_block(w, kk[None], mulo, iro.dim, layout)
             positions.append(((a * d2_all + b) * do_all + c).reshape(-1))
             windex.append(np.broadcast_to(woff + (u * mul2 + v) * mulo + w, a.shape).reshape(-1))
             values.append(np.broadcast_to(vals[None], a.shape).reshape(-1))
@@ -246,11 +259,16 @@ class _TypePlan:
     For ``l2 = 0`` attributes with ``l1 = l3`` (``C_i0k = c delta_ik``) the mixing is a
     multiplication by the attribute (``c`` is folded into ``W``).  The weight matrices are a
     permutation (one gather) of the flat kernel times the path normalisations.
+
+    Layouts: with ``"ir_mul"`` features a block already is ``[N, d, mul]``, so ``X_t`` and the
+    output need reshapes and concatenations only; ``"mul_ir"`` (e3nn) blocks are transposed on
+    the way in and out.
     """
 
     def __init__(self, plan: "_PathPlan"):
         in1, in2, out = plan.in1, plan.in2, plan.out
         self.dims = plan.dims
+        self.layout = plan.layout
         self.types1, self.types2, self.types_out = _type_blocks(in1), _type_blocks(in2), _type_blocks(out)
         self.block_dims1 = [mul * ir.dim for mul, ir in in1]
         self.block_dims2 = [mul * ir.dim for mul, ir in in2]
@@ -332,7 +350,7 @@ class _TypePlan:
 
     # -- call-time pieces -------------------------------------------------------------------
     @staticmethod
-    def _by_type(x2, types, block_dims, copy_last):
+    def _by_type(x2, types, block_dims, copy_last, layout="mul_ir"):
         """``{t: [N, d, U]}`` (``copy_last``) or ``{t: [N, U, d]}`` from flat features ``[N, D]``."""
         nonzero = [d for d in block_dims if d]
         parts = tf.split(x2, nonzero, axis=-1) if len(nonzero) > 1 else [x2]
@@ -343,6 +361,10 @@ class _TypePlan:
                 cat = [part_of[b] for b, _, _ in blocks]
                 xt = cat[0] if len(cat) == 1 else tf.concat(cat, axis=-1)
                 result[t] = tf.reshape(xt, [-1, 1, total] if copy_last else [-1, total, 1])
+            elif layout == "ir_mul":
+                cat = [tf.reshape(part_of[b], [-1, ir.dim, mul]) for b, mul, _ in blocks]
+                xt = cat[0] if len(cat) == 1 else tf.concat(cat, axis=2)
+                result[t] = xt if copy_last else tf.transpose(xt, [0, 2, 1])
             else:
                 cat = [tf.reshape(part_of[b], [-1, mul, ir.dim]) for b, mul, _ in blocks]
                 xt = cat[0] if len(cat) == 1 else tf.concat(cat, axis=1)
@@ -384,8 +406,8 @@ class _TypePlan:
     def __call__(self, x2, a2, kernel, bias, dtype):
         """Tensor product of ``x2 [N, D1]`` and ``a2 [N, D2]`` (None: ``1x0e`` = 1), + bias, as ``[N, D_out]``."""
         n = tf.shape(x2)[0]
-        xt = self._by_type(x2, self.types1, self.block_dims1, copy_last=True)  # {t1: [N, d1, U]}
-        at = {} if a2 is None else self._by_type(a2, self.types2, self.block_dims2, copy_last=False)
+        xt = self._by_type(x2, self.types1, self.block_dims1, True, self.layout)  # {t1: [N, d1, U]}
+        at = {} if a2 is None else self._by_type(a2, self.types2, self.block_dims2, False, self.layout)
         # attribute side: diagonal triples use A itself, the others M = A @ CG
         m_of = {}
         for k, tri in enumerate(self.triples):
@@ -432,14 +454,18 @@ class _TypePlan:
                 o = tf.zeros(tf.stack([n, iro.dim, mulo]), dtype)
             if bias is not None and to == self.bias_type:
                 o = o + tf.cast(bias, dtype)
-            outs.append(tf.reshape(o, [-1, mulo]) if iro.dim == 1 else tf.transpose(o, [0, 2, 1]))  # copy-major
+            if iro.dim == 1:
+                outs.append(tf.reshape(o, [-1, mulo]))
+            else:  # [N, W, d3] (mul_ir) or [N, d3, W] (ir_mul)
+                outs.append(o if self.layout == "ir_mul" else tf.transpose(o, [0, 2, 1]))
         if self.out_identity:
             flat = [tf.reshape(o, [-1, ir.dim * mul]) for o, (ir, _, mul) in zip(outs, self.types_out)]
             return flat[0] if len(flat) == 1 else tf.concat(flat, axis=-1)
         split = {}
         for to, (iro, blocks, _) in enumerate(self.types_out):
             muls = [mul for _, mul, _ in blocks]
-            pieces = tf.split(outs[to], muls, axis=1) if len(muls) > 1 else [outs[to]]
+            axis = 2 if (self.layout == "ir_mul" and iro.dim > 1) else 1
+            pieces = tf.split(outs[to], muls, axis=axis) if len(muls) > 1 else [outs[to]]
             for (b, mul, _), piece in zip(blocks, pieces):
                 split[b] = tf.reshape(piece, [-1, mul * iro.dim])
         flat = [split[b] for b, _ in self.out_blocks]
@@ -494,6 +520,10 @@ class _IrrepsLayer(RelaxedEquivariantLayer):
     _in2_attr = None  # name of the attribute irreps, None for one-input layers
     _out_attr = "irreps_out"
 
+    def __init__(self, layout="mul_ir", **kwargs):
+        super().__init__(**kwargs)
+        self.layout = check_layout(layout, f"{type(self).__name__} '{self.name}'")
+
     # -- irreps accessors --------------------------------------------------------------------
     def _irreps_x(self) -> Irreps:
         return getattr(self, self._in1_attr)
@@ -508,19 +538,19 @@ class _IrrepsLayer(RelaxedEquivariantLayer):
     def attr_rep(self):
         """Representation of the attributes (second input), or None."""
         attr = self._irreps_attr()
-        return None if attr is None else IrrepsRep(attr)
+        return None if attr is None else IrrepsRep(attr, self.layout)
 
     @property
     def equivariance_input_reps(self):
         """Input representations for ``assert_equivariant``: ``(rep_x, rep_attr)`` or ``rep_x``."""
-        rep_x = IrrepsRep(self._irreps_x())
+        rep_x = IrrepsRep(self._irreps_x(), self.layout)
         return (rep_x, self.attr_rep) if self._has_attr_input() else rep_x
 
     def input_representation(self, input_shape):
-        return IrrepsRep(self._irreps_x())
+        return IrrepsRep(self._irreps_x(), self.layout)
 
     def output_representation(self, input_shape):
-        return IrrepsRep(getattr(self, self._out_attr))
+        return IrrepsRep(getattr(self, self._out_attr), self.layout)
 
     # -- input handling ---------------------------------------------------------------------
     def _split_shapes(self, input_shape):
@@ -576,6 +606,11 @@ class _IrrepsLayer(RelaxedEquivariantLayer):
         x_shape, _ = self._split_shapes(input_shape)
         return tuple(x_shape[:-1]) + (getattr(self, self._out_attr).dim,)
 
+    def get_config(self):
+        config = super().get_config()
+        config.update(layout=self.layout)
+        return config
+
 
 # --------------------------------------------------------------------------- O3Linear
 @register
@@ -609,7 +644,7 @@ class O3Linear(_IrrepsLayer):
         self.kernel_initializer = keras.initializers.get(
             kernel_initializer if kernel_initializer is not None else keras.initializers.RandomNormal(stddev=1.0))
         self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.plan = _PathPlan(self.irreps_in, Irreps("1x0e"), self.irreps_out, "linear", "linear")
+        self.plan = _PathPlan(self.irreps_in, Irreps("1x0e"), self.irreps_out, "linear", "linear", self.layout)
         self.kernel = None
         self.bias = None
 
@@ -698,7 +733,8 @@ class O3TensorProduct(_IrrepsLayer):
         self.kernel_initializer = None if kernel_initializer is None else keras.initializers.get(kernel_initializer)
         self.bias_initializer = None if bias_initializer is None else keras.initializers.get(bias_initializer)
         in2 = self.irreps_in2 if self.irreps_in2 is not None else Irreps("1x0e")
-        self.plan = _PathPlan(self.irreps_in1, in2, self.irreps_out, "tp", "segnn" if self.tp_rescale else "e3nn")
+        self.plan = _PathPlan(self.irreps_in1, in2, self.irreps_out, "tp", "segnn" if self.tp_rescale else "e3nn",
+                              self.layout)
         _untracked(self, "type_plan", _TypePlan(self.plan))
         self.kernel = None
         self.bias = None
@@ -844,6 +880,9 @@ class Gate(_IrrepsLayer):
             for (mul, d), g, f in zip(blocks, gate_blocks, gated_blocks):
                 if d == 1:
                     parts.append(f * g)
+                elif self.layout == "ir_mul":
+                    prod = tf.reshape(f, [-1, d, mul]) * tf.reshape(g, [-1, 1, mul])
+                    parts.append(tf.reshape(prod, tf.concat([lead, [mul * d]], 0)))
                 else:
                     prod = tf.reshape(f, [-1, mul, d]) * tf.reshape(g, [-1, mul, 1])
                     parts.append(tf.reshape(prod, tf.concat([lead, [mul * d]], 0)))
@@ -923,10 +962,11 @@ class O3TensorProductGate(_IrrepsLayer):
         if self.has_relaxation_branch:
             relax["relaxed"] = False
         self.tensor_product = O3TensorProduct(self.irreps_in1, self.irreps_in2, tp_out, use_bias=self.use_bias,
-                                              tp_rescale=self.tp_rescale, name="tensor_product", **relax)
+                                              tp_rescale=self.tp_rescale, layout=self.layout, name="tensor_product",
+                                              **relax)
         self.gate = Gate(scalars, gated, scalar_activation=self.scalar_activation,
                          gate_activation=self.gate_activation, normalize_activations=gated.num_irreps > 0,
-                         name="gate", **relax)
+                         layout=self.layout, name="gate", **relax)
 
     def build_equivariant(self, input_shape):
         if not self.tensor_product.built:
@@ -1029,8 +1069,11 @@ class SteerableNorm(_IrrepsLayer):
         stat_axes = list(range(rank - 1)) if self.mode == "batch" else list(range(1, rank - 1))
         fields, new_means, new_vars = [], [], []
         iw = ib = 0
+        ir_mul = self.layout == "ir_mul"
+        comp = -2 if ir_mul else -1  # the component axis of a block view
         for sl, (mul, ir) in zip(self.irreps.slices(), self.irreps):
-            f = tf.reshape(x[..., sl], tf.concat([lead, [mul, ir.dim]], 0))
+            f = tf.reshape(x[..., sl], tf.concat([lead, [ir.dim, mul] if ir_mul else [mul, ir.dim]], 0))
+            per_copy = [1, mul] if ir_mul else [mul, 1]  # a [mul] vector broadcast over the components
             centre = ir.is_scalar() if self.mode == "batch" else ir.l == 0
             if centre:
                 if self.mode == "instance" or batch_stats:
@@ -1038,9 +1081,9 @@ class SteerableNorm(_IrrepsLayer):
                     if batch_stats:
                         new_means.append(tf.reshape(mean, [mul]))
                 else:
-                    mean = tf.reshape(tf.cast(self.running_mean[ib:ib + mul], x.dtype), [mul, 1])
+                    mean = tf.reshape(tf.cast(self.running_mean[ib:ib + mul], x.dtype), per_copy)
                 f = f - mean
-            sq = tf.reduce_sum(tf.square(f), axis=-1)  # [..., mul]
+            sq = tf.reduce_sum(tf.square(f), axis=comp)  # [..., mul]
             if self.normalization == "component":
                 sq = sq / ir.dim
             if self.mode == "instance" or batch_stats:
@@ -1054,9 +1097,9 @@ class SteerableNorm(_IrrepsLayer):
             scale = tf.math.rsqrt(var + tf.cast(self.eps, x.dtype))
             if self.affine:
                 scale = scale * tf.cast(self.weight[iw:iw + mul], x.dtype)
-            f = f * scale[..., None]
+            f = f * tf.expand_dims(scale, comp)
             if self.affine and ir.is_scalar() and self.bias is not None:
-                f = f + tf.reshape(tf.cast(self.bias[ib:ib + mul], x.dtype), [mul, 1])
+                f = f + tf.reshape(tf.cast(self.bias[ib:ib + mul], x.dtype), per_copy)
             if ir.is_scalar():
                 ib += mul
             iw += mul

@@ -42,7 +42,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_relaxeq.groups.irreps import Irreps, balanced_irreps
+from keras_relaxeq.groups.irreps import Irreps, balanced_irreps, check_layout
 from keras_relaxeq.groups.spherical_harmonics import spherical_harmonics
 from keras_relaxeq.layers.steerable import O3TensorProduct, O3TensorProductGate, SteerableNorm
 from keras_relaxeq.training.model import RelaxedModel
@@ -119,10 +119,14 @@ class NBodyGraphFeatures(keras.layers.Layer):
     Called on ``[loc, vel, charges]`` (``[B, N, 3]``, ``[B, N, 3]``, ``[B, N, 1]``); returns
     ``(x [B, N, 7], node_attr [B, N, A], edge_attr [B, E, A], edge_features [B, E, 2])`` with
     ``A = (lmax_attr + 1)^2`` and ``E = N (N - 1)`` (see the module docstring).  No weights.
+    ``layout`` is the feature layout of ``x`` (``"mul_ir"`` or ``"ir_mul"``); the attributes
+    (one copy per degree) and the edge features are the same in both.
     """
 
-    def __init__(self, num_nodes=5, lmax_attr=1, squared_distance=False, centring="mass", **kwargs):
+    def __init__(self, num_nodes=5, lmax_attr=1, squared_distance=False, centring="mass", layout="mul_ir",
+                 **kwargs):
         super().__init__(**kwargs)
+        self.layout = check_layout(layout, f"NBodyGraphFeatures '{self.name}'")
         self.num_nodes = int(num_nodes)
         if self.num_nodes < 2:
             raise ValueError(f"NBodyGraphFeatures: num_nodes must be >= 2, got {num_nodes}.")
@@ -154,7 +158,11 @@ class NBodyGraphFeatures(keras.layers.Layer):
         # "mass": mean over the particles; "coordinates": the reference's pos.mean(1) on [B*N, 3]
         centred = loc - tf.reduce_mean(loc, axis=1 if self.centring == "mass" else 2, keepdims=True)
         speed = tf.sqrt(tf.reduce_sum(tf.square(vel), axis=-1, keepdims=True))
-        x = tf.concat([centred, vel, speed], axis=-1)
+        if self.layout == "ir_mul":  # 2x1o component-major: (c_x, v_x, c_y, v_y, c_z, v_z)
+            vectors = tf.reshape(tf.stack([centred, vel], axis=-1), tf.concat([tf.shape(vel)[:-1], [6]], 0))
+        else:
+            vectors = tf.concat([centred, vel], axis=-1)
+        x = tf.concat([vectors, speed], axis=-1)
         edge_features = tf.concat([dist, prod_charges], axis=-1)
         return x, node_attr, edge_attr, edge_features
 
@@ -166,7 +174,7 @@ class NBodyGraphFeatures(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(num_nodes=self.num_nodes, lmax_attr=self.lmax_attr, squared_distance=self.squared_distance,
-                      centring=self.centring)
+                      centring=self.centring, layout=self.layout)
         return config
 
 
@@ -193,12 +201,14 @@ class SEGNNLayer(keras.layers.Layer):
         relaxation_placement: ``update_layer_1``'s branch before its gate (default, method.md)
             or ``"after_gate"`` (as the relaxation paper's released code).
         relaxation_use_bias: the branches' bias (the released code's branches have none).
+        layout: feature layout of ``x`` and of every sublayer (``"mul_ir"`` or ``"ir_mul"``).
     """
 
     def __init__(self, hidden_irreps, attr_irreps="1x0e+1x1o", message_irreps=NBODY_MESSAGE_IRREPS, num_nodes=5,
                  norm=None, relaxed=True, relaxation_initializer=None, lie_method="auto", theta=1.0,
-                 relaxation_placement="before_gate", relaxation_use_bias=True, **kwargs):
+                 relaxation_placement="before_gate", relaxation_use_bias=True, layout="mul_ir", **kwargs):
         super().__init__(**kwargs)
+        self.layout = check_layout(layout, f"SEGNNLayer '{self.name}'")
         if norm not in NORMS:
             raise ValueError(f"SEGNNLayer '{self.name}': norm must be one of {NORMS}, got {norm!r}.")
         _untracked(self, "hidden_irreps", Irreps(hidden_irreps))
@@ -220,16 +230,17 @@ class SEGNNLayer(keras.layers.Layer):
         hidden, attr = self.hidden_irreps, self.attr_irreps
         message_in = (hidden + hidden + self.message_irreps).simplify()
         update_in = (hidden + hidden).simplify()
-        plain = dict(relaxed=False, dtype=self.dtype_policy)
+        plain = dict(relaxed=False, layout=self.layout, dtype=self.dtype_policy)
         relax = dict(relaxed=self.relaxed, relaxation_initializer=keras.initializers.serialize(
             self.relaxation_initializer), lie_method=lie_method, theta=self.theta,
-            relaxation_use_bias=self.relaxation_use_bias, dtype=self.dtype_policy)
+            relaxation_use_bias=self.relaxation_use_bias, layout=self.layout, dtype=self.dtype_policy)
         self.message_layer_1 = O3TensorProductGate(message_in, attr, hidden, name="message_layer_1", **plain)
         self.message_layer_2 = O3TensorProductGate(hidden, attr, hidden, name="message_layer_2", **plain)
         self.update_layer_1 = O3TensorProductGate(update_in, attr, hidden, name="update_layer_1",
                                                   relaxation_placement=relaxation_placement, **relax)
         self.update_layer_2 = O3TensorProduct(hidden, attr, hidden, name="update_layer_2", **relax)
-        self.feature_norm = (SteerableNorm(hidden, mode="instance", name="feature_norm", dtype=self.dtype_policy)
+        self.feature_norm = (SteerableNorm(hidden, mode="instance", name="feature_norm", layout=self.layout,
+                                           dtype=self.dtype_policy)
                              if norm == "instance" else None)
 
     def build(self, input_shape):
@@ -271,7 +282,7 @@ class SEGNNLayer(keras.layers.Layer):
                       relaxed=self.relaxed,
                       relaxation_initializer=keras.initializers.serialize(self.relaxation_initializer),
                       lie_method=self.lie_method, theta=self.theta, relaxation_placement=self.relaxation_placement,
-                      relaxation_use_bias=self.relaxation_use_bias)
+                      relaxation_use_bias=self.relaxation_use_bias, layout=self.layout)
         return config
 
 
@@ -284,7 +295,8 @@ def segnn_hidden_irreps(hidden_features=64, lmax_hidden=1, lmax_attr=1, balance=
 def segnn(num_layers=4, hidden_features=64, lmax_hidden=1, lmax_attr=1, relaxed=True,
           relaxation_initializer=None, lambda_lie=0.01, lambda_proj=0.01, norm=None, pool=None,
           num_nodes=5, balance="weights", squared_distance=False, centring="mass", lie_method="auto",
-          penalty_scale="none", relaxation_placement="before_gate", relaxation_use_bias=True, name="segnn_nbody"):
+          penalty_scale="none", relaxation_placement="before_gate", relaxation_use_bias=True, layout="ir_mul",
+          name="segnn_nbody"):
     """SEGNN for the charged N-body task as a :class:`~keras_relaxeq.RelaxedModel`.
 
     Args:
@@ -308,6 +320,12 @@ def segnn(num_layers=4, hidden_features=64, lmax_hidden=1, lmax_attr=1, relaxed=
         relaxation_placement, relaxation_use_bias: the first update's branch before its gate
             (default, method.md) or ``"after_gate"``, and the branches' bias; ``"after_gate"``
             without bias is the released code's branch placement (for comparisons).
+        layout: feature layout inside the network: ``"ir_mul"`` (default; component-major blocks,
+            the tensor products need no transposes: faster) or ``"mul_ir"`` (e3nn's).  Same
+            function, same weights (``set_weights`` carries the equivariant weights across; a
+            relaxation branch is a map in the layout, so branch kernels are permuted between the
+            two, :func:`~keras_relaxeq.groups.layout_permutation`).  Models saved before this
+            option existed load as ``"mul_ir"``.
 
     Inputs ``{"loc": [B, N, 3], "vel": [B, N, 3], "charges": [B, N, 1]}``; output the
     predicted positions ``[B, N, 3]`` (``loc`` + a ``1x1o`` prediction).
@@ -330,17 +348,19 @@ def segnn(num_layers=4, hidden_features=64, lmax_hidden=1, lmax_attr=1, relaxed=
     vel = keras.Input((n, 3), name="vel")
     charges = keras.Input((n, 1), name="charges")
     x, node_attr, edge_attr, edge_features = NBodyGraphFeatures(
-        num_nodes=n, lmax_attr=lmax_attr, squared_distance=squared_distance, centring=centring,
+        num_nodes=n, lmax_attr=lmax_attr, squared_distance=squared_distance, centring=centring, layout=layout,
         name="graph_features")(
         [loc, vel, charges])
-    x = O3TensorProduct(NBODY_INPUT_IRREPS, attr, hidden, relaxed=False, name="embedding")((x, node_attr))
+    x = O3TensorProduct(NBODY_INPUT_IRREPS, attr, hidden, relaxed=False, layout=layout, name="embedding")(
+        (x, node_attr))
     for i in range(int(num_layers)):
         x = SEGNNLayer(hidden, attr, NBODY_MESSAGE_IRREPS, num_nodes=n, norm=norm, relaxed=relaxed,
                        relaxation_initializer=relaxation_initializer, lie_method=lie_method,
                        relaxation_placement=relaxation_placement, relaxation_use_bias=relaxation_use_bias,
-                       name=f"layer_{i}")([x, edge_attr, node_attr, edge_features])
-    x = O3TensorProductGate(hidden, attr, hidden, relaxed=False, name="pre_pool1")((x, node_attr))
-    delta = O3TensorProduct(hidden, attr, NBODY_OUTPUT_IRREPS, relaxed=False, name="pre_pool2")((x, node_attr))
+                       layout=layout, name=f"layer_{i}")([x, edge_attr, node_attr, edge_features])
+    x = O3TensorProductGate(hidden, attr, hidden, relaxed=False, layout=layout, name="pre_pool1")((x, node_attr))
+    delta = O3TensorProduct(hidden, attr, NBODY_OUTPUT_IRREPS, relaxed=False, layout=layout, name="pre_pool2")(
+        (x, node_attr))
     positions = keras.layers.Add(name="positions")([loc, delta])
     return RelaxedModel({"loc": loc, "vel": vel, "charges": charges}, positions, lambda_lie=lambda_lie,
                         lambda_proj=lambda_proj, penalty_scale=penalty_scale, name=name)

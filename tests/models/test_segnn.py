@@ -203,9 +203,14 @@ def test_projected_segnn_is_e3_equivariant(trained, projected, batch):
 
 def test_relaxed_segnn_at_theta_one_is_not_equivariant(trained, batch):
     x, _ = batch
+    kr.set_theta(trained, 0.0)
+    exact = check_equivariance(trained, x, input_reps=REPS, output_reps="vector", group="O3", num_samples=2)
     kr.set_theta(trained, 1.0)
     report = check_equivariance(trained, x, input_reps=REPS, output_reps="vector", group="O3", num_samples=2)
-    assert not report.passed, report
+    # after 4 steps the branches (initialised N(0, 1e-4)) are still small, so the error is measured
+    # against the same model's float32 error at theta = 0 rather than against a fixed tolerance
+    assert exact.passed, exact
+    assert report.max_error > 100 * exact.max_error, (report, exact)
 
 
 def test_instance_norm_variant_is_equivariant(batch):
