@@ -88,6 +88,8 @@ def load_checkpoint(recipe, cfg, run_dir: Path, which: str):
     if not backup.exists():
         raise SystemExit(f"{backup} does not exist: the run has not backed up yet.")
     meta = run_dir / "backup" / "training_metadata.json"
+    if hasattr(recipe, "layout_of_run"):  # branch kernels are matrices in the run's feature layout
+        cfg = dict(cfg, layout=recipe.layout_of_run(run_dir, cfg.get("layout")))
     model = recipe.build_model(dict(cfg, relaxed=True))
     with tempfile.TemporaryDirectory() as tmp:  # a copy: the training may rewrite the backup meanwhile
         copy = Path(tmp) / "latest.weights.h5"

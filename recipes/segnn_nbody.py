@@ -41,7 +41,8 @@ The output directory gets:
 * ``projected.keras``     the final projected (exactly equivariant) model;
 * ``summary.json``        config, strategy / replicas / workers / global batch, epochs, best / final projected val MSE, test MSE of the best
                           projected model, E(3)-equivariance errors, parameter counts, wall time;
-* ``history.png``         MSE / theta / penalties vs epoch.
+* ``history.png``         MSE / theta / penalties vs epoch;
+* ``layout.txt``          the model's feature layout (``--layout``), kept when the run resumes.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ import json
 import math
 import sys
 import time
+from pathlib import Path
 
 from keras_relaxeq.layers.steerable import RELAXATION_PLACEMENTS
 from keras_relaxeq.models.segnn import CENTRINGS
@@ -60,6 +62,8 @@ from keras_relaxeq.training.recipe import make_strategy, prepare_output_dir, rea
 DEFAULTS = dict(epochs=1000, batch=100, lr=5e-4, weight_decay=1e-12, lambda_lie=0.01, lambda_proj=0.01,
                 schedule="triangle", layers=4, hidden=64, lmax_hidden=1, lmax_attr=1, norm="none",
                 train_samples=3000, val_samples=2000, test_samples=2000)
+#: records the run's feature layout (--layout) in --output-dir
+LAYOUT_FILE = "layout.txt"
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -100,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--rotate", action=argparse.BooleanOptionalAction, default=True,
                    help="one random rotation per batch in every split (--no-rotate: the data's own frame, "
                         "as in the reference code)")
+    g.add_argument("--layout", choices=("ir_mul", "mul_ir"), default=None,
+                   help="feature layout inside the model (default ir_mul: faster, benchmarks/README.md; mul_ir: "
+                        "e3nn's). A resumed run keeps the layout it started with (layout.txt; runs from before "
+                        "this option: mul_ir)")
     g.add_argument("--train-samples", type=int, default=d["train_samples"])
     g.add_argument("--val-samples", type=int, default=d["val_samples"])
     g.add_argument("--test-samples", type=int, default=d["test_samples"])
@@ -159,7 +167,32 @@ def build_model(cfg):
                  lambda_proj=cfg["lambda_proj"], norm=None if cfg["norm"] == "none" else cfg["norm"],
                  centring=cfg.get("centring", "mass"),  # runs from before an option have no key
                  relaxation_placement=cfg.get("branch_placement", "before_gate"),
-                 relaxation_use_bias=cfg.get("branch_bias", True))
+                 relaxation_use_bias=cfg.get("branch_bias", True),
+                 # no key: a run from before --layout (mul_ir); None: not resolved yet (the default)
+                 layout=cfg.get("layout", "mul_ir") or "ir_mul")
+
+
+def layout_of_run(out, requested=None, fresh=False) -> str:
+    """The feature layout of the run in ``out``: the one it started with (``layout.txt``), else
+    ``"mul_ir"`` for a run from before ``--layout`` existed (it has a backup or a summary but no
+    ``layout.txt``), else ``requested`` or ``"ir_mul"``.  A relaxation branch is a matrix in the
+    layout's coordinates, so a resumed run must keep its layout; asking for another one is an error.
+    """
+    out = Path(out)
+    if not fresh:
+        record = out / LAYOUT_FILE
+        if record.is_file():
+            stored = record.read_text().strip()
+        elif (out / "backup").is_dir() or (out / "summary.json").is_file():
+            stored = "mul_ir"
+        else:
+            stored = None
+        if stored is not None:
+            if requested and requested != stored:
+                raise SystemExit(f"{out} holds a run with --layout {stored}; resume it with that layout (its "
+                                 f"relaxation branches are matrices in that layout) or start over with --fresh.")
+            return stored
+    return requested or "ir_mul"
 
 
 def make_loss(cfg):
@@ -272,7 +305,10 @@ def main(argv=None) -> dict:
     strategy = make_strategy(cfg)
     dist = _dist()
     chief = dist.is_chief(strategy)
+    layout = layout_of_run(cfg["output_dir"], cfg.get("layout"), fresh=bool(cfg.get("fresh")))
     out, backup_dir, write_dir = prepare_output_dir(cfg, strategy)  # --fresh / --resume
+    cfg["layout"] = layout
+    (write_dir / LAYOUT_FILE).write_text(layout + "\n")
     start = time.time()
 
     import keras

@@ -292,3 +292,62 @@ def test_recipe_runs_and_resumes(nbody_cache, tmp_path):
     summary = recipe.main(["--epochs", "3"] + common)  # resumes from the backup, one more epoch
     assert summary["epochs_run"] == 3 and summary["epochs_this_invocation"] == 1
     assert json.loads((out / "summary.json").read_text())["resumed"] is True
+
+
+def test_recipe_layout_is_kept_by_a_resumed_run(tmp_path):
+    recipe = _load_recipe()
+    cfg = recipe.resolve_config(recipe.build_parser().parse_args([]))
+    assert cfg["layout"] is None  # resolved per run directory by layout_of_run
+    assert recipe.build_model(dict(cfg, relaxed=False)).get_layer("layer_0").layout == "ir_mul"
+    old_run = {k: v for k, v in cfg.items() if k != "layout"}  # summary.json of a run from before --layout
+    assert recipe.build_model(dict(old_run, relaxed=False)).get_layer("layer_0").layout == "mul_ir"
+
+    new = tmp_path / "new"
+    assert recipe.layout_of_run(new) == "ir_mul" and recipe.layout_of_run(new, "mul_ir") == "mul_ir"
+    old = tmp_path / "old"
+    (old / "backup").mkdir(parents=True)  # a backup without layout.txt: started before --layout
+    assert recipe.layout_of_run(old) == "mul_ir"
+    with pytest.raises(SystemExit, match="--layout mul_ir"):
+        recipe.layout_of_run(old, "ir_mul")
+    assert recipe.layout_of_run(old, "ir_mul", fresh=True) == "ir_mul"
+    recorded = tmp_path / "recorded"
+    recorded.mkdir()
+    (recorded / recipe.LAYOUT_FILE).write_text("ir_mul\n")
+    assert recipe.layout_of_run(recorded) == "ir_mul"
+    with pytest.raises(SystemExit, match="start over with --fresh"):
+        recipe.layout_of_run(recorded, "mul_ir")
+
+
+@pytest.mark.parametrize("relaxed", [False, True])
+def test_layouts_compute_the_same_model(batch, relaxed):
+    """segnn(layout="ir_mul") is segnn(layout="mul_ir") in other coordinates: same weights (branch
+    kernels permuted), same predictions and penalties; the graph features are the permuted ones."""
+    from keras_relaxeq.groups import layout_permutation
+    from keras_relaxeq.models.segnn import NBODY_INPUT_IRREPS
+
+    x, y = batch
+    keras.utils.set_random_seed(5)
+    a = segnn(relaxed=relaxed, layout="mul_ir", **SMALL)
+    b = segnn(relaxed=relaxed, layout="ir_mul", **SMALL)
+    assert segnn(**SMALL).get_layer("layer_0").layout == "ir_mul"  # the default
+    b.set_weights(a.get_weights())
+    for la, lb in zip(relaxed_layers(a), relaxed_layers(b)):
+        pin = layout_permutation(la.input_rep.irreps, "ir_mul")
+        pout = layout_permutation(la.output_rep.irreps, "ir_mul")
+        rng = np.random.default_rng(len(pin))
+        la.relaxation_kernel.assign(rng.normal(scale=0.1, size=tuple(la.relaxation_kernel.shape)))
+        lb.relaxation_kernel.assign(tf.gather(tf.gather(la.relaxation_kernel, pin, axis=0), pout, axis=1))
+        lb.relaxation_bias.assign(tf.gather(la.relaxation_bias, pout))
+    if relaxed:
+        assert kr.set_theta(a, 1.0) == kr.set_theta(b, 1.0) == 2 * SMALL["num_layers"]
+    np.testing.assert_allclose(b(x).numpy(), a(x).numpy(), rtol=1e-5, atol=1e-5)
+    if relaxed:
+        with kr.layers.collect_relaxation_penalties() as ca:
+            a(x)
+        with kr.layers.collect_relaxation_penalties() as cb:
+            b(x)
+        np.testing.assert_allclose([float(v) for v in cb.totals()], [float(v) for v in ca.totals()], rtol=1e-4)
+        assert float(ca.totals()[0]) > 0
+    feats_a = a.get_layer("graph_features")([x["loc"], x["vel"], x["charges"]])[0].numpy()
+    feats_b = b.get_layer("graph_features")([x["loc"], x["vel"], x["charges"]])[0].numpy()
+    np.testing.assert_array_equal(feats_b, feats_a[..., layout_permutation(NBODY_INPUT_IRREPS, "ir_mul")])
