@@ -348,6 +348,22 @@ def test_layouts_compute_the_same_model(batch, relaxed):
             b(x)
         np.testing.assert_allclose([float(v) for v in cb.totals()], [float(v) for v in ca.totals()], rtol=1e-4)
         assert float(ca.totals()[0]) > 0
+    # one optimiser step from equal weights: equal gradients, so the weights stay equal
+    for model in (a, b):
+        model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+        model.train_on_batch(x, y)
+    branch_vars = {id(v) for layer in relaxed_layers(a) + relaxed_layers(b)
+                   for v in (layer.relaxation_kernel, layer.relaxation_bias)}
+    for va, vb in zip(a.weights, b.weights):
+        if id(va) not in branch_vars:  # equivariant weights: the same in both layouts
+            np.testing.assert_allclose(vb.numpy(), va.numpy(), rtol=1e-4, atol=1e-6, err_msg=va.path)
+    for la, lb in zip(relaxed_layers(a), relaxed_layers(b)):  # branches: in permuted coordinates
+        pin = layout_permutation(la.input_rep.irreps, "ir_mul")
+        pout = layout_permutation(la.output_rep.irreps, "ir_mul")
+        np.testing.assert_allclose(lb.relaxation_kernel.numpy(), la.relaxation_kernel.numpy()[pin][:, pout],
+                                   rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(lb.relaxation_bias.numpy(), la.relaxation_bias.numpy()[pout], rtol=1e-4,
+                                   atol=1e-6)
     feats_a = a.get_layer("graph_features")([x["loc"], x["vel"], x["charges"]])[0].numpy()
     feats_b = b.get_layer("graph_features")([x["loc"], x["vel"], x["charges"]])[0].numpy()
     np.testing.assert_array_equal(feats_b, feats_a[..., layout_permutation(NBODY_INPUT_IRREPS, "ir_mul")])
