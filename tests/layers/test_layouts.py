@@ -176,22 +176,23 @@ def test_ir_mul_penalties_equal_permuted_mul_ir(name):
     (lb,) = branch_layers(b)
     ref = [float(v) for v in a.relaxation_penalties(xa)]  # (LD, N) of the mul_ir layer's one branch
     np.testing.assert_allclose([float(v) for v in b.relaxation_penalties(xb)], ref, rtol=1e-10)
-    x_b = xb  # the branch reads x (of (x, attr)) whichever layer carries it
-    closed = [float(v) for v in lb.branch_penalties(x_b, method="closed_form")]
+    # the branch reads x (of (x, attr)) whichever layer carries it
+    closed = [float(v) for v in lb.branch_penalties(xb, method="closed_form")]
     for method in ("direct", "jvp"):
-        np.testing.assert_allclose([float(v) for v in lb.branch_penalties(x_b, method=method)], closed, rtol=1e-10)
+        np.testing.assert_allclose([float(v) for v in lb.branch_penalties(xb, method=method)], closed, rtol=1e-10)
     np.testing.assert_allclose(closed, ref, rtol=1e-10)
     assert closed[0] > 1.0
     # the branch projected onto the equivariant maps of the ir_mul representations has no Lie derivative
     kernel = equivariant_projection(lb.relaxation_kernel.numpy(), lb.input_rep, lb.output_rep)
     lb.relaxation_kernel.assign(kernel)
     if lb.relaxation_bias is not None:
-        bias = np.zeros(lb.relaxation_bias.shape)
-        lb.relaxation_bias.assign(bias)
-    lie, proj = (float(v) for v in lb.branch_penalties(x_b, method="closed_form"))
+        lb.relaxation_bias.assign(np.zeros(lb.relaxation_bias.shape))
+    lie, proj = (float(v) for v in lb.branch_penalties(xb, method="closed_form"))
     assert proj > 1.0 and abs(lie) < 1e-14 * proj, (lie, proj)
     set_theta(b, 1.0)
-    assert_equivariant(b, xb, input_reps=b.equivariance_input_reps, group="SO3", num_samples=1)  # parity: not seen by the Lie derivative
+    # SO(3) only: the projection keeps maps between equal l and opposite parity (the Lie derivative
+    # does not see parity)
+    assert_equivariant(b, xb, input_reps=b.equivariance_input_reps, group="SO3", num_samples=1)
 
 
 # --------------------------------------------------------------------------- 4. config
