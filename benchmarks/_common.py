@@ -58,8 +58,8 @@ def op_time_tables(logdir, steps, top=15, scope_depth=3):
     ``{"total_ms": ..., "by_type": [(op_type, ms_per_step, share), ...], "by_scope": [...]}``;
     a scope is the op name cut after ``scope_depth`` ``/``-separated parts with the model name
     dropped (for a Keras model: the layer, then its sub-layer), gradient ops keep a ``grad:``
-    prefix.  Function calls are not counted (their ops are).  Shares are of the summed op time (which can exceed the wall time with several
-    threads).
+    prefix.  Function calls are not counted (their ops are).  Shares are of the summed op time
+    (which can exceed the wall time with several threads).
     """
     import glob
     from collections import Counter

@@ -41,7 +41,8 @@ import statistics
 import tempfile
 import time
 
-from _common import format_op_tables, machine_info, op_time_tables, quantiles  # noqa: E402  (benchmarks/ is sys.path[0])
+# benchmarks/ is sys.path[0]
+from _common import format_op_tables, machine_info, op_time_tables, quantiles  # noqa: E402
 
 
 def build_parser():
