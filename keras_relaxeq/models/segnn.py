@@ -42,7 +42,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_relaxeq.groups.irreps import Irreps, balanced_irreps, check_layout
+from keras_relaxeq.groups.irreps import Irreps, balanced_irreps, check_layout, convert_layout
 from keras_relaxeq.groups.spherical_harmonics import spherical_harmonics
 from keras_relaxeq.layers.steerable import O3TensorProduct, O3TensorProductGate, SteerableNorm
 from keras_relaxeq.training.model import RelaxedModel
@@ -158,11 +158,7 @@ class NBodyGraphFeatures(keras.layers.Layer):
         # "mass": mean over the particles; "coordinates": the reference's pos.mean(1) on [B*N, 3]
         centred = loc - tf.reduce_mean(loc, axis=1 if self.centring == "mass" else 2, keepdims=True)
         speed = tf.sqrt(tf.reduce_sum(tf.square(vel), axis=-1, keepdims=True))
-        if self.layout == "ir_mul":  # 2x1o component-major: (c_x, v_x, c_y, v_y, c_z, v_z)
-            vectors = tf.reshape(tf.stack([centred, vel], axis=-1), tf.concat([tf.shape(vel)[:-1], [6]], 0))
-        else:
-            vectors = tf.concat([centred, vel], axis=-1)
-        x = tf.concat([vectors, speed], axis=-1)
+        x = convert_layout(tf.concat([centred, vel, speed], axis=-1), NBODY_INPUT_IRREPS, "mul_ir", self.layout)
         edge_features = tf.concat([dist, prod_charges], axis=-1)
         return x, node_attr, edge_attr, edge_features
 
