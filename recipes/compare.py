@@ -494,11 +494,11 @@ def plot(curves, result, exp: Experiment, path: Path) -> list[str]:
         ax.set_xlabel(result["sweep"])
         ax.set_title(m.label)
         numeric = all(isinstance(x, float) for x in position.values())
-        xs = list(position.values())
-        if numeric and exp.log_scale and min(xs) > 0 and max(xs) >= 10 * min(xs):  # e.g. 1,000-10,000 samples
+        ticks = list(position.values())
+        if numeric and exp.log_scale and min(ticks) > 0 and max(ticks) >= 10 * min(ticks):  # e.g. 1,000-10,000
             ax.set_xscale("log")
             ax.minorticks_off()
-        ax.set_xticks(xs, [str(v) for v in position])  # ticks at the sweep values (2, 4, 6, 8 layers)
+        ax.set_xticks(ticks, [str(v) for v in position])  # ticks at the sweep values (2, 4, 6, 8 layers)
         if not numeric:  # categorical values (e.g. centring)
             ax.set_xlim(-0.5, len(position) - 0.5)
     for ax in axes:
