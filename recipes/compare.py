@@ -38,6 +38,19 @@ A sweep value equal to what the comparison runs with anyway (``layers=4`` and
 value) is not trained again: its runs are the comparison's ``<arm>_seed<k>`` in the same
 ``--output-dir``.  A run directory is locked while it trains, so a sweep started while the
 comparison still trains one of those runs skips it (run the sweep again later to aggregate it).
+
+``--export DIR`` copies every run's record -- the small text files the report is made from
+(:data:`RECORD_FILES`: command, layout, ``summary.json``, ``log.csv``, ``relaxation.csv``) -- into
+``DIR/<run>``, so that ``--report-only --output-dir DIR`` rebuilds the tables and figures without
+the checkpoints (``docs/runs/`` holds the records behind ``docs/results.md``).  With
+``--export-state`` an unfinished run also takes what it needs to resume (:data:`RESUME_STATE`: the
+backup and the best models so far); ``--import-from DIR`` copies such runs into ``--output-dir``
+before training, so a comparison continues on another machine:
+
+    python recipes/compare.py segnn_nbody --sweep layers=8 --seeds 0 --output-dir runs/segnn_cmp \
+        --report-only --export docs/runs/segnn_nbody --export-state
+    python recipes/compare.py segnn_nbody --sweep layers=8 --seeds 0 --output-dir runs/segnn_cmp \
+        --import-from docs/runs/segnn_nbody          # on the next machine: resumes where it stopped
 """
 
 from __future__ import annotations
@@ -48,6 +61,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -57,6 +71,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ARMS = ("relaxed", "standard")
+#: a run's record: the text files the report reads (``--export``)
+RECORD_FILES = ("command.txt", "layout.txt", "summary.json", "log.csv", "relaxation.csv")
+#: what an unfinished run needs besides its record to resume elsewhere (``--export-state``)
+RESUME_STATE = ("backup", "best_projected.keras", "best_relaxed.keras")
 
 
 @dataclass(frozen=True)
@@ -124,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=2, help="trainings at once")
     p.add_argument("--threads", type=int, default=1, help="TensorFlow threads per training (0: TF default)")
     p.add_argument("--report-only", action="store_true", help="only aggregate the finished runs")
+    p.add_argument("--export", metavar="DIR", default=None,
+                   help="copy every run's record (RECORD_FILES) into DIR/<run> after the report")
+    p.add_argument("--export-state", action="store_true",
+                   help="with --export: unfinished runs also take their resume state (RESUME_STATE)")
+    p.add_argument("--import-from", metavar="DIR", default=None,
+                   help="before training, copy the runs exported to DIR into --output-dir (runs that "
+                        "have no backup there yet)")
     p.epilog = "Options after -- are passed to every recipe run (e.g. -- --points 64)."
     return p
 
@@ -137,6 +162,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         argv, extra = argv[:i], argv[i + 1:]
     args = build_parser().parse_args(argv)
     args.extra = extra
+    if args.export_state and not args.export:
+        raise SystemExit("--export-state needs --export DIR")
     return args
 
 
@@ -248,6 +275,91 @@ def train_one(args, arm, seed, value, sweep_name, baseline=False) -> int:
         return rc
     finally:
         lock.close()
+
+
+def _tree_stamp(path: Path):
+    """(relative name, size, mtime) of every file under ``path``: equal twice means nothing wrote in between."""
+    files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
+    return [(str(f.relative_to(path.parent)), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _copy_stable(src: Path, dst: Path, attempts: int = 20) -> None:
+    """Copy a file or folder that a training may be writing (a backup every N epochs): copy, and
+    keep the copy only if nothing changed while copying."""
+    for _ in range(attempts):
+        before = _tree_stamp(src)
+        tmp = dst.with_name(dst.name + ".partial")
+        _remove(tmp)
+        if src.is_dir():
+            shutil.copytree(src, tmp)
+        else:
+            shutil.copy2(src, tmp)
+        if _tree_stamp(src) == before:
+            _remove(dst)
+            tmp.rename(dst)
+            return
+        time.sleep(1.0)
+    _remove(tmp)
+    raise SystemExit(f"--export: {src} kept changing while it was copied; pause or stop its training and retry")
+
+
+def export_runs(args, dest) -> list[dict]:
+    """Copy each run's record (:data:`RECORD_FILES`) into ``dest/<run>``; with ``--export-state``
+    an unfinished run also takes its :data:`RESUME_STATE`, and a finished run's copy loses the
+    resume state an earlier export left.  Returns one row per run directory found."""
+    jobs, sweep_name = jobs_of(args)
+    base = baseline_values(args, sweep_name)
+    rows = []
+    for arm, seed, value in jobs:
+        name = run_name(arm, seed, sweep_name, value, value in base)
+        src, dst = Path(args.output_dir) / name, Path(dest) / name
+        if not src.is_dir():
+            continue
+        summary = _load(src)
+        finished = bool(summary) and summary.get("epochs_run", 0) >= epochs_of(args)
+        dst.mkdir(parents=True, exist_ok=True)
+        copied = []
+        for item in RECORD_FILES:
+            if (src / item).exists():
+                _copy_stable(src / item, dst / item)
+                copied.append(item)
+        for item in RESUME_STATE:
+            if finished or not args.export_state:
+                if finished and (dst / item).exists():
+                    _remove(dst / item)  # the record of a finished run needs no checkpoints
+            elif (src / item).exists():
+                _copy_stable(src / item, dst / item)
+                copied.append(item)
+        rows.append({"run": name, "finished": finished, "files": copied})
+        print(f"[{name}] exported to {dst}: {', '.join(copied)}", flush=True)
+    return rows
+
+
+def import_runs(args, source) -> list[str]:
+    """Copy the runs exported to ``source`` into ``--output-dir``, except where a run already has
+    a backup or a finished summary there (never overwrites training progress).  Returns their names."""
+    jobs, sweep_name = jobs_of(args)
+    base = baseline_values(args, sweep_name)
+    imported = []
+    for arm, seed, value in jobs:
+        name = run_name(arm, seed, sweep_name, value, value in base)
+        src, dst = Path(source) / name, Path(args.output_dir) / name
+        if not src.is_dir():
+            continue
+        if (dst / "backup").exists() or _load(dst) is not None:
+            print(f"[{name}] not imported: {dst} already has a backup or a summary", flush=True)
+            continue
+        shutil.copytree(src, dst, dirs_exist_ok=True)
+        imported.append(name)
+        print(f"[{name}] imported from {src}", flush=True)
+    return imported
 
 
 def read_log(path: Path) -> dict:
@@ -529,6 +641,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if args.import_from:
+        import_runs(args, args.import_from)
     if not args.report_only:
         jobs, sweep_name = jobs_of(args)
         base = baseline_values(args, sweep_name)
@@ -541,6 +655,8 @@ def main(argv=None) -> dict:
     stem = out / output_stem(result["sweep"])
     print(stem.with_suffix(".md").read_text())
     print(f"written: {stem}.json, {stem}.md, {stem}.png")
+    if args.export:
+        result["exported"] = export_runs(args, args.export)
     return result
 
 

@@ -210,3 +210,91 @@ def test_paired_curves_compare_the_arms_seed_by_seed(tmp_path):
     assert pair["median"] == pytest.approx(0.3) and pair["max"] == pytest.approx(1.0)
     assert pair["p90"] == pytest.approx(0.85)  # numpy's linear interpolation between 0.5 and 1.0
     assert "| 0 | 4 | 30.00% | 85.00% | 100.00% |" in (tmp_path / "comparison.md").read_text()
+
+
+def test_export_and_import_carry_runs_to_another_machine(tmp_path):
+    """--export copies the records (and with --export-state an unfinished run's resume state);
+    --report-only on the export rebuilds the same tables; --import-from never overwrites progress."""
+    drv = load_driver()
+    runs, export, other = tmp_path / "runs", tmp_path / "export", tmp_path / "other"
+    summary = {"epochs_run": 2, "best_test_mse": 0.004, "best_projected_val_mse": 0.005,
+               "final_projected_test_mse": 0.0045, "equivariance_of_best_projected": {"o3_max_error": 1e-6},
+               "wall_time_seconds": 60.0}
+    fake_run(runs / "relaxed_layers8_seed0", summary, "projected_val_loss", [0.1, 0.005])
+    unfinished = runs / "standard_layers8_seed0"
+    unfinished.mkdir(parents=True)
+    (unfinished / "log.csv").write_text("epoch,projected_val_loss\n0,0.2\n")
+    for d in (runs / "relaxed_layers8_seed0", unfinished):
+        (d / "backup").mkdir()
+        (d / "backup" / "latest.weights.h5").write_bytes(b"weights")
+        (d / "best_projected.keras").write_bytes(b"model")
+        (d / "logs").mkdir()  # TensorBoard: not part of a record
+        (d / "stdout.log").write_text("Epoch 1/2\n")
+        (d / "command.txt").write_text("segnn_nbody.py --layers 8\n")
+    argv = ["segnn_nbody", "--output-dir", str(runs), "--seeds", "0", "--epochs", "2", "--sweep", "layers=8"]
+    with pytest.raises(SystemExit):
+        drv.parse_args(argv + ["--export-state"])  # only with --export
+    result = drv.main(argv + ["--report-only", "--export", str(export), "--export-state"])
+    rows = {r["run"]: r for r in result["exported"]}
+    assert rows["relaxed_layers8_seed0"]["finished"] and not rows["standard_layers8_seed0"]["finished"]
+    done, todo = export / "relaxed_layers8_seed0", export / "standard_layers8_seed0"
+    assert sorted(p.name for p in done.iterdir()) == ["command.txt", "log.csv", "summary.json"]
+    assert sorted(p.name for p in todo.iterdir()) == ["backup", "best_projected.keras", "command.txt", "log.csv"]
+    assert (todo / "backup" / "latest.weights.h5").read_bytes() == b"weights"
+    # the export alone makes the same report
+    table = (runs / "comparison_layers.md").read_text()
+    drv.main(["segnn_nbody", "--output-dir", str(export), "--seeds", "0", "--epochs", "2", "--sweep", "layers=8",
+              "--report-only"])
+    assert (export / "comparison_layers.md").read_text() == table
+    assert "| 8 | standard | 0 | in progress: 1 of 2 epochs logged |" in table
+    # another machine: the import brings both runs; a run with a backup there is left alone
+    (other / "standard_layers8_seed0" / "backup").mkdir(parents=True)
+    args = drv.parse_args(["segnn_nbody", "--output-dir", str(other), "--seeds", "0", "--epochs", "2",
+                           "--sweep", "layers=8"])
+    assert drv.import_runs(args, export) == ["relaxed_layers8_seed0"]
+    assert not (other / "standard_layers8_seed0" / "log.csv").exists()
+    assert (other / "relaxed_layers8_seed0" / "summary.json").read_text() == json.dumps(summary)
+    # once the run has finished, a new export drops the resume state the earlier one left
+    (unfinished / "summary.json").write_text(json.dumps(summary))
+    drv.main(argv + ["--report-only", "--export", str(export), "--export-state"])
+    assert not (todo / "backup").exists() and not (todo / "best_projected.keras").exists()
+    assert (todo / "summary.json").exists()
+
+
+def test_export_refuses_a_backup_that_keeps_changing(tmp_path, monkeypatch):
+    drv = load_driver()
+    src = tmp_path / "backup"
+    src.mkdir()
+    (src / "latest.weights.h5").write_bytes(b"a")
+    drv._copy_stable(src, tmp_path / "copy")
+    assert (tmp_path / "copy" / "latest.weights.h5").read_bytes() == b"a"
+    stamps = iter(range(1000))  # a training writes between every two looks
+    monkeypatch.setattr(drv, "_tree_stamp", lambda path: next(stamps))
+    monkeypatch.setattr(drv.time, "sleep", lambda s: None)
+    with pytest.raises(SystemExit, match="kept changing"):
+        drv._copy_stable(src, tmp_path / "copy2", attempts=3)
+    assert not (tmp_path / "copy2").exists() and not (tmp_path / "copy2.partial").exists()
+    assert (tmp_path / "copy" / "latest.weights.h5").exists()
+
+
+def test_an_exported_run_resumes_on_another_machine(tmp_path, monkeypatch):
+    """The real thing: a tiny SEGNN comparison run trains 1 of 2 epochs, is exported with its
+    state, imported into a new output directory and finishes there from its backup."""
+    monkeypatch.setenv("KERAS_RELAXEQ_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    drv = load_driver()
+    tiny = ["--", "--train-samples", "20", "--val-samples", "20", "--test-samples", "20", "--batch", "10",
+            "--hidden", "8", "--layers", "1"]
+    first, export, second = tmp_path / "first", tmp_path / "export", tmp_path / "second"
+    common = ["segnn_nbody", "--seeds", "0", "--arms", "relaxed", "--jobs", "1"]
+    drv.main(common + ["--output-dir", str(first), "--epochs", "1"] + tiny)
+    assert json.loads((first / "relaxed_seed0" / "summary.json").read_text())["epochs_run"] == 1
+    # seen as a 2-epoch comparison the run is unfinished: its backup goes along
+    drv.main(common + ["--output-dir", str(first), "--epochs", "2", "--report-only", "--export", str(export),
+                       "--export-state"] + tiny)
+    assert (export / "relaxed_seed0" / "backup").is_dir()
+    result = drv.main(common + ["--output-dir", str(second), "--epochs", "2", "--import-from", str(export)] + tiny)
+    summary = json.loads((second / "relaxed_seed0" / "summary.json").read_text())
+    assert summary["epochs_run"] == 2 and summary["epochs_this_invocation"] == 1 and summary["resumed"]
+    assert drv.read_log(second / "relaxed_seed0" / "log.csv")["epoch"] == [0.0, 1.0]
+    assert result["groups"][0]["runs"] == 1
