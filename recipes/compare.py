@@ -44,7 +44,7 @@ comparison still trains one of those runs skips it (run the sweep again later to
 ``DIR/<run>``, so that ``--report-only --output-dir DIR`` rebuilds the tables and figures without
 the checkpoints (``docs/runs/`` holds the records behind ``docs/results.md``).  With
 ``--export-state`` an unfinished run also takes what it needs to resume (:data:`RESUME_STATE`: the
-backup and the best models so far); ``--import-from DIR`` copies such runs into ``--output-dir``
+backup and the best projected model so far); ``--import-from DIR`` copies such runs into ``--output-dir``
 before training, so a comparison continues on another machine:
 
     python recipes/compare.py segnn_nbody --sweep layers=8 --seeds 0 --output-dir runs/segnn_cmp \
@@ -73,8 +73,10 @@ HERE = Path(__file__).resolve().parent
 ARMS = ("relaxed", "standard")
 #: a run's record: the text files the report reads (``--export``)
 RECORD_FILES = ("command.txt", "layout.txt", "summary.json", "log.csv", "relaxation.csv")
-#: what an unfinished run needs besides its record to resume elsewhere (``--export-state``)
-RESUME_STATE = ("backup", "best_projected.keras", "best_relaxed.keras")
+#: what an unfinished run needs besides its record to resume elsewhere (``--export-state``): the
+#: backup, and the best projected model so far (model selection continues from it).  The relaxed
+#: model at that epoch (``best_relaxed.keras``, several times larger: dense branches) stays behind.
+RESUME_STATE = ("backup", "best_projected.keras")
 
 
 @dataclass(frozen=True)

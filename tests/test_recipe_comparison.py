@@ -228,6 +228,7 @@ def test_export_and_import_carry_runs_to_another_machine(tmp_path):
         (d / "backup").mkdir()
         (d / "backup" / "latest.weights.h5").write_bytes(b"weights")
         (d / "best_projected.keras").write_bytes(b"model")
+        (d / "best_relaxed.keras").write_bytes(b"relaxed model")  # not needed to resume: stays
         (d / "logs").mkdir()  # TensorBoard: not part of a record
         (d / "stdout.log").write_text("Epoch 1/2\n")
         (d / "command.txt").write_text("segnn_nbody.py --layers 8\n")
