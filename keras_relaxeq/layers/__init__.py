@@ -11,6 +11,7 @@ from keras_relaxeq.layers.base import (
     relaxed_layers,
     safe_sqrt,
     set_theta,
+    transfer_weights,
 )
 from keras_relaxeq.layers.vector_neurons import (
     VNBatchNorm,

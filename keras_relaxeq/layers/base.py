@@ -500,6 +500,65 @@ def _walk_layers(root):
     return [root]
 
 
+def _coordinate_index(source_rep, target_rep):
+    """``idx`` with ``x_target = x_source[..., idx]``, or None when both use the same coordinates.
+
+    Only steerable features have several coordinate systems (``IrrepsRep`` layouts ``mul_ir`` /
+    ``ir_mul``); any other pair of representations must be equal.
+    """
+    import numpy as np
+
+    from keras_relaxeq.groups.irreps import IrrepsRep, layout_permutation
+
+    if isinstance(source_rep, IrrepsRep) and isinstance(target_rep, IrrepsRep):
+        if source_rep.irreps != target_rep.irreps:
+            raise ValueError(f"transfer_weights: irreps {source_rep.irreps} and {target_rep.irreps} differ; "
+                             "the two models must have the same architecture.")
+        if source_rep.layout == target_rep.layout:
+            return None
+        return np.argsort(layout_permutation(source_rep.irreps, source_rep.layout))[
+            layout_permutation(target_rep.irreps, target_rep.layout)]
+    if source_rep != target_rep:
+        raise ValueError(f"transfer_weights: representations {source_rep} and {target_rep} differ; the two "
+                         "models must have the same architecture.")
+    return None
+
+
+def transfer_weights(source, target) -> int:
+    """Copy every weight of ``source`` into ``target``, a model (or layer) of the same architecture
+    whose steerable layers may use another feature layout (``layout="mul_ir"`` / ``"ir_mul"``).
+
+    The equivariant weights do not depend on the layout, so ``set_weights`` carries them; a
+    relaxation branch is a matrix in its layout's coordinates, so its kernel rows, kernel columns
+    and bias are permuted into the target's (``set_weights`` alone would give the target a
+    different, wrong, branch).  Theta is copied.  Returns the number of branches converted.
+
+    >>> fast = kr.models.segnn(layout="ir_mul")           # doctest: +SKIP
+    >>> kr.layers.transfer_weights(old_mul_ir_model, fast)  # doctest: +SKIP
+    """
+    source_layers, target_layers = relaxed_layers(source), relaxed_layers(target)
+    if len(source_layers) != len(target_layers):
+        raise ValueError(f"transfer_weights: {len(source_layers)} relaxed layers in the source, "
+                         f"{len(target_layers)} in the target; build both models with the same architecture "
+                         "(and both relaxed, or both not).")
+    target.set_weights(source.get_weights())
+    converted = 0
+    for ls, lt in zip(source_layers, target_layers):
+        idx_in = _coordinate_index(ls.input_rep, lt.input_rep)
+        idx_out = _coordinate_index(ls.output_rep, lt.output_rep)
+        if idx_in is None and idx_out is None:
+            continue
+        first = lt.relaxation_hidden_kernel if lt.relaxation_branch == "mlp" else lt.relaxation_kernel
+        if idx_in is not None:  # rows: input coordinates
+            first.assign(tf.gather(first, idx_in, axis=0))
+        if idx_out is not None:  # columns and bias: output coordinates
+            lt.relaxation_kernel.assign(tf.gather(lt.relaxation_kernel, idx_out, axis=1))
+            if lt.relaxation_bias is not None:
+                lt.relaxation_bias.assign(tf.gather(lt.relaxation_bias, idx_out))
+        converted += 1
+    return converted
+
+
 def set_theta(model_or_layer, value) -> int:
     """Assign ``theta = value`` in every relaxed layer; returns how many were set."""
     layers = [l for l in relaxed_layers(model_or_layer) if l.theta is not None]

@@ -24,7 +24,7 @@ from keras_relaxeq.groups import (
     layout_permutation,
     random_rotations,
 )
-from keras_relaxeq.layers import set_theta
+from keras_relaxeq.layers import set_theta, transfer_weights
 from keras_relaxeq.layers.steerable import Gate, O3Linear, O3TensorProduct, O3TensorProductGate, SteerableNorm
 from keras_relaxeq.testing import assert_equivariant
 
@@ -127,13 +127,13 @@ def pair(name, relaxed=False):
         value = rng.uniform(0.5, 2.0, size=tuple(w.shape)) if name_w == "running_var" else \
             rng.normal(size=tuple(w.shape))
         w.assign(value)
-    b.set_weights(a.get_weights())
-    for la, lb in zip(branch_layers(a), branch_layers(b)):
+    assert transfer_weights(a, b) == (len(branch_layers(a)) if relaxed else 0)
+    for la, lb in zip(branch_layers(a), branch_layers(b)):  # the definition of the converted branch
         pin = layout_permutation(la.input_rep.irreps, "ir_mul")
         pout = layout_permutation(la.output_rep.irreps, "ir_mul")
-        lb.relaxation_kernel.assign(tf.gather(tf.gather(la.relaxation_kernel, pin, axis=0), pout, axis=1))
+        np.testing.assert_array_equal(lb.relaxation_kernel.numpy(), la.relaxation_kernel.numpy()[pin][:, pout])
         if la.relaxation_bias is not None:
-            lb.relaxation_bias.assign(tf.gather(la.relaxation_bias, pout))
+            np.testing.assert_array_equal(lb.relaxation_bias.numpy(), la.relaxation_bias.numpy()[pout])
     return a, b, unwrap(inputs_a), unwrap(inputs_b)
 
 
@@ -193,6 +193,44 @@ def test_ir_mul_penalties_equal_permuted_mul_ir(name):
     # SO(3) only: the projection keeps maps between equal l and opposite parity (the Lie derivative
     # does not see parity)
     assert_equivariant(b, xb, input_reps=b.equivariance_input_reps, group="SO3", num_samples=1)
+
+
+@pytest.mark.parametrize("branch", ["linear", "mlp"])
+def test_transfer_weights_converts_branches_between_layouts(branch):
+    """transfer_weights: the ir_mul layer computes the mul_ir one (branch active); plain
+    set_weights would not (the check can fail); and back again gives the original weights."""
+    x = feats(IN1)
+    a = O3Linear(IN1, OUT, dtype=F64, relaxation_branch=branch, relaxation_initializer="random_normal")
+    b = O3Linear(IN1, OUT, dtype=F64, relaxation_branch=branch, layout="ir_mul")
+    ya = a(tf.constant(x)).numpy()  # theta = 1: the branch is a large part of the output
+    b(tf.constant(to_ir_mul(x, IN1)))
+    assert transfer_weights(a, b) == 1
+    yb = b(tf.constant(to_ir_mul(x, IN1))).numpy()
+    np.testing.assert_allclose(yb, to_ir_mul(ya, OUT), rtol=1e-12, atol=1e-12)
+    if branch == "mlp":  # the hidden units keep their order: only the hidden kernel's rows move
+        np.testing.assert_array_equal(b.relaxation_hidden_kernel.numpy(),
+                                      a.relaxation_hidden_kernel.numpy()[layout_permutation(IN1, "ir_mul")])
+    b.set_weights(a.get_weights())  # equivariant weights right, branch in the wrong coordinates
+    wrong = b(tf.constant(to_ir_mul(x, IN1))).numpy()
+    assert np.abs(wrong - to_ir_mul(ya, OUT)).max() > 1e-3 * np.abs(ya).max()
+    transfer_weights(a, b)
+    c = O3Linear(IN1, OUT, dtype=F64, relaxation_branch=branch)
+    c(tf.constant(x))
+    assert transfer_weights(b, c) == 1  # ir_mul -> mul_ir
+    for wa, wc in zip(a.weights, c.weights):
+        np.testing.assert_array_equal(wc.numpy(), wa.numpy(), err_msg=wa.path)
+
+
+def test_transfer_weights_needs_the_same_architecture():
+    a, b = O3Linear(IN1, OUT), O3Linear(IN1, OUT, relaxed=False, layout="ir_mul")
+    x = feats(IN1).astype("float32")
+    a(x), b(x)
+    with pytest.raises(ValueError, match="1 relaxed layers in the source, 0 in the target"):
+        transfer_weights(a, b)
+    c, d = O3Linear(IN1, OUT), O3Linear(IN1, GATED, layout="ir_mul")
+    c(x), d(x)
+    with pytest.raises(ValueError):
+        transfer_weights(c, d)
 
 
 # --------------------------------------------------------------------------- 4. config

@@ -330,14 +330,10 @@ def test_layouts_compute_the_same_model(batch, relaxed):
     a = segnn(relaxed=relaxed, layout="mul_ir", **SMALL)
     b = segnn(relaxed=relaxed, layout="ir_mul", **SMALL)
     assert segnn(**SMALL).get_layer("layer_0").layout == "ir_mul"  # the default
-    b.set_weights(a.get_weights())
-    for la, lb in zip(relaxed_layers(a), relaxed_layers(b)):
-        pin = layout_permutation(la.input_rep.irreps, "ir_mul")
-        pout = layout_permutation(la.output_rep.irreps, "ir_mul")
-        rng = np.random.default_rng(len(pin))
+    for la in relaxed_layers(a):  # branches large enough to matter
+        rng = np.random.default_rng(la.relaxation_kernel.shape[0])
         la.relaxation_kernel.assign(rng.normal(scale=0.1, size=tuple(la.relaxation_kernel.shape)))
-        lb.relaxation_kernel.assign(tf.gather(tf.gather(la.relaxation_kernel, pin, axis=0), pout, axis=1))
-        lb.relaxation_bias.assign(tf.gather(la.relaxation_bias, pout))
+    assert kr.layers.transfer_weights(a, b) == (2 * SMALL["num_layers"] if relaxed else 0)
     if relaxed:
         assert kr.set_theta(a, 1.0) == kr.set_theta(b, 1.0) == 2 * SMALL["num_layers"]
     np.testing.assert_allclose(b(x).numpy(), a(x).numpy(), rtol=1e-5, atol=1e-5)
