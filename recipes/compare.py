@@ -42,7 +42,7 @@ comparison still trains one of those runs skips it (run the sweep again later to
 ``--export DIR`` copies every run's record -- the small text files the report is made from
 (:data:`RECORD_FILES`: command, layout, ``summary.json``, ``log.csv``, ``relaxation.csv``) -- into
 ``DIR/<run>``, so that ``--report-only --output-dir DIR`` rebuilds the tables and figures without
-the checkpoints (``docs/runs/`` holds the records behind ``docs/results.md``).  With
+the checkpoints (``--report-dir`` puts them elsewhere) (``docs/runs/`` holds the records behind ``docs/results.md``).  With
 ``--export-state`` an unfinished run also takes what it needs to resume (:data:`RESUME_STATE`: the
 backup and the best projected model so far); ``--import-from DIR`` copies such runs into ``--output-dir``
 before training, so a comparison continues on another machine:
@@ -144,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=2, help="trainings at once")
     p.add_argument("--threads", type=int, default=1, help="TensorFlow threads per training (0: TF default)")
     p.add_argument("--report-only", action="store_true", help="only aggregate the finished runs")
+    p.add_argument("--report-dir", metavar="DIR", default=None,
+                   help="write comparison*.{md,json,png} here (default: --output-dir)")
     p.add_argument("--export", metavar="DIR", default=None,
                    help="copy every run's record (RECORD_FILES) into DIR/<run> after the report")
     p.add_argument("--export-state", action="store_true",
@@ -210,6 +212,11 @@ def baseline_values(args, sweep_name) -> set:
         return set()
     default = recipe_default(args, sweep_name)
     return {v for v in parse_sweep(args.sweep)[1] if default is not None and str(v) == str(default)}
+
+
+def report_dir(args) -> Path:
+    """Where the report goes: ``--report-dir``, else ``--output-dir`` (next to the runs)."""
+    return Path(args.report_dir or args.output_dir)
 
 
 def output_stem(sweep_name) -> str:
@@ -479,9 +486,11 @@ def aggregate(args) -> dict:
               "metric": exp.metric.key, "higher_is_better": exp.higher_is_better,
               "groups": groups, "runs": runs, "paired_curves": paired_curves(by_seed, exp.curve)}
     stem = output_stem(sweep_name)
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
-    (out / f"{stem}.md").write_text(markdown(result, exp))
-    result["figure_panels"] = plot(curves, result, exp, out / f"{stem}.png")
+    report = report_dir(args)
+    report.mkdir(parents=True, exist_ok=True)
+    (report / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    (report / f"{stem}.md").write_text(markdown(result, exp))
+    result["figure_panels"] = plot(curves, result, exp, report / f"{stem}.png")
     return result
 
 
@@ -654,7 +663,7 @@ def main(argv=None) -> dict:
         if failed:
             print(f"failed runs: {failed} (see their stdout.log); aggregating the others", file=sys.stderr)
     result = aggregate(args)
-    stem = out / output_stem(result["sweep"])
+    stem = report_dir(args) / output_stem(result["sweep"])
     print(stem.with_suffix(".md").read_text())
     print(f"written: {stem}.json, {stem}.md, {stem}.png")
     if args.export:

@@ -245,8 +245,9 @@ def test_export_and_import_carry_runs_to_another_machine(tmp_path):
     # the export alone makes the same report
     table = (runs / "comparison_layers.md").read_text()
     drv.main(["segnn_nbody", "--output-dir", str(export), "--seeds", "0", "--epochs", "2", "--sweep", "layers=8",
-              "--report-only"])
-    assert (export / "comparison_layers.md").read_text() == table
+              "--report-only", "--report-dir", str(tmp_path / "report")])
+    assert (tmp_path / "report" / "comparison_layers.md").read_text() == table
+    assert not list(export.glob("comparison*"))  # the records folder stays as it was
     assert "| 8 | standard | 0 | in progress: 1 of 2 epochs logged |" in table
     # another machine: the import brings both runs; a run with a backup there is left alone
     (other / "standard_layers8_seed0" / "backup").mkdir(parents=True)
