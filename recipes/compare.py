@@ -599,7 +599,8 @@ def plot(curves, result, exp: Experiment, path: Path) -> list[str]:
     axes[len(panels)].set_title("theta at the end of each epoch")
     axes[len(panels)].set_xlabel("epoch")
     if monitored:
-        axes[len(panels) + 1].set_yscale("log")
+        if any(np.any(line.get_ydata() > 0) for line in axes[len(panels) + 1].get_lines()):
+            axes[len(panels) + 1].set_yscale("log")  # (a run too short for theta > 0 logs zeros only)
         axes[len(panels) + 1].set_title("||theta R(x)|| / ||E(x)|| (rms, all branches)")
         axes[len(panels) + 1].set_xlabel("epoch")
     if result["sweep"]:
