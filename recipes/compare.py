@@ -41,11 +41,12 @@ comparison still trains one of those runs skips it (run the sweep again later to
 
 ``--export DIR`` copies every run's record -- the small text files the report is made from
 (:data:`RECORD_FILES`: command, layout, ``summary.json``, ``log.csv``, ``relaxation.csv``) -- into
-``DIR/<run>``, so that ``--report-only --output-dir DIR`` rebuilds the tables and figures without
-the checkpoints (``--report-dir`` puts them elsewhere) (``docs/runs/`` holds the records behind ``docs/results.md``).  With
-``--export-state`` an unfinished run also takes what it needs to resume (:data:`RESUME_STATE`: the
-backup and the best projected model so far); ``--import-from DIR`` copies such runs into ``--output-dir``
-before training, so a comparison continues on another machine:
+``DIR/<run>``; ``--report-only --output-dir DIR`` then rebuilds the tables and figures without the
+checkpoints (``--report-dir`` writes them elsewhere).  ``docs/runs/`` holds the records behind
+``docs/results.md``.  With ``--export-state`` an unfinished run also takes what it needs to resume
+(:data:`RESUME_STATE`: the backup and the best projected model so far), copied as one snapshot
+with its log; ``--import-from DIR`` copies such runs into ``--output-dir`` before training, so a
+comparison continues on another machine:
 
     python recipes/compare.py segnn_nbody --sweep layers=8 --seeds 0 --output-dir runs/segnn_cmp \
         --report-only --export docs/runs/segnn_nbody --export-state
@@ -299,21 +300,31 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _copy_stable(src: Path, dst: Path, attempts: int = 20) -> None:
-    """Copy a file or folder that a training may be writing (a backup every N epochs): copy, and
-    keep the copy only if nothing changed while copying."""
+def _snapshot(src: Path, names, dst: Path, attempts: int = 20) -> list[str]:
+    """Copy the items ``names`` of run directory ``src`` that exist into ``dst``, as one snapshot:
+    a training writes its log every epoch and its backup every N epochs, so the copy is kept only
+    if none of them changed while copying (else it is taken again).  Whatever ``dst`` held of
+    :data:`RECORD_FILES` and :data:`RESUME_STATE` before is replaced, so an export never mixes
+    files of two moments.  Returns the names copied."""
+    tmp = dst.with_name(dst.name + ".partial")
     for _ in range(attempts):
-        before = _tree_stamp(src)
-        tmp = dst.with_name(dst.name + ".partial")
+        present = [n for n in names if (src / n).exists()]
+        before = [_tree_stamp(src / n) for n in present]
         _remove(tmp)
-        if src.is_dir():
-            shutil.copytree(src, tmp)
-        else:
-            shutil.copy2(src, tmp)
-        if _tree_stamp(src) == before:
-            _remove(dst)
-            tmp.rename(dst)
-            return
+        tmp.mkdir(parents=True)
+        for n in present:
+            if (src / n).is_dir():
+                shutil.copytree(src / n, tmp / n)
+            else:
+                shutil.copy2(src / n, tmp / n)
+        if [n for n in names if (src / n).exists()] == present and [_tree_stamp(src / n) for n in present] == before:
+            dst.mkdir(parents=True, exist_ok=True)
+            for n in (*RECORD_FILES, *RESUME_STATE):
+                _remove(dst / n)
+            for n in present:
+                (tmp / n).rename(dst / n)
+            _remove(tmp)
+            return present
         time.sleep(1.0)
     _remove(tmp)
     raise SystemExit(f"--export: {src} kept changing while it was copied; pause or stop its training and retry")
@@ -321,8 +332,9 @@ def _copy_stable(src: Path, dst: Path, attempts: int = 20) -> None:
 
 def export_runs(args, dest) -> list[dict]:
     """Copy each run's record (:data:`RECORD_FILES`) into ``dest/<run>``; with ``--export-state``
-    an unfinished run also takes its :data:`RESUME_STATE`, and a finished run's copy loses the
-    resume state an earlier export left.  Returns one row per run directory found."""
+    an unfinished run also takes its :data:`RESUME_STATE`.  Each run's copy is one consistent
+    snapshot and replaces what an earlier export left (a finished run's, or one exported without
+    ``--export-state``, has no resume state).  Returns one row per run directory found."""
     jobs, sweep_name = jobs_of(args)
     base = baseline_values(args, sweep_name)
     rows = []
@@ -333,19 +345,8 @@ def export_runs(args, dest) -> list[dict]:
             continue
         summary = _load(src)
         finished = bool(summary) and summary.get("epochs_run", 0) >= epochs_of(args)
-        dst.mkdir(parents=True, exist_ok=True)
-        copied = []
-        for item in RECORD_FILES:
-            if (src / item).exists():
-                _copy_stable(src / item, dst / item)
-                copied.append(item)
-        for item in RESUME_STATE:
-            if finished or not args.export_state:
-                if finished and (dst / item).exists():
-                    _remove(dst / item)  # the record of a finished run needs no checkpoints
-            elif (src / item).exists():
-                _copy_stable(src / item, dst / item)
-                copied.append(item)
+        names = RECORD_FILES + (RESUME_STATE if args.export_state and not finished else ())
+        copied = _snapshot(src, names, dst)
         rows.append({"run": name, "finished": finished, "files": copied})
         print(f"[{name}] exported to {dst}: {', '.join(copied)}", flush=True)
     return rows

@@ -263,20 +263,24 @@ def test_export_and_import_carry_runs_to_another_machine(tmp_path):
     assert (todo / "summary.json").exists()
 
 
-def test_export_refuses_a_backup_that_keeps_changing(tmp_path, monkeypatch):
+def test_export_takes_a_consistent_snapshot(tmp_path, monkeypatch):
     drv = load_driver()
-    src = tmp_path / "backup"
-    src.mkdir()
-    (src / "latest.weights.h5").write_bytes(b"a")
-    drv._copy_stable(src, tmp_path / "copy")
-    assert (tmp_path / "copy" / "latest.weights.h5").read_bytes() == b"a"
+    src, dst = tmp_path / "run", tmp_path / "export" / "run"
+    (src / "backup").mkdir(parents=True)
+    (src / "backup" / "latest.weights.h5").write_bytes(b"a")
+    (src / "log.csv").write_text("epoch\n0\n")
+    dst.mkdir(parents=True)
+    (dst / "best_projected.keras").write_bytes(b"older export")  # not in this snapshot: goes
+    assert drv._snapshot(src, ("log.csv", "summary.json", "backup"), dst) == ["log.csv", "backup"]
+    assert sorted(p.name for p in dst.iterdir()) == ["backup", "log.csv"]
+    assert (dst / "backup" / "latest.weights.h5").read_bytes() == b"a"
     stamps = iter(range(1000))  # a training writes between every two looks
     monkeypatch.setattr(drv, "_tree_stamp", lambda path: next(stamps))
     monkeypatch.setattr(drv.time, "sleep", lambda s: None)
     with pytest.raises(SystemExit, match="kept changing"):
-        drv._copy_stable(src, tmp_path / "copy2", attempts=3)
-    assert not (tmp_path / "copy2").exists() and not (tmp_path / "copy2.partial").exists()
-    assert (tmp_path / "copy" / "latest.weights.h5").exists()
+        drv._snapshot(src, ("log.csv", "backup"), tmp_path / "export" / "run2", attempts=3)
+    assert not (tmp_path / "export" / "run2").exists() and not (tmp_path / "export" / "run2.partial").exists()
+    assert (dst / "log.csv").exists()
 
 
 def test_an_exported_run_resumes_on_another_machine(tmp_path, monkeypatch):
