@@ -293,24 +293,19 @@ def _tree_stamp(path: Path):
     return [(str(f.relative_to(path.parent)), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
-
-
 def _snapshot(src: Path, names, dst: Path, attempts: int = 20) -> list[str]:
     """Copy the items ``names`` of run directory ``src`` that exist into ``dst``, as one snapshot:
     a training writes its log every epoch and its backup every N epochs, so the copy is kept only
     if none of them changed while copying (else it is taken again).  Whatever ``dst`` held of
     :data:`RECORD_FILES` and :data:`RESUME_STATE` before is replaced, so an export never mixes
     files of two moments.  Returns the names copied."""
+    from keras_relaxeq.training.recipe import remove_path
+
     tmp = dst.with_name(dst.name + ".partial")
     for _ in range(attempts):
         present = [n for n in names if (src / n).exists()]
         before = [_tree_stamp(src / n) for n in present]
-        _remove(tmp)
+        remove_path(tmp)
         tmp.mkdir(parents=True)
         for n in present:
             if (src / n).is_dir():
@@ -320,13 +315,13 @@ def _snapshot(src: Path, names, dst: Path, attempts: int = 20) -> list[str]:
         if [n for n in names if (src / n).exists()] == present and [_tree_stamp(src / n) for n in present] == before:
             dst.mkdir(parents=True, exist_ok=True)
             for n in (*RECORD_FILES, *RESUME_STATE):
-                _remove(dst / n)
+                remove_path(dst / n)
             for n in present:
                 (tmp / n).rename(dst / n)
-            _remove(tmp)
+            remove_path(tmp)
             return present
         time.sleep(1.0)
-    _remove(tmp)
+    remove_path(tmp)
     raise SystemExit(f"--export: {src} kept changing while it was copied; pause or stop its training and retry")
 
 
