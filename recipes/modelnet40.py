@@ -41,7 +41,7 @@ import math
 import sys
 import time
 
-from keras_relaxeq.training.recipe import make_strategy, prepare_output_dir, read_csv_history, run_callbacks
+from keras_relaxeq.training.recipe import check_strategy_options, make_strategy, prepare_output_dir, read_csv_history, run_callbacks
 
 MODELS = ("vn_pointnet", "vn_dgcnn", "vn_classifier")
 
@@ -162,11 +162,7 @@ def resolve_config(args) -> dict:
             cfg[key] = value
     if cfg["epochs"] < 1 or cfg["batch"] < 1:
         raise SystemExit("--epochs and --batch must be >= 1")
-    if cfg.get("cpu_replicas") is not None:
-        if cfg["cpu_replicas"] < 1:
-            raise SystemExit("--cpu-replicas must be >= 1")
-        if cfg.get("strategy") != "mirrored":
-            raise SystemExit("--cpu-replicas needs --strategy mirrored")
+    check_strategy_options(cfg)
     return cfg
 
 

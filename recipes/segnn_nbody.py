@@ -56,7 +56,7 @@ from pathlib import Path
 
 from keras_relaxeq.layers.steerable import RELAXATION_PLACEMENTS
 from keras_relaxeq.models.segnn import CENTRINGS
-from keras_relaxeq.training.recipe import make_strategy, prepare_output_dir, read_csv_history, run_callbacks
+from keras_relaxeq.training.recipe import check_strategy_options, make_strategy, prepare_output_dir, read_csv_history, run_callbacks
 
 #: published settings of the relaxation paper's N-body run (method.md section 6, SEGNN README)
 DEFAULTS = dict(epochs=1000, batch=100, lr=5e-4, weight_decay=1e-12, lambda_lie=0.01, lambda_proj=0.01,
@@ -150,11 +150,7 @@ def resolve_config(args) -> dict:
         raise SystemExit("--monitor-every must be >= 0 (0: no relaxation.csv)")
     if cfg["train_samples"] < cfg["batch"]:
         raise SystemExit("--train-samples must be at least --batch (full batches are used for training)")
-    if cfg.get("cpu_replicas") is not None:
-        if cfg["cpu_replicas"] < 1:
-            raise SystemExit("--cpu-replicas must be >= 1")
-        if cfg.get("strategy") != "mirrored":
-            raise SystemExit("--cpu-replicas needs --strategy mirrored")
+    check_strategy_options(cfg)
     return cfg
 
 

@@ -73,3 +73,19 @@ def test_recipe_runs_and_resumes(tmp_path):
     assert summary2["epochs_run"] == 3
     with open(out / "log.csv") as f:
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("recipe_file", ["modelnet40.py", "segnn_nbody.py"])
+@pytest.mark.parametrize("argv, message", [
+    (["--cpu-replicas", "0", "--strategy", "mirrored"], "--cpu-replicas must be >= 1"),
+    (["--cpu-replicas", "2"], "--cpu-replicas needs --strategy mirrored"),
+    (["--cpu-replicas", "2", "--strategy", "multiworker"], "--cpu-replicas needs --strategy mirrored"),
+])
+def test_recipes_reject_bad_strategy_options(recipe_file, argv, message):
+    spec = importlib.util.spec_from_file_location(f"recipe_{recipe_file[:-3]}", ROOT / "recipes" / recipe_file)
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    with pytest.raises(SystemExit, match=message):
+        recipe.resolve_config(recipe.build_parser().parse_args(argv))
+    ok = recipe.resolve_config(recipe.build_parser().parse_args(["--cpu-replicas", "2", "--strategy", "mirrored"]))
+    assert ok["cpu_replicas"] == 2

@@ -14,6 +14,17 @@ from pathlib import Path
 RUN_STATE = ("backup", "logs", "log.csv", "relaxation.csv", "best_relaxed.keras", "best_projected.keras")
 
 
+def check_strategy_options(cfg) -> None:
+    """Exit with a message if ``--cpu-replicas`` is invalid or given without ``--strategy mirrored``."""
+    n = cfg.get("cpu_replicas")
+    if n is None:
+        return
+    if n < 1:
+        raise SystemExit("--cpu-replicas must be >= 1")
+    if cfg.get("strategy") != "mirrored":
+        raise SystemExit("--cpu-replicas needs --strategy mirrored")
+
+
 def make_strategy(cfg):
     """The ``tf.distribute`` strategy of ``cfg["strategy"]``: call it before any other TensorFlow op.
 
