@@ -65,6 +65,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -422,6 +423,22 @@ def paired_curves(by_seed: dict, key: str) -> list[dict]:
     return out
 
 
+def paired_metric(runs: list[dict], metric: "Metric") -> list[dict]:
+    """The headline metric of the two arms side by side, per seed (and sweep value) where both
+    have finished: ``relaxed - standard`` and ``relaxed / standard - 1``."""
+    finished = {(r["sweep_value"], r["arm"], r["seed"]): r[metric.key] for r in runs
+                if r.get("finished") and r.get(metric.key) is not None}
+    out = []
+    for (value, arm, seed), relaxed in finished.items():
+        standard = finished.get((value, "standard", seed))
+        if arm != "relaxed" or standard is None:
+            continue
+        out.append({"sweep_value": value, "seed": seed, "relaxed": relaxed, "standard": standard,
+                    "difference": relaxed - standard,
+                    "relative": relaxed / standard - 1.0 if standard else float("nan")})
+    return out
+
+
 def _get(summary: dict, dotted: str):
     value = summary
     for part in dotted.split("."):
@@ -459,6 +476,7 @@ def aggregate(args) -> dict:
             runs.append(dict(row, finished=False))
             continue
         row.update(finished=summary.get("epochs_run", 0) >= epochs_of(args), epochs=summary.get("epochs_run"),
+                   best_epoch=summary.get("best_epoch"),
                    wall_time_minutes=summary.get("wall_time_seconds", float("nan")) / 60,
                    command=(d / "command.txt").read_text().strip() if (d / "command.txt").exists() else None)
         row.update({m.key: _get(summary, m.key) for m in metrics})
@@ -480,13 +498,15 @@ def aggregate(args) -> dict:
               "protocol": {"script": exp.script, "options": list(exp.protocol), "epochs": epochs_of(args),
                            "seeds": args.seeds, "extra": list(args.extra)},
               "metric": exp.metric.key, "higher_is_better": exp.higher_is_better,
-              "groups": groups, "runs": runs, "paired_curves": paired_curves(by_seed, exp.curve)}
+              "groups": groups, "runs": runs, "paired_metric": paired_metric(runs, exp.metric),
+              "paired_curves": paired_curves(by_seed, exp.curve)}
     stem = output_stem(sweep_name)
     report = report_dir(args)
     report.mkdir(parents=True, exist_ok=True)
     (report / f"{stem}.json").write_text(json.dumps(result, indent=2))
     (report / f"{stem}.md").write_text(markdown(result, exp))
-    result["figure_panels"] = plot(curves, result, exp, report / f"{stem}.png")
+    draw = plot_sweep if sweep_name else plot
+    result["figure_panels"] = draw(curves, result, exp, report / f"{stem}.png")
     return result
 
 
@@ -532,6 +552,18 @@ def markdown(result, exp: Experiment) -> str:
             cells += [f"{r['epochs']}" + ("" if r["finished"] else " (unfinished)")]
             cells += [_fmt(r[m.key], m) for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
+    pairs = result.get("paired_metric") or []
+    if pairs:
+        m = exp.metric
+        lines += ["", f"Relaxed vs standard, per seed (both finished): {m.label}:", ""]
+        head = ([sweep] if sweep else []) + ["seed", "relaxed", "standard", "relaxed - standard",
+                                             "relaxed / standard - 1"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for p in pairs:
+            cells = ([str(p["sweep_value"])] if sweep else []) + [str(p["seed"])]
+            cells += [_fmt(p["relaxed"], m), _fmt(p["standard"], m), f"{p['difference'] * m.scale:+.{max(m.digits, 0)}f}",
+                      f"{100 * p['relative']:+.1f}%"]
+            lines.append("| " + " | ".join(cells) + " |")
     pairs = result.get("paired_curves") or []
     if pairs:
         lines += ["", f"Relaxed vs standard at the same epoch, per seed (both finished): |relaxed / standard - 1| of "
@@ -546,24 +578,22 @@ def markdown(result, exp: Experiment) -> str:
 
 
 def plot(curves, result, exp: Experiment, path: Path) -> list[str]:
-    """Writes the comparison figure; returns the panel titles."""
+    """Writes the figure of a comparison without a sweep (``plot_sweep`` draws sweeps); returns the
+    panel titles: the per-epoch curve and training curve (each seed thin, the mean thick), theta,
+    and the branch size when the relaxed runs logged it."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
     colors = {"relaxed": "tab:red", "standard": "tab:blue"}
-    values = parse_sweep_values(result)
     panels = [(exp.curve, exp.curve_label)]
     if exp.train_curve:
         panels.append((exp.train_curve, exp.train_curve_label or f"train {exp.train_curve}"))
     monitored = any(log.get("relaxation", {}).get("epoch") for logs in curves.values() for log in logs)
-    ncols = len(panels) + 1 + (1 if monitored else 0) + (1 if result["sweep"] else 0)
+    ncols = len(panels) + 1 + (1 if monitored else 0)
     fig, axes = plt.subplots(1, ncols, figsize=(5 * ncols, 4))
-    styles = ["-", "--", ":", "-."]
-    for (value, arm), logs in sorted(curves.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
-        style = styles[values.index(value) % len(styles)] if value in values else "-"
-        suffix = f", {result['sweep']}={value}" if result["sweep"] else ""
+    for (_, arm), logs in sorted(curves.items(), key=lambda kv: kv[0][1]):
         for (key, label), ax in zip(panels, axes):
             rows = [np.asarray(log.get(key, []), dtype=float) for log in logs if log.get(key)]
             if not rows:
@@ -571,27 +601,24 @@ def plot(curves, result, exp: Experiment, path: Path) -> list[str]:
             n = min(len(r) for r in rows)
             data = np.stack([r[:n] for r in rows])
             epochs = np.arange(1, n + 1)
-            if not result["sweep"]:
-                for r in data:
-                    ax.plot(epochs, r, color=colors[arm], alpha=0.25, lw=0.8)
-            ax.plot(epochs, data.mean(0), color=colors[arm], ls=style, lw=2,
-                    label=f"{arm}{suffix} (mean of {len(rows)})")
+            for r in data:
+                ax.plot(epochs, r, color=colors[arm], alpha=0.25, lw=0.8)
+            ax.plot(epochs, data.mean(0), color=colors[arm], lw=2, label=f"{arm} (mean of {len(rows)})")
             ax.set_title(label)
             ax.set_xlabel("epoch")
             if exp.log_scale:
                 ax.set_yscale("log")
         thetas = [log.get("theta") for log in logs if log.get("theta")]
         if thetas and arm == "relaxed":
-            axes[len(panels)].plot(np.arange(1, len(thetas[0]) + 1), thetas[0], color=colors[arm], ls=style,
-                                   label=f"theta{suffix}")
+            axes[len(panels)].plot(np.arange(1, len(thetas[0]) + 1), thetas[0], color=colors[arm], label="theta")
         # how large the branches were (recipes' RelaxationMonitor), mean over the seeds at the common epochs
         series = [dict(zip(log["relaxation"]["epoch"], log["relaxation"]["relative"]))
                   for log in logs if log.get("relaxation", {}).get("epoch")]
         common = sorted(set.intersection(*map(set, series))) if series else []
         if common:
             mean = [np.mean([by_epoch[e] for by_epoch in series]) for e in common]
-            axes[len(panels) + 1].plot(np.asarray(common) + 1, mean, color=colors[arm], ls=style, marker=".",
-                                       label=f"{arm}{suffix} (mean of {len(series)})")
+            axes[len(panels) + 1].plot(np.asarray(common) + 1, mean, color=colors[arm], marker=".",
+                                       label=f"{arm} (mean of {len(series)})")
     axes[len(panels)].set_title("theta at the end of each epoch")
     axes[len(panels)].set_xlabel("epoch")
     if monitored:
@@ -599,28 +626,6 @@ def plot(curves, result, exp: Experiment, path: Path) -> list[str]:
             axes[len(panels) + 1].set_yscale("log")  # (a run too short for theta > 0 logs zeros only)
         axes[len(panels) + 1].set_title("||theta R(x)|| / ||E(x)|| (rms, all branches)")
         axes[len(panels) + 1].set_xlabel("epoch")
-    if result["sweep"]:
-        ax = axes[-1]
-        m = exp.metric
-        position = sweep_positions(values)
-        for arm in colors:
-            gs = [g for g in result["groups"] if g["arm"] == arm and g["stats"][m.key]["mean"] is not None]
-            if not gs:
-                continue
-            xs = [position[g["sweep_value"]] for g in gs]
-            ys = [g["stats"][m.key]["mean"] * m.scale for g in gs]
-            es = [(g["stats"][m.key]["std"] or 0.0) * m.scale for g in gs]
-            ax.errorbar(xs, ys, yerr=es, color=colors[arm], marker="o", capsize=3, label=arm)
-        ax.set_xlabel(result["sweep"])
-        ax.set_title(m.label)
-        numeric = all(isinstance(x, float) for x in position.values())
-        ticks = list(position.values())
-        if numeric and exp.log_scale and min(ticks) > 0 and max(ticks) >= 10 * min(ticks):  # e.g. 1,000-10,000
-            ax.set_xscale("log")
-            ax.minorticks_off()
-        ax.set_xticks(ticks, [str(v) for v in position])  # ticks at the sweep values (2, 4, 6, 8 layers)
-        if not numeric:  # categorical values (e.g. centring)
-            ax.set_xlim(-0.5, len(position) - 0.5)
     for ax in axes:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
@@ -628,6 +633,123 @@ def plot(curves, result, exp: Experiment, path: Path) -> list[str]:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     titles = [ax.get_title() for ax in axes]
+    plt.close(fig)
+    return titles
+
+
+def _metric_vs_value(ax, result, exp: Experiment, position: dict, colors: dict) -> None:
+    """The headline metric against the sweep value, one line per arm (mean ± std over seeds)."""
+    m = exp.metric
+    for arm, color in colors.items():
+        gs = [g for g in result["groups"] if g["arm"] == arm and g["stats"][m.key]["mean"] is not None]
+        if gs:
+            ax.errorbar([position[g["sweep_value"]] for g in gs], [g["stats"][m.key]["mean"] * m.scale for g in gs],
+                        yerr=[(g["stats"][m.key]["std"] or 0.0) * m.scale for g in gs],
+                        color=color, marker="o", capsize=3, label=arm)
+    ax.set_title(textwrap.fill(m.label, 40), fontsize=10)
+
+
+def _sweep_axis(ax, result, exp: Experiment, position: dict) -> None:
+    """x axis of a metric-vs-sweep-value panel: ticks at the values; log scale for 1,000-10,000."""
+    ax.set_xlabel(result["sweep"])
+    numeric = all(isinstance(x, float) for x in position.values())
+    ticks = list(position.values())
+    if numeric and exp.log_scale and min(ticks) > 0 and max(ticks) >= 10 * min(ticks):
+        ax.set_xscale("log")
+        ax.minorticks_off()
+    ax.set_xticks(ticks, [str(v) for v in position])
+    if not numeric:  # categorical values (e.g. centring)
+        ax.set_xlim(-0.5, len(position) - 0.5)
+
+
+def plot_sweep(curves, result, exp: Experiment, path: Path) -> list[str]:
+    """The figure of a sweep; returns the panel titles.
+
+    Top row: the headline metric against the sweep value for both arms; the per-seed
+    ``relaxed / standard - 1`` of it; and, when the relaxed runs logged it, the size of the
+    branches over the epochs, one line per value.  Bottom row: one panel per sweep value with both
+    arms' per-epoch curve (the training curve thin) and the selected epochs marked, on shared axes.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    colors = {"relaxed": "tab:red", "standard": "tab:blue"}
+    values = parse_sweep_values(result)
+    position = sweep_positions(values)
+    m = exp.metric
+    monitored = any(log.get("relaxation", {}).get("epoch") for logs in curves.values() for log in logs)
+    ncols = max(len(values), 3 if monitored else 2)
+    fig = plt.figure(figsize=(4.5 * ncols, 8.5), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, hspace=0.05)
+    upper = top.subplots(1, 3 if monitored else 2)
+    lower = np.atleast_1d(bottom.subplots(1, len(values), sharey=True))
+
+    _metric_vs_value(upper[0], result, exp, position, colors)
+    _sweep_axis(upper[0], result, exp, position)
+
+    ax = upper[1]
+    pairs = result.get("paired_metric") or []
+    ax.axhline(0.0, color="0.5", lw=1)
+    if pairs:
+        xs = [position[p["sweep_value"]] for p in pairs]
+        ax.scatter(xs, [100 * p["relative"] for p in pairs], color="k", s=18, label="one seed")
+        by_value = {}
+        for p in pairs:
+            by_value.setdefault(p["sweep_value"], []).append(100 * p["relative"])
+        vs = [v for v in values if v in by_value]
+        ax.plot([position[v] for v in vs], [np.mean(by_value[v]) for v in vs], color="k", lw=1.5,
+                label="mean over seeds")
+    better = "higher" if result["higher_is_better"] else "lower"
+    ax.set_title(textwrap.fill(f"relaxed / standard - 1 of that metric, % ({better}: relaxed is better)", 40),
+                 fontsize=10)
+    _sweep_axis(ax, result, exp, position)
+
+    if monitored:
+        ax = upper[2]
+        cmap = plt.get_cmap("viridis")
+        for i, value in enumerate(values):
+            series = [dict(zip(log["relaxation"]["epoch"], log["relaxation"]["relative"]))
+                      for log in curves.get((value, "relaxed"), []) if log.get("relaxation", {}).get("epoch")]
+            common = sorted(set.intersection(*map(set, series))) if series else []
+            if common:
+                ax.plot(np.asarray(common) + 1, [np.mean([s[e] for s in series]) for e in common], marker=".",
+                        ms=3, color=cmap(i / max(1, len(values) - 1)), label=f"{result['sweep']}={value}")
+        if any(np.any(line.get_ydata() > 0) for line in ax.get_lines()):
+            ax.set_yscale("log")
+        ax.set_title(textwrap.fill("relaxed runs: ||theta R(x)|| / ||E(x)|| (rms, all branches)", 40), fontsize=10)
+        ax.set_xlabel("epoch")
+
+    best = {(r["sweep_value"], r["arm"], r["seed"]): r.get("best_epoch") for r in result["runs"] if r.get("finished")}
+    for ax, value in zip(lower, values):
+        for arm, color in colors.items():
+            logs = curves.get((value, arm), [])
+            for key, lw, alpha in ((exp.curve, 1.5, 1.0), (exp.train_curve, 0.7, 0.5)):
+                rows = [np.asarray(log[key], dtype=float) for log in logs if key and log.get(key)]
+                if not rows:
+                    continue
+                n = min(len(r) for r in rows)
+                mean = np.stack([r[:n] for r in rows]).mean(0)
+                name = exp.curve_label if key == exp.curve else "train"
+                ax.plot(np.arange(1, n + 1), mean, color=color, lw=lw, alpha=alpha,
+                        label=f"{arm}, {name}" + (f" (mean of {len(rows)})" if len(rows) > 1 else ""))
+                if key == exp.curve:
+                    for (v, a, seed), epoch in best.items():
+                        if v == value and a == arm and epoch and epoch <= n:
+                            ax.plot([epoch], [mean[epoch - 1]], marker="v", ms=8, color=color, ls="none")
+        ax.set_title(f"{result['sweep']}={value} (triangle: the selected epoch)", fontsize=10)
+        ax.set_xlabel("epoch")
+        if exp.log_scale:
+            ax.set_yscale("log")
+    lower[0].set_ylabel(exp.curve_label)
+    for ax in (*upper, *lower):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle(f"{result['experiment']}: relaxed vs standard over {result['sweep']}, "
+                 f"{result['protocol']['epochs']} epochs")
+    fig.savefig(path, dpi=100)
+    titles = [ax.get_title() for ax in (*upper, *lower)]
     plt.close(fig)
     return titles
 
@@ -642,7 +764,8 @@ def sweep_positions(values) -> dict:
 
 
 def parse_sweep_values(result):
-    return sorted({r["sweep_value"] for r in result["runs"]}, key=str)
+    """The sweep values in the order of the command (``--sweep layers=2,4,6,8``)."""
+    return list(dict.fromkeys(g["sweep_value"] for g in result["groups"]))
 
 
 def main(argv=None) -> dict:

@@ -108,14 +108,25 @@ def test_aggregate_sweep_lower_is_better(tmp_path):
     md = (tmp_path / "comparison_layers.md").read_text()
     assert "| 6 | relaxed | 1 | 3.000 |" in md  # one run: the mean alone (no sample std)
     assert (tmp_path / "comparison_layers.png").stat().st_size > 10_000
-    assert len(result["figure_panels"]) == 4  # val curve, train curve, theta, metric vs sweep value
-    assert not any("R(x)" in t for t in result["figure_panels"])  # no relaxation.csv: no such panel
+    # relaxed vs standard per seed: -0.001 on 0.006 and on 0.004
+    assert [(p["sweep_value"], p["seed"]) for p in result["paired_metric"]] == [("2", 0), ("6", 0)]
+    assert [round(p["relative"], 4) for p in result["paired_metric"]] == [round(-1 / 6, 4), -0.25]
+    assert "| 2 | 0 | 5.000 | 6.000 | -1.000 | -16.7% |" in md
+    # the sweep figure: metric vs value, relaxed / standard - 1, then one curve panel per value
+    titles = result["figure_panels"]
+    assert len(titles) == 4 and titles[0].startswith("test MSE") and titles[1].startswith("relaxed / standard")
+    assert titles[2].startswith("layers=2") and titles[3].startswith("layers=6")
+    assert not any("R(x)" in t for t in titles)  # no relaxation.csv: no such panel
     # a relaxed run with a RelaxationMonitor log gets the branch-size panel
     with open(tmp_path / "relaxed_layers2_seed0" / "relaxation.csv", "w") as f:
         f.write("epoch,layer,theta,relative\n0,total,0.5,0.01\n1,total,0.0,0.0\n0,layer_0,0.5,0.02\n")
     result = drv.aggregate(args)
     assert len(result["figure_panels"]) == 5
-    assert result["figure_panels"][3] == "||theta R(x)|| / ||E(x)|| (rms, all branches)"
+    assert "R(x)" in result["figure_panels"][2] and result["figure_panels"][3].startswith("layers=2")
+    # values keep the command's order (not the string order: 10000 sorts before 3000)
+    args = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--seeds", "0", "--epochs", "2",
+                           "--sweep", "layers=6,2"])
+    assert [t.split(" ")[0] for t in drv.aggregate(args)["figure_panels"][3:]] == ["layers=6", "layers=2"]
 
 
 def test_sweep_over_a_categorical_option(tmp_path):
