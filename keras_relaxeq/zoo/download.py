@@ -729,7 +729,9 @@ def load(name: str, version: int | None = None, *, as_keras: bool = False, cache
     Returns a :class:`ServingModel` (callable on a ``points`` array, or on its named inputs for
     models with several, e.g. ``loc``, ``vel``, ``charges``; returns the output dict).
     ``as_keras=True`` returns a ``keras.Model`` loaded from the entry's ``.keras`` file, if the
-    entry publishes one; otherwise :class:`KerasFormatUnavailableError` says what exists.
+    entry publishes one; otherwise :class:`KerasFormatUnavailableError` says what exists.  The
+    model is not compiled (the file's training-time loss and empty optimizer state are not
+    restored): call ``compile`` with your own optimizer and loss to fine-tune it.
     """
     cat = load_index(index)
     entry = cat.get(name, version)
@@ -748,7 +750,7 @@ def load(name: str, version: int | None = None, *, as_keras: bool = False, cache
         import keras
 
         # the custom classes are registered: importing this module imported keras_relaxeq
-        return keras.saving.load_model(path)
+        return keras.saving.load_model(path, compile=False)
     path = ensure_artifact(entry, entry.artifact, **common)
     return ServingModel(path, entry)
 

@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -141,8 +142,12 @@ def check_entry(catalogue, entry, work: Path) -> dict:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=work)
     try:
         # meanwhile, in this process: the published Keras model on the same shapes
-        keras_model = load(entry.name, entry.version, as_keras=True, cache_dir=cache,
-                           index=catalogue.path, progress=False)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            keras_model = load(entry.name, entry.version, as_keras=True, cache_dir=cache,
+                               index=catalogue.path, progress=False)
+        # uncompiled: no warning about the file's (empty) training-time optimizer state
+        assert not keras_model.compiled and not [w for w in caught if "optimizer" in str(w.message)]
         expected = np.stack([keras_model.predict(
             {k: v[i] for k, v in inputs.items()} if entry.is_nbody_model else inputs["points"][i],
             verbose=0) for i in range(2)])
