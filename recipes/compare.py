@@ -423,7 +423,7 @@ def paired_curves(by_seed: dict, key: str) -> list[dict]:
     return out
 
 
-def paired_metric(runs: list[dict], metric: "Metric") -> list[dict]:
+def paired_metric(runs: list[dict], metric: Metric) -> list[dict]:
     """The headline metric of the two arms side by side, per seed (and sweep value) where both
     have finished: ``relaxed - standard`` and ``relaxed / standard - 1``."""
     finished = {(r["sweep_value"], r["arm"], r["seed"]): r[metric.key] for r in runs
@@ -577,6 +577,34 @@ def markdown(result, exp: Experiment) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: line colour of each arm in the figures
+ARM_COLORS = {"relaxed": "tab:red", "standard": "tab:blue"}
+
+
+def _stacked(logs, key):
+    """The runs' per-epoch ``key`` curves as one array ``[runs, common epochs]``, or None."""
+    import numpy as np
+
+    rows = [np.asarray(log[key], dtype=float) for log in logs if key and log.get(key)]
+    if not rows:
+        return None
+    n = min(len(r) for r in rows)
+    return np.stack([r[:n] for r in rows])
+
+
+def _branch_size(logs):
+    """The branch size ``||theta R(x)|| / ||E(x)||`` the runs logged (``relaxation.csv``), mean over
+    the runs at their common epochs: ``(epochs counted from 1, values, number of runs)``, or None."""
+    import numpy as np
+
+    series = [dict(zip(log["relaxation"]["epoch"], log["relaxation"]["relative"]))
+              for log in logs if log.get("relaxation", {}).get("epoch")]
+    common = sorted(set.intersection(*map(set, series))) if series else []
+    if not common:
+        return None
+    return np.asarray(common) + 1, [np.mean([by_epoch[e] for by_epoch in series]) for e in common], len(series)
+
+
 def plot(curves, result, exp: Experiment, path: Path) -> list[str]:
     """Writes the figure of a comparison without a sweep (``plot_sweep`` draws sweeps); returns the
     panel titles: the per-epoch curve and training curve (each seed thin, the mean thick), theta,
@@ -586,7 +614,7 @@ def plot(curves, result, exp: Experiment, path: Path) -> list[str]:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    colors = {"relaxed": "tab:red", "standard": "tab:blue"}
+    colors = ARM_COLORS
     panels = [(exp.curve, exp.curve_label)]
     if exp.train_curve:
         panels.append((exp.train_curve, exp.train_curve_label or f"train {exp.train_curve}"))
@@ -595,15 +623,13 @@ def plot(curves, result, exp: Experiment, path: Path) -> list[str]:
     fig, axes = plt.subplots(1, ncols, figsize=(5 * ncols, 4))
     for (_, arm), logs in sorted(curves.items(), key=lambda kv: kv[0][1]):
         for (key, label), ax in zip(panels, axes):
-            rows = [np.asarray(log.get(key, []), dtype=float) for log in logs if log.get(key)]
-            if not rows:
+            data = _stacked(logs, key)
+            if data is None:
                 continue
-            n = min(len(r) for r in rows)
-            data = np.stack([r[:n] for r in rows])
-            epochs = np.arange(1, n + 1)
+            epochs = np.arange(1, data.shape[1] + 1)
             for r in data:
                 ax.plot(epochs, r, color=colors[arm], alpha=0.25, lw=0.8)
-            ax.plot(epochs, data.mean(0), color=colors[arm], lw=2, label=f"{arm} (mean of {len(rows)})")
+            ax.plot(epochs, data.mean(0), color=colors[arm], lw=2, label=f"{arm} (mean of {len(data)})")
             ax.set_title(label)
             ax.set_xlabel("epoch")
             if exp.log_scale:
@@ -611,14 +637,11 @@ def plot(curves, result, exp: Experiment, path: Path) -> list[str]:
         thetas = [log.get("theta") for log in logs if log.get("theta")]
         if thetas and arm == "relaxed":
             axes[len(panels)].plot(np.arange(1, len(thetas[0]) + 1), thetas[0], color=colors[arm], label="theta")
-        # how large the branches were (recipes' RelaxationMonitor), mean over the seeds at the common epochs
-        series = [dict(zip(log["relaxation"]["epoch"], log["relaxation"]["relative"]))
-                  for log in logs if log.get("relaxation", {}).get("epoch")]
-        common = sorted(set.intersection(*map(set, series))) if series else []
-        if common:
-            mean = [np.mean([by_epoch[e] for by_epoch in series]) for e in common]
-            axes[len(panels) + 1].plot(np.asarray(common) + 1, mean, color=colors[arm], marker=".",
-                                       label=f"{arm} (mean of {len(series)})")
+        # how large the branches were (recipes' RelaxationMonitor)
+        size = _branch_size(logs)
+        if size is not None:
+            epochs, mean, runs = size
+            axes[len(panels) + 1].plot(epochs, mean, color=colors[arm], marker=".", label=f"{arm} (mean of {runs})")
     axes[len(panels)].set_title("theta at the end of each epoch")
     axes[len(panels)].set_xlabel("epoch")
     if monitored:
@@ -675,7 +698,7 @@ def plot_sweep(curves, result, exp: Experiment, path: Path) -> list[str]:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    colors = {"relaxed": "tab:red", "standard": "tab:blue"}
+    colors = ARM_COLORS
     values = parse_sweep_values(result)
     position = sweep_positions(values)
     m = exp.metric
@@ -710,12 +733,10 @@ def plot_sweep(curves, result, exp: Experiment, path: Path) -> list[str]:
         ax = upper[2]
         cmap = plt.get_cmap("viridis")
         for i, value in enumerate(values):
-            series = [dict(zip(log["relaxation"]["epoch"], log["relaxation"]["relative"]))
-                      for log in curves.get((value, "relaxed"), []) if log.get("relaxation", {}).get("epoch")]
-            common = sorted(set.intersection(*map(set, series))) if series else []
-            if common:
-                ax.plot(np.asarray(common) + 1, [np.mean([s[e] for s in series]) for e in common], marker=".",
-                        ms=3, color=cmap(i / max(1, len(values) - 1)), label=f"{result['sweep']}={value}")
+            size = _branch_size(curves.get((value, "relaxed"), []))
+            if size is not None:
+                ax.plot(*size[:2], marker=".", ms=3, color=cmap(i / max(1, len(values) - 1)),
+                        label=f"{result['sweep']}={value}")
         if any(np.any(line.get_ydata() > 0) for line in ax.get_lines()):
             ax.set_yscale("log")
         ax.set_title(textwrap.fill("relaxed runs: ||theta R(x)|| / ||E(x)|| (rms, all branches)", 40), fontsize=10)
@@ -726,14 +747,13 @@ def plot_sweep(curves, result, exp: Experiment, path: Path) -> list[str]:
         for arm, color in colors.items():
             logs = curves.get((value, arm), [])
             for key, lw, alpha in ((exp.curve, 1.5, 1.0), (exp.train_curve, 0.7, 0.5)):
-                rows = [np.asarray(log[key], dtype=float) for log in logs if key and log.get(key)]
-                if not rows:
+                data = _stacked(logs, key)
+                if data is None:
                     continue
-                n = min(len(r) for r in rows)
-                mean = np.stack([r[:n] for r in rows]).mean(0)
+                n, mean = data.shape[1], data.mean(0)
                 name = exp.curve_label if key == exp.curve else "train"
                 ax.plot(np.arange(1, n + 1), mean, color=color, lw=lw, alpha=alpha,
-                        label=f"{arm}, {name}" + (f" (mean of {len(rows)})" if len(rows) > 1 else ""))
+                        label=f"{arm}, {name}" + (f" (mean of {len(data)})" if len(data) > 1 else ""))
                 if key == exp.curve:
                     for (v, a, seed), epoch in best.items():
                         if v == value and a == arm and epoch and epoch <= n:
