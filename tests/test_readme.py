@@ -10,8 +10,12 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert len(blocks) >= 2
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KERAS_RELAXEQ_CACHE", str(tmp_path / "cache"))  # the simulated N-body samples
     namespace = {}
     for block in blocks:  # later blocks use names from earlier ones (kr, np)
         exec(compile(block, str(README), "exec"), namespace)
     assert (tmp_path / "classifier.keras").exists()
-    assert not namespace["kr"].has_relaxation_branches(namespace["plain"])
+    kr = namespace["kr"]
+    assert not kr.has_relaxation_branches(namespace["plain"])
+    assert kr.has_relaxation_branches(namespace["segnn"]) and not kr.has_relaxation_branches(namespace["plain_segnn"])
+    assert list((tmp_path / "cache" / "nbody").glob("*.npz"))  # the example's data went to the cache
