@@ -743,6 +743,7 @@ def plot_sweep(curves, result, exp: Experiment, path: Path) -> list[str]:
         ax.set_xlabel("epoch")
 
     best = {(r["sweep_value"], r["arm"], r["seed"]): r.get("best_epoch") for r in result["runs"] if r.get("finished")}
+    markers = {"relaxed": "v", "standard": "^"}  # distinct, so that two arms selecting one epoch both show
     for ax, value in zip(lower, values):
         for arm, color in colors.items():
             logs = curves.get((value, arm), [])
@@ -757,8 +758,9 @@ def plot_sweep(curves, result, exp: Experiment, path: Path) -> list[str]:
                 if key == exp.curve:
                     for (v, a, seed), epoch in best.items():
                         if v == value and a == arm and epoch and epoch <= n:
-                            ax.plot([epoch], [mean[epoch - 1]], marker="v", ms=8, color=color, ls="none")
-        ax.set_title(f"{result['sweep']}={value} (triangle: the selected epoch)", fontsize=10)
+                            ax.plot([epoch], [mean[epoch - 1]], marker=markers.get(arm, "v"), ms=8, color=color,
+                                    mec="black", mew=0.5, alpha=0.8, ls="none")
+        ax.set_title(f"{result['sweep']}={value} (triangles: the selected epochs)", fontsize=10)
         ax.set_xlabel("epoch")
         if exp.log_scale:
             ax.set_yscale("log")
