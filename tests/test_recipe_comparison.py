@@ -220,7 +220,9 @@ def test_paired_curves_compare_the_arms_seed_by_seed(tmp_path):
     assert pair["seed"] == 0 and pair["epochs"] == 4
     assert pair["median"] == pytest.approx(0.3) and pair["max"] == pytest.approx(1.0)
     assert pair["p90"] == pytest.approx(0.85)  # numpy's linear interpolation between 0.5 and 1.0
-    assert "| 0 | 4 | 30.00% | 85.00% | 100.00% |" in (tmp_path / "comparison.md").read_text()
+    # signed: [0, +0.1, +1.0, -0.5]: median +0.05, relaxed lower in 1 of 4 epochs
+    assert pair["signed_median"] == pytest.approx(0.05) and pair["relaxed_lower"] == pytest.approx(0.25)
+    assert "| 0 | 4 | 30.00% | 85.00% | 100.00% | +5.00% | 25% |" in (tmp_path / "comparison.md").read_text()
 
 
 def test_export_and_import_carry_runs_to_another_machine(tmp_path):
