@@ -768,6 +768,14 @@ def plot_sweep(curves, result, exp: Experiment, path: Path) -> list[str]:
                         if v == value and a == arm and epoch and epoch <= n:
                             ax.plot([epoch], [mean[epoch - 1]], marker=markers.get(arm, "v"), ms=8, color=color,
                                     mec="black", mew=0.5, alpha=0.8, ls="none")
+        if not ax.get_lines():  # no finished run for this value: say how far its runs are
+            epochs = result["protocol"]["epochs"]
+            running = [f"{r['arm']} seed {r['seed']}: " + (f"{r['epochs_logged']} of {epochs} epochs logged"
+                                                           if r.get("epochs_logged") else "not started")
+                       for r in result["runs"] if r["sweep_value"] == value and not r.get("finished")]
+            note = "\n".join(["no finished run yet", *running])
+            ax.text(0.5, 0.5, note, ha="center", va="center", transform=ax.transAxes, fontsize=9, color="0.3")
+            result.setdefault("figure_notes", {})[value] = note
         ax.set_title(f"{result['sweep']}={value} (triangles: the selected epochs)", fontsize=10)
         ax.set_xlabel("epoch")
         if exp.log_scale:

@@ -117,12 +117,22 @@ def test_aggregate_sweep_lower_is_better(tmp_path):
     assert len(titles) == 4 and titles[0].startswith("test MSE") and titles[1].startswith("relaxed / standard")
     assert titles[2].startswith("layers=2") and titles[3].startswith("layers=6")
     assert not any("R(x)" in t for t in titles)  # no relaxation.csv: no such panel
+    assert "figure_notes" not in result  # every panel has curves
     # a relaxed run with a RelaxationMonitor log gets the branch-size panel
     with open(tmp_path / "relaxed_layers2_seed0" / "relaxation.csv", "w") as f:
         f.write("epoch,layer,theta,relative\n0,total,0.5,0.01\n1,total,0.0,0.0\n0,layer_0,0.5,0.02\n")
     result = drv.aggregate(args)
     assert len(result["figure_panels"]) == 5
     assert "R(x)" in result["figure_panels"][2] and result["figure_panels"][3].startswith("layers=2")
+    # a value whose runs have not finished gets an empty panel that says how far they are
+    (tmp_path / "relaxed_layers8_seed0").mkdir()  # in progress: a log, no summary.json yet
+    (tmp_path / "relaxed_layers8_seed0" / "log.csv").write_text("epoch,projected_val_loss,theta\n0,0.1,0.5\n")
+    args = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--seeds", "0",
+                           "--epochs", "2", "--sweep", "layers=2,6,8"])
+    result = drv.aggregate(args)
+    assert result["figure_panels"][-1].startswith("layers=8")
+    assert result["figure_notes"] == {"8": ("no finished run yet\nrelaxed seed 0: 1 of 2 epochs logged\n"
+                                            "standard seed 0: not started")}
     # values keep the command's order (not the string order: 10000 sorts before 3000)
     args = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--seeds", "0", "--epochs", "2",
                            "--sweep", "layers=6,2"])
