@@ -412,7 +412,8 @@ def paired_curves(by_seed: dict, key: str) -> list[dict]:
     import numpy as np
 
     out = []
-    for (value, arm, seed), relaxed in sorted(by_seed.items(), key=lambda kv: (str(kv[0][0]), kv[0][2])):
+    order = {v: i for i, v in enumerate(dict.fromkeys(k[0] for k in by_seed))}  # the sweep's order
+    for (value, arm, seed), relaxed in sorted(by_seed.items(), key=lambda kv: (order[kv[0][0]], kv[0][2])):
         standard = by_seed.get((value, "standard", seed))
         if arm != "relaxed" or standard is None:
             continue

@@ -235,6 +235,22 @@ def test_paired_curves_compare_the_arms_seed_by_seed(tmp_path):
     assert "| 0 | 4 | 30.00% | 85.00% | 100.00% | +5.00% | 25% |" in (tmp_path / "comparison.md").read_text()
 
 
+def test_sweep_tables_keep_the_order_of_the_sweep(tmp_path):
+    """Values are strings: "10000" sorts before "2000" as text, not in the tables."""
+    drv = load_driver()
+    summary = {"epochs_run": 2, "best_test_mse": 0.005, "best_projected_val_mse": 0.005,
+               "final_projected_test_mse": 0.005, "equivariance_of_best_projected": {"o3_max_error": 1e-6},
+               "wall_time_seconds": 60.0}
+    for value in ("2000", "10000"):
+        for arm in ("relaxed", "standard"):
+            fake_run(tmp_path / f"{arm}_train_samples{value}_seed0", summary, "projected_val_loss", [0.1, 0.05])
+    args = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--seeds", "0", "--epochs", "2",
+                           "--sweep", "train-samples=2000,10000"])
+    result = drv.aggregate(args)
+    assert [p["sweep_value"] for p in result["paired_metric"]] == ["2000", "10000"]
+    assert [p["sweep_value"] for p in result["paired_curves"]] == ["2000", "10000"]
+
+
 def test_export_and_import_carry_runs_to_another_machine(tmp_path):
     """--export copies the records (and with --export-state an unfinished run's resume state);
     --report-only on the export rebuilds the same tables; --import-from never overwrites progress."""
