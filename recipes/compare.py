@@ -408,7 +408,7 @@ def paired_curves(by_seed: dict, key: str) -> list[dict]:
     The same seed gives both arms the same initial weights and batches, so this measures how
     much the relaxation moves the trajectory. Its direction: the median of the signed
     ``relaxed / standard - 1`` and the share of epochs where the relaxed curve is lower (about
-    0.5 and 50% when the arms differ only by noise)."""
+    0 and 50% when the arms differ only by noise)."""
     import numpy as np
 
     out = []
