@@ -412,8 +412,7 @@ def paired_curves(by_seed: dict, key: str) -> list[dict]:
     import numpy as np
 
     out = []
-    order = {v: i for i, v in enumerate(dict.fromkeys(k[0] for k in by_seed))}  # the sweep's order
-    for (value, arm, seed), relaxed in sorted(by_seed.items(), key=lambda kv: (order[kv[0][0]], kv[0][2])):
+    for (value, arm, seed), relaxed in by_seed.items():  # filled in the jobs' order: sweep value, then seed
         standard = by_seed.get((value, "standard", seed))
         if arm != "relaxed" or standard is None:
             continue
