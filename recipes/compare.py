@@ -533,6 +533,14 @@ def _fmt_ms(stats, m: Metric):
     return f"{stats['mean'] * m.scale:.{m.digits}f} ± {stats['std'] * m.scale:.{m.digits}f}"
 
 
+def run_progress(run: dict, epochs: int) -> str:
+    """How far a run that has not finished is: ``N of M epochs logged`` (no summary yet),
+    ``N of M epochs (unfinished)`` (a summary from an invocation with fewer epochs) or ``not started``."""
+    if run.get("epochs") is not None:
+        return f"{run['epochs']} of {epochs} epochs (unfinished)"
+    return f"{run['epochs_logged']} of {epochs} epochs logged" if run.get("epochs_logged") else "not started"
+
+
 def markdown(result, exp: Experiment) -> str:
     metrics = (exp.metric, *exp.extra_metrics)
     sweep = result["sweep"]
@@ -550,9 +558,8 @@ def markdown(result, exp: Experiment) -> str:
     for r in result["runs"]:
         cells = ([str(r["sweep_value"])] if sweep else []) + [r["arm"], str(r["seed"])]
         if "epochs" not in r:
-            status = (f"in progress: {r['epochs_logged']} of {result['protocol']['epochs']} epochs logged"
-                      if r.get("epochs_logged") else "not started")
-            cells += [status] + [""] * len(metrics)
+            progress = run_progress(r, result["protocol"]["epochs"])
+            cells += [f"in progress: {progress}" if r.get("epochs_logged") else progress] + [""] * len(metrics)
         else:
             cells += [f"{r['epochs']}" + ("" if r["finished"] else " (unfinished)")]
             cells += [_fmt(r[m.key], m) for m in metrics]
@@ -769,9 +776,7 @@ def plot_sweep(curves, result, exp: Experiment, path: Path) -> list[str]:
                             ax.plot([epoch], [mean[epoch - 1]], marker=markers.get(arm, "v"), ms=8, color=color,
                                     mec="black", mew=0.5, alpha=0.8, ls="none")
         if not ax.get_lines():  # no finished run for this value: say how far its runs are
-            epochs = result["protocol"]["epochs"]
-            running = [f"{r['arm']} seed {r['seed']}: " + (f"{r['epochs_logged']} of {epochs} epochs logged"
-                                                           if r.get("epochs_logged") else "not started")
+            running = [f"{r['arm']} seed {r['seed']}: {run_progress(r, result['protocol']['epochs'])}"
                        for r in result["runs"] if r["sweep_value"] == value and not r.get("finished")]
             note = "\n".join(["no finished run yet", *running])
             ax.text(0.5, 0.5, note, ha="center", va="center", transform=ax.transAxes, fontsize=9, color="0.3")

@@ -133,6 +133,12 @@ def test_aggregate_sweep_lower_is_better(tmp_path):
     assert result["figure_panels"][-1].startswith("layers=8")
     assert result["figure_notes"] == {"8": ("no finished run yet\nrelaxed seed 0: 1 of 2 epochs logged\n"
                                             "standard seed 0: not started")}
+    # a summary from a shorter invocation (1 of 2 epochs): unfinished, not "not started"
+    fake_run(tmp_path / "standard_layers8_seed0", {"epochs_run": 1, "wall_time_seconds": 60.0},
+             "projected_val_loss", [0.1])
+    result = drv.aggregate(args)
+    assert result["figure_notes"]["8"].endswith("standard seed 0: 1 of 2 epochs (unfinished)")
+    assert "| 8 | standard | 0 | 1 (unfinished) |" in (tmp_path / "comparison_layers.md").read_text()
     # values keep the command's order (not the string order: 10000 sorts before 3000)
     args = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--seeds", "0", "--epochs", "2",
                            "--sweep", "layers=6,2"])
