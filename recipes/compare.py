@@ -402,15 +402,33 @@ def task_loss(history: dict, config: dict) -> list[float]:
     return out
 
 
-def paired_curves(by_seed: dict, key: str) -> list[dict]:
+def _direction(signed) -> dict:
+    """The median of the signed ``relaxed / standard - 1`` and the share of epochs where the
+    relaxed curve is lower (about 0 and 50% when the arms differ only by noise)."""
+    import numpy as np
+
+    signed = signed[~np.isnan(signed)]
+    if not signed.size:
+        return {"epochs": 0, "signed_median": None, "relaxed_lower": None}
+    return {"epochs": int(signed.size), "signed_median": float(np.median(signed)),
+            "relaxed_lower": float(np.mean(signed < 0))}
+
+
+def paired_curves(by_seed: dict, key: str, selected: dict | None = None) -> list[dict]:
     """How far apart the two arms' per-epoch ``key`` curves are, per seed (and sweep value) where
     both arms have finished: quantiles of ``|relaxed / standard - 1|`` over the common epochs.
     The same seed gives both arms the same initial weights and batches, so this measures how
     much the relaxation moves the trajectory. Its direction: the median of the signed
     ``relaxed / standard - 1`` and the share of epochs where the relaxed curve is lower (about
-    0 and 50% when the arms differ only by noise)."""
+    0 and 50% when the arms differ only by noise).
+
+    ``selected`` maps ``(value, arm, seed)`` to the run's selected (1-based) epoch. With both arms'
+    epochs known, the direction is also given separately for epochs ``1..s`` and ``s+1..end``,
+    ``s`` the later of the two: whether a direction arises before the models are selected (and
+    so can reach the reported metric) or only after."""
     import numpy as np
 
+    selected = selected or {}
     out = []
     for (value, arm, seed), relaxed in by_seed.items():  # filled in the jobs' order: sweep value, then seed
         standard = by_seed.get((value, "standard", seed))
@@ -421,10 +439,16 @@ def paired_curves(by_seed: dict, key: str) -> list[dict]:
             continue
         signed = np.asarray(relaxed[key][:n]) / np.asarray(standard[key][:n]) - 1.0
         diff = np.abs(signed)
-        out.append({"sweep_value": value, "seed": seed, "epochs": n, "median": float(np.nanmedian(diff)),
-                    "p90": float(np.nanpercentile(diff, 90)), "max": float(np.nanmax(diff)),
-                    "signed_median": float(np.nanmedian(signed)),
-                    "relaxed_lower": float(np.mean(signed[~np.isnan(signed)] < 0))})
+        direction = _direction(signed)
+        pair = {"sweep_value": value, "seed": seed, "epochs": n, "median": float(np.nanmedian(diff)),
+                "p90": float(np.nanpercentile(diff, 90)), "max": float(np.nanmax(diff)),
+                "signed_median": direction["signed_median"], "relaxed_lower": direction["relaxed_lower"]}
+        picks = [selected.get((value, a, seed)) for a in ("relaxed", "standard")]
+        if all(isinstance(e, int) and e > 0 for e in picks):
+            split = min(max(picks), n)
+            pair.update(split_epoch=split, to_selection=_direction(signed[:split]),
+                        after_selection=_direction(signed[split:]))
+        out.append(pair)
     return out
 
 
@@ -463,6 +487,11 @@ def mean_std(values):
     return {"mean": m, "std": s, "n": len(vals)}
 
 
+def selected_epochs(runs: list[dict]) -> dict:
+    """``(sweep value, arm, seed)`` -> the selected (1-based) epoch of each finished run."""
+    return {(r["sweep_value"], r["arm"], r["seed"]): r.get("best_epoch") for r in runs if r.get("finished")}
+
+
 def aggregate(args) -> dict:
     exp = EXPERIMENTS[args.experiment]
     out = Path(args.output_dir)
@@ -492,6 +521,7 @@ def aggregate(args) -> dict:
             history["relaxation"] = read_relaxation(d / "relaxation.csv")
             curves.setdefault((value, arm), []).append(history)
             by_seed[(value, arm, seed)] = history
+    selected = selected_epochs(runs)
     groups = []
     for value in parse_sweep(args.sweep)[1]:
         for arm in args.arms:
@@ -504,7 +534,7 @@ def aggregate(args) -> dict:
                            "seeds": args.seeds, "extra": list(args.extra)},
               "metric": exp.metric.key, "higher_is_better": exp.higher_is_better,
               "groups": groups, "runs": runs, "paired_metric": paired_metric(runs, exp.metric),
-              "paired_curves": paired_curves(by_seed, exp.curve)}
+              "paired_curves": paired_curves(by_seed, exp.curve, selected)}
     stem = output_stem(sweep_name)
     report = report_dir(args)
     report.mkdir(parents=True, exist_ok=True)
@@ -589,6 +619,20 @@ def markdown(result, exp: Experiment) -> str:
             cells += [f"{100 * p[k]:.2f}%" for k in ("median", "p90", "max")]
             cells += [f"{100 * p['signed_median']:+.2f}%", f"{100 * p['relaxed_lower']:.0f}%"]
             lines.append("| " + " | ".join(cells) + " |")
+        split = [p for p in pairs if "split_epoch" in p]
+        if split:
+            lines += ["", "The direction up to the selected epochs and after them: signed median and share of epochs "
+                          "with the relaxed curve lower over epochs 1..s and s+1..end, s the later of the two arms' "
+                          "selected epochs:", ""]
+            head = ([sweep] if sweep else []) + ["seed", "s", "signed median to s", "relaxed lower to s",
+                                                 "signed median after s", "relaxed lower after s"]
+            lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            for p in split:
+                cells = ([str(p["sweep_value"])] if sweep else []) + [str(p["seed"]), str(p["split_epoch"])]
+                for part in (p["to_selection"], p["after_selection"]):
+                    cells += (["n/a", "n/a"] if part["signed_median"] is None else
+                              [f"{100 * part['signed_median']:+.2f}%", f"{100 * part['relaxed_lower']:.0f}%"])
+                lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -757,7 +801,7 @@ def plot_sweep(curves, result, exp: Experiment, path: Path) -> list[str]:
         ax.set_title(textwrap.fill("relaxed runs: ||theta R(x)|| / ||E(x)|| (rms, all branches)", 40), fontsize=10)
         ax.set_xlabel("epoch")
 
-    best = {(r["sweep_value"], r["arm"], r["seed"]): r.get("best_epoch") for r in result["runs"] if r.get("finished")}
+    best = selected_epochs(result["runs"])
     markers = {"relaxed": "v", "standard": "^"}  # distinct, so that two arms selecting one epoch both show
     for ax, value in zip(lower, values):
         for arm, color in colors.items():

@@ -239,6 +239,32 @@ def test_paired_curves_compare_the_arms_seed_by_seed(tmp_path):
     # signed: [0, +0.1, +1.0, -0.5]: median +0.05, relaxed lower in 1 of 4 epochs
     assert pair["signed_median"] == pytest.approx(0.05) and pair["relaxed_lower"] == pytest.approx(0.25)
     assert "| 0 | 4 | 30.00% | 85.00% | 100.00% | +5.00% | 25% |" in (tmp_path / "comparison.md").read_text()
+    assert "split_epoch" not in pair  # the summaries name no selected epoch: no split
+
+
+def test_paired_curves_split_the_direction_at_the_selected_epochs(tmp_path):
+    """Epochs 1..s and s+1..end, s the later of the two arms' selected epochs."""
+    drv = load_driver()
+    summary = {"epochs_run": 6, "best_test_mse": 0.005, "wall_time_seconds": 60.0}
+    # signed relaxed / standard - 1: [+0.2, +0.1, -0.1, | -0.2, -0.3, +0.1]
+    fake_run(tmp_path / "relaxed_seed0", dict(summary, best_epoch=2), "projected_val_loss",
+             [1.2, 1.1, 0.9, 0.8, 0.7, 1.1])
+    fake_run(tmp_path / "standard_seed0", dict(summary, best_epoch=3), "projected_val_loss", [1.0] * 6)
+    args = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--seeds", "0", "--epochs", "6"])
+    (pair,) = drv.aggregate(args)["paired_curves"]
+    assert pair["split_epoch"] == 3
+    assert pair["to_selection"] == pytest.approx({"epochs": 3, "signed_median": 0.1, "relaxed_lower": 1 / 3})
+    assert pair["after_selection"] == pytest.approx({"epochs": 3, "signed_median": -0.2, "relaxed_lower": 2 / 3})
+    # over all six epochs the direction is mixed: median of the signed ratios 0.0, lower in half
+    assert pair["signed_median"] == pytest.approx(0.0, abs=1e-12) and pair["relaxed_lower"] == pytest.approx(0.5)
+    assert "| 0 | 3 | +10.00% | 33% | -20.00% | 67% |" in (tmp_path / "comparison.md").read_text()
+    # a selection at the last epoch leaves nothing after it
+    fake_run(tmp_path / "x" / "relaxed_seed0", dict(summary, best_epoch=6), "projected_val_loss", [1.1] * 6)
+    fake_run(tmp_path / "x" / "standard_seed0", dict(summary, best_epoch=1), "projected_val_loss", [1.0] * 6)
+    args = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path / "x"), "--seeds", "0", "--epochs", "6"])
+    (pair,) = drv.aggregate(args)["paired_curves"]
+    assert pair["split_epoch"] == 6 and pair["after_selection"]["signed_median"] is None
+    assert "| 0 | 6 | +10.00% | 0% | n/a | n/a |" in (tmp_path / "x" / "comparison.md").read_text()
 
 
 def test_sweep_tables_keep_the_order_of_the_sweep(tmp_path):
