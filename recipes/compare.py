@@ -438,10 +438,12 @@ def paired_curves(by_seed: dict, key: str, selected: dict | None = None) -> list
         if not n:
             continue
         signed = np.asarray(relaxed[key][:n]) / np.asarray(standard[key][:n]) - 1.0
-        diff = np.abs(signed)
+        diff = np.abs(signed[~np.isnan(signed)])
         direction = _direction(signed)
-        pair = {"sweep_value": value, "seed": seed, "epochs": n, "median": float(np.nanmedian(diff)),
-                "p90": float(np.nanpercentile(diff, 90)), "max": float(np.nanmax(diff)),
+        pair = {"sweep_value": value, "seed": seed, "epochs": n,  # no finite epoch (a diverged run): None
+                "median": float(np.median(diff)) if diff.size else None,
+                "p90": float(np.percentile(diff, 90)) if diff.size else None,
+                "max": float(np.max(diff)) if diff.size else None,
                 "signed_median": direction["signed_median"], "relaxed_lower": direction["relaxed_lower"]}
         picks = [selected.get((value, a, seed)) for a in ("relaxed", "standard")]
         if all(isinstance(e, int) and e > 0 for e in picks):
@@ -571,6 +573,13 @@ def run_progress(run: dict, epochs: int) -> str:
     return f"{run['epochs_logged']} of {epochs} epochs logged" if run.get("epochs_logged") else "not started"
 
 
+def _direction_cells(d: dict) -> list[str]:
+    """Signed median and share of epochs with the relaxed curve lower, or n/a (no finite epochs)."""
+    if d["signed_median"] is None:
+        return ["n/a", "n/a"]
+    return [f"{100 * d['signed_median']:+.2f}%", f"{100 * d['relaxed_lower']:.0f}%"]
+
+
 def markdown(result, exp: Experiment) -> str:
     metrics = (exp.metric, *exp.extra_metrics)
     sweep = result["sweep"]
@@ -616,8 +625,8 @@ def markdown(result, exp: Experiment) -> str:
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for p in pairs:
             cells = ([str(p["sweep_value"])] if sweep else []) + [str(p["seed"]), str(p["epochs"])]
-            cells += [f"{100 * p[k]:.2f}%" for k in ("median", "p90", "max")]
-            cells += [f"{100 * p['signed_median']:+.2f}%", f"{100 * p['relaxed_lower']:.0f}%"]
+            cells += ["n/a" if p[k] is None else f"{100 * p[k]:.2f}%" for k in ("median", "p90", "max")]
+            cells += _direction_cells(p)
             lines.append("| " + " | ".join(cells) + " |")
         split = [p for p in pairs if "split_epoch" in p]
         if split:
@@ -629,9 +638,7 @@ def markdown(result, exp: Experiment) -> str:
             lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
             for p in split:
                 cells = ([str(p["sweep_value"])] if sweep else []) + [str(p["seed"]), str(p["split_epoch"])]
-                for part in (p["to_selection"], p["after_selection"]):
-                    cells += (["n/a", "n/a"] if part["signed_median"] is None else
-                              [f"{100 * part['signed_median']:+.2f}%", f"{100 * part['relaxed_lower']:.0f}%"])
+                cells += _direction_cells(p["to_selection"]) + _direction_cells(p["after_selection"])
                 lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

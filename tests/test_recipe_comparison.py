@@ -265,6 +265,14 @@ def test_paired_curves_split_the_direction_at_the_selected_epochs(tmp_path):
     (pair,) = drv.aggregate(args)["paired_curves"]
     assert pair["split_epoch"] == 6 and pair["after_selection"]["signed_median"] is None
     assert "| 0 | 6 | +10.00% | 0% | n/a | n/a |" in (tmp_path / "x" / "comparison.md").read_text()
+    # a diverged run (no finite val MSE) has no direction: n/a in both tables, not a crash
+    fake_run(tmp_path / "nan" / "relaxed_seed0", dict(summary, best_epoch=2), "projected_val_loss", ["nan"] * 6)
+    fake_run(tmp_path / "nan" / "standard_seed0", dict(summary, best_epoch=2), "projected_val_loss", [1.0] * 6)
+    args = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path / "nan"), "--seeds", "0", "--epochs", "6"])
+    (pair,) = drv.aggregate(args)["paired_curves"]
+    assert pair["signed_median"] is None and pair["median"] is None and pair["to_selection"]["epochs"] == 0
+    assert "| 0 | 6 | n/a | n/a | n/a | n/a | n/a |" in (tmp_path / "nan" / "comparison.md").read_text()
+    assert "| 0 | 2 | n/a | n/a | n/a | n/a |" in (tmp_path / "nan" / "comparison.md").read_text()
 
 
 def test_sweep_tables_keep_the_order_of_the_sweep(tmp_path):
