@@ -48,6 +48,32 @@ def machine_info() -> dict:
 
 CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall")
 
+#: op types that a kernel rewrite produces from a public op (oneDNN: ``_MklMatMul``,
+#: ``_MklNativeFusedMatMul``, ...; grappler's remapper: ``_FusedMatMul``, ``_FusedConv2D``)
+_FUSED_PUBLIC = ("MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3", "Conv2D", "Conv3D",
+                 "DepthwiseConv2dNative")
+
+
+def canonical_op_type(op_type: str) -> str:
+    """The public TensorFlow op type of a profiled kernel, whichever CPU kernels TensorFlow picked.
+
+    Where TensorFlow's oneDNN rewrite is active (it depends on the CPU and on
+    ``TF_ENABLE_ONEDNN_OPTS``) ``MatMul`` runs as ``_MklMatMul``, ``Einsum`` as ``_MklEinsum`` and a
+    matmul fused with its bias as ``_MklNativeFusedMatMul`` or ``_FusedMatMul``; all of these are
+    reported under the public name (``MatMul``, ``Einsum``), so tables and tests do not depend on
+    the machine.  Other names are returned unchanged.
+    """
+    name = op_type
+    for prefix in ("_MklNative", "_Mkl", "_"):
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+            break
+    else:
+        return op_type
+    if name.startswith("Fused") and name[len("Fused"):] in _FUSED_PUBLIC:
+        name = name[len("Fused"):]
+    return name or op_type
+
 
 def op_time_tables(logdir, steps, top=15, scope_depth=3):
     """Summarise a ``tf.profiler`` trace in ``logdir``: op time per step by op type and by scope.
@@ -56,7 +82,8 @@ def op_time_tables(logdir, steps, top=15, scope_depth=3):
     ``tf.profiler.experimental.start/stop``) and adds the durations of the executed TensorFlow
     ops (host-plane events named ``op_name:OpType``) over all threads.  Returns
     ``{"total_ms": ..., "by_type": [(op_type, ms_per_step, share), ...], "by_scope": [...]}``;
-    a scope is the op name cut after ``scope_depth`` ``/``-separated parts with the model name
+    op types are reported by their public name (:func:`canonical_op_type`: ``_MklMatMul`` is
+    ``MatMul``); a scope is the op name cut after ``scope_depth`` ``/``-separated parts with the model name
     dropped (for a Keras model: the layer, then its sub-layer), gradient ops keep a ``grad:``
     prefix.  Function calls are not counted (their ops are).  Shares are of the summed op time
     (which can exceed the wall time with several threads).
@@ -85,7 +112,7 @@ def op_time_tables(logdir, steps, top=15, scope_depth=3):
                 if op_type.startswith("__") or op_type in CALL_OPS or " " in op_name:
                     continue  # a function call (eager or nested): its ops are counted instead
                 ms = event.duration_ps / 1e9
-                by_type[op_type] += ms
+                by_type[canonical_op_type(op_type)] += ms
                 parts = op_name.split("/")
                 grad = parts[0] == "gradient_tape" or any(p.startswith("gradients") for p in parts)
                 parts = [p for p in parts if p != "gradient_tape" and not p.startswith("gradients")]

@@ -57,6 +57,51 @@ def test_op_time_tables_counts_the_ops_inside_a_function(common, tmp_path):
     assert "| MatMul |" in text and "ms of op time per step" in text
 
 
+@pytest.mark.parametrize("kernel, public", [
+    ("MatMul", "MatMul"), ("_MklMatMul", "MatMul"), ("_MklNativeFusedMatMul", "MatMul"),
+    ("_FusedMatMul", "MatMul"), ("_MklFusedMatMul", "MatMul"), ("_MklEinsum", "Einsum"),
+    ("_MklBatchMatMulV2", "BatchMatMulV2"), ("_MklNativeFusedConv2D", "Conv2D"),
+    ("_MklFusedBatchNormV3", "FusedBatchNormV3"), ("FusedBatchNormV3", "FusedBatchNormV3"),
+    ("AddV2", "AddV2"), ("_Recv", "Recv"),
+])
+def test_canonical_op_type_names_the_public_op(common, kernel, public):
+    assert common.canonical_op_type(kernel) == public
+
+
+_ONEDNN_PROFILE = """
+import json, sys, tempfile
+sys.path.insert(0, sys.argv[1])
+import tensorflow as tf, _common
+a, b = tf.random.normal([300, 300]), tf.random.normal([300])
+
+@tf.function
+def step(a):
+    p = tf.nn.bias_add(tf.matmul(tf.matmul(a, a), a), b)  # a matmul the remapper may fuse with its bias
+    return tf.reduce_sum(tf.einsum("ij,jk->ik", p, a))
+
+step(a)
+logdir = tempfile.mkdtemp()
+tf.profiler.experimental.start(logdir)
+step(a).numpy()
+tf.profiler.experimental.stop()
+print(json.dumps(sorted(k for k, _, _ in _common.op_time_tables(logdir, steps=1)["by_type"])))
+"""
+
+
+@pytest.mark.parametrize("onednn", ["0", "1"])
+def test_op_time_tables_do_not_depend_on_the_cpu_kernels(onednn):
+    # oneDNN's rewrite (on by default on some CPUs) runs MatMul as _MklMatMul, Einsum as _MklEinsum:
+    # the tables name the public ops either way
+    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=onednn, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="-1")
+    proc = subprocess.run([sys.executable, "-c", _ONEDNN_PROFILE, str(ROOT / "benchmarks")], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=TIMEOUT)
+    out = proc.stdout.decode(errors="replace")
+    assert proc.returncode == 0, out[-3000:]
+    types = json.loads(out.strip().splitlines()[-1])
+    assert "MatMul" in types and "Einsum" in types, types
+    assert not any(t.startswith("_") for t in types), types
+
+
 def test_op_time_tables_without_a_trace_says_so(common, tmp_path):
     with pytest.raises(FileNotFoundError, match="xplane"):
         common.op_time_tables(str(tmp_path), steps=1)
