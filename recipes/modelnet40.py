@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="theta schedule")
     g.add_argument("--theta-value", type=float, default=0.1, help="theta of --schedule constant")
     g.add_argument("--theta-per-step", action="store_true", help="update theta at every batch")
+    g.add_argument("--theta-epochs", type=int, default=None, metavar="N",
+                   help="length of the theta clock in epochs (default: --epochs); the schedule reaches 0 "
+                        "at epoch N-1 and stays there. The reference code's clock is 200 epochs whatever "
+                        "the run's length: --theta-epochs 200 reproduces it in a shorter run")
     g.add_argument("--lambda-lie", type=float, default=d)
     g.add_argument("--lambda-proj", type=float, default=d)
     g.add_argument("--penalty-scale", choices=("none", "theta"), default=d)
@@ -104,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--k", type=int, default=d, help="kNN neighbours")
     g.add_argument("--width", type=float, default=d, help="channel multiplier")
     g.add_argument("--points", type=int, default=300, help="points per shape")
+    g.add_argument("--point-sampling", choices=("random", "first"), default="random",
+                   help="random: a new random subset of --points of each shape's points every epoch; "
+                        "first: always the first --points points (the reference PyTorch code)")
     g.add_argument("--rotation", choices=("so3", "z", "none"), default="so3",
                    help="random rotation per shape (train and validation)")
     g.add_argument("--data-dir", default=None, help="ModelNet40 folder (default: $KERAS_RELAXEQ_DATA or "
@@ -162,6 +169,8 @@ def resolve_config(args) -> dict:
             cfg[key] = value
     if cfg["epochs"] < 1 or cfg["batch"] < 1:
         raise SystemExit("--epochs and --batch must be >= 1")
+    if cfg.get("theta_epochs") is not None and cfg["theta_epochs"] < 1:
+        raise SystemExit("--theta-epochs must be >= 1 (or leave it out: the run's --epochs)")
     check_strategy_options(cfg)
     return cfg
 
@@ -177,6 +186,13 @@ def learning_rate_fn(cfg):
         lo = float(cfg["lr_min"])
         return lambda epoch: lo + (lr - lo) * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
     return lambda epoch: lr
+
+
+def theta_scheduler(cfg):
+    """The run's ``ThetaScheduler``: ``--schedule`` on a clock of ``--theta-epochs`` (default ``--epochs``)."""
+    from keras_relaxeq.training.schedules import ThetaScheduler
+    return ThetaScheduler(cfg["schedule"], epochs=cfg.get("theta_epochs") or cfg["epochs"],
+                          per_step=cfg["theta_per_step"], value=cfg["theta_value"])
 
 
 def make_loss(cfg):
@@ -216,7 +232,8 @@ def make_datasets(cfg):
     from keras_relaxeq.datasets.modelnet40 import modelnet40_dataset, recipe_validation_dataset
 
     common = dict(num_points=cfg["points"], rotation=cfg["rotation"], data_dir=cfg["data_dir"],
-                  val_fraction=cfg["val_fraction"], split_seed=cfg["split_seed"])
+                  val_fraction=cfg["val_fraction"], split_seed=cfg["split_seed"],
+                  point_sampling=cfg.get("point_sampling") or "random")
     train = modelnet40_dataset("train", batch_size=cfg["batch"], seed=cfg["seed"], **common)
     val = recipe_validation_dataset(cfg, data_dir=cfg["data_dir"])  # relaxeq zoo publish measures on this same split
     # the same training distribution without augmentation for the BN re-estimation
@@ -294,8 +311,7 @@ def main(argv=None) -> dict:
         best_path=write_dir / "best_projected.keras",
         initial_best=best_so_far)
     callbacks = [
-        kr.ThetaScheduler(cfg["schedule"], epochs=cfg["epochs"], per_step=cfg["theta_per_step"],
-                          value=cfg["theta_value"]),
+        theta_scheduler(cfg),
         keras.callbacks.LearningRateScheduler(learning_rate_fn(cfg)),
         projected_val,  # before everything that reads projected_val_accuracy
     ]

@@ -33,6 +33,19 @@ def test_config_defaults_per_model():
     assert recipe.resolve_config(recipe.build_parser().parse_args(["--no-relaxed"]))["relaxed"] is False
 
 
+def test_theta_clock_can_be_longer_than_the_run():
+    recipe = load_recipe()
+    cfg = recipe.resolve_config(recipe.build_parser().parse_args(["--epochs", "8", "--theta-epochs", "200"]))
+    assert cfg["theta_epochs"] == 200 and cfg["epochs"] == 8
+    # the reference's clock: after 8 of 200 epochs theta is 7/99.5, not the run's own triangle
+    theta = recipe.theta_scheduler(cfg).theta_at
+    assert theta(7) == pytest.approx(7 / 99.5) and theta(199) == 0.0
+    own = recipe.theta_scheduler(recipe.resolve_config(recipe.build_parser().parse_args(["--epochs", "8"])))
+    assert own.theta_at(7) == 0.0 and own.theta_at(3.5) == pytest.approx(1.0)
+    with pytest.raises(SystemExit, match="--theta-epochs must be >= 1"):
+        recipe.resolve_config(recipe.build_parser().parse_args(["--theta-epochs", "0"]))
+
+
 def on_disk_tb(out):
     return json.loads((out / "summary.json").read_text())["tensorboard"]
 
@@ -66,6 +79,7 @@ def test_recipe_runs_and_resumes(tmp_path):
     for key in ("projected_val_accuracy", "theta", "lie_penalty", "projection_penalty", "accuracy"):
         assert key in rows[0], key
     assert float(rows[-1]["theta"]) == 0.0  # the schedule ends at 0
+    assert on_disk["config"]["point_sampling"] == "random"
 
     # a second invocation with a larger budget resumes from the backup: one more epoch only
     summary2 = recipe.main(base + ["--epochs", "3"])

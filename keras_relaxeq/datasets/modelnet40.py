@@ -398,6 +398,10 @@ _ROTATIONS = ("so3", "z", "none")
 _PIPELINE_SPLITS = ("train", "val", "test")
 
 
+#: how :func:`modelnet40_dataset` picks ``num_points`` of a shape's points
+POINT_SAMPLING = ("random", "first")
+
+
 def random_point_dropout(points, seed, max_dropout_ratio: float = 0.875) -> tf.Tensor:
     """PointNet++ ``random_point_dropout`` for one cloud ``[P, 3]``, stateless in ``seed``.
 
@@ -452,13 +456,16 @@ def modelnet40_dataset(
     reseed_each_epoch: bool | None = None,
     split_seed: int = 0,
     max_points: int | None = None,
+    point_sampling: str = "random",
 ) -> tf.data.Dataset:
     """Batches ``(points [B, num_points, 3] float32, labels [B] int32)`` of normalised shapes.
 
     * ``split``: ``"train"`` / ``"val"`` (the stratified split of the training files made
       by :func:`stratified_split` with ``val_fraction`` and ``split_seed``; with
       ``val_fraction=0`` ``"train"`` is the whole training set) or ``"test"``.
-    * Per shape a random subset of ``num_points`` points (without replacement), then with
+    * Per shape a random subset of ``num_points`` points (without replacement; with
+      ``point_sampling="first"`` the first ``num_points`` points, always the same, as the
+      reference PyTorch VN-PointNet trains), then with
       ``augment`` (default: train only) per-axis scale U[2/3, 3/2] and shift U[-0.2, 0.2],
       the rotation, point dropout (ratio up to 0.875), scale U[0.8, 1.25], shift
       U[-0.1, 0.1]; without ``augment`` only the rotation.
@@ -472,6 +479,8 @@ def modelnet40_dataset(
         raise ValueError(f"split must be one of {_PIPELINE_SPLITS}, got {split!r}.")
     if rotation not in _ROTATIONS:
         raise ValueError(f"rotation must be one of {_ROTATIONS}, got {rotation!r}.")
+    if point_sampling not in POINT_SAMPLING:
+        raise ValueError(f"point_sampling must be one of {POINT_SAMPLING}, got {point_sampling!r}.")
     batch_size, num_points = int(batch_size), int(num_points)
     if batch_size < 1 or num_points < 1:
         raise ValueError(f"batch_size and num_points must be positive, got {batch_size}, {num_points}.")
@@ -516,9 +525,12 @@ def modelnet40_dataset(
         seeds = tf.random.experimental.stateless_split(
             tf.random.experimental.stateless_fold_in(element_seed, index), num=3)
         cloud = tf.gather(points_t, index)
-        subset = tf.random.experimental.stateless_shuffle(
-            tf.range(num_shape_points), seed=seeds[0])[:num_points]
-        cloud = tf.gather(cloud, subset)
+        if point_sampling == "first":
+            cloud = cloud[:num_points]
+        else:
+            subset = tf.random.experimental.stateless_shuffle(
+                tf.range(num_shape_points), seed=seeds[0])[:num_points]
+            cloud = tf.gather(cloud, subset)
         rot = _rotation(rotation, seeds[1])
         cloud = _augment(cloud, rot, seeds[2]) if augment else _rotate(cloud, rot)
         return tf.ensure_shape(cloud, [num_points, 3]), tf.gather(labels_t, index)
@@ -547,4 +559,4 @@ def recipe_validation_dataset(config: dict, rotation: str | None = None, batch_s
         rotation=rotation or config.get("rotation", "so3"),
         data_dir=data_dir,
         val_fraction=float(config.get("val_fraction", 0.2)), split_seed=int(config.get("split_seed", 0)),
-        seed=int(config.get("seed", 0)) + 1)
+        seed=int(config.get("seed", 0)) + 1, point_sampling=config.get("point_sampling") or "random")

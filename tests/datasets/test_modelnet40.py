@@ -293,6 +293,19 @@ def test_val_pipeline_equals_normalised_subset(real):
     np.testing.assert_array_equal(points, next(ds.as_numpy_iterator())[0])  # fixed for evaluation
 
 
+def test_first_point_sampling_takes_the_first_points_every_epoch(real):
+    # the reference PyTorch VN-PointNet trains on the first 300 points of each shape, always the same
+    train_idx, _ = mn.stratified_split(real.labels)
+    ds = mn.modelnet40_dataset("train", batch_size=8, rotation="none", augment=False, shuffle=False,
+                               data_dir=REAL_DIR, point_sampling="first")
+    first, second = (next(iter(ds)) for _ in range(2))  # two epochs: training data is reseeded each epoch
+    for k in range(8):
+        np.testing.assert_allclose(first[0][k], real.points[train_idx[k]][:300], atol=1e-6)
+    np.testing.assert_array_equal(first[0], second[0])
+    with pytest.raises(ValueError, match="point_sampling"):
+        mn.modelnet40_dataset("train", data_dir=REAL_DIR, point_sampling="fps")
+
+
 def test_recipe_validation_dataset_is_the_runs_split_at_any_batch_size():
     """What ``relaxeq zoo publish`` measures on is the split the recipe validated on."""
     cfg = {"points": 64, "batch": 24, "rotation": "so3", "val_fraction": 0.2, "split_seed": 3, "seed": 5,
