@@ -58,6 +58,20 @@ def test_commands_differ_only_in_the_arm():
         drv.parse_sweep("layers=")
 
 
+def test_full_protocol_keeps_the_reference_theta_clock_at_any_length():
+    drv = load_driver()
+    spec = importlib.util.spec_from_file_location("recipe_modelnet40_full", ROOT / "recipes" / "modelnet40.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    for epochs, expected in ((None, 200), ("6", 6)):
+        args = drv.parse_args(["modelnet40_full", "--output-dir", "/tmp/x"] + (["--epochs", epochs] if epochs else []))
+        cmd = drv.command(args, "relaxed", 0)
+        cfg = recipe.resolve_config(recipe.build_parser().parse_args(cmd[2:]))
+        # published settings at full width; only the length of the invocation follows --epochs
+        assert (cfg["epochs"], cfg["theta_epochs"], cfg["width"], cfg["lr_step"]) == (expected, 200, 1.0, 20)
+        assert cfg["theta_per_step"] is False and cfg["bn_reestimate"] is None
+
+
 def test_aggregate_mean_std_and_outputs(tmp_path):
     drv = load_driver()
     fake_run(tmp_path / "relaxed_seed0", mn40_summary(0.50, 0.52, 0.55), "projected_val_accuracy", [0.1, 0.2, 0.5])
