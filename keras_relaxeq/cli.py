@@ -445,9 +445,8 @@ def _check_serving_base(base: Path) -> None:
         read_models_config(config)
     except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-        raise ZooError(f"{config} cannot be updated ({str(detail).rstrip('.')}); fix or remove it and "
-                       "run again. "
-                       "Nothing was copied.") from None
+        raise ZooError(f"{config} cannot be updated ({str(detail).rstrip('.')}); fix or remove it "
+                       "and run again. Nothing was copied.") from None
 
 
 def cmd_serve_config(args, out) -> int:
