@@ -9,8 +9,8 @@
 
 Every ``zoo`` command takes ``--index PATH`` (default ``$KERAS_RELAXEQ_ZOO_INDEX`` or the
 repository's ``zoo/index.json``). Exit status: 0 success, 1 a zoo error or a failed check,
-2 usage error; every error is one line on stderr. ``--help``, ``list``, ``info`` and
-``download`` do not import TensorFlow.
+2 usage error; every error is one line on stderr. ``--help``, ``list``, ``info``, ``download``
+and ``serve-config`` do not import TensorFlow (``verify`` and ``publish`` load models).
 """
 
 from __future__ import annotations

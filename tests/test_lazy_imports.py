@@ -37,9 +37,12 @@ with contextlib.redirect_stderr(io.StringIO()):
         cli.main(["--help"], out=out)
     except SystemExit as exc:
         seen["help_exit"] = exc.code
-codes = [cli.main(["zoo", "list"], out=out), cli.main(["zoo", "info", zoo.list_models()[0]], out=out),
-         cli.main(["zoo", "download", zoo.list_models()[0], "--no-progress",
-                   "--cache-dir", {str(tmp_path / "cache")!r}], out=out)]
+name = zoo.list_models()[0]
+codes = [cli.main(["zoo", "list"], out=out), cli.main(["zoo", "info", name], out=out),
+         cli.main(["zoo", "download", name, "--no-progress", "--cache-dir", {str(tmp_path / "c")!r}],
+                  out=out),
+         cli.main(["zoo", "serve-config", name, "--cache-dir", {str(tmp_path / "c")!r},
+                   "--base-dir", {str(tmp_path / "serving")!r}], out=out)]
 seen["codes"] = codes
 seen["after"] = sorted({{"tensorflow", "keras"}} & set(sys.modules))
 print(json.dumps(seen))
@@ -47,8 +50,9 @@ print(json.dumps(seen))
     result = run_python(code)
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout.splitlines()[-1])
+    assert (tmp_path / "serving" / "models.config").is_file()
     assert seen == {"import": [], "kr.zoo": ["keras_relaxeq.zoo", True], "help_exit": 0,
-                    "codes": [0, 0, 0], "after": []}
+                    "codes": [0, 0, 0, 0], "after": []}
 
 
 @pytest.fixture(scope="module")
