@@ -810,10 +810,13 @@ def ensure_artifact(entry: ZooEntry, artifact: Artifact, *, catalogue: Catalogue
                                 extract=extract, fetch_missing=fetch_missing, policy=policy)
     except OSError as exc:
         where = exc.filename or edir
+        hint = (" A cache shared by several users must be readable by all of them (on the "
+                "machine that filled it: chmod -R a+rX <cache>)."
+                if exc.errno in (errno.EACCES, errno.EPERM) else "")
         raise CacheError(f"Cannot use the model cache at {edir} for {entry.name} "
                          f"v{entry.version}: {exc.strerror or exc} ({where}). Fix or free that "
                          f"location, or point {ENV_CACHE} (or --cache-dir / cache_dir=) at "
-                         "another directory.") from None
+                         f"another directory.{hint}") from None
 
 
 def _ensure_artifact(entry: ZooEntry, artifact: Artifact, edir: Path, *, catalogue, cache_dir,

@@ -682,6 +682,12 @@ def test_read_only_shared_cache_is_readable_by_another_user(zoo, umask):
         want = str(ro / "zoo" / NAME / "1" / "saved_model")
         assert output.split() == [want, want]
         assert modes_under(ro) == before
+
+        # A cache whose archive only its owner can read (as older versions wrote them): a
+        # CacheError saying how to share it, not a PermissionError.
+        (ro / "zoo" / NAME / "1" / "tiny_so3_toy-1.tar.gz").chmod(0o400)
+        ok, output = as_other_user(lambda: [dl.cached_path(NAME, cache_dir=ro, index=index)])
+        assert not ok and output.startswith("CacheError: ") and "chmod -R a+rX" in output
     finally:
         for p in [shared, *shared.rglob("*")]:
             if p.is_dir():
