@@ -543,6 +543,11 @@ def main(argv=None, out=None) -> int:
               "--help)", file=sys.stderr)
         return 2
     try:
+        if hasattr(args, "max_tries"):  # the fetching commands: bad settings fail once, up front
+            from keras_relaxeq.zoo.download import RetryPolicy, is_offline
+
+            is_offline(args.offline)
+            RetryPolicy.resolve(args.max_tries)
         return COMMANDS[args.zoo_command](args, out)
     except ZooError as exc:
         message = str(exc)

@@ -296,7 +296,7 @@ def assert_one_line(err):
 
 
 @pytest.mark.parametrize("case", [
-    "cache_dir_is_a_file", "max_tries_0", "max_tries_env_abc", "base_dir_is_a_file",
+    "cache_dir_is_a_file", "max_tries_0", "max_tries_env_abc", "verify_timeout_env", "base_dir_is_a_file",
     "num_points_0", "num_samples_0", "atol_negative", "version_7", "version_abc", "no_command",
     "index_not_utf8", "offline_env_garbage",
 ])
@@ -311,6 +311,7 @@ def test_user_errors_are_one_line(env, capsys, monkeypatch, case):
         "max_tries_0": ((*zoo, "download", "tiny_so3_toy", "--max-tries", "0"), 2, "--max-tries"),
         "max_tries_env_abc": ((*zoo, "download", "tiny_so3_toy", "--no-progress"), 1,
                               "KERAS_RELAXEQ_MAX_TRIES='abc'"),
+        "verify_timeout_env": ((*zoo, "verify", "--no-progress"), 1, "KERAS_RELAXEQ_TIMEOUT='0'"),
         "base_dir_is_a_file": ((*zoo, "serve-config", "--base-dir", str(a_file / "sub")), 1,
                                "is a file, not a directory"),
         "num_points_0": ((*zoo, "verify", "--num-points", "0"), 2, "--num-points"),
@@ -326,6 +327,8 @@ def test_user_errors_are_one_line(env, capsys, monkeypatch, case):
     }[case]
     if case == "max_tries_env_abc":
         monkeypatch.setenv("KERAS_RELAXEQ_MAX_TRIES", "abc")
+    if case == "verify_timeout_env":
+        monkeypatch.setenv("KERAS_RELAXEQ_TIMEOUT", "0")
     if case == "index_not_utf8":
         a_file.write_bytes(b"\xff\xfe{}")
     if case == "offline_env_garbage":
