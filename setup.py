@@ -28,6 +28,7 @@ setup(
         "numpy>=1.26",
         "h5py>=3.10",
         "tqdm>=4.66",
+        "wrapt>=1.14",  # post-import hooks: Keras classes registered without importing TF eagerly
         "matplotlib>=3.8",
         "tensorboard>=2.20",
         "importlib_resources>=6",  # imported by tensorflow-datasets builders, not declared by it

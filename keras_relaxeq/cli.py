@@ -9,7 +9,8 @@
 
 Every ``zoo`` command takes ``--index PATH`` (default ``$KERAS_RELAXEQ_ZOO_INDEX`` or the
 repository's ``zoo/index.json``). Exit status: 0 success, 1 a zoo error or a failed check,
-2 usage error.
+2 usage error; every error is one line on stderr. ``--help``, ``list``, ``info``, ``download``
+and ``serve-config`` do not import TensorFlow (``verify`` and ``publish`` load models).
 """
 
 from __future__ import annotations
@@ -23,6 +24,44 @@ import tempfile
 from pathlib import Path
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (exit status 2)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _int_at_least(minimum: int):
+    """An argparse ``type``: an integer ``>= minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
+
+
+def _tolerance(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
 def _add_fetch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="cache root (default $KERAS_RELAXEQ_CACHE or "
                                        "~/.keras/keras_relaxeq)")
@@ -33,12 +72,12 @@ def _add_fetch_args(p: argparse.ArgumentParser) -> None:
                         "mirrors only")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar")
-    p.add_argument("--max-tries", type=int, default=None,
+    p.add_argument("--max-tries", type=_positive_int, default=None,
                    help="tries per download for transient errors (default 5)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="relaxeq", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="relaxeq", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command")
     zoo = sub.add_parser("zoo", help="model zoo: list, inspect, download, verify, serve")
     zoo.add_argument("--index", help="catalogue file (default $KERAS_RELAXEQ_ZOO_INDEX or "
@@ -51,13 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = zsub.add_parser("info", help="show one entry (metadata, metrics, card)")
     p.add_argument("name")
-    p.add_argument("--version", type=int, default=None)
+    p.add_argument("--version", type=_positive_int, default=None,
+                   help="version (default: the latest)")
     p.add_argument("--card", action="store_true", help="print the model card")
     p.add_argument("--json", action="store_true", help="print the raw catalogue entry")
 
     p = zsub.add_parser("download", help="download, verify and extract one entry")
     p.add_argument("name")
-    p.add_argument("--version", type=int, default=None)
+    p.add_argument("--version", type=_positive_int, default=None,
+                   help="version (default: the latest)")
     _add_fetch_args(p)
 
     p = zsub.add_parser("verify", help="check hash, loading, serving signature and the symmetry "
@@ -65,15 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
                                        "equivariance of N-body models)")
     p.add_argument("names", nargs="*", help="entries to check (default: all, every version)")
     _add_fetch_args(p)
-    p.add_argument("--num-samples", type=int, default=4,
+    p.add_argument("--num-samples", type=_positive_int, default=4,
                    help="point clouds (classifiers) or N-body systems per check")
-    p.add_argument("--num-points", type=int, default=None,
+    p.add_argument("--num-points", type=_positive_int, default=None,
                    help="points per cloud (default: the entry's input.num_points, else 256)")
-    p.add_argument("--atol", type=float, default=1e-4)
-    p.add_argument("--rtol", type=float, default=1e-3,
+    p.add_argument("--atol", type=_tolerance, default=1e-4)
+    p.add_argument("--rtol", type=_tolerance, default=1e-3,
                    help="tolerance on logits / predicted positions: |a-b| <= atol + rtol*max|a| "
                         "(float32)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_non_negative_int, default=0)
 
     p = zsub.add_parser("serve-config", help="lay out downloaded entries for TF Serving and "
                                              "write models.config")
@@ -386,6 +427,27 @@ def cmd_verify(args, out) -> int:
     return 1 if failures else 0
 
 
+def _check_serving_base(base: Path) -> None:
+    """Before anything is copied: ``base`` (or an existing parent) is a directory, and an existing
+    ``models.config`` in it can be parsed and updated."""
+    from keras_relaxeq.export.serving import MODELS_CONFIG, read_models_config
+    from keras_relaxeq.zoo.errors import ZooError
+
+    for p in (base, *base.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ZooError(f"--base-dir {base}: {p} is a file, not a directory; pass a "
+                               "directory (created if missing).")
+            break
+    config = base / MODELS_CONFIG
+    try:
+        read_models_config(config)
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ZooError(f"{config} cannot be updated ({str(detail).rstrip('.')}); fix or remove it "
+                       "and run again. Nothing was copied.") from None
+
+
 def cmd_serve_config(args, out) -> int:
     from keras_relaxeq.export.serving import update_models_config
     from keras_relaxeq.zoo import registry
@@ -400,11 +462,12 @@ def cmd_serve_config(args, out) -> int:
 
     cat = registry.load_index(args.index)
     base = Path(args.base_dir).expanduser()
-    prefix = args.model_base_path_prefix or str(base.resolve())
     entries = sorted(cat.entries, key=lambda e: (e.name, e.version))
     if args.names:
         wanted = {cat.get(name).name for name in args.names}  # unknown names: typed error, close matches
         entries = [e for e in entries if e.name in wanted]
+    _check_serving_base(base)
+    prefix = args.model_base_path_prefix or str(base.resolve())
     served = {}
     for e in entries:
         src = cached_path(e.name, e.version, cache_dir=args.cache_dir, index=args.index)
@@ -475,15 +538,24 @@ def main(argv=None, out=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command != "zoo" or not getattr(args, "zoo_command", None):
-        parser.print_help(file=sys.stderr)
+        print(f"relaxeq: error: name a command: relaxeq zoo {{{','.join(COMMANDS)}}} (see relaxeq "
+              "--help)", file=sys.stderr)
         return 2
     try:
+        if hasattr(args, "max_tries"):  # the fetching commands: bad settings fail once, up front
+            from keras_relaxeq.zoo.download import RetryPolicy, is_offline
+
+            is_offline(args.offline)
+            RetryPolicy.resolve(args.max_tries)
         return COMMANDS[args.zoo_command](args, out)
     except ZooError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        message = str(exc)
+    except OSError as exc:  # a path given by the user (or the disk) failed
+        message = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
     except KeyboardInterrupt:
         return 130
+    print("error: " + " ".join(message.split()), file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,6 +5,10 @@ import hashlib
 import importlib.metadata
 import io
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -269,3 +273,100 @@ def test_serve_config_downloads_the_named_entries(env, capsys):
     code, _ = run("zoo", "--index", index, "serve-config", "tiny_so3_tyo", "--base-dir", str(env["tmp"] / "s2"))
     err = capsys.readouterr().err
     assert code == 1 and "tiny_so3_toy" in err and not (env["tmp"] / "s2").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# User errors: one line on stderr, non-zero exit, no traceback.
+# ---------------------------------------------------------------------------------------------
+
+
+def run_user_error(capsys, *argv):
+    """Exit status and stderr of ``relaxeq argv`` run in-process (argparse exits via SystemExit)."""
+    capsys.readouterr()
+    try:
+        code = cli.main(list(argv), out=io.StringIO())
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+def assert_one_line(err):
+    assert err.endswith("\n") and err.count("\n") == 1, err
+    assert "Traceback" not in err and "version=None" not in err
+
+
+@pytest.mark.parametrize("case", [
+    "cache_dir_is_a_file", "max_tries_0", "max_tries_env_abc", "verify_timeout_env", "base_dir_is_a_file",
+    "num_points_0", "num_samples_0", "atol_negative", "version_7", "version_abc", "no_command",
+    "index_not_utf8", "offline_env_garbage",
+])
+def test_user_errors_are_one_line(env, capsys, monkeypatch, case):
+    index = env["make_index"](entry("tiny_so3_toy", env["built"]["tiny_so3_toy"]))
+    a_file = env["tmp"] / "a_file"
+    a_file.write_text("x")
+    zoo = ("zoo", "--index", index)
+    argv, want_code, words = {
+        "cache_dir_is_a_file": ((*zoo, "download", "tiny_so3_toy", "--cache-dir", str(a_file)), 1,
+                                "is a file, not a directory"),
+        "max_tries_0": ((*zoo, "download", "tiny_so3_toy", "--max-tries", "0"), 2, "--max-tries"),
+        "max_tries_env_abc": ((*zoo, "download", "tiny_so3_toy", "--no-progress"), 1,
+                              "KERAS_RELAXEQ_MAX_TRIES='abc'"),
+        "verify_timeout_env": ((*zoo, "verify", "--no-progress"), 1, "KERAS_RELAXEQ_TIMEOUT='0'"),
+        "base_dir_is_a_file": ((*zoo, "serve-config", "--base-dir", str(a_file / "sub")), 1,
+                               "is a file, not a directory"),
+        "num_points_0": ((*zoo, "verify", "--num-points", "0"), 2, "--num-points"),
+        "num_samples_0": ((*zoo, "verify", "--num-samples", "0"), 2, "--num-samples"),
+        "atol_negative": ((*zoo, "verify", "--atol", "-1"), 2, "--atol"),
+        "version_7": ((*zoo, "info", "tiny_so3_toy", "--version", "7"), 1,
+                      "no version 7; available versions: 1 (give no version for the latest"),
+        "version_abc": ((*zoo, "download", "tiny_so3_toy", "--version", "1; rm"), 2, "--version"),
+        "no_command": ((), 2, "name a command"),
+        "index_not_utf8": (("zoo", "--index", str(a_file), "list"), 1, "not UTF-8"),
+        "offline_env_garbage": ((*zoo, "download", "tiny_so3_toy", "--no-progress"), 1,
+                                "KERAS_RELAXEQ_OFFLINE='sometimes'"),
+    }[case]
+    if case == "max_tries_env_abc":
+        monkeypatch.setenv("KERAS_RELAXEQ_MAX_TRIES", "abc")
+    if case == "verify_timeout_env":
+        monkeypatch.setenv("KERAS_RELAXEQ_TIMEOUT", "0")
+    if case == "index_not_utf8":
+        a_file.write_bytes(b"\xff\xfe{}")
+    if case == "offline_env_garbage":
+        monkeypatch.setenv(ENV_OFFLINE, "sometimes")
+    code, err = run_user_error(capsys, *argv)
+    assert code == want_code
+    assert_one_line(err)
+    assert words in err
+    assert not env["cache"].exists()  # nothing was downloaded
+
+
+@pytest.mark.parametrize("garbage", [b"not a config at all\n", b"model_config_list { config {",
+                                     b"\xff\xfe\x00"])
+def test_serve_config_checks_models_config_before_copying(env, capsys, garbage):
+    index = env["make_index"](entry("tiny_so3_toy", env["built"]["tiny_so3_toy"]))
+    assert run("zoo", "--index", index, "download", "tiny_so3_toy", "--no-progress")[0] == 0
+    base = env["tmp"] / "serving"
+    base.mkdir()
+    (base / "models.config").write_bytes(garbage)
+    code, err = run_user_error(capsys, "zoo", "--index", index, "serve-config", "--base-dir", str(base))
+    assert code == 1
+    assert_one_line(err)
+    assert "models.config cannot be updated" in err and "Nothing was copied" in err
+    assert sorted(p.name for p in base.iterdir()) == ["models.config"]  # nothing copied in
+    assert (base / "models.config").read_bytes() == garbage
+
+
+def test_console_script_error_in_a_fresh_process(env):
+    """The installed ``relaxeq`` script: a user error is one line, exit status 1."""
+    script = shutil.which("relaxeq") or str(Path(sys.executable).parent / "relaxeq")
+    a_file = env["tmp"] / "a_file"
+    a_file.write_text("x")
+    index = env["make_index"](entry("tiny_so3_toy", env["built"]["tiny_so3_toy"]))
+    result = subprocess.run([script, "zoo", "--index", index, "download", "tiny_so3_toy",
+                             "--cache-dir", str(a_file), "--no-progress"],
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ,
+                                 "PYTHONPATH": str(Path(cli.__file__).resolve().parents[1])})
+    assert result.returncode == 1 and result.stdout == ""
+    assert_one_line(result.stderr)
+    assert result.stderr.startswith("error: The model cache") and str(a_file) in result.stderr

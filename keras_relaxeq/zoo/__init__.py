@@ -9,6 +9,10 @@
 Environment: ``KERAS_RELAXEQ_CACHE`` (cache root, default ``~/.keras/keras_relaxeq``),
 ``KERAS_RELAXEQ_ZOO_URL`` (mirror), ``KERAS_RELAXEQ_OFFLINE=1`` (no network),
 ``KERAS_RELAXEQ_ZOO_INDEX`` (another catalogue). See ``zoo/README.md``.
+
+Importing this package does not import TensorFlow (only loading a model does), so ``relaxeq zoo
+list`` and ``info`` start quickly; ``keras_relaxeq.zoo`` is also reachable as an attribute of
+``keras_relaxeq`` without importing it first.
 """
 
 from keras_relaxeq.zoo.download import (
@@ -24,6 +28,7 @@ from keras_relaxeq.zoo.errors import (
     DownloadError,
     HashMismatchError,
     InvalidIndexError,
+    InvalidSettingError,
     KerasFormatUnavailableError,
     NetworkError,
     OfflineError,
@@ -47,6 +52,7 @@ __all__ = [
     "DownloadError",
     "HashMismatchError",
     "InvalidIndexError",
+    "InvalidSettingError",
     "KerasFormatUnavailableError",
     "NetworkError",
     "OfflineError",

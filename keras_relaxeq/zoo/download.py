@@ -20,7 +20,12 @@ Offline (``offline=True`` or ``KERAS_RELAXEQ_OFFLINE=1``): no network access at 
 ``KERAS_RELAXEQ_ZOO_URL`` at a copied folder of artifacts.
 
 Read-only caches: when the entry is present and verifies, nothing is written. A read-only cache
-that lacks the entry gives a :class:`CacheError` saying how to pre-fill it.
+that lacks the entry gives a :class:`CacheError` saying how to pre-fill it. Files and directories
+are created with the permissions of the umask (0644 / 0755 under the usual 022), so a cache filled
+by one user can be read by others.
+
+Temporary files (``.tmp-download-*.part``, ``.tmp-extract-*``) hold an advisory lock while in use;
+ones left behind by a killed process are removed the next time the entry is used.
 """
 
 from __future__ import annotations
@@ -30,11 +35,13 @@ import hashlib
 import http.client
 import os
 import random
+import secrets
 import shutil
 import socket
+import math
 import stat
+import sys
 import tarfile
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -43,6 +50,11 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: stale temp files are recognised by age only
+    fcntl = None
 
 from keras_relaxeq.zoo.errors import (
     MIRROR_HINT,
@@ -54,6 +66,7 @@ from keras_relaxeq.zoo.errors import (
     NetworkError,
     OfflineError,
     UnsafeArchiveError,
+    InvalidSettingError,
     ZooError,
 )
 from keras_relaxeq.zoo.registry import Artifact, Catalogue, ZooEntry, load_index
@@ -75,19 +88,72 @@ DEFAULT_TIMEOUT = 60.0
 TRANSIENT_HTTP = frozenset({408, 425, 429})
 _READ_ONLY_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 
+#: An archive may expand to at most this many times the size the catalogue declares for it
+#: (the published SavedModels expand 1.4-2.7 times); more is refused as a decompression bomb.
+MAX_EXPANSION = 64
+#: At most this many archive members (a SavedModel has a handful).
+MAX_MEMBERS = 10_000
+TMP_DOWNLOAD_PREFIX = ".tmp-download-"
+TMP_DOWNLOAD_SUFFIX = ".part"
+TMP_EXTRACT_PREFIX = ".tmp-extract-"
+#: A temporary file or directory younger than this (seconds) is never treated as stale.
+STALE_GRACE = 60.0
+#: Where advisory locks are unavailable, a temporary entry is stale after this many seconds.
+STALE_AGE_WITHOUT_LOCKS = 24 * 3600.0
+#: Without a terminal, progress is one line at the start, one every LOG_INTERVAL seconds and one
+#: at the end (a terminal gets a tqdm bar).
+LOG_INTERVAL = 10.0
+
 
 # ---------------------------------------------------------------------------------------------
 # Configuration.
 # ---------------------------------------------------------------------------------------------
 
 
-def _truthy(value) -> bool:
-    return str(value).strip().lower() in {"1", "true", "yes", "on"}
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
 
 
 def is_offline(offline: bool | None = None) -> bool:
-    """``offline`` if given, else ``$KERAS_RELAXEQ_OFFLINE`` (1/true/yes/on)."""
-    return bool(offline) if offline is not None else _truthy(os.environ.get(ENV_OFFLINE, ""))
+    """``offline`` if given, else ``$KERAS_RELAXEQ_OFFLINE`` (1/true/yes/on or 0/false/no/off)."""
+    if offline is not None:
+        return bool(offline)
+    raw = os.environ.get(ENV_OFFLINE, "")
+    value = raw.strip().lower()
+    if value not in _TRUE | _FALSE:
+        raise InvalidSettingError(f"${ENV_OFFLINE}={raw!r} is not understood: set it to 1 (offline) "
+                                  "or 0 (network allowed), or unset it.")
+    return value in _TRUE
+
+
+def _number_setting(value, env_var: str, arg: str, default, *, integer: bool, minimum: float,
+                    strict: bool, what: str):
+    """``value`` (an argument), else ``$env_var``, else ``default``, checked to be a finite
+    number ``>= minimum`` (``> minimum`` if ``strict``); :class:`InvalidSettingError` otherwise."""
+    if value is not None:
+        source, raw = f"{arg}=", value
+    else:
+        raw = os.environ.get(env_var, "")
+        if not raw.strip():
+            return default
+        source = f"${env_var}="
+    try:
+        if isinstance(raw, bool):
+            raise ValueError
+        if integer:
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError
+            number = int(raw.strip() if isinstance(raw, str) else raw)
+        else:
+            number = float(raw.strip() if isinstance(raw, str) else raw)
+        if not math.isfinite(number) or number < minimum or (strict and number == minimum):
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        bound = f"{'>' if strict else '>='} {minimum:g}"
+        kind = "an integer" if integer else "a number"
+        raise InvalidSettingError(f"{source}{raw!r} is invalid: {what} must be {kind} {bound} "
+                                  f"(default {default:g}).") from None
+    return number
 
 
 def cache_root(cache_dir=None) -> Path:
@@ -124,14 +190,14 @@ class RetryPolicy:
 
     @classmethod
     def resolve(cls, max_tries=None, base_delay=None, timeout=None) -> "RetryPolicy":
-        env = os.environ
-        mt = int(max_tries if max_tries is not None else env.get(ENV_MAX_TRIES, DEFAULT_MAX_TRIES))
-        bd = float(base_delay if base_delay is not None
-                   else env.get(ENV_RETRY_DELAY, DEFAULT_BASE_DELAY))
-        to = float(timeout if timeout is not None else env.get(ENV_TIMEOUT, DEFAULT_TIMEOUT))
-        if mt < 1:
-            raise ValueError("max_tries must be >= 1")
-        return cls(max_tries=mt, base_delay=max(bd, 0.0), timeout=to)
+        mt = _number_setting(max_tries, ENV_MAX_TRIES, "max_tries", DEFAULT_MAX_TRIES,
+                             integer=True, minimum=1, strict=False, what="the number of tries")
+        bd = _number_setting(base_delay, ENV_RETRY_DELAY, "base_delay", DEFAULT_BASE_DELAY,
+                             integer=False, minimum=0, strict=False,
+                             what="the first retry delay (seconds)")
+        to = _number_setting(timeout, ENV_TIMEOUT, "timeout", DEFAULT_TIMEOUT, integer=False,
+                             minimum=0, strict=True, what="the socket timeout (seconds)")
+        return cls(max_tries=mt, base_delay=bd, timeout=to)
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         d = self.base_delay * (2 ** (attempt - 1))
@@ -242,6 +308,94 @@ def tree_problems(directory: Path, manifest: dict[str, tuple]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Temporary files: created with the umask's permissions, locked while in use, stale ones removed.
+# ---------------------------------------------------------------------------------------------
+
+
+def _new_temp(directory, prefix: str, suffix: str = "", *, is_dir: bool = False):
+    """``(path, fd)`` of a new, uniquely named file opened for writing, or ``(path, None)`` of a
+    new directory. Unlike :mod:`tempfile` (0600 / 0700), the mode is 0666 / 0777 minus the umask,
+    so what is renamed into the cache is readable by the users the umask allows."""
+    for _ in range(100):
+        path = os.path.join(os.fspath(directory), f"{prefix}{secrets.token_hex(8)}{suffix}")
+        try:
+            if is_dir:
+                os.mkdir(path)
+                return path, None
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+            return path, os.open(path, flags, 0o666)
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", os.fspath(directory))
+
+
+def _lock(fd: int) -> None:
+    """Hold an advisory lock on ``fd`` until it is closed (also when the process is killed): it
+    tells :func:`clean_stale_temp` that the temporary file or directory is in use."""
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pass  # no locks on this file system: the entry is protected by its age only
+
+
+def _in_use(path: str) -> bool | None:
+    """True if a process holds the lock of ``path``, False if none does, None if unknown."""
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return False
+
+
+def _is_temp_name(name: str) -> bool:
+    return ((name.startswith(TMP_DOWNLOAD_PREFIX) and name.endswith(TMP_DOWNLOAD_SUFFIX))
+            or name.startswith(TMP_EXTRACT_PREFIX))
+
+
+def clean_stale_temp(directory) -> list[Path]:
+    """Remove the temporary downloads and extractions in ``directory`` that a killed process left
+    behind: older than :data:`STALE_GRACE` seconds and not locked by a running download (where
+    locks are unavailable: older than :data:`STALE_AGE_WITHOUT_LOCKS`). Returns what was removed;
+    what cannot be removed (a read-only cache) is left alone."""
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    now = time.time()
+    for name in names:
+        if not _is_temp_name(name):
+            continue
+        path = os.path.join(os.fspath(directory), name)
+        try:
+            age = now - os.lstat(path).st_mtime
+        except OSError:
+            continue
+        if age < STALE_GRACE:
+            continue
+        in_use = _in_use(path)
+        if in_use or (in_use is None and age < STALE_AGE_WITHOUT_LOCKS):
+            continue
+        try:
+            _remove(Path(path))
+        except OSError:
+            continue
+        removed.append(Path(path))
+    return removed
+
+
+# ---------------------------------------------------------------------------------------------
 # Safe extraction.
 # ---------------------------------------------------------------------------------------------
 
@@ -250,14 +404,49 @@ def _within(base: str, path: str) -> bool:
     return os.path.commonpath([base, path]) == base
 
 
-def check_members(members, dest) -> None:
+def extraction_limit(artifact: Artifact) -> int:
+    """The most bytes ``artifact`` may expand to: :data:`MAX_EXPANSION` times its declared size."""
+    return MAX_EXPANSION * artifact.size
+
+
+def _read_members(tar, archive, max_bytes: int | None, max_members: int | None) -> list:
+    """The members of ``tar``, stopping as soon as their total size or number exceeds a limit
+    (so that a decompression bomb is not even decompressed in full)."""
+    members, total = [], 0
+    for m in tar:
+        members.append(m)
+        total += m.size if m.isreg() else 0
+        if max_members is not None and len(members) > max_members:
+            raise UnsafeArchiveError(f"{archive} has more than {max_members} members; a zoo "
+                                     "archive has a handful. Refusing to extract it. "
+                                     + REPORT_URL_HINT)
+        if max_bytes is not None and total > max_bytes:
+            raise UnsafeArchiveError(
+                f"{archive} expands to more than {max_bytes} bytes, the limit for this artifact "
+                f"({MAX_EXPANSION} times the archive size the catalogue declares): refusing to "
+                "extract it (a decompression bomb, or a wrong size in the catalogue). "
+                + REPORT_URL_HINT)
+    return members
+
+
+def _umask_data_filter(member, dest_path):
+    """``tarfile``'s ``data`` filter, then no mode at all: files and directories get 0666 / 0777
+    minus the umask, like any file the user creates (the data filter alone makes directories
+    0700)."""
+    return tarfile.data_filter(member, dest_path).replace(mode=None, deep=False)
+
+
+def check_members(members, dest, *, max_bytes: int | None = None,
+                  max_members: int | None = None) -> None:
     """Raise :class:`UnsafeArchiveError` unless every member is a plain file or directory whose
-    path stays inside ``dest``.
+    path stays inside ``dest``, and the members are at most ``max_members`` with at most
+    ``max_bytes`` in total.
 
     Rejected: absolute paths, ``..`` components, paths resolving outside ``dest``, symbolic and
     hard links (zoo archives never need them; links pointing outside are reported as such),
     device files, FIFOs, duplicate names, NUL bytes.
     """
+    _read_members(iter(members), "The archive", max_bytes, max_members)
     base = os.path.realpath(dest)
     seen = set()
     for m in members:
@@ -295,20 +484,30 @@ def check_members(members, dest) -> None:
         seen.add(key)
 
 
-def safe_extract(archive, dest, *, require_saved_model: bool = True) -> Path:
+def safe_extract(archive, dest, *, require_saved_model: bool = True, max_bytes: int | None = None,
+                 max_members: int | None = MAX_MEMBERS) -> Path:
     """Extract ``archive`` to ``dest`` atomically (temp dir next to it, then rename).
 
-    Members are checked with :func:`check_members` and extracted with ``filter="data"``.
+    Members are checked with :func:`check_members` (at most ``max_members`` members and
+    ``max_bytes`` bytes in total) and extracted with ``filter="data"``, with the umask's
+    permissions.
     """
     dest = Path(dest)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-extract-", dir=dest.parent))
+    tmp_name, _ = _new_temp(dest.parent, TMP_EXTRACT_PREFIX, is_dir=True)
+    tmp = Path(tmp_name)
+    lock_fd = None
     try:
         try:
+            lock_fd = os.open(tmp, os.O_RDONLY)
+            _lock(lock_fd)
+        except OSError:
+            pass  # directories cannot be opened here (Windows): protected by their age only
+        try:
             with tarfile.open(archive, "r:gz") as tar:
-                members = tar.getmembers()
+                members = _read_members(tar, archive, max_bytes, max_members)
                 check_members(members, tmp)
                 if hasattr(tarfile, "data_filter"):
-                    tar.extractall(tmp, members=members, filter="data")
+                    tar.extractall(tmp, members=members, filter=_umask_data_filter)
                 else:  # pragma: no cover - Python without PEP 706
                     tar.extractall(tmp, members=members)
         except tarfile.FilterError as exc:
@@ -329,6 +528,8 @@ def safe_extract(archive, dest, *, require_saved_model: bool = True) -> Path:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if lock_fd is not None:
+            os.close(lock_fd)
     return dest
 
 
@@ -375,9 +576,58 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+class _LogProgress:
+    """Download progress for logs (stderr is not a terminal, where a tqdm bar would leave only
+    its first ``0%`` state): a line at the start, one every :data:`LOG_INTERVAL` seconds, one
+    when an attempt is abandoned and one at the end, each formatted by tqdm."""
+
+    _FORMAT = "{desc}: {percentage:3.0f}% {n_fmt}B/{total_fmt}B [{elapsed}, {rate_fmt}]"
+
+    def __init__(self, total: int, desc: str, file, interval: float):
+        self.total, self.desc, self.file, self.interval = total, desc, file, interval
+        self.n = 0
+        self.start = self.last = time.monotonic()
+        self._line()
+
+    def _line(self, note: str = "") -> None:
+        from tqdm import tqdm
+
+        meter = tqdm.format_meter(self.n, self.total, time.monotonic() - self.start,
+                                  prefix=self.desc, unit="B", unit_scale=True, unit_divisor=1024,
+                                  bar_format=self._FORMAT)
+        print(meter + note, file=self.file, flush=True)
+
+    def update(self, n: int) -> None:
+        self.n += n
+        now = time.monotonic()
+        if now - self.last >= self.interval and self.n < self.total:
+            self.last = now
+            self._line()
+
+    def reset(self, total: int | None = None) -> None:
+        if self.n:
+            self._line(" (attempt failed; retrying)")
+        self.total = self.total if total is None else total
+        self.n = 0
+        self.start = self.last = time.monotonic()
+
+    def close(self) -> None:
+        self._line(" done" if self.n == self.total else " (stopped)")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def _progress_bar(total: int, desc: str, enabled: bool):
+    """A tqdm bar on a terminal, periodic lines in logs, nothing when not ``enabled``."""
     from tqdm.auto import tqdm
 
+    stream = sys.stderr
+    if enabled and stream is not None and not (hasattr(stream, "isatty") and stream.isatty()):
+        return _LogProgress(total, desc, stream, LOG_INTERVAL)
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
                 disable=not enabled, leave=False)
 
@@ -454,7 +704,8 @@ def fetch(source: Source, dest: Path, artifact: Artifact, *, policy: RetryPolicy
         for attempt in range(1, tries + 1):
             bar.reset(total=artifact.size)
             hasher = hashlib.sha256()
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-download-", suffix=".part", dir=dest.parent)
+            tmp, fd = _new_temp(dest.parent, TMP_DOWNLOAD_PREFIX, TMP_DOWNLOAD_SUFFIX)
+            _lock(fd)  # released when the file is closed, or the process dies
             try:
                 with os.fdopen(fd, "wb") as out:
                     _fetch_once(source, out, hasher, artifact, bar, policy.timeout)
@@ -519,6 +770,25 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def _not_a_directory(path: Path) -> Path | None:
+    """The first existing ancestor of ``path`` (or ``path``) that is not a directory, if any."""
+    for p in (path, *path.parents):
+        if p.exists():
+            return None if p.is_dir() else p
+        if p.is_symlink():  # dangling link
+            return p
+    return None
+
+
+def _check_cache_path(edir: Path, cache_dir) -> None:
+    blocker = _not_a_directory(edir)
+    if blocker is not None:
+        root = cache_root(cache_dir)
+        raise CacheError(f"The model cache {root} cannot be used: {blocker} is a file, not a "
+                         f"directory. Point {ENV_CACHE} (or --cache-dir / cache_dir=) at a "
+                         "directory, or remove that file.")
+
+
 def ensure_artifact(entry: ZooEntry, artifact: Artifact, *, catalogue: Catalogue | None = None,
                     cache_dir=None, base_url=None, offline=None, progress=True,
                     extract: bool = True, fetch_missing: bool = True, max_tries=None,
@@ -527,12 +797,41 @@ def ensure_artifact(entry: ZooEntry, artifact: Artifact, *, catalogue: Catalogue
 
     With ``extract`` the extracted SavedModel directory is returned, else the file itself.
     With ``fetch_missing=False`` nothing is fetched and ``None`` means "not cached".
+    Problems with the cache directory itself (a file where a directory should be, no space
+    left, ...) are reported as :class:`CacheError`.
     """
     offline = is_offline(offline)
+    policy = RetryPolicy.resolve(max_tries, base_delay, timeout) if fetch_missing else None
     edir = entry_cache_dir(entry, cache_dir)
+    _check_cache_path(edir, cache_dir)
+    try:
+        return _ensure_artifact(entry, artifact, edir, catalogue=catalogue, cache_dir=cache_dir,
+                                base_url=base_url, offline=offline, progress=progress,
+                                extract=extract, fetch_missing=fetch_missing, policy=policy)
+    except OSError as exc:
+        where = exc.filename or edir
+        hint = (" A cache shared by several users must be readable by all of them (on the "
+                "machine that filled it: chmod -R a+rX <cache>)."
+                if exc.errno in (errno.EACCES, errno.EPERM) else "")
+        raise CacheError(f"Cannot use the model cache at {edir} for {entry.name} "
+                         f"v{entry.version}: {exc.strerror or exc} ({where}). Fix or free that "
+                         f"location, or point {ENV_CACHE} (or --cache-dir / cache_dir=) at "
+                         f"another directory.{hint}") from None
+
+
+def _ensure_artifact(entry: ZooEntry, artifact: Artifact, edir: Path, *, catalogue, cache_dir,
+                     base_url, offline: bool, progress, extract: bool, fetch_missing: bool,
+                     policy: RetryPolicy | None) -> Path | None:
     archive = edir / artifact.basename
     target = edir / EXTRACTED_DIRNAME
     label = f"{entry.name} v{entry.version}"
+    max_bytes = extraction_limit(artifact)
+    if edir.is_dir():
+        clean_stale_temp(edir)  # left by killed downloads; a read-only cache keeps them
+    if (archive.exists() or archive.is_symlink()) and not archive.is_file():
+        raise CacheError(f"{archive} is in the way: the archive of {label} belongs there, but it "
+                         f"is a directory or a special file. Remove it (rm -r {archive}) and run "
+                         "again.")
 
     def source() -> Source:
         return artifact_source(resolve_base_url(base_url, catalogue), artifact)
@@ -560,7 +859,7 @@ def ensure_artifact(entry: ZooEntry, artifact: Artifact, *, catalogue: Catalogue
             try:
                 if target.exists() or target.is_symlink():
                     _remove(target)  # not a directory: cannot be ours
-                return safe_extract(archive, target)
+                return safe_extract(archive, target, max_bytes=max_bytes)
             except OSError as exc:
                 if _is_read_only_error(exc):
                     raise _cache_error(exc, edir, entry) from None
@@ -600,8 +899,7 @@ def ensure_artifact(entry: ZooEntry, artifact: Artifact, *, catalogue: Catalogue
             f"({artifact.file}); local mirrors are allowed offline.")
     try:
         edir.mkdir(parents=True, exist_ok=True)
-        fetch(src, archive, artifact, policy=RetryPolicy.resolve(max_tries, base_delay, timeout),
-              progress=progress, desc=label)
+        fetch(src, archive, artifact, policy=policy, progress=progress, desc=label)
     except OSError as exc:
         if _is_read_only_error(exc):
             raise _cache_error(exc, edir, entry) from None
@@ -611,7 +909,7 @@ def ensure_artifact(entry: ZooEntry, artifact: Artifact, *, catalogue: Catalogue
     try:
         if target.exists():
             _remove(target)
-        return safe_extract(archive, target)
+        return safe_extract(archive, target, max_bytes=max_bytes)
     except UnsafeArchiveError:
         _remove(archive)
         raise
@@ -768,9 +1066,11 @@ __all__ = [
     "cache_root",
     "cached_path",
     "check_members",
+    "clean_stale_temp",
     "download",
     "ensure_artifact",
     "entry_cache_dir",
+    "extraction_limit",
     "fetch",
     "is_offline",
     "load",

@@ -43,8 +43,8 @@ class UnknownModelError(ZooError, KeyError):
         self.suggestions: list[str] = []
         if version is not None and self.versions:
             msg = (f"Model {name!r} has no version {version!r}; available versions: "
-                   f"{', '.join(str(v) for v in self.versions)}. Pass version=None for the "
-                   "latest.")
+                   f"{', '.join(str(v) for v in self.versions)} (give no version for the latest, "
+                   f"{self.versions[-1]}).")
         else:
             self.suggestions = difflib.get_close_matches(name, self.known, n=3, cutoff=0.5)
             msg = f"Unknown model {name!r}."
@@ -57,6 +57,10 @@ class UnknownModelError(ZooError, KeyError):
 
     def __str__(self):  # KeyError would otherwise repr() the message
         return self.args[0]
+
+
+class InvalidSettingError(ZooError, ValueError):
+    """An argument or environment variable of the zoo client has an invalid value."""
 
 
 class CacheError(ZooError):
@@ -104,6 +108,7 @@ __all__ = [
     "DownloadError",
     "HashMismatchError",
     "InvalidIndexError",
+    "InvalidSettingError",
     "KerasFormatUnavailableError",
     "NetworkError",
     "OfflineError",

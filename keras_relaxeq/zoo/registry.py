@@ -162,8 +162,10 @@ class Catalogue:
             raise UnknownModelError(name, self.names())
         if version is None:
             return max(candidates, key=lambda e: e.version)
+        wanted = version if isinstance(version, int) and not isinstance(version, bool) else (
+            int(version) if isinstance(version, str) and version.strip().isdecimal() else None)
         for e in candidates:
-            if e.version == int(version):
+            if e.version == wanted:
                 return e
         raise UnknownModelError(name, self.names(), version=version,
                                 versions=self.versions(name))
@@ -327,7 +329,16 @@ def load_index(index=None) -> Catalogue:
             return _cache[key]
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+    except OSError as exc:
+        raise InvalidIndexError(f"Cannot read the catalogue {path}: {exc.strerror or exc}. Set "
+                                f"{ENV_INDEX} (or --index) to a readable index.json.") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidIndexError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                                "save the catalogue as UTF-8 JSON.") from None
+    except RecursionError:
+        raise InvalidIndexError(f"{path} is nested too deeply to be a catalogue; fix it (schema: "
+                                "zoo/README.md).") from None
+    except ValueError as exc:  # json.JSONDecodeError, or an integer too long to convert
         raise InvalidIndexError(f"{path} is not valid JSON: {exc}") from None
     cat = parse_index(data, path)
     with _cache_lock:

@@ -1,5 +1,5 @@
 """The zoo client against a real HTTP server on 127.0.0.1 (success, cache, corruption, truncation,
-retries, offline, unsafe archives, read-only caches)."""
+retries, offline, unsafe archives, read-only caches, permissions, stale temp files, bad settings)."""
 
 import builtins
 import errno
@@ -9,8 +9,13 @@ import importlib
 import io
 import json
 import os
+import shutil
+import signal
 import stat
+import subprocess
+import sys
 import tarfile
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -39,9 +44,11 @@ NUM_CLASSES = 3
 class ZooServer:
     """Serves ``files``; ``plan[path]`` is a list of actions used by successive requests:
     ``ok``, ``corrupt`` (one byte flipped), ``truncate`` (full Content-Length, half the body, then
-    close), ``hang`` (sleep past the client's timeout), or an HTTP status code such as ``500``."""
+    close), ``hang`` (sleep past the client's timeout), ``stall`` (half the body, then wait until
+    the server is closed), or an HTTP status code such as ``500``."""
 
     def __init__(self):
+        self.closing = threading.Event()
         self.files = {}
         self.plan = {}
         self.hits = Counter()
@@ -85,9 +92,11 @@ class ZooServer:
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Connection", "close")
                 self.end_headers()
-                if action == "truncate":
+                if action in ("truncate", "stall"):
                     self.wfile.write(body[: len(body) // 2])
                     self.wfile.flush()
+                    if action == "stall":
+                        server.closing.wait(30)
                     self.close_connection = True
                     return
                 self.wfile.write(body)
@@ -103,6 +112,7 @@ class ZooServer:
         return sum(self.hits.values())
 
     def close(self):
+        self.closing.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -586,3 +596,276 @@ def test_latest_version_is_default(zoo, artifact):
     assert dl.download(NAME, progress=False) == zoo["cache"] / "zoo" / NAME / "2" / "saved_model"
     assert dl.download(NAME, 1, progress=False) == zoo["edir"] / "saved_model"
     assert dl.cached_path(NAME, 2) is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# Permissions, stale temporary files, size limits, paths in the way, settings, odd inputs.
+# ---------------------------------------------------------------------------------------------
+
+REPO = Path(dl.__file__).resolve().parents[2]
+
+
+def modes_under(root):
+    """``{relative path: permission bits}`` of ``root`` and everything below it."""
+    root = Path(root)
+    return {p.relative_to(root).as_posix(): stat.S_IMODE(p.lstat().st_mode)
+            for p in [root, *root.rglob("*")]}
+
+
+@pytest.fixture
+def umask():
+    old = os.umask(0o022)
+    yield lambda mask: os.umask(mask)
+    os.umask(old)
+
+
+@pytest.mark.parametrize("mask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)],
+                         ids=["umask022", "umask077"])
+def test_cache_files_follow_the_umask(zoo, umask, mask, file_mode, dir_mode):
+    umask(mask)
+    path = dl.download(NAME, base_url=zoo["server"].url, progress=False)
+    modes = modes_under(zoo["cache"])
+    assert len(modes) > 8 and "zoo/tiny_so3_toy/1/tiny_so3_toy-1.tar.gz" in modes
+    for rel, mode in modes.items():
+        want = dir_mode if (zoo["cache"] / rel).is_dir() else file_mode
+        assert mode == want, f"{rel}: {oct(mode)}, expected {oct(want)}"
+    assert (path / "saved_model.pb").is_file()
+
+
+def as_other_user(fn):
+    """``(ok, output)`` of ``fn()`` run in a forked child as the unprivileged uid/gid 65534 when
+    this process is root (whom permission bits do not stop; a fork, because the interpreter may lie
+    under a directory that uid cannot enter), else as the current user (whom they do stop)."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never returns into pytest
+        status = 1
+        try:
+            os.close(read_fd)
+            if os.geteuid() == 0:
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+            text, status = "\n".join(str(x) for x in fn()), 0
+        except BaseException as exc:  # reported to the parent
+            text = f"{type(exc).__name__}: {exc}"
+        finally:
+            os.write(write_fd, text.encode())
+            os._exit(status)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as f:
+        output = f.read().decode()
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0, output
+
+
+def test_read_only_shared_cache_is_readable_by_another_user(zoo, umask):
+    """A cache filled by one user under umask 022, copied and made read-only with chmod, is
+    verified and used offline by another user (uid 65534 when the tests run as root)."""
+    shared = Path(tempfile.mkdtemp(prefix="relaxeq-shared-"))
+    try:
+        shared.chmod(0o755)
+        umask(0o022)
+        dl.download(NAME, base_url=zoo["server"].url, progress=False,
+                    cache_dir=shared / "writable")
+        shutil.copy(zoo["index"], shared / "index.json")
+        (shared / "index.json").chmod(0o644)
+        shutil.copytree(shared / "writable", shared / "ro")
+        for p in [shared / "ro", *(shared / "ro").rglob("*")]:
+            p.chmod(stat.S_IMODE(p.stat().st_mode) & ~0o222)  # chmod -R a-w
+        before = modes_under(shared / "ro")
+        ro, index = shared / "ro", shared / "index.json"
+        ok, output = as_other_user(lambda: (
+            dl.cached_path(NAME, cache_dir=ro, index=index),
+            dl.download(NAME, cache_dir=ro, index=index, offline=True, progress=False)))
+        assert ok, output
+        want = str(ro / "zoo" / NAME / "1" / "saved_model")
+        assert output.split() == [want, want]
+        assert modes_under(ro) == before
+
+        # A cache whose archive only its owner can read (as older versions wrote them): a
+        # CacheError saying how to share it, not a PermissionError.
+        (ro / "zoo" / NAME / "1" / "tiny_so3_toy-1.tar.gz").chmod(0o400)
+        ok, output = as_other_user(lambda: [dl.cached_path(NAME, cache_dir=ro, index=index)])
+        assert not ok and output.startswith("CacheError: ") and "chmod -R a+rX" in output
+    finally:
+        for p in [shared, *shared.rglob("*")]:
+            if p.is_dir():
+                p.chmod(0o755)
+        shutil.rmtree(shared)
+
+
+def age(path, seconds):
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+
+
+def test_stale_temp_files_of_a_killed_download_are_removed(zoo):
+    s = zoo["server"]
+    s.plan["/" + ARTIFACT] = ["stall"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    code = f"from keras_relaxeq.zoo import download; download({NAME!r}, base_url={s.url!r}, progress=False)"
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not (list(zoo["edir"].glob(".tmp-download-*.part")) and s.total_hits()):
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "the download did not start"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    (killed,) = zoo["edir"].glob(".tmp-download-*.part")
+    age(killed, dl.STALE_GRACE + 5)
+    killed_extract = zoo["edir"] / ".tmp-extract-0123abcd"
+    (killed_extract / "variables").mkdir(parents=True)
+    age(killed_extract, dl.STALE_GRACE + 5)
+    # In use by a live download (its lock is held): kept however old it is.
+    live = zoo["edir"] / ".tmp-download-live.part"
+    live.write_bytes(b"partial")
+    age(live, 10 * dl.STALE_GRACE)
+    # Too young to be judged (a download may be between creating and locking it): kept.
+    young = zoo["edir"] / ".tmp-download-young.part"
+    young.write_bytes(b"partial")
+    unrelated = zoo["edir"] / "notes.part"
+    unrelated.write_bytes(b"mine")
+    age(unrelated, 10 * dl.STALE_GRACE)
+    with open(live, "rb") as held:
+        dl._lock(held.fileno())
+        path = dl.download(NAME, base_url=s.url, progress=False)
+        assert live.exists()
+    assert (path / "saved_model.pb").is_file()
+    assert not killed.exists() and not killed_extract.exists()
+    assert young.exists() and unrelated.exists()
+    assert sorted(p.name for p in zoo["edir"].iterdir()) == sorted(
+        ["tiny_so3_toy-1.tar.gz", "saved_model", live.name, young.name, unrelated.name])
+
+
+def bomb_archive(artifact, zeros):
+    """The real SavedModel archive plus a file of ``zeros`` zero bytes (compresses ~1000:1)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        with tarfile.open(fileobj=io.BytesIO(artifact["bytes"]), mode="r:gz") as good:
+            for m in good.getmembers():
+                tar.addfile(m, good.extractfile(m) if m.isfile() else None)
+        ti = tarfile.TarInfo("variables/padding.bin")
+        ti.size = zeros
+        tar.addfile(ti, io.BytesIO(bytes(zeros)))
+    return buf.getvalue()
+
+
+def test_extraction_is_capped_by_the_declared_size(zoo, artifact):
+    data = bomb_archive(artifact, 16 << 20)
+    expanded = sum(m.size for m in tarfile.open(fileobj=io.BytesIO(data), mode="r:gz"))
+    assert expanded > dl.MAX_EXPANSION * len(data)  # the archive's declared size is len(data)
+    s = zoo["server"]
+    s.files["/" + ARTIFACT] = data
+    zoo["write_index"](entry(data=data))
+    with pytest.raises(errors.UnsafeArchiveError, match="expands to more than") as info:
+        dl.download(NAME, base_url=s.url, progress=False)
+    assert str(dl.MAX_EXPANSION * len(data)) in str(info.value)
+    assert files_under(zoo["cache"]) == []  # archive removed, nothing extracted
+
+    # Within the limit (the same padding, declared as part of a larger artifact): extracted.
+    small = bomb_archive(artifact, 4096)
+    out = zoo["cache"] / "ok"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    (zoo["cache"] / "small.tar.gz").write_bytes(small)
+    dl.safe_extract(zoo["cache"] / "small.tar.gz", out, max_bytes=64 * len(small))
+    assert (out / "variables" / "padding.bin").stat().st_size == 4096
+    with pytest.raises(errors.UnsafeArchiveError, match="more than 3 members"):
+        dl.safe_extract(zoo["cache"] / "small.tar.gz", zoo["cache"] / "few", max_members=3)
+    assert not (zoo["cache"] / "few").exists()
+
+
+def test_a_directory_where_the_archive_belongs(zoo):
+    blocker = zoo["edir"] / "tiny_so3_toy-1.tar.gz"
+    (blocker / "inside").mkdir(parents=True)
+    for call in (lambda: dl.download(NAME, base_url=zoo["server"].url, progress=False),
+                 lambda: dl.cached_path(NAME)):
+        with pytest.raises(errors.CacheError, match="in the way.*rm -r"):
+            call()
+    assert (blocker / "inside").is_dir() and zoo["server"].total_hits() == 0
+
+
+@pytest.mark.parametrize("where", ["root", "entry"])
+def test_a_file_where_the_cache_directory_belongs(zoo, where):
+    blocker = zoo["cache"] if where == "root" else zoo["cache"] / "zoo" / NAME
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("not a directory")
+    with pytest.raises(errors.CacheError, match=f"{blocker} is a file, not a directory"):
+        dl.download(NAME, base_url=zoo["server"].url, progress=False)
+    assert blocker.read_text() == "not a directory" and zoo["server"].total_hits() == 0
+
+
+@pytest.mark.parametrize("var, value, words", [
+    (dl.ENV_MAX_TRIES, "abc", "integer >= 1"),
+    (dl.ENV_MAX_TRIES, "0", "integer >= 1"),
+    (dl.ENV_MAX_TRIES, "2.5", "integer >= 1"),
+    (dl.ENV_TIMEOUT, "-1", "number > 0"),
+    (dl.ENV_TIMEOUT, "nan", "number > 0"),
+    (dl.ENV_RETRY_DELAY, "soon", "number >= 0"),
+    (dl.ENV_OFFLINE, "maybe", "set it to 1"),
+])
+def test_invalid_settings_are_zoo_errors(zoo, monkeypatch, var, value, words):
+    monkeypatch.setenv(var, value)
+    with pytest.raises(errors.InvalidSettingError, match=words) as info:
+        dl.download(NAME, base_url=zoo["server"].url, progress=False)
+    assert f"${var}={value!r}" in str(info.value)
+    assert isinstance(info.value, ValueError) and zoo["server"].total_hits() == 0
+
+
+def test_invalid_arguments_are_zoo_errors(zoo):
+    for kwargs in ({"max_tries": 0}, {"max_tries": True}, {"timeout": 0}, {"base_delay": -1}):
+        with pytest.raises(errors.InvalidSettingError, match=f"{next(iter(kwargs))}="):
+            dl.download(NAME, base_url=zoo["server"].url, progress=False, **kwargs)
+    assert zoo["server"].total_hits() == 0
+
+
+@pytest.mark.parametrize("version", ["1; rm", "", 1.5, True, "-1"])
+def test_odd_versions_are_unknown_versions(zoo, version):
+    with pytest.raises(errors.UnknownModelError, match="available versions: 1") as info:
+        dl.download(NAME, version, base_url=zoo["server"].url, progress=False)
+    assert "version=None" not in str(info.value)
+    assert zoo["server"].total_hits() == 0
+
+
+@pytest.mark.parametrize("content, words", [
+    (b'{"models": []}\xff', "not UTF-8"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b'{"schema_version": 1, "models": [], "x": ' + b"9" * 5000 + b"}", "not valid JSON"),
+    (None, "Cannot read"),
+])
+def test_unreadable_catalogues_are_invalid_index_errors(zoo, content, words):
+    index = zoo["index"]
+    if content is None:  # a directory where the file should be
+        index.unlink()
+        (index / "index.json").mkdir(parents=True)
+    else:
+        index.write_bytes(content)
+    with pytest.raises(errors.InvalidIndexError, match=words):
+        dl.download(NAME, base_url=zoo["server"].url, progress=False)
+
+
+def test_progress_in_logs_is_periodic_lines(tmp_path, capsys, monkeypatch):
+    data = np.random.default_rng(0).bytes(5 * dl.CHUNK + 123)
+    (tmp_path / "src.bin").write_bytes(data)
+    art = registry.Artifact(file="src.bin", size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    monkeypatch.setattr(dl, "LOG_INTERVAL", 0.0)  # a line per chunk
+    capsys.readouterr()
+    dl.fetch(dl.Source("local", str(tmp_path / "src.bin")), tmp_path / "dst.bin", art,
+             policy=dl.RetryPolicy(), progress=True, desc="toy v1")
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert len(lines) >= 6 and all(ln.startswith("toy v1: ") for ln in lines)
+    percents = [int(ln.split()[2].rstrip("%")) for ln in lines]
+    assert percents[0] == 0 and percents[-1] == 100 and percents == sorted(percents)
+    assert lines[-1].endswith(" done") and "/" in lines[-1]
+    assert (tmp_path / "dst.bin").read_bytes() == data
+
+    monkeypatch.setattr(dl, "LOG_INTERVAL", 3600.0)  # only the first and the last line
+    dl.fetch(dl.Source("local", str(tmp_path / "src.bin")), tmp_path / "dst2.bin", art,
+             policy=dl.RetryPolicy(), progress=True, desc="toy v1")
+    assert [ln.split()[2] for ln in capsys.readouterr().err.splitlines()] == ["0%", "100%"]
