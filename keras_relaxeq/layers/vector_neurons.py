@@ -172,7 +172,7 @@ class TorchBatchNormalization(keras.layers.BatchNormalization):
             if self.synchronized:
                 count *= tf.distribute.get_replica_context().num_replicas_in_sync
             moving_variance_update = variance * count / tf.maximum(count - 1.0, 1.0)
-        momentum = tf.cast(self.momentum, work)
+        momentum = tf.constant(self.momentum, dtype=work)  # (tf.cast would round it through float32)
         self.moving_mean.assign(tf.cast(tf.cast(self.moving_mean, work) * momentum + mean * (1.0 - momentum),
                                         self.moving_mean.dtype))
         self.moving_variance.assign(tf.cast(tf.cast(self.moving_variance, work) * momentum

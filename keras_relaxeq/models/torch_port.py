@@ -221,8 +221,6 @@ def vn_pointnet_from_torch_state_dict(state_dict, num_classes=None, relaxed=Fals
         elif int(num_classes) != found:
             raise ValueError(f"num_classes={num_classes} but the checkpoint's fc3.weight has {found} rows (classes); "
                              f"pass num_classes={found} or leave it out.")
-    if num_classes is None:
-        raise ValueError("The state_dict has no fc3.weight to take num_classes from; pass num_classes=.")
     if relaxed and load_relaxation and model_kwargs.get("relaxation_use_bias") is False:
         raise ValueError("load_relaxation=True needs relaxation_use_bias=True: the reference's dense_lin has a bias.")
 
@@ -237,14 +235,16 @@ def vn_pointnet_from_torch_state_dict(state_dict, num_classes=None, relaxed=Fals
     if unexpected and strict:
         problems.append(f"unexpected keys: {_listing(unexpected)}")
     if problems:
-        hint = ("; is this the state_dict of the reference VN-PointNet (pointnet_equi/pointnet_cls.py, "
-                "feature_transform=True)?")
+        hint = ("; it must be the state_dict of the reference VN-PointNet (pointnet_equi/pointnet_cls.py, "
+                "feature_transform=True)")
         if missing and load_relaxation and missing <= {e.key for e in _relaxation_entries()}:
             hint = "; the checkpoint has no relaxation branches: load it with load_relaxation=False"
         elif unexpected and not missing and strict:
             hint = "; pass strict=False to ignore the unexpected keys"
         raise ValueError("Cannot load the state_dict into vn_pointnet: " + "; ".join(problems) + hint + ".")
 
+    if num_classes is None:  # fc3.weight is there (else it is missing) but not a matrix
+        raise ValueError(f"fc3.weight has shape {state['fc3.weight'].shape}, not (classes, 256); pass num_classes=.")
     model = vn_pointnet(num_classes=num_classes, relaxed=relaxed, **model_kwargs)
     mis_shaped, assignments = [], []
     for entry in entries:

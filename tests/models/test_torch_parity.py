@@ -194,6 +194,9 @@ def test_state_dict_forms_and_errors(eval_fixture):
     missing = {k: v for k, v in state.items() if k != "feat.fstn.conv2.map_to_dir.weight"}
     with pytest.raises(ValueError, match=r"missing keys: feat\.fstn\.conv2\.map_to_dir\.weight"):
         vn_pointnet_from_torch_state_dict(missing)
+    no_head = {k: v for k, v in state.items() if k != "fc3.weight"}  # num_classes cannot be read: still listed
+    with pytest.raises(ValueError, match=r"missing keys: fc3\.weight; it must be the state_dict of the reference"):
+        vn_pointnet_from_torch_state_dict(no_head)
     extra = dict(state, **{"feat.extra.weight": np.zeros(3)})
     with pytest.raises(ValueError, match=r"unexpected keys: feat\.extra\.weight.*strict=False"):
         vn_pointnet_from_torch_state_dict(extra)
