@@ -142,7 +142,7 @@ class TorchBatchNormalization(keras.layers.BatchNormalization):
     * ``float64_statistics=True``: for float32 inputs the batch statistics and the normalisation
       are computed in float64 (torch's CPU kernels accumulate BN sums in double).  Summing
       ``10^4 .. 10^5`` values per channel in float32 costs ~1e-6 relative error, which the
-      following VN layers amplify; the cast costs little next to the VN linear maps.
+      following VN layers amplify.  The cost is a cast of the layer input (not benchmarked yet).
 
     ``renorm`` and masks are not supported in training mode (Keras' layer is used with a mask).
     Inference mode is Keras' (moving statistics).  Defaults as torch: ``momentum=0.9`` (torch's
