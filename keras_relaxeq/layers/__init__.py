@@ -14,6 +14,7 @@ from keras_relaxeq.layers.base import (
     transfer_weights,
 )
 from keras_relaxeq.layers.vector_neurons import (
+    TorchBatchNormalization,
     VNBatchNorm,
     VNGraphFeature,
     VNLeakyReLU,

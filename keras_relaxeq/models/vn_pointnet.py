@@ -21,6 +21,10 @@ and ``pooling='mean'``, in the layout ``[batch, points, channels, 3]``:
 * the invariant head (plain Keras, never relaxed): ``fc1 512`` + BN + ReLU,
   ``fc2 256`` + dropout 0.4 + BN + ReLU (this order, as in the VN code), ``fc3`` logits.
 
+Every batch norm (the VN ones and the head's) is :class:`TorchBatchNormalization`, torch's
+``nn.BatchNorm`` (unbiased moving variance, float64 batch statistics), so that the model
+trains as the reference does: ``keras_relaxeq.models.torch_port`` loads its checkpoints.
+
 Every VN leaky ReLU has slope 0.  The model returns logits (the VN code returns
 ``log_softmax``; train with ``from_logits=True``).
 
@@ -59,6 +63,7 @@ import keras
 import tensorflow as tf
 
 from keras_relaxeq.layers.vector_neurons import (
+    TorchBatchNormalization,
     VNBatchNorm,
     VNGraphFeature,
     VNLeakyReLU,
@@ -174,11 +179,11 @@ def vn_pointnet(num_classes=40, num_points=None, relaxed=True, width=1.0, k=20, 
     x = keras.layers.GlobalMaxPooling1D(name="max_points")(x)
 
     x = keras.layers.Dense(dense_units(512, width), name="fc1")(x)
-    x = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="bn1")(x)
+    x = TorchBatchNormalization(momentum=0.9, epsilon=1e-5, name="bn1")(x)
     x = keras.layers.ReLU(name="relu1")(x)
     x = keras.layers.Dense(dense_units(256, width), name="fc2")(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
-    x = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="bn2")(x)
+    x = TorchBatchNormalization(momentum=0.9, epsilon=1e-5, name="bn2")(x)
     x = keras.layers.ReLU(name="relu2")(x)
     logits = keras.layers.Dense(num_classes, name="fc3")(x)
     return RelaxedModel(points, logits, lambda_lie=lambda_lie, lambda_proj=lambda_proj,

@@ -1,5 +1,5 @@
 """Theta schedules and callback, the model whose train step adds the penalties, and the
-per-layer relaxation report."""
+per-layer relaxation report, optimizers with PyTorch's coupled L2 (`AdamL2`, `SGDL2`)."""
 
 from keras_relaxeq.training.diagnostics import (
     RelaxationMonitor,
@@ -11,3 +11,4 @@ from keras_relaxeq.training.diagnostics import (
 )
 from keras_relaxeq.training.model import RelaxedModel
 from keras_relaxeq.training.schedules import SCHEDULES, ThetaScheduler, get_schedule
+from keras_relaxeq.training.optimizers import AdamL2, CoupledL2, SGDL2, with_coupled_l2
