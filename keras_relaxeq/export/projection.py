@@ -6,6 +6,12 @@ custom containers, via :func:`keras_relaxeq.layers.base.plain_layers`), then
 every weight except the branches' and ``theta`` is copied layer by layer.  The
 result has exactly the parameters of the architecture built with
 ``relaxed=False`` and the outputs of the relaxed model at ``theta = 0``.
+
+A functional ``RelaxedModel`` is returned as a plain functional ``keras.Model``
+(its penalties have nothing left to act on), so a saved ``.keras`` file names
+no model class of this package; its layers (vector neurons, steerable layers)
+are still this package's, so ``import keras_relaxeq`` before
+``keras.saving.load_model``.
 """
 
 from __future__ import annotations
@@ -64,12 +70,30 @@ def copy_equivariant_weights(source, target):
             v.assign(src_vars[v.name])
 
 
+#: registered names of the package's training models, returned as plain functional ``keras.Model`` by ``project``
+RELAXED_MODEL_NAMES = ("keras_relaxeq>RelaxedModel",)
+
+
+def _as_plain_functional(model):
+    """A functional ``RelaxedModel`` -> the same graph (same layer objects) as a plain ``keras.Model``."""
+    if keras.saving.get_registered_name(type(model)) not in RELAXED_MODEL_NAMES:
+        return model
+    if not hasattr(model, "_inputs_struct") or not hasattr(model, "_outputs_struct"):
+        return model  # a subclassed model with its own call(): keep its class
+    plain = keras.Model(model.input, model.output, name=model.name)
+    compile_config = model.get_compile_config()
+    if compile_config:
+        plain.compile_from_config(compile_config)
+    return plain
+
+
 def project(model):
     """Return a new model with every relaxation branch removed (not multiplied by zero).
 
     Works for functional, sequential and serializable subclassed models, with
     relaxed layers at any depth.  The new model keeps the original's compile
     configuration when it had one, so ``project(model).evaluate(...)`` works.
+    A functional ``RelaxedModel`` becomes a plain functional ``keras.Model``.
     """
     if not model.built:
         raise ValueError("project() needs a built model: call it on data (or build it) first.")
@@ -86,4 +110,4 @@ def project(model):
     copy_equivariant_weights(model, plain)
     if has_relaxation_branches(plain):  # pragma: no cover - defended by plain_layers()
         raise AssertionError("project() left a relaxation branch behind")
-    return plain
+    return _as_plain_functional(plain)
