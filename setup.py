@@ -24,6 +24,7 @@ setup(
         # same `tensorflow` module, its files mixed with this one's.
         "tensorflow>=2.21,<2.22",
         "keras>=3.15,<4",
+        # rotations; it declares tensorflow-addons, which only its image and projects modules import
         "tensorflow-graphics==2021.12.3",
         "tensorflow-datasets>=4.9.10",
         "numpy>=1.26",
