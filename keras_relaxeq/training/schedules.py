@@ -159,8 +159,10 @@ class ThetaScheduler(keras.callbacks.Callback):
         if self.schedule == "constant":
             advice = "pass value > 0"
         elif self.schedule in ("triangle", "decay", "cosine"):
-            advice = (f"'{name}' is 0 on the last epoch (and 'triangle' on the first): train for at least 3 "
-                      "epochs" + ("" if self.per_step else ", or pass per_step=True"))
+            triangle_ = self.schedule == "triangle"
+            ends = "the first and the last epoch" if triangle_ else "the last epoch"
+            advice = (f"'{name}' is 0 on {ends}: train for at least {3 if triangle_ else 2} epochs"
+                      + (", or pass per_step=True" if not self.per_step and epochs >= 2 else ""))
         else:
             advice = "check the schedule"
         return (f"ThetaScheduler({name!r}): theta is 0 for the whole {epochs}-epoch run, so the relaxation branches "
