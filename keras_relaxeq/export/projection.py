@@ -21,6 +21,10 @@ import keras
 from keras_relaxeq.layers.base import RelaxedEquivariantLayer, plain_layers, relaxed_layers
 
 
+#: registered names of the package's training models, returned as plain functional ``keras.Model`` by ``project``
+RELAXED_MODEL_NAMES = ("keras_relaxeq>RelaxedModel",)
+
+
 def has_relaxation_branches(model) -> bool:
     """True when ``model`` still contains a relaxation branch."""
     return bool(relaxed_layers(model))
@@ -51,6 +55,18 @@ def _layers(model):
     return list(model._flatten_layers(include_self=True, recursive=True))
 
 
+def _is_relaxed_model(model) -> bool:
+    return keras.saving.get_registered_name(type(model)) in RELAXED_MODEL_NAMES
+
+
+def _same_kind(src, dst) -> bool:
+    """Same class, or a functional ``RelaxedModel`` and its plain ``keras.Model`` (see :func:`project`)."""
+    if type(src) is type(dst):
+        return True
+    return _is_relaxed_model(src) and not _is_relaxed_model(dst) and isinstance(dst, keras.Model) \
+        and hasattr(dst, "_inputs_struct")
+
+
 def copy_equivariant_weights(source, target):
     """Copy every non-branch weight of ``source`` into the plain model ``target``, layer by layer."""
     src_layers, dst_layers = _layers(source), _layers(target)
@@ -58,7 +74,7 @@ def copy_equivariant_weights(source, target):
         raise ValueError(f"Cannot project: the rebuilt model has {len(dst_layers)} layers, the original "
                          f"{len(src_layers)}. Does every custom layer implement get_config()?")
     for src, dst in zip(src_layers, dst_layers):
-        if type(src) is not type(dst) or src.name != dst.name:
+        if not _same_kind(src, dst) or src.name != dst.name:
             raise ValueError(f"Cannot project: layer {src.name!r} ({type(src).__name__}) was rebuilt as "
                              f"{dst.name!r} ({type(dst).__name__}).")
         src_vars = {v.name: v for v in _own_variables(src)}
@@ -70,13 +86,9 @@ def copy_equivariant_weights(source, target):
             v.assign(src_vars[v.name])
 
 
-#: registered names of the package's training models, returned as plain functional ``keras.Model`` by ``project``
-RELAXED_MODEL_NAMES = ("keras_relaxeq>RelaxedModel",)
-
-
 def _as_plain_functional(model):
     """A functional ``RelaxedModel`` -> the same graph (same layer objects) as a plain ``keras.Model``."""
-    if keras.saving.get_registered_name(type(model)) not in RELAXED_MODEL_NAMES:
+    if not _is_relaxed_model(model):
         return model
     if not hasattr(model, "_inputs_struct") or not hasattr(model, "_outputs_struct"):
         return model  # a subclassed model with its own call(): keep its class

@@ -75,3 +75,16 @@ def test_projecting_a_plain_keras_model_keeps_its_class():
     model = keras.Model(points, VNMeanPool()(VNLinear(2)(points)))
     plain = kr.project(model)
     assert type(plain) is type(model) and not kr.has_relaxation_branches(plain)
+
+
+def test_weights_of_the_relaxed_model_copy_into_its_plain_projection():
+    """ProjectedValidation re-projects by copying weights into the model project() returned."""
+    model = relaxed_two_input_model()
+    x = inputs()
+    plain = kr.project(model)
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)][0].kernel
+    dense.assign(dense.numpy() + 1.0)  # as training would
+    kr.set_theta(model, 0.0)
+    assert np.abs(plain(x).numpy() - model(x).numpy()).max() > 1e-2
+    kr.export.copy_equivariant_weights(model, plain)
+    np.testing.assert_allclose(plain(x).numpy(), model(x).numpy(), rtol=1e-6, atol=1e-6)
