@@ -465,7 +465,8 @@ def knn_graph_feature(x, k, cross=False, indices=None):
         # a run-time check only when the number of points is not static (checked above); XLA drops
         # Assert ops with a warning at every compilation
         checks = [] if n_static is not None else [tf.debugging.assert_greater_equal(
-            shape[1], k, message=f"kNN with k={k} needs at least {k} points per cloud; use more points or a smaller k.")]
+            shape[1], k, message=f"kNN with k={k} needs at least {k} points per cloud; "
+                                 "use more points or a smaller k.")]
         with tf.control_dependencies(checks):
             indices = knn_indices(tf.stop_gradient(flat), k)
     neighbours = tf.gather(x, indices, batch_dims=1)  # [B, N, k, C, 3]
