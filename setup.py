@@ -19,10 +19,12 @@ setup(
     packages=find_packages(include=["keras_relaxeq", "keras_relaxeq.*"]),
     include_package_data=True,
     install_requires=[
-        # tensorflow-cpu and tensorflow share the `tensorflow` module; tensorflow-graphics
-        # pulls in `tensorflow` itself, so depending on it directly is what pip can satisfy.
+        # One TensorFlow: `tensorflow` (CPU on every x86-64 machine; CUDA with `tensorflow[and-cuda]`).
+        # tensorflow-graphics requires it, so a `tensorflow-cpu` next to it would be a second copy of the
+        # same `tensorflow` module, its files mixed with this one's.
         "tensorflow>=2.21,<2.22",
         "keras>=3.15,<4",
+        # rotations; it declares tensorflow-addons, which only its image and projects modules import
         "tensorflow-graphics==2021.12.3",
         "tensorflow-datasets>=4.9.10",
         "numpy>=1.26",
@@ -34,7 +36,6 @@ setup(
         "importlib_resources>=6",  # imported by tensorflow-datasets builders, not declared by it
     ],
     extras_require={
-        "cpu": ["tensorflow-cpu>=2.21,<2.22"],
         "dev": ["pytest>=8", "pytest-timeout>=2.3"],
     },
     entry_points={"console_scripts": ["relaxeq=keras_relaxeq.cli:main"]},

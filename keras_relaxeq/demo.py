@@ -39,9 +39,7 @@ def parse_args(argv=None):
 
 
 def invariance(model, points, seed=0):
-    report = kr.testing.check_equivariance(model, tf.constant(points), "vector", kr.groups.TrivialRep(),
-                                           num_samples=2, seed=seed)
-    return report
+    return kr.testing.check_invariance(model, tf.constant(points), "vector", num_samples=2, seed=seed)
 
 
 def main(argv=None):

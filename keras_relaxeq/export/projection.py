@@ -6,6 +6,12 @@ custom containers, via :func:`keras_relaxeq.layers.base.plain_layers`), then
 every weight except the branches' and ``theta`` is copied layer by layer.  The
 result has exactly the parameters of the architecture built with
 ``relaxed=False`` and the outputs of the relaxed model at ``theta = 0``.
+
+A functional ``RelaxedModel`` is returned as a plain functional ``keras.Model``
+(its penalties have nothing left to act on), so a saved ``.keras`` file names
+no model class of this package; its layers (vector neurons, steerable layers)
+are still this package's, so ``import keras_relaxeq`` before
+``keras.saving.load_model``.
 """
 
 from __future__ import annotations
@@ -13,6 +19,10 @@ from __future__ import annotations
 import keras
 
 from keras_relaxeq.layers.base import RelaxedEquivariantLayer, plain_layers, relaxed_layers
+
+
+#: registered names of the package's training models, returned as plain functional ``keras.Model`` by ``project``
+RELAXED_MODEL_NAMES = ("keras_relaxeq>RelaxedModel",)
 
 
 def has_relaxation_branches(model) -> bool:
@@ -45,6 +55,18 @@ def _layers(model):
     return list(model._flatten_layers(include_self=True, recursive=True))
 
 
+def _is_relaxed_model(model) -> bool:
+    return keras.saving.get_registered_name(type(model)) in RELAXED_MODEL_NAMES
+
+
+def _same_kind(src, dst) -> bool:
+    """Same class, or a functional ``RelaxedModel`` and its plain ``keras.Model`` (see :func:`project`)."""
+    if type(src) is type(dst):
+        return True
+    return _is_relaxed_model(src) and not _is_relaxed_model(dst) and isinstance(dst, keras.Model) \
+        and hasattr(dst, "_inputs_struct")
+
+
 def copy_equivariant_weights(source, target):
     """Copy every non-branch weight of ``source`` into the plain model ``target``, layer by layer."""
     src_layers, dst_layers = _layers(source), _layers(target)
@@ -52,7 +74,7 @@ def copy_equivariant_weights(source, target):
         raise ValueError(f"Cannot project: the rebuilt model has {len(dst_layers)} layers, the original "
                          f"{len(src_layers)}. Does every custom layer implement get_config()?")
     for src, dst in zip(src_layers, dst_layers):
-        if type(src) is not type(dst) or src.name != dst.name:
+        if not _same_kind(src, dst) or src.name != dst.name:
             raise ValueError(f"Cannot project: layer {src.name!r} ({type(src).__name__}) was rebuilt as "
                              f"{dst.name!r} ({type(dst).__name__}).")
         src_vars = {v.name: v for v in _own_variables(src)}
@@ -64,12 +86,26 @@ def copy_equivariant_weights(source, target):
             v.assign(src_vars[v.name])
 
 
+def _as_plain_functional(model):
+    """A functional ``RelaxedModel`` -> the same graph (same layer objects) as a plain ``keras.Model``."""
+    if not _is_relaxed_model(model):
+        return model
+    if not hasattr(model, "_inputs_struct") or not hasattr(model, "_outputs_struct"):
+        return model  # a subclassed model with its own call(): keep its class
+    plain = keras.Model(model.input, model.output, name=model.name)
+    compile_config = model.get_compile_config()
+    if compile_config:
+        plain.compile_from_config(compile_config)
+    return plain
+
+
 def project(model):
     """Return a new model with every relaxation branch removed (not multiplied by zero).
 
     Works for functional, sequential and serializable subclassed models, with
     relaxed layers at any depth.  The new model keeps the original's compile
     configuration when it had one, so ``project(model).evaluate(...)`` works.
+    A functional ``RelaxedModel`` becomes a plain functional ``keras.Model``.
     """
     if not model.built:
         raise ValueError("project() needs a built model: call it on data (or build it) first.")
@@ -86,4 +122,4 @@ def project(model):
     copy_equivariant_weights(model, plain)
     if has_relaxation_branches(plain):  # pragma: no cover - defended by plain_layers()
         raise AssertionError("project() left a relaxation branch behind")
-    return plain
+    return _as_plain_functional(plain)

@@ -527,9 +527,12 @@ def knn_graph_feature(x, k, cross=False, indices=None):
     shape = tf.shape(x)
     if indices is None:
         flat = tf.reshape(x, [shape[0], shape[1], -1])
-        with tf.control_dependencies([tf.debugging.assert_greater_equal(
-                shape[1], k, message=f"kNN with k={k} needs at least {k} points per cloud; "
-                                     "use more points or a smaller k.")]):
+        # a run-time check only when the number of points is not static (checked above); XLA drops
+        # Assert ops with a warning at every compilation
+        checks = [] if n_static is not None else [tf.debugging.assert_greater_equal(
+            shape[1], k, message=f"kNN with k={k} needs at least {k} points per cloud; "
+                                 "use more points or a smaller k.")]
+        with tf.control_dependencies(checks):
             indices = knn_indices(tf.stop_gradient(flat), k)
     neighbours = tf.gather(x, indices, batch_dims=1)  # [B, N, k, C, 3]
     centre = tf.broadcast_to(x[:, :, None], tf.shape(neighbours))

@@ -1,9 +1,12 @@
 """Equivariance checks shipped with the package, so users can test their own layers."""
 
 from keras_relaxeq.testing.equivariance import (
+    GROUPS,
     TOLERANCES,
     EquivarianceReport,
+    PositionRep,
     assert_equivariant,
     assert_invariant,
     check_equivariance,
+    check_invariance,
 )

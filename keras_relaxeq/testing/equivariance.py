@@ -2,6 +2,13 @@
 
 Draws group elements, transforms the inputs and the outputs by their declared
 representations and compares ``f(rho_in(g) x)`` with ``rho_out(g) f(x)``.
+Groups: ``"SO3"`` (rotations), ``"O3"`` (rotations and reflections), and
+``"SE3"`` / ``"E3"``, the same with translations, which move the tensors
+declared ``"position"`` (``x -> R x + t``) and leave ``"vector"`` ones
+(velocities, differences) to the rotation alone.  Representations are given as
+a :class:`~keras_relaxeq.groups.Representation`, a name (``"vector"``,
+``"position"``, ``"invariant"``) or e3nn-style irreps (``"1x0e+1x1o"``,
+:class:`~keras_relaxeq.groups.Irreps`, features in e3nn's ``mul_ir`` layout).
 Transforms and comparisons are done in float64; the function itself runs in
 its own dtype.  Tolerances are keyed by the output dtype (as in e3nn), relative
 to the scale of the outputs:
@@ -16,8 +23,13 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from keras_relaxeq.groups.representations import Representation, TrivialRep, as_representation
+from keras_relaxeq.groups.irreps import Irrep, Irreps, IrrepsRep
+from keras_relaxeq.groups.representations import Representation, TrivialRep, VectorFieldRep, as_representation
 from keras_relaxeq.groups.so3 import random_rotations
+
+#: groups of :func:`check_equivariance`; the last two include translations
+GROUPS = ("SO3", "O3", "SE3", "E3")
+POSITION_NAMES = ("position", "positions", "point", "points")
 
 #: default (atol, rtol) by the dtype the function computes in
 TOLERANCES = {
@@ -50,16 +62,67 @@ class EquivarianceReport:
                 f"{self.atol:.1e} + {self.rtol:.1e} * scale = {self.atol + self.rtol * self.scale:.3e})")
 
 
+class PositionRep(VectorFieldRep):
+    """Points in space ``[..., 3]``: rotated like vectors and, in ``SE3`` / ``E3``, translated."""
+
+    def __repr__(self):
+        return "PositionRep()"
+
+
+def _as_rep(rep) -> Representation:
+    """A representation from a Representation, a name, or irreps (``"1x0e+1x1o"``, ``Irreps``, ``Irrep``)."""
+    if isinstance(rep, Representation):
+        return rep
+    if isinstance(rep, (Irreps, Irrep)):
+        return IrrepsRep(Irreps(rep))
+    if isinstance(rep, str) and rep.strip().lower() in POSITION_NAMES:
+        return PositionRep()
+    try:
+        return as_representation(rep)
+    except ValueError:
+        pass
+    if isinstance(rep, str):
+        try:
+            return IrrepsRep(Irreps(rep))
+        except ValueError:
+            pass
+    raise ValueError(f"Unknown representation {rep!r}: pass a keras_relaxeq.groups.Representation, 'vector', "
+                     "'position' (rotated and translated), 'invariant', or irreps such as '1x0e+1x1o'.")
+
+
+def _is_leaf(rep) -> bool:
+    return isinstance(rep, (str, Representation, Irreps, Irrep))
+
+
+def _normalize_reps(reps):
+    """The same nest with every leaf a :class:`Representation` (Irreps are tuples: not descended into)."""
+    if _is_leaf(reps):
+        return _as_rep(reps)
+    if isinstance(reps, dict):
+        return {k: _normalize_reps(v) for k, v in reps.items()}
+    if isinstance(reps, (list, tuple)):
+        return type(reps)(_normalize_reps(v) for v in reps)
+    raise ValueError(f"Cannot use {reps!r} as a representation: pass a Representation, a name, irreps, or a "
+                     "list / dict of them matching the inputs.")
+
+
 def _draw(group: str, batch: int, seed):
     rot = random_rotations(batch, seed=seed, dtype=tf.float64)
-    if group == "SO3":
+    if group in ("SO3", "SE3"):
         return rot
-    if group == "O3":
+    if group in ("O3", "E3"):
         # Half of the draws are improper: -R (a rotation composed with inversion).
         signs = tf.where(tf.random.stateless_uniform([batch], seed=[seed[0], seed[1] + 7919]) < 0.5,
                          -1.0, 1.0)
         return rot * tf.cast(signs, tf.float64)[:, None, None]
-    raise ValueError(f"Unknown group {group!r}; use 'SO3' or 'O3'.")
+    raise ValueError(f"Unknown group {group!r}; use one of {GROUPS}.")
+
+
+def _draw_translations(group: str, batch: int, seed, scale: float):
+    """One translation ``[batch, 3]`` per batch element (zeros for SO3 / O3), of the size of the positions."""
+    if group not in ("SE3", "E3"):
+        return None
+    return scale * tf.random.stateless_normal([batch, 3], seed=[seed[0], seed[1] + 104729], dtype=tf.float64)
 
 
 def _layer_reps(fn):
@@ -70,14 +133,24 @@ def _layer_reps(fn):
     return rep_in, rep_out
 
 
-def _transform(reps, rotations, values):
-    flat_reps = tf.nest.flatten(reps) if not isinstance(reps, Representation) else [reps]
+def _flat_reps(reps, values):
     flat_vals = tf.nest.flatten(values)
-    if len(flat_reps) == 1 and len(flat_vals) > 1 and isinstance(reps, (str, Representation)):
+    flat_reps = [reps] if isinstance(reps, Representation) else tf.nest.flatten(reps)
+    if len(flat_reps) == 1 and len(flat_vals) > 1 and isinstance(reps, Representation):
         flat_reps = flat_reps * len(flat_vals)  # one representation given for all tensors
     if len(flat_reps) != len(flat_vals):
         raise ValueError(f"{len(flat_vals)} tensors but {len(flat_reps)} representations were given.")
-    out = [as_representation(r).transform(rotations, tf.cast(v, tf.float64)) for r, v in zip(flat_reps, flat_vals)]
+    return flat_reps, flat_vals
+
+
+def _transform(reps, rotations, values, translations=None):
+    flat_reps, flat_vals = _flat_reps(reps, values)
+    out = []
+    for rep, value in zip(flat_reps, flat_vals):
+        moved = rep.transform(rotations, tf.cast(value, tf.float64))
+        if translations is not None and isinstance(rep, PositionRep):
+            moved += tf.reshape(translations, [-1] + [1] * (moved.shape.rank - 2) + [3])
+        out.append(moved)
     return out
 
 
@@ -91,13 +164,22 @@ def _call(fn, inputs, training):
 def check_equivariance(fn, inputs, input_reps=None, output_reps=None, group="SO3", num_samples=3, seed=0,
                        atol=None, rtol=None, training=False) -> EquivarianceReport:
     """Measure the equivariance error of ``fn`` on ``inputs`` (see :func:`assert_equivariant`)."""
+    if group not in GROUPS:
+        raise ValueError(f"Unknown group {group!r}; use one of {GROUPS}.")
     layer_in, layer_out = _layer_reps(fn)
     input_reps = input_reps if input_reps is not None else layer_in
     output_reps = output_reps if output_reps is not None else layer_out
     if input_reps is None or output_reps is None:
-        raise ValueError("Pass input_reps and output_reps (e.g. 'vector' and 'invariant'), or a built "
-                         "keras_relaxeq layer that declares them.")
-    flat_inputs = tf.nest.flatten(inputs)
+        raise ValueError("Pass input_reps and output_reps (e.g. 'vector' and '1x0e'), use check_invariance(fn, x) "
+                         "for invariant outputs, or pass a built keras_relaxeq layer that declares them.")
+    input_reps, output_reps = _normalize_reps(input_reps), _normalize_reps(output_reps)
+    flat_in_reps, flat_inputs = _flat_reps(input_reps, inputs)
+    positions = [v for r, v in zip(flat_in_reps, flat_inputs) if isinstance(r, PositionRep)]
+    if group in ("SE3", "E3") and not positions:
+        raise ValueError(f"group={group!r} translates the inputs declared 'position', and none is: declare the "
+                         "coordinates 'position' (velocities and other differences stay 'vector').")
+    # translations of the size of the positions, so that float32 keeps their effect resolvable
+    shift_scale = max([float(np.sqrt(np.mean(np.square(np.asarray(v, np.float64))))) for v in positions] + [1.0])
     batch = int(flat_inputs[0].shape[0])
     in_dtype = flat_inputs[0].dtype
     outputs = _call(fn, inputs, training)
@@ -109,10 +191,11 @@ def check_equivariance(fn, inputs, input_reps=None, output_reps=None, group="SO3
     errors, scale = [], 0.0
     for i in range(num_samples):
         rotations = _draw(group, batch, seed=[int(seed), i])
-        moved = _transform(input_reps, rotations, inputs)
+        translations = _draw_translations(group, batch, [int(seed), i], shift_scale)
+        moved = _transform(input_reps, rotations, inputs, translations)
         moved = tf.nest.pack_sequence_as(inputs, [tf.cast(m, in_dtype) for m in moved])
         out_of_moved = [tf.cast(o, tf.float64) for o in tf.nest.flatten(_call(fn, moved, training))]
-        moved_out = _transform(output_reps, rotations, outputs)
+        moved_out = _transform(output_reps, rotations, outputs, translations)
         for a, b in zip(out_of_moved, moved_out):
             err = tf.abs(a - b)
             errors.append(err.numpy().ravel())
@@ -122,6 +205,15 @@ def check_equivariance(fn, inputs, input_reps=None, output_reps=None, group="SO3
         raise AssertionError("Equivariance check produced NaN/Inf: the function's outputs are not finite.")
     return EquivarianceReport(float(errors.max()), float(errors.mean()), scale, float(atol), float(rtol),
                               num_samples, group)
+
+
+def check_invariance(fn, inputs, input_reps="vector", group="SO3", num_samples=3, seed=0, atol=None, rtol=None,
+                     training=False) -> EquivarianceReport:
+    """Measure ``max |fn(rho_in(g) x) - fn(x)|``: :func:`check_equivariance` with invariant outputs.
+
+    The report of :func:`assert_invariant` without the assertion (``input_reps`` defaults to ``"vector"``).
+    """
+    return check_equivariance(fn, inputs, input_reps, TrivialRep(), group, num_samples, seed, atol, rtol, training)
 
 
 def assert_equivariant(fn, inputs, input_reps=None, output_reps=None, group="SO3", num_samples=3, seed=0,
@@ -135,9 +227,13 @@ def assert_equivariant(fn, inputs, input_reps=None, output_reps=None, group="SO3
         inputs: a tensor or a nest of tensors with a leading batch axis; one
             group element is drawn per batch element.
         input_reps, output_reps: a :class:`~keras_relaxeq.groups.Representation`,
-            ``"vector"`` (rotate the last axis of size 3) or ``"invariant"``,
-            or a nest matching the inputs/outputs.
-        group: ``"SO3"`` (rotations) or ``"O3"`` (rotations and improper rotations).
+            ``"vector"`` (rotate the last axis of size 3), ``"position"`` (also
+            translated in ``SE3`` / ``E3``), ``"invariant"``, irreps
+            (``"1x0e+1x1o"`` or an :class:`~keras_relaxeq.groups.Irreps`), or a
+            nest of these matching the inputs/outputs.
+        group: ``"SO3"`` (rotations), ``"O3"`` (rotations and improper
+            rotations), ``"SE3"`` / ``"E3"`` (the same and a translation per
+            batch element, of the size of the ``"position"`` inputs).
         num_samples: how many independent draws.
         atol, rtol: override the dtype-keyed tolerances (:data:`TOLERANCES`).
 

@@ -106,6 +106,30 @@ def read_csv_history(path, where=None) -> dict[str, list[float]]:
     return history
 
 
+def _csv_logger(keras):
+    """``CSVLogger`` whose columns are the first epoch's log keys, or the header of the file it appends to.
+
+    Keras' own adds a ``val_<key>`` column for every key when the first epoch has no ``val_`` key
+    (meant for ``validation_freq > 1``), which gives all-``NA`` columns to a fit without validation.
+    """
+    class CSVLogger(keras.callbacks.CSVLogger):
+        def on_train_begin(self, logs=None):
+            header = None
+            if self.append and Path(self.filename).exists():
+                with open(self.filename, newline="") as f:
+                    header = next(csv.reader(f, delimiter=self.sep), None)
+            super().on_train_begin(logs)
+            if header and header[0] == "epoch":
+                self.keys = header[1:]  # a resumed run continues the file's columns
+
+        def on_epoch_end(self, epoch, logs=None):
+            if self.keys is None:
+                self.keys = sorted(logs or {})
+            super().on_epoch_end(epoch, logs)
+
+    return CSVLogger
+
+
 def run_callbacks(write_dir, backup_dir, *, monitor: str, mode: str, initial_best, strategy, recipe: str,
                   backup_every: int = 1) -> tuple[list, bool]:
     """The callbacks every recipe ends its list with, after its theta / learning-rate schedules and
@@ -133,7 +157,7 @@ def run_callbacks(write_dir, backup_dir, *, monitor: str, mode: str, initial_bes
     callbacks = [
         keras.callbacks.ModelCheckpoint(str(write_dir / "best_relaxed.keras"), monitor=monitor, mode=mode,
                                         save_best_only=True, initial_value_threshold=initial_best),
-        keras.callbacks.CSVLogger(str(write_dir / "log.csv"), append=True),
+        _csv_logger(keras)(str(write_dir / "log.csv"), append=True),
     ]
     tensorboard = importlib.util.find_spec("tensorboard") is not None
     if tensorboard:

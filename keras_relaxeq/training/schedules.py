@@ -97,7 +97,14 @@ class ThetaScheduler(keras.callbacks.Callback):
 
     Place it before ``TensorBoard`` / ``CSVLogger`` in the callback list so
     that the ``theta`` it writes into the epoch logs is recorded.
+
+    Warns at the start of ``fit`` when theta would be 0 over the whole
+    schedule (e.g. ``"triangle"`` over 2 epochs without ``per_step``): the
+    relaxation would then never act.
     """
+
+    #: the most schedule points (epochs, or steps with ``per_step``) checked for an all-zero schedule
+    MAX_CHECKED = 100_000
 
     def __init__(self, schedule="triangle", epochs=None, per_step=False, value=0.1, verbose=0):
         super().__init__()
@@ -132,9 +139,34 @@ class ThetaScheduler(keras.callbacks.Callback):
         self._layers = [l for l in relaxed_layers(self.model) if l.theta is not None]
         if not self._layers:
             warnings.warn("ThetaScheduler: the model has no relaxed layers (relaxed=True); theta is not used.")
-        if self.per_step and not (self.params or {}).get("steps"):
+            return
+        steps = (self.params or {}).get("steps")
+        if self.per_step and not steps:
             warnings.warn("ThetaScheduler(per_step=True): the number of steps per epoch is unknown; "
                           "theta is updated per epoch instead.")
+        if not any(self.theta_at(t) != 0.0 for t in self._schedule_points(steps if self.per_step else None)):
+            warnings.warn(self._always_zero_message(), stacklevel=2)
+
+    def _schedule_points(self, steps):
+        """Every epoch (or step, as fractional epochs) of the whole schedule, at most ``MAX_CHECKED`` points."""
+        epochs = int(self.epochs or (self.params or {}).get("epochs"))
+        per_epoch = max(1, min(int(steps or 1), self.MAX_CHECKED // epochs))
+        return [e + b / per_epoch for e in range(epochs) for b in range(per_epoch)]
+
+    def _always_zero_message(self) -> str:
+        epochs = int(self.epochs or (self.params or {}).get("epochs"))
+        name = self.schedule if isinstance(self.schedule, str) else getattr(self.schedule, "__name__", "callable")
+        if self.schedule == "constant":
+            advice = "pass value > 0"
+        elif self.schedule in ("triangle", "decay", "cosine"):
+            triangle_ = self.schedule == "triangle"
+            ends = "the first and the last epoch" if triangle_ else "the last epoch"
+            advice = (f"'{name}' is 0 on {ends}: train for at least {3 if triangle_ else 2} epochs"
+                      + (", or pass per_step=True" if not self.per_step and epochs >= 2 else ""))
+        else:
+            advice = "check the schedule"
+        return (f"ThetaScheduler({name!r}): theta is 0 for the whole {epochs}-epoch run, so the relaxation branches "
+                f"never act (lie_penalty and projection_penalty only regularise an unused branch); {advice}.")
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch

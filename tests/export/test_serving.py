@@ -272,7 +272,9 @@ def test_loads_in_fresh_process_without_keras_relaxeq(exported):
     np.testing.assert_allclose(out["probabilities"], tf.nn.softmax(expected).numpy(),
                                rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out["probabilities"].sum(-1), 1.0, rtol=1e-5)
-    np.testing.assert_array_equal(out["class_id"], expected.argmax(-1))
+    # the served class is the argmax of the served logits (those match Keras' only to the tolerance above,
+    # and two nearly equal logits may swap between kernels)
+    np.testing.assert_array_equal(out["class_id"], out["logits"].argmax(-1))
     assert out["class_id"].dtype == np.int64
 
 

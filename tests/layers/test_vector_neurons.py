@@ -744,3 +744,16 @@ def test_concat_mean_needs_points_axis_and_channels():
         VNStdFeature(concat_mean=True)(vectors((2, 8, 3)))
     with pytest.raises(ValueError, match=r"concat_mean=True\) needs channels"):
         VNLeakyReLU(None, concat_mean=True)
+
+
+def test_knn_run_time_check_only_for_a_dynamic_number_of_points():
+    """XLA drops Assert ops with a warning at every compilation: none where the static shape was checked."""
+    def op_types(spec):
+        fn = tf.function(lambda x: knn_graph_feature(x, k=4))
+        return {op.type for op in fn.get_concrete_function(spec).graph.get_operations()}
+
+    assert "Assert" not in op_types(tf.TensorSpec([None, 8, 2, 3], tf.float32))
+    assert "Assert" in op_types(tf.TensorSpec([None, None, 2, 3], tf.float32))
+    dynamic = tf.function(lambda x: knn_graph_feature(x, k=4), input_signature=[tf.TensorSpec([None, None, 1, 3])])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="needs at least 4 points"):
+        dynamic(tf.zeros([1, 3, 1, 3]))

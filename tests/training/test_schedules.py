@@ -43,3 +43,48 @@ def test_per_step_theta_is_fractional_epoch():
     cb = ThetaScheduler("triangle", epochs=5, per_step=True)
     assert cb.theta_at(0.5) == pytest.approx(0.25)
     assert cb.theta_at(4) == 0.0
+
+
+def _relaxed_model():
+    import keras
+
+    from keras_relaxeq.layers import VNLinear
+
+    inputs = keras.Input((5, 1, 3))
+    return keras.Model(inputs, VNLinear(2, relaxed=True)(inputs))
+
+
+def _start(cb, epochs, steps=4):
+    cb.set_model(_relaxed_model())
+    cb.set_params({"epochs": epochs, "steps": steps, "verbose": 0})
+    cb.on_train_begin()
+
+
+@pytest.mark.parametrize("schedule, epochs, kwargs", [
+    ("triangle", 2, {}), ("triangle", 1, {"per_step": True}), ("decay", 1, {}), ("cosine", 1, {}),
+    ("constant", 5, {"value": 0.0}), (lambda epoch: 0.0, 4, {}),
+])
+def test_schedule_that_is_zero_for_the_whole_run_warns(schedule, epochs, kwargs):
+    with pytest.warns(UserWarning, match=f"theta is 0 for the whole {epochs}-epoch run"):
+        _start(ThetaScheduler(schedule, **kwargs), epochs)
+
+
+@pytest.mark.parametrize("schedule, epochs, kwargs", [
+    ("triangle", 3, {}), ("triangle", 2, {"per_step": True}), ("decay", 2, {}), ("constant", 1, {}),
+    (lambda epoch: 0.0 if epoch < 3 else 0.5, 4, {}),
+])
+def test_schedule_that_acts_does_not_warn(schedule, epochs, kwargs, recwarn):
+    _start(ThetaScheduler(schedule, **kwargs), epochs)
+    assert not [w for w in recwarn if "theta is 0" in str(w.message)]
+
+
+def test_per_step_triangle_over_two_epochs_reaches_one_in_the_first_epoch():
+    cb = ThetaScheduler("triangle", per_step=True)
+    _start(cb, epochs=2, steps=4)
+    thetas = []
+    for epoch in range(2):
+        cb.on_epoch_begin(epoch)
+        for batch in range(4):
+            cb.on_train_batch_begin(batch)
+            thetas.append(cb._layers[0].theta.numpy())
+    np.testing.assert_allclose(thetas, [0.0, 0.5, 1.0, 0.5, 0.0, 0.0, 0.0, 0.0])
