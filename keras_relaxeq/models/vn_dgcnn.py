@@ -39,6 +39,7 @@ import keras
 
 from keras_relaxeq.layers.vector_neurons import VNGraphFeature, VNLeakyReLU, VNMeanPool, VNStdFeature
 from keras_relaxeq.models.vn_pointnet import dense_units, vn_channels
+from keras_relaxeq.models.checks import point_cloud_check
 from keras_relaxeq.training.model import RelaxedModel
 
 PLAIN_TRAINABLE_PARAMETERS = 2_899_830
@@ -76,7 +77,8 @@ def vn_dgcnn(num_classes=40, num_points=None, k=20, relaxed=True, width=1.0, nor
     block = dict(negative_slope=negative_slope, **relax)
 
     points = keras.Input((num_points, 3), name="points")
-    x = keras.layers.Reshape((-1, 1, 3), name="as_vectors")(points)
+    x = point_cloud_check(num_points)(points)  # wrong rank / last axis, NaN: a clear error
+    x = keras.layers.Reshape((-1, 1, 3), name="as_vectors")(x)
     features = []
     for i, channels in enumerate((c64, c64, c128, c256), start=1):
         x = VNGraphFeature(k=k, cross=False, name=f"graph{i}")(x)  # [B, N, k, 2C, 3]

@@ -66,6 +66,7 @@ from keras_relaxeq.layers.vector_neurons import (
     VNMeanPool,
     VNStdFeature,
 )
+from keras_relaxeq.models.checks import point_cloud_check
 from keras_relaxeq.training.model import RelaxedModel
 
 #: Published parameter counts (width 1.0, 40 classes) and ours, see the module docstring.
@@ -147,7 +148,8 @@ def vn_pointnet(num_classes=40, num_points=None, relaxed=True, width=1.0, k=20, 
     block = dict(negative_slope=0.0, **relax)
 
     points = keras.Input((num_points, 3), name="points")
-    x = keras.layers.Reshape((-1, 1, 3), name="as_vectors")(points)
+    x = point_cloud_check(num_points)(points)  # wrong rank / last axis, NaN: a clear error
+    x = keras.layers.Reshape((-1, 1, 3), name="as_vectors")(x)
     x = VNGraphFeature(k=k, cross=True, name="graph")(x)  # [B, N, k, 3, 3]
     x = VNLeakyReLU(c64, name="conv_pos", **block)(x)
     x = VNMeanPool(axis=-3, name="pool_neighbours")(x)  # [B, N, c64, 3]
