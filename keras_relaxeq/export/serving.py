@@ -257,14 +257,15 @@ def guard_serving_inputs(inputs: Mapping, specs: Mapping, finite: bool = True) -
                 dims_ok = tf.reduce_all(tf.stack([tf.equal(padded[i], d) for i, d in fixed]))
                 check = tf.debugging.Assert(
                     tf.logical_and(rank_ok, dims_ok),
-                    [f"input {name!r} must have shape {expected} ({spec.dtype.name}, ? = any size); got shape", shape],
+                    [f"serving input {name} must have shape {expected} ({spec.dtype.name}, ? = any size); "
+                     "got shape", shape],
                     summarize=8, name=f"check_{name}_shape")
                 with tf.control_dependencies([check]):
                     x = tf.identity(x)
             x = tf.ensure_shape(x, want, name=f"ensure_{name}_shape")
         if finite and x.dtype.is_floating:
             x = tf.debugging.check_numerics(
-                x, f"input {name!r} contains NaN or Inf values; send finite values only",
+                x, f"serving input {name} contains NaN or Inf values; send finite values only",
                 name=f"check_{name}_finite")
         out[name] = x
     return out

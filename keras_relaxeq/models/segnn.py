@@ -46,6 +46,7 @@ from keras_relaxeq.groups.irreps import Irreps, balanced_irreps, check_layout, c
 from keras_relaxeq.groups.spherical_harmonics import spherical_harmonics
 from keras_relaxeq.layers.steerable import O3TensorProduct, O3TensorProductGate, SteerableNorm
 from keras_relaxeq.models.checks import InputCheck
+from keras_relaxeq.models.presets import attach_from_preset
 from keras_relaxeq.training.model import RelaxedModel
 
 register = keras.saving.register_keras_serializable(package="keras_relaxeq")
@@ -290,6 +291,7 @@ def segnn_hidden_irreps(hidden_features=64, lmax_hidden=1, lmax_attr=1, balance=
                            attr_irreps=Irreps.spherical_harmonics(int(lmax_attr)))
 
 
+@attach_from_preset
 def segnn(num_layers=4, hidden_features=64, lmax_hidden=1, lmax_attr=1, relaxed=True,
           relaxation_initializer=None, lambda_lie=0.01, lambda_proj=0.01, norm=None, pool=None,
           num_nodes=5, balance="weights", squared_distance=False, centring="mass", lie_method="auto",

@@ -12,9 +12,11 @@ import keras
 
 from keras_relaxeq.layers.vector_neurons import VNGraphFeature, VNLeakyReLU, VNMeanPool, VNStdFeature
 from keras_relaxeq.models.checks import point_cloud_check
+from keras_relaxeq.models.presets import attach_from_preset
 from keras_relaxeq.training.model import RelaxedModel
 
 
+@attach_from_preset
 def vn_classifier(num_classes, num_points=None, channels=(16, 32, 64), k=10, relaxed=True, negative_slope=0.0,
                   hidden_units=64, dropout=0.3, lambda_lie=0.01, lambda_proj=0.01, penalty_scale="none",
                   relaxation_initializer="zeros", lie_method="auto", name="vn_classifier"):

@@ -34,6 +34,7 @@ from keras_relaxeq.zoo.errors import (
 from keras_relaxeq.zoo.registry import (
     Artifact,
     ZooEntry,
+    classify,
     get_entry,
     list_entries,
     list_models,
@@ -57,6 +58,7 @@ __all__ = [
     "ZooError",
     "cache_root",
     "cached_path",
+    "classify",
     "download",
     "entry_cache_dir",
     "get_entry",
