@@ -53,8 +53,8 @@ class InputCheck(keras.layers.Layer):
     def _shape_error(self, got=None) -> str:
         hint = f" {self.hint}" if self.hint else ""
         if got is None:  # the shape follows in the Assert's data
-            return f"Input {self.input_name!r} must have shape {self.layout}.{hint} Got shape:"
-        return f"Input {self.input_name!r} must have shape {self.layout}, got shape {got}.{hint}"
+            return f"Input {self.input_name} must have shape {self.layout}.{hint} Got shape:"
+        return f"Input {self.input_name} must have shape {self.layout}, got shape {got}.{hint}"
 
     def call(self, x):
         x = tf.convert_to_tensor(x)
@@ -76,7 +76,7 @@ class InputCheck(keras.layers.Layer):
         x = tf.ensure_shape(x, self.full_shape)
         if self.finite and x.dtype.is_floating:
             x = tf.debugging.check_numerics(
-                x, f"Input {self.input_name!r} contains NaN or Inf values; remove or repair the non-finite "
+                x, f"Input {self.input_name} contains NaN or Inf values; remove or repair the non-finite "
                    "entries before calling the model")
         return x
 

@@ -56,7 +56,7 @@ NBODY_INPUT_IRREPS = "2x1o+1x0e"
 NBODY_OUTPUT_IRREPS = "1x1o"
 NBODY_MESSAGE_IRREPS = "2x0e"
 NORMS = (None, "instance")
-NBODY_HINT = "One system per batch row, in the simulator's units; see keras_relaxeq.datasets.nbody."
+NBODY_HINT = "One system per batch row, in simulator units; see keras_relaxeq.datasets.nbody."
 #: node-feature centring: "mass" (equivariant) or "coordinates" (the reference code's, not equivariant)
 CENTRINGS = ("mass", "coordinates")
 

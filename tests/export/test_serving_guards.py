@@ -86,9 +86,10 @@ def exported(tmp_path_factory):
     path = serving.export_saved_model(tiny_classifier(), base, "tiny_so3_toy", 1, write_config=False)
     fresh = subprocess.Popen([sys.executable, "-c", FRESH_CODE, str(path)], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=_env(), cwd=base)
+    np.save(base / "nan.npy", np.full((1, NUM_POINTS, 3), np.nan, np.float32))
     cli = subprocess.Popen(
         [str(BIN / "saved_model_cli"), "run", "--dir", str(path), "--tag_set", "serve", "--signature_def",
-         "serving_default", "--input_exprs", f"points=np.full((1, {NUM_POINTS}, 3), np.nan, np.float32)"],
+         "serving_default", "--inputs", f"points={base / 'nan.npy'}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=base)
     yield {"path": path, "base": base, "fresh": fresh, "cli": cli}
     for proc in (fresh, cli):
