@@ -849,11 +849,12 @@ def _republish_card(text: str, old, new: dict, diff: float, what: str) -> str:
         f"## Version {v_new}",
         "",
         f"The weights of v{v_old}, re-exported (no retraining). The SavedModel's serving function now checks "
-        "its inputs: a mis-shaped input (another rank, another last axis, e.g. xyz + normals) or NaN / Inf "
-        "values fail with `InvalidArgumentError` (TF Serving: HTTP 400) instead of being answered; the `.keras` "
-        "model starts with an `InputCheck` layer that refuses the same. Its "
-        f"{what} equal v{v_old}'s within {diff:.1e} (float32 round-off), so the metrics below, measured "
-        f"on v{v_old}'s artifact, hold for this version.",
+        "its inputs: a mis-shaped input (another rank or another size of a fixed axis, such as xyz + normals "
+        "for a point cloud or extra charge columns) or NaN / Inf values fail with `InvalidArgumentError` (TF "
+        "Serving: HTTP 400) instead of being answered; the `.keras` model starts with `InputCheck` layers that "
+        f"refuse the same. Its {what} equal v{v_old}'s "
+        + ("exactly" if diff == 0 else f"within {diff:.1e} (float32 round-off)")
+        + f" on random inputs, so the metrics below, measured on v{v_old}'s artifact, hold for this version.",
     ]
     body = "\n".join([f"# {old.name} v{v_new}"] + lines[1:3] + note + lines[3:])
     body = body.replace(f"--version {v_old}", f"--version {v_new}").replace(f"version={v_old}", f"version={v_new}")
