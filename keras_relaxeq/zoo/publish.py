@@ -881,7 +881,6 @@ def republish(name: str, from_version: int | None = None, version: int | None = 
     previous card with a section on the new version. The previous version stays in the catalogue.
     """
     import keras
-    import tensorflow as tf
 
     from keras_relaxeq.cli import _check_signature, check_input_guards, check_symmetry
     from keras_relaxeq.export.serving import export_saved_model, pack_saved_model, sha256_file

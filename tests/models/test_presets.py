@@ -41,12 +41,21 @@ def test_from_preset_reproduces_the_published_model(env):
     np.testing.assert_allclose(got, want, atol=1e-5 * max(1.0, np.abs(want).max()))
 
 
-def test_pretrained_new_head_relaxed_fine_tuning(env):
+def test_pretrained_new_head_relaxed(env):
     published, x = env
     model = kr.models.vn_pointnet(pretrained=True, num_classes=10, num_points=None)
     assert has_relaxation_branches(model) and model.output.shape == (None, 10)
     # zero-initialised branches: the relaxed encoder starts equal to the pretrained one
     np.testing.assert_allclose(features(model, x), features(published, x), atol=1e-4)
+    plain = kr.project(model)
+    assert not has_relaxation_branches(plain) and plain.output.shape == (None, 10)
+    np.testing.assert_allclose(features(plain, x), features(published, x), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_pretrained_fine_tuning_trains_and_projects(env):
+    _, x = env
+    model = kr.models.vn_pointnet(pretrained=True, num_classes=10, num_points=None)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=False,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     y = np.arange(len(x)) % 10
