@@ -3,7 +3,7 @@
     relaxeq zoo list [--all-versions] [--json]
     relaxeq zoo info NAME [--version V] [--card] [--json]
     relaxeq zoo download NAME [--version V] [--cache-dir DIR] [--base-url URL] [--offline]
-    relaxeq zoo verify [NAME ...] [--atol A] [--rtol R] [...]   # hash, load, signature, symmetry
+    relaxeq zoo verify [NAME ...] [--atol A] [--rtol R] [...]   # hash, load, signature, symmetry, input checks
     relaxeq zoo serve-config --base-dir DIR [NAME ...] [--download] [--model-base-path-prefix /models] [--link]
     relaxeq zoo publish RUN_DIR [--name N] [--version V] [--model-file F] [--max-val-samples N]
 
@@ -101,9 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="version (default: the latest)")
     _add_fetch_args(p)
 
-    p = zsub.add_parser("verify", help="check hash, loading, serving signature and the symmetry "
+    p = zsub.add_parser("verify", help="check hash, loading, serving signature, the symmetry "
                                        "(rotation invariance of point-cloud classifiers, E(3) "
-                                       "equivariance of N-body models)")
+                                       "equivariance of N-body models) and the serving input checks "
+                                       "(mis-shaped and non-finite inputs refused)")
     p.add_argument("names", nargs="*", help="entries to check (default: all, every version)")
     _add_fetch_args(p)
     p.add_argument("--num-samples", type=_positive_int, default=4,
@@ -378,6 +379,54 @@ def check_symmetry(model, entry, *, num_samples=4, num_points=None, atol=1e-4, r
     return None
 
 
+def _guard_probe_inputs(model, entry, num_points=None, seed=0, batch=2) -> dict:
+    """Valid float32 inputs for every serving input (``batch`` rows; free axes: the entry's
+    ``num_points``, else 64), standard normal."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n = num_points or entry.num_points or 64
+    feed = {}
+    for key, spec in model.input_specs.items():
+        dims = spec.shape.as_list()
+        shape = [batch] + [n if d is None else d for d in dims[1:]]
+        feed[key] = rng.normal(size=shape).astype(spec.dtype.as_numpy_dtype)
+    return feed
+
+
+def check_input_guards(model, entry, *, num_points=None, seed=0) -> tuple[bool, str]:
+    """The serving function refuses what ``entry.input_checks`` promises: ``"shape"`` a last axis
+    of 6 instead of 3 (xyz + normals) and an extra leading axis on the primary input,
+    ``"finite"`` a NaN in it; each must fail with ``InvalidArgumentError`` (not answer).
+    Returns ``(ok, detail)``."""
+    import numpy as np
+    import tensorflow as tf
+
+    good = _guard_probe_inputs(model, entry, num_points, seed)
+    key = model.input_name
+    probes = []
+    if "shape" in entry.input_checks:
+        x = good[key]
+        probes.append((f"{key} last axis {x.shape[-1] + 3}",
+                       np.concatenate([x, x[..., :3]], axis=-1)))
+        probes.append((f"{key} rank {x.ndim + 1}", x[None]))
+    if "finite" in entry.input_checks:
+        x = good[key].copy()
+        x.flat[1] = np.nan
+        probes.append((f"NaN in {key}", x))
+    model.signature(**{k: tf.constant(v) for k, v in good.items()})  # the valid input is answered
+    accepted = []
+    for label, bad in probes:
+        try:
+            model.signature(**{k: tf.constant(bad if k == key else v) for k, v in good.items()})
+        except tf.errors.InvalidArgumentError:
+            continue
+        accepted.append(label)
+    if accepted:
+        return False, f"the serving function answered invalid inputs ({', '.join(accepted)})"
+    return True, f"input checks ok ({', '.join(label for label, _ in probes)} refused)"
+
+
 def cmd_verify(args, out) -> int:
     from keras_relaxeq.zoo import registry
     from keras_relaxeq.zoo.download import ServingModel, ensure_artifact
@@ -418,6 +467,13 @@ def cmd_verify(args, out) -> int:
                 if not ok:
                     raise AssertionError(detail)
                 steps.append(detail)
+            if e.input_checks:
+                ok, detail = check_input_guards(model, e, num_points=args.num_points, seed=args.seed)
+                if not ok:
+                    raise AssertionError(detail)
+                steps.append(detail)
+            else:
+                steps.append("input checks n/a (published without)")
             print(f"OK    {label}: " + ", ".join(steps), file=out)
         except Exception as exc:  # report every entry, then fail
             failures += 1

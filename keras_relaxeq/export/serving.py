@@ -209,6 +209,102 @@ def resolve_input_signature(model, input_name="points", input_signature=None,
 
 
 # ---------------------------------------------------------------------------------------------
+# Input checks inside the serving function.
+# ---------------------------------------------------------------------------------------------
+
+#: Ops that carry the input checks of an export with ``input_checks=True`` (see
+#: :func:`guard_serving_inputs`); :func:`export_saved_model` refuses an export that lost them
+#: (an XLA-compiled serving function would drop ``Assert`` and ``CheckNumerics``).
+GUARD_OPS = frozenset({"Assert", "EnsureShape", "CheckNumerics"})
+
+
+def _describe_shape(shape) -> str:
+    dims = list(shape)
+    return "[" + ", ".join(("batch" if i == 0 and d is None else ("?" if d is None else str(d)))
+                           for i, d in enumerate(dims)) + "]"
+
+
+def guard_serving_inputs(inputs: Mapping, specs: Mapping, finite: bool = True) -> dict:
+    """The serving inputs, checked at run time against their ``tf.TensorSpec`` (stock TF ops only).
+
+    A served SavedModel does not enforce its signature's shapes (``tf.saved_model.load`` and TF
+    Serving feed whatever arrives), so the model would silently reshape a ``[batch, N, 6]`` or a
+    ``[1, 2, N, 3]`` tensor into another cloud. For every input this adds, in the graph:
+
+    * an ``Assert`` on each fixed axis of the spec (message: the input's name, the expected shape,
+      then the shape received);
+    * ``EnsureShape`` to the spec (rank and fixed axes);
+    * with ``finite=True`` and a floating dtype, ``CheckNumerics`` (NaN / Inf).
+
+    A failed check makes the call fail with ``InvalidArgumentError`` (TF Serving: HTTP 400 /
+    gRPC ``INVALID_ARGUMENT`` with that message); no output is returned. Must run in a graph that
+    is not XLA-compiled (XLA drops ``Assert`` and ``CheckNumerics``).
+    """
+    import tensorflow as tf
+
+    out = {}
+    for name, spec in specs.items():
+        x = inputs[name]
+        want = tf.TensorShape(spec.shape)
+        expected = _describe_shape(want) if want.rank is not None else "any"
+        if want.rank is not None:
+            fixed = [(i, d) for i, d in enumerate(want.as_list()) if d is not None]
+            if fixed:
+                shape = tf.shape(x)
+                rank_ok = tf.equal(tf.size(shape), want.rank)
+                # index only when the rank is right (a shorter tensor would fail the slice)
+                padded = tf.concat([shape, tf.zeros([want.rank], tf.int32)], axis=0)
+                dims_ok = tf.reduce_all(tf.stack([tf.equal(padded[i], d) for i, d in fixed]))
+                check = tf.debugging.Assert(
+                    tf.logical_and(rank_ok, dims_ok),
+                    [f"serving input {name} must have shape {expected} ({spec.dtype.name}, ? = any size); "
+                     "got shape", shape],
+                    summarize=8, name=f"check_{name}_shape")
+                with tf.control_dependencies([check]):
+                    x = tf.identity(x)
+            x = tf.ensure_shape(x, want, name=f"ensure_{name}_shape")
+        if finite and x.dtype.is_floating:
+            x = tf.debugging.check_numerics(
+                x, f"serving input {name} contains NaN or Inf values; send finite values only",
+                name=f"check_{name}_finite")
+        out[name] = x
+    return out
+
+
+def _fn_ops(function_def) -> set[str]:
+    return {n.op for n in function_def.node_def}
+
+
+def check_guards(export_dir, specs: Mapping, finite: bool = True) -> None:
+    """Raise ``ValueError`` unless the SavedModel keeps the ops of :func:`guard_serving_inputs`.
+
+    The ops must be in the graph of the function behind ``serving_default`` or in a function it
+    calls (an XLA-compiled function, ``_XlaMustCompile``, would drop ``Assert``/``CheckNumerics``).
+    """
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    sm = saved_model_pb2.SavedModel()
+    sm.ParseFromString((Path(export_dir) / "saved_model.pb").read_bytes())
+    needed = {"EnsureShape"}
+    if any(tf_spec.shape.rank and any(d is not None for d in tf_spec.shape.as_list()) for tf_spec in
+           specs.values()):
+        needed.add("Assert")
+    if finite:
+        needed.add("CheckNumerics")
+    found, xla = set(), []
+    for mg in sm.meta_graphs:
+        for fn in mg.graph_def.library.function:
+            found |= _fn_ops(fn)
+            if fn.attr.get("_XlaMustCompile") is not None and fn.attr["_XlaMustCompile"].b:
+                xla.append(fn.signature.name)
+    missing = sorted(needed - found)
+    if missing or xla:
+        raise ValueError(f"SavedModel {export_dir}: the serving input checks are missing ops {missing}"
+                         + (f" (XLA-compiled functions {xla[:3]} drop Assert and CheckNumerics)" if xla else "")
+                         + "; export without jit_compile.")
+
+
+# ---------------------------------------------------------------------------------------------
 # Export.
 # ---------------------------------------------------------------------------------------------
 
@@ -255,6 +351,7 @@ def export_saved_model(
     write_config: bool = True,
     config_base_path: str | None = None,
     check_ops: bool = True,
+    input_checks: bool = True,
     verbose: bool = False,
 ) -> Path:
     """Export ``model`` to ``<base_dir>/<name>/<version>/`` for TF Serving; return that path.
@@ -279,6 +376,11 @@ def export_saved_model(
             ``"/models"`` inside the ``tensorflow/serving`` container); default: absolute
             ``base_dir``.
         check_ops: fail if the export uses ``tf.py_function`` or non-stock ops.
+        input_checks: check every input inside the serving function
+            (:func:`guard_serving_inputs`: rank and fixed axes of its spec, finite values); a
+            mis-shaped or non-finite request then fails with ``InvalidArgumentError`` instead of
+            returning a confident answer for a reshaped input. The export is refused if the
+            checks' ops did not survive (:func:`check_guards`).
     """
     import keras
 
@@ -293,6 +395,8 @@ def export_saved_model(
     single = next(iter(specs)) if len(specs) == 1 else None
 
     def serve(inputs):
+        if input_checks:
+            inputs = guard_serving_inputs(inputs, specs)
         x = inputs[single] if single is not None else dict(inputs)
         y = model(x, training=False)
         result = dict(build_outputs(y))
@@ -315,6 +419,8 @@ def export_saved_model(
         archive.write_out(str(tmp / "sm"), verbose=verbose)
         if check_ops:
             check_stock_ops(tmp / "sm")
+        if input_checks:
+            check_guards(tmp / "sm", specs)
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=f".tmp-old-{version}-", dir=model_dir))
             os.replace(final, old / "v")
@@ -536,13 +642,16 @@ def pack_saved_model(export_dir, tar_path) -> PackedArtifact:
 
 __all__ = [
     "FORBIDDEN_OPS",
+    "GUARD_OPS",
     "MODELS_CONFIG",
     "OUTPUT_BUILDERS",
     "PackedArtifact",
     "check_stock_ops",
     "classification_outputs",
     "export_saved_model",
+    "check_guards",
     "format_model_config",
+    "guard_serving_inputs",
     "list_ops",
     "pack_saved_model",
     "read_models_config",

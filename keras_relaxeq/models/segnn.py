@@ -45,6 +45,8 @@ import tensorflow as tf
 from keras_relaxeq.groups.irreps import Irreps, balanced_irreps, check_layout, convert_layout
 from keras_relaxeq.groups.spherical_harmonics import spherical_harmonics
 from keras_relaxeq.layers.steerable import O3TensorProduct, O3TensorProductGate, SteerableNorm
+from keras_relaxeq.models.checks import InputCheck
+from keras_relaxeq.models.presets import attach_from_preset
 from keras_relaxeq.training.model import RelaxedModel
 
 register = keras.saving.register_keras_serializable(package="keras_relaxeq")
@@ -54,6 +56,7 @@ NBODY_INPUT_IRREPS = "2x1o+1x0e"
 NBODY_OUTPUT_IRREPS = "1x1o"
 NBODY_MESSAGE_IRREPS = "2x0e"
 NORMS = (None, "instance")
+NBODY_HINT = "One system per batch row, in simulator units; see keras_relaxeq.datasets.nbody."
 #: node-feature centring: "mass" (equivariant) or "coordinates" (the reference code's, not equivariant)
 CENTRINGS = ("mass", "coordinates")
 
@@ -288,6 +291,7 @@ def segnn_hidden_irreps(hidden_features=64, lmax_hidden=1, lmax_attr=1, balance=
                            attr_irreps=Irreps.spherical_harmonics(int(lmax_attr)))
 
 
+@attach_from_preset
 def segnn(num_layers=4, hidden_features=64, lmax_hidden=1, lmax_attr=1, relaxed=True,
           relaxation_initializer=None, lambda_lie=0.01, lambda_proj=0.01, norm=None, pool=None,
           num_nodes=5, balance="weights", squared_distance=False, centring="mass", lie_method="auto",
@@ -343,10 +347,14 @@ def segnn(num_layers=4, hidden_features=64, lmax_hidden=1, lmax_attr=1, relaxed=
     loc = keras.Input((n, 3), name="loc")
     vel = keras.Input((n, 3), name="vel")
     charges = keras.Input((n, 1), name="charges")
+    # wrong shapes (e.g. extra charge columns) and non-finite values: a clear error
+    checked = [InputCheck((n, dim), input_name=key, layout=f"[batch, {n}, {dim}] ({what})", hint=NBODY_HINT,
+                          name=f"check_{key}")(t)
+               for key, dim, what, t in (("loc", 3, "positions", loc), ("vel", 3, "velocities", vel),
+                                         ("charges", 1, "one charge per particle", charges))]
     x, node_attr, edge_attr, edge_features = NBodyGraphFeatures(
         num_nodes=n, lmax_attr=lmax_attr, squared_distance=squared_distance, centring=centring, layout=layout,
-        name="graph_features")(
-        [loc, vel, charges])
+        name="graph_features")(checked)
     x = O3TensorProduct(NBODY_INPUT_IRREPS, attr, hidden, relaxed=False, layout=layout, name="embedding")(
         (x, node_attr))
     for i in range(int(num_layers)):
@@ -357,7 +365,7 @@ def segnn(num_layers=4, hidden_features=64, lmax_hidden=1, lmax_attr=1, relaxed=
     x = O3TensorProductGate(hidden, attr, hidden, relaxed=False, layout=layout, name="pre_pool1")((x, node_attr))
     delta = O3TensorProduct(hidden, attr, NBODY_OUTPUT_IRREPS, relaxed=False, layout=layout, name="pre_pool2")(
         (x, node_attr))
-    positions = keras.layers.Add(name="positions")([loc, delta])
+    positions = keras.layers.Add(name="positions")([checked[0], delta])
     return RelaxedModel({"loc": loc, "vel": vel, "charges": charges}, positions, lambda_lie=lambda_lie,
                         lambda_proj=lambda_proj, penalty_scale=penalty_scale, name=name)
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 import keras
 
 from keras_relaxeq.layers.vector_neurons import VNGraphFeature, VNLeakyReLU, VNMeanPool, VNStdFeature
+from keras_relaxeq.models.checks import point_cloud_check
+from keras_relaxeq.models.presets import attach_from_preset
 from keras_relaxeq.training.model import RelaxedModel
 
 
+@attach_from_preset
 def vn_classifier(num_classes, num_points=None, channels=(16, 32, 64), k=10, relaxed=True, negative_slope=0.0,
                   hidden_units=64, dropout=0.3, lambda_lie=0.01, lambda_proj=0.01, penalty_scale="none",
                   relaxation_initializer="zeros", lie_method="auto", name="vn_classifier"):
@@ -38,7 +41,8 @@ def vn_classifier(num_classes, num_points=None, channels=(16, 32, 64), k=10, rel
     c0, c1, c2 = (int(c) for c in channels)
     relax = dict(relaxed=relaxed, relaxation_initializer=relaxation_initializer, lie_method=lie_method)
     points = keras.Input((num_points, 3), name="points")
-    x = keras.layers.Reshape((-1, 1, 3), name="as_vectors")(points)
+    x = point_cloud_check(num_points)(points)  # wrong rank / last axis, NaN: a clear error
+    x = keras.layers.Reshape((-1, 1, 3), name="as_vectors")(x)
     x = VNGraphFeature(k=k, cross=True, name="graph")(x)
     x = VNLeakyReLU(c0, negative_slope=negative_slope, name="conv_pos", **relax)(x)
     x = VNMeanPool(axis=-3, name="pool_neighbours")(x)

@@ -39,6 +39,8 @@ import keras
 
 from keras_relaxeq.layers.vector_neurons import VNGraphFeature, VNLeakyReLU, VNMeanPool, VNStdFeature
 from keras_relaxeq.models.vn_pointnet import dense_units, vn_channels
+from keras_relaxeq.models.checks import point_cloud_check
+from keras_relaxeq.models.presets import attach_from_preset, from_preset
 from keras_relaxeq.training.model import RelaxedModel
 
 PLAIN_TRAINABLE_PARAMETERS = 2_899_830
@@ -48,9 +50,11 @@ BRANCH_BIAS_PARAMETERS = 5_115
 NUM_RELAXED_MAPS = 15
 
 
+@attach_from_preset
 def vn_dgcnn(num_classes=40, num_points=None, k=20, relaxed=True, width=1.0, normalize_frame=False,
              lambda_lie=0.0005, lambda_proj=0.0005, penalty_scale="theta", relaxation_initializer="glorot_uniform",
-             relaxation_use_bias=True, lie_method="auto", negative_slope=0.2, dropout=0.5, name="vn_dgcnn"):
+             relaxation_use_bias=True, lie_method="auto", negative_slope=0.2, dropout=0.5, name="vn_dgcnn",
+             pretrained=False):
     """Build VN-DGCNN (classification, mean pooling).
 
     Args:
@@ -67,16 +71,28 @@ def vn_dgcnn(num_classes=40, num_points=None, k=20, relaxed=True, width=1.0, nor
         lie_method: how the Lie derivative is computed.
         negative_slope: VN leaky-ReLU slope (0.2); the head's leaky ReLU also uses 0.2.
         dropout: head dropout rate (0.5).
+        pretrained: ``True`` (or a zoo name) builds the architecture of the zoo entry
+            (``vn_dgcnn_so3_modelnet40`` by default: its width and ``k``, not this call's) with
+            its weights, through ``vn_dgcnn.from_preset`` (``keras_relaxeq.models.presets``):
+            ``num_classes`` other than the entry's gives a new head; ``relaxed=True`` (the
+            default) re-enables the relaxation branches for fine-tuning.
 
     Input ``points [batch, num_points, 3]``; output logits ``[batch, num_classes]``.
     """
+    if pretrained:
+        return from_preset("vn_dgcnn", None if pretrained is True else pretrained, num_classes=num_classes,
+                           relaxed=relaxed, num_points=num_points, lambda_lie=lambda_lie, lambda_proj=lambda_proj,
+                           penalty_scale=penalty_scale, relaxation_initializer=relaxation_initializer,
+                           relaxation_use_bias=relaxation_use_bias, lie_method=lie_method, dropout=dropout,
+                           name=name)
     c64, c128, c256, c1024 = (vn_channels(n, width) for n in (64, 128, 256, 1024))
     relax = dict(relaxed=relaxed, relaxation_initializer=relaxation_initializer,
                  relaxation_use_bias=relaxation_use_bias, lie_method=lie_method)
     block = dict(negative_slope=negative_slope, **relax)
 
     points = keras.Input((num_points, 3), name="points")
-    x = keras.layers.Reshape((-1, 1, 3), name="as_vectors")(points)
+    x = point_cloud_check(num_points)(points)  # wrong rank / last axis, NaN: a clear error
+    x = keras.layers.Reshape((-1, 1, 3), name="as_vectors")(x)
     features = []
     for i, channels in enumerate((c64, c64, c128, c256), start=1):
         x = VNGraphFeature(k=k, cross=False, name=f"graph{i}")(x)  # [B, N, k, 2C, 3]

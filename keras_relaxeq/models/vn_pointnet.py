@@ -71,6 +71,8 @@ from keras_relaxeq.layers.vector_neurons import (
     VNMeanPool,
     VNStdFeature,
 )
+from keras_relaxeq.models.checks import point_cloud_check
+from keras_relaxeq.models.presets import attach_from_preset, from_preset
 from keras_relaxeq.training.model import RelaxedModel
 
 #: Published parameter counts (width 1.0, 40 classes) and ours, see the module docstring.
@@ -122,9 +124,10 @@ def count_parameters(model):
     return trainable, non_trainable, int(model.count_params())
 
 
+@attach_from_preset
 def vn_pointnet(num_classes=40, num_points=None, relaxed=True, width=1.0, k=20, normalize_frame=False,
                 lambda_lie=0.01, lambda_proj=0.01, penalty_scale="none", relaxation_initializer="zeros",
-                relaxation_use_bias=True, lie_method="auto", dropout=0.4, name="vn_pointnet"):
+                relaxation_use_bias=True, lie_method="auto", dropout=0.4, name="vn_pointnet", pretrained=False):
     """Build VN-PointNet (classification, ``feature_transform=True``, mean pooling).
 
     Args:
@@ -142,9 +145,20 @@ def vn_pointnet(num_classes=40, num_points=None, relaxed=True, width=1.0, k=20, 
         relaxation_use_bias: give each branch a bias ``b``.
         lie_method: how the Lie derivative is computed (``"auto"``: closed form).
         dropout: head dropout rate (0.4).
+        pretrained: ``True`` (or a zoo name) builds the architecture of the zoo entry
+            (``vn_pointnet_so3_modelnet40`` by default: its width and ``k``, not this call's) with
+            its weights, through ``vn_pointnet.from_preset`` (``keras_relaxeq.models.presets``):
+            ``num_classes`` other than the entry's gives a new head; ``relaxed=True`` (the
+            default) re-enables the relaxation branches for fine-tuning.
 
     Input ``points [batch, num_points, 3]``; output logits ``[batch, num_classes]``.
     """
+    if pretrained:
+        return from_preset("vn_pointnet", None if pretrained is True else pretrained, num_classes=num_classes,
+                           relaxed=relaxed, num_points=num_points, lambda_lie=lambda_lie, lambda_proj=lambda_proj,
+                           penalty_scale=penalty_scale, relaxation_initializer=relaxation_initializer,
+                           relaxation_use_bias=relaxation_use_bias, lie_method=lie_method, dropout=dropout,
+                           name=name)
     c64, c128, c1024 = vn_channels(64, width), vn_channels(128, width), vn_channels(1024, width)
     c512, c256 = vn_channels(512, width), vn_channels(256, width)
     relax = dict(relaxed=relaxed, relaxation_initializer=relaxation_initializer,
@@ -152,7 +166,8 @@ def vn_pointnet(num_classes=40, num_points=None, relaxed=True, width=1.0, k=20, 
     block = dict(negative_slope=0.0, **relax)
 
     points = keras.Input((num_points, 3), name="points")
-    x = keras.layers.Reshape((-1, 1, 3), name="as_vectors")(points)
+    x = point_cloud_check(num_points)(points)  # wrong rank / last axis, NaN: a clear error
+    x = keras.layers.Reshape((-1, 1, 3), name="as_vectors")(x)
     x = VNGraphFeature(k=k, cross=True, name="graph")(x)  # [B, N, k, 3, 3]
     x = VNLeakyReLU(c64, name="conv_pos", **block)(x)
     x = VNMeanPool(axis=-3, name="pool_neighbours")(x)  # [B, N, c64, 3]

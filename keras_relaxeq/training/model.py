@@ -108,6 +108,23 @@ class RelaxedModel(keras.Model):
             penalty = penalty / num_replicas
         return loss + tf.cast(penalty, loss.dtype)
 
+    def predict(self, x, *args, **kwargs):
+        """``keras.Model.predict``, refusing on the host what its (XLA) predict function cannot:
+        no samples at all, and NaN / Inf in array inputs (``InputCheck``'s run-time check does not
+        survive XLA)."""
+        import numpy as np
+
+        arrays = [] if isinstance(x, tf.data.Dataset) else tf.nest.flatten(x)
+        for a in arrays:
+            if isinstance(a, (np.ndarray, tf.Tensor)) or hasattr(a, "__array__"):
+                a = np.asarray(a)
+                if a.ndim and a.shape[0] == 0:
+                    raise ValueError(f"predict got 0 samples (input shape {a.shape}); pass at least one.")
+                if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
+                    raise ValueError("predict got NaN or Inf input values; remove or repair the non-finite "
+                                     "entries first.")
+        return super().predict(x, *args, **kwargs)
+
     def test_step(self, data):
         logs = super().test_step(data)
         # Penalties are measured in training only; do not report empty trackers.

@@ -39,6 +39,7 @@ from keras_relaxeq.zoo.errors import (
 from keras_relaxeq.zoo.registry import (
     Artifact,
     ZooEntry,
+    classify,
     get_entry,
     list_entries,
     list_models,
@@ -63,6 +64,7 @@ __all__ = [
     "ZooError",
     "cache_root",
     "cached_path",
+    "classify",
     "download",
     "entry_cache_dir",
     "get_entry",

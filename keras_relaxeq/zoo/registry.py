@@ -41,6 +41,14 @@ INVARIANT_TASKS = ("point_cloud_classification",)
 #: serving inputs of an N-body model: positions, velocities (vectors), charges (invariant)
 NBODY_INPUTS = ("loc", "vel", "charges")
 
+#: ``input.preprocess`` values: ``centre`` each cloud at its ``"mean"`` (or not: null), ``scale``
+#: it into the ``"unit_sphere"`` (or not)
+PREPROCESS_CENTRE = ("mean", None)
+PREPROCESS_SCALE = ("unit_sphere", None)
+#: ``input_checks`` an entry's serving function performs (``relaxeq zoo verify`` tests them):
+#: ``"shape"`` (rank and fixed axes of every input), ``"finite"`` (no NaN / Inf)
+INPUT_CHECKS = ("shape", "finite")
+
 _NAME_RE = re.compile(r"^[a-z0-9]+(_[a-z0-9]+){2,}$")
 _WORD_RE = re.compile(r"^[a-z0-9]+$")
 _ARCH_RE = re.compile(r"^[a-z0-9]+(_[a-z0-9]+)*$")  # arch may be several words: vn_pointnet
@@ -110,6 +118,8 @@ class ZooEntry:
     recipe: str | None = None
     inputs: Mapping[str, Any] | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    #: the catalogue folder (``labels`` and ``card`` are relative to it); set by ``parse_index``
+    root: Path | None = field(default=None, repr=False, compare=False)
 
     @property
     def input_name(self) -> str:
@@ -132,6 +142,98 @@ class ZooEntry:
         ``nbody_regression``, inputs ``loc``, ``vel``, ``charges`` and the output ``loc``."""
         return (self.task == "nbody_regression" and set(NBODY_INPUTS) <= set(self.input_signature)
                 and "loc" in self.outputs)
+
+    @property
+    def input_checks(self) -> tuple[str, ...]:
+        """What the serving function refuses (``"shape"``, ``"finite"``); empty for versions
+        published before the checks existed."""
+        return tuple(self.raw.get("input_checks") or ())
+
+    @property
+    def num_points(self) -> int | None:
+        """Points per cloud the model was trained and evaluated with (``input.num_points``)."""
+        n = self.input.get("num_points")
+        return None if n is None else int(n)
+
+    @property
+    def preprocessing(self) -> dict:
+        """The machine-readable preprocessing (``input.preprocess``): ``{"centre": "mean" | None,
+        "scale": "unit_sphere" | None, "num_points": int | None}``; ``{}`` if the entry has none."""
+        spec = dict(self.input.get("preprocess") or {})
+        if spec and "num_points" not in spec:
+            spec["num_points"] = self.num_points
+        return spec
+
+    @property
+    def labels(self) -> tuple[str, ...] | None:
+        """Class names in logit order (the entry's ``labels`` file), or None if it lists none."""
+        rel = self.raw.get("labels")
+        if not rel:
+            return None
+        path = (self.root or default_zoo_dir()) / rel
+        try:
+            names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except FileNotFoundError:
+            raise ZooError(f"Label file {path} listed for {self.name!r} v{self.version} is missing; the "
+                           "catalogue and zoo/ folder are out of sync (reinstall or report it).") from None
+        classes = (self.outputs.get("logits") or {}).get("shape", [None, None])[-1]
+        if classes is not None and len(names) != classes:
+            raise ZooError(f"{path} lists {len(names)} labels but {self.name!r} v{self.version} has "
+                           f"{classes} logits; fix the catalogue.")
+        return tuple(names)
+
+    def check_num_points(self, points, stacklevel: int = 2) -> bool:
+        """Warn (``UserWarning``) when ``points [..., n, 3]`` has another point count than the
+        entry's ``num_points``; return whether it matches (True if the entry records none)."""
+        import warnings
+
+        want = self.num_points
+        shape = getattr(points, "shape", None)
+        if want is None or shape is None or len(shape) < 2 or shape[-2] in (None, want):
+            return True
+        warnings.warn(f"{self.name} v{self.version} was trained and evaluated on {want} points per cloud, "
+                      f"got {shape[-2]}: its answers change with the point count. Resample the clouds "
+                      f"(entry.preprocess(points) draws {want} points) or check the accuracy at "
+                      f"{shape[-2]} points yourself.", UserWarning, stacklevel=stacklevel + 1)
+        return False
+
+    def preprocess(self, points, *, num_points=None, seed=None):
+        """The entry's preprocessing applied to raw clouds ``[n, 3]`` or ``[batch, n, 3]``.
+
+        Each cloud is centred at its mean and scaled into the unit sphere (farthest point at
+        distance 1) when the entry says so, then ``num_points`` points are drawn from it (the
+        entry's, by default; without replacement, with replacement from a smaller cloud), as the
+        recipes prepare their data. Returns float32 with the input's rank. Raises ``ValueError``
+        for a last axis other than 3 or non-finite coordinates.
+        """
+        import numpy as np
+
+        spec = self.preprocessing
+        if not spec:
+            raise ZooError(f"{self.name} v{self.version} records no machine-readable preprocessing "
+                           "(input.preprocess); see its card: " + str(self.input.get("preprocessing")))
+        x = np.asarray(points, dtype=np.float32)
+        single = x.ndim == 2
+        if single:
+            x = x[None]
+        if x.ndim != 3 or x.shape[-1] != 3 or x.shape[1] == 0:
+            raise ValueError(f"{self.name}: points must have shape [n, 3] or [batch, n, 3] with n >= 1 "
+                             f"(xyz only: drop normals or colours with points[..., :3]), got {np.shape(points)}.")
+        if not np.all(np.isfinite(x)):
+            raise ValueError(f"{self.name}: points contain NaN or Inf coordinates; remove them first.")
+        if spec.get("centre") == "mean":
+            x = x - x.mean(axis=1, keepdims=True, dtype=np.float64).astype(np.float32)
+        if spec.get("scale") == "unit_sphere":
+            from keras_relaxeq.datasets.modelnet40 import normalize_point_clouds
+
+            x = normalize_point_clouds(x)
+        n = num_points if num_points is not None else spec.get("num_points")
+        if n is not None and int(n) != x.shape[1]:
+            rng = np.random.default_rng(seed)
+            n, have = int(n), x.shape[1]
+            idx = np.stack([rng.choice(have, n, replace=have < n) for _ in range(len(x))])
+            x = np.take_along_axis(x, idx[..., None], axis=1)
+        return x[0] if single else x
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(self.raw))
@@ -247,6 +349,23 @@ def _parse_entry(d, path, i) -> ZooEntry:
     _require(inp, "name", str, path, where + ".input")
     _parse_tensor_spec(inp, path, where, "input")
     _require(inp, "preprocessing", str, path, where + ".input")
+    if inp.get("num_points") is not None and (not isinstance(inp["num_points"], int) or inp["num_points"] < 1):
+        _fail(path, where, "input.num_points must be a positive int or null")
+    prep = inp.get("preprocess")
+    if prep is not None:
+        if not isinstance(prep, dict):
+            _fail(path, where, "input.preprocess must be an object {centre, scale, num_points}")
+        for key, allowed in (("centre", PREPROCESS_CENTRE), ("scale", PREPROCESS_SCALE)):
+            if prep.get(key) not in allowed:
+                _fail(path, where, f"input.preprocess.{key} must be one of {allowed}, got {prep.get(key)!r}")
+        n = prep.get("num_points")
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+            _fail(path, where, "input.preprocess.num_points must be a positive int or null")
+    if d.get("labels") is not None:
+        _safe_relpath(_require(d, "labels", str, path, where), path, where, "labels")
+    checks = d.get("input_checks")
+    if checks is not None and (not isinstance(checks, list) or not set(checks) <= set(INPUT_CHECKS)):
+        _fail(path, where, f"input_checks must be a list of {INPUT_CHECKS}")
     inputs = d.get("inputs")
     if inputs is not None:  # several serving inputs: {name: {dtype, shape}}, the primary among them
         if not isinstance(inputs, dict) or not inputs:
@@ -280,7 +399,7 @@ def _parse_entry(d, path, i) -> ZooEntry:
         architecture=architecture, input=inp, outputs=outputs, artifact=artifact,
         metrics=tuple(metrics), license=license_, citation=citation, card=card,
         keras_artifact=keras_artifact, description=d.get("description", ""),
-        recipe=d.get("recipe"), inputs=inputs, raw=d,
+        recipe=d.get("recipe"), inputs=inputs, raw=d, root=Path(path).parent,
     )
 
 
@@ -383,15 +502,61 @@ def model_card(name: str, version: int | None = None, *, index=None) -> str:
                        "zoo/ folder are out of sync (reinstall or report it).") from None
 
 
+def classify(model, points, *, entry: ZooEntry | None = None, preprocess: bool = True, top_k: int = 1,
+             seed=0):
+    """Class names for point clouds, with the entry's preprocessing and labels.
+
+    Args:
+        model: what ``zoo.load(name)`` returns (a ``ServingModel``; its entry is used), or a
+            Keras model (``zoo.load(name, as_keras=True)``) together with ``entry``.
+        points: raw clouds ``[n, 3]`` or ``[batch, n, 3]``.
+        preprocess: apply :meth:`ZooEntry.preprocess` (centre, scale, draw the entry's number of
+            points with ``seed``). With ``False`` the clouds are fed as they are, and a point count
+            other than the entry's gives a ``UserWarning``.
+        top_k: 1 gives one name per cloud; more gives ``[(name, probability), ...]`` per cloud.
+
+    Returns a list (one item per cloud; a single ``[n, 3]`` cloud gives a single item).
+    """
+    import numpy as np
+
+    entry = entry if entry is not None else getattr(model, "entry", None)
+    if entry is None:
+        raise TypeError("classify needs the zoo entry: pass a model from zoo.load(name) or entry=zoo.get_entry(name).")
+    labels = entry.labels
+    if labels is None:
+        raise ZooError(f"{entry.name} v{entry.version} lists no class labels (no 'labels' file in the catalogue).")
+    x = np.asarray(points, dtype=np.float32)
+    single = x.ndim == 2
+    x = x[None] if single else x
+    if preprocess:
+        x = entry.preprocess(x, seed=seed)
+    else:
+        entry.check_num_points(x)
+    if hasattr(model, "signature"):  # ServingModel
+        probs = np.asarray(model(x)["probabilities"], np.float64)
+    else:  # a Keras model returning logits
+        logits = np.asarray(model.predict(x, verbose=0), np.float64)
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+    order = np.argsort(-probs, axis=-1)[:, :max(1, int(top_k))]
+    if top_k == 1:
+        out = [labels[int(i[0])] for i in order]
+    else:
+        out = [[(labels[int(j)], float(p[j])) for j in i] for i, p in zip(order, probs)]
+    return out[0] if single else out
+
+
 __all__ = [
     "Artifact",
     "Catalogue",
     "ENV_INDEX",
+    "INPUT_CHECKS",
     "INVARIANT_TASKS",
     "NBODY_INPUTS",
     "TASKS",
     "ZooEntry",
     "card_path",
+    "classify",
     "default_zoo_dir",
     "get_entry",
     "index_path",

@@ -5,7 +5,8 @@ and loaded with ``tf.saved_model.load`` in a fresh interpreter that never import
 keras_relaxeq; ``serving_default`` runs on real ModelNet40 validation shapes and on rotated
 copies; the parent checks that the logits equal the published Keras model's and are rotation
 invariant (tolerance of ``relaxeq zoo verify``), and ``saved_model_cli show`` lists the
-signature. N-body entries (``segnn_o3_nbody``) run on real N-body test systems and on copies
+signature. Entries with ``input_checks`` must refuse a mis-shaped and a non-finite input there.
+N-body entries (``segnn_o3_nbody``) run on real N-body test systems and on copies
 moved by a rotation or reflection and a translation: the predicted positions must equal the Keras
 model's and move the same way (E(3) equivariance). With an empty catalogue a single test checks
 that it parses and has no entries, and the same checker runs on entries published from tiny
@@ -53,8 +54,24 @@ calls = len(x[x.files[0]])
 out = {k: np.stack([sig(**{n: tf.constant(x[n][i]) for n in x.files})[k].numpy()
                     for i in range(calls)]) for k in sig.structured_outputs}
 np.savez(out_path, **out)
+# entries with input checks: a mis-shaped or non-finite primary input must be refused
+refused = {}
+if len(sys.argv) > 5:
+    key = sys.argv[5]
+    good = {n: x[n][0] for n in x.files}
+    bad = good[key].copy()
+    bad.flat[1] = np.nan
+    probes = {"last axis + 3": np.concatenate([good[key], good[key][..., :3]], axis=-1),
+              "extra leading axis": good[key][None], "NaN": bad}
+    for label, value in probes.items():
+        try:
+            sig(**{n: tf.constant(value if n == key else v) for n, v in good.items()})
+            refused[label] = "answered"
+        except tf.errors.InvalidArgumentError as exc:
+            refused[label] = exc.message
 assert "keras_relaxeq" not in sys.modules, "keras_relaxeq was imported"
 print(json.dumps({
+    "refused": refused,
     "positional": len(args),
     "inputs": {k: [v.dtype.name, v.shape.as_list()] for k, v in kwargs.items()},
     "outputs": {k: [v.dtype.name, v.shape.as_list()] for k, v in sig.structured_outputs.items()},
@@ -71,7 +88,11 @@ def _catalogue_keys():
     except Exception:  # reported by test_repository_catalogue_parses
         return [pytest.param(None, id="catalogue-invalid")]
     keys = sorted((e.name, e.version) for e in entries)
-    return [pytest.param(k, id=f"{k[0]}-v{k[1]}") for k in keys] or [
+    latest = {name: version for name, version in keys}
+    # superseded versions (unchanged files, still hash-checked by test_repository_catalogue_parses and
+    # verified by `relaxeq zoo verify` in tests/test_cli.py) run with the slow tests
+    return [pytest.param(k, id=f"{k[0]}-v{k[1]}", marks=() if latest[k[0]] == k[1] else pytest.mark.slow)
+            for k in keys] or [
         pytest.param(None, id="no-entries")]
 
 
@@ -134,7 +155,7 @@ def check_entry(catalogue, entry, work: Path) -> dict:
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     fresh = subprocess.Popen(
         [sys.executable, "-c", FRESH_PROCESS_CODE, str(archive), str(work / "fresh"),
-         str(work / "x.npz"), str(work / "out.npz")],
+         str(work / "x.npz"), str(work / "out.npz")] + ([entry.input_name] if entry.input_checks else []),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=work)
     cli = subprocess.Popen(
         [str(BIN / "saved_model_cli"), "show", "--dir", str(extracted), "--tag_set", "serve",
@@ -165,6 +186,10 @@ def check_entry(catalogue, entry, work: Path) -> dict:
     assert info["keras_relaxeq_imported"] is False
     assert info["positional"] == 0
     assert info["inputs"] == {k: ["float32", v["shape"]] for k, v in entry.input_signature.items()}
+    if entry.input_checks:  # the serving function refuses bad inputs with a message naming the input
+        assert set(info["refused"]) == {"last axis + 3", "extra leading axis", "NaN"}
+        for label, message in info["refused"].items():
+            assert f"serving input {entry.input_name} " in message, (label, message)
     if entry.is_nbody_model:
         return _check_nbody_outputs(info, np.load(work / "out.npz"), expected, q, t, cli_out)
     assert info["inputs"] == {entry.input_name: ["float32", [None, None, 3]]}
