@@ -1010,6 +1010,8 @@ class ServingModel:
             t = tf.convert_to_tensor(np.asarray(value), dtype=spec.dtype)
             if spec.shape.rank is not None and t.shape.rank == spec.shape.rank - 1:
                 t, squeeze = t[tf.newaxis], True
+            if self.entry is not None and key == self.entry.input_name:
+                self.entry.check_num_points(t)  # warns: the answers change with the point count
             feed[key] = t
         out = self.signature(**feed)
         return {k: (v.numpy()[0] if squeeze else v.numpy()) for k, v in out.items()}

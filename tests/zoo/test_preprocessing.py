@@ -103,6 +103,20 @@ def test_classify_returns_names(catalogue):
         zoo.classify(model, raw)
 
 
+def test_a_loaded_artifact_warns_on_another_point_count(catalogue, tmp_path):
+    from keras_relaxeq.export.serving import export_saved_model
+    from keras_relaxeq.zoo.download import ServingModel
+
+    e = catalogue.get("toy_so3_modelnet40")
+    path = export_saved_model(constant_classifier(3), tmp_path, "toy", 1, input_name="points")
+    served = ServingModel(path, e)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert served(np.zeros((2, 50, 3), np.float32))["class_id"].tolist() == [3, 3]
+    with pytest.warns(UserWarning, match="trained and evaluated on 50 points per cloud, got 1024"):
+        served(np.zeros((1024, 3), np.float32))  # one unbatched cloud
+
+
 def test_label_count_must_match_the_logits(catalogue, tmp_path):
     (tmp_path / "cards" / "labels.txt").write_text("a\nb\n")
     with pytest.raises(errors.ZooError, match="lists 2 labels but"):
