@@ -30,7 +30,9 @@ The output directory gets:
                           after the last: re-running the same command resumes a killed run from its
                           last backup (or extends a finished one when ``--epochs`` grows); ``--fresh``
                           starts over, ``--resume`` insists on a backup.  The epochs after the last
-                          backup are trained again (``log.csv`` keeps their last rows);
+                          backup are trained again (with the same batches: the data passes are replayed)
+                          and their rows are dropped from ``log.csv`` and ``relaxation.csv`` first; a
+                          damaged backup or one of other options stops the run with what to do;
 * ``log.csv``             per-epoch train MSE, relaxed and projected val MSE, theta, penalties;
 * ``logs/``               TensorBoard (same quantities);
 * ``relaxation.csv``      relaxed runs, every ``--monitor-every`` epochs (10): per relaxation branch, the rms
