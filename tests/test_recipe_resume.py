@@ -157,6 +157,28 @@ def test_a_backup_of_other_options_stops_the_recipe_naming_them(run_dir):
     assert logged_epochs(out / "log.csv") == [0, 1, 2]
 
 
+def test_a_worker_reads_the_logs_only_once_the_chief_has_trimmed_them(run_dir, monkeypatch):
+    """Every worker takes its initial best value from the shared log.csv: all must see the same rows."""
+    import threading
+
+    import tensorflow as tf
+
+    from keras_relaxeq.training import distribute, recipe
+
+    monkeypatch.setattr(distribute, "is_chief", lambda strategy=None: False)
+    monkeypatch.setattr(distribute, "worker_dir", lambda base, strategy=None: str(run_dir / "private"))
+    with pytest.raises(SystemExit, match="did not trim the logs"):
+        recipe._wait_for_trimmed_logs(run_dir, 3, timeout=0.5)
+    chief = threading.Timer(1.0, lambda: [recipe.truncate_epoch_log(run_dir / n, 3) for n in recipe.EPOCH_LOGS])
+    chief.start()
+    try:
+        out, _, write_dir = recipe.prepare_output_dir(config(run_dir), tf.distribute.get_strategy())
+        seen = logged_epochs(out / "log.csv")  # as the worker reads it next: after the chief's trimming
+    finally:
+        chief.join()
+    assert write_dir == run_dir / "private" and seen == [0, 1, 2]
+
+
 def test_resume_insists_on_a_backup(tmp_path):
     import tensorflow as tf
 

@@ -423,7 +423,7 @@ def read_backup(backup_dir, *, config=None, epochs=None, may_differ=()) -> dict 
 
     A backup is used only as a whole: every file its manifest names must be there with the
     recorded sha256 (a file still under its pending name counts: the writer was stopped after the
-    commit, before the renames), the epoch must be an integer >= 1 and at most ``epochs``, and every
+    commit, before the renames), the epoch must be an integer >= 0 and at most ``epochs``, and every
     entry of ``config`` except the keys ``may_differ`` must equal the run config the backup was
     written with (keys one of the two configs lacks are not compared: options added later).
     Anything else raises :class:`BackupError` with what is wrong and what to do.
@@ -493,8 +493,8 @@ def read_backup(backup_dir, *, config=None, epochs=None, may_differ=()) -> dict 
 
 
 def _check_epoch(epoch, where, backup_dir) -> int:
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
-        raise BackupError(f"{where} gives the epoch {epoch!r}, not an integer >= 1; the backup cannot be trusted: "
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:  # 0: a save_freq=N backup in epoch 0
+        raise BackupError(f"{where} gives the epoch {epoch!r}, not an integer >= 0; the backup cannot be trusted: "
                           f"{_fresh_hint(backup_dir)}.")
     return epoch
 

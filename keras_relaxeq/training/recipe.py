@@ -98,11 +98,31 @@ def prepare_output_dir(cfg, strategy, may_differ=RESUME_MAY_DIFFER) -> tuple[Pat
     if manifest is not None and manifest.get("legacy") and dist.is_chief(strategy):
         print(f"note: the backup in {backup_dir} predates backup manifests; its run options cannot be checked",
               file=sys.stderr)
+    epoch = manifest["epoch"] if manifest else 0
     if dist.is_chief(strategy):
-        epoch = manifest["epoch"] if manifest else 0
         for name in EPOCH_LOGS:
             truncate_epoch_log(out / name, epoch)
+    else:  # every worker reads the shared log.csv next (the best value so far): wait for the chief's trimming
+        _wait_for_trimmed_logs(out, epoch)
     return out, backup_dir, Path(dist.worker_dir(str(out), strategy))
+
+
+def _last_logged_epoch(path) -> int:
+    history = read_csv_history(path)
+    return int(max(history.get("epoch", [-1]), default=-1))
+
+
+def _wait_for_trimmed_logs(out, epoch, timeout=300.0) -> None:
+    """Until the chief has dropped the rows of epochs ``>= epoch`` from the shared logs (it does so
+    at the same point of the program; nothing is appended before every worker is in ``fit``)."""
+    import time
+
+    deadline = time.time() + timeout
+    while any(_last_logged_epoch(out / name) >= epoch for name in EPOCH_LOGS):
+        if time.time() > deadline:
+            raise SystemExit(f"{out}: the chief did not trim the logs {EPOCH_LOGS} to the backup's epoch {epoch} "
+                             f"within {timeout:.0f} s; is the chief running with the same --output-dir?")
+        time.sleep(0.5)
 
 
 def truncate_epoch_log(path, epoch: int) -> int | None:

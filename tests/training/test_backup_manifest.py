@@ -103,9 +103,9 @@ def test_a_damaged_backup_is_refused_with_what_to_do(finished, tmp_path, damage,
 
 @pytest.mark.parametrize("epoch, epochs, message", [
     (99, 10, "after epoch 99 but --epochs is 10: pass --epochs 99 or more"),
-    (-5, 10, "epoch -5, not an integer >= 1"),
-    (0, 10, "epoch 0, not an integer >= 1"),
-    ("4", 10, "epoch '4', not an integer >= 1"),
+    (-5, 10, "epoch -5, not an integer >= 0"),
+    ("4", 10, "epoch '4', not an integer >= 0"),
+    (None, 10, "epoch None, not an integer >= 0"),
 ])
 def test_an_impossible_epoch_is_refused(finished, tmp_path, epoch, epochs, message):
     backup = copy_backup(finished[1], tmp_path / "backup")
@@ -150,6 +150,12 @@ def test_a_legacy_backup_is_used_only_whole(finished, tmp_path):
     (backup / "training_metadata.json").write_text("{not json")
     with pytest.raises(BackupError, match="not valid JSON"):
         read_backup(backup)
+    (backup / "training_metadata.json").write_text('{"epoch": -5, "batch": 0}')
+    with pytest.raises(BackupError, match="epoch -5, not an integer >= 0"):
+        read_backup(backup)
+    (backup / "training_metadata.json").write_text('{"epoch": 99, "batch": 0}')
+    with pytest.raises(BackupError, match="after epoch 99 but --epochs is 10"):
+        read_backup(backup, epochs=10)
     assert read_backup(tmp_path / "nothing") is None
 
 
