@@ -1,7 +1,8 @@
 """Resuming a recipe run: the backup is checked before anything is built, the per-epoch logs keep
 each epoch once, and a run killed (SIGKILL) at any point ends, once re-run, exactly as an unbroken one.
 
-The kill tests run ``recipes/segnn_nbody.py`` (tiny: 20 training systems, width 4, one layer, 4
+The kill tests (marked slow; ``tests/training/test_backup_manifest.py`` interrupts the same points of
+a backup in-process, in the default suite) run ``recipes/segnn_nbody.py`` (tiny: 20 training systems, width 4, one layer, 4
 epochs) in subprocesses through ``tests/training/killed_recipe.py``, which SIGKILLs the process at a
 named point.  "The same result": ``log.csv``, ``relaxation.csv`` and the final backup's weights are
 bitwise equal to those of an unbroken run, and ``summary.json`` equal except the fields that
@@ -277,6 +278,7 @@ def kill_and_rerun(tmp_path, unbroken, kill_at, resumed_epoch):
     assert_same_run(unbroken.get(), out)
 
 
+@pytest.mark.slow  # 3 recipe processes: about a minute on 2 idle cores; the in-process variant is test_backup_manifest
 def test_killed_between_a_backups_commit_and_its_renames_ends_as_an_unbroken_run(tmp_path, unbroken):
     """The trickiest point: the second backup's manifest is written, its files still pending."""
     kill_and_rerun(tmp_path, unbroken, "committed:2", resumed_epoch=2)
