@@ -1,9 +1,9 @@
 """Resuming a recipe run: the backup is checked before anything is built, the per-epoch logs keep
 each epoch once, and a run killed (SIGKILL) at any point ends, once re-run, exactly as an unbroken one.
 
-The kill tests (marked slow; ``tests/training/test_backup_manifest.py`` interrupts the same points of
-a backup in-process, in the default suite) run ``recipes/segnn_nbody.py`` (tiny: 20 training systems, width 4, one layer, 4
-epochs) in subprocesses through ``tests/training/killed_recipe.py``, which SIGKILLs the process at a
+The kill tests (marked slow; ``tests/training/test_backup_manifest.py`` interrupts the same points
+of a backup in-process, in the default suite) run ``recipes/segnn_nbody.py`` (tiny: 20 training
+systems, width 4, one layer, 4 epochs) in subprocesses through ``tests/training/killed_recipe.py``, which SIGKILLs the process at a
 named point.  "The same result": ``log.csv``, ``relaxation.csv`` and the final backup's weights are
 bitwise equal to those of an unbroken run, and ``summary.json`` equal except the fields that
 describe the invocation (wall times, epochs of this invocation, ``resumed``, the output directory).
