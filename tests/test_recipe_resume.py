@@ -4,14 +4,14 @@ each epoch once, and a run killed (SIGKILL) at any point ends, once re-run, exac
 The kill tests (marked slow; ``tests/training/test_backup_manifest.py`` interrupts the same points
 of a backup in-process, in the default suite) run ``recipes/segnn_nbody.py`` (tiny: 20 training
 systems, width 4, one layer, 4 epochs) in subprocesses through ``tests/training/killed_recipe.py``,
-which SIGKILLs the process at a named point.  "The same result": ``log.csv``, ``relaxation.csv``
-and the final backup's weights are bitwise equal to those of an unbroken run, and ``summary.json`` equal except the fields that
-describe the invocation (wall times, epochs of this invocation, ``resumed``, the output directory).
-Bitwise is what to expect, not a tolerance: the resumed process loads the float32 weights and the
-optimizer state bit for bit, replays the data pipelines' passes (``CountedDataset``) so every epoch
-gets the batches and rotations of the unbroken run, and runs the same kernels on the same machine;
-``TF_DETERMINISTIC_OPS=1`` and one intra-/inter-op thread rule out the only other source of
-differences (the order of multi-threaded float reductions).
+which SIGKILLs the process at a named point. "The same result": ``log.csv``, ``relaxation.csv`` and
+the final backup's weights are bitwise equal to those of an unbroken run, and ``summary.json`` equal
+except the fields that describe the invocation (wall times, epochs of this invocation, ``resumed``,
+the output directory). Bitwise is what to expect, not a tolerance: the resumed process loads the
+float32 weights and the optimizer state bit for bit, replays the data pipelines' passes
+(``CountedDataset``) so every epoch gets the batches and rotations of the unbroken run, and runs the
+same kernels on the same machine; ``TF_DETERMINISTIC_OPS=1`` and one intra-/inter-op thread rule out
+the only other source of differences (the order of multi-threaded float reductions).
 """
 
 import csv
