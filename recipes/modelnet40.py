@@ -316,7 +316,8 @@ def main(argv=None) -> dict:
         projected_val,  # before everything that reads projected_val_accuracy
     ]
     tail, tensorboard = run_callbacks(write_dir, backup_dir, monitor="projected_val_accuracy", mode="max",
-                                      initial_best=best_so_far, strategy=strategy, recipe="recipes/modelnet40.py")
+                                      initial_best=best_so_far, strategy=strategy, recipe="recipes/modelnet40.py",
+                                      config=cfg)  # recorded with each backup; another run's is refused
     callbacks += tail
     fit_history = model.fit(train, validation_data=val if cfg["relaxed_val"] else None, epochs=cfg["epochs"],
                             callbacks=callbacks, verbose=cfg["verbose"],

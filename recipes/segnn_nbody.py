@@ -30,7 +30,9 @@ The output directory gets:
                           after the last: re-running the same command resumes a killed run from its
                           last backup (or extends a finished one when ``--epochs`` grows); ``--fresh``
                           starts over, ``--resume`` insists on a backup.  The epochs after the last
-                          backup are trained again (``log.csv`` keeps their last rows);
+                          backup are trained again (with the same batches: the data passes are replayed)
+                          and their rows are dropped from ``log.csv`` and ``relaxation.csv`` first; a
+                          damaged backup or one of other options stops the run with what to do;
 * ``log.csv``             per-epoch train MSE, relaxed and projected val MSE, theta, penalties;
 * ``logs/``               TensorBoard (same quantities);
 * ``relaxation.csv``      relaxed runs, every ``--monitor-every`` epochs (10): per relaxation branch, the rms
@@ -301,9 +303,9 @@ def main(argv=None) -> dict:
     strategy = make_strategy(cfg)
     dist = _dist()
     chief = dist.is_chief(strategy)
-    layout = layout_of_run(cfg["output_dir"], cfg.get("layout"), fresh=bool(cfg.get("fresh")))
-    out, backup_dir, write_dir = prepare_output_dir(cfg, strategy)  # --fresh / --resume
-    cfg["layout"] = layout
+    cfg["layout"] = layout_of_run(cfg["output_dir"], cfg.get("layout"), fresh=bool(cfg.get("fresh")))
+    out, backup_dir, write_dir = prepare_output_dir(cfg, strategy)  # --fresh / --resume, checks the backup
+    layout = cfg["layout"]
     (write_dir / LAYOUT_FILE).write_text(layout + "\n")
     start = time.time()
 
@@ -315,8 +317,10 @@ def main(argv=None) -> dict:
     cfg["batch"] = dist.global_batch_size(cfg["batch"], strategy)  # --batch is the global batch size
     keras.utils.set_random_seed(cfg["seed"])
     train, val, test = make_datasets(cfg)
+    # passes counted: a resumed run replays them, so its epoch E sees the shuffle and rotations of epoch E
+    passes = {"train": dist.CountedDataset(train), "val": dist.CountedDataset(val)}
     # AutoShardPolicy.DATA: worker i keeps slice i of every global batch (one rotation per global batch)
-    train, val = dist.shard_dataset(train, "data"), dist.shard_dataset(val, "data")
+    train, val = dist.shard_dataset(passes["train"].dataset, "data"), dist.shard_dataset(passes["val"].dataset, "data")
     with strategy.scope():  # model, optimizer, metrics (and penalties) are created on every replica
         model = build_model(cfg)
         model.compile(optimizer=keras.optimizers.Adam(cfg["lr"], weight_decay=cfg["weight_decay"] or None),
@@ -339,7 +343,7 @@ def main(argv=None) -> dict:
     callbacks.append(projected_val)  # before everything that reads projected_val_loss
     tail, tensorboard = run_callbacks(write_dir, backup_dir, monitor="projected_val_loss", mode="min",
                                       initial_best=best_so_far, strategy=strategy, recipe="recipes/segnn_nbody.py",
-                                      backup_every=cfg["backup_every"])
+                                      backup_every=cfg["backup_every"], config=cfg, datasets=passes)
     callbacks += tail
     fit_start = time.time()
     fit_history = model.fit(train, validation_data=val if cfg["relaxed_val"] else None, epochs=cfg["epochs"],

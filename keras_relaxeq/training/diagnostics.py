@@ -37,7 +37,7 @@ import keras
 import tensorflow as tf
 
 from keras_relaxeq.layers.base import collect_relaxation_penalties, get_theta, relaxed_layers
-from keras_relaxeq.training.recipe import read_csv_history
+from keras_relaxeq.training.recipe import read_csv_history, truncate_epoch_log
 
 #: the columns of a report row, in table order
 COLUMNS = ("layer", "theta", "points", "equivariant_rms", "branch_rms", "relative", "r_rms", "lie_rms", "lie_over_r",
@@ -141,9 +141,10 @@ class RelaxationMonitor(keras.callbacks.Callback):
 
     One row per branch and epoch plus the ``"total"`` row (columns :data:`MONITOR_COLUMNS`,
     ``epoch`` counted from 0 as in Keras' ``CSVLogger``).  The file is appended to, so a resumed
-    run continues it; an epoch trained again after a resume is logged again, and
-    :func:`read_relaxation_log` keeps its last rows.  Put it after ``ThetaScheduler`` in the
-    callback list.  Only the chief of a multi-worker run should be given a shared ``path``.
+    run continues it; the rows of the epochs a resumed run trains again (from the first epoch of
+    its ``fit`` on) are dropped when that epoch begins, so every epoch has its rows once.  Put it
+    after ``ThetaScheduler`` in the callback list.  Only the chief of a multi-worker run should be
+    given a shared ``path``.
     """
 
     def __init__(self, data, path, every: int = 10, num_batches: int = 2):
@@ -154,6 +155,15 @@ class RelaxationMonitor(keras.callbacks.Callback):
         self.path = Path(path)
         self.every = every
         self.num_batches = num_batches
+        self._first_epoch = True
+
+    def on_train_begin(self, logs=None):
+        self._first_epoch = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._first_epoch:  # a resumed fit starts at the restored epoch: its rows and later ones go
+            self._first_epoch = False
+            truncate_epoch_log(self.path, epoch)
 
     def on_epoch_end(self, epoch, logs=None):
         last = self.params.get("epochs") if self.params else None
@@ -174,7 +184,7 @@ class RelaxationMonitor(keras.callbacks.Callback):
 
 def read_relaxation_log(path, layer: str = "total") -> dict[str, list[float]]:
     """Columns of a :class:`RelaxationMonitor` CSV for one branch (default: the totals), by epoch;
-    for an epoch logged twice (a resumed run) the last rows win."""
+    for an epoch logged twice (a file of an older version, from a resumed run) the last rows win."""
     history = read_csv_history(path, where=lambda row: row.get("layer") == layer)
     history.pop("layer", None)
     return history

@@ -7,11 +7,22 @@ Everything here runs before (or without) any TensorFlow op, so a recipe can crea
 from __future__ import annotations
 
 import csv
+import os
 import shutil
+import sys
 from pathlib import Path
 
 #: files and folders a recipe run writes that ``--fresh`` deletes
 RUN_STATE = ("backup", "logs", "log.csv", "relaxation.csv", "best_relaxed.keras", "best_projected.keras")
+#: the per-epoch CSV logs of a run (an ``epoch`` column, counted from 0): a resumed run drops their rows of
+#: the epochs it trains again, so that every epoch has its rows once
+EPOCH_LOGS = ("log.csv", "relaxation.csv")
+#: run-config keys (recipe options) that may change when a run is resumed: they do not change what is
+#: trained (``--epochs`` extends a finished run; where it runs, how often it is backed up, evaluated,
+#: monitored or printed, the data location, the test-set size).  Every other option must match the backup.
+RESUME_MAY_DIFFER = ("epochs", "output_dir", "resume", "fresh", "verbose", "strategy", "cpu_replicas",
+                     "backup_every", "eval_every", "monitor_every", "relaxed_val", "jit_compile", "data_dir",
+                     "test_samples", "invariance_samples")
 
 
 def check_strategy_options(cfg) -> None:
@@ -56,14 +67,20 @@ def remove_path(target: Path) -> None:
         target.unlink(missing_ok=True)
 
 
-def prepare_output_dir(cfg, strategy) -> tuple[Path, Path, Path]:
+def prepare_output_dir(cfg, strategy, may_differ=RESUME_MAY_DIFFER) -> tuple[Path, Path, Path]:
     """``(out, backup_dir, write_dir)`` of a run, after ``--fresh`` / ``--resume`` handling.
 
     ``--fresh`` deletes the run state (:data:`RUN_STATE`); every worker deletes before its own
-    fit and nobody writes a backup before all workers are in fit.  ``--resume`` insists on a
-    backup.  ``write_dir`` is where this process writes every output file: ``out`` on the chief,
-    one private temporary directory on the other workers (they take part in every save, e.g. of
-    distributed variables, but their files are thrown away at the end).
+    fit and nobody writes a backup before all workers are in fit.  Otherwise a backup in
+    ``out/backup`` is checked as a whole before anything is built
+    (:func:`~keras_relaxeq.training.distribute.read_backup`: complete, undamaged, epoch at most
+    ``--epochs``, written with the same options except :data:`RESUME_MAY_DIFFER`); one that is not
+    ends the program with a message that says what to do.  ``--resume`` insists on a backup.  The
+    chief then drops the rows of the epochs the run will train again (from the backup's epoch on,
+    all of them without a backup) from the logs :data:`EPOCH_LOGS`.  ``write_dir`` is where this
+    process writes every output file: ``out`` on the chief, one private temporary directory on the
+    other workers (they take part in every save, e.g. of distributed variables, but their files are
+    thrown away at the end).
     """
     from keras_relaxeq.training import distribute as dist
 
@@ -72,9 +89,77 @@ def prepare_output_dir(cfg, strategy) -> tuple[Path, Path, Path]:
     if cfg.get("fresh") and out.exists():
         for name in RUN_STATE:
             remove_path(out / name)
-    if cfg.get("resume") and not backup_dir.exists():
+    try:
+        manifest = dist.read_backup(backup_dir, config=cfg, epochs=cfg.get("epochs"), may_differ=may_differ)
+    except dist.BackupError as e:
+        raise SystemExit(str(e)) from None
+    if cfg.get("resume") and manifest is None:
         raise SystemExit(f"--resume: no backup in {backup_dir}")
+    if manifest is not None and manifest.get("legacy") and dist.is_chief(strategy):
+        print(f"note: the backup in {backup_dir} predates backup manifests; its run options cannot be checked",
+              file=sys.stderr)
+    epoch = manifest["epoch"] if manifest else 0
+    if dist.is_chief(strategy):
+        for name in EPOCH_LOGS:
+            truncate_epoch_log(out / name, epoch)
+    else:  # every worker reads the shared log.csv next (the best value so far): wait for the chief's trimming
+        _wait_for_trimmed_logs(out, epoch)
     return out, backup_dir, Path(dist.worker_dir(str(out), strategy))
+
+
+def _last_logged_epoch(path) -> int:
+    history = read_csv_history(path)
+    return int(max(history.get("epoch", [-1]), default=-1))
+
+
+def _wait_for_trimmed_logs(out, epoch, timeout=300.0) -> None:
+    """Until the chief has dropped the rows of epochs ``>= epoch`` from the shared logs (it does so
+    at the same point of the program; nothing is appended before every worker is in ``fit``)."""
+    import time
+
+    deadline = time.time() + timeout
+    while any(_last_logged_epoch(out / name) >= epoch for name in EPOCH_LOGS):
+        if time.time() > deadline:
+            raise SystemExit(f"{out}: the chief did not trim the logs {EPOCH_LOGS} to the backup's epoch {epoch} "
+                             f"within {timeout:.0f} s; is the chief running with the same --output-dir?")
+        time.sleep(0.5)
+
+
+def truncate_epoch_log(path, epoch: int) -> int | None:
+    """Drop the rows of epochs ``>= epoch`` (column ``epoch``, from 0) from the CSV log ``path``, so
+    that a run resumed at ``epoch`` logs each epoch it trains again once.  The file is rewritten
+    atomically (a temporary file and a rename) when a row goes, deleted when none remains.
+    Returns the number of rows kept (None when there is no file)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        rows = list(reader)
+    if header is None or "epoch" not in header:
+        return len(rows)
+    column = header.index("epoch")
+
+    def keep(row):
+        try:
+            return int(row[column]) < epoch
+        except (IndexError, ValueError):
+            return False
+
+    kept = [row for row in rows if keep(row)]
+    if len(kept) == len(rows):
+        return len(kept)
+    if not kept:
+        path.unlink()
+        return 0
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(kept)
+    os.replace(tmp, path)
+    return len(kept)
 
 
 def read_csv_history(path, where=None) -> dict[str, list[float]]:
@@ -131,7 +216,8 @@ def _csv_logger(keras):
 
 
 def run_callbacks(write_dir, backup_dir, *, monitor: str, mode: str, initial_best, strategy, recipe: str,
-                  backup_every: int = 1) -> tuple[list, bool]:
+                  backup_every: int = 1, config=None, datasets=None,
+                  may_differ=RESUME_MAY_DIFFER) -> tuple[list, bool]:
     """The callbacks every recipe ends its list with, after its theta / learning-rate schedules and
     its ``ProjectedValidation`` (which must come first: they read its ``projected_val_*`` value).
 
@@ -142,7 +228,9 @@ def run_callbacks(write_dir, backup_dir, *, monitor: str, mode: str, initial_bes
       stderr from the chief: ``log.csv`` has the same quantities);
     * ``MultiWorkerBackupAndRestore`` (``backup_dir``, every ``backup_every`` epochs): every worker
       restores from the shared backup, only the chief writes it; it is kept after a finished run
-      so that a larger ``--epochs`` extends it.
+      so that a larger ``--epochs`` extends it.  It records the run ``config`` (a backup of a run
+      with other options, except ``may_differ``, is refused) and the passes over ``datasets``
+      (name -> ``CountedDataset``, replayed on restore so that a resumed run sees the same data).
 
     Returns ``(callbacks, tensorboard_installed)``.
     """
@@ -166,5 +254,6 @@ def run_callbacks(write_dir, backup_dir, *, monitor: str, mode: str, initial_bes
         print(f"{recipe}: the tensorboard package is not installed; no TensorBoard logs (log.csv has the same "
               "quantities).", file=sys.stderr)
     callbacks.append(dist.MultiWorkerBackupAndRestore(str(backup_dir), delete_checkpoint=False, strategy=strategy,
-                                                      every_epochs=backup_every))
+                                                      every_epochs=backup_every, config=config,
+                                                      may_differ=may_differ, datasets=datasets))
     return callbacks, tensorboard
