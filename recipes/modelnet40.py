@@ -289,8 +289,11 @@ def main(argv=None) -> dict:
     cfg["batch"] = dist.global_batch_size(cfg["batch"], strategy)  # --batch is the global batch size
     keras.utils.set_random_seed(cfg["seed"])
     train, val, bn_data, n_train = make_datasets(cfg)
+    # passes counted: a resumed run replays them, so its epoch E sees the shapes, points and rotations of
+    # epoch E of an unbroken run (the validation pipeline draws the same elements on every pass)
+    passes = {"train": dist.CountedDataset(train)}
     # AutoShardPolicy.DATA: worker i keeps slice i of every global batch (the batches of one worker)
-    train, val = dist.shard_dataset(train, "data"), dist.shard_dataset(val, "data")
+    train, val = dist.shard_dataset(passes["train"].dataset, "data"), dist.shard_dataset(val, "data")
     with strategy.scope():  # model, optimizer, metrics (and penalties) are created on every replica
         model = build_model(cfg)
         model.compile(optimizer=make_optimizer(cfg),
@@ -317,7 +320,8 @@ def main(argv=None) -> dict:
     ]
     tail, tensorboard = run_callbacks(write_dir, backup_dir, monitor="projected_val_accuracy", mode="max",
                                       initial_best=best_so_far, strategy=strategy, recipe="recipes/modelnet40.py",
-                                      config=cfg)  # recorded with each backup; another run's is refused
+                                      config=cfg,  # recorded with each backup; another run's is refused
+                                      datasets=passes)
     callbacks += tail
     fit_history = model.fit(train, validation_data=val if cfg["relaxed_val"] else None, epochs=cfg["epochs"],
                             callbacks=callbacks, verbose=cfg["verbose"],

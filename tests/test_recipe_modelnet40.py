@@ -62,6 +62,8 @@ def test_recipe_runs_and_resumes(tmp_path):
                  "log.csv"):
         assert (out / name).exists(), name
     assert (out / "backup").is_dir()
+    manifest = json.loads((out / "backup" / "manifest.json").read_text())
+    assert manifest["data_passes"] == {"train": 2}  # replayed on resume: epoch 3 sees the third pass
     if on_disk_tb(out):
         assert any((out / "logs").iterdir())
     assert (out / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
