@@ -465,7 +465,8 @@ def knn_graph_feature(x, k, cross=False, indices=None):
         with tf.control_dependencies([tf.debugging.assert_greater_equal(
                 shape[1], k, message=f"kNN with k={k} needs at least {k} points per cloud; "
                                      "use more points or a smaller k.")]):
-            indices = knn_indices(tf.stop_gradient(flat), k)
+            # neighbours from float32 distances also under a mixed (bfloat16) policy
+            indices = knn_indices(tf.cast(tf.stop_gradient(flat), tf.float32), k)
     neighbours = tf.gather(x, indices, batch_dims=1)  # [B, N, k, C, 3]
     centre = tf.broadcast_to(x[:, :, None], tf.shape(neighbours))
     parts = [neighbours - centre, centre]
