@@ -459,13 +459,13 @@ class RelaxedEquivariantLayer(keras.layers.Layer):
         d_in, d_out = in_rep.dim, out_rep.dim
         self.theta = self.add_weight(name="theta", shape=(),
                                      initializer=keras.initializers.Constant(self.initial_theta),
-                                     trainable=False)
+                                     trainable=False, autocast=False)
         if self.relaxation_branch == "mlp":
             h = self.relaxation_hidden_units
             self.relaxation_hidden_kernel = self.add_weight(
-                name="relaxation_hidden_kernel", shape=(d_in, h), initializer="glorot_uniform")
+                name="relaxation_hidden_kernel", shape=(d_in, h), initializer="glorot_uniform", autocast=False)
             self.relaxation_hidden_bias = self.add_weight(
-                name="relaxation_hidden_bias", shape=(h,), initializer="zeros")
+                name="relaxation_hidden_bias", shape=(h,), initializer="zeros", autocast=False)
         else:
             h = d_in
         # The branch variables are not autocast: under a mixed policy the forward pass casts them to the
@@ -563,7 +563,7 @@ class RelaxedEquivariantLayer(keras.layers.Layer):
         """``(LD, N)`` of this layer's own branch for ``inputs`` (on ``stop_gradient``)."""
         method = method or self.resolved_lie_method(inputs)
         flat_x = tf.stop_gradient(_flatten_features(inputs, self.input_rep))
-        variable_dtype = tf.as_dtype(self.theta.dtype) if self.theta is not None else flat_x.dtype
+        variable_dtype = tf.as_dtype(self.variable_dtype)
         if flat_x.dtype != variable_dtype:  # mixed precision: penalties in the variables' dtype (float32)
             flat_x = tf.cast(flat_x, variable_dtype)
         if method == "direct":
@@ -596,7 +596,7 @@ class RelaxedEquivariantLayer(keras.layers.Layer):
         """
         with collect_relaxation_penalties() as collector:
             self(inputs, training=False)
-        return collector.totals(dtype=self.compute_dtype)
+        return collector.totals(dtype=self.variable_dtype)  # float32 under a mixed policy
 
     # -- serialization ---------------------------------------------------------------
     def get_config(self):
