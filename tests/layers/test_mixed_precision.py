@@ -41,6 +41,26 @@ def test_bf16_layer_computes_in_bf16_with_float32_penalties(rank):
     assert np.linalg.norm(y16 - y32) <= 5e-2 * np.linalg.norm(y32)
 
 
+def test_bf16_relaxed_train_step_small_model():
+    """A bf16 relaxed train step (dense and low-rank branches, fused and unfused maps) runs; penalties float32."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 4, 3))
+    h = VNLeakyReLU(6, relaxation_initializer="random_normal", dtype="mixed_bfloat16", name="full_rank")(inputs)
+    h = VNLeakyReLU(6, relaxation_rank=2, relaxation_initializer="random_normal", dtype="mixed_bfloat16",
+                    name="low_rank")(h)
+    logits = keras.layers.Dense(3, dtype="float32")(keras.layers.Flatten(dtype="mixed_bfloat16")(h))
+    model = kr.RelaxedModel(inputs, logits)
+    x = tf.random.stateless_normal([4, 12, 4, 3], seed=[5, 6])
+    with collect_relaxation_penalties() as collector:
+        model(x, training=True)
+    assert len(collector) == 4 and all(t.dtype == tf.float32 for t in collector.lie + collector.projection)
+    model.compile(optimizer=keras.optimizers.SGD(0.01), run_eagerly=True,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    logs = model.train_on_batch(x, np.array([0, 1, 2, 0]), return_dict=True)
+    assert np.isfinite(logs["loss"]) and logs["lie_penalty"] > 0.0 and logs["projection_penalty"] > 0.0
+
+
+@pytest.mark.slow
 def test_bf16_relaxed_pointnet_step_runs_with_float32_penalties():
     """Rank 2: a low-rank branch in every VN map (all have min(D_in, D_out) > 2 at width 0.1)."""
     rank = 2
