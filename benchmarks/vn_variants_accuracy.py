@@ -89,7 +89,8 @@ def main(argv=None):
     for run in results["runs"]:
         by_variant.setdefault(run["variant"], []).append(run["test_accuracy_projected"])
     results["mean_test_accuracy"] = {v: float(np.mean(a)) for v, a in by_variant.items()}
-    print("mean projected test accuracy: " + ", ".join(f"{v} {a:.3f}" for v, a in results["mean_test_accuracy"].items()))
+    means = results["mean_test_accuracy"]
+    print("mean projected test accuracy: " + ", ".join(f"{v} {a:.3f}" for v, a in means.items()))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2)
