@@ -9,6 +9,16 @@ Variants (one worker subprocess each, so that peak memory is per variant):
 * ``projected`` the relaxed model passed through ``keras_relaxeq.project`` (exactly equivariant):
   compiled inference forward (``tf.function(model(x, training=False))``).
 
+Suffixes (combinable): ``_r<rank>`` low-rank branches (``relaxation_rank=<rank>``, e.g. ``relaxed_r16``),
+``_bf16`` the ``mixed_bfloat16`` policy (``relaxed_bf16``), ``_xla`` XLA ``jit_compile``.  Further variants:
+
+* ``matmul_peak`` / ``matmul_peak_bf16``: three ``[--peak-size]^2`` ``tf.matmul`` products per step, in float32 /
+  bfloat16, timed in the same rounds as the models; the median GFLOP/s of ``matmul_peak`` is the machine's
+  measured fp32 matmul peak under the same load, and every variant's achieved GFLOP/s is also given as a
+  fraction of it (``peak%``);
+* ``torch_plain`` / ``torch_relaxed`` / ``torch_projected``: the reference PyTorch VN-PointNet (the paper's public
+  code, imported from ``--torch-reference``; see ``bench_vn_torch_reference.py``), in the same rounds.
+
 Timing: each worker builds its model, runs ``--warmup`` untimed steps (tracing, grappler; XLA
 compilation with ``--jit``), then waits.  The parent runs ``--repeats`` rounds; in each round every
 variant runs ``--steps`` consecutive steps in turn (round-robin, rotating the order each round), so
@@ -74,6 +84,9 @@ def build_parser():
     p.add_argument("--threads", type=int, default=None, help="TF intra-op threads (default: TF's choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--peak-size", type=int, default=2048, help="matrix size of the matmul_peak variants")
+    p.add_argument("--torch-reference", default=None,
+                   help="folder PCClassification/vn-pointnet of the reference code, for the torch_* variants")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return p
 
@@ -138,25 +151,52 @@ def count_matmul_flops(graph):
     return flops, ops, calls
 
 
+def parse_variant(variant, args):
+    """``"relaxed_r16_bf16"`` -> ``{"base": "relaxed", "jit": False, "rank": 16, "bf16": True}``.
+
+    ``--jit`` turns XLA on for every model variant.  ``matmul_peak[_bf16]`` and ``torch_*`` are their own bases.
+    """
+    if variant in ("matmul_peak", "matmul_peak_bf16"):
+        return {"base": "matmul_peak", "jit": False, "rank": None, "bf16": variant.endswith("bf16")}
+    if variant.startswith("torch_"):
+        if variant not in ("torch_plain", "torch_relaxed", "torch_projected"):
+            raise SystemExit(f"unknown variant {variant!r}: use torch_plain, torch_relaxed or torch_projected")
+        return {"base": "torch", "jit": False, "rank": None, "bf16": False}
+    base, *suffixes = variant.split("_")
+    out = {"base": base, "jit": bool(args.jit), "rank": None, "bf16": False}
+    if base not in ("plain", "relaxed", "projected"):
+        raise SystemExit(f"unknown variant {variant!r}: use plain, relaxed, projected with optional _r<rank>, "
+                         "_bf16, _xla suffixes, matmul_peak[_bf16] or torch_plain/torch_relaxed/torch_projected")
+    for suffix in suffixes:
+        if suffix == "xla":
+            out["jit"] = True
+        elif suffix == "bf16":
+            out["bf16"] = True
+        elif suffix.startswith("r") and suffix[1:].isdigit() and base != "plain":
+            out["rank"] = int(suffix[1:])
+        else:
+            raise SystemExit(f"unknown suffix {suffix!r} in variant {variant!r}")
+    return out
+
+
 def _split_variant(variant, args):
-    """``"relaxed_xla"`` -> ``("relaxed", True)``; ``--jit`` turns XLA on for every variant."""
-    base, _, suffix = variant.partition("_")
-    if base not in ("plain", "relaxed", "projected") or suffix not in ("", "xla"):
-        raise SystemExit(f"unknown variant {variant!r}: use plain, relaxed, projected, optionally with _xla")
-    return base, bool(args.jit) or suffix == "xla"
+    """``(base, jit)`` of a variant (see :func:`parse_variant`)."""
+    spec = parse_variant(variant, args)
+    return spec["base"], spec["jit"]
 
 
-def build_model(args, relaxed, jit=False):
+def build_model(args, relaxed, jit=False, rank=None, bf16=False):
     import keras
     import keras_relaxeq as kr
     from keras_relaxeq.models.vn_dgcnn import vn_dgcnn
     from keras_relaxeq.models.vn_pointnet import vn_pointnet
 
+    extra = dict(relaxation_rank=rank, dtype="mixed_bfloat16" if bf16 else None)
     if args.model == "pointnet":
-        model = vn_pointnet(num_points=args.points, relaxed=relaxed, width=args.width, k=args.k)
+        model = vn_pointnet(num_points=args.points, relaxed=relaxed, width=args.width, k=args.k, **extra)
         optimizer = keras.optimizers.Adam(1e-3)
     else:
-        model = vn_dgcnn(num_points=args.points, relaxed=relaxed, width=args.width, k=args.k)
+        model = vn_dgcnn(num_points=args.points, relaxed=relaxed, width=args.width, k=args.k, **extra)
         optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
     if relaxed:
         kr.set_theta(model, 1.0)
@@ -174,15 +214,18 @@ def worker(args):
     import keras_relaxeq as kr
     from keras_relaxeq.layers.base import relaxed_layers
 
-    variant, jit = _split_variant(args.worker, args)
+    spec = parse_variant(args.worker, args)
+    variant, jit = spec["base"], spec["jit"]
     keras.utils.set_random_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     batches = [(tf.constant(rng.standard_normal((args.batch, args.points, 3)).astype("float32")),
                 tf.constant(rng.integers(0, 40, size=(args.batch,)).astype("int32"))) for _ in range(2)]
     t0 = time.perf_counter()
     info = {"variant": args.worker, "jit_compile": jit}
+    if variant == "matmul_peak":
+        return matmul_peak_worker(args, spec)
     if variant == "projected":
-        relaxed_model = build_model(args, relaxed=True)
+        relaxed_model = build_model(args, relaxed=True, rank=spec["rank"], bf16=spec["bf16"])
         model = kr.project(relaxed_model)
         info["relaxed_layers_before_projection"] = len(relaxed_layers(relaxed_model))
         del relaxed_model
@@ -191,7 +234,7 @@ def worker(args):
         def step(i):
             return forward(batches[i % 2][0])
     else:
-        model = build_model(args, relaxed=(variant == "relaxed"), jit=jit)
+        model = build_model(args, relaxed=(variant == "relaxed"), jit=jit, rank=spec["rank"], bf16=spec["bf16"])
         model.make_train_function()
 
         def step(i):
@@ -229,10 +272,52 @@ def worker(args):
     _send({"done": info})
 
 
+def matmul_peak_worker(args, spec):
+    """Three ``[n, n] x [n, n]`` products per step (float32, or bfloat16 with ``spec["bf16"]``)."""
+    import numpy as np
+    import tensorflow as tf
+
+    n = args.peak_size
+    dtype = tf.bfloat16 if spec["bf16"] else tf.float32
+    rng = np.random.default_rng(args.seed)
+    a = [tf.cast(tf.constant(rng.standard_normal((n, n)).astype("float32")), dtype) for _ in range(3)]
+    b = tf.cast(tf.constant(rng.standard_normal((n, n)).astype("float32")), dtype)
+
+    @tf.function
+    def step():
+        return tf.add_n([tf.cast(tf.matmul(x, b)[0, 0], tf.float32) for x in a])
+
+    for _ in range(max(args.warmup, 1)):
+        np.asarray(step())
+    info = {"variant": args.worker, "jit_compile": False, "params": 0, "relaxed_layers": 0,
+            "flops_step": 3 * 2 * n ** 3, "build_warmup_s": 0.0}
+    _send({"ready": info})
+    for line in sys.stdin:
+        cmd = line.split()
+        if not cmd or cmd[0] == "quit":
+            break
+        steps = int(cmd[1])
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            out = step()
+        np.asarray(out)
+        _send({"ms": 1000.0 * (time.perf_counter() - t0) / steps})
+    info.update(peak_rss_mib=peak_rss_mib(), peak_delta_mib=0.0)
+    _send({"done": info})
+
+
 # ----------------------------------------------------------------------------------------------- parent
 class Worker:
-    def __init__(self, variant, argv):
+    def __init__(self, variant, argv, args=None):
         cmd = [sys.executable, "-u", os.path.abspath(__file__), *argv, "--worker", variant]
+        if variant.startswith("torch_"):
+            script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_vn_torch_reference.py")
+            cmd = [sys.executable, "-u", script, "--reference", args.torch_reference, "--points", str(args.points),
+                   "--batch", str(args.batch), "--warmup", str(args.warmup), "--worker", variant]
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
+            if args.no_flops:
+                cmd += ["--no-flops"]
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
         self.variant = variant
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
@@ -259,12 +344,13 @@ def main(argv=None):
         return worker(args)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     for v in variants:
-        _split_variant(v, args)
+        if parse_variant(v, args)["base"] == "torch" and not args.torch_reference:
+            raise SystemExit(f"variant {v} needs --torch-reference PATH (the reference's PCClassification/vn-pointnet)")
     infos, workers = {}, {}
     load_start = os.getloadavg()
     # Build + warm up one worker at a time (no overlap with another worker's tracing).
     for v in variants:
-        w = Worker(v, argv)
+        w = Worker(v, argv, args)
         infos[v] = w.recv()["ready"]
         workers[v] = w
         print(f"  ready {v:<9s} build+warm-up {infos[v]['build_warmup_s']:6.1f} s, {infos[v]['params']:,} params, "
@@ -290,14 +376,16 @@ def main(argv=None):
     for v in variants:
         q1, med, q3 = quantiles(times[v])
         info = infos[v]
-        base, _ = _split_variant(v, args)
-        res = {"kind": "inference" if base == "projected" else "train", "ms_per_step_median": med,
+        base = v.split("_")[-1] if v.startswith("torch_") else parse_variant(v, args)["base"]
+        kind = {"projected": "inference", "matmul_peak": "matmul"}.get(base, "train")
+        res = {"kind": kind, "ms_per_step_median": med,
                "ms_per_step_iqr": [q1, q3], "samples_per_second": args.batch * 1000.0 / med,
                "ms_per_step_all": times[v], **info}
         if info.get("flops_step"):
             res["gflop_per_step"] = info["flops_step"] / 1e9
             res["achieved_gflops"] = info["flops_step"] / 1e9 / (med / 1000.0)
-        if args.model == "pointnet" and args.points == 1024 and args.batch == 32 and args.width == 1.0:
+        if base in PYTORCH_REFERENCE_1024_B32 and args.model == "pointnet" and args.points == 1024 \
+                and args.batch == 32 and args.width == 1.0 and not v.startswith("torch_"):
             ref = PYTORCH_REFERENCE_1024_B32[base]
             res["pytorch_reference_s"] = ref
             res["ours_over_pytorch"] = med / 1000.0 / ref
@@ -306,6 +394,18 @@ def main(argv=None):
         "results": results, "load_average_start": load_start, "load_average_rounds": loads,
         "load_average_end": os.getloadavg(),
         "machine": machine_info()}
+    if "matmul_peak" in results:
+        peak = results["matmul_peak"]["achieved_gflops"]
+        summary["fp32_matmul_peak_gflops"] = peak
+        for r in results.values():
+            if r.get("achieved_gflops"):
+                r["peak_fraction"] = r["achieved_gflops"] / peak
+    if "plain" in results:
+        summary["over_plain_median"] = {v: r["ms_per_step_median"] / results["plain"]["ms_per_step_median"]
+                                        for v, r in results.items() if r["kind"] == "train"}
+        summary["over_plain_paired_median"] = {
+            v: statistics.median(a / b for a, b in zip(times[v], times["plain"]))
+            for v, r in results.items() if r["kind"] == "train"}
     if "plain" in results and "relaxed" in results:
         summary["relaxed_over_plain_median"] = results["relaxed"]["ms_per_step_median"] / results["plain"][
             "ms_per_step_median"]
@@ -315,11 +415,13 @@ def main(argv=None):
     print(f"\nVN-{args.model} {args.points} points, batch {args.batch}, width {args.width} ({os.cpu_count()} CPUs, "
           f"jit={bool(args.jit)}; load avg {load_start[0]:.2f} at start, rounds {min(loads):.2f}-{max(loads):.2f}):")
     print(f"{'variant':<13s} {'kind':<9s} {'params':>10s} {'ms/step med':>11s} {'IQR':>15s} {'samples/s':>9s} "
-          f"{'GFLOP':>7s} {'GFLOP/s':>7s} {'peak RSS':>9s} {'delta':>7s}")
+          f"{'GFLOP':>7s} {'GFLOP/s':>7s} {'peak%':>6s} {'/plain':>6s} {'peak RSS':>9s} {'delta':>7s}")
     for v, r in results.items():
         print(f"{v:<13s} {r['kind']:<9s} {r['params']:>10,d} {r['ms_per_step_median']:>11.0f} "
               f"{r['ms_per_step_iqr'][0]:>7.0f}-{r['ms_per_step_iqr'][1]:<7.0f} {r['samples_per_second']:>9.1f} "
               f"{r.get('gflop_per_step', float('nan')):>7.1f} {r.get('achieved_gflops', float('nan')):>7.1f} "
+              f"{100 * r.get('peak_fraction', float('nan')):>5.1f}% "
+              f"{summary.get('over_plain_paired_median', {}).get(v, float('nan')):>5.2f}x "
               f"{r['peak_rss_mib']:>6.0f} MiB {r['peak_delta_mib']:>4.0f} MiB"
               + (f"   {r['ours_over_pytorch']:.3f}x PyTorch ({r['pytorch_reference_s']:.0f} s)"
                  if 'ours_over_pytorch' in r else ""))

@@ -21,6 +21,12 @@ with ``tf.GradientTape``) or, for the linear branch, by the closed form
 with ``M_k = G_in,k^T W - W G_out,k^T`` (row-vector convention, ``y = x W + b``),
 ``c_k = b G_out,k^T``, the Gram matrix ``S = sum_p x_p^T x_p`` and ``s = sum_p x_p``.
 
+A low-rank branch (``relaxation_rank=r``) stores ``W = U V`` as its two factors ``U`` ``[D_in, r]``
+(``relaxation_kernel_u``) and ``V`` ``[r, D_out]`` (``relaxation_kernel_v``) and never forms ``W``: the
+branch is ``(x U) V + b``, the closed form uses ``M_k = (G_in,k^T U) V - U (V G_out,k^T)`` with ``S`` applied to
+the factors only (:func:`low_rank_branch_penalties`), and the direct evaluation multiplies the rows by
+``[U, G_in,k^T U]`` (:func:`direct_low_rank_branch_penalties`).
+
 Penalties are only computed while a penalty collector is active: inside
 ``RelaxedModel``'s training forward pass (which sums them over the model and
 adds ``lambda_lie * sqrt(LD) + lambda_proj * sqrt(N)`` to the loss), or inside
@@ -235,6 +241,68 @@ def direct_linear_branch_penalties(kernel, bias, flat_x, in_rep: Representation,
     return tf.reduce_sum(tf.square(lie_rows)), tf.reduce_sum(tf.square(r))
 
 
+def _factor_generator_actions(u, v, in_rep: Representation, out_rep: Representation):
+    """``(A, B)`` for ``W = U V``: ``A[k] = G_in,k^T U`` ``[3, D_in, r]`` and ``B[k] = V G_out,k^T`` ``[3, r, D_out]``,
+    so that ``M_k = G_in,k^T W - W G_out,k^T = A[k] V - U B[k]``."""
+    a = tf.transpose(in_rep.apply_generators(tf.transpose(u), transpose=True), [0, 2, 1])  # (U^T G_k)^T
+    b = out_rep.apply_generators(v)
+    return a, b
+
+
+def low_rank_branch_penalties(u, v, bias, gram, in_rep: Representation, out_rep: Representation):
+    """Closed-form ``(LD, N)`` of the low-rank branch ``x U V + b`` from Gram statistics, ``W = U V`` not formed.
+
+    ``u``: ``[D_in, r]``; ``v``: ``[r, D_out]``; ``bias``: ``[D_out]`` or None; ``gram``: the output of
+    :func:`gram_statistics`.  ``S`` is applied to the factors only (one ``[D_in, D_in] x [D_in, 4 r]``
+    product for ``S U`` and ``S G_in,k^T U``), so the cost is ``O(D_in^2 r + D_in D_out r)`` instead of the
+    dense form's ``O(D_in^2 D_out)``.  ``M_k = A_k V - U B_k`` and ``S M_k = (S A_k) V - (S U) B_k`` are built
+    explicitly (``[D_in, D_out]`` each, ``O(D_in D_out r)``) and ``tr(M_k^T S M_k)`` summed entrywise: the
+    expansion into factor-only ``r x r`` traces would be cheaper still but cancels catastrophically in float32
+    as ``W`` approaches an equivariant map (see :func:`linear_branch_penalties`).  The projection term
+    ``tr(V^T U^T S U V) = <U^T S U, V V^T>`` has no such cancellation and stays ``r x r``.
+    """
+    s_mat, s_vec, count = gram
+    u = tf.convert_to_tensor(u)
+    v = tf.convert_to_tensor(v)
+    rank = tf.shape(u)[1]
+    a, b = _factor_generator_actions(u, v, in_rep, out_rep)  # [3, D_in, r], [3, r, D_out]
+    z = tf.concat([u[None], a], axis=0)  # [4, D_in, r]: U, A_0, A_1, A_2
+    z_cols = tf.reshape(tf.transpose(z, [1, 0, 2]), [tf.shape(u)[0], -1])  # [D_in, 4 r]
+    sz = tf.reshape(tf.matmul(s_mat, z_cols), [tf.shape(u)[0], 4, rank])  # [D_in, 4, r]
+    s_u, s_a = sz[:, 0], tf.transpose(sz[:, 1:], [1, 0, 2])  # [D_in, r], [3, D_in, r]
+    m = tf.matmul(a, v) - tf.matmul(u, b)  # [3, D_in, D_out] (u, v broadcast over k)
+    s_m = tf.matmul(s_a, v) - tf.matmul(s_u, b)  # S M_k
+    lie = tf.reduce_sum(m * s_m)
+    proj = tf.reduce_sum(tf.matmul(u, s_u, transpose_a=True) * tf.matmul(v, v, transpose_b=True))
+    if bias is not None:
+        c = out_rep.apply_generators(bias)  # [3, D_out]
+        sm_vec = tf.einsum("i,kio->ko", s_vec, m)  # s M_k
+        lie = lie - 2.0 * tf.reduce_sum(sm_vec * c) + count * tf.reduce_sum(c * c)
+        s_w = tf.linalg.matvec(v, tf.linalg.matvec(u, s_vec, transpose_a=True), transpose_a=True)  # s U V
+        proj = proj + 2.0 * tf.reduce_sum(s_w * bias) + count * tf.reduce_sum(bias * bias)
+    return lie, proj
+
+
+def direct_low_rank_branch_penalties(u, v, bias, flat_x, in_rep: Representation, out_rep: Representation):
+    """``(LD, N)`` of the low-rank branch ``x U V + b`` evaluated directly on the rows of ``flat_x`` ``[P, D_in]``.
+
+    ``x M_k = (x G_in,k^T U) V - (x U V) G_out,k^T``: one ``[P, D_in] x [D_in, 4 r]`` product with the factor
+    ``[U, G_in,k^T U]`` (the generators act on ``U``, not on the ``P`` rows) and one ``[4 P, r] x [r, D_out]``
+    product; cost ``4 P r (D_in + D_out)``, no Gram matrix (which costs ``P D_in^2``).
+    """
+    u = tf.convert_to_tensor(u)
+    v = tf.convert_to_tensor(v)
+    x = tf.convert_to_tensor(flat_x)
+    p, rank = tf.shape(x)[0], tf.shape(u)[1]
+    a, _ = _factor_generator_actions(u, v, in_rep, out_rep)
+    z_cols = tf.reshape(tf.transpose(tf.concat([u[None], a], axis=0), [1, 0, 2]), [tf.shape(u)[0], -1])
+    h = tf.transpose(tf.reshape(tf.matmul(x, z_cols), [p, 4, rank]), [1, 0, 2])  # [4, P, r]: x U, x A_k
+    y = tf.reshape(tf.matmul(tf.reshape(h, [-1, rank]), v), [4, p, -1])
+    r = y[0] if bias is None else y[0] + bias
+    lie_rows = y[1:] - out_rep.apply_generators(r)
+    return tf.reduce_sum(tf.square(lie_rows)), tf.reduce_sum(tf.square(r))
+
+
 def autodiff_branch_penalties(branch_fn, flat_x, in_rep: Representation, out_rep: Representation,
                               method: str = "jvp"):
     """``(LD, N)`` of any branch ``branch_fn: [P, D_in] -> [P, D_out]`` by autodiff.
@@ -302,13 +370,24 @@ class RelaxedEquivariantLayer(keras.layers.Layer):
         lie_method: ``"auto"`` (closed form for linear branches, JVP
             otherwise), ``"closed_form"``, ``"jvp"`` or ``"tape"``.
         theta: initial value of ``theta``.
+        relaxation_rank: ``None`` (a dense ``[D_in, D_out]`` kernel) or ``r``: the linear branch's kernel
+            is ``W = U V`` with ``U`` ``[D_in, r]`` (``relaxation_kernel_u``, initialised
+            ``VarianceScaling(1, "fan_in")``, so ``x U`` has the scale of ``x``) and ``V`` ``[r, D_out]``
+            (``relaxation_kernel_v``, initialised with ``relaxation_initializer``: zeros give ``W = 0`` at
+            the start, and ``V`` still receives gradients through ``U``).  Branch and penalties are computed
+            through the factors.  A layer with ``min(D_in, D_out) <= r`` keeps the dense kernel: a rank-``r``
+            factorisation would be no restriction there and cost more.
+
+    Mixed precision (``dtype="mixed_bfloat16"``): the branch runs in the compute dtype, while its
+    variables and ``theta`` stay float32 and the penalties are computed in float32 (on the float32 cast
+    of the layer's inputs and on the float32 variables).
     """
 
     has_relaxation_branch = True
 
     def __init__(self, relaxed=True, relaxation_initializer="zeros", relaxation_use_bias=True,
                  relaxation_branch="linear", relaxation_hidden_units=64, lie_method="auto",
-                 theta=1.0, **kwargs):
+                 theta=1.0, relaxation_rank=None, **kwargs):
         super().__init__(**kwargs)
         if relaxation_branch not in BRANCHES:
             raise ValueError(f"relaxation_branch must be one of {BRANCHES}, got {relaxation_branch!r}.")
@@ -317,6 +396,14 @@ class RelaxedEquivariantLayer(keras.layers.Layer):
         if lie_method in ("closed_form", "direct") and relaxation_branch != "linear":
             raise ValueError(f"lie_method={lie_method!r} needs relaxation_branch='linear'; "
                              "use lie_method='jvp' or 'tape' for other branches.")
+        if relaxation_rank is not None:
+            if int(relaxation_rank) != relaxation_rank or int(relaxation_rank) < 1:
+                raise ValueError(f"relaxation_rank must be None or an integer >= 1, got {relaxation_rank!r}.")
+            if relaxation_branch != "linear":
+                raise ValueError("relaxation_rank needs relaxation_branch='linear'.")
+            relaxation_rank = int(relaxation_rank)
+        self.relaxation_rank = relaxation_rank
+        self.relaxation_low_rank = False  # set in build: rank given and < min(D_in, D_out)
         self.relaxed = bool(relaxed) and not _force_plain()
         self.relaxation_initializer = keras.initializers.get(relaxation_initializer)
         self.relaxation_use_bias = bool(relaxation_use_bias)
@@ -352,6 +439,7 @@ class RelaxedEquivariantLayer(keras.layers.Layer):
             "relaxation_hidden_units": self.relaxation_hidden_units,
             "lie_method": self.lie_method,
             "theta": self.initial_theta,
+            "relaxation_rank": self.relaxation_rank,
         }
 
     def sublayer_config(self) -> dict:
@@ -371,18 +459,31 @@ class RelaxedEquivariantLayer(keras.layers.Layer):
         d_in, d_out = in_rep.dim, out_rep.dim
         self.theta = self.add_weight(name="theta", shape=(),
                                      initializer=keras.initializers.Constant(self.initial_theta),
-                                     trainable=False)
+                                     trainable=False, autocast=False)
         if self.relaxation_branch == "mlp":
             h = self.relaxation_hidden_units
             self.relaxation_hidden_kernel = self.add_weight(
-                name="relaxation_hidden_kernel", shape=(d_in, h), initializer="glorot_uniform")
+                name="relaxation_hidden_kernel", shape=(d_in, h), initializer="glorot_uniform", autocast=False)
             self.relaxation_hidden_bias = self.add_weight(
-                name="relaxation_hidden_bias", shape=(h,), initializer="zeros")
+                name="relaxation_hidden_bias", shape=(h,), initializer="zeros", autocast=False)
         else:
             h = d_in
-        self.relaxation_kernel = self.add_weight(name="relaxation_kernel", shape=(h, d_out),
-                                                 initializer=self.relaxation_initializer)
-        self.relaxation_bias = (self.add_weight(name="relaxation_bias", shape=(d_out,), initializer="zeros")
+        # The branch variables are not autocast: under a mixed policy the forward pass casts them to the
+        # compute dtype and the penalties read them in their (float32) variable dtype.
+        self.relaxation_low_rank = self.relaxation_rank is not None and self.relaxation_rank < min(d_in, d_out)
+        if self.relaxation_low_rank:
+            self.relaxation_kernel = None
+            self.relaxation_kernel_u = self.add_weight(
+                name="relaxation_kernel_u", shape=(d_in, self.relaxation_rank), autocast=False,
+                initializer=keras.initializers.VarianceScaling(1.0, "fan_in", "truncated_normal"))
+            self.relaxation_kernel_v = self.add_weight(
+                name="relaxation_kernel_v", shape=(self.relaxation_rank, d_out), autocast=False,
+                initializer=self.relaxation_initializer)
+        else:
+            self.relaxation_kernel = self.add_weight(name="relaxation_kernel", shape=(h, d_out), autocast=False,
+                                                     initializer=self.relaxation_initializer)
+        self.relaxation_bias = (self.add_weight(name="relaxation_bias", shape=(d_out,), initializer="zeros",
+                                                autocast=False)
                                 if self.relaxation_use_bias else None)
 
     def call(self, inputs, training=None):
@@ -397,18 +498,33 @@ class RelaxedEquivariantLayer(keras.layers.Layer):
         """The branch's variables (theta excluded); empty when not relaxed."""
         if not (self.relaxed and self.has_relaxation_branch) or self.theta is None:
             return []
-        names = ("relaxation_hidden_kernel", "relaxation_hidden_bias", "relaxation_kernel", "relaxation_bias")
+        names = ("relaxation_hidden_kernel", "relaxation_hidden_bias", "relaxation_kernel", "relaxation_kernel_u",
+                 "relaxation_kernel_v", "relaxation_bias")
         return [getattr(self, n) for n in names if getattr(self, n, None) is not None]
 
     def branch(self, flat_x):
-        """``R(x)`` on flattened features ``[..., D_in] -> [..., D_out]``."""
+        """``R(x)`` on flattened features ``[..., D_in] -> [..., D_out]`` (in the dtype of ``flat_x``)."""
         h = flat_x
+        dtype = flat_x.dtype
+
+        def var(v):
+            return v if tf.as_dtype(v.dtype) == dtype else tf.cast(v, dtype)
+
         if self.relaxation_branch == "mlp":
-            h = tf.nn.gelu(tf.matmul(h, self.relaxation_hidden_kernel) + self.relaxation_hidden_bias)
-        y = tf.matmul(h, self.relaxation_kernel)
+            h = tf.nn.gelu(tf.matmul(h, var(self.relaxation_hidden_kernel)) + var(self.relaxation_hidden_bias))
+        if self.relaxation_low_rank:
+            y = tf.matmul(tf.matmul(h, var(self.relaxation_kernel_u)), var(self.relaxation_kernel_v))
+        else:
+            y = tf.matmul(h, var(self.relaxation_kernel))
         if self.relaxation_bias is not None:
-            y = y + self.relaxation_bias
+            y = y + var(self.relaxation_bias)
         return y
+
+    def relaxation_kernel_value(self):
+        """The linear branch's kernel ``W`` ``[D_in, D_out]`` as a tensor (``U V`` for a low-rank branch)."""
+        if self.relaxation_low_rank:
+            return tf.matmul(self.relaxation_kernel_u, self.relaxation_kernel_v)
+        return tf.convert_to_tensor(self.relaxation_kernel)
 
     def resolved_lie_method(self, inputs=None) -> str:
         """The method used for ``inputs``: ``"auto"`` picks, for linear branches, the Gram-matrix
@@ -420,6 +536,11 @@ class RelaxedEquivariantLayer(keras.layers.Layer):
             return "jvp"
         if inputs is not None and inputs.shape.rank == self.input_rep.feature_rank + 1:
             return "direct"
+        if self.relaxation_low_rank:
+            # per row: the Gram matrix costs D_in^2, the direct evaluation through the factors 4 r (D_in + D_out)
+            d_in, d_out = self.input_rep.dim, self.output_rep.dim
+            if 4 * self.relaxation_rank * (d_in + d_out) < d_in * d_in:
+                return "direct"
         return "closed_form"
 
     def add_relaxation(self, inputs, outputs):
@@ -442,9 +563,16 @@ class RelaxedEquivariantLayer(keras.layers.Layer):
         """``(LD, N)`` of this layer's own branch for ``inputs`` (on ``stop_gradient``)."""
         method = method or self.resolved_lie_method(inputs)
         flat_x = tf.stop_gradient(_flatten_features(inputs, self.input_rep))
+        variable_dtype = tf.as_dtype(self.variable_dtype)
+        if flat_x.dtype != variable_dtype:  # mixed precision: penalties in the variables' dtype (float32)
+            flat_x = tf.cast(flat_x, variable_dtype)
         if method == "direct":
             if self.relaxation_branch != "linear":
                 raise ValueError("The direct evaluation needs a linear branch.")
+            if self.relaxation_low_rank:
+                return direct_low_rank_branch_penalties(self.relaxation_kernel_u, self.relaxation_kernel_v,
+                                                        self.relaxation_bias, flat_x, self.input_rep,
+                                                        self.output_rep)
             return direct_linear_branch_penalties(self.relaxation_kernel, self.relaxation_bias, flat_x,
                                                   self.input_rep, self.output_rep)
         if method == "closed_form":
@@ -452,6 +580,9 @@ class RelaxedEquivariantLayer(keras.layers.Layer):
                 raise ValueError("The closed form needs a linear branch.")
             ref = _tensor_ref(inputs)
             gram = collector.gram(ref, flat_x) if collector is not None else gram_statistics(flat_x)
+            if self.relaxation_low_rank:
+                return low_rank_branch_penalties(self.relaxation_kernel_u, self.relaxation_kernel_v,
+                                                 self.relaxation_bias, gram, self.input_rep, self.output_rep)
             return linear_branch_penalties(self.relaxation_kernel, self.relaxation_bias, gram,
                                            self.input_rep, self.output_rep)
         return autodiff_branch_penalties(self.branch, flat_x, self.input_rep, self.output_rep, method=method)
@@ -465,7 +596,7 @@ class RelaxedEquivariantLayer(keras.layers.Layer):
         """
         with collect_relaxation_penalties() as collector:
             self(inputs, training=False)
-        return collector.totals(dtype=self.compute_dtype)
+        return collector.totals(dtype=self.variable_dtype)  # float32 under a mixed policy
 
     # -- serialization ---------------------------------------------------------------
     def get_config(self):
@@ -548,11 +679,15 @@ def transfer_weights(source, target) -> int:
         idx_out = _coordinate_index(ls.output_rep, lt.output_rep)
         if idx_in is None and idx_out is None:
             continue
+        low_rank = lt.relaxation_low_rank
         first = lt.relaxation_hidden_kernel if lt.relaxation_branch == "mlp" else lt.relaxation_kernel
+        if low_rank:
+            first = lt.relaxation_kernel_u
+        last = lt.relaxation_kernel_v if low_rank else lt.relaxation_kernel
         if idx_in is not None:  # rows: input coordinates
             first.assign(tf.gather(first, idx_in, axis=0))
         if idx_out is not None:  # columns and bias: output coordinates
-            lt.relaxation_kernel.assign(tf.gather(lt.relaxation_kernel, idx_out, axis=1))
+            last.assign(tf.gather(last, idx_out, axis=1))
             if lt.relaxation_bias is not None:
                 lt.relaxation_bias.assign(tf.gather(lt.relaxation_bias, idx_out))
         converted += 1

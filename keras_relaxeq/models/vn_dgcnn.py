@@ -38,9 +38,9 @@ from __future__ import annotations
 import keras
 
 from keras_relaxeq.layers.vector_neurons import VNGraphFeature, VNLeakyReLU, VNMeanPool, VNStdFeature
-from keras_relaxeq.models.vn_pointnet import dense_units, vn_channels
 from keras_relaxeq.models.checks import point_cloud_check
 from keras_relaxeq.models.presets import attach_from_preset, from_preset
+from keras_relaxeq.models.vn_pointnet import dense_units, dtype_policy_scope, vn_channels
 from keras_relaxeq.training.model import RelaxedModel
 
 PLAIN_TRAINABLE_PARAMETERS = 2_899_830
@@ -54,7 +54,7 @@ NUM_RELAXED_MAPS = 15
 def vn_dgcnn(num_classes=40, num_points=None, k=20, relaxed=True, width=1.0, normalize_frame=False,
              lambda_lie=0.0005, lambda_proj=0.0005, penalty_scale="theta", relaxation_initializer="glorot_uniform",
              relaxation_use_bias=True, lie_method="auto", negative_slope=0.2, dropout=0.5, name="vn_dgcnn",
-             pretrained=False):
+             pretrained=False, relaxation_rank=None, dtype=None):
     """Build VN-DGCNN (classification, mean pooling).
 
     Args:
@@ -76,6 +76,9 @@ def vn_dgcnn(num_classes=40, num_points=None, k=20, relaxed=True, width=1.0, nor
             its weights, through ``vn_dgcnn.from_preset`` (``keras_relaxeq.models.presets``):
             ``num_classes`` other than the entry's gives a new head; ``relaxed=True`` (the
             default) re-enables the relaxation branches for fine-tuning.
+        relaxation_rank: ``None`` (dense branch kernels) or ``r`` (low-rank branches ``W = U V``).
+        dtype: Keras dtype policy of every layer (e.g. ``"mixed_bfloat16"``), or None for the global
+            policy; the logits layer ``linear3`` is always float32.
 
     Input ``points [batch, num_points, 3]``; output logits ``[batch, num_classes]``.
     """
@@ -85,9 +88,13 @@ def vn_dgcnn(num_classes=40, num_points=None, k=20, relaxed=True, width=1.0, nor
                            penalty_scale=penalty_scale, relaxation_initializer=relaxation_initializer,
                            relaxation_use_bias=relaxation_use_bias, lie_method=lie_method, dropout=dropout,
                            name=name)
+    if dtype is not None:
+        kwargs = dict(locals(), dtype=None)
+        with dtype_policy_scope(dtype):
+            return vn_dgcnn(**kwargs)
     c64, c128, c256, c1024 = (vn_channels(n, width) for n in (64, 128, 256, 1024))
     relax = dict(relaxed=relaxed, relaxation_initializer=relaxation_initializer,
-                 relaxation_use_bias=relaxation_use_bias, lie_method=lie_method)
+                 relaxation_use_bias=relaxation_use_bias, lie_method=lie_method, relaxation_rank=relaxation_rank)
     block = dict(negative_slope=negative_slope, **relax)
 
     points = keras.Input((num_points, 3), name="points")
@@ -114,6 +121,6 @@ def vn_dgcnn(num_classes=40, num_points=None, k=20, relaxed=True, width=1.0, nor
         x = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"bn{i}")(x)
         x = keras.layers.LeakyReLU(negative_slope=0.2, name=f"leaky_relu{i}")(x)
         x = keras.layers.Dropout(dropout, name=f"dropout{i}")(x)
-    logits = keras.layers.Dense(num_classes, name="linear3")(x)
+    logits = keras.layers.Dense(num_classes, name="linear3", dtype="float32")(x)
     return RelaxedModel(points, logits, lambda_lie=lambda_lie, lambda_proj=lambda_proj,
                         penalty_scale=penalty_scale, name=name)

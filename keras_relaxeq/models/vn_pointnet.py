@@ -59,6 +59,8 @@ Build with ``relaxation_use_bias=False`` to get exactly the kernels (7,005,123).
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import tensorflow as tf
 
@@ -117,6 +119,21 @@ def dense_units(n, width=1.0):
     return max(1, int(round(n * float(width))))
 
 
+@contextlib.contextmanager
+def dtype_policy_scope(policy):
+    """Build the layers created inside under the Keras dtype policy ``policy`` (e.g. ``"mixed_bfloat16"``);
+    ``None`` leaves the global policy as it is."""
+    if policy is None:
+        yield
+        return
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def count_parameters(model):
     """``(trainable, non_trainable, count_params)`` of a built model."""
     trainable = sum(int(keras.ops.size(v)) for v in model.trainable_weights)
@@ -127,7 +144,8 @@ def count_parameters(model):
 @attach_from_preset
 def vn_pointnet(num_classes=40, num_points=None, relaxed=True, width=1.0, k=20, normalize_frame=False,
                 lambda_lie=0.01, lambda_proj=0.01, penalty_scale="none", relaxation_initializer="zeros",
-                relaxation_use_bias=True, lie_method="auto", dropout=0.4, name="vn_pointnet", pretrained=False):
+                relaxation_use_bias=True, lie_method="auto", dropout=0.4, name="vn_pointnet", pretrained=False,
+                relaxation_rank=None, dtype=None):
     """Build VN-PointNet (classification, ``feature_transform=True``, mean pooling).
 
     Args:
@@ -150,6 +168,11 @@ def vn_pointnet(num_classes=40, num_points=None, relaxed=True, width=1.0, k=20, 
             its weights, through ``vn_pointnet.from_preset`` (``keras_relaxeq.models.presets``):
             ``num_classes`` other than the entry's gives a new head; ``relaxed=True`` (the
             default) re-enables the relaxation branches for fine-tuning.
+        relaxation_rank: ``None`` (dense branch kernels, as published) or ``r``: low-rank branches
+            ``W = U V`` (see :class:`~keras_relaxeq.layers.RelaxedEquivariantLayer`).
+        dtype: Keras dtype policy of every layer (e.g. ``"mixed_bfloat16"``), or None for the global
+            policy.  The logits layer ``fc3`` is always float32; branch variables, ``theta``, the
+            penalties and the batch-norm statistics stay float32 under a mixed policy.
 
     Input ``points [batch, num_points, 3]``; output logits ``[batch, num_classes]``.
     """
@@ -159,10 +182,14 @@ def vn_pointnet(num_classes=40, num_points=None, relaxed=True, width=1.0, k=20, 
                            penalty_scale=penalty_scale, relaxation_initializer=relaxation_initializer,
                            relaxation_use_bias=relaxation_use_bias, lie_method=lie_method, dropout=dropout,
                            name=name)
+    if dtype is not None:
+        kwargs = dict(locals(), dtype=None)
+        with dtype_policy_scope(dtype):
+            return vn_pointnet(**kwargs)
     c64, c128, c1024 = vn_channels(64, width), vn_channels(128, width), vn_channels(1024, width)
     c512, c256 = vn_channels(512, width), vn_channels(256, width)
     relax = dict(relaxed=relaxed, relaxation_initializer=relaxation_initializer,
-                 relaxation_use_bias=relaxation_use_bias, lie_method=lie_method)
+                 relaxation_use_bias=relaxation_use_bias, lie_method=lie_method, relaxation_rank=relaxation_rank)
     block = dict(negative_slope=0.0, **relax)
 
     points = keras.Input((num_points, 3), name="points")
@@ -200,6 +227,6 @@ def vn_pointnet(num_classes=40, num_points=None, relaxed=True, width=1.0, k=20, 
     x = keras.layers.Dropout(dropout, name="dropout")(x)
     x = TorchBatchNormalization(momentum=0.9, epsilon=1e-5, name="bn2")(x)
     x = keras.layers.ReLU(name="relu2")(x)
-    logits = keras.layers.Dense(num_classes, name="fc3")(x)
+    logits = keras.layers.Dense(num_classes, name="fc3", dtype="float32")(x)
     return RelaxedModel(points, logits, lambda_lie=lambda_lie, lambda_proj=lambda_proj,
                         penalty_scale=penalty_scale, name=name)

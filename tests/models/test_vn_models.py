@@ -127,3 +127,29 @@ def test_full_width_parameter_counts():
     dgcnn = vn_dgcnn(relaxed=False)
     assert count_parameters(dgcnn) == (dgcnn_module.PLAIN_TRAINABLE_PARAMETERS, 3_578,
                                        dgcnn_module.PLAIN_COUNT_PARAMS)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_low_rank_branches_threaded_through_the_builders(name, shapes):
+    """``relaxation_rank=r``: factor branches ``U [D_in, r]``, ``V [r, D_out]`` where ``r < min(D_in, D_out)``,
+    dense kernels elsewhere; projection gives the plain model's parameters; the penalties are finite."""
+    builder, kwargs, num_maps = SMALL[name]
+    rank = 6 if name == "pointnet" else 4  # both: some maps low-rank, some with min(D_in, D_out) <= rank
+    model = builder(relaxed=True, relaxation_rank=rank, relaxation_initializer="random_normal", **kwargs)
+    plain = builder(relaxed=False, **kwargs)
+    layers = relaxed_layers(model)
+    assert len(layers) == num_maps
+    expected_branch = 0
+    for layer in layers:
+        d_in, d_out = layer.input_rep.dim, layer.output_rep.dim
+        assert layer.relaxation_low_rank == (rank < min(d_in, d_out))
+        expected_branch += (rank * (d_in + d_out) if layer.relaxation_low_rank else d_in * d_out) + d_out
+    assert any(l.relaxation_low_rank for l in layers) and not all(l.relaxation_low_rank for l in layers)
+    trainable = count_parameters(model)[0]
+    assert trainable == count_parameters(plain)[0] + expected_branch
+    with kr.collect_relaxation_penalties() as collector:
+        model(shapes, training=False)
+    lie, proj = collector.totals()
+    assert np.isfinite(float(lie)) and float(lie) > 0.0 and float(proj) > 0.0
+    projected = kr.project(model)
+    assert count_parameters(projected) == count_parameters(plain)
