@@ -264,6 +264,11 @@ def branch_gradient_report(model, data, loss=None, num_batches: int | None = 10)
             penalty = model.relaxation_penalty(collector)[0] if has_penalty else None
         if kernels is None:  # the branches in call order, as in relaxation_report
             layers = list({id(l): l for l in collector.layers}.values())
+            low_rank = [l.name for l in layers if getattr(l, "relaxation_low_rank", False)]
+            if low_rank:
+                raise ValueError(f"branch_gradient_report splits the gradient of dense branch kernels; the "
+                                 f"branches of {low_rank} are low-rank (W = U V, relaxation_rank=...), whose "
+                                 "gradient is not a gradient of W. Build the model with relaxation_rank=None.")
             kernels = [l.relaxation_kernel for l in layers]
             shapes = [tuple(k.shape) for k in kernels]
             sums = {key: [np.zeros(s) for s in shapes] for key in ("task_eq", "task_ne")}

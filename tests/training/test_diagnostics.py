@@ -270,3 +270,8 @@ def test_gradient_report_errors():
         branch_gradient_report(model, rotated_copies())
     with pytest.raises(TypeError, match="tf.data.Dataset"):
         branch_gradient_report(model, tf.zeros(SHAPE, tf.float64), loss="mse")
+    inputs = keras.Input(SHAPE[1:], dtype="float64")
+    low_rank = kr.RelaxedModel(inputs, VNLinear(3, relaxed=True, relaxation_rank=1, dtype="float64",
+                                                name="thin")(inputs))
+    with pytest.raises(ValueError, match=r"\['thin'\] are low-rank"):
+        branch_gradient_report(low_rank, rotated_copies(), loss="mse")
