@@ -515,7 +515,7 @@ def aggregate(args) -> dict:
     out = Path(args.output_dir)
     jobs, sweep_name = jobs_of(args)
     metrics = (exp.metric, *exp.extra_metrics)
-    runs, curves, by_seed = [], {}, {}
+    runs, curves, by_seed, partial = [], {}, {}, {}
     base = baseline_values(args, sweep_name)
     for arm, seed, value in jobs:
         d = out / run_name(arm, seed, sweep_name, value, value in base)
@@ -525,6 +525,7 @@ def aggregate(args) -> dict:
             history = read_log(d / "log.csv") if (d / "log.csv").exists() else {}
             if history.get("epoch"):
                 row["epochs_logged"] = len(history["epoch"])
+                partial.setdefault((value, arm), []).append(history)  # drawn, never aggregated
             runs.append(dict(row, finished=False))
             continue
         row.update(finished=summary.get("epochs_run", 0) >= epochs_of(args), epochs=summary.get("epochs_run"),
@@ -558,8 +559,10 @@ def aggregate(args) -> dict:
     report.mkdir(parents=True, exist_ok=True)
     (report / f"{stem}.json").write_text(json.dumps(result, indent=2))
     (report / f"{stem}.md").write_text(markdown(result, exp))
-    draw = plot_sweep if sweep_name else plot
-    result["figure_panels"] = draw(curves, result, exp, report / f"{stem}.png")
+    if sweep_name:
+        result["figure_panels"] = plot_sweep(curves, result, exp, report / f"{stem}.png")
+    else:
+        result["figure_panels"] = plot(curves, result, exp, report / f"{stem}.png", partial=partial)
     return result
 
 
@@ -687,10 +690,12 @@ def _branch_size(logs):
     return np.asarray(common) + 1, [np.mean([by_epoch[e] for by_epoch in series]) for e in common], len(series)
 
 
-def plot(curves, result, exp: Experiment, path: Path) -> list[str]:
+def plot(curves, result, exp: Experiment, path: Path, partial=None) -> list[str]:
     """Writes the figure of a comparison without a sweep (``plot_sweep`` draws sweeps); returns the
     panel titles: the per-epoch curve and training curve (each seed thin, the mean thick), theta,
-    and the branch size when the relaxed runs logged it."""
+    and the branch size when the relaxed runs logged it.  ``partial``: the logs of runs still in
+    progress, ``{(sweep value, arm): [history, ...]}``, drawn dashed with their epochs so far (a long
+    run shows its learning curve before it ends; they enter no statistic)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -724,6 +729,20 @@ def plot(curves, result, exp: Experiment, path: Path) -> list[str]:
         if size is not None:
             epochs, mean, runs = size
             axes[len(panels) + 1].plot(epochs, mean, color=colors[arm], marker=".", label=f"{arm} (mean of {runs})")
+    for (_, arm), logs in sorted((partial or {}).items(), key=lambda kv: kv[0][1]):
+        for (key, label), ax in zip(panels, axes):
+            for log in logs:
+                if key and log.get(key):
+                    values = log[key]
+                    ax.plot(np.arange(1, len(values) + 1), values, color=colors[arm], ls="--", marker="o", ms=3,
+                            label=f"{arm} (in progress, {len(values)} epochs)")
+                    ax.set_title(label)
+                    ax.set_xlabel("epoch")
+        if arm == "relaxed" and not any(log.get("theta") for log in curves.get((_, arm), [])):
+            thetas = [log.get("theta") for log in logs if log.get("theta")]
+            if thetas:
+                axes[len(panels)].plot(np.arange(1, len(thetas[0]) + 1), thetas[0], color=colors[arm], ls="--",
+                                       marker="o", ms=3, label="theta (in progress)")
     axes[len(panels)].set_title("theta at the end of each epoch")
     axes[len(panels)].set_xlabel("epoch")
     if monitored:

@@ -222,6 +222,40 @@ def test_a_run_directory_trains_in_one_driver_at_a_time(tmp_path, capsys):
     assert not (d / "stdout.log").exists() and not (d / "command.txt").exists()
 
 
+def test_runs_in_progress_are_drawn_but_not_aggregated(tmp_path):
+    drv = load_driver()
+    fake_run(tmp_path / "relaxed_seed0", mn40_summary(0.5, 0.5, 0.6), "projected_val_accuracy", [0.2, 0.4, 0.5])
+    (tmp_path / "standard_seed0").mkdir()  # killed before its first summary: a log of 2 epochs only
+    with open(tmp_path / "standard_seed0" / "log.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["epoch", "projected_val_accuracy", "accuracy", "theta"])
+        w.writerows([[0, 0.1, 0.1, 0.0], [1, 0.3, 0.2, 0.0]])
+    args = drv.parse_args(["modelnet40", "--output-dir", str(tmp_path), "--seeds", "0", "--epochs", "3",
+                           "--report-only"])
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    drawn = {}
+    real_savefig = plt.Figure.savefig
+
+    def capture(fig, *a, **k):
+        for ax in fig.axes:
+            for line in ax.get_lines():
+                drawn.setdefault(ax.get_title(), []).append((line.get_label(), list(line.get_ydata())))
+        return real_savefig(fig, *a, **k)
+
+    plt.Figure.savefig = capture
+    try:
+        result = drv.aggregate(args)
+    finally:
+        plt.Figure.savefig = real_savefig
+    standard = next(g for g in result["groups"] if g["arm"] == "standard")
+    assert standard["runs"] == 0  # in no statistic
+    assert next(r for r in result["runs"] if r["arm"] == "standard")["epochs_logged"] == 2
+    assert ("standard (in progress, 2 epochs)", [0.1, 0.3]) in drawn["projected val accuracy"]
+    assert ("standard (in progress, 2 epochs)", [0.1, 0.2]) in drawn["train accuracy"]
+
+
 def test_task_loss_subtracts_the_logged_penalties():
     drv = load_driver()
     history = {"loss": [1.0, 2.0], "lie_penalty": [10.0, 20.0], "projection_penalty": [5.0, 5.0],
