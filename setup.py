@@ -35,6 +35,7 @@ setup(
     extras_require={
         "cpu": ["tensorflow-cpu>=2.21,<2.22"],
         "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+        "smoke": ["phiflow==3.4.0"],  # generates the 2D smoke plume data sets (keras_relaxeq.datasets.smoke_plume)
     },
     entry_points={"console_scripts": ["relaxeq=keras_relaxeq.cli:main"]},
 )
