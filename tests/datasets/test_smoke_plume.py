@@ -242,3 +242,30 @@ def test_inflow_sides_are_quarter_turns_of_each_other(tiny):
         shifted = turned.copy()
         shifted[:, 0] = np.roll(turned[:, 0], 1, axis=-1)  # ... v_x faces move one cell after the turn
         assert _rel(shifted, target) < 1e-6
+
+
+def test_tfds_builder_round_trip(tmp_path):
+    import dataclasses
+
+    import tensorflow_datasets as tfds
+
+    from keras_relaxeq.datasets.smoke_plume_tfds import SmokePlume
+
+    config = dataclasses.replace(_fake_config(num_steps=20), name="rotation")
+    folder = tmp_path / "generated"
+    folder.mkdir()
+    arrays = _write_fake(config, folder)
+    sp._write_manifest(folder, config, set(arrays))
+    builder = SmokePlume(config="rotation", data_dir=str(tmp_path / "tfds"))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=str(folder), compute_stats=tfds.download.ComputeStatsMode.SKIP))
+    for split, names in (("train", config.train), ("test_domain", config.test_domain)):
+        examples = list(tfds.as_numpy(builder.as_dataset(split=split)))
+        assert sorted(ex["simulation"].decode() for ex in examples) == sorted(names)
+        for ex in examples:
+            name = ex["simulation"].decode()
+            np.testing.assert_array_equal(ex["velocity"], np.moveaxis(arrays[name], 1, -1))
+            np.testing.assert_allclose(ex["buoyancy"], config.simulation(name).buoyancy, rtol=1e-6)
+            assert ex["side"] == config.simulation(name).side
+    x, _ = sp.smoke_plume_windows(arrays["3"], [0], 10, 2)
+    assert x.shape == (1, 10, 8, 8, 2)
