@@ -78,7 +78,8 @@ class SmokePlume(tfds.core.GeneratorBasedBuilder):
         manifest = json.loads(manifest_path.read_text())
         config = manifest["config"]
         if not config["name"].startswith(self.builder_config.name):
-            raise ValueError(f"{folder} holds the {config['name']!r} smoke plume set, not {self.builder_config.name!r}.")
+            raise ValueError(f"{folder} holds the {config['name']!r} smoke plume set, not "
+                             f"{self.builder_config.name!r}.")
         missing = [n for n in config["train"] + config["test_domain"] if n not in manifest["present"]]
         if missing:
             raise FileNotFoundError(f"{len(missing)} simulation(s) missing in {folder} (e.g. {missing[0]}); finish "

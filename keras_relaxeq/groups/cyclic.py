@@ -136,7 +136,8 @@ class FibreRep:
         if kind == "vector":
             kind, frequency = "irrep", 1
         if kind not in ("trivial", "irrep", "regular"):
-            raise ValueError(f"Unknown fibre representation {kind!r}: choose 'trivial', 'vector', 'irrep' or 'regular'.")
+            raise ValueError(f"Unknown fibre representation {kind!r}: choose 'trivial', 'vector', 'irrep' "
+                             "or 'regular'.")
         self.kind = kind
         self.frequency = int(frequency) if kind == "irrep" else 0
 

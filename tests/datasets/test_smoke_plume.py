@@ -269,3 +269,16 @@ def test_tfds_builder_round_trip(tmp_path):
             assert ex["side"] == config.simulation(name).side
     x, _ = sp.smoke_plume_windows(arrays["3"], [0], 10, 2)
     assert x.shape == (1, 10, 8, 8, 2)
+
+
+def test_scale_downsampling_is_bilinear_with_aligned_corners():
+    # F.interpolate(align_corners=True): output cell p samples the input at p (n_in - 1) / (n_out - 1); a linear
+    # ramp is reproduced exactly, then divided by the factor (velocities in cells of the coarse grid)
+    factor = 1.3
+    rows, cols = np.meshgrid(np.arange(84.0), np.arange(84.0), indexing="ij")
+    ramp = (0.5 * rows - 2.0 * cols + 1.0)[None, None]
+    out = sp._downsample(ramp, factor)
+    assert out.shape == (1, 1, 64, 64)
+    pos = np.arange(64) * 83 / 63
+    pr, pc = np.meshgrid(pos, pos, indexing="ij")
+    np.testing.assert_allclose(out[0, 0], (0.5 * pr - 2.0 * pc + 1.0) / factor, atol=1e-10)
