@@ -282,3 +282,11 @@ def test_scale_downsampling_is_bilinear_with_aligned_corners():
     pos = np.arange(64) * 83 / 63
     pr, pc = np.meshgrid(pos, pos, indexing="ij")
     np.testing.assert_allclose(out[0, 0], (0.5 * pr - 2.0 * pc + 1.0) / factor, atol=1e-10)
+
+
+def test_missing_phiflow_says_what_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "phi", None)  # as if PhiFlow were not installed
+    with pytest.raises(ImportError, match=r"pip install 'keras_relaxeq\[smoke\]'"):
+        sp.simulate_smoke_plume(_fake_config().simulations[0], 4)
