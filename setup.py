@@ -37,6 +37,7 @@ setup(
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+        "smoke": ["phiflow==3.4.0"],  # generates the 2D smoke plume data sets (keras_relaxeq.datasets.smoke_plume)
     },
     entry_points={"console_scripts": ["relaxeq=keras_relaxeq.cli:main"]},
 )

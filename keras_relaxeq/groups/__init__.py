@@ -1,4 +1,4 @@
-"""Group math only (no Keras layers): SO(3) generators, rotations, representations."""
+"""Group math only (no Keras layers): SO(3) generators, rotations, representations; C_N on 2D grids."""
 
 from keras_relaxeq.groups.representations import (
     Representation,
@@ -37,3 +37,4 @@ from keras_relaxeq.groups.irreps import (
 )
 from keras_relaxeq.groups.spherical_harmonics import spherical_harmonics, spherical_harmonics_coefficients
 from keras_relaxeq.groups.clebsch_gordan import clebsch_gordan, clebsch_gordan_for_irreps
+from keras_relaxeq.groups.cyclic import CyclicGroup, FibreRep, FieldType, equivariance_defect, rotate_grid
