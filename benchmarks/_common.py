@@ -54,6 +54,23 @@ _FUSED_PUBLIC = ("MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3", "Con
                  "DepthwiseConv2dNative")
 
 
+def answer_timing_requests(run, send) -> None:
+    """Worker side of the interleaved timing rounds of ``bench_vn_models.py`` (and its PyTorch
+    reference worker): for every ``steps K`` line on stdin call ``run(K)`` (K steps, finished when it
+    returns) and ``send({"ms": ms per step})``; stop at ``quit`` or end of input."""
+    import sys
+    import time
+
+    for line in sys.stdin:
+        cmd = line.split()
+        if not cmd or cmd[0] == "quit":
+            break
+        steps = int(cmd[1])
+        t0 = time.perf_counter()
+        run(steps)
+        send({"ms": 1000.0 * (time.perf_counter() - t0) / steps})
+
+
 def canonical_op_type(op_type: str) -> str:
     """The public TensorFlow op type of a profiled kernel, whichever CPU kernels TensorFlow picked.
 

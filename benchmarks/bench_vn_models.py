@@ -58,7 +58,7 @@ import subprocess
 import sys
 import time
 
-from _common import machine_info, peak_rss_mib, quantiles  # noqa: E402  (benchmarks/ is sys.path[0])
+from _common import answer_timing_requests, machine_info, peak_rss_mib, quantiles  # noqa: E402  (benchmarks/ is sys.path[0])
 
 #: Published PyTorch VN-PointNet, 1024 points, batch 32, on this machine type (seconds per batch).
 PYTORCH_REFERENCE_1024_B32 = {"plain": 32.0, "relaxed": 102.0, "projected": 16.0}
@@ -256,17 +256,15 @@ def worker(args):
             info["flops_step"] = info["flops_forward"]
     _send({"ready": info})
     n = max(args.warmup, 1)
-    for line in sys.stdin:
-        cmd = line.split()
-        if not cmd or cmd[0] == "quit":
-            break
-        steps = int(cmd[1])
-        t0 = time.perf_counter()
+
+    def run(steps):
+        nonlocal n
         for _ in range(steps):
             out = step(n)
             n += 1
         np.asarray(out)  # forces completion
-        _send({"ms": 1000.0 * (time.perf_counter() - t0) / steps})
+
+    answer_timing_requests(run, _send)
     info.update(peak_rss_mib=peak_rss_mib())
     info["peak_delta_mib"] = info["peak_rss_mib"] - info["rss_after_build_mib"]
     _send({"done": info})
@@ -292,16 +290,13 @@ def matmul_peak_worker(args, spec):
     info = {"variant": args.worker, "jit_compile": False, "params": 0, "relaxed_layers": 0,
             "flops_step": 3 * 2 * n ** 3, "build_warmup_s": 0.0}
     _send({"ready": info})
-    for line in sys.stdin:
-        cmd = line.split()
-        if not cmd or cmd[0] == "quit":
-            break
-        steps = int(cmd[1])
-        t0 = time.perf_counter()
+
+    def run(steps):
         for _ in range(steps):
             out = step()
-        np.asarray(out)
-        _send({"ms": 1000.0 * (time.perf_counter() - t0) / steps})
+        np.asarray(out)  # forces completion
+
+    answer_timing_requests(run, _send)
     info.update(peak_rss_mib=peak_rss_mib(), peak_delta_mib=0.0)
     _send({"done": info})
 

@@ -178,18 +178,17 @@ def worker(args):
         info["flops_step"] = count_flops(step)
     info["relaxed_layers"] = 0
     _send({"ready": info})
+    from _common import answer_timing_requests, peak_rss_mib
+
     n = max(args.warmup, 1)
-    for line in sys.stdin:
-        cmd = line.split()
-        if not cmd or cmd[0] == "quit":
-            break
-        steps = int(cmd[1])
-        t0 = time.perf_counter()
+
+    def run(steps):
+        nonlocal n
         for _ in range(steps):
-            step(n)
+            step(n)  # torch on the CPU: finished when it returns
             n += 1
-        _send({"ms": 1000.0 * (time.perf_counter() - t0) / steps})
-    from _common import peak_rss_mib
+
+    answer_timing_requests(run, _send)
 
     info.update(peak_rss_mib=peak_rss_mib(), peak_delta_mib=float("nan"))
     _send({"done": info})
