@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -44,6 +43,7 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from keras_relaxeq.groups import random_rotations
+from keras_relaxeq.utils import atomic_write
 
 __all__ = [
     "DEFAULT_NUM_SAMPLES",
@@ -474,19 +474,6 @@ def _read_cache(path: Path, num_samples: int):
     return {key: np.ascontiguousarray(value[:num_samples], dtype=np.float64) for key, value in arrays.items()}
 
 
-def _write_atomic(path: Path, arrays: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "xb") as f:  # usual permissions (mkstemp would make it private)
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _cached_files(cache_dir: Path, prefix: str, num_samples: int) -> list[Path]:
     """Cache files of this stream and split holding at least ``num_samples``, smallest first."""
     pattern = re.compile(re.escape(prefix) + r"_n(\d+)\.npz")
@@ -547,7 +534,7 @@ def load_nbody(split: str = "train", num_samples=None, seed: int = DEFAULT_SEED,
         "charges": sim["charges"],
         "target": np.ascontiguousarray(sim["loc"][:, 1]),
     }
-    _write_atomic(cache_dir / f"{prefix}_n{num_samples}.npz", arrays)
+    atomic_write(cache_dir / f"{prefix}_n{num_samples}.npz", lambda f: np.savez(f, **arrays))
     return arrays
 
 

@@ -51,12 +51,13 @@ import dataclasses
 import json
 import os
 import time
-import uuid
 import warnings
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from keras_relaxeq.utils import atomic_write
 
 __all__ = [
     "INPUT_LENGTH",
@@ -346,19 +347,6 @@ def _sim_path(data_dir: Path, name: str) -> Path:
     return data_dir / f"sim_{name}.npy"
 
 
-def _write_atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _expected_shape(config: SmokePlumeConfig) -> tuple:
     return (config.num_frames, 2, config.output_resolution, config.output_resolution)
 
@@ -389,7 +377,7 @@ def _write_manifest(data_dir: Path, config: SmokePlumeConfig, present) -> None:
                 "config": config.to_json(), "present": sorted(present, key=_sort_key),
                 "files": {name: _sim_path(data_dir, name).name for name in sorted(present, key=_sort_key)}}
     text = json.dumps(manifest, indent=1)
-    _write_atomic(data_dir / _MANIFEST, lambda f: f.write(text.encode()))
+    atomic_write(data_dir / _MANIFEST, text)
 
 
 def _sort_key(name: str):
@@ -447,7 +435,7 @@ def generate_smoke_plume(config="rotation", data_dir=None, *, names=None, chunk_
                                           output_resolution=config.output_resolution, progress=show,
                                           desc=f"simulations {','.join(s.name for s in chunk)}")
             for spec, array in zip(chunk, arrays):
-                _write_atomic(_sim_path(data_dir, spec.name), lambda f, a=array: np.save(f, a, allow_pickle=False))
+                atomic_write(_sim_path(data_dir, spec.name), lambda f, a=array: np.save(f, a, allow_pickle=False))
                 present.add(spec.name)
             _write_manifest(data_dir, config, present)
             bar.update(len(chunk))
