@@ -1,4 +1,4 @@
-"""recipes/compare.py: the commands it runs and the aggregation of finished runs."""
+"""recipes/compare.py and keras_relaxeq.experiments: the commands it runs and the aggregation of finished runs."""
 
 import csv
 import importlib.util
@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from keras_relaxeq.experiments import plan, plots, records, report, runner
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,20 +44,20 @@ def test_commands_differ_only_in_the_arm():
     drv = load_driver()
     args = drv.parse_args(["modelnet40", "--output-dir", "/tmp/x", "--epochs", "5",
                                           "--", "--points", "64"])
-    relaxed, standard = drv.command(args, "relaxed", 1), drv.command(args, "standard", 1)
+    relaxed, standard = plan.command(args, "relaxed", 1), plan.command(args, "standard", 1)
     assert set(relaxed) ^ set(standard) == {"--relaxed", "--no-relaxed", "/tmp/x/relaxed_seed1",
                                             "/tmp/x/standard_seed1"}
     assert relaxed[1].endswith("modelnet40.py") and relaxed[-2:] == ["--points", "64"]
     assert relaxed[relaxed.index("--epochs") + 1] == "5" and relaxed[relaxed.index("--width") + 1] == "0.25"
     # a sweep adds the option and names the run after it; the protocol's default epochs apply
     args = drv.parse_args(["segnn_nbody", "--output-dir", "/tmp/s", "--sweep", "layers=2,8"])
-    jobs, name = drv.jobs_of(args)
+    jobs, name = plan.jobs_of(args)
     assert name == "layers" and len(jobs) == 2 * 2 * 3
-    cmd = drv.command(args, "standard", 2, "8", name)
+    cmd = plan.command(args, "standard", 2, "8", name)
     assert cmd[cmd.index("--layers") + 1] == "8" and cmd[cmd.index("--epochs") + 1] == "1000"
     assert cmd[cmd.index("--output-dir") + 1] == "/tmp/s/standard_layers8_seed2"
     with pytest.raises(SystemExit):
-        drv.parse_sweep("layers=")
+        plan.parse_sweep("layers=")
 
 
 def test_full_protocol_keeps_the_reference_theta_clock_at_any_length():
@@ -65,7 +67,7 @@ def test_full_protocol_keeps_the_reference_theta_clock_at_any_length():
     spec.loader.exec_module(recipe)
     for epochs, expected in ((None, 200), ("6", 6)):
         args = drv.parse_args(["modelnet40_full", "--output-dir", "/tmp/x"] + (["--epochs", epochs] if epochs else []))
-        cmd = drv.command(args, "relaxed", 0)
+        cmd = plan.command(args, "relaxed", 0)
         cfg = recipe.resolve_config(recipe.build_parser().parse_args(cmd[2:]))
         # published settings at full width; only the length of the invocation follows --epochs
         assert (cfg["epochs"], cfg["theta_epochs"], cfg["width"], cfg["lr_step"]) == (expected, 200, 1.0, 20)
@@ -81,7 +83,7 @@ def test_aggregate_mean_std_and_outputs(tmp_path):
              "projected_val_accuracy", [0.1, 0.3])
     args = drv.parse_args(["modelnet40", "--output-dir", str(tmp_path), "--seeds", "0", "1",
                                           "--epochs", "3"])
-    result = drv.aggregate(args)
+    result = report.aggregate(args)
     rel, std = ({g["arm"]: g for g in result["groups"]}[a] for a in ("relaxed", "standard"))
     assert rel["runs"] == 2 and std["runs"] == 1
     acc = rel["stats"]["final_projected_val_accuracy"]
@@ -97,12 +99,12 @@ def test_aggregate_mean_std_and_outputs(tmp_path):
     (tmp_path / "relaxed_seed2" / "log.csv").write_text("epoch,projected_val_accuracy\n0,0.1\n1,0.2\n1,0.2\n")
     args = drv.parse_args(["modelnet40", "--output-dir", str(tmp_path), "--seeds", "0", "1", "2",
                            "--epochs", "3"])
-    md = drv.markdown(drv.aggregate(args), drv.EXPERIMENTS["modelnet40"])
+    md = report.markdown(report.aggregate(args), drv.EXPERIMENTS["modelnet40"])
     assert "| relaxed | 2 | in progress: 2 of 3 epochs logged |" in md
     assert "| standard | 2 | not started |" in md
     assert json.loads((tmp_path / "comparison.json").read_text())["protocol"]["epochs"] == 3
     # the recipes' CSV reader: the epoch logged twice (resume) counts once, the last row wins
-    assert drv.read_log(tmp_path / "relaxed_seed0" / "log.csv")["theta"] == [0.5, 0.5, 0.0]
+    assert records.read_log(tmp_path / "relaxed_seed0" / "log.csv")["theta"] == [0.5, 0.5, 0.0]
 
 
 def test_aggregate_sweep_lower_is_better(tmp_path):
@@ -115,7 +117,7 @@ def test_aggregate_sweep_lower_is_better(tmp_path):
             fake_run(tmp_path / f"{arm}_layers{layers}_seed0", summary, "projected_val_loss", [0.1, mse])
     args = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--seeds", "0",
                                           "--epochs", "2", "--sweep", "layers=2,6"])
-    result = drv.aggregate(args)
+    result = report.aggregate(args)
     assert result["higher_is_better"] is False
     by = {(g["sweep_value"], g["arm"]): g["stats"]["best_test_mse"]["mean"] for g in result["groups"]}
     assert math.isclose(by[("6", "relaxed")], 0.003) and math.isclose(by[("2", "standard")], 0.006)
@@ -135,7 +137,7 @@ def test_aggregate_sweep_lower_is_better(tmp_path):
     # a relaxed run with a RelaxationMonitor log gets the branch-size panel
     with open(tmp_path / "relaxed_layers2_seed0" / "relaxation.csv", "w") as f:
         f.write("epoch,layer,theta,relative\n0,total,0.5,0.01\n1,total,0.0,0.0\n0,layer_0,0.5,0.02\n")
-    result = drv.aggregate(args)
+    result = report.aggregate(args)
     assert len(result["figure_panels"]) == 5
     assert "R(x)" in result["figure_panels"][2] and result["figure_panels"][3].startswith("layers=2")
     # a value whose runs have not finished gets an empty panel that says how far they are
@@ -143,28 +145,28 @@ def test_aggregate_sweep_lower_is_better(tmp_path):
     (tmp_path / "relaxed_layers8_seed0" / "log.csv").write_text("epoch,projected_val_loss,theta\n0,0.1,0.5\n")
     args = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--seeds", "0",
                            "--epochs", "2", "--sweep", "layers=2,6,8"])
-    result = drv.aggregate(args)
+    result = report.aggregate(args)
     assert result["figure_panels"][-1].startswith("layers=8")
     assert result["figure_notes"] == {"8": ("no finished run yet\nrelaxed seed 0: 1 of 2 epochs logged\n"
                                             "standard seed 0: not started")}
     # a summary from a shorter invocation (1 of 2 epochs): unfinished, not "not started"
     fake_run(tmp_path / "standard_layers8_seed0", {"epochs_run": 1, "wall_time_seconds": 60.0},
              "projected_val_loss", [0.1])
-    result = drv.aggregate(args)
+    result = report.aggregate(args)
     assert result["figure_notes"]["8"].endswith("standard seed 0: 1 of 2 epochs (unfinished)")
     assert "| 8 | standard | 0 | 1 (unfinished) |" in (tmp_path / "comparison_layers.md").read_text()
     # values keep the command's order (not the string order: 10000 sorts before 3000)
     args = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--seeds", "0", "--epochs", "2",
                            "--sweep", "layers=6,2"])
-    assert [t.split(" ")[0] for t in drv.aggregate(args)["figure_panels"][3:]] == ["layers=6", "layers=2"]
+    assert [t.split(" ")[0] for t in report.aggregate(args)["figure_panels"][3:]] == ["layers=6", "layers=2"]
 
 
 def test_sweep_over_a_categorical_option(tmp_path):
     """A sweep over a non-numeric option (e.g. ``centring=mass,coordinates``) plots its values as
     categories, in the command's order."""
     drv = load_driver()
-    assert drv.sweep_positions(["1000", "300"]) == {"1000": 1000.0, "300": 300.0}
-    assert drv.sweep_positions(["mass", "coordinates"]) == {"mass": 0, "coordinates": 1}
+    assert plots.sweep_positions(["1000", "300"]) == {"1000": 1000.0, "300": 300.0}
+    assert plots.sweep_positions(["mass", "coordinates"]) == {"mass": 0, "coordinates": 1}
     for centring, mse in (("mass", 0.005), ("coordinates", 0.0045)):
         summary = {"epochs_run": 2, "best_test_mse": mse, "best_projected_val_mse": mse,
                    "final_projected_test_mse": mse, "equivariance_of_best_projected": {"o3_max_error": 1e-6},
@@ -173,7 +175,7 @@ def test_sweep_over_a_categorical_option(tmp_path):
         fake_run(tmp_path / name, summary, "projected_val_loss", [0.1, mse])
     args = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--seeds", "0", "--arms", "standard",
                            "--epochs", "2", "--sweep", "centring=mass,coordinates"])
-    result = drv.aggregate(args)
+    result = report.aggregate(args)
     by = {g["sweep_value"]: g["stats"]["best_test_mse"]["mean"] for g in result["groups"]}
     assert math.isclose(by["coordinates"], 0.0045) and math.isclose(by["mass"], 0.005)
     assert "| coordinates | standard | 1 | 4.500 | " in (tmp_path / "comparison_centring.md").read_text()
@@ -184,16 +186,16 @@ def test_sweep_reuses_the_comparison_runs_at_the_baseline_value(tmp_path):
     drv = load_driver()
     args = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--seeds", "0",
                            "--sweep", "layers=2,4,8"])
-    _, name = drv.jobs_of(args)
-    assert drv.recipe_default(args, "layers") == 4 and drv.baseline_values(args, name) == {"4"}
-    base = drv.command(args, "relaxed", 0)  # the plain comparison's run
-    assert drv.command(args, "relaxed", 0, "4", name, baseline=True) == base
-    assert "--layers" not in base and drv.command(args, "relaxed", 0, "2", name)[-2:] == ["--layers", "2"]
+    _, name = plan.jobs_of(args)
+    assert plan.recipe_default(args, "layers") == 4 and plan.baseline_values(args, name) == {"4"}
+    base = plan.command(args, "relaxed", 0)  # the plain comparison's run
+    assert plan.command(args, "relaxed", 0, "4", name, baseline=True) == base
+    assert "--layers" not in base and plan.command(args, "relaxed", 0, "2", name)[-2:] == ["--layers", "2"]
     # the extras (and the protocol) override the recipe's default: then 8 is the baseline
     args8 = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--sweep", "layers=2,4,8",
                             "--", "--layers", "8"])
-    assert drv.baseline_values(args8, name) == {"8"}
-    assert drv.baseline_values(drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--sweep",
+    assert plan.baseline_values(args8, name) == {"8"}
+    assert plan.baseline_values(drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--sweep",
                                                "train-samples=1000,3000"]), "train-samples") == {"3000"}
     # aggregation reads the comparison's runs for the baseline value, into its own files
     for arm in ("relaxed", "standard"):
@@ -202,7 +204,7 @@ def test_sweep_reuses_the_comparison_runs_at_the_baseline_value(tmp_path):
             fake_run(tmp_path / run, summary, "projected_val_loss", [0.1, mse])
     args = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--seeds", "0", "--epochs", "2",
                            "--sweep", "layers=2,4,8"])
-    result = drv.aggregate(args)
+    result = report.aggregate(args)
     by = {(r["sweep_value"], r["arm"]): r for r in result["runs"]}
     assert by[("4", "relaxed")]["run"] == "relaxed_seed0" and math.isclose(by[("4", "relaxed")]["best_test_mse"], 0.004)
     assert by[("8", "standard")]["run"] == "standard_layers8_seed0"
@@ -217,7 +219,7 @@ def test_a_run_directory_trains_in_one_driver_at_a_time(tmp_path, capsys):
     d.mkdir()
     with open(d / ".compare.lock", "w") as held:  # another driver trains this run
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        assert drv.train_one(args, "relaxed", 0, None, None) == 0
+        assert runner.train_one(args, "relaxed", 0, None, None) == 0
     assert "skipped: another compare.py is training it" in capsys.readouterr().out
     assert not (d / "stdout.log").exists() and not (d / "command.txt").exists()
 
@@ -246,7 +248,7 @@ def test_runs_in_progress_are_drawn_but_not_aggregated(tmp_path):
 
     plt.Figure.savefig = capture
     try:
-        result = drv.aggregate(args)
+        result = report.aggregate(args)
     finally:
         plt.Figure.savefig = real_savefig
     standard = next(g for g in result["groups"] if g["arm"] == "standard")
@@ -257,16 +259,15 @@ def test_runs_in_progress_are_drawn_but_not_aggregated(tmp_path):
 
 
 def test_task_loss_subtracts_the_logged_penalties():
-    drv = load_driver()
     history = {"loss": [1.0, 2.0], "lie_penalty": [10.0, 20.0], "projection_penalty": [5.0, 5.0],
                "theta": [0.5, 1.0]}
     config = {"lambda_lie": 0.01, "lambda_proj": 0.02}
-    assert drv.task_loss(history, config) == pytest.approx([1.0 - 0.1 - 0.1, 2.0 - 0.2 - 0.1])
+    assert report.task_loss(history, config) == pytest.approx([1.0 - 0.1 - 0.1, 2.0 - 0.2 - 0.1])
     # penalty_scale="theta": the penalty was multiplied by the epoch's theta
-    scaled = drv.task_loss(history, dict(config, penalty_scale="theta"))
+    scaled = report.task_loss(history, dict(config, penalty_scale="theta"))
     assert scaled == pytest.approx([1.0 - 0.5 * 0.2, 2.0 - 0.3])
     # a standard run logs no penalty: its loss is the task loss
-    assert drv.task_loss({"loss": [0.3, 0.2]}, config) == [0.3, 0.2]
+    assert report.task_loss({"loss": [0.3, 0.2]}, config) == [0.3, 0.2]
 
 
 def test_paired_curves_compare_the_arms_seed_by_seed(tmp_path):
@@ -278,7 +279,7 @@ def test_paired_curves_compare_the_arms_seed_by_seed(tmp_path):
     fake_run(tmp_path / "standard_seed0", summary, "projected_val_loss", [1.0, 1.0, 1.0, 1.0])
     fake_run(tmp_path / "relaxed_seed1", summary, "projected_val_loss", [1.0, 1.0, 1.0, 1.0])  # no standard pair
     args = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--seeds", "0", "1", "--epochs", "4"])
-    result = drv.aggregate(args)
+    result = report.aggregate(args)
     # fake_run logs the last epoch twice (a resume); the last row wins: relaxed [1, 1.1, 2, 0.5]
     (pair,) = result["paired_curves"]
     assert pair["seed"] == 0 and pair["epochs"] == 4
@@ -299,7 +300,7 @@ def test_paired_curves_split_the_direction_at_the_selected_epochs(tmp_path):
              [1.2, 1.1, 0.9, 0.8, 0.7, 1.1])
     fake_run(tmp_path / "standard_seed0", dict(summary, best_epoch=3), "projected_val_loss", [1.0] * 6)
     args = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--seeds", "0", "--epochs", "6"])
-    (pair,) = drv.aggregate(args)["paired_curves"]
+    (pair,) = report.aggregate(args)["paired_curves"]
     assert pair["split_epoch"] == 3
     assert pair["to_selection"] == pytest.approx({"epochs": 3, "signed_median": 0.1, "relaxed_lower": 1 / 3})
     assert pair["after_selection"] == pytest.approx({"epochs": 3, "signed_median": -0.2, "relaxed_lower": 2 / 3})
@@ -310,14 +311,14 @@ def test_paired_curves_split_the_direction_at_the_selected_epochs(tmp_path):
     fake_run(tmp_path / "x" / "relaxed_seed0", dict(summary, best_epoch=6), "projected_val_loss", [1.1] * 6)
     fake_run(tmp_path / "x" / "standard_seed0", dict(summary, best_epoch=1), "projected_val_loss", [1.0] * 6)
     args = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path / "x"), "--seeds", "0", "--epochs", "6"])
-    (pair,) = drv.aggregate(args)["paired_curves"]
+    (pair,) = report.aggregate(args)["paired_curves"]
     assert pair["split_epoch"] == 6 and pair["after_selection"]["signed_median"] is None
     assert "| 0 | 6 | +10.00% | 0% | n/a | n/a |" in (tmp_path / "x" / "comparison.md").read_text()
     # a diverged run (no finite val MSE) has no direction: n/a in both tables, not a crash
     fake_run(tmp_path / "nan" / "relaxed_seed0", dict(summary, best_epoch=2), "projected_val_loss", ["nan"] * 6)
     fake_run(tmp_path / "nan" / "standard_seed0", dict(summary, best_epoch=2), "projected_val_loss", [1.0] * 6)
     args = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path / "nan"), "--seeds", "0", "--epochs", "6"])
-    (pair,) = drv.aggregate(args)["paired_curves"]
+    (pair,) = report.aggregate(args)["paired_curves"]
     assert pair["signed_median"] is None and pair["median"] is None and pair["to_selection"]["epochs"] == 0
     assert "| 0 | 6 | n/a | n/a | n/a | n/a | n/a |" in (tmp_path / "nan" / "comparison.md").read_text()
     assert "| 0 | 2 | n/a | n/a | n/a | n/a |" in (tmp_path / "nan" / "comparison.md").read_text()
@@ -334,7 +335,7 @@ def test_sweep_tables_keep_the_order_of_the_sweep(tmp_path):
             fake_run(tmp_path / f"{arm}_train_samples{value}_seed0", summary, "projected_val_loss", [0.1, 0.05])
     args = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--seeds", "0", "--epochs", "2",
                            "--sweep", "train-samples=2000,10000"])
-    result = drv.aggregate(args)
+    result = report.aggregate(args)
     assert [p["sweep_value"] for p in result["paired_metric"]] == ["2000", "10000"]
     assert [p["sweep_value"] for p in result["paired_curves"]] == ["2000", "10000"]
 
@@ -380,7 +381,7 @@ def test_export_and_import_carry_runs_to_another_machine(tmp_path):
     (other / "standard_layers8_seed0" / "backup").mkdir(parents=True)
     args = drv.parse_args(["segnn_nbody", "--output-dir", str(other), "--seeds", "0", "--epochs", "2",
                            "--sweep", "layers=8"])
-    assert drv.import_runs(args, export) == ["relaxed_layers8_seed0"]
+    assert records.import_runs(args, export) == ["relaxed_layers8_seed0"]
     assert not (other / "standard_layers8_seed0" / "log.csv").exists()
     assert (other / "relaxed_layers8_seed0" / "summary.json").read_text() == json.dumps(summary)
     # once the run has finished, a new export drops the resume state the earlier one left
@@ -391,21 +392,20 @@ def test_export_and_import_carry_runs_to_another_machine(tmp_path):
 
 
 def test_export_takes_a_consistent_snapshot(tmp_path, monkeypatch):
-    drv = load_driver()
     src, dst = tmp_path / "run", tmp_path / "export" / "run"
     (src / "backup").mkdir(parents=True)
     (src / "backup" / "latest.weights.h5").write_bytes(b"a")
     (src / "log.csv").write_text("epoch\n0\n")
     dst.mkdir(parents=True)
     (dst / "best_projected.keras").write_bytes(b"older export")  # not in this snapshot: goes
-    assert drv._snapshot(src, ("log.csv", "summary.json", "backup"), dst) == ["log.csv", "backup"]
+    assert records._snapshot(src, ("log.csv", "summary.json", "backup"), dst) == ["log.csv", "backup"]
     assert sorted(p.name for p in dst.iterdir()) == ["backup", "log.csv"]
     assert (dst / "backup" / "latest.weights.h5").read_bytes() == b"a"
     stamps = iter(range(1000))  # a training writes between every two looks
-    monkeypatch.setattr(drv, "_tree_stamp", lambda path: next(stamps))
-    monkeypatch.setattr(drv.time, "sleep", lambda s: None)
+    monkeypatch.setattr(records, "_tree_stamp", lambda path: next(stamps))
+    monkeypatch.setattr(records.time, "sleep", lambda s: None)
     with pytest.raises(SystemExit, match="kept changing"):
-        drv._snapshot(src, ("log.csv", "backup"), tmp_path / "export" / "run2", attempts=3)
+        records._snapshot(src, ("log.csv", "backup"), tmp_path / "export" / "run2", attempts=3)
     assert not (tmp_path / "export" / "run2").exists() and not (tmp_path / "export" / "run2.partial").exists()
     assert (dst / "log.csv").exists()
 
@@ -429,5 +429,5 @@ def test_an_exported_run_resumes_on_another_machine(tmp_path, monkeypatch):
     result = drv.main(common + ["--output-dir", str(second), "--epochs", "2", "--import-from", str(export)] + tiny)
     summary = json.loads((second / "relaxed_seed0" / "summary.json").read_text())
     assert summary["epochs_run"] == 2 and summary["epochs_this_invocation"] == 1 and summary["resumed"]
-    assert drv.read_log(second / "relaxed_seed0" / "log.csv")["epoch"] == [0.0, 1.0]
+    assert records.read_log(second / "relaxed_seed0" / "log.csv")["epoch"] == [0.0, 1.0]
     assert result["groups"][0]["runs"] == 1
