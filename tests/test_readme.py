@@ -27,3 +27,29 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     assert not kr.has_relaxation_branches(namespace["plain"])
     assert kr.has_relaxation_branches(namespace["segnn"]) and not kr.has_relaxation_branches(namespace["plain_segnn"])
     assert list((tmp_path / "cache" / "nbody").glob("*.npz"))  # the example's data went to the cache
+
+
+def _anchors(markdown: str) -> set:
+    """GitHub's heading anchors of a Markdown text (lower case, punctuation dropped, spaces to hyphens)."""
+    headings = re.findall(r"^#{1,6} +(.+?) *$", re.sub(r"```.*?```", "", markdown, flags=re.S), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
+def test_relative_links_in_readme_and_docs_resolve():
+    """Every relative link (and image) of README.md and docs/**/*.md names an existing file, and its
+    #anchor a heading of that file."""
+    root = README.parent
+    broken = []
+    for page in [README, *sorted((root / "docs").rglob("*.md"))]:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+        text = re.sub(r"`[^`\n]*`", "", text)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            file = (page.parent / path).resolve() if path else page
+            if not file.exists():
+                broken.append(f"{page.relative_to(root)}: {target}")
+            elif anchor and file.suffix == ".md" and anchor not in _anchors(file.read_text()):
+                broken.append(f"{page.relative_to(root)}: {target} (no such heading)")
+    assert not broken, broken
