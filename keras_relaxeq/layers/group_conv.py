@@ -203,6 +203,7 @@ class CyclicConv2D(RelaxedEquivariantLayer):
 
     # -- the equivariant map ------------------------------------------------------------
     def build_equivariant(self, input_shape):
+        set_untracked(self, "built_input_shape", tuple(input_shape))
         set_untracked(self, "layout", FieldKernelLayout(self.in_type, self.out_type, self.kernel_size))
         set_untracked(self, "coefficients", {})  # (i, o) -> variable; the variables are tracked by add_weight
         for i, o, name, n in self.layout.pairs():
