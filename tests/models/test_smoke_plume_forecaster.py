@@ -61,3 +61,22 @@ def test_relaxed_arm_trains_with_the_defect_penalty():
     y = np.random.default_rng(3).normal(size=(2, 8, 8, 2)).astype("float32")
     history = model.fit(x, y, epochs=1, verbose=0)
     assert history.history["lie_penalty"][0] > 0.0
+
+
+def test_schedule_monitor_and_export_work_unchanged(tmp_path):
+    from keras_relaxeq.export.serving import export_saved_model
+    from keras_relaxeq.training.diagnostics import relaxation_report
+    from keras_relaxeq.training.schedules import ThetaScheduler
+
+    model = smoke_plume_forecaster("rsteer_relaxed", grid=8, width=0.03, relaxation_initializer="random_normal")
+    model.compile(optimizer="adam", loss="mse")
+    x = np.random.default_rng(4).normal(size=(2, 10, 8, 8, 2)).astype("float32")
+    model.fit(x, x[:, -1], epochs=2, verbose=0, callbacks=[ThetaScheduler("decay")])
+    assert model.layers[-1].theta.numpy() == 0.0  # the schedule ends at exactly 0
+    rows = relaxation_report(model, x)
+    assert [r["layer"] for r in rows][-1] == "total" and len(rows) == 6
+    path = export_saved_model(model, tmp_path, "smoke_plume_c4", 1, allow_relaxed=True, input_name="frames",
+                              outputs="regression")
+    served = tf.saved_model.load(str(path)).signatures["serving_default"]
+    out = served(frames=tf.constant(x))
+    np.testing.assert_allclose(list(out.values())[0], project(model)(x), atol=1e-5)
