@@ -1,9 +1,9 @@
 """C_N-equivariant (steerable) convolutions on 2D grids, relaxable: lifting, group and projection convs.
 
-Features are fields ``[batch, H, W, C]`` whose channels are C_N fibres (:class:`~keras_relaxeq.groups.cyclic.FieldType`):
-trivial scalars, ``vector`` / ``irrep(k)`` 2-vectors, ``regular`` N-channel group features.  A
-:class:`CyclicConv2D` maps one field type to another with a kernel ``W = sum_b c_b B_b`` in the orthonormal
-basis ``B_b`` of the solutions of the kernel constraint ``T_g(W) = W``
+Features are fields ``[batch, H, W, C]`` whose channels are C_N fibres
+(:class:`~keras_relaxeq.groups.cyclic.FieldType`): trivial scalars, ``vector`` / ``irrep(k)`` 2-vectors,
+``regular`` N-channel group features.  A :class:`CyclicConv2D` maps one field type to another with a kernel
+``W = sum_b c_b B_b`` in the orthonormal basis ``B_b`` of the solutions of the kernel constraint ``T_g(W) = W``
 (:func:`~keras_relaxeq.groups.cyclic_kernels.equivariant_kernel_basis`), one coefficient per basis element and
 pair of fibres, and a bias in the invariant vectors of the output fibres, so it is exactly equivariant:
 ``conv(g.x) = g.conv(x)`` with the grid rotated *and* the fibres transformed.  The named variants:

@@ -50,7 +50,7 @@ def test_published_width_at_64x64_is_equivariant_after_projection():
     x = frames(grid=64, seed=1)
     assert model(x).shape == (1, 64, 64, 2)
     assert rel_error(project(model), x) < 1e-5
-    layers = [l for l in model.layers if hasattr(l, "out_type")]
+    layers = [layer for layer in model.layers if hasattr(layer, "out_type")]
     assert len(layers) == 5 and layers[1].out_type == FieldType.regular(4, 9)  # round(92 * 0.1)
 
 
