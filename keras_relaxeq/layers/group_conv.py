@@ -14,8 +14,9 @@ pair of fibres, and a bias in the invariant vectors of the output fibres, so it 
 
 Pointwise nonlinearities (``activation="relu"``, or a ``keras.layers.ReLU`` between layers) commute with the
 action on trivial and regular fibres (it permutes pixels and the N channels of a regular field), so they are
-allowed on those only.  Each layer infers its input multiplicity from the channels when ``in_type`` is one
-fibre name, so layers chain like ordinary convolutions.
+allowed on those only; :class:`RegularBatchNorm` normalises regular fields per field and
+:class:`GroupPooling` turns them into invariant scalar fields.  Each layer infers its input multiplicity from the
+channels when ``in_type`` is one fibre name, so layers chain like ordinary convolutions.
 
 Relaxation (``relaxed=True``, method.md section 2 as in the paper's relaxed steerable CNN): the branch is an
 ordinary convolution of the same kernel size, ``theta * (conv(x, W_R) + b_R)`` added before the activation,
@@ -42,7 +43,8 @@ from keras_relaxeq.utils import set_untracked
 
 register = keras.saving.register_keras_serializable(package="keras_relaxeq")
 
-__all__ = ["CyclicConv2D", "FieldKernelLayout", "GroupConv2D", "LiftingConv2D", "ProjectionConv2D"]
+__all__ = ["CyclicConv2D", "FieldKernelLayout", "GroupConv2D", "GroupPooling", "LiftingConv2D", "ProjectionConv2D",
+           "RegularBatchNorm"]
 
 POINTWISE_FIBRES = ("trivial", "regular")
 
@@ -353,4 +355,74 @@ class ProjectionConv2D(CyclicConv2D):
     def get_config(self):
         config = super().get_config()
         config.pop("in_type")
+        return config
+
+
+def _regular_multiplicity(layer, input_shape, group_order):
+    channels = input_shape[-1]
+    if channels is None or channels % group_order:
+        raise ValueError(f"{type(layer).__name__} '{layer.name}' expects regular C{group_order} fields (channels a "
+                         f"multiple of {group_order}); got shape {list(input_shape)}.")
+    return channels // group_order
+
+
+@register
+class RegularBatchNorm(keras.layers.Layer):
+    """Batch normalisation of regular C_N fields: one mean, variance, scale and offset per field, shared by its N
+    channels (the action permutes them), so the layer is equivariant in training and inference
+    (e2cnn's ``InnerBatchNorm``).  ``**kwargs`` go to ``keras.layers.BatchNormalization``."""
+
+    def __init__(self, group_order=4, momentum=0.99, epsilon=1e-3, **kwargs):
+        name = kwargs.pop("name", None)
+        dtype = kwargs.pop("dtype", None)
+        super().__init__(name=name, dtype=dtype)
+        self.group_order = int(group_order)
+        self.momentum, self.epsilon = float(momentum), float(epsilon)
+        self.bn_kwargs = kwargs
+        self.norm = keras.layers.BatchNormalization(axis=-2, momentum=momentum, epsilon=epsilon, dtype=dtype,
+                                                    name="batch_norm", **kwargs)
+
+    def build(self, input_shape):
+        m = _regular_multiplicity(self, input_shape, self.group_order)
+        self.norm.build(tuple(input_shape[:-1]) + (m, self.group_order))
+
+    def call(self, inputs, training=None):
+        shape = tf.shape(inputs)
+        fields = tf.reshape(inputs, tf.concat([shape[:-1], [-1, self.group_order]], 0))
+        return tf.reshape(self.norm(fields, training=training), shape)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(group_order=self.group_order, momentum=self.momentum, epsilon=self.epsilon, **self.bn_kwargs)
+        return config
+
+
+@register
+class GroupPooling(keras.layers.Layer):
+    """Regular C_N fields -> trivial fields: the max (or mean) over the N channels of each field, invariant to
+    their cyclic shift, so the result is a C_N-equivariant scalar field ``[batch, H, W, m]``."""
+
+    def __init__(self, group_order=4, mode="max", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("max", "mean"):
+            raise ValueError(f"mode must be 'max' or 'mean', got {mode!r}.")
+        self.group_order, self.mode = int(group_order), mode
+
+    def build(self, input_shape):
+        _regular_multiplicity(self, input_shape, self.group_order)
+
+    def call(self, inputs):
+        shape = tf.shape(inputs)
+        fields = tf.reshape(inputs, tf.concat([shape[:-1], [-1, self.group_order]], 0))
+        return tf.reduce_max(fields, axis=-1) if self.mode == "max" else tf.reduce_mean(fields, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (input_shape[-1] // self.group_order,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(group_order=self.group_order, mode=self.mode)
         return config

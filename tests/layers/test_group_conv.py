@@ -147,3 +147,25 @@ def test_velocity_stack_is_equivariant_after_projection(frames):
     ti, to = FieldType.vector(4, frames), FieldType.vector(4)
     assert relative_error(model, x, ti, to) > 1e-3
     assert relative_error(project(model), x, ti, to) < RTOL
+
+
+def test_regular_batch_norm_and_group_pooling_are_equivariant():
+    from keras_relaxeq.layers import GroupPooling, RegularBatchNorm
+
+    x = random_fields(12, seed=3) * 3.0 + 1.0
+    regular = FieldType.regular(4, 3)
+    norm = RegularBatchNorm(momentum=0.5)
+    y = norm(x, training=True)
+    np.testing.assert_allclose(tf.reduce_mean(tf.reshape(y, [-1, 3, 4]), axis=[0, 2]), np.zeros(3), atol=1e-5)
+    for training in (True, False):
+        assert check_cyclic_equivariance(norm, x, regular, regular, atol=0.0, rtol=RTOL, training=training).passed
+    assert len(norm.weights) == 4 and norm.weights[0].shape == (3,)  # per field, not per channel
+    for mode in ("max", "mean"):
+        pool = GroupPooling(mode=mode)
+        assert pool(x).shape == (2, 9, 9, 3)
+        assert check_cyclic_equivariance(pool, x, regular, FieldType.trivial(4, 3), atol=0.0, rtol=RTOL).passed
+    clone = RegularBatchNorm.from_config(norm.get_config())
+    clone(x)
+    clone.set_weights(norm.get_weights())
+    np.testing.assert_allclose(clone(x), norm(x), atol=1e-6)
+    assert GroupPooling.from_config(GroupPooling(mode="mean").get_config()).mode == "mean"
