@@ -43,6 +43,7 @@ __all__ = [
     "finite_group_branch_penalties",
     "generic_field_defect",
     "generic_pointwise_defect",
+    "reference_rot90_penalty",
 ]
 
 
@@ -123,6 +124,15 @@ def conv_branch_defect(kernel, bias, x, in_type: FieldType, out_type: FieldType)
         c = bias - tf.linalg.matvec(_const(out_type.matrix(g), dtype), bias, transpose_a=True)  # b - b rho_out(g)
         lie += tf.reduce_sum(tf.square(part + c))
     return lie, tf.reduce_sum(tf.square(parts[0] + bias))
+
+
+def reference_rot90_penalty(kernel):
+    """The published code's penalty ``||W - rot90(W)||^2`` on a conv kernel ``[k, k, C_in, C_out]``, for comparisons
+    only: it turns the spatial axes and leaves the fibres alone, so it is not the equivariance condition
+    (module notes); never used by the layers."""
+    w = tf.convert_to_tensor(kernel)
+    turned = tf.transpose(tf.reverse(w, axis=[0]), [1, 0, 2, 3])  # one quarter turn of the taps
+    return tf.reduce_sum(tf.square(w - turned))
 
 
 def finite_group_branch_penalties(layer, inputs, collector=None, method=None):

@@ -19,6 +19,7 @@ from keras_relaxeq.layers.finite_group_penalties import (
     direct_dense_branch_defect,
     generic_field_defect,
     generic_pointwise_defect,
+    reference_rot90_penalty,
 )
 from keras_relaxeq.layers.base import gram_statistics
 from keras_relaxeq.layers.group_conv import CyclicConv2D, GroupConv2D
@@ -131,9 +132,11 @@ def test_rot90_of_the_kernel_alone_is_not_the_condition():
     centre_only[1, 1] = rng.normal(size=(2, 2))
     w_iso = np.stack([np.stack([centre_only[1, 1]] * 3)] * 3)  # the same tap everywhere: rot90-invariant
     assert np.array_equal(np.rot90(w_iso, axes=(0, 1)), w_iso)
+    assert float(reference_rot90_penalty(tf.constant(w_iso))) == 0.0
     assert float(conv_branch_defect(tf.constant(w_iso), None, x, ti, to)[0]) > 1e-3
     w_eq = equivariant_conv_kernel(ti, to, 3, rng)
     assert not np.allclose(np.rot90(w_eq, axes=(0, 1)), w_eq)
+    assert float(reference_rot90_penalty(tf.constant(w_eq))) > 1e-3
     assert float(conv_branch_defect(tf.constant(w_eq), None, x, ti, to)[0]) < 1e-20
 
 
