@@ -211,15 +211,15 @@ class CyclicConv2D(RelaxedEquivariantLayer):
         for i, o, name, n in self.layout.pairs():
             std = float(np.sqrt(self.kernel_gain / max(self.layout.fan_in(o), 1.0)))
             self.coefficients[i, o] = self.add_weight(
-                name=f"coefficients_{name}", shape=self.coefficient_shape(i, o, n),
-                initializer=keras.initializers.RandomNormal(stddev=std))
+                name=f"coefficients_{name}", shape=self.coefficient_shape(i, o, n), autocast=False,
+                initializer=keras.initializers.RandomNormal(stddev=std))  # cast where the kernel is assembled
         set_untracked(self, "bias_coefficients", {})
         if self.use_bias:
             for o, (fo, mo) in enumerate(self.layout.groups_out):
                 n = len(self.layout.bias_bases[o])
                 if n:
                     self.bias_coefficients[o] = self.add_weight(name=f"bias_{_safe_name(fo)}", shape=(mo, n),
-                                                                initializer="zeros")
+                                                                initializer="zeros", autocast=False)
 
     def coefficient_shape(self, i, o, n):
         """Shape of the coefficients of fibre-kind pair ``(i, o)`` with ``n`` basis kernels."""

@@ -169,3 +169,19 @@ def test_regular_batch_norm_and_group_pooling_are_equivariant():
     clone.set_weights(norm.get_weights())
     np.testing.assert_allclose(clone(x), norm(x), atol=1e-6)
     assert GroupPooling.from_config(GroupPooling(mode="mean").get_config()).mode == "mean"
+
+
+def test_mixed_precision_runs_in_bfloat16_with_float32_penalties_and_weights():
+    from keras_relaxeq.layers import RSteerConv2D
+
+    x = random_fields(8)
+    for layer in (GroupConv2D(2, dtype="mixed_bfloat16", relaxation_initializer="random_normal"),
+                  RSteerConv2D([["regular", 2]], dtype="mixed_bfloat16", relaxation_initializer="random_normal")):
+        with collect_relaxation_penalties() as collector:
+            y = layer(x, training=True)
+        assert y.dtype == tf.bfloat16
+        assert all(w.dtype == "float32" for w in layer.weights)
+        assert all(t.dtype == tf.float32 and float(t) > 0.0 for t in collector.totals())
+    coeffs = [v.numpy() for v in layer.coefficients.values()]
+    expected = np.concatenate([np.abs(np.diff(c.reshape(c.shape[:-2] + (-1,)), axis=-1)).ravel() for c in coeffs])
+    np.testing.assert_allclose(float(layer.losses[0]), expected.mean(), rtol=1e-6)
