@@ -38,3 +38,9 @@ from keras_relaxeq.groups.irreps import (
 from keras_relaxeq.groups.spherical_harmonics import spherical_harmonics, spherical_harmonics_coefficients
 from keras_relaxeq.groups.clebsch_gordan import clebsch_gordan, clebsch_gordan_for_irreps
 from keras_relaxeq.groups.cyclic import CyclicGroup, FibreRep, FieldType, equivariance_defect, rotate_grid
+from keras_relaxeq.groups.cyclic_kernels import (
+    FieldRep,
+    equivariant_kernel_basis,
+    invariant_vector_basis,
+    transform_kernel,
+)

@@ -33,3 +33,12 @@ from keras_relaxeq.layers.steerable import (
     SteerableNorm,
     gate_irreps,
 )
+from keras_relaxeq.layers.group_conv import (
+    CyclicConv2D,
+    GroupConv2D,
+    GroupPooling,
+    LiftingConv2D,
+    ProjectionConv2D,
+    RegularBatchNorm,
+)
+from keras_relaxeq.layers.rsteer import RSteerConv2D

@@ -560,7 +560,14 @@ class RelaxedEquivariantLayer(keras.layers.Layer):
         return relaxed
 
     def branch_penalties(self, inputs, collector=None, method=None):
-        """``(LD, N)`` of this layer's own branch for ``inputs`` (on ``stop_gradient``)."""
+        """``(LD, N)`` of this layer's own branch for ``inputs`` (on ``stop_gradient``).
+
+        For finite-group field types (``input_rep.is_finite_group``) the Lie slot holds the generator defect
+        ``sum_g ||g.R(x) - R(g.x)||^2`` (:mod:`keras_relaxeq.layers.finite_group_penalties`)."""
+        if getattr(self.input_rep, "is_finite_group", False):
+            from keras_relaxeq.layers.finite_group_penalties import finite_group_branch_penalties
+
+            return finite_group_branch_penalties(self, inputs, collector=collector, method=method)
         method = method or self.resolved_lie_method(inputs)
         flat_x = tf.stop_gradient(_flatten_features(inputs, self.input_rep))
         variable_dtype = tf.as_dtype(self.variable_dtype)

@@ -10,3 +10,4 @@ from keras_relaxeq.testing.equivariance import (
     check_equivariance,
     check_invariance,
 )
+from keras_relaxeq.testing.cyclic import assert_cyclic_equivariant, check_cyclic_equivariance

@@ -163,7 +163,16 @@ def _call(fn, inputs, training):
 
 def check_equivariance(fn, inputs, input_reps=None, output_reps=None, group="SO3", num_samples=3, seed=0,
                        atol=None, rtol=None, training=False) -> EquivarianceReport:
-    """Measure the equivariance error of ``fn`` on ``inputs`` (see :func:`assert_equivariant`)."""
+    """Measure the equivariance error of ``fn`` on ``inputs`` (see :func:`assert_equivariant`).
+
+    ``group="C4"`` (any ``"CN"``): every element of the cyclic group on 2D grids, the representations being C_N
+    field types (:func:`keras_relaxeq.testing.cyclic.check_cyclic_equivariance`; ``num_samples`` and ``seed``
+    unused)."""
+    if isinstance(group, str) and group[:1] == "C" and group[1:].isdigit():
+        from keras_relaxeq.testing.cyclic import check_cyclic_equivariance
+
+        return check_cyclic_equivariance(fn, inputs, input_reps, output_reps, group_order=int(group[1:]), atol=atol,
+                                         rtol=rtol, training=training)
     if group not in GROUPS:
         raise ValueError(f"Unknown group {group!r}; use one of {GROUPS}.")
     layer_in, layer_out = _layer_reps(fn)
