@@ -42,7 +42,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_relaxeq.groups.irreps import Irreps, balanced_irreps, check_layout, convert_layout
+from keras_relaxeq.groups.irreps import Irreps
+from keras_relaxeq.groups.irreps_balance import balanced_irreps
+from keras_relaxeq.groups.irreps_layouts import check_layout, convert_layout
 from keras_relaxeq.groups.spherical_harmonics import spherical_harmonics
 from keras_relaxeq.layers.steerable import O3TensorProduct, O3TensorProductGate, SteerableNorm
 from keras_relaxeq.models.checks import InputCheck

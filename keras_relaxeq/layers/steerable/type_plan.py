@@ -47,7 +47,7 @@ def type_blocks(irreps: Irreps) -> List[TypeGroup]:
     return [TypeGroup(ir, blocks, sum(blk.mul for blk in blocks)) for ir, blocks in groups.items()]
 
 
-#: the keys of the plain dicts that described a type triple before :class:`TypePath`, by field
+#: short keys accepted by ``TypePath[key]`` (the letters of the :class:`TypePlan` docs), with their fields
 _TYPE_PATH_KEYS = {"t1": "type1", "t2": "type2", "to": "type_out", "d1": "dim1", "d2": "dim2", "d3": "dim_out",
                    "U": "mul1", "V": "mul2", "W": "mul_out", "diag": "diagonal", "c": "diag_coef", "mode": "order"}
 
@@ -56,7 +56,7 @@ _TYPE_PATH_KEYS = {"t1": "type1", "t2": "type2", "to": "type_out", "d1": "dim1",
 class TypePath:
     """All paths ``ir1 (x) ir2 -> ir_out`` between one triple of irrep types of a :class:`TypePlan`.
 
-    ``path["mul2"]`` (or a former dict key such as ``path["V"]``, ``path["mode"]``) reads a field too.
+    ``path["mul2"]`` reads a field too, as do the short keys of ``_TYPE_PATH_KEYS`` (``path["V"]``, ``path["mode"]``).
     """
 
     type1: int  #: index into ``TypePlan.types1`` (the types of ``x``)
@@ -240,7 +240,7 @@ class TypePlan:
         return {(k, t): tf.reshape(p, [r, c]) for (k, t, r, c), p in zip(self.mats, pieces)}
 
     @staticmethod
-    def _mix(m, t, tri: TypePath, mode):
+    def _mix(m, t, tri: TypePath, order):
         """Contract ``t [N, d1, C]`` with the attribute-side ``m`` -> ``[N, d3, C']`` (see the class doc)."""
         d1, d3, v = tri.dim1, tri.dim_out, tri.mul2
         if tri.diagonal:
@@ -253,7 +253,7 @@ class TypePlan:
             c = t.shape[-1]
             return tf.reduce_sum(tf.reshape(m, [-1, d1, d3, 1]) * tf.reshape(t, [-1, d1, 1, c]), axis=1)
         mt = tf.transpose(tf.reshape(m, [-1, v, d1, d3]), [0, 2, 3, 1])  # [N, d1, d3, V]
-        if mode == "Y":  # t = Y [N, d1, V W] -> sum over i and v
+        if order == "Y":  # t = Y [N, d1, V W] -> sum over i and v
             w = tri.mul_out
             return tf.reduce_sum(tf.reshape(mt, [-1, d1, d3, v, 1]) * tf.reshape(t, [-1, d1, 1, v, w]), axis=[1, 3])
         u = tri.mul1  # t = X [N, d1, U] -> Z [N, d3, U V]
