@@ -1,4 +1,5 @@
-"""Group math only (no Keras layers): SO(3) generators, rotations, representations; C_N on 2D grids."""
+"""Group math only (no Keras layers): SO(3) generators, rotations, representations, O(3) irreps, spherical
+harmonics and Clebsch-Gordan coefficients; C_N on 2D grids."""
 
 from keras_relaxeq.groups.representations import (
     Representation,
@@ -20,16 +21,10 @@ from keras_relaxeq.groups.so3 import (
     vector_generators,
     wigner_D,
 )
-from keras_relaxeq.groups.irreps import (
-    Irrep,
-    Irreps,
-    IrrepsRep,
-    LAYOUTS,
-    MulIrrep,
-    as_irreps,
-    check_layout,
-    convert_layout,
-    layout_permutation,
+from keras_relaxeq.groups.irreps import Irrep, Irreps, MulIrrep, as_irreps
+from keras_relaxeq.groups.irreps_layouts import LAYOUTS, check_layout, convert_layout, layout_permutation
+from keras_relaxeq.groups.irreps_rep import IrrepsRep
+from keras_relaxeq.groups.irreps_balance import (
     balanced_irreps,
     dimension_balanced_irreps,
     fully_connected_tp_num_weights,

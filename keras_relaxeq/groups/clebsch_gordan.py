@@ -30,6 +30,7 @@ import functools
 
 import numpy as np
 
+from keras_relaxeq.groups.irreps import Irrep
 from keras_relaxeq.groups.so3 import so3_generators_numpy
 
 
@@ -75,8 +76,6 @@ def clebsch_gordan(l1: int, l2: int, l3: int) -> np.ndarray:
 
 def clebsch_gordan_for_irreps(ir1, ir2, ir3) -> np.ndarray:
     """CG for O(3) irreps: ``clebsch_gordan(l1, l2, l3)`` if ``p3 == p1 p2``, zeros otherwise."""
-    from keras_relaxeq.groups.irreps import Irrep
-
     ir1, ir2, ir3 = Irrep(ir1), Irrep(ir2), Irrep(ir3)
     if ir3.p != ir1.p * ir2.p:
         return np.zeros((ir1.dim, ir2.dim, ir3.dim))

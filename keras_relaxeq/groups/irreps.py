@@ -1,4 +1,4 @@
-"""Irreducible representations of O(3) and their direct sums (steerable features).
+"""Irreducible representations of O(3) and their direct sums: the irreps algebra.
 
 An irrep of O(3) = SO(3) x {+1, -1} is labelled by a degree ``l >= 0`` and a
 parity ``p = +1`` ("e", even) or ``p = -1`` ("o", odd).  An element
@@ -16,19 +16,27 @@ The string syntax, ``simplify``, ``sort``, ``slices`` and
 ``Irreps.spherical_harmonics`` follow ``e3nn.o3.Irreps`` (e3nn/o3/_irreps.py)
 so that irreps strings from e3nn-based reference code (SEGNN, Equiformer)
 can be used as they are.
+
+This module holds the labels and their algebra (:class:`Irrep`, :class:`MulIrrep`,
+:class:`Irreps`, :func:`as_irreps`).  The other irreps concerns live next to it:
+
+* :mod:`keras_relaxeq.groups.irreps_rep`: :class:`IrrepsRep`, O(3) acting on features;
+* :mod:`keras_relaxeq.groups.irreps_layouts`: feature layouts (``LAYOUTS``, ``check_layout``,
+  ``layout_permutation``, ``convert_layout``);
+* :mod:`keras_relaxeq.groups.irreps_balance`: SEGNN hidden irreps and tensor-product weight counts;
+* :mod:`keras_relaxeq.groups.spherical_harmonics` and :mod:`keras_relaxeq.groups.clebsch_gordan`;
+* :mod:`keras_relaxeq.groups.so3`: generators and Wigner matrices of SO(3).
+
+Those names stay importable from this module (resolved on first access, see ``__getattr__``).
 """
 
 from __future__ import annotations
 
 import collections
-import functools
+import importlib
 from typing import Iterator, List, Union
 
 import numpy as np
-import tensorflow as tf
-
-from keras_relaxeq.groups.representations import Representation
-from keras_relaxeq.groups.so3 import so3_generators_numpy, wigner_D
 
 _PARITY_CHARS = {"e": 1, "o": -1}
 
@@ -101,8 +109,10 @@ class Irrep(tuple):
     def __add__(self, other) -> "Irreps":
         return Irreps(self) + Irreps(other)
 
-    def D_from_matrix(self, matrices, dtype=None) -> tf.Tensor:
-        """Matrix ``[..., 2l+1, 2l+1]`` of this irrep for O(3) matrices ``[..., 3, 3]``."""
+    def D_from_matrix(self, matrices, dtype=None):
+        """Matrix ``[..., 2l+1, 2l+1]`` of this irrep for O(3) matrices ``[..., 3, 3]`` (float64 by default)."""
+        from keras_relaxeq.groups.irreps_rep import _irrep_matrix, _split_o3
+
         return _irrep_matrix(self, _split_o3(matrices), dtype)
 
     def count(self, _value):  # tuple methods that make no sense here
@@ -309,319 +319,11 @@ class Irreps(tuple):
     __str__ = __repr__
 
     # -- representation matrices ----------------------------------------------------------------
-    def D_from_matrix(self, matrices, dtype=None) -> tf.Tensor:
+    def D_from_matrix(self, matrices, dtype=None):
         """Dense block-diagonal ``[..., dim, dim]`` for O(3) matrices ``[..., 3, 3]``."""
+        from keras_relaxeq.groups.irreps_rep import IrrepsRep
+
         return IrrepsRep(self).matrix(matrices, dtype=dtype)
-
-
-# ---------------------------------------------------------------------------------------------
-# SEGNN hidden-irreps helpers
-# ---------------------------------------------------------------------------------------------
-
-def fully_connected_tp_num_weights(irreps_in1, irreps_in2, irreps_out) -> int:
-    """Number of weights of a fully connected tensor product ``in1 (x) in2 -> out``.
-
-    One ``mul1 x mul2 x mul_out`` weight block per path ``(ir1, ir2, ir_out)`` with
-    ``ir_out`` in ``ir1 * ir2`` (triangle rule and ``p_out = p1 p2``): the
-    ``weight_numel`` of ``e3nn.o3.FullyConnectedTensorProduct`` (``"uvw"`` paths).
-    """
-    in1, in2, out = Irreps(irreps_in1), Irreps(irreps_in2), Irreps(irreps_out)
-    total = 0
-    for mul1, ir1 in in1:
-        for mul2, ir2 in in2:
-            products = list(ir1 * ir2)
-            for mul3, ir3 in out:
-                if ir3 in products:
-                    total += mul1 * mul2 * mul3
-    return total
-
-
-def dimension_balanced_irreps(lmax: int, vec_dim: int, sh_type: bool = True) -> Irreps:
-    """Split a feature budget of ``vec_dim`` dimensions evenly over degrees ``0 .. lmax``.
-
-    Mirrors ``BalancedIrreps(lmax, vec_dim, sh_type)`` of the SEGNN reference code
-    (Brandstetter et al., ICLR 2022; github.com/RobDHess/Steerable-E3-GNN,
-    ``models/balanced_irreps.py``): each irrep type gets ``int(vec_dim / (2l+1) / n_types)``
-    copies and the remainder goes to the scalars, so the total dimension is ``vec_dim``.
-    With ``sh_type`` the types are those of the spherical harmonics (``(l, (-1)^l)``),
-    otherwise ``0e`` plus both parities of every ``l >= 1``.
-    Example: ``dimension_balanced_irreps(1, 64) == Irreps("34x0e+10x1o")``.
-    """
-    types = [Irrep(0, 1)]
-    for l in range(1, int(lmax) + 1):
-        types += [Irrep(l, (-1) ** l)] if sh_type else [Irrep(l, 1), Irrep(l, -1)]
-    copies = [int(vec_dim / ir.dim / len(types)) for ir in types]
-    copies[0] += vec_dim - sum(n * ir.dim for n, ir in zip(copies, types))
-    return Irreps(list(zip(copies, types)))
-
-
-def weight_balanced_irreps(scalar_irreps, attr_irreps, sh: bool = True, lmax: int | None = None) -> Irreps:
-    """Hidden irreps up to ``lmax`` whose tensor product has as many weights as a scalar layer.
-
-    Mirrors ``WeightBalancedIrreps(irreps_in1_scalar, irreps_in2, sh, lmax)`` of the SEGNN
-    reference code (github.com/RobDHess/Steerable-E3-GNN, ``models/balanced_irreps.py``):
-    the smallest ``n`` such that the fully connected tensor product
-    ``hidden (x) attr_irreps -> hidden`` has at least as many weights as
-    ``scalar_irreps (x) 1x0e -> scalar_irreps``, where ``hidden`` is
-    ``n`` copies of each spherical-harmonic irrep up to ``lmax`` (sorted, simplified) if
-    ``sh``, else ``dimension_balanced_irreps(lmax, n)``.  ``lmax`` defaults to
-    ``attr_irreps.lmax``.
-    """
-    scalar_irreps, attr_irreps = Irreps(scalar_irreps), Irreps(attr_irreps)
-    if lmax is None:
-        lmax = attr_irreps.lmax
-
-    def hidden(n):
-        if sh:
-            return (Irreps.spherical_harmonics(lmax) * n).sort().irreps.simplify()
-        return dimension_balanced_irreps(lmax, n)
-
-    target = fully_connected_tp_num_weights(scalar_irreps, "1x0e", scalar_irreps)
-    n = 1
-    irreps = hidden(n)
-    while fully_connected_tp_num_weights(irreps, attr_irreps, irreps) < target:
-        n += 1
-        irreps = hidden(n)
-    return irreps
-
-
-def balanced_irreps(num_scalars: int = 64, lmax: int = 1, balance: str = "weights",
-                    attr_irreps=None, sh_type: bool = True) -> Irreps:
-    """Hidden irreps of a SEGNN with the budget of ``num_scalars`` scalar channels.
-
-    ``balance="weights"`` (the SEGNN default ``--subspace_type=weightbalanced``, used
-    for the charged N-body runs with ``--hidden_features=64 --lmax_h=1 --lmax_attr=1``):
-    :func:`weight_balanced_irreps` with ``attr_irreps`` (default
-    ``Irreps.spherical_harmonics(lmax)``), giving ``32x0e+32x1o`` for 64 scalars and
-    ``lmax = 1``.  ``balance="dimension"`` (``--subspace_type=balanced``):
-    :func:`dimension_balanced_irreps`, total dimension ``num_scalars`` (``34x0e+10x1o``).
-    """
-    if balance in ("weights", "weight", "weightbalanced"):
-        if attr_irreps is None:
-            attr_irreps = Irreps.spherical_harmonics(lmax)
-        return weight_balanced_irreps(Irreps([(int(num_scalars), "0e")]), attr_irreps, sh=sh_type,
-                                      lmax=lmax)
-    if balance in ("dimension", "dim", "balanced"):
-        return dimension_balanced_irreps(lmax, int(num_scalars), sh_type=sh_type)
-    raise ValueError(f"balance must be 'weights' or 'dimension', got {balance!r}.")
-
-
-# ---------------------------------------------------------------------------------------------
-# O(3) matrices and the representation on [..., irreps.dim] features
-# ---------------------------------------------------------------------------------------------
-
-def _split_o3(matrices):
-    """``g -> (R, s)`` with ``s = sign(det g)`` and ``R = s g`` proper, both float64."""
-    g = tf.cast(tf.convert_to_tensor(matrices), tf.float64)
-    s = tf.where(tf.linalg.det(g) < 0, tf.constant(-1.0, tf.float64), tf.constant(1.0, tf.float64))
-    return g * s[..., None, None], s
-
-
-def _irrep_matrix(ir: Irrep, split, dtype=None, cache=None) -> tf.Tensor:
-    """``(p if s == -1 else 1) * D_l(R)`` in float64 (or ``dtype``)."""
-    proper, s = split
-    if cache is not None and ir.l in cache:
-        d = cache[ir.l]
-    else:
-        d = wigner_D(ir.l, proper, dtype=tf.float64)
-        if cache is not None:
-            cache[ir.l] = d
-    if ir.p == -1:
-        d = d * s[..., None, None]
-    return tf.cast(d, dtype or tf.float64)
-
-
-@functools.lru_cache(maxsize=None)
-def _block_generators(l: int) -> np.ndarray:
-    g = so3_generators_numpy(l)
-    g.setflags(write=False)
-    return g
-
-
-#: feature layouts of a ``(mul, ir)`` block: copy-major ``"mul_ir"`` (e3nn, index ``u * d + i``) or
-#: component-major ``"ir_mul"`` (cuequivariance's ``ir_mul``, index ``i * mul + u``)
-LAYOUTS = ("mul_ir", "ir_mul")
-
-
-def check_layout(layout, owner="layout") -> str:
-    """``layout`` if it is one of :data:`LAYOUTS`, else a ValueError naming ``owner``."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"{owner}: layout must be one of {LAYOUTS}, got {layout!r} ('mul_ir': e3nn's copy-major "
-                         "blocks; 'ir_mul': component-major blocks, faster for tensor products).")
-    return layout
-
-
-def layout_permutation(irreps, layout) -> np.ndarray:
-    """Index array ``perm`` with ``x_layout = x_mul_ir[..., perm]`` for features of ``irreps``.
-
-    The blocks keep their order; only the inside of a block with ``l > 0`` and ``mul > 1``
-    changes (``"ir_mul"``: entry ``i * mul + u`` is ``mul_ir`` entry ``u * d + i``).
-    ``x_mul_ir = x_layout[..., argsort(perm)]``.
-    """
-    irreps = Irreps(irreps)
-    check_layout(layout)
-    perm = []
-    for sl, (mul, ir) in zip(irreps.slices(), irreps):
-        idx = np.arange(sl.start, sl.stop).reshape(mul, ir.dim)
-        perm.append((idx.T if layout == "ir_mul" else idx).reshape(-1))
-    return np.concatenate(perm).astype(np.int64) if perm else np.zeros(0, np.int64)
-
-
-def convert_layout(x, irreps, source="mul_ir", target="ir_mul") -> tf.Tensor:
-    """Features ``[..., irreps.dim]`` from layout ``source`` to ``target`` (a transpose per block)."""
-    irreps = Irreps(irreps)
-    check_layout(source, "convert_layout source")
-    check_layout(target, "convert_layout target")
-    x = tf.convert_to_tensor(x)
-    if source == target:
-        return x
-    lead = tf.shape(x)[:-1]
-    parts = []
-    for sl, (mul, ir) in zip(irreps.slices(), irreps):
-        block = x[..., sl]
-        if mul > 1 and ir.dim > 1:
-            shape = [mul, ir.dim] if source == "mul_ir" else [ir.dim, mul]
-            block = tf.reshape(block, tf.concat([lead, shape], 0))
-            block = tf.reshape(tf.linalg.matrix_transpose(block), tf.concat([lead, [mul * ir.dim]], 0))
-        parts.append(block)
-    if not parts:
-        return x
-    return parts[0] if len(parts) == 1 else tf.concat(parts, axis=-1)
-
-
-class IrrepsRep(Representation):
-    """O(3) acting on steerable features ``[..., irreps.dim]`` laid out as ``irreps``.
-
-    ``layout``: ``"mul_ir"`` (default, e3nn: block ``(mul, ir)`` stored copy-major, entry
-    ``u * d + i``) or ``"ir_mul"`` (component-major, entry ``i * mul + u``; see
-    :func:`layout_permutation`).  Everything below holds in either layout.
-
-    * ``generators_numpy()``: ``[3, dim, dim]``, block diagonal with
-      ``kron(I_mul, so3_generators(l))`` per ``(mul, (l, p))`` block (``kron(G, I_mul)`` in
-      ``"ir_mul"``).  Parity does not enter the Lie algebra.
-    * ``apply_generators(v)``: the same, block by block (no dense ``dim x dim`` matrix).
-    * ``transform(g, x)``: ``g`` is ``[3, 3]`` or one matrix per batch element
-      ``[B, 3, 3]`` (``x`` is ``[B, ..., dim]``) and may be improper: ``g = s R`` acts on
-      ``(l, p)`` as ``(p if s == -1 else 1) * wigner_D(l, R)``.  Features transform as
-      ``x_block -> D x_block`` per copy (column-vector convention; for ``1o``
-      this is ``x @ g^T`` exactly like :class:`VectorRep`).
-    * ``matrix(g)``: the dense block-diagonal ``[..., dim, dim]``.
-    """
-
-    def __init__(self, irreps, layout="mul_ir"):
-        self.irreps = Irreps(irreps)
-        self.layout = check_layout(layout, "IrrepsRep")
-        self.feature_shape = (self.irreps.dim,)
-
-    @property
-    def is_trivial(self) -> bool:
-        return all(ir.is_scalar() for mul, ir in self.irreps if mul > 0)
-
-    @property
-    def _ir_mul(self) -> bool:
-        return self.layout == "ir_mul"
-
-    def generators_numpy(self) -> np.ndarray:
-        dim = self.irreps.dim
-        out = np.zeros((3, dim, dim))
-        for sl, (mul, ir) in zip(self.irreps.slices(), self.irreps):
-            if mul == 0 or ir.l == 0:
-                continue
-            g = _block_generators(ir.l)
-            kron = (lambda k: np.kron(g[k], np.eye(mul))) if self._ir_mul else (lambda k: np.kron(np.eye(mul), g[k]))
-            out[:, sl, sl] = np.stack([kron(k) for k in range(3)])
-        return out
-
-    def _blocks(self, x):
-        """Split ``[..., dim]`` into ``(mul, ir, block)`` with blocks ``[..., mul, 2l+1]``
-        (``"mul_ir"``) or ``[..., 2l+1, mul]`` (``"ir_mul"``)."""
-        lead = tf.shape(x)[:-1]
-        for sl, (mul, ir) in zip(self.irreps.slices(), self.irreps):
-            if mul == 0:
-                continue
-            shape = [ir.dim, mul] if self._ir_mul else [mul, ir.dim]
-            block = tf.reshape(x[..., sl], tf.concat([lead, shape], 0))
-            yield mul, ir, block
-
-    def _merge(self, blocks, lead):
-        flat = [tf.reshape(b, tf.concat([lead, [mul * ir.dim]], 0)) for mul, ir, b in blocks]
-        if not flat:
-            raise ValueError("IrrepsRep with empty irreps has no features.")
-        return flat[0] if len(flat) == 1 else tf.concat(flat, axis=-1)
-
-    def apply_generators(self, v, transpose: bool = False) -> tf.Tensor:
-        """``v @ G_k^T`` (``v @ G_k`` with ``transpose``), k = 0, 1, 2: ``[..., dim] -> [3, ..., dim]``."""
-        v = tf.convert_to_tensor(v)
-        if self._ir_mul:
-            eq = "...jm,kij->k...im" if not transpose else "...jm,kji->k...im"
-        else:
-            eq = "...mj,kij->k...mi" if not transpose else "...mj,kji->k...mi"
-        lead = tf.concat([[3], tf.shape(v)[:-1]], 0)
-        out = []
-        for mul, ir, block in self._blocks(v):
-            if ir.l == 0:
-                res = tf.zeros(tf.concat([[3], tf.shape(block)], 0), dtype=v.dtype)
-            else:
-                res = tf.einsum(eq, block, tf.constant(_block_generators(ir.l), dtype=v.dtype))
-            out.append((mul, ir, res))
-        return self._merge(out, lead)
-
-    def matrix(self, rotations, dtype=None) -> tf.Tensor:
-        """Dense block-diagonal representation matrix ``[..., dim, dim]`` of O(3) matrices ``[..., 3, 3]``."""
-        rotations = tf.convert_to_tensor(rotations)
-        out_dtype = dtype or (rotations.dtype if rotations.dtype.is_floating else tf.float64)
-        split = _split_o3(rotations)
-        batch = tf.shape(split[0])[:-2]
-        cache: dict = {}
-        dim = self.irreps.dim
-        rows = []
-        offset = 0
-        eq = "uv,...ij->...iujv" if self._ir_mul else "uv,...ij->...uivj"
-        for mul, ir in self.irreps:
-            if mul == 0:
-                continue
-            d = _irrep_matrix(ir, split, tf.float64, cache)
-            block = tf.einsum(eq, tf.eye(mul, dtype=tf.float64), d)
-            block = tf.reshape(block, tf.concat([batch, [mul * ir.dim, mul * ir.dim]], 0))
-            pad = [[0, 0]] * (block.shape.rank - 1) + [[offset, dim - offset - mul * ir.dim]]
-            rows.append(tf.pad(block, pad))
-            offset += mul * ir.dim
-        return tf.cast(tf.concat(rows, axis=-2), out_dtype)
-
-    def transform(self, rotations, x):
-        x = tf.convert_to_tensor(x)
-        rotations = tf.convert_to_tensor(rotations)
-        if rotations.shape.rank not in (2, 3):
-            raise ValueError(f"rotations must be [3, 3] or [batch, 3, 3], got shape {rotations.shape}.")
-        batched = rotations.shape.rank == 3
-        split = _split_o3(rotations)
-        cache: dict = {}
-        out = []
-        for mul, ir, block in self._blocks(x):
-            if ir.is_scalar():
-                out.append((mul, ir, block))
-                continue
-            d = _irrep_matrix(ir, split, x.dtype, cache)
-            if not batched:
-                res = tf.einsum("...jm,ij->...im" if self._ir_mul else "...j,ij->...i", block, d)
-            else:
-                # block [B, ..., mul, d] ([B, ..., d, mul]); d [B, d, d] -> [B, 1, ..., 1, d, d]
-                ones = [1] * (block.shape.rank - 3)
-                d = tf.reshape(d, tf.concat([tf.shape(d)[:1], ones, [ir.dim, ir.dim]], 0))
-                res = tf.linalg.matmul(d, block) if self._ir_mul else tf.linalg.matmul(block, d, transpose_b=True)
-            out.append((mul, ir, res))
-        return self._merge(out, tf.shape(x)[:-1])
-
-    def __eq__(self, other):
-        return type(self) is type(other) and self.irreps.simplify() == other.irreps.simplify() and \
-            self.layout == other.layout
-
-    def __hash__(self):
-        return hash((type(self).__name__, tuple(self.irreps.simplify()), self.layout))
-
-    def __repr__(self):
-        return f"IrrepsRep('{self.irreps}')" if self.layout == "mul_ir" else \
-            f"IrrepsRep('{self.irreps}', layout='{self.layout}')"
 
 
 def as_irreps(irreps_or_lmax) -> Irreps:
@@ -631,18 +333,25 @@ def as_irreps(irreps_or_lmax) -> Irreps:
     return Irreps(irreps_or_lmax)
 
 
-__all__ = [
-    "Irrep",
-    "MulIrrep",
-    "Irreps",
-    "IrrepsRep",
-    "LAYOUTS",
-    "as_irreps",
-    "check_layout",
-    "convert_layout",
-    "layout_permutation",
-    "balanced_irreps",
-    "dimension_balanced_irreps",
-    "weight_balanced_irreps",
-    "fully_connected_tp_num_weights",
-]
+#: names defined in the modules next to this one, importable from here as well
+_MOVED = {
+    "IrrepsRep": "keras_relaxeq.groups.irreps_rep",
+    "LAYOUTS": "keras_relaxeq.groups.irreps_layouts",
+    "check_layout": "keras_relaxeq.groups.irreps_layouts",
+    "convert_layout": "keras_relaxeq.groups.irreps_layouts",
+    "layout_permutation": "keras_relaxeq.groups.irreps_layouts",
+    "balanced_irreps": "keras_relaxeq.groups.irreps_balance",
+    "dimension_balanced_irreps": "keras_relaxeq.groups.irreps_balance",
+    "weight_balanced_irreps": "keras_relaxeq.groups.irreps_balance",
+    "fully_connected_tp_num_weights": "keras_relaxeq.groups.irreps_balance",
+}
+
+
+def __getattr__(name):
+    """Resolve the names of :data:`_MOVED` from their modules (no import cycle at load time)."""
+    if name in _MOVED:
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["Irrep", "MulIrrep", "Irreps", "SortResult", "as_irreps"]

@@ -350,7 +350,10 @@ class RelaxedEquivariantLayer(keras.layers.Layer):
     * ``input_representation(input_shape)`` and ``output_representation(input_shape)``
       returning :class:`keras_relaxeq.groups.Representation` objects,
     * ``build_equivariant(input_shape)`` creating the equivariant weights,
-    * ``equivariant_call(inputs, training=None)``, the equivariant map ``E``.
+    * ``equivariant_call(inputs, training=None)``, the equivariant map ``E``,
+
+    and may override ``relaxation_inputs(inputs)``, the tensor ``x`` the branch reads (default: the
+    layer input; e.g. only the features of a layer called on ``(features, attributes)``).
 
     The base adds the relaxation branch ``theta * R(x)`` when ``relaxed=True``.
     Layers that are compositions of other relaxable layers (and have no linear
@@ -428,6 +431,16 @@ class RelaxedEquivariantLayer(keras.layers.Layer):
     def equivariant_call(self, inputs, training=None):
         raise NotImplementedError
 
+    def relaxation_inputs(self, inputs):
+        """The tensor the relaxation branch reads, from the layer's call inputs (default: ``inputs``).
+
+        It has the representation ``input_rep``.  :meth:`call` passes it to :meth:`add_relaxation`, and
+        :meth:`branch_penalties` applies this hook to its own ``inputs`` first, so the hook must accept the
+        tensor it returns and return that tensor unchanged.  Layers called on several tensors (features and
+        attributes) return the one the branch maps.
+        """
+        return inputs
+
     # -- relaxation kwargs shared with sublayers --------------------------------------
     def relaxation_config(self) -> dict:
         """The constructor arguments a composite layer passes on to its sublayers."""
@@ -489,7 +502,7 @@ class RelaxedEquivariantLayer(keras.layers.Layer):
     def call(self, inputs, training=None):
         outputs = self.equivariant_call(inputs, training=training)
         if self.relaxed and self.has_relaxation_branch:
-            outputs = self.add_relaxation(inputs, outputs)
+            outputs = self.add_relaxation(self.relaxation_inputs(inputs), outputs)
         return outputs
 
     # -- the branch ------------------------------------------------------------------
@@ -544,7 +557,9 @@ class RelaxedEquivariantLayer(keras.layers.Layer):
         return "closed_form"
 
     def add_relaxation(self, inputs, outputs):
-        """Return ``outputs + theta * R(inputs)`` and report penalties to the active collector."""
+        """Return ``outputs + theta * R(inputs)`` and report penalties to the active collector.
+
+        ``inputs`` is what the branch reads (the result of :meth:`relaxation_inputs`)."""
         flat_x = _flatten_features(inputs, self.input_rep)
         r = self.branch(flat_x)
         contribution = tf.cast(self.theta, outputs.dtype) * tf.reshape(r, tf.shape(outputs))
@@ -562,8 +577,10 @@ class RelaxedEquivariantLayer(keras.layers.Layer):
     def branch_penalties(self, inputs, collector=None, method=None):
         """``(LD, N)`` of this layer's own branch for ``inputs`` (on ``stop_gradient``).
 
+        ``inputs``: the layer's call inputs or the branch input (see :meth:`relaxation_inputs`).
         For finite-group field types (``input_rep.is_finite_group``) the Lie slot holds the generator defect
         ``sum_g ||g.R(x) - R(g.x)||^2`` (:mod:`keras_relaxeq.layers.finite_group_penalties`)."""
+        inputs = self.relaxation_inputs(inputs)
         if getattr(self.input_rep, "is_finite_group", False):
             from keras_relaxeq.layers.finite_group_penalties import finite_group_branch_penalties
 

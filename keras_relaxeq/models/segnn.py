@@ -42,12 +42,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_relaxeq.groups.irreps import Irreps, balanced_irreps, check_layout, convert_layout
+from keras_relaxeq.groups.irreps import Irreps
+from keras_relaxeq.groups.irreps_balance import balanced_irreps
+from keras_relaxeq.groups.irreps_layouts import check_layout, convert_layout
 from keras_relaxeq.groups.spherical_harmonics import spherical_harmonics
 from keras_relaxeq.layers.steerable import O3TensorProduct, O3TensorProductGate, SteerableNorm
 from keras_relaxeq.models.checks import InputCheck
 from keras_relaxeq.models.presets import attach_from_preset
 from keras_relaxeq.training.model import RelaxedModel
+from keras_relaxeq.utils import set_untracked
 
 register = keras.saving.register_keras_serializable(package="keras_relaxeq")
 
@@ -59,11 +62,6 @@ NORMS = (None, "instance")
 NBODY_HINT = "One system per batch row, in simulator units; see keras_relaxeq.datasets.nbody."
 #: node-feature centring: "mass" (equivariant) or "coordinates" (the reference code's, not equivariant)
 CENTRINGS = ("mass", "coordinates")
-
-
-def _untracked(layer, name, value):
-    """Set an attribute without Keras' container tracking (which would rebuild ``Irreps`` tuples)."""
-    object.__setattr__(layer, name, value)
 
 
 def fully_connected_edges(num_nodes: int):
@@ -139,7 +137,7 @@ class NBodyGraphFeatures(keras.layers.Layer):
         self.centring = centring
         self.lmax_attr = int(lmax_attr)
         self.squared_distance = bool(squared_distance)
-        _untracked(self, "attr_irreps", Irreps.spherical_harmonics(self.lmax_attr))
+        set_untracked(self, "attr_irreps", Irreps.spherical_harmonics(self.lmax_attr))
         self.senders, self.receivers = fully_connected_edges(self.num_nodes)
         self.num_edges = len(self.senders)
         self.incoming_mean = _incidence(self.receivers, self.num_nodes) / (self.num_nodes - 1)
@@ -210,9 +208,9 @@ class SEGNNLayer(keras.layers.Layer):
         self.layout = check_layout(layout, f"SEGNNLayer '{self.name}'")
         if norm not in NORMS:
             raise ValueError(f"SEGNNLayer '{self.name}': norm must be one of {NORMS}, got {norm!r}.")
-        _untracked(self, "hidden_irreps", Irreps(hidden_irreps))
-        _untracked(self, "attr_irreps", Irreps(attr_irreps))
-        _untracked(self, "message_irreps", Irreps(message_irreps))
+        set_untracked(self, "hidden_irreps", Irreps(hidden_irreps))
+        set_untracked(self, "attr_irreps", Irreps(attr_irreps))
+        set_untracked(self, "message_irreps", Irreps(message_irreps))
         self.num_nodes = int(num_nodes)
         self.norm = norm
         self.relaxed = bool(relaxed)
