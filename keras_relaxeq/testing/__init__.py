@@ -9,4 +9,5 @@ from keras_relaxeq.testing.equivariance import (
     assert_invariant,
     check_equivariance,
     check_invariance,
+    e3_equivariance_errors,
 )
