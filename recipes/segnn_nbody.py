@@ -41,7 +41,8 @@ The output directory gets:
 * ``best_relaxed.keras``  the relaxed model at the best projected val MSE, ``best_projected.keras``
                           its projection;
 * ``projected.keras``     the final projected (exactly equivariant) model;
-* ``summary.json``        ``recipe`` (this script, read by ``relaxeq zoo publish``), config, strategy / replicas / workers / global batch, epochs, best / final projected val MSE, test MSE of the best
+* ``summary.json``        ``recipe`` (this script, read by ``relaxeq zoo publish``), config, strategy / replicas /
+                          workers / global batch, epochs, best / final projected val MSE, test MSE of the best
                           projected model, E(3)-equivariance errors, parameter counts, wall time;
 * ``history.png``         MSE / theta / penalties vs epoch;
 * ``layout.txt``          the model's feature layout (``--layout``), kept when the run resumes.

@@ -35,6 +35,7 @@ fetching with retries), :mod:`~keras_relaxeq.zoo.tempfiles` (locked temporary fi
 :func:`load`).
 """
 
+# ruff: noqa: F401  (this module re-exports the client API of its parts)
 from keras_relaxeq.utils import sha256_file
 from keras_relaxeq.zoo.archive import (
     MAX_EXPANSION,

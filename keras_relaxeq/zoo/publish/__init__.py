@@ -29,6 +29,7 @@ publish a new version instead; the default version is the next free one). :func:
 (``republish``) exports a published entry's weights again as a new version.
 """
 
+# ruff: noqa: F401  (the package re-exports the names of its modules)
 from keras_relaxeq.zoo.publish.base import (
     DEFAULT_LICENSE,
     PARITY_ATOL,
