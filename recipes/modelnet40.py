@@ -25,7 +25,8 @@ Training selects on the validation split carved from the training files
 * ``best_relaxed.keras`` ``ModelCheckpoint`` of the relaxed model at the best projected val
                          accuracy, ``best_projected.keras`` its projection;
 * ``projected.keras``    the final projected (exactly equivariant) model;
-* ``summary.json``       config, strategy and number of replicas, epochs run, final and best
+* ``summary.json``       ``recipe`` (this script, read by ``relaxeq zoo publish``), config,
+                         strategy and number of replicas, epochs run, final and best
                          projected val accuracy, rotation-invariance error, wall time,
                          parameter counts;
 * ``history.png``        accuracy / theta / penalties vs epoch.
@@ -44,6 +45,8 @@ import time
 from keras_relaxeq.training.recipe import check_strategy_options, make_strategy, prepare_output_dir, read_csv_history, run_callbacks
 
 MODELS = ("vn_pointnet", "vn_dgcnn", "vn_classifier")
+#: this recipe, as recorded in summary.json (``relaxeq zoo publish`` reads it)
+RECIPE = "recipes/modelnet40.py"
 
 #: published defaults per zoo entry (method.md sections 3, 4 and 6)
 CONFIGS = {
@@ -319,7 +322,7 @@ def main(argv=None) -> dict:
         projected_val,  # before everything that reads projected_val_accuracy
     ]
     tail, tensorboard = run_callbacks(write_dir, backup_dir, monitor="projected_val_accuracy", mode="max",
-                                      initial_best=best_so_far, strategy=strategy, recipe="recipes/modelnet40.py",
+                                      initial_best=best_so_far, strategy=strategy, recipe=RECIPE,
                                       config=cfg,  # recorded with each backup; another run's is refused
                                       datasets=passes)
     callbacks += tail
@@ -353,6 +356,7 @@ def main(argv=None) -> dict:
     finite = [(v, i) for i, v in enumerate(pva) if math.isfinite(v)]
     best_val, best_idx = max(finite) if finite else (None, None)
     summary = {
+        "recipe": RECIPE,  # tells relaxeq zoo publish which recipe family made the run
         "config": {k: v for k, v in cfg.items()},
         "strategy": cfg["strategy"],
         "num_replicas": int(strategy.num_replicas_in_sync),

@@ -1,4 +1,6 @@
-"""SavedModel export for TF Serving, the ``models.config`` file, and reproducible packing.
+"""SavedModel export for TF Serving (and, re-exported here, the ``models.config`` file of
+:mod:`~keras_relaxeq.export.models_config` and the reproducible packing of
+:mod:`~keras_relaxeq.export.packing`).
 
 ``export_saved_model`` writes ``<base_dir>/<name>/<version>/`` (``saved_model.pb`` +
 ``variables/``) through ``keras.export.ExportArchive``, with one named input (``points``,
@@ -22,20 +24,25 @@ The artifact needs nothing but stock TensorFlow to load and serve::
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import os
 import re
 import shutil
-import stat
-import tarfile
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping
+
+from keras_relaxeq.export.models_config import (  # noqa: F401  (re-exported: this module's API)
+    MODELS_CONFIG,
+    _join_base,
+    format_model_config,
+    read_models_config,
+    update_models_config,
+)
+from keras_relaxeq.export.packing import PackedArtifact, pack_saved_model  # noqa: F401  (re-exported)
+from keras_relaxeq.utils import sha256_file  # noqa: F401  (re-exported)
 
 DEFAULT_ENDPOINT = "serve"
 SERVING_DEFAULT = "serving_default"
-MODELS_CONFIG = "models.config"
 
 #: Ops that would tie a SavedModel to a Python process; never allowed in an export.
 FORBIDDEN_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc"})
@@ -435,209 +442,6 @@ def export_saved_model(
             Path(base_dir).resolve())
         update_models_config(base_dir, {name: _join_base(prefix, name)})
     return final
-
-
-def _join_base(prefix: str, name: str) -> str:
-    return prefix.rstrip("/") + "/" + name if prefix else name
-
-
-# ---------------------------------------------------------------------------------------------
-# models.config (TF Serving ModelServerConfig text proto).
-# ---------------------------------------------------------------------------------------------
-
-
-def _strip_comments(text: str) -> str:
-    out, i, in_str, quote = [], 0, False, ""
-    while i < len(text):
-        c = text[i]
-        if in_str:
-            out.append(c)
-            if c == "\\" and i + 1 < len(text):
-                out.append(text[i + 1])
-                i += 1
-            elif c == quote:
-                in_str = False
-        elif c in "\"'":
-            in_str, quote = True, c
-            out.append(c)
-        elif c == "#":
-            while i < len(text) and text[i] != "\n":
-                i += 1
-            continue
-        else:
-            out.append(c)
-        i += 1
-    return "".join(out)
-
-
-def _match_brace(text: str, open_idx: int) -> int:
-    depth, i, in_str, quote = 0, open_idx, False, ""
-    while i < len(text):
-        c = text[i]
-        if in_str:
-            if c == "\\":
-                i += 1
-            elif c == quote:
-                in_str = False
-        elif c in "\"'":
-            in_str, quote = True, c
-        elif c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
-    raise ValueError("unbalanced braces")
-
-
-def _proto_str(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _unquote(s: str) -> str:
-    return re.sub(r"\\(.)", r"\1", s)
-
-
-def read_models_config(path) -> list[tuple[str, str]]:
-    """``[(name, config_block_body)]`` of an existing ``models.config`` (empty if absent)."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    text = _strip_comments(path.read_text(encoding="utf-8"))
-    if not text.strip():
-        return []
-    m = re.search(r"\bmodel_config_list\s*:?\s*\{", text)
-    if not m:
-        raise ValueError(f"{path} is not a TF Serving model config (no model_config_list); "
-                         "refusing to overwrite it.")
-    end = _match_brace(text, m.end() - 1)
-    body = text[m.end():end]
-    blocks, pos = [], 0
-    for cm in re.finditer(r"\bconfig\s*:?\s*\{", body):
-        if cm.start() < pos:
-            continue
-        close = _match_brace(body, cm.end() - 1)
-        block = body[cm.end():close]
-        nm = re.search(r'\bname\s*:\s*"((?:[^"\\]|\\.)*)"', block)
-        if not nm:
-            raise ValueError(f"{path}: a config block has no name")
-        blocks.append((_unquote(nm.group(1)), block.strip()))
-        pos = close + 1
-    return blocks
-
-
-def format_model_config(name: str, base_path: str, platform: str = "tensorflow") -> str:
-    return (f"name: {_proto_str(name)}\n"
-            f"    base_path: {_proto_str(base_path)}\n"
-            f"    model_platform: {_proto_str(platform)}")
-
-
-def update_models_config(base_dir, models: Mapping[str, str], config_path=None) -> Path:
-    """Add or replace ``{name: base_path}`` entries in ``models.config``, keeping the others."""
-    config_path = Path(config_path) if config_path else Path(base_dir) / MODELS_CONFIG
-    blocks = dict(read_models_config(config_path))  # preserves order, replaces by name
-    for name, base_path in models.items():
-        blocks[name] = format_model_config(name, base_path)
-    lines = ["model_config_list {"]
-    for body in blocks.values():
-        body_lines = [ln.strip() for ln in body.splitlines() if ln.strip()]
-        lines.append("  config {")
-        lines.extend("    " + ln for ln in body_lines)
-        lines.append("  }")
-    lines.append("}")
-    config_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-models-config-", dir=config_path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
-        os.replace(tmp, config_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return config_path
-
-
-# ---------------------------------------------------------------------------------------------
-# Reproducible packing.
-# ---------------------------------------------------------------------------------------------
-
-
-class PackedArtifact(NamedTuple):
-    path: Path
-    sha256: str
-    size: int
-
-
-def sha256_file(path, chunk_size: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(chunk_size), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _tarinfo(name: str, st: os.stat_result, is_dir: bool) -> tarfile.TarInfo:
-    ti = tarfile.TarInfo(name)
-    ti.mtime = 0
-    ti.uid = ti.gid = 0
-    ti.uname = ti.gname = ""
-    if is_dir:
-        ti.type = tarfile.DIRTYPE
-        ti.mode = 0o755
-    else:
-        ti.type = tarfile.REGTYPE
-        ti.size = st.st_size
-        ti.mode = 0o755 if st.st_mode & stat.S_IXUSR else 0o644
-    return ti
-
-
-def pack_saved_model(export_dir, tar_path) -> PackedArtifact:
-    """Pack ``export_dir``'s contents into a byte-reproducible ``.tar.gz``.
-
-    Members are the directory's contents (``saved_model.pb``, ``variables/...``) at the archive
-    root, in sorted order, with mtime 0, uid/gid 0, no user names and normalised modes; the gzip
-    header carries no name and mtime 0. Packing the same directory twice gives the same sha256.
-    Returns ``(path, sha256, size)`` for the catalogue entry.
-    """
-    export_dir = Path(export_dir)
-    if not (export_dir / "saved_model.pb").is_file():
-        raise ValueError(f"{export_dir} is not a SavedModel directory (no saved_model.pb).")
-    tar_path = Path(tar_path)
-    tar_path.parent.mkdir(parents=True, exist_ok=True)
-    members = []
-    for root, dirs, files in os.walk(export_dir):
-        dirs.sort()
-        rel_root = Path(root).relative_to(export_dir)
-        for d in dirs:
-            members.append((rel_root / d, True))
-        for f in sorted(files):
-            members.append((rel_root / f, False))
-    members.sort(key=lambda m: m[0].as_posix())
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-pack-", suffix=".tar.gz", dir=tar_path.parent)
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
-                               compresslevel=9) as gz:
-                with tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
-                    for rel, is_dir in members:
-                        full = export_dir / rel
-                        st = full.lstat()
-                        if stat.S_ISLNK(st.st_mode) or not (
-                                stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
-                            raise ValueError(f"{full}: only regular files and directories can "
-                                             "be packed")
-                        ti = _tarinfo(rel.as_posix(), st, is_dir)
-                        if is_dir:
-                            tar.addfile(ti)
-                        else:
-                            with open(full, "rb") as f:
-                                tar.addfile(ti, f)
-        os.replace(tmp, tar_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return PackedArtifact(tar_path, sha256_file(tar_path), tar_path.stat().st_size)
 
 
 __all__ = [

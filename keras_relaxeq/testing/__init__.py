@@ -9,5 +9,6 @@ from keras_relaxeq.testing.equivariance import (
     assert_invariant,
     check_equivariance,
     check_invariance,
+    e3_equivariance_errors,
 )
 from keras_relaxeq.testing.cyclic import assert_cyclic_equivariant, check_cyclic_equivariance

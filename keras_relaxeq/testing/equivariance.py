@@ -2,10 +2,13 @@
 
 Draws group elements, transforms the inputs and the outputs by their declared
 representations and compares ``f(rho_in(g) x)`` with ``rho_out(g) f(x)``.
-Groups: ``"SO3"`` (rotations), ``"O3"`` (rotations and reflections), and
+Groups: ``"SO3"`` (rotations), ``"O3"`` (rotations and reflections),
 ``"SE3"`` / ``"E3"``, the same with translations, which move the tensors
 declared ``"position"`` (``x -> R x + t``) and leave ``"vector"`` ones
-(velocities, differences) to the rotation alone.  Representations are given as
+(velocities, differences) to the rotation alone, and ``"T3"`` (translations
+only).  :func:`e3_equivariance_errors` measures an N-body position predictor
+under rotations, a reflection and translations separately (the check of
+``relaxeq zoo verify`` and ``relaxeq zoo publish``).  Representations are given as
 a :class:`~keras_relaxeq.groups.Representation`, a name (``"vector"``,
 ``"position"``, ``"invariant"``) or e3nn-style irreps (``"1x0e+1x1o"``,
 :class:`~keras_relaxeq.groups.Irreps`, features in e3nn's ``mul_ir`` layout).
@@ -27,8 +30,9 @@ from keras_relaxeq.groups.irreps import Irrep, Irreps, IrrepsRep
 from keras_relaxeq.groups.representations import Representation, TrivialRep, VectorFieldRep, as_representation
 from keras_relaxeq.groups.so3 import random_rotations
 
-#: groups of :func:`check_equivariance`; the last two include translations
-GROUPS = ("SO3", "O3", "SE3", "E3")
+#: groups of :func:`check_equivariance`; the last three include translations (``T3``: translations only)
+GROUPS = ("SO3", "O3", "SE3", "E3", "T3")
+TRANSLATION_GROUPS = ("SE3", "E3", "T3")
 POSITION_NAMES = ("position", "positions", "point", "points")
 
 #: default (atol, rtol) by the dtype the function computes in
@@ -107,6 +111,8 @@ def _normalize_reps(reps):
 
 
 def _draw(group: str, batch: int, seed):
+    if group == "T3":
+        return tf.eye(3, batch_shape=[batch], dtype=tf.float64)
     rot = random_rotations(batch, seed=seed, dtype=tf.float64)
     if group in ("SO3", "SE3"):
         return rot
@@ -119,8 +125,8 @@ def _draw(group: str, batch: int, seed):
 
 
 def _draw_translations(group: str, batch: int, seed, scale: float):
-    """One translation ``[batch, 3]`` per batch element (zeros for SO3 / O3), of the size of the positions."""
-    if group not in ("SE3", "E3"):
+    """One translation ``[batch, 3]`` per batch element (None for SO3 / O3), of the size of the positions."""
+    if group not in TRANSLATION_GROUPS:
         return None
     return scale * tf.random.stateless_normal([batch, 3], seed=[seed[0], seed[1] + 104729], dtype=tf.float64)
 
@@ -184,7 +190,7 @@ def check_equivariance(fn, inputs, input_reps=None, output_reps=None, group="SO3
     input_reps, output_reps = _normalize_reps(input_reps), _normalize_reps(output_reps)
     flat_in_reps, flat_inputs = _flat_reps(input_reps, inputs)
     positions = [v for r, v in zip(flat_in_reps, flat_inputs) if isinstance(r, PositionRep)]
-    if group in ("SE3", "E3") and not positions:
+    if group in TRANSLATION_GROUPS and not positions:
         raise ValueError(f"group={group!r} translates the inputs declared 'position', and none is: declare the "
                          "coordinates 'position' (velocities and other differences stay 'vector').")
     # translations of the size of the positions, so that float32 keeps their effect resolvable
@@ -242,7 +248,8 @@ def assert_equivariant(fn, inputs, input_reps=None, output_reps=None, group="SO3
             nest of these matching the inputs/outputs.
         group: ``"SO3"`` (rotations), ``"O3"`` (rotations and improper
             rotations), ``"SE3"`` / ``"E3"`` (the same and a translation per
-            batch element, of the size of the ``"position"`` inputs).
+            batch element, of the size of the ``"position"`` inputs), ``"T3"``
+            (the translation alone).
         num_samples: how many independent draws.
         atol, rtol: override the dtype-keyed tolerances (:data:`TOLERANCES`).
 
@@ -264,3 +271,48 @@ def assert_invariant(fn, inputs, input_reps="vector", group="SO3", num_samples=3
     """Assert ``fn(rho_in(g) x) == fn(x)``: :func:`assert_equivariant` with invariant outputs."""
     return assert_equivariant(fn, inputs, input_reps, TrivialRep(), group, num_samples, seed, atol, rtol,
                               training)
+
+
+def e3_equivariance_errors(predict, loc, vel, charges, *, num_rotations: int = 2, seed: int = 0,
+                           translation_scale: float = 1.0) -> dict:
+    """E(3) equivariance of an N-body position predictor on the systems ``loc, vel, charges``.
+
+    ``predict(loc, vel, charges)`` (float32 arrays ``[B, N, 3]``, ``[B, N, 3]``, ``[B, N, 1]``)
+    returns the predicted positions ``[B, N, 3]``. Each system is moved by ``num_rotations``
+    Haar-random rotations and one reflection (a random rotation composed with the mirror
+    ``z -> -z``), each combined with a random translation ``t ~ N(0, translation_scale^2)`` of the
+    positions (velocities rotate, charges are invariant), and by a translation alone; the
+    error of a move ``x -> Q x + t`` is ``|predict(Q x + t) - (Q predict(x) + t)|``. Moves are
+    applied in float64 and fed as float32. Returns the max / mean absolute error (overall and per
+    kind of move: ``rotation_max_abs``, ``reflection_max_abs``, ``translation_max_abs``), the
+    output scale ``max |Q predict(x) + t|`` and ``relative`` = max / scale.
+    """
+    loc, vel, charges = (np.asarray(a, np.float64) for a in (loc, vel, charges))
+    b = len(loc)
+    ref = np.asarray(predict(loc.astype(np.float32), vel.astype(np.float32),
+                             charges.astype(np.float32)), np.float64)
+    rots = random_rotations(b * (num_rotations + 1), seed=seed, dtype=tf.float64).numpy()
+    rots = rots.reshape(num_rotations + 1, b, 3, 3)
+    mirror = np.diag([1.0, 1.0, -1.0])
+    moves = [("rotation", rots[r]) for r in range(num_rotations)]
+    moves += [("reflection", mirror @ rots[num_rotations]), ("translation", np.eye(3)[None])]
+    rng = np.random.default_rng(seed)
+    errors, scale = {}, 0.0
+    for kind, q in moves:
+        q = np.broadcast_to(q, (b, 3, 3))
+        t = rng.normal(scale=translation_scale, size=(b, 1, 3))
+        move = lambda x: np.einsum("bij,bnj->bni", q, x)  # noqa: E731  (x -> Q x per system)
+        got = np.asarray(predict((move(loc) + t).astype(np.float32), move(vel).astype(np.float32),
+                                 charges.astype(np.float32)), np.float64)
+        want = move(ref) + t
+        errors.setdefault(kind, []).append(np.abs(got - want))
+        scale = max(scale, float(np.abs(want).max()))
+    by_kind = {k: np.concatenate([e.ravel() for e in v]) for k, v in errors.items()}
+    every = np.concatenate(list(by_kind.values()))
+    if not np.all(np.isfinite(every)):
+        raise AssertionError("E(3) equivariance check: the predictions are not finite")
+    out = {"max_abs": float(every.max()), "mean_abs": float(every.mean()), "scale": scale,
+           "relative": float(every.max()) / max(scale, 1e-12), "num_systems": b,
+           "num_rotations": int(num_rotations), "translation_scale": float(translation_scale)}
+    out.update({f"{k}_max_abs": float(v.max()) for k, v in by_kind.items()})
+    return out

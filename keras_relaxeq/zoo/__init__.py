@@ -2,8 +2,8 @@
 
     from keras_relaxeq import zoo
     zoo.list_models()                       # names in the catalogue
-    zoo.get_entry("vnpointnet_so3_modelnet40")  # latest version's metadata
-    model = zoo.load("vnpointnet_so3_modelnet40")
+    zoo.get_entry("vn_pointnet_so3_modelnet40")  # latest version's metadata
+    model = zoo.load("vn_pointnet_so3_modelnet40")
     out = model(points)                     # {"logits", "probabilities", "class_id"}
 
 Environment: ``KERAS_RELAXEQ_CACHE`` (cache root, default ``~/.keras/keras_relaxeq``),
@@ -13,6 +13,10 @@ Environment: ``KERAS_RELAXEQ_CACHE`` (cache root, default ``~/.keras/keras_relax
 Importing this package does not import TensorFlow (only loading a model does), so ``relaxeq zoo
 list`` and ``info`` start quickly; ``keras_relaxeq.zoo`` is also reachable as an attribute of
 ``keras_relaxeq`` without importing it first.
+
+Modules: ``registry`` (the catalogue), ``download`` (the client API, re-exporting ``settings``,
+``fetch``, ``tempfiles``, ``archive``, ``cache`` and ``loading``), ``verify`` (the checks of
+``relaxeq zoo verify``), ``serve`` (TF Serving layout) and ``publish`` (recipe runs -> entries).
 """
 
 from keras_relaxeq.zoo.download import (

@@ -87,3 +87,33 @@ def test_e3_without_a_position_input_is_an_error():
         check_equivariance(tf.identity, vectors(2), "vector", "vector", group="E3")
     with pytest.raises(ValueError, match="Unknown group"):
         check_equivariance(tf.identity, vectors(2), "vector", "vector", group="SE2")
+
+
+def test_t3_translates_positions_only():
+    x = vectors(4, 5) + 10.0
+    assert_equivariant(centred, x, "position", "vector", group="T3")  # differences ignore translations
+    def shifted(t):  # follows translations, not rotations: adds a scalar to every coordinate
+        return t + tf.reduce_sum(centred(t) ** 2, axis=-1, keepdims=True)
+
+    assert_equivariant(shifted, x, "position", "position", group="T3")
+    assert not check_equivariance(shifted, x, "position", "position", group="E3").passed
+    report = check_equivariance(tf.identity, x, "position", "vector", group="T3", num_samples=1)
+    assert not report.passed and report.group == "T3"
+
+
+def test_e3_equivariance_errors_by_kind_of_move():
+    from keras_relaxeq.testing import e3_equivariance_errors
+
+    rng = np.random.default_rng(0)
+    loc, vel = rng.normal(size=(3, 5, 3)), rng.normal(size=(3, 5, 3))
+    charges = rng.choice([-1.0, 1.0], size=(3, 5, 1))
+
+    def step(loc, vel, charges):
+        return loc + 0.1 * charges * vel
+
+    errors = e3_equivariance_errors(step, loc, vel, charges, seed=1, translation_scale=2.0)
+    assert errors["max_abs"] < 1e-5 and errors["num_systems"] == 3
+    assert {"rotation_max_abs", "reflection_max_abs", "translation_max_abs"} <= set(errors)
+    shifted = e3_equivariance_errors(lambda loc, vel, charges: loc - loc.mean(axis=1, keepdims=True), loc,
+                                     vel, charges, translation_scale=2.0)
+    assert shifted["translation_max_abs"] > 0.1  # a centred output does not follow the translation

@@ -30,6 +30,7 @@ from keras_relaxeq.zoo import errors, registry
 
 # `keras_relaxeq.zoo.download` the attribute is the function; the module is in sys.modules.
 dl = importlib.import_module("keras_relaxeq.zoo.download")
+fetching = importlib.import_module("keras_relaxeq.zoo.fetch")  # the fetch loop reads its LOG_INTERVAL
 
 NAME = "tiny_so3_toy"
 ARTIFACT = "artifacts/tiny_so3_toy/1/tiny_so3_toy-1.tar.gz"
@@ -852,7 +853,7 @@ def test_progress_in_logs_is_periodic_lines(tmp_path, capsys, monkeypatch):
     data = np.random.default_rng(0).bytes(5 * dl.CHUNK + 123)
     (tmp_path / "src.bin").write_bytes(data)
     art = registry.Artifact(file="src.bin", size=len(data), sha256=hashlib.sha256(data).hexdigest())
-    monkeypatch.setattr(dl, "LOG_INTERVAL", 0.0)  # a line per chunk
+    monkeypatch.setattr(fetching, "LOG_INTERVAL", 0.0)  # a line per chunk
     capsys.readouterr()
     dl.fetch(dl.Source("local", str(tmp_path / "src.bin")), tmp_path / "dst.bin", art,
              policy=dl.RetryPolicy(), progress=True, desc="toy v1")
@@ -865,7 +866,7 @@ def test_progress_in_logs_is_periodic_lines(tmp_path, capsys, monkeypatch):
     assert lines[-1].endswith(" done") and "/" in lines[-1]
     assert (tmp_path / "dst.bin").read_bytes() == data
 
-    monkeypatch.setattr(dl, "LOG_INTERVAL", 3600.0)  # only the first and the last line
+    monkeypatch.setattr(fetching, "LOG_INTERVAL", 3600.0)  # only the first and the last line
     dl.fetch(dl.Source("local", str(tmp_path / "src.bin")), tmp_path / "dst2.bin", art,
              policy=dl.RetryPolicy(), progress=True, desc="toy v1")
     assert [ln.split()[2] for ln in capsys.readouterr().err.splitlines()] == ["0%", "100%"]

@@ -189,3 +189,13 @@ def test_reconstructed_command_reproduces_the_config():
     assert argv[:2] == ["python", "recipes/modelnet40.py"]
     again = recipe.resolve_config(recipe.build_parser().parse_args(argv[2:]))
     assert {k: again[k] for k in cfg} == cfg
+
+
+def test_the_recipe_family_comes_from_the_summary():
+    """A run names its recipe in summary.json; runs from before that field are told by their config."""
+    nbody = {"recipe": publish.NBODY_RECIPE, "config": {"model": "x", "points": 8}}
+    assert publish.run_recipe(nbody) == publish.NBODY_RECIPE  # the field wins over the config's keys
+    assert publish.recipe_run_class(publish.run_recipe(nbody)) is publish.NBodyRun
+    assert publish.run_recipe(summary_for()) == publish.RECIPE  # legacy: no field, sniffed from the config
+    with pytest.raises(publish.PublishError, match="runs of 'recipes/other.py' cannot be published"):
+        publish.run_recipe({"recipe": "recipes/other.py", "config": {}})

@@ -1,0 +1,239 @@
+"""Checks of a published zoo artifact: what ``relaxeq zoo verify`` runs and ``relaxeq zoo publish``
+runs before it writes an entry.
+
+For each entry: the archive's sha256 (``ensure_artifact``), loading its SavedModel
+(:class:`~keras_relaxeq.zoo.loading.ServingModel`), the serving signature against the catalogue
+(:func:`check_signature`), the symmetry (:func:`check_symmetry`: rotation invariance of a
+classifier's logits, E(3) equivariance of an N-body model's positions, both measured with
+``keras_relaxeq.testing``) and the serving input checks (:func:`check_input_guards`).
+TensorFlow is imported only when a check runs.
+"""
+
+from __future__ import annotations
+
+__all__ = ["check_e3_equivariance", "check_input_guards", "check_invariance", "check_served",
+           "check_signature", "check_symmetry", "guard_probe_inputs", "verify_entries"]
+
+
+def check_signature(model, entry) -> list[str]:
+    """How the serving signature of ``model`` differs from what ``entry`` promises (inputs'
+    dtypes and shapes, outputs); empty when it matches."""
+    problems = []
+    several = len(entry.input_signature) > 1
+    for name, want_spec in entry.input_signature.items():
+        spec = model.input_specs.get(name)
+        if spec is None:
+            return [f"serving_default has no input {name!r} (inputs: {sorted(model.input_specs)})"]
+        label = f"input {name!r}" if several else "input"
+        if spec.dtype.name != want_spec.get("dtype", "float32"):
+            problems.append(f"{label} dtype {spec.dtype.name}, catalogue says "
+                            f"{want_spec['dtype']}")
+        want = want_spec.get("shape")
+        got = spec.shape.as_list() if spec.shape.rank is not None else None
+        if want is not None and got is not None:
+            # The batch axis is free; elsewhere the model must accept what the catalogue promises
+            # (a free axis in the catalogue needs a free axis in the signature).
+            if len(want) != len(got) or any(
+                    (w is None and g is not None) or (w is not None and g is not None and w != g)
+                    for w, g in list(zip(want, got))[1:]):
+                problems.append(f"{label} shape {got}, catalogue says {want}")
+    missing = sorted(set(entry.outputs) - set(model.output_names))
+    if missing:
+        problems.append(f"outputs {missing} missing (has {model.output_names})")
+    if entry.task == "point_cloud_classification":
+        need = {"logits", "probabilities", "class_id"} - set(model.output_names)
+        if need:
+            problems.append(f"classifier outputs {sorted(need)} missing")
+    return problems
+
+
+def check_invariance(model, entry, *, num_samples=4, num_points=None, atol=1e-4, rtol=1e-3,
+                     seed=0) -> tuple[bool, float, float, float]:
+    """Logits on random clouds vs. on randomly rotated copies: ``(ok, max_err, mean_err, tol)``.
+
+    ``num_samples`` standard-normal clouds, centred and scaled into the unit sphere, one
+    Haar-random rotation each (``keras_relaxeq.testing.check_invariance``, rotated in float64,
+    fed as float32); ``tol = atol + rtol * max |logits|``.
+    """
+    import numpy as np
+
+    from keras_relaxeq.testing import check_invariance as invariance_report
+
+    spec = model.input_specs[entry.input_name]
+    shape = spec.shape.as_list()
+    n = num_points or entry.input.get("num_points") or (shape[1] if len(shape) > 1 and shape[1]
+                                                        else 256)
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(num_samples, n, 3))
+    x -= x.mean(axis=1, keepdims=True)
+    x /= np.linalg.norm(x, axis=-1).max(axis=1)[:, None, None]  # centred, in the unit sphere
+
+    def logits(points):
+        return model(np.asarray(points, np.float32))["logits"]
+
+    report = invariance_report(logits, x, "vector", group="SO3", num_samples=1, seed=seed, atol=atol,
+                               rtol=rtol)
+    tol = report.atol + report.rtol * report.scale
+    return bool(report.passed), report.max_error, report.mean_error, tol
+
+
+def _nbody_predict(model):
+    """``predict(loc, vel, charges)`` of a :class:`ServingModel` of an N-body entry."""
+    return lambda loc, vel, charges: model(loc=loc, vel=vel, charges=charges)["loc"]
+
+
+def check_e3_equivariance(model, entry, *, num_samples=4, atol=1e-4, rtol=1e-3,
+                          seed=0) -> tuple[bool, dict, float]:
+    """E(3) equivariance of an N-body entry's predicted positions on synthetic systems (``loc``,
+    ``vel`` standard normal, charges +-1): ``(ok, errors, tol)``, ``tol = atol + rtol * scale``
+    (``keras_relaxeq.testing.e3_equivariance_errors``)."""
+    import numpy as np
+
+    from keras_relaxeq.testing import e3_equivariance_errors
+
+    n = entry.input_signature["loc"].get("shape", [None, None, 3])[1] or 5
+    rng = np.random.default_rng(seed)
+    loc = rng.normal(size=(num_samples, n, 3))
+    vel = rng.normal(size=(num_samples, n, 3))
+    charges = rng.choice([-1.0, 1.0], size=(num_samples, n, 1))
+    errors = e3_equivariance_errors(_nbody_predict(model), loc, vel, charges, seed=seed)
+    tol = atol + rtol * errors["scale"]
+    return bool(errors["max_abs"] <= tol), errors, tol
+
+
+def check_symmetry(model, entry, *, num_samples=4, num_points=None, atol=1e-4, rtol=1e-3,
+                   seed=0) -> tuple[bool, str] | None:
+    """The symmetry check of ``relaxeq zoo verify`` for ``entry``: rotation invariance of a
+    classifier's logits, E(3) equivariance of an N-body model's positions; ``(ok, detail)``, or
+    ``None`` when the entry's task has no such check."""
+    if entry.is_invariant_classifier:
+        ok, mx, mean, tol = check_invariance(model, entry, num_samples=num_samples,
+                                             num_points=num_points, atol=atol, rtol=rtol, seed=seed)
+        return ok, f"rotation invariance max err {mx:.2e}, mean {mean:.2e} (tol {tol:.2e})"
+    if entry.is_nbody_model:
+        ok, err, tol = check_e3_equivariance(model, entry, num_samples=num_samples, atol=atol,
+                                             rtol=rtol, seed=seed)
+        return ok, (f"E(3) equivariance max err {err['max_abs']:.2e}, mean {err['mean_abs']:.2e} "
+                    f"(tol {tol:.2e}; rotations {err['rotation_max_abs']:.2e}, reflection "
+                    f"{err['reflection_max_abs']:.2e}, translation "
+                    f"{err['translation_max_abs']:.2e})")
+    return None
+
+
+def guard_probe_inputs(model, entry, num_points=None, seed=0, batch=2) -> dict:
+    """Valid float32 inputs for every serving input (``batch`` rows; free axes: the entry's
+    ``num_points``, else 64), standard normal."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n = num_points or entry.num_points or 64
+    feed = {}
+    for key, spec in model.input_specs.items():
+        dims = spec.shape.as_list()
+        shape = [batch] + [n if d is None else d for d in dims[1:]]
+        feed[key] = rng.normal(size=shape).astype(spec.dtype.as_numpy_dtype)
+    return feed
+
+
+def check_input_guards(model, entry, *, num_points=None, seed=0) -> tuple[bool, str]:
+    """The serving function refuses what ``entry.input_checks`` promises: ``"shape"`` a last axis
+    of 6 instead of 3 (xyz + normals) and an extra leading axis on the primary input,
+    ``"finite"`` a NaN in it; each must fail with ``InvalidArgumentError`` (not answer).
+    Returns ``(ok, detail)``."""
+    import numpy as np
+    import tensorflow as tf
+
+    good = guard_probe_inputs(model, entry, num_points, seed)
+    key = model.input_name
+    probes = []
+    if "shape" in entry.input_checks:
+        x = good[key]
+        probes.append((f"{key} last axis {x.shape[-1] + 3}",
+                       np.concatenate([x, x[..., :3]], axis=-1)))
+        probes.append((f"{key} rank {x.ndim + 1}", x[None]))
+    if "finite" in entry.input_checks:
+        x = good[key].copy()
+        x.flat[1] = np.nan
+        probes.append((f"NaN in {key}", x))
+    model.signature(**{k: tf.constant(v) for k, v in good.items()})  # the valid input is answered
+    accepted = []
+    for label, bad in probes:
+        try:
+            model.signature(**{k: tf.constant(bad if k == key else v) for k, v in good.items()})
+        except tf.errors.InvalidArgumentError:
+            continue
+        accepted.append(label)
+    if accepted:
+        return False, f"the serving function answered invalid inputs ({', '.join(accepted)})"
+    return True, f"input checks ok ({', '.join(label for label, _ in probes)} refused)"
+
+
+def check_served(model, entry, *, num_samples=4, num_points=None, atol=1e-4, rtol=1e-3, seed=0,
+                 steps: list | None = None) -> list[str]:
+    """Signature, symmetry and input checks of a loaded entry, in that order: appends each step
+    passed (one line) to ``steps`` and returns it; raises ``AssertionError`` at the first failure."""
+    steps = [] if steps is None else steps
+    problems = check_signature(model, entry)
+    if problems:
+        raise AssertionError("signature: " + "; ".join(problems))
+    steps.append("signature ok")
+    checked = check_symmetry(model, entry, num_samples=num_samples, num_points=num_points, atol=atol,
+                             rtol=rtol, seed=seed)
+    if checked is None:
+        steps.append(f"invariance check n/a for task {entry.task}")
+    else:
+        ok, detail = checked
+        if not ok:
+            raise AssertionError(detail)
+        steps.append(detail)
+    if entry.input_checks:
+        ok, detail = check_input_guards(model, entry, num_points=num_points, seed=seed)
+        if not ok:
+            raise AssertionError(detail)
+        steps.append(detail)
+    else:
+        steps.append("input checks n/a (published without)")
+    return steps
+
+
+def verify_entries(names=(), *, index=None, out, cache_dir=None, base_url=None, offline=None,
+                   progress=True, max_tries=None, num_samples=4, num_points=None, atol=1e-4,
+                   rtol=1e-3, seed=0) -> int:
+    """Check every version of the entries ``names`` (default: the whole catalogue), one line per
+    entry on ``out`` (``OK`` / ``FAIL`` with the steps passed), then a count; returns the number
+    of failed entries. Unknown names raise ``UnknownModelError`` (with close matches)."""
+    from keras_relaxeq.zoo import registry
+    from keras_relaxeq.zoo.cache import ensure_artifact
+    from keras_relaxeq.zoo.loading import ServingModel
+
+    cat = registry.load_index(index)
+    if names:
+        for n in names:
+            cat.get(n)  # UnknownModelError with suggestions
+        entries = [e for e in cat.entries if e.name in set(names)]
+    else:
+        entries = list(cat.entries)
+    entries.sort(key=lambda e: (e.name, e.version))
+    if not entries:
+        print(f"No entries in the catalogue {cat.path}; nothing to verify.", file=out)
+        return 0
+    failures = 0
+    for e in entries:
+        label = f"{e.name} v{e.version}"
+        steps = []
+        try:
+            path = ensure_artifact(e, e.artifact, catalogue=cat, cache_dir=cache_dir,
+                                   base_url=base_url, offline=offline, progress=progress,
+                                   max_tries=max_tries)
+            steps.append("sha256 ok")
+            model = ServingModel(path, e)
+            steps.append("loads")
+            check_served(model, e, num_samples=num_samples, num_points=num_points, atol=atol,
+                         rtol=rtol, seed=seed, steps=steps)
+            print(f"OK    {label}: " + ", ".join(steps), file=out)
+        except Exception as exc:  # report every entry, then fail
+            failures += 1
+            done = (", ".join(steps) + "; ") if steps else ""
+            print(f"FAIL  {label}: {done}{type(exc).__name__}: {exc}", file=out)
+    print(f"{len(entries) - failures}/{len(entries)} entries passed.", file=out)
+    return failures
