@@ -20,6 +20,7 @@ can be used as they are.
 This module holds the labels and their algebra (:class:`Irrep`, :class:`MulIrrep`,
 :class:`Irreps`, :func:`as_irreps`).  The other irreps concerns live next to it:
 
+* :mod:`keras_relaxeq.groups.o3_matrices`: the representation matrices (``D_from_matrix`` uses it);
 * :mod:`keras_relaxeq.groups.irreps_rep`: :class:`IrrepsRep`, O(3) acting on features;
 * :mod:`keras_relaxeq.groups.irreps_layouts`: feature layouts (``LAYOUTS``, ``check_layout``,
   ``layout_permutation``, ``convert_layout``);
@@ -27,13 +28,12 @@ This module holds the labels and their algebra (:class:`Irrep`, :class:`MulIrrep
 * :mod:`keras_relaxeq.groups.spherical_harmonics` and :mod:`keras_relaxeq.groups.clebsch_gordan`;
 * :mod:`keras_relaxeq.groups.so3`: generators and Wigner matrices of SO(3).
 
-Those names stay importable from this module (resolved on first access, see ``__getattr__``).
+All of them are importable from :mod:`keras_relaxeq.groups`.
 """
 
 from __future__ import annotations
 
 import collections
-import importlib
 from typing import Iterator, List, Union
 
 import numpy as np
@@ -111,9 +111,9 @@ class Irrep(tuple):
 
     def D_from_matrix(self, matrices, dtype=None):
         """Matrix ``[..., 2l+1, 2l+1]`` of this irrep for O(3) matrices ``[..., 3, 3]`` (float64 by default)."""
-        from keras_relaxeq.groups.irreps_rep import _irrep_matrix, _split_o3
+        from keras_relaxeq.groups.o3_matrices import irrep_matrix, split_o3  # TensorFlow only when used
 
-        return _irrep_matrix(self, _split_o3(matrices), dtype)
+        return irrep_matrix(self, split_o3(matrices), dtype)
 
     def count(self, _value):  # tuple methods that make no sense here
         raise NotImplementedError
@@ -321,9 +321,9 @@ class Irreps(tuple):
     # -- representation matrices ----------------------------------------------------------------
     def D_from_matrix(self, matrices, dtype=None):
         """Dense block-diagonal ``[..., dim, dim]`` for O(3) matrices ``[..., 3, 3]``."""
-        from keras_relaxeq.groups.irreps_rep import IrrepsRep
+        from keras_relaxeq.groups.o3_matrices import irreps_matrix  # TensorFlow only when used
 
-        return IrrepsRep(self).matrix(matrices, dtype=dtype)
+        return irreps_matrix(self, matrices, dtype=dtype)
 
 
 def as_irreps(irreps_or_lmax) -> Irreps:
@@ -331,27 +331,6 @@ def as_irreps(irreps_or_lmax) -> Irreps:
     if isinstance(irreps_or_lmax, (int, np.integer)) and not isinstance(irreps_or_lmax, bool):
         return Irreps.spherical_harmonics(int(irreps_or_lmax))
     return Irreps(irreps_or_lmax)
-
-
-#: names defined in the modules next to this one, importable from here as well
-_MOVED = {
-    "IrrepsRep": "keras_relaxeq.groups.irreps_rep",
-    "LAYOUTS": "keras_relaxeq.groups.irreps_layouts",
-    "check_layout": "keras_relaxeq.groups.irreps_layouts",
-    "convert_layout": "keras_relaxeq.groups.irreps_layouts",
-    "layout_permutation": "keras_relaxeq.groups.irreps_layouts",
-    "balanced_irreps": "keras_relaxeq.groups.irreps_balance",
-    "dimension_balanced_irreps": "keras_relaxeq.groups.irreps_balance",
-    "weight_balanced_irreps": "keras_relaxeq.groups.irreps_balance",
-    "fully_connected_tp_num_weights": "keras_relaxeq.groups.irreps_balance",
-}
-
-
-def __getattr__(name):
-    """Resolve the names of :data:`_MOVED` from their modules (no import cycle at load time)."""
-    if name in _MOVED:
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["Irrep", "MulIrrep", "Irreps", "SortResult", "as_irreps"]

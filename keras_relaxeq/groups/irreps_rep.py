@@ -10,31 +10,11 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from keras_relaxeq.groups.irreps import Irrep, Irreps
+from keras_relaxeq.groups.irreps import Irreps
 from keras_relaxeq.groups.irreps_layouts import check_layout
+from keras_relaxeq.groups.o3_matrices import irreps_matrix, irrep_matrix, split_o3
 from keras_relaxeq.groups.representations import Representation
-from keras_relaxeq.groups.so3 import so3_generators_numpy, wigner_D
-
-
-def _split_o3(matrices):
-    """``g -> (R, s)`` with ``s = sign(det g)`` and ``R = s g`` proper, both float64."""
-    g = tf.cast(tf.convert_to_tensor(matrices), tf.float64)
-    s = tf.where(tf.linalg.det(g) < 0, tf.constant(-1.0, tf.float64), tf.constant(1.0, tf.float64))
-    return g * s[..., None, None], s
-
-
-def _irrep_matrix(ir: Irrep, split, dtype=None, cache=None) -> tf.Tensor:
-    """``(p if s == -1 else 1) * D_l(R)`` in float64 (or ``dtype``)."""
-    proper, s = split
-    if cache is not None and ir.l in cache:
-        d = cache[ir.l]
-    else:
-        d = wigner_D(ir.l, proper, dtype=tf.float64)
-        if cache is not None:
-            cache[ir.l] = d
-    if ir.p == -1:
-        d = d * s[..., None, None]
-    return tf.cast(d, dtype or tf.float64)
+from keras_relaxeq.groups.so3 import so3_generators_numpy
 
 
 class IrrepsRep(Representation):
@@ -116,25 +96,7 @@ class IrrepsRep(Representation):
 
     def matrix(self, rotations, dtype=None) -> tf.Tensor:
         """Dense block-diagonal representation matrix ``[..., dim, dim]`` of O(3) matrices ``[..., 3, 3]``."""
-        rotations = tf.convert_to_tensor(rotations)
-        out_dtype = dtype or (rotations.dtype if rotations.dtype.is_floating else tf.float64)
-        split = _split_o3(rotations)
-        batch = tf.shape(split[0])[:-2]
-        cache: dict = {}
-        dim = self.irreps.dim
-        rows = []
-        offset = 0
-        eq = "uv,...ij->...iujv" if self._ir_mul else "uv,...ij->...uivj"
-        for mul, ir in self.irreps:
-            if mul == 0:
-                continue
-            d = _irrep_matrix(ir, split, tf.float64, cache)
-            block = tf.einsum(eq, tf.eye(mul, dtype=tf.float64), d)
-            block = tf.reshape(block, tf.concat([batch, [mul * ir.dim, mul * ir.dim]], 0))
-            pad = [[0, 0]] * (block.shape.rank - 1) + [[offset, dim - offset - mul * ir.dim]]
-            rows.append(tf.pad(block, pad))
-            offset += mul * ir.dim
-        return tf.cast(tf.concat(rows, axis=-2), out_dtype)
+        return irreps_matrix(self.irreps, rotations, dtype=dtype, ir_mul=self._ir_mul)
 
     def transform(self, rotations, x):
         x = tf.convert_to_tensor(x)
@@ -142,14 +104,14 @@ class IrrepsRep(Representation):
         if rotations.shape.rank not in (2, 3):
             raise ValueError(f"rotations must be [3, 3] or [batch, 3, 3], got shape {rotations.shape}.")
         batched = rotations.shape.rank == 3
-        split = _split_o3(rotations)
+        split = split_o3(rotations)
         cache: dict = {}
         out = []
         for mul, ir, block in self._blocks(x):
             if ir.is_scalar():
                 out.append((mul, ir, block))
                 continue
-            d = _irrep_matrix(ir, split, x.dtype, cache)
+            d = irrep_matrix(ir, split, x.dtype, cache)
             if not batched:
                 res = tf.einsum("...jm,ij->...im" if self._ir_mul else "...j,ij->...i", block, d)
             else:

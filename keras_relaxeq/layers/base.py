@@ -663,7 +663,8 @@ def _coordinate_index(source_rep, target_rep):
     """
     import numpy as np
 
-    from keras_relaxeq.groups.irreps import IrrepsRep, layout_permutation
+    from keras_relaxeq.groups.irreps_layouts import layout_permutation
+    from keras_relaxeq.groups.irreps_rep import IrrepsRep
 
     if isinstance(source_rep, IrrepsRep) and isinstance(target_rep, IrrepsRep):
         if source_rep.irreps != target_rep.irreps:

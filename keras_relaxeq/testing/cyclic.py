@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from keras_relaxeq.groups.cyclic import FieldType
 from keras_relaxeq.groups.cyclic_kernels import FieldRep, parse_field_type
-from keras_relaxeq.testing.equivariance import TOLERANCES, EquivarianceReport
+from keras_relaxeq.testing.report import TOLERANCES, EquivarianceReport
 
 __all__ = ["assert_cyclic_equivariant", "check_cyclic_equivariance"]
 

@@ -21,50 +21,20 @@ to the scale of the outputs:
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import tensorflow as tf
 
-from keras_relaxeq.groups.irreps import Irrep, Irreps, IrrepsRep
+from keras_relaxeq.groups.irreps import Irrep, Irreps
+from keras_relaxeq.groups.irreps_rep import IrrepsRep
 from keras_relaxeq.groups.representations import Representation, TrivialRep, VectorFieldRep, as_representation
 from keras_relaxeq.groups.so3 import random_rotations
+from keras_relaxeq.testing.report import TOLERANCES, EquivarianceReport
 
 #: groups of :func:`check_equivariance`; the last three include translations (``T3``: translations only)
 GROUPS = ("SO3", "O3", "SE3", "E3", "T3")
 TRANSLATION_GROUPS = ("SE3", "E3", "T3")
 POSITION_NAMES = ("position", "positions", "point", "points")
-
-#: default (atol, rtol) by the dtype the function computes in
-TOLERANCES = {
-    tf.float16: (1e-2, 5e-2),
-    tf.bfloat16: (1e-2, 5e-2),
-    tf.float32: (1e-5, 1e-3),
-    tf.float64: (1e-12, 1e-9),
-}
-
-
-@dataclasses.dataclass
-class EquivarianceReport:
-    """Result of an equivariance check."""
-
-    max_error: float
-    mean_error: float
-    scale: float
-    atol: float
-    rtol: float
-    num_samples: int
-    group: str
-
-    @property
-    def passed(self) -> bool:
-        return self.max_error <= self.atol + self.rtol * self.scale
-
-    def __str__(self):
-        return (f"{self.group} equivariance over {self.num_samples} draws: max error {self.max_error:.3e}, "
-                f"mean error {self.mean_error:.3e} (output scale {self.scale:.3e}; allowed "
-                f"{self.atol:.1e} + {self.rtol:.1e} * scale = {self.atol + self.rtol * self.scale:.3e})")
-
 
 class PositionRep(VectorFieldRep):
     """Points in space ``[..., 3]``: rotated like vectors and, in ``SE3`` / ``E3``, translated."""
