@@ -87,7 +87,6 @@ def from_preset(builder: str, preset: str | None = None, *, version: int | None 
             ``lambda_lie``, ``dropout``); the architecture's widths come from the entry.
     Returns an uncompiled ``RelaxedModel``.
     """
-    import keras_relaxeq.models as models
     from keras_relaxeq import zoo
 
     preset = preset or DEFAULT_PRESETS.get(builder)
@@ -106,14 +105,29 @@ def from_preset(builder: str, preset: str | None = None, *, version: int | None 
         config["num_classes"] = int(num_classes)
     config.update(overrides, relaxed=bool(relaxed))
     pretrained = zoo.load(preset, entry.version, as_keras=True, index=index, cache_dir=cache_dir, progress=False)
-    model = getattr(models, builder)(**config)
+    model = _builder(builder)(**config)
     copy_pretrained_weights(pretrained, model, new_head=new_head)
     return model
 
 
+#: builder functions by name, registered by :func:`attach_from_preset` when their module is imported
+BUILDERS: dict = {}
+
+
+def _builder(name):
+    if name not in BUILDERS:  # a builder's module registers it on import (e.g. ``keras_relaxeq.models.vn_dgcnn``)
+        import importlib
+
+        importlib.import_module(f"keras_relaxeq.models.{name}")
+    if name not in BUILDERS:
+        raise ValueError(f"Unknown model builder {name!r}; known: {sorted(BUILDERS)}.")
+    return BUILDERS[name]
+
+
 def attach_from_preset(builder_fn):
-    """Give a builder function ``builder.from_preset(preset=None, **kwargs)``."""
+    """Give a builder function ``builder.from_preset(preset=None, **kwargs)`` and register it by name."""
     name = builder_fn.__name__
+    BUILDERS[name] = builder_fn
 
     def preset_loader(preset=None, **kwargs):
         return from_preset(name, preset, **kwargs)
@@ -124,4 +138,4 @@ def attach_from_preset(builder_fn):
     return builder_fn
 
 
-__all__ = ["DEFAULT_PRESETS", "attach_from_preset", "copy_pretrained_weights", "from_preset"]
+__all__ = ["BUILDERS", "DEFAULT_PRESETS", "attach_from_preset", "copy_pretrained_weights", "from_preset"]
