@@ -10,3 +10,12 @@ from keras_relaxeq.testing.equivariance import (
     check_equivariance,
     check_invariance,
 )
+from keras_relaxeq.testing.group_actions import (
+    CyclicGridAction,
+    EuclideanAction,
+    GroupAction,
+    ScaleAction,
+    as_group_action,
+    check_action_equivariance,
+)
+from keras_relaxeq.testing.layer_test import LayerTestResult, run_layer_test
