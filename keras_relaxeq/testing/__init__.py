@@ -1,4 +1,9 @@
-"""Equivariance checks shipped with the package, so users can test their own layers."""
+"""Equivariance checks shipped with the package, so users can test their own layers.
+
+``run_layer_test`` runs a layer class through build, call, serialization, relaxation, projection and an
+equivariance check under a group (``"SO3"``, ``"O3"``, ``"SE3"``, ``"E3"`` or a ``GroupAction``:
+``CyclicGridAction`` for C_N on 2D grids, ``ScaleAction`` for dilations).
+"""
 
 from keras_relaxeq.testing.equivariance import (
     GROUPS,
