@@ -5,6 +5,8 @@ the Gram statistics from the blocks) must give the outputs, penalties and gradie
 formulation (``E(x)`` and ``theta R(x)`` computed apart, ``set_branch_fusion(False)``), in float64 to 1e-10.
 """
 
+import functools
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -18,16 +20,21 @@ from keras_relaxeq.layers.vector_neurons import (
     set_branch_fusion,
     vn_kernel_as_dense,
 )
+from keras_relaxeq.testing import run_layer_test
 
-CASES = {
-    "linear_points": (lambda: VNLinear(5, dtype="float64"), [2, 7, 4, 3]),
-    "linear_pooled": (lambda: VNLinear(5, dtype="float64"), [3, 4, 3]),
-    "lrelu": (lambda: VNLeakyReLU(5, negative_slope=0.2, dtype="float64"), [2, 7, 4, 3]),
-    "lrelu_neighbours": (lambda: VNLeakyReLU(5, negative_slope=0.0, dtype="float64"), [2, 6, 3, 4, 3]),
-    "lrelu_concat_mean": (lambda: VNLeakyReLU(5, concat_mean=True, dtype="float64"), [2, 7, 4, 3]),
-    "lrelu_shared": (lambda: VNLeakyReLU(5, share_nonlinearity=True, dtype="float64"), [2, 7, 4, 3]),
-    "maxpool": (lambda: VNMaxPool(dtype="float64"), [2, 7, 4, 3]),
+# name -> (layer class, constructor arguments, input shape)
+SPECS = {
+    "linear_points": (VNLinear, dict(channels=5), [2, 7, 4, 3]),
+    "linear_pooled": (VNLinear, dict(channels=5), [3, 4, 3]),
+    "lrelu": (VNLeakyReLU, dict(channels=5, negative_slope=0.2), [2, 7, 4, 3]),
+    "lrelu_neighbours": (VNLeakyReLU, dict(channels=5, negative_slope=0.0), [2, 6, 3, 4, 3]),
+    "lrelu_concat_mean": (VNLeakyReLU, dict(channels=5, concat_mean=True), [2, 7, 4, 3]),
+    "lrelu_shared": (VNLeakyReLU, dict(channels=5, share_nonlinearity=True), [2, 7, 4, 3]),
+    "maxpool": (VNMaxPool, {}, [2, 7, 4, 3]),
 }
+# name -> (float64 layer factory, input shape)
+CASES = {name: (functools.partial(cls, dtype="float64", **kwargs), shape)
+         for name, (cls, kwargs, shape) in SPECS.items()}
 
 
 def run(layer, x, fused):
@@ -66,6 +73,18 @@ def test_fused_equals_unfused(name):
         assert (g_f is None) == (g_u is None)  # VNMaxPool's direction map: argmax only, no gradient
         if g_f is not None:
             np.testing.assert_allclose(g_f, g_u, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_run_layer_test_fused_and_unfused(name, fused):
+    """Both formulations through run_layer_test (float64): round trips, relaxed -> project == theta = 0, SO(3)."""
+    cls, kwargs, shape = SPECS[name]
+    previous = set_branch_fusion(fused)
+    try:
+        run_layer_test(cls, dict(kwargs, dtype="float64"), tuple(shape), negative_control=True)
+    finally:
+        set_branch_fusion(previous)
 
 
 def test_fusion_used_only_for_dense_relaxed_maps():

@@ -11,6 +11,8 @@
 4. configs keep the layout; a config without one (saved before layouts existed) is ``mul_ir``.
 """
 
+import functools
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -26,7 +28,7 @@ from keras_relaxeq.groups import (
 )
 from keras_relaxeq.layers import set_theta, transfer_weights
 from keras_relaxeq.layers.steerable import Gate, O3Linear, O3TensorProduct, O3TensorProductGate, SteerableNorm
-from keras_relaxeq.testing import assert_equivariant
+from keras_relaxeq.testing import assert_equivariant, run_layer_test
 
 F64 = "float64"
 # repeated types (0e, 1o) in separate blocks, mul > 1 on l > 0 blocks, an l = 2 block
@@ -95,17 +97,22 @@ def test_irreps_rep_ir_mul_is_the_permuted_rep():
 
 
 # --------------------------------------------------------------------------- 3. layers
-CASES = {
-    "linear": (lambda **kw: O3Linear(IN1, OUT, **kw), (IN1,), OUT),
-    "tp": (lambda **kw: O3TensorProduct(IN1, ATTR, OUT, **kw), (IN1, ATTR), OUT),
-    "tp_no_attr": (lambda **kw: O3TensorProduct(IN1, None, OUT, **kw), (IN1,), OUT),
-    "tp_gate": (lambda **kw: O3TensorProductGate(IN1, ATTR, GATED, **kw), (IN1, ATTR), GATED),
-    "tp_gate_after": (lambda **kw: O3TensorProductGate(IN1, ATTR, GATED, relaxation_placement="after_gate", **kw),
-                      (IN1, ATTR), GATED),
-    "gate": (lambda **kw: Gate("2x0e", "3x1o+2x1e+1x2e", **kw), ("2x0e+6x0e+3x1o+2x1e+1x2e",), "2x0e+3x1o+2x1e+1x2e"),
-    "norm_instance": (lambda **kw: SteerableNorm(OUT, **kw), (OUT,), OUT),
-    "norm_batch": (lambda **kw: SteerableNorm(OUT, mode="batch", **kw), (OUT,), OUT),
+# name -> (layer class, constructor arguments, irreps of the inputs, irreps of the output)
+SPECS = {
+    "linear": (O3Linear, dict(irreps_in=IN1, irreps_out=OUT), (IN1,), OUT),
+    "tp": (O3TensorProduct, dict(irreps_in1=IN1, irreps_in2=ATTR, irreps_out=OUT), (IN1, ATTR), OUT),
+    "tp_no_attr": (O3TensorProduct, dict(irreps_in1=IN1, irreps_in2=None, irreps_out=OUT), (IN1,), OUT),
+    "tp_gate": (O3TensorProductGate, dict(irreps_in1=IN1, irreps_in2=ATTR, irreps_out=GATED), (IN1, ATTR), GATED),
+    "tp_gate_after": (O3TensorProductGate, dict(irreps_in1=IN1, irreps_in2=ATTR, irreps_out=GATED,
+                                                relaxation_placement="after_gate"), (IN1, ATTR), GATED),
+    "gate": (Gate, dict(irreps_scalars="2x0e", irreps_gated="3x1o+2x1e+1x2e"), ("2x0e+6x0e+3x1o+2x1e+1x2e",),
+             "2x0e+3x1o+2x1e+1x2e"),
+    "norm_instance": (SteerableNorm, dict(irreps=OUT), (OUT,), OUT),
+    "norm_batch": (SteerableNorm, dict(irreps=OUT, mode="batch"), (OUT,), OUT),
 }
+# name -> (factory(**kw), irreps of the inputs, irreps of the output)
+CASES = {name: (functools.partial(cls, **kwargs), in_irreps, out_irreps)
+         for name, (cls, kwargs, in_irreps, out_irreps) in SPECS.items()}
 BRANCHES = ("linear", "tp", "tp_no_attr", "tp_gate", "tp_gate_after")
 
 
@@ -168,6 +175,17 @@ def test_ir_mul_layer_equivariant(name):
     with pytest.raises(AssertionError):
         assert_equivariant(b, xb, input_reps=wrong_in, output_reps=IrrepsRep(CASES[name][2]), group="O3",
                            num_samples=1)
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_run_layer_test_ir_mul(name):
+    """Every layer in the ir_mul layout through run_layer_test: round trips, relaxed -> project, zero penalties
+    of a branch projected onto the equivariant maps of its layout, O(3) equivariance in its own layout."""
+    cls, kwargs, in_irreps, _ = SPECS[name]
+    shapes = tuple(LEAD + (Irreps(i).dim,) for i in in_irreps)
+    result = run_layer_test(cls, dict(kwargs, layout="ir_mul", dtype=F64), shapes[0] if len(shapes) == 1 else shapes,
+                            group="O3", num_samples=1)
+    assert result.layer.layout == "ir_mul" and (result.projected_model is not None) == (name in BRANCHES)
 
 
 @pytest.mark.parametrize("name", BRANCHES)

@@ -16,7 +16,8 @@ import tensorflow as tf
 import keras_relaxeq as kr
 from keras_relaxeq.groups import so3_generators_numpy
 from keras_relaxeq.layers import VNLeakyReLU, VNLinear, collect_relaxation_penalties
-from keras_relaxeq.layers.base import low_rank_branch_penalties, gram_statistics
+from keras_relaxeq.layers.base import low_rank_branch_penalties, gram_statistics, relaxed_layers
+from keras_relaxeq.testing import run_layer_test
 
 L = so3_generators_numpy(1)
 METHODS = ["closed_form", "direct", "jvp", "tape"]
@@ -207,3 +208,16 @@ def test_projection_drops_both_factors():
     with collect_relaxation_penalties() as collector:
         plain(x)
     assert len(collector) == 0
+
+
+@pytest.mark.parametrize("layer_cls, kwargs", [
+    pytest.param(VNLinear, dict(channels=5, relaxation_rank=2), id="vn_linear"),
+    pytest.param(VNLeakyReLU, dict(channels=6, relaxation_rank=3, relaxation_initializer="random_normal"),
+                 id="vn_leaky_relu"),
+])
+def test_run_layer_test_low_rank(layer_cls, kwargs):
+    """Low-rank branches through run_layer_test: round trips keep the rank, project drops both factors and
+    equals theta = 0, the relaxed layer at theta = 1 is not equivariant."""
+    result = run_layer_test(layer_cls, kwargs, (2, 8, 5, 3), negative_control=True)
+    branches = relaxed_layers(result.relaxed_layer)
+    assert branches and all(sub.relaxation_low_rank for sub in branches)

@@ -11,9 +11,10 @@ import pytest
 import tensorflow as tf
 
 import keras_relaxeq as kr
-from keras_relaxeq.layers import VNLeakyReLU, collect_relaxation_penalties
+from keras_relaxeq.layers import VNLeakyReLU, VNLinear, collect_relaxation_penalties
 from keras_relaxeq.layers.base import relaxed_layers
 from keras_relaxeq.models.vn_pointnet import vn_pointnet
+from keras_relaxeq.testing import run_layer_test
 
 
 @pytest.mark.parametrize("rank", [None, 2])
@@ -39,6 +40,18 @@ def test_bf16_layer_computes_in_bf16_with_float32_penalties(rank):
     # the layer output: bf16 matmuls, relative error of a few 2^-8 against the float32 layer
     y32, y16 = layers["float32"](x).numpy(), mixed(x).numpy().astype(np.float32)
     assert np.linalg.norm(y16 - y32) <= 5e-2 * np.linalg.norm(y32)
+
+
+@pytest.mark.parametrize("layer_cls, kwargs", [
+    pytest.param(VNLinear, dict(channels=5), id="vn_linear"),
+    pytest.param(VNLeakyReLU, dict(channels=5), id="vn_leaky_relu"),
+    pytest.param(VNLeakyReLU, dict(channels=5, relaxation_rank=2), id="vn_leaky_relu_low_rank"),
+])
+def test_run_layer_test_mixed_bfloat16(layer_cls, kwargs):
+    """bf16 layers through run_layer_test (float32 inputs; bfloat16 tolerances for the equivariance check)."""
+    result = run_layer_test(layer_cls, dict(kwargs, dtype="mixed_bfloat16"), (2, 16, 4, 3))
+    assert result.layer.compute_dtype == "bfloat16" and result.report.passed
+    assert all(sub.theta.dtype == "float32" for sub in relaxed_layers(result.relaxed_layer))
 
 
 def test_bf16_relaxed_train_step_small_model():

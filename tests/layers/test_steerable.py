@@ -13,6 +13,7 @@ Covers O3Linear, O3TensorProduct, Gate, O3TensorProductGate, SteerableNorm:
 Layers run in float64 (``dtype="float64"``) so the equivariance tolerance is ~1e-9.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -30,7 +31,7 @@ from keras_relaxeq.layers.steerable import (
     SteerableNorm,
     gate_irreps,
 )
-from keras_relaxeq.testing import assert_equivariant, check_equivariance
+from keras_relaxeq.testing import assert_equivariant, check_equivariance, run_layer_test
 from tp_reference import reference_tp
 
 IN1 = "2x0e+2x1o+1x1e"  # dim 11; 1e so that 0o and parity-flipped paths exist
@@ -66,24 +67,34 @@ def np_(t):
 
 
 # --------------------------------------------------------------------------- catalogue
-# name -> (factory(**kw), inputs(seed) , has its own / a nested relaxation branch)
-CASES = {
-    "linear": (lambda **kw: O3Linear(IN1, "3x0e+1x1o+2x1e+1x0o", **kw), lambda s=0: feats(IN1, s), True),
-    "tp": (lambda **kw: O3TensorProduct(IN1, ATTR, OUT, **kw), lambda s=0: (feats(IN1, s), feats(ATTR, s + 1)), True),
-    "tp_no_attr": (lambda **kw: O3TensorProduct(IN1, None, OUT, **kw), lambda s=0: feats(IN1, s), True),
-    "tp_gate": (lambda **kw: O3TensorProductGate(IN1, ATTR, GATED_OUT, **kw),
-                lambda s=0: (feats(IN1, s), feats(ATTR, s + 1)), True),
-    "tp_gate_after": (lambda **kw: O3TensorProductGate(IN1, ATTR, GATED_OUT, relaxation_placement="after_gate", **kw),
-                      lambda s=0: (feats(IN1, s), feats(ATTR, s + 1)), True),
-    "tp_gate_scalars": (lambda **kw: O3TensorProductGate(IN1, ATTR, "3x0e", **kw),
-                        lambda s=0: (feats(IN1, s), feats(ATTR, s + 1)), True),
-    "gate": (lambda **kw: Gate("2x0e", "2x1o+1x1e+1x2e+1x0o", **kw),
-             lambda s=0: feats("2x0e+5x0e+2x1o+1x1e+1x2e+1x0o", s), False),
-    "norm_instance": (lambda **kw: SteerableNorm(OUT, **kw), lambda s=0: feats(OUT, s), False),
-    "norm_instance_max_norm": (lambda **kw: SteerableNorm(OUT, reduce="max", normalization="norm", **kw),
-                               lambda s=0: feats(OUT, s), False),
-    "norm_batch": (lambda **kw: SteerableNorm(OUT, mode="batch", **kw), lambda s=0: feats(OUT, s), False),
+# name -> (layer class, constructor arguments, irreps of the inputs, has its own / a nested relaxation branch)
+SPECS = {
+    "linear": (O3Linear, dict(irreps_in=IN1, irreps_out="3x0e+1x1o+2x1e+1x0o"), (IN1,), True),
+    "tp": (O3TensorProduct, dict(irreps_in1=IN1, irreps_in2=ATTR, irreps_out=OUT), (IN1, ATTR), True),
+    "tp_no_attr": (O3TensorProduct, dict(irreps_in1=IN1, irreps_in2=None, irreps_out=OUT), (IN1,), True),
+    "tp_gate": (O3TensorProductGate, dict(irreps_in1=IN1, irreps_in2=ATTR, irreps_out=GATED_OUT), (IN1, ATTR), True),
+    "tp_gate_after": (O3TensorProductGate, dict(irreps_in1=IN1, irreps_in2=ATTR, irreps_out=GATED_OUT,
+                                                relaxation_placement="after_gate"), (IN1, ATTR), True),
+    "tp_gate_scalars": (O3TensorProductGate, dict(irreps_in1=IN1, irreps_in2=ATTR, irreps_out="3x0e"), (IN1, ATTR),
+                        True),
+    "gate": (Gate, dict(irreps_scalars="2x0e", irreps_gated="2x1o+1x1e+1x2e+1x0o"),
+             ("2x0e+5x0e+2x1o+1x1e+1x2e+1x0o",), False),
+    "norm_instance": (SteerableNorm, dict(irreps=OUT), (OUT,), False),
+    "norm_instance_max_norm": (SteerableNorm, dict(irreps=OUT, reduce="max", normalization="norm"), (OUT,), False),
+    "norm_batch": (SteerableNorm, dict(irreps=OUT, mode="batch"), (OUT,), False),
 }
+
+
+def _inputs_of(irreps):
+    """``inputs(seed)``: one tensor for one input, ``(x, attr)`` for two."""
+    if len(irreps) == 1:
+        return lambda s=0: feats(irreps[0], s)
+    return lambda s=0: tuple(feats(i, s + k) for k, i in enumerate(irreps))
+
+
+# name -> (factory(**kw), inputs(seed) , has its own / a nested relaxation branch)
+CASES = {name: (functools.partial(cls, **kwargs), _inputs_of(irreps), branch)
+         for name, (cls, kwargs, irreps, branch) in SPECS.items()}
 BRANCH_CASES = [n for n, c in CASES.items() if c[2]]
 
 
@@ -124,6 +135,18 @@ def test_o3_equivariant(name, relaxed):
         assert set_theta(layer, 0.0) > 0
     report = assert_equivariant(layer, x, input_reps=reps_of(layer), group="O3", num_samples=O3_DRAWS)
     assert report.scale > 1e-2
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_run_layer_test(name):
+    """Build, call, config / serialization / .keras round trips, relaxed -> project == theta = 0 == plain,
+    zero penalties of an equivariant branch, O(3) equivariance with reflections (and the negative control)."""
+    cls, kwargs, irreps, branch = SPECS[name]
+    shapes = tuple(LEAD + (Irreps(i).dim,) for i in irreps)
+    result = run_layer_test(cls, dict(kwargs, dtype=F64), shapes[0] if len(shapes) == 1 else shapes, group="O3",
+                            num_samples=O3_DRAWS, negative_control=branch)
+    assert (result.projected_model is not None) == branch
+    assert result.report.passed and result.report.scale > 1e-2
 
 
 @pytest.mark.parametrize("training", [False, True])

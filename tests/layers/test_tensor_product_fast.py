@@ -22,6 +22,7 @@ import keras
 
 from keras_relaxeq.groups import Irreps, clebsch_gordan_for_irreps
 from keras_relaxeq.layers.steerable import O3TensorProduct
+from keras_relaxeq.testing import run_layer_test
 from tp_reference import reference_tp as reference
 from keras_relaxeq.models.segnn import _edge_endpoints, _incidence, _sum_incoming, fully_connected_edges
 
@@ -81,6 +82,16 @@ def test_fast_tensor_product_gradients_match_dense(name):
     for fast, dense in zip(grads(layer.tensor_product), grads(layer.tensor_product_dense)):
         fast, dense = tf.convert_to_tensor(fast).numpy(), tf.convert_to_tensor(dense).numpy()
         np.testing.assert_allclose(fast, dense, rtol=0, atol=1e-11 * max(1.0, np.abs(dense).max()))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_run_layer_test(name):
+    """Every case through run_layer_test (relaxed, float64, O(3) with reflections)."""
+    in1, in2, out = CASES[name]
+    shape = LEAD + (Irreps(in1).dim,)
+    shapes = shape if in2 is None else (shape, LEAD + (Irreps(in2).dim,))
+    run_layer_test(O3TensorProduct, dict(irreps_in1=in1, irreps_in2=in2, irreps_out=out, dtype=F64), shapes,
+                   group="O3", num_samples=1)
 
 
 def test_cases_cover_both_evaluation_orders_and_the_diagonal_shortcut():

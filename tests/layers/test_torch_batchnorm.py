@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from keras_relaxeq.layers import TorchBatchNormalization, VNBatchNorm
+from keras_relaxeq.testing import ScaleAction, run_layer_test
 
 
 def numpy_batchnorm(x, gamma, beta, epsilon):
@@ -62,3 +63,13 @@ def test_config_round_trip_and_vn_batchnorm_uses_it():
     assert isinstance(VNBatchNorm(relaxed=False).batchnorm, TorchBatchNormalization)
     with pytest.raises(ValueError, match="renorm"):
         TorchBatchNormalization(renorm=True)
+
+
+@pytest.mark.parametrize("kwargs", [{}, dict(momentum=0.8, unbiased_moving_variance=False, float64_statistics=False)])
+def test_run_layer_test(kwargs):
+    """Build, call and the config / serialization / .keras round trips; in training mode the normalised output
+    is scale-invariant (degree 1 -> 0, up to epsilon)."""
+    result = run_layer_test(TorchBatchNormalization, kwargs, (12, 5), group=ScaleAction(1, 0), training=True)
+    assert result.relaxed_layer is None and result.report.passed
+    result = run_layer_test(VNBatchNorm, {}, (4, 6, 5, 3), group="O3", training=True)
+    assert result.report.passed

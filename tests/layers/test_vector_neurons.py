@@ -12,6 +12,8 @@ VNGraphFeature / knn_graph_feature / knn_indices:
 6. penalties only inside ``collect_relaxation_penalties()``.
 """
 
+import functools
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -34,7 +36,7 @@ from keras_relaxeq.layers import (
 )
 from keras_relaxeq.layers.base import active_collector
 from keras_relaxeq.layers.vector_neurons import concat_mean_features
-from keras_relaxeq.testing import assert_equivariant
+from keras_relaxeq.testing import assert_equivariant, run_layer_test
 
 VN_EPS = 1e-6  # the epsilon of the VN code (norms, leaky-ReLU denominator)
 SHAPE_POINTS = (2, 32, 4, 3)  # [batch, points, channels, 3]
@@ -82,32 +84,34 @@ def randomize_batchnorm(layer, seed=0):
 
 
 # --------------------------------------------------------------------------- layer catalogue
-# name -> (factory(**relaxation kwargs), input shapes the layer accepts, has a relaxation branch)
-CASES = {
-    "linear": (lambda **kw: VNLinear(5, **kw), [SHAPE_POINTS, SHAPE_NEIGHBOURS, SHAPE_POOLED], True),
-    "lrelu_feat_s02": (lambda **kw: VNLeakyReLU(5, negative_slope=0.2, **kw),
+# name -> (layer class, constructor arguments, input shapes the layer accepts, has a relaxation branch)
+SPECS = {
+    "linear": (VNLinear, dict(channels=5), [SHAPE_POINTS, SHAPE_NEIGHBOURS, SHAPE_POOLED], True),
+    "lrelu_feat_s02": (VNLeakyReLU, dict(channels=5, negative_slope=0.2),
                        [SHAPE_POINTS, SHAPE_NEIGHBOURS, SHAPE_POOLED], True),
-    "lrelu_feat_s0": (lambda **kw: VNLeakyReLU(5, negative_slope=0.0, **kw), [SHAPE_POINTS, SHAPE_POOLED], True),
-    "lrelu_feat_shared": (lambda **kw: VNLeakyReLU(5, negative_slope=0.2, share_nonlinearity=True, **kw),
+    "lrelu_feat_s0": (VNLeakyReLU, dict(channels=5, negative_slope=0.0), [SHAPE_POINTS, SHAPE_POOLED], True),
+    "lrelu_feat_shared": (VNLeakyReLU, dict(channels=5, negative_slope=0.2, share_nonlinearity=True),
                           [SHAPE_POINTS, SHAPE_POOLED], True),
-    "lrelu_nofeat_s0": (lambda **kw: VNLeakyReLU(None, negative_slope=0.0, **kw),
+    "lrelu_nofeat_s0": (VNLeakyReLU, dict(channels=None, negative_slope=0.0),
                         [SHAPE_POINTS, SHAPE_NEIGHBOURS, SHAPE_POOLED], True),
-    "lrelu_nofeat_shared_s02": (lambda **kw: VNLeakyReLU(None, negative_slope=0.2, share_nonlinearity=True, **kw),
+    "lrelu_nofeat_shared_s02": (VNLeakyReLU, dict(channels=None, negative_slope=0.2, share_nonlinearity=True),
                                 [SHAPE_POINTS, SHAPE_POOLED], True),
-    "batchnorm": (lambda **kw: VNBatchNorm(**kw), [SHAPE_POINTS, SHAPE_NEIGHBOURS], False),
-    "meanpool": (lambda **kw: VNMeanPool(**kw), [SHAPE_POINTS, SHAPE_NEIGHBOURS], False),
-    "meanpool_points_keepdims": (lambda **kw: VNMeanPool(axis=1, keepdims=True, **kw), [SHAPE_NEIGHBOURS], False),
-    "maxpool": (lambda **kw: VNMaxPool(**kw), [SHAPE_POINTS, SHAPE_NEIGHBOURS], True),
-    "maxpool_points": (lambda **kw: VNMaxPool(axis=1, **kw), [SHAPE_NEIGHBOURS], True),
-    "std": (lambda **kw: VNStdFeature(**kw), [SHAPE_STD, SHAPE_STD_NEIGHBOURS], True),
-    "std_normalized": (lambda **kw: VNStdFeature(normalize_frame=True, **kw), [SHAPE_STD, SHAPE_STD_NEIGHBOURS],
-                       True),
-    "lrelu_concat_mean": (lambda **kw: VNLeakyReLU(5, negative_slope=0.2, concat_mean=True, **kw),
+    "batchnorm": (VNBatchNorm, {}, [SHAPE_POINTS, SHAPE_NEIGHBOURS], False),
+    "meanpool": (VNMeanPool, {}, [SHAPE_POINTS, SHAPE_NEIGHBOURS], False),
+    "meanpool_points_keepdims": (VNMeanPool, dict(axis=1, keepdims=True), [SHAPE_NEIGHBOURS], False),
+    "maxpool": (VNMaxPool, {}, [SHAPE_POINTS, SHAPE_NEIGHBOURS], True),
+    "maxpool_points": (VNMaxPool, dict(axis=1), [SHAPE_NEIGHBOURS], True),
+    "std": (VNStdFeature, {}, [SHAPE_STD, SHAPE_STD_NEIGHBOURS], True),
+    "std_normalized": (VNStdFeature, dict(normalize_frame=True), [SHAPE_STD, SHAPE_STD_NEIGHBOURS], True),
+    "lrelu_concat_mean": (VNLeakyReLU, dict(channels=5, negative_slope=0.2, concat_mean=True),
                           [SHAPE_POINTS, SHAPE_NEIGHBOURS], True),
-    "std_concat_mean": (lambda **kw: VNStdFeature(concat_mean=True, **kw), [SHAPE_POINTS, SHAPE_NEIGHBOURS], True),
-    "graph": (lambda **kw: VNGraphFeature(k=5, **kw), [(2, 16, 4, 3)], False),
-    "graph_cross": (lambda **kw: VNGraphFeature(k=5, cross=True, **kw), [(2, 16, 4, 3)], False),
+    "std_concat_mean": (VNStdFeature, dict(concat_mean=True), [SHAPE_POINTS, SHAPE_NEIGHBOURS], True),
+    "graph": (VNGraphFeature, dict(k=5), [(2, 16, 4, 3)], False),
+    "graph_cross": (VNGraphFeature, dict(k=5, cross=True), [(2, 16, 4, 3)], False),
 }
+# name -> (factory(**relaxation kwargs), input shapes the layer accepts, has a relaxation branch)
+CASES = {name: (functools.partial(cls, **kwargs), shapes, branch)
+         for name, (cls, kwargs, shapes, branch) in SPECS.items()}
 
 EQUIVARIANCE_PARAMS = [
     pytest.param(name, shape, relaxed, id=f"{name}-{'x'.join(map(str, shape))}-{'relaxed' if relaxed else 'plain'}")
@@ -140,6 +144,21 @@ def test_equivariant(name, shape, relaxed):
     assert report.scale > 1e-2  # outputs are not trivially zero
 
 
+# cases whose relaxed layer at theta = 1 with a random branch is observably not equivariant
+NEGATIVE_CONTROL = [n for n in BRANCH_CASES if n not in ("lrelu_nofeat_s0", "maxpool_points")]
+
+
+@pytest.mark.parametrize("name, shape", [pytest.param(name, shape, id=f"{name}-{'x'.join(map(str, shape))}")
+                                         for name, (_, _, shapes, _) in SPECS.items() for shape in shapes[:1]])
+def test_run_layer_test(name, shape):
+    """Build, call, config / serialization / .keras round trips, relaxed -> project == theta = 0 == plain,
+    zero penalties of an equivariant branch, SO(3) equivariance (and the negative control)."""
+    cls, kwargs, _, branch = SPECS[name]
+    result = run_layer_test(cls, kwargs, shape, negative_control=name in NEGATIVE_CONTROL)
+    assert (result.projected_model is not None) == branch
+    assert result.report.passed and result.report.scale > 1e-2
+
+
 @pytest.mark.parametrize("training", [False, True])
 def test_batchnorm_equivariant_in_both_modes(training):
     layer, x = built("batchnorm", SHAPE_POINTS)
@@ -147,7 +166,7 @@ def test_batchnorm_equivariant_in_both_modes(training):
     assert_equivariant(layer, x, num_samples=2, training=training)
 
 
-@pytest.mark.parametrize("name", [n for n in BRANCH_CASES if n not in ("lrelu_nofeat_s0", "maxpool_points")])
+@pytest.mark.parametrize("name", NEGATIVE_CONTROL)
 def test_negative_control_relaxed_theta_one_is_not_equivariant(name):
     shape = CASES[name][1][0]
     layer, x = built(name, shape, relaxed=True)
