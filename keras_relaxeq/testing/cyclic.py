@@ -10,14 +10,14 @@ may be omitted.  The error is relative to the output scale, as in :mod:`keras_re
 
 from __future__ import annotations
 
-import numpy as np
 import tensorflow as tf
 
-from keras_relaxeq.groups.cyclic import FieldType
+from keras_relaxeq.groups.cyclic import CyclicGroup, FieldType
 from keras_relaxeq.groups.cyclic_kernels import FieldRep, parse_field_type
-from keras_relaxeq.testing.report import TOLERANCES, EquivarianceReport
+from keras_relaxeq.testing.action import GroupAction, per_tensor
+from keras_relaxeq.testing.report import EquivarianceReport
 
-__all__ = ["assert_cyclic_equivariant", "check_cyclic_equivariance"]
+__all__ = ["CyclicGridAction", "assert_cyclic_equivariant", "check_cyclic_equivariance"]
 
 
 def _as_type(t, fallback, group_order):
@@ -30,11 +30,44 @@ def _as_type(t, fallback, group_order):
     return parse_field_type(t, group_order)
 
 
-def _call(fn, x, training):
-    try:
-        return fn(x, training=training)
-    except TypeError:
-        return fn(x)
+class CyclicGridAction(GroupAction):
+    """``C_N`` on fields ``[batch, ..., H, W, C]``: the grid turned by ``g`` and the channels by ``rho(g)``.
+
+    ``input_types`` / ``output_types``: a :class:`~keras_relaxeq.groups.FieldType` (for every
+    tensor) or a list of them (one per input / output tensor).  The elements checked are every
+    non-identity element of ``C_N`` (``N`` in 1, 2, 4: the rotations that map a square grid onto itself),
+    or ``elements``.
+    """
+
+    def __init__(self, input_types: FieldType, output_types: FieldType = None, elements=None):
+        output_types = input_types if output_types is None else output_types
+        types = [t for t in tf.nest.flatten([input_types, output_types]) if t is not None]
+        if not types or not all(isinstance(t, FieldType) for t in types):
+            raise TypeError("CyclicGridAction needs keras_relaxeq.groups.FieldType input and output types.")
+        self.group: CyclicGroup = types[0].group
+        if any(t.group != self.group for t in types):
+            raise ValueError(f"The field types belong to different groups: {types}.")
+        self.group.quarter_turns(1 % self.group.order)  # raises for N outside (1, 2, 4)
+        self.input_types, self.output_types = input_types, output_types
+        self.name = f"C{self.group.order}"
+        self._elements = None if elements is None else tuple(elements)
+
+    def elements(self, num_samples, seed):
+        if self._elements is not None:
+            return list(self._elements)
+        return [g for g in self.group.elements() if g != self.group.identity] or [self.group.identity]
+
+    def _act(self, types, g, values, what):
+        flat_types, flat_vals = per_tensor(types, values, what)
+        moved = [t.act(g, v) for t, v in zip(flat_types, flat_vals)]
+        return tf.nest.pack_sequence_as(values, moved)
+
+    def act_inputs(self, g, inputs):
+        return self._act(self.input_types, g, inputs, "input")
+
+    def act_outputs(self, g, outputs):
+        return self._act(self.output_types, g, outputs, "output")
+
 
 
 def check_cyclic_equivariance(fn, inputs, in_type=None, out_type=None, elements=None, group_order=4, atol=None,
@@ -44,24 +77,8 @@ def check_cyclic_equivariance(fn, inputs, in_type=None, out_type=None, elements=
     out_type = _as_type(out_type, getattr(fn, "output_rep", None), in_type.group.order)
     if not isinstance(in_type, FieldType) or in_type.group != out_type.group:
         raise ValueError(f"Input {in_type} and output {out_type} must be field types of one cyclic group.")
-    elements = tuple(range(1, in_type.group.order)) if elements is None else tuple(elements)
-    x = tf.convert_to_tensor(inputs)
-    y = _call(fn, x, training)
-    default_atol, default_rtol = TOLERANCES.get(tf.as_dtype(y.dtype), TOLERANCES[tf.float32])
-    atol = default_atol if atol is None else atol
-    rtol = default_rtol if rtol is None else rtol
-    y64 = np.asarray(y, np.float64)
-    x64 = np.asarray(x, np.float64)
-    errors, scale = [], float(np.abs(y64).max(initial=0.0))
-    for g in elements:
-        moved = tf.constant(in_type.act(g, x64), dtype=x.dtype)
-        out_of_moved = np.asarray(_call(fn, moved, training), np.float64)
-        errors.append(np.abs(out_of_moved - out_type.act(g, y64)).ravel())
-    errors = np.concatenate(errors) if errors else np.zeros(1)
-    if not np.all(np.isfinite(errors)):
-        raise AssertionError("Equivariance check produced NaN/Inf: the function's outputs are not finite.")
-    return EquivarianceReport(float(errors.max()), float(errors.mean()), scale, float(atol), float(rtol),
-                              len(elements), f"C{in_type.group.order}")
+    action = CyclicGridAction(in_type, out_type, elements=elements)
+    return action.check(fn, inputs, atol=atol, rtol=rtol, training=training)
 
 
 def assert_cyclic_equivariant(fn, inputs, in_type=None, out_type=None, elements=None, group_order=4, atol=None,
