@@ -352,7 +352,7 @@ def test_killed_worker_is_restarted_and_training_resumes_from_backup(job, refere
     meta = json.loads((backup / "training_metadata.json").read_text())
     assert meta["epoch"] == kill_after_epoch + 1
     assert (backup / "latest.weights.h5").exists()
-    assert not list(backup.glob("tmp-*"))  # atomic writes left nothing behind
+    assert not list(backup.glob("tmp-*")) and not list(backup.glob(".*.tmp"))  # atomic writes left nothing behind
     job.kill("w1")
     assert job.procs["w1"].returncode == -signal.SIGKILL
 
