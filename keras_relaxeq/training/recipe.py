@@ -7,10 +7,12 @@ Everything here runs before (or without) any TensorFlow op, so a recipe can crea
 from __future__ import annotations
 
 import csv
-import os
+import io
 import shutil
 import sys
 from pathlib import Path
+
+from keras_relaxeq.utils import atomic_write
 
 #: files and folders a recipe run writes that ``--fresh`` deletes
 RUN_STATE = ("backup", "logs", "log.csv", "relaxation.csv", "best_relaxed.keras", "best_projected.keras")
@@ -153,12 +155,11 @@ def truncate_epoch_log(path, epoch: int) -> int | None:
     if not kept:
         path.unlink()
         return 0
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(kept)
-    os.replace(tmp, path)
+    rows_text = io.StringIO(newline="")
+    writer = csv.writer(rows_text)
+    writer.writerow(header)
+    writer.writerows(kept)
+    atomic_write(path, rows_text.getvalue())
     return len(kept)
 
 
