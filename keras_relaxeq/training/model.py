@@ -7,7 +7,9 @@ or subclassed); ``model.fit`` then adds
 
 to the compiled loss, with ``LD`` and ``N`` summed over every relaxed layer of
 the model (one square root over the whole network, method.md section 3), and
-logs ``lie_penalty`` = sqrt(LD) and ``projection_penalty`` = sqrt(N).
+logs ``lie_penalty`` = sqrt(LD) and ``projection_penalty`` = sqrt(N).  A training call
+``model(x, training=True)`` attaches the sums it collected to its outputs, and ``compute_loss`` adds the
+penalty of the call that produced its ``y_pred`` (also in custom training loops).
 
 Under a ``tf.distribute`` strategy the per-replica sums are added across
 replicas *before* the square root, so N replicas optimise the same objective as
