@@ -123,7 +123,6 @@ def collect_relaxation_penalties(record_activations: bool = False):
             stack[-1].extend(collector)
 
 
-
 # --------------------------------------------------------------------------- math helpers
 @tf.custom_gradient
 def safe_sqrt(x):
