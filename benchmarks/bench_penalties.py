@@ -275,7 +275,7 @@ def _isolated_functions(layer, flat):
 def run_breakdown(args, model, batch, repeats, inner=2):
     """Per relaxed linear map: isolated cost of Gram, closed form, JVP and the branch."""
     import tensorflow as tf
-    from keras_relaxeq.layers.base import relaxed_layers
+    from keras_relaxeq.layers.relaxation import relaxed_layers
 
     # Record the input of every relaxed map in one inference pass.
     layers = relaxed_layers(model)

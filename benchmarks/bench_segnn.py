@@ -115,7 +115,7 @@ def main(argv=None):
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     import keras
     from keras_relaxeq.datasets.nbody import nbody_dataset
-    from keras_relaxeq.layers.base import relaxed_layers
+    from keras_relaxeq.layers.relaxation import relaxed_layers
 
     keras.utils.set_random_seed(args.seed)
     ds = nbody_dataset("train", batch_size=args.batch, num_samples=max(args.batch * 4, args.batch), seed=args.seed,

@@ -212,7 +212,7 @@ def worker(args):
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     import keras
     import keras_relaxeq as kr
-    from keras_relaxeq.layers.base import relaxed_layers
+    from keras_relaxeq.layers.relaxation import relaxed_layers
 
     spec = parse_variant(args.worker, args)
     variant, jit = spec["base"], spec["jit"]

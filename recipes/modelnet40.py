@@ -287,6 +287,7 @@ def main(argv=None) -> dict:
 
     import keras_relaxeq as kr
     from keras_relaxeq.testing import check_equivariance
+    from keras_relaxeq.training.backup import CountedDataset
     from keras_relaxeq.training.callbacks import ProjectedValidation, plot_history
 
     cfg["batch"] = dist.global_batch_size(cfg["batch"], strategy)  # --batch is the global batch size
@@ -294,7 +295,7 @@ def main(argv=None) -> dict:
     train, val, bn_data, n_train = make_datasets(cfg)
     # passes counted: a resumed run replays them, so its epoch E sees the shapes, points and rotations of
     # epoch E of an unbroken run (the validation pipeline draws the same elements on every pass)
-    passes = {"train": dist.CountedDataset(train)}
+    passes = {"train": CountedDataset(train)}
     # AutoShardPolicy.DATA: worker i keeps slice i of every global batch (the batches of one worker)
     train, val = dist.shard_dataset(passes["train"].dataset, "data"), dist.shard_dataset(val, "data")
     with strategy.scope():  # model, optimizer, metrics (and penalties) are created on every replica

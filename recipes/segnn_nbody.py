@@ -311,13 +311,14 @@ def main(argv=None) -> dict:
     import keras
 
     import keras_relaxeq as kr
+    from keras_relaxeq.training.backup import CountedDataset
     from keras_relaxeq.training.callbacks import ProjectedValidation
 
     cfg["batch"] = dist.global_batch_size(cfg["batch"], strategy)  # --batch is the global batch size
     keras.utils.set_random_seed(cfg["seed"])
     train, val, test = make_datasets(cfg)
     # passes counted: a resumed run replays them, so its epoch E sees the shuffle and rotations of epoch E
-    passes = {"train": dist.CountedDataset(train), "val": dist.CountedDataset(val)}
+    passes = {"train": CountedDataset(train), "val": CountedDataset(val)}
     # AutoShardPolicy.DATA: worker i keeps slice i of every global batch (one rotation per global batch)
     train, val = dist.shard_dataset(passes["train"].dataset, "data"), dist.shard_dataset(passes["val"].dataset, "data")
     with strategy.scope():  # model, optimizer, metrics (and penalties) are created on every replica

@@ -40,7 +40,7 @@ def tiny_backup(backup, config, epochs=3):
     """A real backup (after ``epochs`` epochs) of a tiny Keras model, written with ``config``."""
     import keras
 
-    from keras_relaxeq.training.distribute import MultiWorkerBackupAndRestore
+    from keras_relaxeq.training.backup import MultiWorkerBackupAndRestore
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import keras
 
-from keras_relaxeq.layers.base import RelaxedEquivariantLayer, plain_layers, relaxed_layers
+from keras_relaxeq.layers.base import RelaxedEquivariantLayer, plain_layers
+from keras_relaxeq.layers.relaxation import relaxed_layers
 
 
 #: registered names of the package's training models, returned as plain functional ``keras.Model`` by ``project``

@@ -1,18 +1,15 @@
 """Relaxable equivariant layers: the base class and the layer families."""
 
-from keras_relaxeq.layers.base import (
+from keras_relaxeq.layers.base import RelaxedEquivariantLayer, plain_layers
+from keras_relaxeq.layers.penalties import (
     PenaltyCollector,
-    RelaxedEquivariantLayer,
+    autodiff_branch_penalties,
     collect_relaxation_penalties,
-    get_theta,
     gram_statistics,
     linear_branch_penalties,
-    autodiff_branch_penalties,
-    relaxed_layers,
     safe_sqrt,
-    set_theta,
-    transfer_weights,
 )
+from keras_relaxeq.layers.relaxation import get_theta, relaxed_layers, set_theta, transfer_weights
 from keras_relaxeq.layers.vector_neurons import (
     TorchBatchNormalization,
     VNBatchNorm,

@@ -143,7 +143,7 @@ def finite_group_branch_penalties(layer, inputs, collector=None, method=None):
     dense branch, one convolution for a convolution branch); ``"direct"``, ``"jvp"`` and ``"tape"`` (and any
     non-linear branch) evaluate the branch on the transformed input.
     """
-    from keras_relaxeq.layers.base import _flatten_features, gram_statistics, _tensor_ref
+    from keras_relaxeq.layers.penalties import _flatten_features, _tensor_ref, gram_statistics
 
     method = method or layer.lie_method
     in_type, out_type = layer.input_rep.field_type, layer.output_rep.field_type

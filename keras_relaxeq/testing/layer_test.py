@@ -35,7 +35,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_relaxeq.groups.representations import TrivialRep, equivariant_projection
-from keras_relaxeq.layers.base import RelaxedEquivariantLayer, relaxed_layers, set_theta
+from keras_relaxeq.layers.base import RelaxedEquivariantLayer
+from keras_relaxeq.layers.relaxation import relaxed_layers, set_theta
 from keras_relaxeq.testing.equivariance import TOLERANCES, EquivarianceReport
 from keras_relaxeq.testing.group_actions import as_group_action
 

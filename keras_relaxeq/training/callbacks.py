@@ -72,8 +72,6 @@ def reestimate_batchnorm(model, data, num_batches=None, momentum=None):
     for d in dropouts:
         d.rate = 0.0
 
-    from keras_relaxeq.training.model import _pending  # penalties of a training call are unused here
-
     @tf.function(reduce_retracing=True)
     def forward(x):
         model(x, training=True)
@@ -87,7 +85,6 @@ def reestimate_batchnorm(model, data, num_batches=None, momentum=None):
             if num_batches is not None and used >= num_batches:
                 break
             forward(_inputs_only(batch))
-            _pending().pop(id(model), None)
             used += 1
             if cumulative:  # momentum 0: moving stats == this batch's stats
                 for i, bn in enumerate(bns):

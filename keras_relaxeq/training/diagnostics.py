@@ -36,7 +36,8 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from keras_relaxeq.layers.base import collect_relaxation_penalties, get_theta, relaxed_layers
+from keras_relaxeq.layers.penalties import collect_relaxation_penalties
+from keras_relaxeq.layers.relaxation import get_theta, relaxed_layers
 from keras_relaxeq.training.recipe import read_csv_history, truncate_epoch_log
 
 #: the columns of a report row, in table order

@@ -7,7 +7,9 @@ or subclassed); ``model.fit`` then adds
 
 to the compiled loss, with ``LD`` and ``N`` summed over every relaxed layer of
 the model (one square root over the whole network, method.md section 3), and
-logs ``lie_penalty`` = sqrt(LD) and ``projection_penalty`` = sqrt(N).
+logs ``lie_penalty`` = sqrt(LD) and ``projection_penalty`` = sqrt(N).  A training call
+``model(x, training=True)`` attaches the sums it collected to its outputs, and ``compute_loss`` adds the
+penalty of the call that produced its ``y_pred`` (also in custom training loops).
 
 Under a ``tf.distribute`` strategy the per-replica sums are added across
 replicas *before* the square root, so N replicas optimise the same objective as
@@ -16,21 +18,33 @@ one worker with the same global batch.
 
 from __future__ import annotations
 
-import threading
-
 import keras
 import tensorflow as tf
 
-from keras_relaxeq.layers.base import collect_relaxation_penalties, relaxed_layers, safe_sqrt
+from keras_relaxeq.layers.penalties import PenaltyCollector, collect_relaxation_penalties, safe_sqrt
+from keras_relaxeq.layers.relaxation import relaxed_layers
 
-_PENDING = threading.local()
 PENALTY_SCALES = ("none", "theta")
+#: attribute of the outputs of a training call that holds the call's :class:`PenaltyCollector`
+_PENALTIES_ATTRIBUTE = "_keras_relaxeq_penalties"
 
 
-def _pending():
-    if not hasattr(_PENDING, "by_model"):
-        _PENDING.by_model = {}
-    return _PENDING.by_model
+def _attach_penalties(outputs, collector: PenaltyCollector) -> None:
+    """Attach ``collector`` to every tensor of ``outputs`` (as Keras attaches ``_keras_mask``)."""
+    for tensor in tf.nest.flatten(outputs):
+        try:
+            setattr(tensor, _PENALTIES_ATTRIBUTE, collector)
+        except AttributeError:  # not a tensor (None, a Python number): nothing to attach to
+            pass
+
+
+def _attached_penalties(y_pred) -> PenaltyCollector | None:
+    """The collector of the training call that produced ``y_pred``, or None."""
+    for tensor in tf.nest.flatten(y_pred):
+        collector = getattr(tensor, _PENALTIES_ATTRIBUTE, None)
+        if collector is not None:
+            return collector
+    return None
 
 
 @keras.saving.register_keras_serializable(package="keras_relaxeq")
@@ -58,14 +72,20 @@ class RelaxedModel(keras.Model):
         self.lie_penalty_tracker = keras.metrics.Mean(name="lie_penalty")
         self.projection_penalty_tracker = keras.metrics.Mean(name="projection_penalty")
 
-    # The training forward pass collects the penalties of every relaxed layer.
     def __call__(self, *args, **kwargs):
-        if kwargs.get("training") is True:
-            with collect_relaxation_penalties() as collector:
-                outputs = super().__call__(*args, **kwargs)
-            _pending()[id(self)] = collector
-            return outputs
-        return super().__call__(*args, **kwargs)
+        """The forward pass; with ``training=True`` it also collects the penalties of every relaxed layer and
+        attaches them to the outputs, where :meth:`compute_loss` finds them in ``y_pred``.
+
+        The outputs carry their own call's penalties, so every replica of a ``tf.distribute`` step (each traced
+        in its own thread) and every custom loop (``y_pred = model(x, training=True)``, then
+        ``model.compute_loss(..., y_pred=y_pred)``) adds exactly the penalties of the pass that made ``y_pred``.
+        """
+        if kwargs.get("training") is not True:
+            return super().__call__(*args, **kwargs)
+        with collect_relaxation_penalties() as collector:
+            outputs = super().__call__(*args, **kwargs)
+        _attach_penalties(outputs, collector)
+        return outputs
 
     def _theta(self):
         for layer in relaxed_layers(self):
@@ -96,8 +116,8 @@ class RelaxedModel(keras.Model):
                         t, "keras_relaxeq: a training batch contains NaN or Inf input values; "
                            "clean or filter the data set (e.g. drop shapes with non-finite coordinates).")
         loss = super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
-        collector = _pending().pop(id(self), None)
-        if not training or collector is None or len(collector) == 0:
+        collector = _attached_penalties(y_pred) if training else None
+        if collector is None or len(collector) == 0:
             return loss
         penalty, lie_term, proj_term = self.relaxation_penalty(collector)
         self.lie_penalty_tracker.update_state(lie_term)

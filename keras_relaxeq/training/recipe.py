@@ -7,10 +7,12 @@ Everything here runs before (or without) any TensorFlow op, so a recipe can crea
 from __future__ import annotations
 
 import csv
-import os
+import io
 import shutil
 import sys
 from pathlib import Path
+
+from keras_relaxeq.utils import atomic_write
 
 #: files and folders a recipe run writes that ``--fresh`` deletes
 RUN_STATE = ("backup", "logs", "log.csv", "relaxation.csv", "best_relaxed.keras", "best_projected.keras")
@@ -73,7 +75,7 @@ def prepare_output_dir(cfg, strategy, may_differ=RESUME_MAY_DIFFER) -> tuple[Pat
     ``--fresh`` deletes the run state (:data:`RUN_STATE`); every worker deletes before its own
     fit and nobody writes a backup before all workers are in fit.  Otherwise a backup in
     ``out/backup`` is checked as a whole before anything is built
-    (:func:`~keras_relaxeq.training.distribute.read_backup`: complete, undamaged, epoch at most
+    (:func:`~keras_relaxeq.training.backup.read_backup`: complete, undamaged, epoch at most
     ``--epochs``, written with the same options except :data:`RESUME_MAY_DIFFER`); one that is not
     ends the program with a message that says what to do.  ``--resume`` insists on a backup.  The
     chief then drops the rows of the epochs the run will train again (from the backup's epoch on,
@@ -83,6 +85,7 @@ def prepare_output_dir(cfg, strategy, may_differ=RESUME_MAY_DIFFER) -> tuple[Pat
     thrown away at the end).
     """
     from keras_relaxeq.training import distribute as dist
+    from keras_relaxeq.training.backup import BackupError, read_backup
 
     out = Path(cfg["output_dir"])
     backup_dir = out / "backup"
@@ -90,8 +93,8 @@ def prepare_output_dir(cfg, strategy, may_differ=RESUME_MAY_DIFFER) -> tuple[Pat
         for name in RUN_STATE:
             remove_path(out / name)
     try:
-        manifest = dist.read_backup(backup_dir, config=cfg, epochs=cfg.get("epochs"), may_differ=may_differ)
-    except dist.BackupError as e:
+        manifest = read_backup(backup_dir, config=cfg, epochs=cfg.get("epochs"), may_differ=may_differ)
+    except BackupError as e:
         raise SystemExit(str(e)) from None
     if cfg.get("resume") and manifest is None:
         raise SystemExit(f"--resume: no backup in {backup_dir}")
@@ -153,12 +156,11 @@ def truncate_epoch_log(path, epoch: int) -> int | None:
     if not kept:
         path.unlink()
         return 0
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(kept)
-    os.replace(tmp, path)
+    rows_text = io.StringIO(newline="")
+    writer = csv.writer(rows_text)
+    writer.writerow(header)
+    writer.writerows(kept)
+    atomic_write(path, rows_text.getvalue())
     return len(kept)
 
 
@@ -240,6 +242,7 @@ def run_callbacks(write_dir, backup_dir, *, monitor: str, mode: str, initial_bes
     import keras
 
     from keras_relaxeq.training import distribute as dist
+    from keras_relaxeq.training.backup import MultiWorkerBackupAndRestore
 
     write_dir = Path(write_dir)
     callbacks = [
@@ -253,7 +256,7 @@ def run_callbacks(write_dir, backup_dir, *, monitor: str, mode: str, initial_bes
     elif dist.is_chief(strategy):
         print(f"{recipe}: the tensorboard package is not installed; no TensorBoard logs (log.csv has the same "
               "quantities).", file=sys.stderr)
-    callbacks.append(dist.MultiWorkerBackupAndRestore(str(backup_dir), delete_checkpoint=False, strategy=strategy,
-                                                      every_epochs=backup_every, config=config,
-                                                      may_differ=may_differ, datasets=datasets))
+    callbacks.append(MultiWorkerBackupAndRestore(str(backup_dir), delete_checkpoint=False, strategy=strategy,
+                                                 every_epochs=backup_every, config=config, may_differ=may_differ,
+                                                 datasets=datasets))
     return callbacks, tensorboard

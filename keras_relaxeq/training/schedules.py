@@ -14,7 +14,7 @@ import warnings
 
 import keras
 
-from keras_relaxeq.layers.base import relaxed_layers
+from keras_relaxeq.layers.relaxation import relaxed_layers
 
 SCHEDULES = ("triangle", "decay", "constant", "cosine")
 

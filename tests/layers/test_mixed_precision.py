@@ -12,7 +12,7 @@ import tensorflow as tf
 
 import keras_relaxeq as kr
 from keras_relaxeq.layers import VNLeakyReLU, VNLinear, collect_relaxation_penalties
-from keras_relaxeq.layers.base import relaxed_layers
+from keras_relaxeq.layers.relaxation import relaxed_layers
 from keras_relaxeq.models.vn_pointnet import vn_pointnet
 from keras_relaxeq.testing import run_layer_test
 

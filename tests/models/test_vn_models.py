@@ -7,7 +7,7 @@ import tensorflow as tf
 
 import keras_relaxeq as kr
 from keras_relaxeq.groups.representations import TrivialRep
-from keras_relaxeq.layers.base import relaxed_layers
+from keras_relaxeq.layers.relaxation import relaxed_layers
 import importlib
 
 dgcnn_module = importlib.import_module("keras_relaxeq.models.vn_dgcnn")

@@ -25,7 +25,7 @@ def die():
 def install(point: str, n: int):
     import keras
 
-    from keras_relaxeq.training import distribute
+    from keras_relaxeq.training import backup
 
     seen = {"count": 0}
 
@@ -33,25 +33,25 @@ def install(point: str, n: int):
         seen["count"] += 1
         return seen["count"] == n
 
-    write = getattr(distribute, "_write_atomically", None)
+    write = backup._write_manifest
     if point == "pending":
         def patched(path, text):
-            if path.endswith(distribute.MANIFEST) and reached():
+            if path.endswith(backup.MANIFEST) and reached():
                 die()
             write(path, text)
-        distribute._write_atomically = patched
+        backup._write_manifest = patched
     elif point == "committed":
         def patched(path, text):
             write(path, text)
-            if path.endswith(distribute.MANIFEST) and reached():
+            if path.endswith(backup.MANIFEST) and reached():
                 die()
-        distribute._write_atomically = patched
+        backup._write_manifest = patched
     elif point == "truncated":
         save = keras.Model.save_weights
 
         def patched(self, filepath, *args, **kwargs):
             save(self, filepath, *args, **kwargs)
-            if os.path.basename(str(filepath)).startswith(distribute.PENDING) and reached():
+            if os.path.basename(str(filepath)).startswith(backup.PENDING) and reached():
                 with open(filepath, "r+b") as f:
                     f.truncate(os.path.getsize(filepath) // 2)
                 die()
@@ -60,7 +60,7 @@ def install(point: str, n: int):
         def on_train_batch_end(self, batch, logs=None):
             if reached():
                 die()
-        distribute.MultiWorkerBackupAndRestore.on_train_batch_end = on_train_batch_end
+        backup.MultiWorkerBackupAndRestore.on_train_batch_end = on_train_batch_end
     elif point != "final":
         raise SystemExit(f"unknown KILL_AT point {point!r}")
 

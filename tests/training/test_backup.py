@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_relaxeq.training.distribute import MultiWorkerBackupAndRestore
+from keras_relaxeq.training.backup import MultiWorkerBackupAndRestore
 
 
 def tiny_model():

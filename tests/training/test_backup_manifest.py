@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_relaxeq.training import distribute
-from keras_relaxeq.training.distribute import BackupError, CountedDataset, MultiWorkerBackupAndRestore, read_backup
+from keras_relaxeq.training import backup as backup_lib
+from keras_relaxeq.training.backup import BackupError, CountedDataset, MultiWorkerBackupAndRestore, read_backup
 
 CONFIG = {"hidden": 16, "seed": 0, "relaxed": True, "epochs": 4, "verbose": 0}
 MAY_DIFFER = ("epochs", "verbose")
@@ -77,6 +77,7 @@ def test_the_backup_is_committed_by_its_manifest(finished):
     assert manifest["data_passes"] == {"train": 4} and manifest["config"] == CONFIG
     assert sorted(manifest["files"]) == ["latest.weights.h5", "training_metadata.json"]
     assert not [p.name for p in backup.iterdir() if p.name.startswith("tmp-")]  # nothing pending is left
+    assert not list(backup.glob(".*.tmp"))  # nor the temporary file of the manifest's atomic write
     assert read_backup(backup, config=dict(CONFIG, epochs=9, verbose=2), may_differ=MAY_DIFFER)["epoch"] == 4
 
 
@@ -171,7 +172,7 @@ def test_a_backup_interrupted_while_written_resumes_to_the_unbroken_result(finis
     same process, same kernels, and the replayed data passes give every epoch its own batches."""
     reference, _ = finished
     backup = tmp_path / "backup"
-    write, save = distribute._write_atomically, keras.Model.save_weights
+    write, save = backup_lib._write_manifest, keras.Model.save_weights
     calls = {"manifest": 0, "weights": 0}
 
     def write_manifest(path, text):
@@ -190,12 +191,12 @@ def test_a_backup_interrupted_while_written_resumes_to_the_unbroken_result(finis
                 f.truncate(os.path.getsize(filepath) // 2)
             raise Interrupt
 
-    monkeypatch.setattr(distribute, "_write_atomically", write_manifest)
+    monkeypatch.setattr(backup_lib, "_write_manifest", write_manifest)
     monkeypatch.setattr(keras.Model, "save_weights", save_weights)
     with pytest.raises(Interrupt):
         train(backup)
     monkeypatch.undo()
-    pending = sorted(p.name for p in backup.iterdir() if p.name.startswith(distribute.PENDING))
+    pending = sorted(p.name for p in backup.iterdir() if p.name.startswith(backup_lib.PENDING))
     assert pending, "the interruption left the pending files of the second backup"
     model, cb, history = train(backup)
     assert cb.restored_epoch == (2 if where == "after_commit" else 1)

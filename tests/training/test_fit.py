@@ -86,6 +86,50 @@ def test_training_loss_is_task_plus_sqrt_penalties():
     assert float(model.compute_loss(x=xt, y=yt, y_pred=y_eval, training=False)) == pytest.approx(task_eval, rel=1e-5)
 
 
+def test_compute_loss_adds_the_penalties_of_the_call_that_made_y_pred():
+    """A training call's outputs carry that call's penalties: a later training call does not change what
+    ``compute_loss`` adds for them, outputs of an inference call carry none, and the same holds in a graph."""
+    keras.utils.set_random_seed(4)
+    x, y = data(8)
+    model = compile_(tiny_model())
+    xa, xb, ya = tf.constant(x[:4]), tf.constant(3.0 * x[4:]), tf.constant(y[:4])
+    y_a = model(xa, training=True)
+    loss_a = float(model.compute_loss(x=xa, y=ya, y_pred=y_a, training=True))
+    task_a = float(keras.losses.SparseCategoricalCrossentropy(from_logits=True)(ya, y_a))
+    assert loss_a > task_a
+    model(xb, training=True)  # another batch in between
+    assert float(model.compute_loss(x=xa, y=ya, y_pred=y_a, training=True)) == pytest.approx(loss_a, rel=1e-6)
+    y_inference = model(xa)
+    assert float(model.compute_loss(x=xa, y=ya, y_pred=y_inference, training=True)) == pytest.approx(task_a, rel=1e-5)
+
+    @tf.function
+    def graph_loss(x_in, y_in):
+        return model.compute_loss(x=x_in, y=y_in, y_pred=model(x_in, training=True), training=True)
+
+    assert float(graph_loss(xa, ya)) == pytest.approx(loss_a, rel=1e-5)
+
+
+def _fit_tiny(jit_compile):
+    keras.utils.set_random_seed(5)
+    x, y = data(16)
+    model = tiny_model()
+    model.compile(optimizer=keras.optimizers.SGD(0.05), jit_compile=jit_compile,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.fit(x, y, epochs=2, batch_size=8, verbose=0, shuffle=False).history
+    return history, model.get_weights(), model.jit_compile
+
+
+def test_fit_with_and_without_xla_adds_the_same_penalties():
+    eager, eager_weights, eager_jit = _fit_tiny(False)
+    xla, xla_weights, xla_jit = _fit_tiny(True)
+    assert (eager_jit, xla_jit) == (False, True)
+    assert min(eager["lie_penalty"]) > 0 and min(eager["projection_penalty"]) > 0
+    for key in ("loss", "lie_penalty", "projection_penalty"):
+        np.testing.assert_allclose(xla[key], eager[key], rtol=1e-4, err_msg=key)
+    for a, b in zip(eager_weights, xla_weights):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+
+
 def test_project_equals_relaxed_at_theta_zero_and_matches_plain_param_count():
     keras.utils.set_random_seed(2)
     x, _ = data(6)

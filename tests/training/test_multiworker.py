@@ -42,6 +42,7 @@ WORKER_SCRIPT = textwrap.dedent('''
     parser.add_argument("--marker-dir", default=None)
     parser.add_argument("--hang-at-epoch", type=int, default=-1,
                         help="non-chief workers block at the end of this epoch (to be killed)")
+    from keras_relaxeq.training import backup
     from keras_relaxeq.training import distribute as dist
     dist.add_strategy_argument(parser)
     args = parser.parse_args()
@@ -110,7 +111,7 @@ WORKER_SCRIPT = textwrap.dedent('''
 
     callbacks = [kr.ThetaScheduler("triangle", epochs=args.epochs, per_step=True), Record()]
     if args.backup_dir:
-        callbacks.append(dist.MultiWorkerBackupAndRestore(args.backup_dir))
+        callbacks.append(backup.MultiWorkerBackupAndRestore(args.backup_dir))
     callbacks.append(Marker())
     history = model.fit(train, epochs=args.epochs, verbose=0, callbacks=callbacks)
     result = {
@@ -352,7 +353,7 @@ def test_killed_worker_is_restarted_and_training_resumes_from_backup(job, refere
     meta = json.loads((backup / "training_metadata.json").read_text())
     assert meta["epoch"] == kill_after_epoch + 1
     assert (backup / "latest.weights.h5").exists()
-    assert not list(backup.glob("tmp-*"))  # atomic writes left nothing behind
+    assert not list(backup.glob("tmp-*")) and not list(backup.glob(".*.tmp"))  # atomic writes left nothing behind
     job.kill("w1")
     assert job.procs["w1"].returncode == -signal.SIGKILL
 

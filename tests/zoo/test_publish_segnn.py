@@ -75,7 +75,7 @@ def relaxed_model(published):
     """The run's architecture with relaxation branches, theta = 1 and strong branch weights:
     clearly not equivariant until projected."""
     from keras_relaxeq import set_theta
-    from keras_relaxeq.layers.base import relaxed_layers
+    from keras_relaxeq.layers.relaxation import relaxed_layers
 
     keras.utils.set_random_seed(1)
     model = published["recipe"].build_model(dict(published["cfg"], relaxed=True))
