@@ -24,9 +24,9 @@ _NAMES = {
     "has_relaxation_branches": "keras_relaxeq.export.projection",
     "project": "keras_relaxeq.export.projection",
     "RelaxedEquivariantLayer": "keras_relaxeq.layers.base",
-    "collect_relaxation_penalties": "keras_relaxeq.layers.base",
-    "get_theta": "keras_relaxeq.layers.base",
-    "set_theta": "keras_relaxeq.layers.base",
+    "collect_relaxation_penalties": "keras_relaxeq.layers.penalties",
+    "get_theta": "keras_relaxeq.layers.relaxation",
+    "set_theta": "keras_relaxeq.layers.relaxation",
     "RelaxedModel": "keras_relaxeq.training.model",
     "ThetaScheduler": "keras_relaxeq.training.schedules",
 }

@@ -216,65 +216,10 @@ def make_datasets(cfg):
     return tuple(recipe_dataset(cfg, split) for split in ("train", "valid", "test"))
 
 
-def make_callbacks(keras, ProjectedValidation):
-    """The regression variant of ``ProjectedValidation``: the best projected model has the *lowest* MSE."""
-
-    class ProjectedValidationMSE(ProjectedValidation):
-        """Logs ``projected_val_loss`` (MSE) and saves the projected model when it decreases."""
-
-        def __init__(self, val_data, every, best_path, initial_best=None):
-            super().__init__(val_data, every=every, loss="mse", metrics=[], best_path=None,
-                             monitor="projected_val_loss")
-            self.best_mse_path = str(best_path)
-            self.best = math.inf if initial_best is None else float(initial_best)
-            self.best_epoch = None
-
-        def on_epoch_end(self, epoch, logs=None):
-            super().on_epoch_end(epoch, logs)
-            value = (logs or {}).get("projected_val_loss")
-            if value is not None and math.isfinite(value) and value < self.best:
-                self.best, self.best_epoch = float(value), epoch
-                self.projected.save(self.best_mse_path)
-
-    return ProjectedValidationMSE
-
-
 def plot_regression_history(history, path, title=None):
     """PNG of the MSEs (log scale), theta and the penalties vs epoch."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    epochs = np.asarray(history.get("epoch", []), float)
-    x = epochs + 1
-    fig, axes = plt.subplots(3, 1, figsize=(7, 9), sharex=True)
-    panels = [
-        (axes[0], "MSE", [("loss", "train (relaxed, with penalty)"), ("val_loss", "val (relaxed)"),
-                          ("projected_val_loss", "val (projected)")], True),
-        (axes[1], "theta", [("theta", "theta")], False),
-        (axes[2], "penalty", [("lie_penalty", "sqrt(Lie)"), ("projection_penalty", "sqrt(proj)")], False),
-    ]
-    for ax, ylabel, keys, log in panels:
-        for key, label in keys:
-            y = np.asarray(history.get(key, []), float)
-            if len(y) != len(x) or not np.any(np.isfinite(y)):
-                continue
-            ok = np.isfinite(y)
-            ax.plot(x[ok], y[ok], marker="." if len(x) < 50 else None, label=label)
-        if log and ax.lines and all(np.all(np.asarray(l.get_ydata()) > 0) for l in ax.lines):
-            ax.set_yscale("log")
-        ax.set_ylabel(ylabel)
-        ax.grid(True, alpha=0.3)
-        if ax.lines:
-            ax.legend(loc="best", fontsize="small")
-    axes[-1].set_xlabel("epoch")
-    if title:
-        axes[0].set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    from keras_relaxeq.training.callbacks import plot_history
+    return plot_history(history, path, title=title, metric="loss", ylabel="MSE")
 
 
 def equivariance_errors(model, inputs, seed=0):
@@ -333,8 +278,10 @@ def main(argv=None) -> dict:
     previous = read_csv_history(out / "log.csv")  # the shared log: same initial best on every worker
     finite_prev = [v for v in previous.get("projected_val_loss", []) if math.isfinite(v)]
     best_so_far = min(finite_prev) if finite_prev else None
-    projected_val = make_callbacks(keras, ProjectedValidation)(
-        val, every=cfg["eval_every"], best_path=write_dir / "best_projected.keras", initial_best=best_so_far)
+    # the best projected model has the lowest validation MSE
+    projected_val = ProjectedValidation(val, every=cfg["eval_every"], loss="mse", metrics=[],
+                                        monitor="projected_val_loss", mode="min",
+                                        best_path=write_dir / "best_projected.keras", initial_best=best_so_far)
     callbacks = []
     if cfg["relaxed"]:
         callbacks.append(kr.ThetaScheduler(cfg["schedule"], epochs=cfg["epochs"], value=cfg["theta_value"]))

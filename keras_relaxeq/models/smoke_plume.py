@@ -19,6 +19,7 @@ C4 acts on the input by rotating every frame's grid and vector components; the o
 from __future__ import annotations
 
 import keras
+import numpy as np
 
 from keras_relaxeq.layers.group_conv import GroupConv2D, LiftingConv2D, ProjectionConv2D
 from keras_relaxeq.layers.rsteer import RSteerConv2D
@@ -27,7 +28,8 @@ from keras_relaxeq.training.model import RelaxedModel
 ARMS = ("cnn", "equivariant", "relaxed", "rsteer", "rsteer_relaxed")
 PUBLISHED_HIDDEN = 92
 
-__all__ = ["ARMS", "smoke_plume_forecaster"]
+__all__ = ["ARMS", "ShiftFrames", "StackFrames", "forecaster_of", "rollout_model", "rollout_rmse",
+           "smoke_plume_forecaster", "step_model", "summed_frame_mse"]
 
 
 def smoke_plume_forecaster(arm="relaxed", input_frames=10, grid=64, hidden=PUBLISHED_HIDDEN, width=1.0,
@@ -77,3 +79,127 @@ def smoke_plume_forecaster(arm="relaxed", input_frames=10, grid=64, hidden=PUBLI
             outputs = ProjectionConv2D("vector", name="velocity", **common)(x)
     return RelaxedModel(frames, outputs, lambda_lie=lambda_lie, lambda_proj=lambda_proj,
                         name=name or f"smoke_plume_{arm}")
+
+
+def step_model(model) -> keras.Model:
+    """The one-step forecaster ``model`` as a plain functional ``keras.Model`` sharing its layers.
+
+    :func:`rollout_model` calls it several times per batch; as a plain model it leaves the collection of the
+    relaxation penalties to the rollout (a ``RelaxedModel``) that calls it.
+    """
+    if not hasattr(model, "_inputs_struct"):
+        raise ValueError(f"step_model needs a functional model, got {type(model).__name__}.")
+    return keras.Model(model.input, model.output, name=f"{model.name}_step")
+
+
+@keras.saving.register_keras_serializable(package="keras_relaxeq")
+class ShiftFrames(keras.layers.Layer):
+    """``[frames [B, T, ...], new [B, ...]]`` -> ``[B, T, ...]``: drop the oldest frame, append ``new``."""
+
+    def call(self, inputs):
+        frames, new = inputs
+        return keras.ops.concatenate([frames[:, 1:], keras.ops.expand_dims(new, 1)], axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[0])
+
+
+@keras.saving.register_keras_serializable(package="keras_relaxeq")
+class StackFrames(keras.layers.Layer):
+    """``[y_1, ..., y_k]`` each ``[B, ...]`` -> ``[B, k, ...]``."""
+
+    def call(self, inputs):
+        return keras.ops.stack(list(inputs), axis=1)
+
+    def compute_output_shape(self, input_shape):
+        first = tuple(input_shape[0])
+        return (first[0], len(input_shape)) + first[1:]
+
+
+def rollout_model(forecaster, steps=6, name=None) -> RelaxedModel:
+    """Autoregressive training model: ``steps`` applications of the one-step ``forecaster``.
+
+    Input ``frames [B, T, H, W, C]``; each step predicts ``[B, H, W, C]`` from the last ``T`` frames, then
+    drops the oldest frame and appends the prediction.  Output ``[B, steps, H, W, C]``, so a loss on it
+    compares the whole predicted sequence with the targets (the reference trains on 6 steps).  A functional
+    :class:`RelaxedModel` with the forecaster's penalty weights; the forecaster is nested once (as a plain
+    model, :func:`step_model`) and called ``steps`` times, so the penalties of every step are collected.
+    ``project(rollout)`` projects the nested forecaster too; ``rollout.get_layer(<forecaster>_step)`` (or
+    :func:`forecaster_of`) is the one-step model to export.
+    """
+    if int(steps) < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}.")
+    step = step_model(forecaster)
+    frames = keras.Input(tuple(forecaster.input_shape[1:]), name="frames")
+    x, outputs = frames, []
+    for i in range(int(steps)):
+        y = step(x)
+        outputs.append(y)
+        if i + 1 < int(steps):
+            x = ShiftFrames(name=f"shift_{i}")([x, y])
+    sequence = StackFrames(name="rollout")(outputs)
+    return RelaxedModel(frames, sequence, lambda_lie=getattr(forecaster, "lambda_lie", 0.01),
+                        lambda_proj=getattr(forecaster, "lambda_proj", 0.01),
+                        penalty_scale=getattr(forecaster, "penalty_scale", "none"),
+                        name=name or f"{forecaster.name}_rollout{int(steps)}")
+
+
+def forecaster_of(model) -> keras.Model:
+    """The one-step forecaster nested in a :func:`rollout_model` (or ``model`` itself if it is one)."""
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    if len(nested) == 1:
+        return nested[0]
+    if not nested and len(model.output.shape) == 4:
+        return model
+    raise ValueError(f"{model.name} is neither a one-step forecaster nor a rollout_model.")
+
+
+@keras.saving.register_keras_serializable(package="keras_relaxeq")
+def summed_frame_mse(y_true, y_pred):
+    """Per window ``[B, k, H, W, C]``: the MSE of each predicted frame, summed over the ``k`` frames.
+
+    The reference's training loss for autoregressive rollouts (``loss += MSE(frame_k)`` over the steps).
+    """
+    return keras.ops.sum(keras.ops.mean(keras.ops.square(y_true - y_pred), axis=(2, 3, 4)), axis=1)
+
+
+def rollout_rmse(model, dataset, steps=None, *, progress=False):
+    """RMSE of autoregressive rollouts of the one-step ``model`` on ``dataset`` of ``(frames, targets)``.
+
+    As the reference: per batch the MSE over every predicted frame, pixel and component; the RMSE is the
+    square root of the mean of those per-batch MSEs.  Returns ``{"rmse": ..., "rmse_per_step": [...],
+    "num_windows": ...}``; ``rmse_per_step[k]`` is the same RMSE of the ``k``-th predicted frame alone
+    (the error growth along the rollout).  ``steps`` defaults to the targets' length.
+    """
+    import tensorflow as tf
+
+    one_step = forecaster_of(model)
+
+    @tf.function(reduce_retracing=True)
+    def predict(frames, num_steps):
+        x = frames
+        outputs = tf.TensorArray(frames.dtype, size=num_steps)
+        for k in tf.range(num_steps):
+            y = one_step(x, training=False)
+            outputs = outputs.write(k, y)
+            x = tf.concat([x[:, 1:], y[:, None]], axis=1)
+        return tf.transpose(outputs.stack(), [1, 0, 2, 3, 4])
+
+    per_batch, per_step, windows = [], [], 0
+    batches = dataset
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(dataset, desc="rollouts", unit="batch", leave=False)
+    for frames, targets in batches:
+        k = int(targets.shape[1]) if steps is None else int(steps)
+        pred = predict(frames, tf.constant(k))
+        sq = tf.square(tf.cast(pred, tf.float64) - tf.cast(targets[:, :k], tf.float64))
+        per_batch.append(float(tf.reduce_mean(sq)))
+        per_step.append(tf.reduce_mean(sq, axis=[0, 2, 3, 4]).numpy())
+        windows += int(frames.shape[0])
+    if not per_batch:
+        raise ValueError("rollout_rmse: the data set is empty.")
+    return {"rmse": float(np.sqrt(np.mean(per_batch))),
+            "rmse_per_step": [float(v) for v in np.sqrt(np.mean(np.stack(per_step), axis=0))],
+            "num_windows": windows}

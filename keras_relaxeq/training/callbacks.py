@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from keras_relaxeq.export.projection import copy_equivariant_weights, project
 
-__all__ = ["ProjectedValidation", "reestimate_batchnorm", "batchnorm_layers", "plot_history"]
+__all__ = ["ProjectedValidation", "WindowedEarlyStopping", "reestimate_batchnorm", "batchnorm_layers", "plot_history"]
 
 
 def batchnorm_layers(model):
@@ -132,15 +132,16 @@ class ProjectedValidation(keras.callbacks.Callback):
         bn_momentum: ``None`` (exact average of the batch statistics) or an EMA momentum.
         loss, metrics: override the compile configuration of the projected model.
         best_path: optional ``.keras`` path; the projected model is saved there whenever
-            ``{prefix}val_accuracy`` (``monitor``) improves.
-        monitor, initial_best: the quantity for ``best_path`` (maximised) and the best value
-            so far (for resumed runs).
+            ``monitor`` improves (``best_epoch`` is then the 0-based epoch).
+        monitor, mode, initial_best: the quantity for ``best_path`` (default
+            ``{prefix}val_accuracy``), ``"max"`` (default) or ``"min"`` (e.g. a validation
+            loss or RMSE), and the best value so far (for resumed runs).
         verbose: print the projected metrics.
     """
 
     def __init__(self, val_data, every=1, prefix="projected_", bn_reestimate=None, bn_data=None,
-                 bn_momentum=None, loss=None, metrics=None, best_path=None, monitor=None, initial_best=None,
-                 verbose=0):
+                 bn_momentum=None, loss=None, metrics=None, best_path=None, monitor=None, mode="max",
+                 initial_best=None, verbose=0):
         super().__init__()
         if int(every) < 1:
             raise ValueError(f"every must be >= 1, got {every}.")
@@ -158,8 +159,12 @@ class ProjectedValidation(keras.callbacks.Callback):
         self.loss = loss
         self.metrics_ = metrics
         self.best_path = None if best_path is None else os.fspath(best_path)
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}.")
         self.monitor = monitor or f"{self.prefix}val_accuracy"
-        self.best = -math.inf if initial_best is None else float(initial_best)
+        self.mode = mode
+        self.best = (-math.inf if mode == "max" else math.inf) if initial_best is None else float(initial_best)
+        self.best_epoch = None
         self.verbose = int(verbose)
         self.projected = None
         self.last_results = None
@@ -204,9 +209,48 @@ class ProjectedValidation(keras.callbacks.Callback):
         if self.verbose:
             print(" - ".join(f"{k}: {v:.4f}" for k, v in results.items()))
         value = results.get(self.monitor)
-        if self.best_path and value is not None and value > self.best:
-            self.best = value
-            self.projected.save(self.best_path)
+        if value is None or not math.isfinite(value):
+            return
+        if (value > self.best) if self.mode == "max" else (value < self.best):
+            self.best, self.best_epoch = value, epoch
+            if self.best_path:
+                self.projected.save(self.best_path)
+
+
+class WindowedEarlyStopping(keras.callbacks.Callback):
+    """Stop when the mean of the last ``window`` values of ``monitor`` no longer improves on the ``window`` before.
+
+    The rule of Wang, Walters and Yu's smoke plume code: once more than ``min_epochs`` epochs have run, stop
+    when ``mean(v[-w:]) >= mean(v[-2w:-w])`` (``mode="min"``; ``<=`` for ``"max"``).  Epochs without a value
+    (validation every N epochs) are skipped.  ``initial_history``: the values of the epochs run before a
+    resume (``log.csv``), so a resumed run stops where an unbroken one would.  ``stopped_epoch`` is the
+    0-based epoch after which training stopped (None: it did not).
+    """
+
+    def __init__(self, monitor, window=5, min_epochs=100, mode="min", initial_history=()):
+        super().__init__()
+        if int(window) < 1 or int(min_epochs) < 0:
+            raise ValueError(f"window must be >= 1 and min_epochs >= 0, got {window} and {min_epochs}.")
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}.")
+        self.monitor, self.window, self.min_epochs, self.mode = monitor, int(window), int(min_epochs), mode
+        self.history = [float(v) for v in initial_history]
+        self.stopped_epoch = None
+
+    def should_stop(self, epochs_run: int) -> bool:
+        values = [v for v in self.history if math.isfinite(v)]
+        w = self.window
+        if epochs_run <= self.min_epochs or len(values) < 2 * w:
+            return False
+        recent, before = float(np.mean(values[-w:])), float(np.mean(values[-2 * w:-w]))
+        return recent >= before if self.mode == "min" else recent <= before
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        self.history.append(float("nan") if value is None else float(value))
+        if self.should_stop(epoch + 1):
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
 
 
 # ----------------------------------------------------------------------------- plotting
@@ -224,8 +268,11 @@ def _series(history, key):
     return np.asarray(out, dtype=float) if out else None
 
 
-def plot_history(history_dict, path, title=None):
-    """Write a PNG of accuracy (train, val, projected val), theta and the penalties vs epoch.
+def plot_history(history_dict, path, title=None, metric="accuracy", ylabel=None):
+    """Write a PNG of ``metric`` (train, val, projected val), theta and the penalties vs epoch.
+
+    ``metric``: the logged name (``"accuracy"``; ``"loss"``, ``"rmse"`` ... are drawn on a log scale when
+    positive); its keys are ``metric``, ``val_<metric>`` and ``projected_val_<metric>``.
 
     ``history_dict`` maps a metric name to per-epoch values (``History.history``, or the
     columns of a ``CSVLogger`` file; an ``"epoch"`` entry gives the x axis, 0-based).
@@ -242,21 +289,26 @@ def plot_history(history_dict, path, title=None):
     x = (epochs + 1) if epochs is not None and len(epochs) == n else np.arange(1, n + 1)
 
     fig, axes = plt.subplots(3, 1, figsize=(7, 9), sharex=True)
+    train_label = "train (relaxed, with penalty)" if metric == "loss" else "train"
     panels = [
-        (axes[0], "accuracy", [("accuracy", "train"), ("val_accuracy", "val (relaxed)"),
-                               ("projected_val_accuracy", "val (projected)")]),
+        (axes[0], ylabel or metric, [(metric, train_label), (f"val_{metric}", "val (relaxed)"),
+                                     (f"projected_val_{metric}", "val (projected)")]),
         (axes[1], "theta", [("theta", "theta")]),
         (axes[2], "penalty", [("lie_penalty", "sqrt(Lie)"), ("projection_penalty", "sqrt(proj)")]),
     ]
-    for ax, ylabel, keys in panels:
+    for ax, label_y, keys in panels:
         drawn = False
         for key, label in keys:
             y = _series(history, key)
             if y is None or len(y) != len(x):
                 continue
-            ax.plot(x, y, marker="." if len(x) < 50 else None, label=label)
-            drawn = True
-        ax.set_ylabel(ylabel)
+            ok = np.isfinite(y)
+            ax.plot(x[ok], y[ok], marker="." if len(x) < 50 else None, label=label)
+            drawn = drawn or bool(ok.any())
+        if ax is axes[0] and metric != "accuracy" and drawn and all(
+                np.all(np.asarray(line.get_ydata()) > 0) for line in ax.lines):
+            ax.set_yscale("log")
+        ax.set_ylabel(label_y)
         ax.grid(True, alpha=0.3)
         if drawn:
             ax.legend(loc="best", fontsize="small")
