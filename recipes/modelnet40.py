@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""ModelNet40 classification with a relaxed vector-neuron network (method.md section 6).
+"""ModelNet40 classification with a relaxed vector-neuron network (docs/method.md section 9).
 
     python recipes/modelnet40.py --model vn_pointnet --output-dir runs/vn_pointnet
     python recipes/modelnet40.py --model vn_dgcnn --output-dir runs/vn_dgcnn --schedule triangle
@@ -48,7 +48,7 @@ MODELS = ("vn_pointnet", "vn_dgcnn", "vn_classifier")
 #: this recipe, as recorded in summary.json (``relaxeq zoo publish`` reads it)
 RECIPE = "recipes/modelnet40.py"
 
-#: published defaults per zoo entry (method.md sections 3, 4 and 6)
+#: published defaults per zoo entry (docs/method.md sections 4, 5 and 9)
 CONFIGS = {
     "vn_pointnet": dict(
         epochs=200, batch=24, optimizer="adam", lr=1e-3, weight_decay=1e-4, momentum=0.9,
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr-gamma", type=float, default=d, help="StepLR factor")
     g.add_argument("--lr-min", type=float, default=d, help="cosine end learning rate")
     g.add_argument("--label-smoothing", type=float, default=d)
-    g = p.add_argument_group("relaxation (method.md sections 3-4)")
+    g = p.add_argument_group("relaxation (docs/method.md sections 4-5)")
     g.add_argument("--relaxed", action=argparse.BooleanOptionalAction, default=True,
                    help="train with relaxation branches (--no-relaxed: the plain equivariant model)")
     g.add_argument("--schedule", choices=("triangle", "decay", "constant", "cosine"), default=d,

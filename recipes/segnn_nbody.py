@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Charged N-body with a relaxed SEGNN (method.md section 6; SEGNN of Brandstetter et al.).
+"""Charged N-body with a relaxed SEGNN (docs/method.md section 9; SEGNN of Brandstetter et al.).
 
     python recipes/segnn_nbody.py --output-dir runs/segnn_nbody
     python recipes/segnn_nbody.py --no-relaxed --output-dir runs/segnn_nbody_plain
@@ -61,7 +61,7 @@ from keras_relaxeq.layers.steerable import RELAXATION_PLACEMENTS
 from keras_relaxeq.models.segnn import CENTRINGS
 from keras_relaxeq.training.recipe import check_strategy_options, make_strategy, prepare_output_dir, read_csv_history, run_callbacks
 
-#: published settings of the relaxation paper's N-body run (method.md section 6, SEGNN README)
+#: published settings of the relaxation paper's N-body run (docs/method.md section 9, SEGNN README)
 DEFAULTS = dict(epochs=1000, batch=100, lr=5e-4, weight_decay=1e-12, lambda_lie=0.01, lambda_proj=0.01,
                 schedule="triangle", layers=4, hidden=64, lmax_hidden=1, lmax_attr=1, norm="none",
                 train_samples=3000, val_samples=2000, test_samples=2000)
@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=float, default=d["weight_decay"],
                    help="weight decay (Keras' decoupled form)")
     g.add_argument("--seed", type=int, default=0)
-    g = p.add_argument_group("relaxation (method.md sections 3-4)")
+    g = p.add_argument_group("relaxation (docs/method.md sections 4-5)")
     g.add_argument("--relaxed", action=argparse.BooleanOptionalAction, default=True,
                    help="relaxation branches on the node-update tensor products (--no-relaxed: plain SEGNN)")
     g.add_argument("--schedule", choices=("triangle", "decay", "constant", "cosine"), default=d["schedule"])
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lambda-lie", type=float, default=d["lambda_lie"])
     g.add_argument("--lambda-proj", type=float, default=d["lambda_proj"])
     g.add_argument("--branch-placement", choices=RELAXATION_PLACEMENTS, default="before_gate",
-                   help="the first node update's branch before its gate (method.md) or after it (as the "
+                   help="the first node update's branch before its gate (docs/method.md section 7) or after it (as the "
                         "relaxation paper's released code)")
     g.add_argument("--branch-bias", action=argparse.BooleanOptionalAction, default=True,
                    help="the branches' bias (--no-branch-bias: bias-free, as the released code)")

@@ -12,7 +12,7 @@ Two public on-disk layouts are read:
 
 Data are loaded into memory once per process (see :func:`load_modelnet40` and
 :func:`clear_cache`).  :func:`modelnet40_dataset` builds the training / evaluation pipeline
-of the paper (``docs/method.md`` section 6).
+of the paper (``docs/method.md`` section 9).
 
 Randomness in the pipeline.  Every random draw is stateless: each element's seed is
 ``fold_in(epoch_seed, shape_index)`` and every augmentation step uses its own slot of
@@ -429,7 +429,7 @@ def _rotate(points, rot):
 
 
 def _augment(points, rot, seed):
-    """The training augmentations of the paper, in order (``docs/method.md`` section 6)."""
+    """The training augmentations of the paper, in order (``docs/method.md`` section 9)."""
     s = tf.random.experimental.stateless_split(seed, num=5)
     uniform = tf.random.stateless_uniform
     points = points * uniform([3], s[0], 2.0 / 3.0, 1.5) + uniform([3], s[1], -0.2, 0.2)

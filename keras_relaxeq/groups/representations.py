@@ -203,8 +203,8 @@ def _map_lie_operators(in_rep: Representation, out_rep: Representation):
 
 def lie_derivative_of_map(kernel, in_rep: Representation, out_rep: Representation) -> np.ndarray:
     """``L_k(W) = G_in,k^T W - W G_out,k^T`` (``[3, D_in, D_out]``, float64) of the linear map
-    ``x -> x W``: the map is SO(3)-equivariant iff all three vanish (method.md's Lie derivative of
-    a linear branch, per unit input)."""
+    ``x -> x W``: the map is SO(3)-equivariant iff all three vanish (the Lie derivative of
+    docs/method.md section 3 of a linear branch, per unit input)."""
     return _map_lie_operators(in_rep, out_rep)[0](np.asarray(kernel, np.float64))
 
 

@@ -1,7 +1,7 @@
 """``RelaxedEquivariantLayer``: the base class of every relaxable layer.
 
 A subclass declares its input and output representations and its equivariant
-map.  With ``relaxed=True`` the base adds the relaxation branch of method.md
+map.  With ``relaxed=True`` the base adds the relaxation branch of docs/method.md
 section 2,
 
     f(x) = E(x) + theta * R(x),      R(x) = W flat(x) + b,

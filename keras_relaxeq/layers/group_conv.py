@@ -18,7 +18,7 @@ allowed on those only; :class:`RegularBatchNorm` normalises regular fields per f
 :class:`GroupPooling` turns them into invariant scalar fields.  Each layer infers its input multiplicity from the
 channels when ``in_type`` is one fibre name, so layers chain like ordinary convolutions.
 
-Relaxation (``relaxed=True``, method.md section 2 as in the paper's relaxed steerable CNN): the branch is an
+Relaxation (``relaxed=True``, docs/method.md section 2 as in the paper's relaxed steerable CNN): the branch is an
 ordinary convolution of the same kernel size, ``theta * (conv(x, W_R) + b_R)`` added before the activation,
 with ``W_R`` ``[k, k, C_in, C_out]`` named ``relaxation_kernel``.  Its "Lie" penalty is the generator defect
 ``||g.R(x) - R(g.x)||^2`` (:mod:`keras_relaxeq.layers.finite_group_penalties`); ``project()`` drops the branch.

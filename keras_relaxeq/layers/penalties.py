@@ -1,4 +1,4 @@
-"""The relaxation penalties of method.md section 3 and the collector that gathers them in a forward pass.
+"""The relaxation penalties of docs/method.md section 3 and the collector that gathers them in a forward pass.
 
 Each relaxed branch ``R(x)`` reports two sums over the (stop-gradient) rows ``x_p`` of its input:
 

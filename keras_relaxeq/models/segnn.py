@@ -2,7 +2,7 @@
 
 Mirrors github.com/RobDHess/Steerable-E3-GNN (``models/segnn/segnn.py`` with
 ``task="node"``, ``nbody/train_nbody.py``'s ``O3Transform``, ``main.py``'s N-body irreps)
-as used by the relaxation paper's N-body experiment (method.md section 6):
+as used by the relaxation paper's N-body experiment (docs/method.md section 9):
 
 * **Graph**: fully connected over the ``N`` particles without self loops
   (``N (N - 1)`` directed edges, 20 for 5 particles), built once from static index arrays;
@@ -30,7 +30,7 @@ as used by the relaxation paper's N-body experiment (method.md section 6):
 * **Hidden irreps**: weight-balanced (``--subspace_type=weightbalanced``): for 64 scalars and
   ``lmax_hidden = lmax_attr = 1`` that is ``32x0e+32x1o``.
 
-Relaxation (method.md): only the two node-update tensor products of every layer get a branch
+Relaxation (docs/method.md section 7): only the two node-update tensor products of every layer get a branch
 (``update_layer_1``'s tensor product and ``update_layer_2``), initialised ``N(0, 1e-4)``;
 every other tensor product is built with ``relaxed=False``.  ``2 * num_layers`` relaxed
 layers in all.  The published N-body runs use ``--norm=none``, hence ``norm=None`` by default.
@@ -195,7 +195,7 @@ class SEGNNLayer(keras.layers.Layer):
         num_nodes: nodes per graph (the graph is complete, without self loops).
         norm: None or ``"instance"``.
         relaxed, relaxation_initializer, lie_method, theta: relaxation of the update layers.
-        relaxation_placement: ``update_layer_1``'s branch before its gate (default, method.md)
+        relaxation_placement: ``update_layer_1``'s branch before its gate (default, docs/method.md section 7)
             or ``"after_gate"`` (as the relaxation paper's released code).
         relaxation_use_bias: the branches' bias (the released code's branches have none).
         layout: feature layout of ``x`` and of every sublayer (``"mul_ir"`` or ``"ir_mul"``).
@@ -316,7 +316,7 @@ def segnn(num_layers=4, hidden_features=64, lmax_hidden=1, lmax_attr=1, relaxed=
             minus the mean of its own x, y, z: *not* equivariant, for reproducing the reference).
         lie_method: how the Lie derivative is computed.
         relaxation_placement, relaxation_use_bias: the first update's branch before its gate
-            (default, method.md) or ``"after_gate"``, and the branches' bias; ``"after_gate"``
+            (default, docs/method.md section 7) or ``"after_gate"``, and the branches' bias; ``"after_gate"``
             without bias is the released code's branch placement (for comparisons).
         layout: feature layout inside the network: ``"ir_mul"`` (default; component-major blocks,
             the tensor products need no transposes: faster) or ``"mul_ir"`` (e3nn's).  Same

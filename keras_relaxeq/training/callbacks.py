@@ -1,7 +1,7 @@
 """``ProjectedValidation``: validate the *projected* model at each epoch end, and ``plot_history``.
 
 The quantity to select a checkpoint on is the accuracy of the exactly equivariant
-model ``project(model)`` (method.md section 5), not of the relaxed model::
+model ``project(model)`` (docs/method.md section 6), not of the relaxed model::
 
     callbacks = [
         ThetaScheduler("triangle", epochs=E),
@@ -126,7 +126,7 @@ class ProjectedValidation(keras.callbacks.Callback):
         prefix: key prefix (default ``"projected_"``).
         bn_reestimate: ``None`` (default, off) or the number of batches of ``bn_data`` over
             which the BatchNorm statistics of the projected model are re-estimated after
-            projection (method.md section 5), see :func:`reestimate_batchnorm`.
+            projection (docs/method.md section 6), see :func:`reestimate_batchnorm`.
         bn_data: training batches for the re-estimation (no augmentation needed, but use
             the training distribution, e.g. the train split with random rotations).
         bn_momentum: ``None`` (exact average of the batch statistics) or an EMA momentum.

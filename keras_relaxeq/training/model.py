@@ -6,7 +6,7 @@ or subclassed); ``model.fit`` then adds
     lambda_lie * sqrt(LD) + lambda_proj * sqrt(N)        (times theta with penalty_scale="theta")
 
 to the compiled loss, with ``LD`` and ``N`` summed over every relaxed layer of
-the model (one square root over the whole network, method.md section 3), and
+the model (one square root over the whole network, docs/method.md section 4), and
 logs ``lie_penalty`` = sqrt(LD) and ``projection_penalty`` = sqrt(N).  A training call
 ``model(x, training=True)`` attaches the sums it collected to its outputs, and ``compute_loss`` adds the
 penalty of the call that produced its ``y_pred`` (also in custom training loops).

@@ -1,4 +1,4 @@
-"""Theta schedules (method.md section 4) and the ``ThetaScheduler`` callback.
+"""Theta schedules (docs/method.md section 5) and the ``ThetaScheduler`` callback.
 
 Every schedule is a function of the (possibly fractional) epoch ``t`` in
 ``[0, epochs - 1]`` alone, like ``LearningRateScheduler``, so a resumed run

@@ -1,4 +1,4 @@
-"""The Lie-derivative and projection penalties (method.md section 3).
+"""The Lie-derivative and projection penalties (docs/method.md section 3).
 
 Checks: closed form == forward-mode JVP == double-backward tape; the Lie term is
 zero (to float error) for an equivariant branch and positive otherwise; both

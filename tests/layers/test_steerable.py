@@ -1,4 +1,4 @@
-"""Steerable O(3) layers (method.md sections 2, 3, 5; conventions.md "Layers", "Testing equivariance").
+"""Steerable O(3) layers (docs/method.md sections 2, 3, 6).
 
 Covers O3Linear, O3TensorProduct, Gate, O3TensorProductGate, SteerableNorm:
 

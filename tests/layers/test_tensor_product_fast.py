@@ -1,4 +1,4 @@
-"""The by-type tensor product (``_TypePlan``) against straightforward references, in float64.
+"""The by-type tensor product (``TypePlan``, layers/steerable/type_plan.py) against straightforward references, in float64.
 
 ``O3TensorProduct`` evaluates ``x (x) attr -> out`` by irrep type (merged blocks, attributes
 contracted with the CG tensors first or weights applied first, one matmul per type).  Here it

@@ -1,4 +1,4 @@
-"""Vector-neuron layers (method.md sections 2, 5, 7; conventions.md "Layers", "Testing equivariance").
+"""Vector-neuron layers (docs/method.md sections 2, 6, 10).
 
 Covers VNLinear, VNLeakyReLU, VNBatchNorm, VNMeanPool, VNMaxPool, VNStdFeature,
 VNGraphFeature / knn_graph_feature / knn_indices:

@@ -24,7 +24,7 @@ Layers (mirroring github.com/RobDHess/Steerable-E3-GNN ``models/segnn`` and e3nn
 * :class:`SteerableNorm`: SEGNN's ``InstanceNorm`` (``mode="instance"``) and e3nn's
   ``BatchNorm`` (``mode="batch"``) on irreps.
 
-Relaxation (method.md section 2): every layer with a linear map or tensor product is a
+Relaxation (docs/method.md section 2): every layer with a linear map or tensor product is a
 :class:`~keras_relaxeq.layers.base.RelaxedEquivariantLayer`; its branch is
 ``theta * (W flat(x) + b)`` from ``irreps_in1`` to the layer's output irreps and acts on the
 first input ``x`` only (not on the attributes): :meth:`IrrepsLayer.relaxation_inputs` picks it.

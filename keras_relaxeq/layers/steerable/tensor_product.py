@@ -160,7 +160,7 @@ class O3TensorProductGate(IrrepsLayer):
 
     Where the relaxation branch goes (``relaxation_placement``):
 
-    * ``"before_gate"`` (default, method.md section 2): the tensor product carries the branch,
+    * ``"before_gate"`` (default, docs/method.md section 7): the tensor product carries the branch,
       ``gate(TP(x, attr) + theta R(x))``;
     * ``"after_gate"``: this layer carries it, ``gate(TP(x, attr)) + theta R(x)`` with
       ``R: irreps_in1 -> irreps_out`` (the relaxation paper's released SEGNN code adds its

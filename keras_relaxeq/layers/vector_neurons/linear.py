@@ -141,7 +141,7 @@ def fused_vn_maps(maps, x, mean=None):
 
 @register
 class VNLinear(_VectorLayer):
-    """``V' = W V``: mixes channels of vector features, no bias (method.md section 7).
+    """``V' = W V``: mixes channels of vector features, no bias (docs/method.md section 10).
 
     Args:
         channels: output channels.
