@@ -36,7 +36,7 @@ setup(
         "importlib_resources>=6",  # imported by tensorflow-datasets builders, not declared by it
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff==0.14.14"],
         "smoke": ["phiflow==3.4.0"],  # generates the 2D smoke plume data sets (keras_relaxeq.datasets.smoke_plume)
     },
     entry_points={"console_scripts": ["relaxeq=keras_relaxeq.cli:main"]},

@@ -122,6 +122,7 @@ def _setup_tf(args):
 # --------------------------------------------------------------------------- model and data
 def build_model(variant, args, jit):
     import keras
+
     from keras_relaxeq.layers import VNLeakyReLU, VNLinear, VNMeanPool, VNStdFeature
     from keras_relaxeq.training.model import RelaxedModel
 
@@ -235,6 +236,7 @@ def _isolated_functions(layer, flat):
     """tf.functions timing the pieces of one relaxed linear map (closures, not default args:
     tf.function would turn default-argument variables into inputs and lose their gradients)."""
     import tensorflow as tf
+
     from keras_relaxeq.layers.base import autodiff_branch_penalties, gram_statistics, linear_branch_penalties
 
     w, b = layer.relaxation_kernel, layer.relaxation_bias
@@ -275,6 +277,7 @@ def _isolated_functions(layer, flat):
 def run_breakdown(args, model, batch, repeats, inner=2):
     """Per relaxed linear map: isolated cost of Gram, closed form, JVP and the branch."""
     import tensorflow as tf
+
     from keras_relaxeq.layers.relaxation import relaxed_layers
 
     # Record the input of every relaxed map in one inference pass.

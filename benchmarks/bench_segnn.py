@@ -75,6 +75,7 @@ def build_parser():
 
 def build(relaxed, args, layout="ir_mul"):
     import keras
+
     import keras_relaxeq as kr
     from keras_relaxeq.models.segnn import segnn
 
@@ -114,6 +115,7 @@ def main(argv=None):
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     import keras
+
     from keras_relaxeq.datasets.nbody import nbody_dataset
     from keras_relaxeq.layers.relaxation import relaxed_layers
 

@@ -109,15 +109,17 @@ def main(argv=None):
             cpu[arm].append((time.process_time() - c0) / args.steps)
     base = statistics.median(wall["equivariant"]) if "equivariant" in wall else None
     rows = []
-    print(f"\nwidth {args.width} ({max(1, round(92 * args.width))} regular fields), grid {args.grid}, batch {args.batch}, "
-          f"{args.output_length}-step rollouts, XLA {'on' if args.jit else 'off'}")
-    print(f"{'arm':16s} {'s/step':>8s} {'IQR':>15s} {'CPU s/step':>10s} {'x equiv':>8s} {'epoch min':>9s} {'params':>10s}")
+    print(f"\nwidth {args.width} ({max(1, round(92 * args.width))} regular fields), grid {args.grid}, "
+          f"batch {args.batch}, {args.output_length}-step rollouts, XLA {'on' if args.jit else 'off'}")
+    header = ("arm", "s/step", "IQR", "CPU s/step", "x equiv", "epoch min", "params")
+    print("{:16s} {:>8s} {:>15s} {:>10s} {:>8s} {:>9s} {:>10s}".format(*header))
     for arm in arms:
         med = statistics.median(wall[arm])
         q25, _, q75 = quantiles(wall[arm])
         ratio = med / base if base else None
-        row = {"arm": arm, "wall_s_per_step": med, "wall_iqr": [q25, q75], "cpu_s_per_step": statistics.median(cpu[arm]),
-               "ratio_to_equivariant": ratio, "epoch_minutes": med * args.epoch_steps / 60, "params": params[arm]}
+        row = {"arm": arm, "wall_s_per_step": med, "wall_iqr": [q25, q75],
+               "cpu_s_per_step": statistics.median(cpu[arm]), "ratio_to_equivariant": ratio,
+               "epoch_minutes": med * args.epoch_steps / 60, "params": params[arm]}
         rows.append(row)
         print(f"{arm:16s} {med:8.3f} {q25:7.3f}-{q75:<7.3f} {row['cpu_s_per_step']:10.3f} "
               f"{'' if ratio is None else f'{ratio:8.2f}'} {row['epoch_minutes']:9.1f} {params[arm]:10,d}")

@@ -58,7 +58,12 @@ import subprocess
 import sys
 import time
 
-from _common import answer_timing_requests, machine_info, peak_rss_mib, quantiles  # noqa: E402  (benchmarks/ is sys.path[0])
+from _common import (  # noqa: E402  (benchmarks/ is sys.path[0])
+    answer_timing_requests,
+    machine_info,
+    peak_rss_mib,
+    quantiles,
+)
 
 #: Published PyTorch VN-PointNet, 1024 points, batch 32, on this machine type (seconds per batch).
 PYTORCH_REFERENCE_1024_B32 = {"plain": 32.0, "relaxed": 102.0, "projected": 16.0}
@@ -187,6 +192,7 @@ def _split_variant(variant, args):
 
 def build_model(args, relaxed, jit=False, rank=None, bf16=False):
     import keras
+
     import keras_relaxeq as kr
     from keras_relaxeq.models.vn_dgcnn import vn_dgcnn
     from keras_relaxeq.models.vn_pointnet import vn_pointnet
@@ -211,6 +217,7 @@ def worker(args):
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     import keras
+
     import keras_relaxeq as kr
     from keras_relaxeq.layers.relaxation import relaxed_layers
 
@@ -349,7 +356,8 @@ def main(argv=None):
         infos[v] = w.recv()["ready"]
         workers[v] = w
         print(f"  ready {v:<9s} build+warm-up {infos[v]['build_warmup_s']:6.1f} s, {infos[v]['params']:,} params, "
-              f"{infos[v]['relaxed_layers']} relaxed layers, counted {infos[v].get('flops_step', 0) / 1e9:.1f} GFLOP/step",
+              f"{infos[v]['relaxed_layers']} relaxed layers, "
+              f"counted {infos[v].get('flops_step', 0) / 1e9:.1f} GFLOP/step",
               flush=True)
     times = {v: [] for v in variants}
     loads = []
@@ -385,7 +393,8 @@ def main(argv=None):
             res["pytorch_reference_s"] = ref
             res["ours_over_pytorch"] = med / 1000.0 / ref
         results[v] = res
-    summary = {"config": {k: v for k, v in vars(args).items() if k != "worker"}, "command": "python benchmarks/bench_vn_models.py " + " ".join(sys.argv[1:]),
+    summary = {"config": {k: v for k, v in vars(args).items() if k != "worker"},
+               "command": "python benchmarks/bench_vn_models.py " + " ".join(sys.argv[1:]),
         "results": results, "load_average_start": load_start, "load_average_rounds": loads,
         "load_average_end": os.getloadavg(),
         "machine": machine_info()}

@@ -42,6 +42,7 @@ def parse_variant(variant):
 
 def build(args, variant):
     import keras
+
     import keras_relaxeq as kr
     from keras_relaxeq.models.vn_dgcnn import vn_dgcnn
     from keras_relaxeq.models.vn_pointnet import vn_pointnet

@@ -42,7 +42,13 @@ import math
 import sys
 import time
 
-from keras_relaxeq.training.recipe import check_strategy_options, make_strategy, prepare_output_dir, read_csv_history, run_callbacks
+from keras_relaxeq.training.recipe import (
+    check_strategy_options,
+    make_strategy,
+    prepare_output_dir,
+    read_csv_history,
+    run_callbacks,
+)
 
 MODELS = ("vn_pointnet", "vn_dgcnn", "vn_classifier")
 #: this recipe, as recorded in summary.json (``relaxeq zoo publish`` reads it)
@@ -232,6 +238,7 @@ def build_model(cfg):
 
 def make_datasets(cfg):
     import tensorflow as tf
+
     from keras_relaxeq.datasets.modelnet40 import modelnet40_dataset, recipe_validation_dataset
 
     common = dict(num_points=cfg["points"], rotation=cfg["rotation"], data_dir=cfg["data_dir"],
@@ -285,7 +292,6 @@ def main(argv=None) -> dict:
     import keras
     import numpy as np
 
-    import keras_relaxeq as kr
     from keras_relaxeq.testing import check_equivariance
     from keras_relaxeq.training.backup import CountedDataset
     from keras_relaxeq.training.callbacks import ProjectedValidation, plot_history

@@ -129,8 +129,12 @@ def main(argv=None) -> list[dict]:
         raise SystemExit(f"{run_dir} is a --no-relaxed run: it has no relaxation branch to report on.")
 
     from keras_relaxeq.layers import set_theta
-    from keras_relaxeq.training import branch_gradient_report, format_branch_gradient_report, \
-        format_relaxation_report, relaxation_report
+    from keras_relaxeq.training import (
+        branch_gradient_report,
+        format_branch_gradient_report,
+        format_relaxation_report,
+        relaxation_report,
+    )
 
     model, source = load_checkpoint(recipe, cfg, run_dir, args.checkpoint)
     if args.random_branches:

@@ -59,7 +59,13 @@ from pathlib import Path
 
 from keras_relaxeq.layers.steerable import RELAXATION_PLACEMENTS
 from keras_relaxeq.models.segnn import CENTRINGS
-from keras_relaxeq.training.recipe import check_strategy_options, make_strategy, prepare_output_dir, read_csv_history, run_callbacks
+from keras_relaxeq.training.recipe import (
+    check_strategy_options,
+    make_strategy,
+    prepare_output_dir,
+    read_csv_history,
+    run_callbacks,
+)
 
 #: published settings of the relaxation paper's N-body run (docs/method.md section 9, SEGNN README)
 DEFAULTS = dict(epochs=1000, batch=100, lr=5e-4, weight_decay=1e-12, lambda_lie=0.01, lambda_proj=0.01,
@@ -354,8 +360,8 @@ def main(argv=None) -> dict:
     if cfg["verbose"] and chief:
         print(f"best projected val MSE {best_val} (epoch {summary['best_epoch']}); test MSE of the best projected "
               f"model {best_test:.5f}; O(3) error {equivariance['o3_max_error']:.2e}, translation error "
-              f"{equivariance['translation_max_error']:.2e}; strategy {cfg['strategy']} ({summary['num_replicas']} replicas, "
-              f"global batch {cfg['batch']}); summary: {out / 'summary.json'}")
+              f"{equivariance['translation_max_error']:.2e}; strategy {cfg['strategy']} "
+              f"({summary['num_replicas']} replicas, global batch {cfg['batch']}); summary: {out / 'summary.json'}")
     return summary
 
 

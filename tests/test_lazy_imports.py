@@ -103,7 +103,7 @@ def test_lazy_attributes_in_process():
     assert kr.project is kr.export.project
     assert kr.__version__
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
-        kr.nope
+        kr.nope  # noqa: B018 (the attribute access raises)
     from keras_relaxeq import ThetaScheduler, datasets
 
     assert ThetaScheduler is kr.training.ThetaScheduler and datasets.__name__ == "keras_relaxeq.datasets"

@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 TIMEOUT = 600  # importing TF + keras_relaxeq alone takes 20-60 s on 2 busy cores; the run ~1-2 min

@@ -1,13 +1,11 @@
 """recipes/smoke_plume.py on a stand-in data set (8x8 grid, random fields): train, select, evaluate, resume."""
 
 import importlib.util
-import json
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from keras_relaxeq.datasets import smoke_plume as sp
 from keras_relaxeq.models.smoke_plume import rollout_rmse

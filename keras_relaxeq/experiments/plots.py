@@ -206,7 +206,7 @@ def plot_sweep(curves, result, exp: Experiment, path: Path) -> list[str]:
                 ax.plot(np.arange(1, n + 1), mean, color=color, lw=lw, alpha=alpha,
                         label=f"{arm}, {name}" + (f" (mean of {len(data)})" if len(data) > 1 else ""))
                 if key == exp.curve:
-                    for (v, a, seed), epoch in best.items():
+                    for (v, a, _seed), epoch in best.items():
                         if v == value and a == arm and epoch and epoch <= n:
                             ax.plot([epoch], [mean[epoch - 1]], marker=markers.get(arm, "v"), ms=8, color=color,
                                     mec="black", mew=0.5, alpha=0.8, ls="none")

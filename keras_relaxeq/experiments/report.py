@@ -10,8 +10,18 @@ from __future__ import annotations
 import json
 import math
 
-from keras_relaxeq.experiments.plan import (Comparison, Experiment, Metric, epochs_of, output_stem, parse_sweep,
-                                            report_dir, run_dirs, run_progress, selected_epochs)
+from keras_relaxeq.experiments.plan import (
+    Comparison,
+    Experiment,
+    Metric,
+    epochs_of,
+    output_stem,
+    parse_sweep,
+    report_dir,
+    run_dirs,
+    run_progress,
+    selected_epochs,
+)
 from keras_relaxeq.experiments.records import load_summary, read_log, read_relaxation
 
 

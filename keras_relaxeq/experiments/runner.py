@@ -16,8 +16,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from keras_relaxeq.experiments.plan import (Comparison, baseline_values, command, epochs_of, jobs_of, output_stem,
-                                            report_dir, run_name)
+from keras_relaxeq.experiments.plan import (
+    Comparison,
+    baseline_values,
+    command,
+    epochs_of,
+    jobs_of,
+    output_stem,
+    report_dir,
+    run_name,
+)
 from keras_relaxeq.experiments.records import export_runs, import_runs, load_summary
 from keras_relaxeq.experiments.report import aggregate
 

@@ -5,8 +5,8 @@ file, add or replace entries by name and write it atomically, keeping the other 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from keras_relaxeq.utils import atomic_write
 

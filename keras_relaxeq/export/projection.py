@@ -21,7 +21,6 @@ import keras
 from keras_relaxeq.layers.base import RelaxedEquivariantLayer, plain_layers
 from keras_relaxeq.layers.relaxation import relaxed_layers
 
-
 #: registered names of the package's training models, returned as plain functional ``keras.Model`` by ``project``
 RELAXED_MODEL_NAMES = ("keras_relaxeq>RelaxedModel",)
 

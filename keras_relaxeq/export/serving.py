@@ -28,8 +28,9 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from keras_relaxeq.export.models_config import (  # noqa: F401  (re-exported: this module's API)
     MODELS_CONFIG,

@@ -39,7 +39,7 @@ def is_allowed(l1: int, l2: int, l3: int) -> bool:
     return min(l1, l2, l3) >= 0 and abs(l1 - l2) <= l3 <= l1 + l2
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def clebsch_gordan(l1: int, l2: int, l3: int) -> np.ndarray:
     """Real CG tensor ``[2l1+1, 2l2+1, 2l3+1]`` (float64, read-only, cached); zeros if forbidden."""
     for l in (l1, l2, l3):

@@ -226,15 +226,15 @@ class FieldType:
                 raise ValueError(f"Fibre {f} is a representation of {f.group}, not of {self.group}.")
 
     @classmethod
-    def trivial(cls, group, multiplicity: int = 1) -> "FieldType":
+    def trivial(cls, group, multiplicity: int = 1) -> FieldType:
         return cls(group, ["trivial"] * multiplicity)
 
     @classmethod
-    def vector(cls, group, multiplicity: int = 1) -> "FieldType":
+    def vector(cls, group, multiplicity: int = 1) -> FieldType:
         return cls(group, ["vector"] * multiplicity)
 
     @classmethod
-    def regular(cls, group, multiplicity: int = 1) -> "FieldType":
+    def regular(cls, group, multiplicity: int = 1) -> FieldType:
         return cls(group, ["regular"] * multiplicity)
 
     @property
@@ -277,7 +277,7 @@ class FieldType:
         _check_square(x)
         return self.act_fibre(g, rotate_grid(x, k))
 
-    def __add__(self, other: "FieldType") -> "FieldType":
+    def __add__(self, other: FieldType) -> FieldType:
         if not isinstance(other, FieldType) or other.group != self.group:
             raise ValueError(f"Only field types of the same group add up (direct sum); got {self} + {other}.")
         return FieldType(self.group, self.fibres + other.fibres)

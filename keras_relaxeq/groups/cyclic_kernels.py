@@ -209,7 +209,7 @@ def _group_average(op: np.ndarray, order: int) -> np.ndarray:
     return avg / order
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _kernel_basis_cached(in_fibre: FibreRep, out_fibre: FibreRep, kernel_size: int) -> np.ndarray:
     op = kernel_operator(in_fibre, out_fibre, kernel_size)
     basis = _orthonormal_columns(_group_average(op, in_fibre.group.order))

@@ -34,7 +34,7 @@ All of them are importable from :mod:`keras_relaxeq.groups`.
 from __future__ import annotations
 
 import collections
-from typing import Iterator, List, Union
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -49,7 +49,7 @@ class Irrep(tuple):
     representation.  Irreps compare and sort as the tuple ``(l, p)``.
     """
 
-    def __new__(cls, l: Union[int, str, tuple, "Irrep"], p: int | None = None):
+    def __new__(cls, l: int | str | tuple | Irrep, p: int | None = None):
         if p is None:
             if isinstance(l, Irrep):
                 return l
@@ -94,19 +94,19 @@ class Irrep(tuple):
 
     __str__ = __repr__
 
-    def __mul__(self, other) -> Iterator["Irrep"]:
+    def __mul__(self, other) -> Iterator[Irrep]:
         """The irreps in the tensor product ``self (x) other``: ``|l1-l2| .. l1+l2`` with ``p1 p2``."""
         other = Irrep(other)
         p = self.p * other.p
         return iter([Irrep(l, p) for l in range(abs(self.l - other.l), self.l + other.l + 1)])
 
-    def __rmul__(self, mul) -> "Irreps":
+    def __rmul__(self, mul) -> Irreps:
         """``3 * Irrep("1o") == Irreps("3x1o")``."""
         if not isinstance(mul, (int, np.integer)):
             return NotImplemented
         return Irreps([(int(mul), self)])
 
-    def __add__(self, other) -> "Irreps":
+    def __add__(self, other) -> Irreps:
         return Irreps(self) + Irreps(other)
 
     def D_from_matrix(self, matrices, dtype=None):
@@ -170,7 +170,7 @@ class Irreps(tuple):
     def __new__(cls, irreps=None):
         if isinstance(irreps, Irreps):
             return super().__new__(cls, irreps)
-        out: List[MulIrrep] = []
+        out: list[MulIrrep] = []
         if irreps is None:
             pass
         elif isinstance(irreps, Irrep):
@@ -204,7 +204,7 @@ class Irreps(tuple):
 
     # -- constructors -------------------------------------------------------------------------
     @staticmethod
-    def spherical_harmonics(lmax: int, p: int = -1) -> "Irreps":
+    def spherical_harmonics(lmax: int, p: int = -1) -> Irreps:
         """``1x0e+1x1o+1x2e+...`` up to ``lmax`` (degree ``l`` has parity ``p ** l``)."""
         if p not in (1, -1):
             raise ValueError(f"p must be +1 or -1, got {p!r}.")
@@ -221,7 +221,7 @@ class Irreps(tuple):
         return sum(mul for mul, _ in self)
 
     @property
-    def ls(self) -> List[int]:
+    def ls(self) -> list[int]:
         return [ir.l for mul, ir in self for _ in range(mul)]
 
     @property
@@ -230,7 +230,7 @@ class Irreps(tuple):
             raise ValueError("lmax of an empty Irreps is undefined.")
         return max(self.ls)
 
-    def slices(self) -> List[slice]:
+    def slices(self) -> list[slice]:
         """Slice of the feature axis holding each ``(mul, irrep)`` block."""
         out, start = [], 0
         for mul_ir in self:
@@ -251,9 +251,9 @@ class Irreps(tuple):
         return any(other == ir for _, other in self)
 
     # -- manipulation ---------------------------------------------------------------------------
-    def simplify(self) -> "Irreps":
+    def simplify(self) -> Irreps:
         """Merge neighbouring equal irreps and drop zero multiplicities (does not sort)."""
-        out: List[list] = []
+        out: list[list] = []
         for mul, ir in self:
             if mul == 0:
                 continue
@@ -263,7 +263,7 @@ class Irreps(tuple):
                 out.append([mul, ir])
         return Irreps([(mul, ir) for mul, ir in out])
 
-    def remove_zero_multiplicities(self) -> "Irreps":
+    def remove_zero_multiplicities(self) -> Irreps:
         return Irreps([(mul, ir) for mul, ir in self if mul > 0])
 
     def sort(self) -> SortResult:
@@ -282,13 +282,13 @@ class Irreps(tuple):
         item = super().__getitem__(i)
         return Irreps(item) if isinstance(i, slice) else item
 
-    def __add__(self, other) -> "Irreps":
+    def __add__(self, other) -> Irreps:
         return Irreps(tuple(self) + tuple(Irreps(other)))
 
-    def __radd__(self, other) -> "Irreps":
+    def __radd__(self, other) -> Irreps:
         return Irreps(other) + self
 
-    def __mul__(self, n) -> "Irreps":
+    def __mul__(self, n) -> Irreps:
         """Repetition: ``Irreps("0e+1o") * 2 == Irreps("0e+1o+0e+1o")``."""
         if not isinstance(n, (int, np.integer)):
             return NotImplemented

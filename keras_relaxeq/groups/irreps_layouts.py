@@ -7,7 +7,6 @@ import tensorflow as tf
 
 from keras_relaxeq.groups.irreps import Irreps
 
-
 #: feature layouts of a ``(mul, ir)`` block: copy-major ``"mul_ir"`` (e3nn, index ``u * d + i``) or
 #: component-major ``"ir_mul"`` (cuequivariance's ``ir_mul``, index ``i * mul + u``)
 LAYOUTS = ("mul_ir", "ir_mul")

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from keras_relaxeq.groups.irreps import Irreps
 from keras_relaxeq.groups.irreps_layouts import check_layout
-from keras_relaxeq.groups.o3_matrices import irreps_matrix, irrep_matrix, split_o3
+from keras_relaxeq.groups.o3_matrices import irrep_matrix, irreps_matrix, split_o3
 from keras_relaxeq.groups.representations import Representation
 from keras_relaxeq.groups.so3 import so3_generators_numpy
 

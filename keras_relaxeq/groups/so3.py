@@ -68,7 +68,7 @@ def _complex_to_real(l: int) -> np.ndarray:
     return q
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _so3_generators_np(l: int) -> np.ndarray:
     if l < 0 or int(l) != l:
         raise ValueError(f"The degree l of an SO(3) irrep must be a non-negative integer, got {l!r}.")

@@ -52,7 +52,7 @@ def _m0_index(l: int) -> int:
     return 2 if l == 1 else l
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sh_coefficients(l: int) -> np.ndarray:
     """``C_l``, ``[2l+1, n_monomials]`` float64 with component normalisation."""
     mons = _monomials(l)

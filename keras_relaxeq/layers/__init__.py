@@ -1,6 +1,14 @@
 """Relaxable equivariant layers: the base class and the layer families."""
 
 from keras_relaxeq.layers.base import RelaxedEquivariantLayer, plain_layers
+from keras_relaxeq.layers.group_conv import (
+    CyclicConv2D,
+    GroupConv2D,
+    GroupPooling,
+    LiftingConv2D,
+    ProjectionConv2D,
+    RegularBatchNorm,
+)
 from keras_relaxeq.layers.penalties import (
     PenaltyCollector,
     autodiff_branch_penalties,
@@ -10,6 +18,15 @@ from keras_relaxeq.layers.penalties import (
     safe_sqrt,
 )
 from keras_relaxeq.layers.relaxation import get_theta, relaxed_layers, set_theta, transfer_weights
+from keras_relaxeq.layers.rsteer import RSteerConv2D
+from keras_relaxeq.layers.steerable import (
+    Gate,
+    O3Linear,
+    O3TensorProduct,
+    O3TensorProductGate,
+    SteerableNorm,
+    gate_irreps,
+)
 from keras_relaxeq.layers.vector_neurons import (
     TorchBatchNormalization,
     VNBatchNorm,
@@ -22,20 +39,3 @@ from keras_relaxeq.layers.vector_neurons import (
     knn_graph_feature,
     knn_indices,
 )
-from keras_relaxeq.layers.steerable import (
-    Gate,
-    O3Linear,
-    O3TensorProduct,
-    O3TensorProductGate,
-    SteerableNorm,
-    gate_irreps,
-)
-from keras_relaxeq.layers.group_conv import (
-    CyclicConv2D,
-    GroupConv2D,
-    GroupPooling,
-    LiftingConv2D,
-    ProjectionConv2D,
-    RegularBatchNorm,
-)
-from keras_relaxeq.layers.rsteer import RSteerConv2D

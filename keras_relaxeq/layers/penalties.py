@@ -63,7 +63,7 @@ class PenaltyCollector:
         self.projection.append(projection)
         self.activations.append(activations)
 
-    def extend(self, other: "PenaltyCollector"):
+    def extend(self, other: PenaltyCollector):
         self.layers.extend(other.layers)
         self.lie.extend(other.lie)
         self.projection.extend(other.projection)

@@ -1,5 +1,6 @@
 """Model-level relaxation helpers: find the relaxed layers of a model, read and set their ``theta``, copy
-weights between feature layouts, and build layers without relaxation branches (:func:`plain_layers`, defined with the layer class)."""
+weights between feature layouts (``plain_layers``, which builds layers without branches, lives with the layer
+class in :mod:`keras_relaxeq.layers.base` and is importable from here too)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import keras
 import tensorflow as tf
 
 from keras_relaxeq.layers.base import RelaxedEquivariantLayer, plain_layers  # noqa: F401 (plain_layers re-exported)
+
 
 def relaxed_layers(model_or_layer):
     """All relaxed layers with their own branch inside ``model_or_layer`` (itself included)."""

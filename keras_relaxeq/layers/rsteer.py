@@ -87,7 +87,7 @@ class RSteerConv2D(CyclicConv2D):
         return outputs
 
     @classmethod
-    def from_equivariant(cls, layer: CyclicConv2D, **kwargs) -> "RSteerConv2D":
+    def from_equivariant(cls, layer: CyclicConv2D, **kwargs) -> RSteerConv2D:
         """An RSteer layer whose coefficients are ``layer``'s, constant over the taps (so the same kernel), built."""
         config = layer.get_config()
         for key in ("name", "filters"):

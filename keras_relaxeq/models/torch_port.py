@@ -262,7 +262,7 @@ def vn_pointnet_from_torch_state_dict(state_dict, num_classes=None, relaxed=Fals
     for variable, value in assignments:
         variable.assign(value.astype(variable.dtype))
     if load_relaxation:
-        for prefix, path in VN_BLOCKS.items():
+        for _prefix, path in VN_BLOCKS.items():
             bias = getattr(_resolve(model, path + ("map_to_dir",)), "relaxation_bias", None)
             if bias is not None:  # dense_map_to_dir has no bias
                 bias.assign(np.zeros(bias.shape, bias.dtype))

@@ -5,7 +5,7 @@ equivariance check under a group (``"SO3"``, ``"O3"``, ``"SE3"``, ``"E3"`` or a 
 ``CyclicGridAction`` for C_N on 2D grids, ``ScaleAction`` for dilations).
 """
 
-from keras_relaxeq.testing.report import TOLERANCES, EquivarianceReport
+from keras_relaxeq.testing.cyclic import assert_cyclic_equivariant, check_cyclic_equivariance
 from keras_relaxeq.testing.equivariance import (
     GROUPS,
     PositionRep,
@@ -15,7 +15,6 @@ from keras_relaxeq.testing.equivariance import (
     check_invariance,
     e3_equivariance_errors,
 )
-from keras_relaxeq.testing.cyclic import assert_cyclic_equivariant, check_cyclic_equivariance
 from keras_relaxeq.testing.group_actions import (
     CyclicGridAction,
     EuclideanAction,
@@ -25,3 +24,4 @@ from keras_relaxeq.testing.group_actions import (
     check_action_equivariance,
 )
 from keras_relaxeq.testing.layer_test import LayerTestResult, run_layer_test
+from keras_relaxeq.testing.report import TOLERANCES, EquivarianceReport

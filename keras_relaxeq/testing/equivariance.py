@@ -21,7 +21,6 @@ to the scale of the outputs:
 
 from __future__ import annotations
 
-
 import numpy as np
 import tensorflow as tf
 

@@ -10,5 +10,5 @@ from keras_relaxeq.training.diagnostics import (
     relaxation_report,
 )
 from keras_relaxeq.training.model import RelaxedModel
+from keras_relaxeq.training.optimizers import SGDL2, AdamL2, CoupledL2, with_coupled_l2
 from keras_relaxeq.training.schedules import SCHEDULES, ThetaScheduler, get_schedule
-from keras_relaxeq.training.optimizers import AdamL2, CoupledL2, SGDL2, with_coupled_l2

@@ -232,9 +232,9 @@ def branch_gradient_report(model, data, loss=None, num_batches: int | None = 10)
             default: the model's compiled loss.
         num_batches: batches to use (None: all of ``data``).
     """
-    from keras_relaxeq.groups.representations import equivariant_projection
-
     import numpy as np
+
+    from keras_relaxeq.groups.representations import equivariant_projection
 
     layers = relaxed_layers(model)
     if not layers:

@@ -138,12 +138,13 @@ class ThetaScheduler(keras.callbacks.Callback):
         self._fn = None
         self._layers = [l for l in relaxed_layers(self.model) if l.theta is not None]
         if not self._layers:
-            warnings.warn("ThetaScheduler: the model has no relaxed layers (relaxed=True); theta is not used.")
+            warnings.warn("ThetaScheduler: the model has no relaxed layers (relaxed=True); theta is not used.",
+                          stacklevel=2)
             return
         steps = (self.params or {}).get("steps")
         if self.per_step and not steps:
             warnings.warn("ThetaScheduler(per_step=True): the number of steps per epoch is unknown; "
-                          "theta is updated per epoch instead.")
+                          "theta is updated per epoch instead.", stacklevel=2)
         if not any(self.theta_at(t) != 0.0 for t in self._schedule_points(steps if self.per_step else None)):
             warnings.warn(self._always_zero_message(), stacklevel=2)
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Union
 
 _CHUNK = 1 << 20
 
-Content = Union[str, bytes, Callable]
+Content = str | bytes | Callable
 
 
 def is_local_path(path) -> bool:

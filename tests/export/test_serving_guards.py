@@ -63,7 +63,7 @@ with tf.compat.v1.Session(graph=tf.Graph()) as sess:
             out["session/" + name] = ["error", exc.message]
 out["imported_keras_relaxeq"] = any(m.startswith("keras_relaxeq") for m in sys.modules)
 print(json.dumps(out))
-""" % (NUM_POINTS, CASES)
+""" % (NUM_POINTS, CASES)  # noqa: UP031 (a script template)
 
 
 def tiny_classifier(seed=0):

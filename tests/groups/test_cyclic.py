@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from keras_relaxeq.groups.cyclic import CyclicGroup, FibreRep, FieldType, equivariance_defect, rotate_grid
 
+
 def _field_types(n):
     types = [FieldType(n, ["trivial"]), FieldType(n, ["vector"]), FieldType(n, ["regular"]),
              FieldType(n, ["vector", "regular", "trivial", "vector"])]

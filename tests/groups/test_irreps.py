@@ -21,7 +21,6 @@ from keras_relaxeq.groups import (
     wigner_D,
 )
 
-
 # --------------------------------------------------------------------------------------------
 # Irrep / Irreps
 # --------------------------------------------------------------------------------------------
@@ -83,7 +82,7 @@ def test_irreps_iteration_slices_and_arithmetic():
     assert Irreps("0o+0e").sort().irreps == "0o+0e"  # odd before even at equal l
     assert Irreps("") == Irreps() and Irreps().dim == 0
     with pytest.raises(ValueError):
-        Irreps("").lmax
+        Irreps("").lmax  # noqa: B018 (the property raises)
     for bad in ["32x", "x0e", "2x3q", "1.5x0e", "-1x0e"]:
         with pytest.raises(ValueError):
             Irreps(bad)

@@ -13,6 +13,7 @@ import tensorflow as tf
 from keras_relaxeq.groups.cyclic import FibreRep, FieldType
 from keras_relaxeq.groups.cyclic_kernels import FieldRep, equivariant_kernel_basis
 from keras_relaxeq.layers import RelaxedEquivariantLayer, collect_relaxation_penalties
+from keras_relaxeq.layers.base import gram_statistics
 from keras_relaxeq.layers.finite_group_penalties import (
     conv_branch_defect,
     dense_branch_defect,
@@ -21,7 +22,6 @@ from keras_relaxeq.layers.finite_group_penalties import (
     generic_pointwise_defect,
     reference_rot90_penalty,
 )
-from keras_relaxeq.layers.base import gram_statistics
 from keras_relaxeq.layers.group_conv import CyclicConv2D, GroupConv2D
 
 TYPES = [

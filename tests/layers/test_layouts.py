@@ -13,10 +13,10 @@
 
 import functools
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
 
 from keras_relaxeq.groups import (
     Irreps,

@@ -16,7 +16,7 @@ import tensorflow as tf
 import keras_relaxeq as kr
 from keras_relaxeq.groups import so3_generators_numpy
 from keras_relaxeq.layers import VNLeakyReLU, VNLinear, collect_relaxation_penalties
-from keras_relaxeq.layers.base import low_rank_branch_penalties, gram_statistics
+from keras_relaxeq.layers.base import gram_statistics, low_rank_branch_penalties
 from keras_relaxeq.layers.relaxation import relaxed_layers
 from keras_relaxeq.testing import run_layer_test
 

@@ -16,12 +16,13 @@ Layers run in float64 (``dtype="float64"``) so the equivariance tolerance is ~1e
 import functools
 import math
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
+from tp_reference import reference_tp
 
-from keras_relaxeq.groups import IrrepsRep, Irreps, clebsch_gordan_for_irreps, fully_connected_tp_num_weights
+from keras_relaxeq.groups import Irreps, IrrepsRep, fully_connected_tp_num_weights
 from keras_relaxeq.layers import collect_relaxation_penalties, get_theta, relaxed_layers, set_theta
 from keras_relaxeq.layers.steerable import (
     Gate,
@@ -32,7 +33,6 @@ from keras_relaxeq.layers.steerable import (
     gate_irreps,
 )
 from keras_relaxeq.testing import assert_equivariant, check_equivariance, run_layer_test
-from tp_reference import reference_tp
 
 IN1 = "2x0e+2x1o+1x1e"  # dim 11; 1e so that 0o and parity-flipped paths exist
 ATTR = "1x0e+1x1o"  # spherical harmonics up to l = 1
@@ -229,7 +229,7 @@ def test_tensor_product_segnn_initialisation():
     k = np_(layer.kernel)
     plan = layer.plan
     assert np.all(np.abs(k) <= plan.init_scales + 1e-12)
-    for sl, (i1, i2, io) in zip(plan.path_slices, plan.instructions):
+    for sl, (_i1, _i2, io) in zip(plan.path_slices, plan.instructions):
         bound = 1 / math.sqrt(plan.fan_in[io])
         assert np.abs(k[sl]).max() > 0.3 * bound  # really drawn up to the bound
     # fan-in of 0e outputs: 8x0e(x)0e + 4x1o(x)1o = 8 + 4
@@ -256,7 +256,7 @@ def test_linear_matches_numpy():
                 off += mi * mo
     ref, ib = [], 0
     xn = np_(x)
-    for o, (so, (mo, ro)) in enumerate(zip(outs.slices(), outs)):
+    for o, (_so, (mo, ro)) in enumerate(zip(outs.slices(), outs)):
         block = np.zeros(LEAD + (mo, ro.dim))
         fan = sum(m for m, r in ins if r == ro)
         for i, (si, (mi, ri)) in enumerate(zip(ins.slices(), ins)):

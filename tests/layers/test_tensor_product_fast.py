@@ -1,4 +1,4 @@
-"""The by-type tensor product (``TypePlan``, layers/steerable/type_plan.py) against straightforward references, in float64.
+"""The by-type tensor product (``TypePlan``, layers/steerable/type_plan.py) against plain references, in float64.
 
 ``O3TensorProduct`` evaluates ``x (x) attr -> out`` by irrep type (merged blocks, attributes
 contracted with the CG tensors first or weights applied first, one matmul per type).  Here it
@@ -13,18 +13,17 @@ multiplicities, output irreps no path reaches, no attributes, both evaluation or
 diagonal (``l2 = 0``) shortcut.  Also the SEGNN graph helpers against gathers / incidence sums.
 """
 
-import math
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
-
-from keras_relaxeq.groups import Irreps, clebsch_gordan_for_irreps
-from keras_relaxeq.layers.steerable import O3TensorProduct
-from keras_relaxeq.testing import run_layer_test
 from tp_reference import reference_tp as reference
+
+from keras_relaxeq.groups import Irreps
+from keras_relaxeq.layers.steerable import O3TensorProduct
 from keras_relaxeq.models.segnn import _edge_endpoints, _incidence, _sum_incoming, fully_connected_edges
+from keras_relaxeq.testing import run_layer_test
 
 F64 = "float64"
 LEAD = (3, 5)

@@ -14,10 +14,10 @@ VNGraphFeature / knn_graph_feature / knn_indices:
 
 import functools
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
 
 from keras_relaxeq.layers import (
     VNBatchNorm,

@@ -20,8 +20,7 @@ import tensorflow as tf
 import keras_relaxeq as kr
 from keras_relaxeq.groups import Irreps
 from keras_relaxeq.layers.relaxation import relaxed_layers
-from keras_relaxeq.models.segnn import NBodyGraphFeatures, SEGNNLayer, fully_connected_edges, segnn, \
-    segnn_hidden_irreps
+from keras_relaxeq.models.segnn import NBodyGraphFeatures, SEGNNLayer, fully_connected_edges, segnn, segnn_hidden_irreps
 from keras_relaxeq.testing import assert_equivariant, check_equivariance
 
 SMALL = dict(num_layers=2, hidden_features=16)

@@ -1,5 +1,7 @@
 """VN-PointNet and VN-DGCNN (ModelNet40 models): parameter counts, projection, invariance, saving."""
 
+import importlib
+
 import keras
 import numpy as np
 import pytest
@@ -8,12 +10,11 @@ import tensorflow as tf
 import keras_relaxeq as kr
 from keras_relaxeq.groups.representations import TrivialRep
 from keras_relaxeq.layers.relaxation import relaxed_layers
-import importlib
 
 dgcnn_module = importlib.import_module("keras_relaxeq.models.vn_dgcnn")
 pointnet_module = importlib.import_module("keras_relaxeq.models.vn_pointnet")
-from keras_relaxeq.models.vn_dgcnn import vn_dgcnn
-from keras_relaxeq.models.vn_pointnet import count_parameters, vn_pointnet
+from keras_relaxeq.models.vn_dgcnn import vn_dgcnn  # noqa: E402
+from keras_relaxeq.models.vn_pointnet import count_parameters, vn_pointnet  # noqa: E402
 
 K = 8
 SMALL = {

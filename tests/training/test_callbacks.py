@@ -9,8 +9,7 @@ import tensorflow as tf
 
 import keras_relaxeq as kr
 from keras_relaxeq.models import vn_classifier
-from keras_relaxeq.training.callbacks import (ProjectedValidation, batchnorm_layers, plot_history,
-                                              reestimate_batchnorm)
+from keras_relaxeq.training.callbacks import ProjectedValidation, batchnorm_layers, plot_history, reestimate_batchnorm
 
 NUM_POINTS = 16
 

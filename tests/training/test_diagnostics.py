@@ -10,11 +10,15 @@ import pytest
 import tensorflow as tf
 
 import keras_relaxeq as kr
-from keras_relaxeq.layers import VNLinear, set_theta
 from keras_relaxeq.groups import equivariant_projection
+from keras_relaxeq.layers import VNLinear, set_theta
 from keras_relaxeq.layers.relaxation import relaxed_layers
-from keras_relaxeq.training import branch_gradient_report, format_branch_gradient_report, format_relaxation_report, \
-    relaxation_report
+from keras_relaxeq.training import (
+    branch_gradient_report,
+    format_branch_gradient_report,
+    format_relaxation_report,
+    relaxation_report,
+)
 
 SHAPE = (2, 16, 4, 3)  # [batch, points, channels, 3]
 THETA = 0.7

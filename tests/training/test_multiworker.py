@@ -260,6 +260,7 @@ def test_tf_config_validation_and_helpers(monkeypatch):
         dist.get_strategy("tpu")
 
     import argparse
+
     import tensorflow as tf
     args = dist.add_strategy_argument(argparse.ArgumentParser()).parse_args(["--strategy", "mirrored"])
     assert args.strategy == "mirrored"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_relaxeq.training import AdamL2, CoupledL2, SGDL2, with_coupled_l2
+from keras_relaxeq.training import SGDL2, AdamL2, CoupledL2, with_coupled_l2
 
 STEPS = 4
 ADAM_LR, SGD_LR = 2.0 ** -10, 2.0 ** -5  # exact in float32 (the optimizers keep the rate in float32)

@@ -1,4 +1,4 @@
-"""WindowedEarlyStopping (the smoke plume reference's rule), ProjectedValidation(mode="min") and plot_history(metric)."""
+"""WindowedEarlyStopping (the smoke plume reference's rule), ProjectedValidation(mode="min"), plot_history(metric)."""
 
 import math
 

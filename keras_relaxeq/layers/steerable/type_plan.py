@@ -10,7 +10,7 @@ permuted kernel).
 from __future__ import annotations
 
 import dataclasses
-from typing import List, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -32,11 +32,11 @@ class TypeGroup(NamedTuple):
     """The blocks of one irrep type, merged into ``mul`` copies (in block order)."""
 
     ir: Irrep
-    blocks: List[TypeBlock]
+    blocks: list[TypeBlock]
     mul: int  #: total multiplicity of the type
 
 
-def type_blocks(irreps: Irreps) -> List[TypeGroup]:
+def type_blocks(irreps: Irreps) -> list[TypeGroup]:
     """Group the ``(mul, ir)`` blocks of ``irreps`` by irrep type (order of first appearance; no empty blocks)."""
     groups = {}
     for b, (mul, ir) in enumerate(irreps):

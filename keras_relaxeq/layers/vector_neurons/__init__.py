@@ -16,16 +16,19 @@ Modules: :mod:`.linear` (VN linear maps, branch fusion, ``VNLinear``), :mod:`.ba
 Every name is importable from this package.
 """
 
+from keras_relaxeq.layers.vector_neurons.batch_norm import TorchBatchNormalization, VNBatchNorm
 from keras_relaxeq.layers.vector_neurons.common import (
     EPS,
-    _VectorLayer,
     _check_concat_mean_input,
     _check_vector_shape,
     _torch_linear_init,
+    _VectorLayer,
     concat_mean_features,
     concat_mean_shape,
     register,
 )
+from keras_relaxeq.layers.vector_neurons.graph import VNGraphFeature, knn_graph_feature, knn_indices
+from keras_relaxeq.layers.vector_neurons.invariants import VNStdFeature
 from keras_relaxeq.layers.vector_neurons.linear import (
     _FUSION,
     VNLinear,
@@ -36,11 +39,8 @@ from keras_relaxeq.layers.vector_neurons.linear import (
     vn_kernel_as_dense,
     vn_linear,
 )
-from keras_relaxeq.layers.vector_neurons.batch_norm import TorchBatchNormalization, VNBatchNorm
 from keras_relaxeq.layers.vector_neurons.nonlinearities import VNLeakyReLU, vn_leaky_relu
 from keras_relaxeq.layers.vector_neurons.pooling import VNMaxPool, VNMeanPool, _pool_axis
-from keras_relaxeq.layers.vector_neurons.invariants import VNStdFeature
-from keras_relaxeq.layers.vector_neurons.graph import VNGraphFeature, knn_graph_feature, knn_indices
 
 # The classes are documented, saved (the "module" of a .keras config) and pickled under this package's path.
 for _cls in (_VectorLayer, VNLinear, TorchBatchNormalization, VNBatchNorm, VNLeakyReLU, VNMeanPool, VNMaxPool,

@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 
 from keras_relaxeq.layers.base import active_collector, linear_branch_penalties
-from keras_relaxeq.layers.vector_neurons.common import _VectorLayer, _check_vector_shape, _torch_linear_init, register
+from keras_relaxeq.layers.vector_neurons.common import _check_vector_shape, _torch_linear_init, _VectorLayer, register
 
 
 def vn_linear(x, kernels):

@@ -7,9 +7,9 @@ import tensorflow as tf
 from keras_relaxeq.layers.vector_neurons.batch_norm import VNBatchNorm
 from keras_relaxeq.layers.vector_neurons.common import (
     EPS,
-    _VectorLayer,
     _check_concat_mean_input,
     _check_vector_shape,
+    _VectorLayer,
     concat_mean_features,
     concat_mean_shape,
     register,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from keras_relaxeq.layers.vector_neurons.common import _VectorLayer, _check_vector_shape, register
+from keras_relaxeq.layers.vector_neurons.common import _check_vector_shape, _VectorLayer, register
 from keras_relaxeq.layers.vector_neurons.linear import VNLinear
 
 
