@@ -42,16 +42,20 @@ def machine_info() -> dict:
     import keras
     import tensorflow as tf
 
-    return {"cpus": os.cpu_count(), "platform": platform.platform(), "tensorflow": tf.__version__,
-            "keras": keras.__version__, "gpus": len(tf.config.list_physical_devices("GPU"))}
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "gpus": len(tf.config.list_physical_devices("GPU")),
+    }
 
 
 CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall")
 
 #: op types that a kernel rewrite produces from a public op (oneDNN: ``_MklMatMul``,
 #: ``_MklNativeFusedMatMul``, ...; grappler's remapper: ``_FusedMatMul``, ``_FusedConv2D``)
-_FUSED_PUBLIC = ("MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3", "Conv2D", "Conv3D",
-                 "DepthwiseConv2dNative")
+_FUSED_PUBLIC = ("MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3", "Conv2D", "Conv3D", "DepthwiseConv2dNative")
 
 
 def answer_timing_requests(run, send) -> None:
@@ -83,12 +87,12 @@ def canonical_op_type(op_type: str) -> str:
     name = op_type
     for prefix in ("_MklNative", "_Mkl", "_"):
         if name.startswith(prefix):
-            name = name[len(prefix):]
+            name = name[len(prefix) :]
             break
     else:
         return op_type
-    if name.startswith("Fused") and name[len("Fused"):] in _FUSED_PUBLIC:
-        name = name[len("Fused"):]
+    if name.startswith("Fused") and name[len("Fused") :] in _FUSED_PUBLIC:
+        name = name[len("Fused") :]
     return name or op_type
 
 
@@ -133,7 +137,7 @@ def op_time_tables(logdir, steps, top=15, scope_depth=3):
                 parts = op_name.split("/")
                 grad = parts[0] == "gradient_tape" or any(p.startswith("gradients") for p in parts)
                 parts = [p for p in parts if p != "gradient_tape" and not p.startswith("gradients")]
-                scope = "/".join(parts[1:1 + scope_depth - 1] if len(parts) > 1 else parts)
+                scope = "/".join(parts[1 : 1 + scope_depth - 1] if len(parts) > 1 else parts)
                 by_scope[("grad: " if grad else "") + scope] += ms
     total = sum(by_type.values())
 
@@ -145,8 +149,12 @@ def op_time_tables(logdir, steps, top=15, scope_depth=3):
 
 def format_op_tables(tables, title):
     """Markdown tables of :func:`op_time_tables`."""
-    out = [f"{title}: {tables['total_ms']:.1f} ms of op time per step", "",
-           "| op type | ms/step | share |", "|---|---|---|"]
+    out = [
+        f"{title}: {tables['total_ms']:.1f} ms of op time per step",
+        "",
+        "| op type | ms/step | share |",
+        "|---|---|---|",
+    ]
     out += [f"| {k} | {ms:.1f} | {100 * s:.0f}% |" for k, ms, s in tables["by_type"]]
     out += ["", "| scope | ms/step | share |", "|---|---|---|"]
     out += [f"| `{k}` | {ms:.1f} | {100 * s:.0f}% |" for k, ms, s in tables["by_scope"]]

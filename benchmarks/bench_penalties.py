@@ -73,14 +73,22 @@ TARGET_SHARE = 0.15
 
 # --------------------------------------------------------------------------- options
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--batch", type=int, default=24, help="batch size (24 as VN-PointNet)")
     p.add_argument("--points", type=int, default=300, help="points per cloud")
-    p.add_argument("--channels", default="21,21,42,341",
-                   help="comma-separated vector channels: lift, then one VNLeakyReLU block per further entry")
-    p.add_argument("--head", choices=("std", "norm"), default="std",
-                   help="std: relaxed VNStdFeature on the pooled features; norm: vector norms (not relaxed)")
+    p.add_argument(
+        "--channels",
+        default="21,21,42,341",
+        help="comma-separated vector channels: lift, then one VNLeakyReLU block per further entry",
+    )
+    p.add_argument(
+        "--head",
+        choices=("std", "norm"),
+        default="std",
+        help="std: relaxed VNStdFeature on the pooled features; norm: vector norms (not relaxed)",
+    )
     p.add_argument("--classes", type=int, default=40)
     p.add_argument("--hidden", type=int, default=256, help="units of the Dense layer of the head")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
@@ -88,12 +96,23 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=1, help="train steps per variant per round")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per model before timing")
     p.add_argument("--jit", choices=("off", "on", "both"), default="off", help="XLA jit_compile of the train step")
-    p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
-                   help="peak RSS per variant, each in its own subprocess")
-    p.add_argument("--breakdown", action="store_true",
-                   help="time Gram / closed form / JVP / branch per relaxed linear map in isolation")
-    p.add_argument("--profile", metavar="DIR", default=None,
-                   help="write a TF profiler trace of a few closed_form steps to DIR (TensorBoard)")
+    p.add_argument(
+        "--memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="peak RSS per variant, each in its own subprocess",
+    )
+    p.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="time Gram / closed form / JVP / branch per relaxed linear map in isolation",
+    )
+    p.add_argument(
+        "--profile",
+        metavar="DIR",
+        default=None,
+        help="write a TF profiler trace of a few closed_form steps to DIR (TensorBoard)",
+    )
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: TensorFlow default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="OUT", default=None, help="write all measurements as JSON")
@@ -114,6 +133,7 @@ def parse_args(argv=None):
 def _setup_tf(args):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
+
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     return tf
@@ -140,8 +160,7 @@ def build_model(variant, args, jit):
         x, _ = VNStdFeature(negative_slope=0.0, name="std_feature", **relax)(x)
         x = keras.layers.Flatten(name="invariants")(x)
     else:
-        x = keras.layers.Lambda(lambda v: keras.ops.sqrt(keras.ops.sum(v * v, axis=-1) + 1e-12),
-                                name="norms")(x)
+        x = keras.layers.Lambda(lambda v: keras.ops.sqrt(keras.ops.sum(v * v, axis=-1) + 1e-12), name="norms")(x)
     x = keras.layers.Dense(args.hidden, activation="relu", name="head_dense")(x)
     logits = keras.layers.Dense(args.classes, name="logits")(x)
     name = f"bench_{variant}"
@@ -149,14 +168,17 @@ def build_model(variant, args, jit):
         model = RelaxedModel(points, logits, lambda_lie=0.01, lambda_proj=0.01, check_inputs=False, name=name)
     else:
         model = keras.Model(points, logits, name=name)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  jit_compile=jit)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=jit,
+    )
     return model
 
 
 def make_batch(args):
     import tensorflow as tf
+
     g = tf.random.Generator.from_seed(args.seed + 1)
     x = g.normal([args.batch, args.points, 3])
     y = g.uniform([args.batch], 0, args.classes, dtype=tf.int32)
@@ -184,18 +206,19 @@ def run_timing(args, configs):
         model = build_model(variant, args, jit)
         train_steps(model, batch, max(args.warmup, 1))
         models[label] = model
-        print(f"  built + warmed up {label:<22s} {time.perf_counter() - t0:6.1f} s "
-              f"({model.count_params():,} params)", flush=True)
+        print(
+            f"  built + warmed up {label:<22s} {time.perf_counter() - t0:6.1f} s ({model.count_params():,} params)",
+            flush=True,
+        )
     times = {label: [] for label, _, _ in configs}
     labels = [label for label, _, _ in configs]
     for r in range(args.repeats):
-        order = labels[r % len(labels):] + labels[:r % len(labels)]
+        order = labels[r % len(labels) :] + labels[: r % len(labels)]
         for label in order:
             t0 = time.perf_counter()
             train_steps(models[label], batch, args.steps)
             times[label].append(1000.0 * (time.perf_counter() - t0) / args.steps)
-        print(f"  round {r + 1}/{args.repeats}: " +
-              "  ".join(f"{l}={times[l][-1]:.1f}" for l in labels), flush=True)
+        print(f"  round {r + 1}/{args.repeats}: " + "  ".join(f"{l}={times[l][-1]:.1f}" for l in labels), flush=True)
     params = {label: models[label].count_params() for label in labels}
     return times, params, models, batch
 
@@ -214,10 +237,26 @@ def memory_child(args):
 def run_memory(args, configs):
     out = {}
     script = os.path.abspath(__file__)
-    passthrough = ["--batch", str(args.batch), "--points", str(args.points),
-                   "--channels", ",".join(map(str, args.channels)), "--head", args.head,
-                   "--classes", str(args.classes), "--hidden", str(args.hidden),
-                   "--warmup", str(args.warmup), "--seed", str(args.seed), "--threads", str(args.threads)]
+    passthrough = [
+        "--batch",
+        str(args.batch),
+        "--points",
+        str(args.points),
+        "--channels",
+        ",".join(map(str, args.channels)),
+        "--head",
+        args.head,
+        "--classes",
+        str(args.classes),
+        "--hidden",
+        str(args.hidden),
+        "--warmup",
+        str(args.warmup),
+        "--seed",
+        str(args.seed),
+        "--threads",
+        str(args.threads),
+    ]
     for label, variant, jit in configs:
         cmd = [sys.executable, script, *passthrough, "--_memory_child", f"{variant}:{'on' if jit else 'off'}"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -225,9 +264,12 @@ def run_memory(args, configs):
         if proc.returncode != 0 or line is None:
             print(f"  memory run of {label} failed (rc {proc.returncode}):\n{proc.stderr[-2000:]}", flush=True)
             continue
-        out[label] = json.loads(line[len("MEMORY_JSON "):])
-        print(f"  memory {label:<22s} peak {out[label]['peak_mb']:.0f} MB "
-              f"(+{out[label]['peak_mb'] - out[label]['baseline_mb']:.0f} MB over TF + data)", flush=True)
+        out[label] = json.loads(line[len("MEMORY_JSON ") :])
+        print(
+            f"  memory {label:<22s} peak {out[label]['peak_mb']:.0f} MB "
+            f"(+{out[label]['peak_mb'] - out[label]['baseline_mb']:.0f} MB over TF + data)",
+            flush=True,
+        )
     return out
 
 
@@ -312,8 +354,12 @@ def run_breakdown(args, model, batch, repeats, inner=2):
                     out = f()
                 tf.nest.map_structure(lambda t: t.numpy(), out)
                 samples[k].append(1000.0 * (time.perf_counter() - t0) / inner)
-        row = dict(layer=layer.path if hasattr(layer, "path") else layer.name,
-                   P=int(flat.shape[0]), D_in=int(layer.input_rep.dim), D_out=int(layer.output_rep.dim))
+        row = dict(
+            layer=layer.path if hasattr(layer, "path") else layer.name,
+            P=int(flat.shape[0]),
+            D_in=int(layer.input_rep.dim),
+            D_out=int(layer.output_rep.dim),
+        )
         row.update({f"{k}_ms": statistics.median(v) for k, v in samples.items()})
         rows.append(row)
         print(f"  breakdown {row['layer']}: " + ", ".join(f"{k} {row[k + '_ms']:.2f} ms" for k in funcs), flush=True)
@@ -328,16 +374,24 @@ def summarize(args, configs, times, params, memory):
         by_jit.setdefault(jit, {})[variant] = label
     for label, variant, jit in configs:
         q1, med, q3 = quantiles(times[label])
-        row = dict(label=label, variant=variant, jit=jit, ms_median=med, ms_q1=q1, ms_q3=q3,
-                   samples_per_s=1000.0 * args.batch / med, params=params[label], ms_all=times[label])
+        row = dict(
+            label=label,
+            variant=variant,
+            jit=jit,
+            ms_median=med,
+            ms_q1=q1,
+            ms_q3=q3,
+            samples_per_s=1000.0 * args.batch / med,
+            params=params[label],
+            ms_all=times[label],
+        )
         ref = by_jit[jit]
         if "plain" in ref:
             row["ratio_vs_plain"] = med / statistics.median(times[ref["plain"]])
         if variant in PENALTY_METHODS and "relaxed_nopen" in ref:
             base = times[ref["relaxed_nopen"]]
             row["penalty_share"] = (med - statistics.median(base)) / med
-            row["penalty_share_paired"] = statistics.median(
-                [(t - b) / t for t, b in zip(times[label], base)])
+            row["penalty_share_paired"] = statistics.median([(t - b) / t for t, b in zip(times[label], base)])
         if label in memory:
             row["peak_rss_mb"] = memory[label]["peak_mb"]
             row["rss_delta_mb"] = memory[label]["peak_mb"] - memory[label]["baseline_mb"]
@@ -346,29 +400,41 @@ def summarize(args, configs, times, params, memory):
 
 
 def markdown_table(rows):
-    head = ("| variant | jit | ms/step median (IQR) | samples/s | x plain | penalty share (paired) "
-            "| peak RSS MB (delta) | params |")
+    head = (
+        "| variant | jit | ms/step median (IQR) | samples/s | x plain | penalty share (paired) "
+        "| peak RSS MB (delta) | params |"
+    )
     lines = [head, "|" + "---|" * 8]
     for r in rows:
-        share = (f"{100 * r['penalty_share']:.1f}% ({100 * r['penalty_share_paired']:.1f}%)"
-                 if "penalty_share" in r else "")
+        share = (
+            f"{100 * r['penalty_share']:.1f}% ({100 * r['penalty_share_paired']:.1f}%)" if "penalty_share" in r else ""
+        )
         mem = f"{r['peak_rss_mb']:.0f} (+{r['rss_delta_mb']:.0f})" if "peak_rss_mb" in r else ""
         ratio = f"{r['ratio_vs_plain']:.2f}" if "ratio_vs_plain" in r else ""
-        lines.append(f"| {r['variant']} | {'on' if r['jit'] else 'off'} | {r['ms_median']:.1f} "
-                     f"({r['ms_q1']:.1f}-{r['ms_q3']:.1f}) | {r['samples_per_s']:.0f} | {ratio} | {share} "
-                     f"| {mem} | {r['params']:,} |")
+        lines.append(
+            f"| {r['variant']} | {'on' if r['jit'] else 'off'} | {r['ms_median']:.1f} "
+            f"({r['ms_q1']:.1f}-{r['ms_q3']:.1f}) | {r['samples_per_s']:.0f} | {ratio} | {share} "
+            f"| {mem} | {r['params']:,} |"
+        )
     return "\n".join(lines)
 
 
 def breakdown_table(rows):
-    lines = ["| relaxed map | P | D_in | D_out | Gram ms | closed form (val+grad) ms | JVP (val+grad) ms "
-             "| branch (fwd+bwd) ms |", "|" + "---|" * 8]
+    lines = [
+        "| relaxed map | P | D_in | D_out | Gram ms | closed form (val+grad) ms | JVP (val+grad) ms "
+        "| branch (fwd+bwd) ms |",
+        "|" + "---|" * 8,
+    ]
     for r in rows:
-        lines.append(f"| {r['layer']} | {r['P']} | {r['D_in']} | {r['D_out']} | {r['gram_ms']:.2f} "
-                     f"| {r['closed_form_ms']:.2f} | {r['jvp_ms']:.2f} | {r['branch_ms']:.2f} |")
+        lines.append(
+            f"| {r['layer']} | {r['P']} | {r['D_in']} | {r['D_out']} | {r['gram_ms']:.2f} "
+            f"| {r['closed_form_ms']:.2f} | {r['jvp_ms']:.2f} | {r['branch_ms']:.2f} |"
+        )
     tot = {k: sum(r[k] for r in rows) for k in ("gram_ms", "closed_form_ms", "jvp_ms", "branch_ms")}
-    lines.append(f"| **total** | | | | {tot['gram_ms']:.2f} | {tot['closed_form_ms']:.2f} | {tot['jvp_ms']:.2f} "
-                 f"| {tot['branch_ms']:.2f} |")
+    lines.append(
+        f"| **total** | | | | {tot['gram_ms']:.2f} | {tot['closed_form_ms']:.2f} | {tot['jvp_ms']:.2f} "
+        f"| {tot['branch_ms']:.2f} |"
+    )
     return "\n".join(lines)
 
 
@@ -379,12 +445,16 @@ def main(argv=None):
         return 0
     tf = _setup_tf(args)
     import keras
+
     jits = {"off": [False], "on": [True], "both": [False, True]}[args.jit]
     configs = [(f"{v}{'+xla' if jit else ''}", v, jit) for jit in jits for v in args.variants]
     load = os.getloadavg()
-    print(f"bench_penalties: batch {args.batch}, points {args.points}, channels {args.channels}, head {args.head}, "
-          f"jit {args.jit}; TF {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs, "
-          f"load avg {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}", flush=True)
+    print(
+        f"bench_penalties: batch {args.batch}, points {args.points}, channels {args.channels}, head {args.head}, "
+        f"jit {args.jit}; TF {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs, "
+        f"load avg {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}",
+        flush=True,
+    )
     times, params, models, batch = run_timing(args, configs)
     breakdown = []
     closed_label = next((l for l, v, _ in configs if v == "closed_form"), None)
@@ -402,18 +472,29 @@ def main(argv=None):
     print()
     print(markdown_table(rows))
     print()
-    print(f"penalty share = (t_method - t_relaxed_nopen) / t_method (target < {100 * TARGET_SHARE:.0f}% "
-          f"for closed_form); paired = median over rounds of the same ratio within a round. "
-          f"Load average at start {load[0]:.2f}, at end {load_end[0]:.2f} on {os.cpu_count()} CPUs.")
+    print(
+        f"penalty share = (t_method - t_relaxed_nopen) / t_method (target < {100 * TARGET_SHARE:.0f}% "
+        f"for closed_form); paired = median over rounds of the same ratio within a round. "
+        f"Load average at start {load[0]:.2f}, at end {load_end[0]:.2f} on {os.cpu_count()} CPUs."
+    )
     if breakdown:
         print()
         print(breakdown_table(breakdown))
     if args.json:
-        result = dict(options={k: v for k, v in vars(args).items() if not k.startswith("_")},
-                      environment=dict(tensorflow=tf.__version__, keras=keras.__version__, cpus=os.cpu_count(),
-                                       python=platform.python_version(), machine=platform.machine(),
-                                       load_avg_start=load, load_avg_end=load_end),
-                      results=rows, breakdown=breakdown)
+        result = dict(
+            options={k: v for k, v in vars(args).items() if not k.startswith("_")},
+            environment=dict(
+                tensorflow=tf.__version__,
+                keras=keras.__version__,
+                cpus=os.cpu_count(),
+                python=platform.python_version(),
+                machine=platform.machine(),
+                load_avg_start=load,
+                load_avg_end=load_end,
+            ),
+            results=rows,
+            breakdown=breakdown,
+        )
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=2)
         print(f"\nwrote {args.json}")

@@ -58,8 +58,9 @@ def build(arm, args):
     from keras_relaxeq.models.smoke_plume import rollout_model, smoke_plume_forecaster, summed_frame_mse
     from keras_relaxeq.training.optimizers import AdamL2
 
-    forecaster = smoke_plume_forecaster(arm, grid=args.grid, width=args.width, alpha=1e-5,
-                                        relaxation_initializer="random_normal", name=f"smoke_{arm}")
+    forecaster = smoke_plume_forecaster(
+        arm, grid=args.grid, width=args.width, alpha=1e-5, relaxation_initializer="random_normal", name=f"smoke_{arm}"
+    )
     model = rollout_model(forecaster, steps=args.output_length)
     if arm.endswith("relaxed"):
         set_theta(model, 1.0)
@@ -79,6 +80,7 @@ def train_steps(model, batches, steps, start=0):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     import tensorflow as tf
+
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     import keras
@@ -90,9 +92,13 @@ def main(argv=None):
     if unknown:
         raise SystemExit(f"unknown arms {unknown}; choose from {ARMS}")
     rng = np.random.default_rng(args.seed)
-    batches = [(tf.constant(rng.normal(size=(args.batch, 10, args.grid, args.grid, 2)), tf.float32),
-                tf.constant(rng.normal(size=(args.batch, args.output_length, args.grid, args.grid, 2)), tf.float32))
-               for _ in range(args.batches)]
+    batches = [
+        (
+            tf.constant(rng.normal(size=(args.batch, 10, args.grid, args.grid, 2)), tf.float32),
+            tf.constant(rng.normal(size=(args.batch, args.output_length, args.grid, args.grid, 2)), tf.float32),
+        )
+        for _ in range(args.batches)
+    ]
     models = {arm: build(arm, args) for arm in arms}
     params = {arm: int(m.count_params()) for arm, m in models.items()}
     for arm, model in models.items():
@@ -109,20 +115,30 @@ def main(argv=None):
             cpu[arm].append((time.process_time() - c0) / args.steps)
     base = statistics.median(wall["equivariant"]) if "equivariant" in wall else None
     rows = []
-    print(f"\nwidth {args.width} ({max(1, round(92 * args.width))} regular fields), grid {args.grid}, "
-          f"batch {args.batch}, {args.output_length}-step rollouts, XLA {'on' if args.jit else 'off'}")
+    print(
+        f"\nwidth {args.width} ({max(1, round(92 * args.width))} regular fields), grid {args.grid}, "
+        f"batch {args.batch}, {args.output_length}-step rollouts, XLA {'on' if args.jit else 'off'}"
+    )
     header = ("arm", "s/step", "IQR", "CPU s/step", "x equiv", "epoch min", "params")
     print("{:16s} {:>8s} {:>15s} {:>10s} {:>8s} {:>9s} {:>10s}".format(*header))
     for arm in arms:
         med = statistics.median(wall[arm])
         q25, _, q75 = quantiles(wall[arm])
         ratio = med / base if base else None
-        row = {"arm": arm, "wall_s_per_step": med, "wall_iqr": [q25, q75],
-               "cpu_s_per_step": statistics.median(cpu[arm]), "ratio_to_equivariant": ratio,
-               "epoch_minutes": med * args.epoch_steps / 60, "params": params[arm]}
+        row = {
+            "arm": arm,
+            "wall_s_per_step": med,
+            "wall_iqr": [q25, q75],
+            "cpu_s_per_step": statistics.median(cpu[arm]),
+            "ratio_to_equivariant": ratio,
+            "epoch_minutes": med * args.epoch_steps / 60,
+            "params": params[arm],
+        }
         rows.append(row)
-        print(f"{arm:16s} {med:8.3f} {q25:7.3f}-{q75:<7.3f} {row['cpu_s_per_step']:10.3f} "
-              f"{'' if ratio is None else f'{ratio:8.2f}'} {row['epoch_minutes']:9.1f} {params[arm]:10,d}")
+        print(
+            f"{arm:16s} {med:8.3f} {q25:7.3f}-{q75:<7.3f} {row['cpu_s_per_step']:10.3f} "
+            f"{'' if ratio is None else f'{ratio:8.2f}'} {row['epoch_minutes']:9.1f} {params[arm]:10,d}"
+        )
     result = {"config": vars(args), "machine": machine_info(), "arms": rows}
     if args.json:
         with open(args.json, "w") as f:

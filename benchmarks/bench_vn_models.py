@@ -78,9 +78,12 @@ def build_parser():
     p.add_argument("--batch", type=int, default=None, help="default: published (PointNet 24, DGCNN 32)")
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--k", type=int, default=20)
-    p.add_argument("--variants", default="plain,relaxed,projected",
-                   help="comma-separated subset of plain,relaxed,projected; a '_xla' suffix (plain_xla, ...) "
-                        "runs that variant with XLA jit_compile, so XLA and non-XLA are timed in one run")
+    p.add_argument(
+        "--variants",
+        default="plain,relaxed,projected",
+        help="comma-separated subset of plain,relaxed,projected; a '_xla' suffix (plain_xla, ...) "
+        "runs that variant with XLA jit_compile, so XLA and non-XLA are timed in one run",
+    )
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant (tracing included)")
     p.add_argument("--steps", type=int, default=3, help="steps per variant per round")
     p.add_argument("--repeats", type=int, default=5, help="rounds")
@@ -90,8 +93,11 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--peak-size", type=int, default=2048, help="matrix size of the matmul_peak variants")
-    p.add_argument("--torch-reference", default=None,
-                   help="folder PCClassification/vn-pointnet of the reference code, for the torch_* variants")
+    p.add_argument(
+        "--torch-reference",
+        default=None,
+        help="folder PCClassification/vn-pointnet of the reference code, for the torch_* variants",
+    )
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return p
 
@@ -146,8 +152,14 @@ def count_matmul_flops(graph):
             elif op.type == "Einsum":
                 flops += _einsum_flops(op)
             else:
-                if op.type in ("PartitionedCall", "StatefulPartitionedCall", "While", "StatelessWhile", "If",
-                               "StatelessIf"):
+                if op.type in (
+                    "PartitionedCall",
+                    "StatefulPartitionedCall",
+                    "While",
+                    "StatelessWhile",
+                    "If",
+                    "StatelessIf",
+                ):
                     calls += 1
                 continue
             ops += 1
@@ -170,8 +182,10 @@ def parse_variant(variant, args):
     base, *suffixes = variant.split("_")
     out = {"base": base, "jit": bool(args.jit), "rank": None, "bf16": False}
     if base not in ("plain", "relaxed", "projected"):
-        raise SystemExit(f"unknown variant {variant!r}: use plain, relaxed, projected with optional _r<rank>, "
-                         "_bf16, _xla suffixes, matmul_peak[_bf16] or torch_plain/torch_relaxed/torch_projected")
+        raise SystemExit(
+            f"unknown variant {variant!r}: use plain, relaxed, projected with optional _r<rank>, "
+            "_bf16, _xla suffixes, matmul_peak[_bf16] or torch_plain/torch_relaxed/torch_projected"
+        )
     for suffix in suffixes:
         if suffix == "xla":
             out["jit"] = True
@@ -206,14 +220,16 @@ def build_model(args, relaxed, jit=False, rank=None, bf16=False):
         optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
     if relaxed:
         kr.set_theta(model, 1.0)
-    model.compile(optimizer=optimizer,
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=bool(jit))
+    model.compile(
+        optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=bool(jit)
+    )
     return model
 
 
 def worker(args):
     import numpy as np
     import tensorflow as tf
+
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     import keras
@@ -225,8 +241,13 @@ def worker(args):
     variant, jit = spec["base"], spec["jit"]
     keras.utils.set_random_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    batches = [(tf.constant(rng.standard_normal((args.batch, args.points, 3)).astype("float32")),
-                tf.constant(rng.integers(0, 40, size=(args.batch,)).astype("int32"))) for _ in range(2)]
+    batches = [
+        (
+            tf.constant(rng.standard_normal((args.batch, args.points, 3)).astype("float32")),
+            tf.constant(rng.integers(0, 40, size=(args.batch,)).astype("int32")),
+        )
+        for _ in range(2)
+    ]
     t0 = time.perf_counter()
     info = {"variant": args.worker, "jit_compile": jit}
     if variant == "matmul_peak":
@@ -246,6 +267,7 @@ def worker(args):
 
         def step(i):
             return model.train_function(iter([batches[i % 2]]))["loss"]
+
     info.update(params=int(model.count_params()), relaxed_layers=len(relaxed_layers(model)))
     info["rss_after_build_mib"] = _rss_mib()
     for i in range(max(args.warmup, 1)):
@@ -294,8 +316,14 @@ def matmul_peak_worker(args, spec):
 
     for _ in range(max(args.warmup, 1)):
         np.asarray(step())
-    info = {"variant": args.worker, "jit_compile": False, "params": 0, "relaxed_layers": 0,
-            "flops_step": 3 * 2 * n ** 3, "build_warmup_s": 0.0}
+    info = {
+        "variant": args.worker,
+        "jit_compile": False,
+        "params": 0,
+        "relaxed_layers": 0,
+        "flops_step": 3 * 2 * n**3,
+        "build_warmup_s": 0.0,
+    }
     _send({"ready": info})
 
     def run(steps):
@@ -314,8 +342,21 @@ class Worker:
         cmd = [sys.executable, "-u", os.path.abspath(__file__), *argv, "--worker", variant]
         if variant.startswith("torch_"):
             script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_vn_torch_reference.py")
-            cmd = [sys.executable, "-u", script, "--reference", args.torch_reference, "--points", str(args.points),
-                   "--batch", str(args.batch), "--warmup", str(args.warmup), "--worker", variant]
+            cmd = [
+                sys.executable,
+                "-u",
+                script,
+                "--reference",
+                args.torch_reference,
+                "--points",
+                str(args.points),
+                "--batch",
+                str(args.batch),
+                "--warmup",
+                str(args.warmup),
+                "--worker",
+                variant,
+            ]
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
             if args.no_flops:
@@ -327,7 +368,7 @@ class Worker:
     def recv(self):
         for line in self.proc.stdout:
             if line.startswith(PROTO):
-                return json.loads(line[len(PROTO):])
+                return json.loads(line[len(PROTO) :])
             sys.stderr.write(f"[{self.variant}] {line}")
         raise RuntimeError(f"worker {self.variant} exited (code {self.proc.wait()})")
 
@@ -355,21 +396,26 @@ def main(argv=None):
         w = Worker(v, argv, args)
         infos[v] = w.recv()["ready"]
         workers[v] = w
-        print(f"  ready {v:<9s} build+warm-up {infos[v]['build_warmup_s']:6.1f} s, {infos[v]['params']:,} params, "
-              f"{infos[v]['relaxed_layers']} relaxed layers, "
-              f"counted {infos[v].get('flops_step', 0) / 1e9:.1f} GFLOP/step",
-              flush=True)
+        print(
+            f"  ready {v:<9s} build+warm-up {infos[v]['build_warmup_s']:6.1f} s, {infos[v]['params']:,} params, "
+            f"{infos[v]['relaxed_layers']} relaxed layers, "
+            f"counted {infos[v].get('flops_step', 0) / 1e9:.1f} GFLOP/step",
+            flush=True,
+        )
     times = {v: [] for v in variants}
     loads = []
     for r in range(args.repeats):
-        order = variants[r % len(variants):] + variants[:r % len(variants)]
+        order = variants[r % len(variants) :] + variants[: r % len(variants)]
         loads.append(os.getloadavg()[0])
         for v in order:
             workers[v].send(f"run {args.steps}")
             times[v].append(workers[v].recv()["ms"])
         loads.append(os.getloadavg()[0])
-        print(f"  round {r + 1}/{args.repeats} (load {loads[-1]:.2f}): "
-              + "  ".join(f"{v}={times[v][-1]:.0f} ms" for v in variants), flush=True)
+        print(
+            f"  round {r + 1}/{args.repeats} (load {loads[-1]:.2f}): "
+            + "  ".join(f"{v}={times[v][-1]:.0f} ms" for v in variants),
+            flush=True,
+        )
     for v in variants:
         workers[v].send("quit")
         infos[v].update(workers[v].recv()["done"])
@@ -381,23 +427,38 @@ def main(argv=None):
         info = infos[v]
         base = v.split("_")[-1] if v.startswith("torch_") else parse_variant(v, args)["base"]
         kind = {"projected": "inference", "matmul_peak": "matmul"}.get(base, "train")
-        res = {"kind": kind, "ms_per_step_median": med,
-               "ms_per_step_iqr": [q1, q3], "samples_per_second": args.batch * 1000.0 / med,
-               "ms_per_step_all": times[v], **info}
+        res = {
+            "kind": kind,
+            "ms_per_step_median": med,
+            "ms_per_step_iqr": [q1, q3],
+            "samples_per_second": args.batch * 1000.0 / med,
+            "ms_per_step_all": times[v],
+            **info,
+        }
         if info.get("flops_step"):
             res["gflop_per_step"] = info["flops_step"] / 1e9
             res["achieved_gflops"] = info["flops_step"] / 1e9 / (med / 1000.0)
-        if base in PYTORCH_REFERENCE_1024_B32 and args.model == "pointnet" and args.points == 1024 \
-                and args.batch == 32 and args.width == 1.0 and not v.startswith("torch_"):
+        if (
+            base in PYTORCH_REFERENCE_1024_B32
+            and args.model == "pointnet"
+            and args.points == 1024
+            and args.batch == 32
+            and args.width == 1.0
+            and not v.startswith("torch_")
+        ):
             ref = PYTORCH_REFERENCE_1024_B32[base]
             res["pytorch_reference_s"] = ref
             res["ours_over_pytorch"] = med / 1000.0 / ref
         results[v] = res
-    summary = {"config": {k: v for k, v in vars(args).items() if k != "worker"},
-               "command": "python benchmarks/bench_vn_models.py " + " ".join(sys.argv[1:]),
-        "results": results, "load_average_start": load_start, "load_average_rounds": loads,
+    summary = {
+        "config": {k: v for k, v in vars(args).items() if k != "worker"},
+        "command": "python benchmarks/bench_vn_models.py " + " ".join(sys.argv[1:]),
+        "results": results,
+        "load_average_start": load_start,
+        "load_average_rounds": loads,
         "load_average_end": os.getloadavg(),
-        "machine": machine_info()}
+        "machine": machine_info(),
+    }
     if "matmul_peak" in results:
         peak = results["matmul_peak"]["achieved_gflops"]
         summary["fp32_matmul_peak_gflops"] = peak
@@ -405,33 +466,51 @@ def main(argv=None):
             if r.get("achieved_gflops"):
                 r["peak_fraction"] = r["achieved_gflops"] / peak
     if "plain" in results:
-        summary["over_plain_median"] = {v: r["ms_per_step_median"] / results["plain"]["ms_per_step_median"]
-                                        for v, r in results.items() if r["kind"] == "train"}
+        summary["over_plain_median"] = {
+            v: r["ms_per_step_median"] / results["plain"]["ms_per_step_median"]
+            for v, r in results.items()
+            if r["kind"] == "train"
+        }
         summary["over_plain_paired_median"] = {
             v: statistics.median(a / b for a, b in zip(times[v], times["plain"]))
-            for v, r in results.items() if r["kind"] == "train"}
+            for v, r in results.items()
+            if r["kind"] == "train"
+        }
     if "plain" in results and "relaxed" in results:
-        summary["relaxed_over_plain_median"] = results["relaxed"]["ms_per_step_median"] / results["plain"][
-            "ms_per_step_median"]
+        summary["relaxed_over_plain_median"] = (
+            results["relaxed"]["ms_per_step_median"] / results["plain"]["ms_per_step_median"]
+        )
         summary["relaxed_over_plain_paired_median"] = statistics.median(
-            r / p for r, p in zip(times["relaxed"], times["plain"]))
+            r / p for r, p in zip(times["relaxed"], times["plain"])
+        )
 
-    print(f"\nVN-{args.model} {args.points} points, batch {args.batch}, width {args.width} ({os.cpu_count()} CPUs, "
-          f"jit={bool(args.jit)}; load avg {load_start[0]:.2f} at start, rounds {min(loads):.2f}-{max(loads):.2f}):")
-    print(f"{'variant':<13s} {'kind':<9s} {'params':>10s} {'ms/step med':>11s} {'IQR':>15s} {'samples/s':>9s} "
-          f"{'GFLOP':>7s} {'GFLOP/s':>7s} {'peak%':>6s} {'/plain':>6s} {'peak RSS':>9s} {'delta':>7s}")
+    print(
+        f"\nVN-{args.model} {args.points} points, batch {args.batch}, width {args.width} ({os.cpu_count()} CPUs, "
+        f"jit={bool(args.jit)}; load avg {load_start[0]:.2f} at start, rounds {min(loads):.2f}-{max(loads):.2f}):"
+    )
+    print(
+        f"{'variant':<13s} {'kind':<9s} {'params':>10s} {'ms/step med':>11s} {'IQR':>15s} {'samples/s':>9s} "
+        f"{'GFLOP':>7s} {'GFLOP/s':>7s} {'peak%':>6s} {'/plain':>6s} {'peak RSS':>9s} {'delta':>7s}"
+    )
     for v, r in results.items():
-        print(f"{v:<13s} {r['kind']:<9s} {r['params']:>10,d} {r['ms_per_step_median']:>11.0f} "
-              f"{r['ms_per_step_iqr'][0]:>7.0f}-{r['ms_per_step_iqr'][1]:<7.0f} {r['samples_per_second']:>9.1f} "
-              f"{r.get('gflop_per_step', float('nan')):>7.1f} {r.get('achieved_gflops', float('nan')):>7.1f} "
-              f"{100 * r.get('peak_fraction', float('nan')):>5.1f}% "
-              f"{summary.get('over_plain_paired_median', {}).get(v, float('nan')):>5.2f}x "
-              f"{r['peak_rss_mib']:>6.0f} MiB {r['peak_delta_mib']:>4.0f} MiB"
-              + (f"   {r['ours_over_pytorch']:.3f}x PyTorch ({r['pytorch_reference_s']:.0f} s)"
-                 if 'ours_over_pytorch' in r else ""))
+        print(
+            f"{v:<13s} {r['kind']:<9s} {r['params']:>10,d} {r['ms_per_step_median']:>11.0f} "
+            f"{r['ms_per_step_iqr'][0]:>7.0f}-{r['ms_per_step_iqr'][1]:<7.0f} {r['samples_per_second']:>9.1f} "
+            f"{r.get('gflop_per_step', float('nan')):>7.1f} {r.get('achieved_gflops', float('nan')):>7.1f} "
+            f"{100 * r.get('peak_fraction', float('nan')):>5.1f}% "
+            f"{summary.get('over_plain_paired_median', {}).get(v, float('nan')):>5.2f}x "
+            f"{r['peak_rss_mib']:>6.0f} MiB {r['peak_delta_mib']:>4.0f} MiB"
+            + (
+                f"   {r['ours_over_pytorch']:.3f}x PyTorch ({r['pytorch_reference_s']:.0f} s)"
+                if "ours_over_pytorch" in r
+                else ""
+            )
+        )
     if "relaxed_over_plain_median" in summary:
-        print(f"relaxed / plain: {summary['relaxed_over_plain_median']:.2f}x (paired median "
-              f"{summary['relaxed_over_plain_paired_median']:.2f}x)")
+        print(
+            f"relaxed / plain: {summary['relaxed_over_plain_median']:.2f}x (paired median "
+            f"{summary['relaxed_over_plain_paired_median']:.2f}x)"
+        )
     summary["xla_speedup_paired_median"] = {}
     for v in variants:
         if v + "_xla" in times:  # same round, so the same background load

@@ -63,8 +63,10 @@ def import_reference(path):
 
     path = os.path.abspath(path)
     if not os.path.isfile(os.path.join(path, "models", "pointnet_equi", "layers.py")):
-        raise SystemExit(f"--reference {path}: no models/pointnet_equi/layers.py there; pass the folder "
-                         "PCClassification/vn-pointnet of the reference repository")
+        raise SystemExit(
+            f"--reference {path}: no models/pointnet_equi/layers.py there; pass the folder "
+            "PCClassification/vn-pointnet of the reference repository"
+        )
     sys.path.insert(0, path)
     import models.pointnet_equi.layers as layers  # noqa: E402  (the reference code)
 
@@ -79,6 +81,7 @@ def import_reference(path):
     layers.torch = shim
     import models.pointnet_equi.pointnet_cls as cls  # noqa: E402
     import models.pointnet_equi.pointnet_cls_dual as cls_dual  # noqa: E402
+
     return cls, cls_dual
 
 
@@ -118,16 +121,23 @@ def make_step(args, variant):
         module = cls if variant == "torch_plain" else cls_dual
         model = module.get_model(ref_args, 40, normal_channel=False)
     g = torch.Generator().manual_seed(args.seed)
-    batches = [(torch.randn(args.batch, 3, args.points, generator=g), torch.randint(0, 40, (args.batch,), generator=g))
-               for _ in range(2)]
-    info = {"variant": variant, "params": sum(p.numel() for p in model.parameters()),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    batches = [
+        (torch.randn(args.batch, 3, args.points, generator=g), torch.randint(0, 40, (args.batch,), generator=g))
+        for _ in range(2)
+    ]
+    info = {
+        "variant": variant,
+        "params": sum(p.numel() for p in model.parameters()),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
     if variant == "torch_projected":
         model.eval()
 
         def step(i):
             with torch.no_grad():
                 return model(batches[i % 2][0], True, 0.0)[0]
+
         return step, model, info
 
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-4)
@@ -145,6 +155,7 @@ def make_step(args, variant):
         loss.backward()
         optimizer.step()
         return loss.detach()
+
     return step, model, info
 
 
@@ -218,8 +229,10 @@ def main(argv=None):
             for i in range(args.steps):
                 step(i)
             times[v].append(1000.0 * (time.perf_counter() - t0) / args.steps)
-        print(f"round {r + 1} (load {os.getloadavg()[0]:.2f}): "
-              + "  ".join(f"{v}={times[v][-1]:.0f} ms" for v in steps), flush=True)
+        print(
+            f"round {r + 1} (load {os.getloadavg()[0]:.2f}): " + "  ".join(f"{v}={times[v][-1]:.0f} ms" for v in steps),
+            flush=True,
+        )
     for v, ts in times.items():
         print(f"{v:<16s} median {statistics.median(ts):8.0f} ms/step")
     return times

@@ -100,8 +100,14 @@ def main(argv=None):
         tables = op_time_tables(logdir, args.steps, top=args.top)
         tables.update(wall_ms_per_step=wall, load_average=load)
         out["profiles"][variant] = tables
-        print(format_op_tables(tables, f"{variant} ({args.steps} traced steps, wall {wall:.0f} ms/step "
-                                       f"incl. tracing overhead, load {load:.2f})"), flush=True)
+        print(
+            format_op_tables(
+                tables,
+                f"{variant} ({args.steps} traced steps, wall {wall:.0f} ms/step "
+                f"incl. tracing overhead, load {load:.2f})",
+            ),
+            flush=True,
+        )
         print(flush=True)
         del model
     out["load_average_end"] = os.getloadavg()

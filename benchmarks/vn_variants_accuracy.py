@@ -64,25 +64,49 @@ def main(argv=None):
         for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
             relaxed, rank, bf16 = parse_variant(variant)
             keras.utils.set_random_seed(seed)
-            model = vn_pointnet(num_classes=6, relaxed=relaxed, width=args.width, k=args.k, relaxation_rank=rank,
-                                dtype="mixed_bfloat16" if bf16 else None)
-            model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+            model = vn_pointnet(
+                num_classes=6,
+                relaxed=relaxed,
+                width=args.width,
+                k=args.k,
+                relaxation_rank=rank,
+                dtype="mixed_bfloat16" if bf16 else None,
+            )
+            model.compile(
+                optimizer=keras.optimizers.Adam(1e-3),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=["accuracy"],
+            )
             t0 = time.perf_counter()
-            history = model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch, verbose=0,
-                                callbacks=[kr.ThetaScheduler("triangle")] if relaxed else [])
+            history = model.fit(
+                x_train,
+                y_train,
+                epochs=args.epochs,
+                batch_size=args.batch,
+                verbose=0,
+                callbacks=[kr.ThetaScheduler("triangle")] if relaxed else [],
+            )
             seconds = time.perf_counter() - t0
             final = kr.project(model) if relaxed else model
             final.compile(metrics=["accuracy"], loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
             _, acc = final.evaluate(x_test, y_test, batch_size=64, verbose=0)
-            run = {"variant": variant, "seed": seed, "test_accuracy_projected": float(acc),
-                   "train_accuracy_last_epoch": float(history.history["accuracy"][-1]),
-                   "train_loss_last_epoch": float(history.history["loss"][-1]), "fit_seconds": seconds,
-                   "params": int(model.count_params()), "load_average": os.getloadavg()[0]}
+            run = {
+                "variant": variant,
+                "seed": seed,
+                "test_accuracy_projected": float(acc),
+                "train_accuracy_last_epoch": float(history.history["accuracy"][-1]),
+                "train_loss_last_epoch": float(history.history["loss"][-1]),
+                "fit_seconds": seconds,
+                "params": int(model.count_params()),
+                "load_average": os.getloadavg()[0],
+            }
             results["runs"].append(run)
-            print(f"{variant:<18s} seed {seed}: projected test accuracy {acc:.3f}, train acc "
-                  f"{run['train_accuracy_last_epoch']:.3f}, loss {run['train_loss_last_epoch']:.3f}, "
-                  f"fit {seconds:.0f} s, {run['params']:,} params (load {run['load_average']:.1f})", flush=True)
+            print(
+                f"{variant:<18s} seed {seed}: projected test accuracy {acc:.3f}, train acc "
+                f"{run['train_accuracy_last_epoch']:.3f}, loss {run['train_loss_last_epoch']:.3f}, "
+                f"fit {seconds:.0f} s, {run['params']:,} params (load {run['load_average']:.1f})",
+                flush=True,
+            )
             del model, final
     results["load_average_end"] = os.getloadavg()
     by_variant = {}

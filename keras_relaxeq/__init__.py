@@ -66,9 +66,12 @@ def _register_keras_classes(module) -> None:
     except Exception as exc:  # never break the user's `import keras`
         import warnings
 
-        warnings.warn(f"keras_relaxeq could not register its Keras classes ({exc!r}); import "
-                      "keras_relaxeq.layers and keras_relaxeq.models before loading a model.",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"keras_relaxeq could not register its Keras classes ({exc!r}); import "
+            "keras_relaxeq.layers and keras_relaxeq.models before loading a model.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
 def _install_registration_hooks() -> None:

@@ -62,25 +62,29 @@ def _tolerance(text: str) -> float:
 
 
 def _add_fetch_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cache-dir", help="cache root (default $KERAS_RELAXEQ_CACHE or "
-                                       "~/.keras/keras_relaxeq)")
-    p.add_argument("--base-url", help="mirror: http(s) URL, file:// URL or local directory "
-                                      "(default $KERAS_RELAXEQ_ZOO_URL, else the zoo/ folder)")
-    p.add_argument("--offline", action="store_true", default=None,
-                   help="no network access (also $KERAS_RELAXEQ_OFFLINE=1); cache and local "
-                        "mirrors only")
-    p.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="no progress bar")
-    p.add_argument("--max-tries", type=_positive_int, default=None,
-                   help="tries per download for transient errors (default 5)")
+    p.add_argument("--cache-dir", help="cache root (default $KERAS_RELAXEQ_CACHE or ~/.keras/keras_relaxeq)")
+    p.add_argument(
+        "--base-url",
+        help="mirror: http(s) URL, file:// URL or local directory "
+        "(default $KERAS_RELAXEQ_ZOO_URL, else the zoo/ folder)",
+    )
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        default=None,
+        help="no network access (also $KERAS_RELAXEQ_OFFLINE=1); cache and local mirrors only",
+    )
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument(
+        "--max-tries", type=_positive_int, default=None, help="tries per download for transient errors (default 5)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="relaxeq", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command")
     zoo = sub.add_parser("zoo", help="model zoo: list, inspect, download, verify, serve")
-    zoo.add_argument("--index", help="catalogue file (default $KERAS_RELAXEQ_ZOO_INDEX or "
-                                     "zoo/index.json)")
+    zoo.add_argument("--index", help="catalogue file (default $KERAS_RELAXEQ_ZOO_INDEX or zoo/index.json)")
     zsub = zoo.add_subparsers(dest="zoo_command")
 
     p = zsub.add_parser("list", help="list the published models")
@@ -89,52 +93,68 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = zsub.add_parser("info", help="show one entry (metadata, metrics, card)")
     p.add_argument("name")
-    p.add_argument("--version", type=_positive_int, default=None,
-                   help="version (default: the latest)")
+    p.add_argument("--version", type=_positive_int, default=None, help="version (default: the latest)")
     p.add_argument("--card", action="store_true", help="print the model card")
     p.add_argument("--json", action="store_true", help="print the raw catalogue entry")
 
     p = zsub.add_parser("download", help="download, verify and extract one entry")
     p.add_argument("name")
-    p.add_argument("--version", type=_positive_int, default=None,
-                   help="version (default: the latest)")
+    p.add_argument("--version", type=_positive_int, default=None, help="version (default: the latest)")
     _add_fetch_args(p)
 
-    p = zsub.add_parser("verify", help="check hash, loading, serving signature, the symmetry "
-                                       "(rotation invariance of point-cloud classifiers, E(3) "
-                                       "equivariance of N-body models) and the serving input checks "
-                                       "(mis-shaped and non-finite inputs refused)")
+    p = zsub.add_parser(
+        "verify",
+        help="check hash, loading, serving signature, the symmetry "
+        "(rotation invariance of point-cloud classifiers, E(3) "
+        "equivariance of N-body models) and the serving input checks "
+        "(mis-shaped and non-finite inputs refused)",
+    )
     p.add_argument("names", nargs="*", help="entries to check (default: all, every version)")
     _add_fetch_args(p)
-    p.add_argument("--num-samples", type=_positive_int, default=4,
-                   help="point clouds (classifiers) or N-body systems per check")
-    p.add_argument("--num-points", type=_positive_int, default=None,
-                   help="points per cloud (default: the entry's input.num_points, else 256)")
+    p.add_argument(
+        "--num-samples", type=_positive_int, default=4, help="point clouds (classifiers) or N-body systems per check"
+    )
+    p.add_argument(
+        "--num-points",
+        type=_positive_int,
+        default=None,
+        help="points per cloud (default: the entry's input.num_points, else 256)",
+    )
     p.add_argument("--atol", type=_tolerance, default=1e-4)
-    p.add_argument("--rtol", type=_tolerance, default=1e-3,
-                   help="tolerance on logits / predicted positions: |a-b| <= atol + rtol*max|a| "
-                        "(float32)")
+    p.add_argument(
+        "--rtol",
+        type=_tolerance,
+        default=1e-3,
+        help="tolerance on logits / predicted positions: |a-b| <= atol + rtol*max|a| (float32)",
+    )
     p.add_argument("--seed", type=_non_negative_int, default=0)
 
-    p = zsub.add_parser("serve-config", help="lay out downloaded entries for TF Serving and "
-                                             "write models.config")
-    p.add_argument("names", nargs="*", metavar="NAME",
-                   help="entries to serve (default: every entry of the catalogue)")
-    p.add_argument("--download", action="store_true",
-                   help="download (and verify) the entries that are not in the cache yet")
+    p = zsub.add_parser("serve-config", help="lay out downloaded entries for TF Serving and write models.config")
+    p.add_argument("names", nargs="*", metavar="NAME", help="entries to serve (default: every entry of the catalogue)")
+    p.add_argument(
+        "--download", action="store_true", help="download (and verify) the entries that are not in the cache yet"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar while downloading")
     p.add_argument("--base-dir", required=True, help="TF Serving model base directory")
     p.add_argument("--cache-dir", help="cache root to take the models from")
-    p.add_argument("--model-base-path-prefix", default=None,
-                   help="path of --base-dir as TF Serving sees it (e.g. /models in the docker "
-                        "image); default: absolute --base-dir")
-    p.add_argument("--link", action="store_true",
-                   help="symlink versions to the cache instead of copying (not for docker "
-                        "bind mounts)")
+    p.add_argument(
+        "--model-base-path-prefix",
+        default=None,
+        help="path of --base-dir as TF Serving sees it (e.g. /models in the docker "
+        "image); default: absolute --base-dir",
+    )
+    p.add_argument(
+        "--link",
+        action="store_true",
+        help="symlink versions to the cache instead of copying (not for docker bind mounts)",
+    )
 
-    p = zsub.add_parser("publish", help="publish a recipes/modelnet40.py or "
-                                        "recipes/segnn_nbody.py run: export, pack, measure the "
-                                        "artifact, write the card and the entry")
+    p = zsub.add_parser(
+        "publish",
+        help="publish a recipes/modelnet40.py or "
+        "recipes/segnn_nbody.py run: export, pack, measure the "
+        "artifact, write the card and the entry",
+    )
     from keras_relaxeq.zoo.publish.command import add_arguments
 
     add_arguments(p)
@@ -172,16 +192,28 @@ def cmd_list(args, out) -> int:
             latest[e.name] = e
         entries = list(latest.values())
     if args.json:
-        print(json.dumps([{"name": e.name, "version": e.version, "task": e.task,
-                           "size": e.artifact.size, "metrics": list(e.metrics)}
-                          for e in entries], indent=2), file=out)
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": e.name,
+                        "version": e.version,
+                        "task": e.task,
+                        "size": e.artifact.size,
+                        "metrics": list(e.metrics),
+                    }
+                    for e in entries
+                ],
+                indent=2,
+            ),
+            file=out,
+        )
         return 0
     if not entries:
         print(f"No models in the catalogue {cat.path} yet.", file=out)
         return 0
     rows = [("NAME", "VERSION", "TASK", "SIZE", "METRIC")]
-    rows += [(e.name, str(e.version), e.task, _fmt_size(e.artifact.size), _headline_metric(e))
-             for e in entries]
+    rows += [(e.name, str(e.version), e.task, _fmt_size(e.artifact.size), _headline_metric(e)) for e in entries]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip(), file=out)
@@ -201,16 +233,16 @@ def cmd_info(args, out) -> int:
         f"  task:         {e.task}",
         f"  architecture: {e.architecture.get('class')} {json.dumps(e.architecture.get('config'))}",
         f"  group:        {e.group}    dataset: {e.dataset}",
-        *[f"  input:        {k} {v.get('dtype')} {v.get('shape')}"
-          for k, v in e.input_signature.items()],
+        *[f"  input:        {k} {v.get('dtype')} {v.get('shape')}" for k, v in e.input_signature.items()],
         f"  preprocessing: {e.input.get('preprocessing')}",
         f"  outputs:      {', '.join(e.outputs)}",
-        f"  artifact:     {e.artifact.file} ({_fmt_size(e.artifact.size)}, sha256 "
-        f"{e.artifact.sha256})",
+        f"  artifact:     {e.artifact.file} ({_fmt_size(e.artifact.size)}, sha256 {e.artifact.sha256})",
     ]
     for m in e.metrics:
-        lines.append(f"  metric:       {m['name']} = {m['value']} ({m.get('split', '')}"
-                     f"{', ' if m.get('split') else ''}{m['protocol']})")
+        lines.append(
+            f"  metric:       {m['name']} = {m['value']} ({m.get('split', '')}"
+            f"{', ' if m.get('split') else ''}{m['protocol']})"
+        )
     lines += [f"  license:      {e.license}", f"  citation:     {e.citation}"]
     if e.card:
         lines.append(f"  card:         {cat.root / e.card}")
@@ -222,8 +254,13 @@ def cmd_info(args, out) -> int:
 
 
 def _fetch_kwargs(args, index: bool = True) -> dict:
-    kwargs = dict(cache_dir=args.cache_dir, base_url=args.base_url, offline=args.offline,
-                  progress=args.progress, max_tries=args.max_tries)
+    kwargs = dict(
+        cache_dir=args.cache_dir,
+        base_url=args.base_url,
+        offline=args.offline,
+        progress=args.progress,
+        max_tries=args.max_tries,
+    )
     return dict(kwargs, index=args.index) if index else kwargs
 
 
@@ -238,19 +275,34 @@ def cmd_download(args, out) -> int:
 def cmd_verify(args, out) -> int:
     from keras_relaxeq.zoo.verify import verify_entries
 
-    failures = verify_entries(args.names, index=args.index, out=out, **_fetch_kwargs(args, index=False),
-                              num_samples=args.num_samples, num_points=args.num_points, atol=args.atol,
-                              rtol=args.rtol, seed=args.seed)
+    failures = verify_entries(
+        args.names,
+        index=args.index,
+        out=out,
+        **_fetch_kwargs(args, index=False),
+        num_samples=args.num_samples,
+        num_points=args.num_points,
+        atol=args.atol,
+        rtol=args.rtol,
+        seed=args.seed,
+    )
     return 1 if failures else 0
 
 
 def cmd_serve_config(args, out) -> int:
     from keras_relaxeq.zoo.serve import serve_config
 
-    return serve_config(args.names, base_dir=args.base_dir, out=out, index=args.index,
-                        cache_dir=args.cache_dir, fetch_missing=args.download,
-                        progress=not args.no_progress,
-                        model_base_path_prefix=args.model_base_path_prefix, link=args.link)
+    return serve_config(
+        args.names,
+        base_dir=args.base_dir,
+        out=out,
+        index=args.index,
+        cache_dir=args.cache_dir,
+        fetch_missing=args.download,
+        progress=not args.no_progress,
+        model_base_path_prefix=args.model_base_path_prefix,
+        link=args.link,
+    )
 
 
 def cmd_publish(args, out) -> int:
@@ -277,8 +329,10 @@ def main(argv=None, out=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command != "zoo" or not getattr(args, "zoo_command", None):
-        print(f"relaxeq: error: name a command: relaxeq zoo {{{','.join(COMMANDS)}}} (see relaxeq "
-              "--help)", file=sys.stderr)
+        print(
+            f"relaxeq: error: name a command: relaxeq zoo {{{','.join(COMMANDS)}}} (see relaxeq --help)",
+            file=sys.stderr,
+        )
         return 2
     try:
         if hasattr(args, "max_tries"):  # the fetching commands: bad settings fail once, up front

@@ -48,18 +48,36 @@ def main(argv=None):
     start = time.time()
     x_train, y_train = make_shapes(args.train_samples, args.points, rotation="so3", seed=args.seed)
     x_test, y_test = make_shapes(args.test_samples, args.points, rotation="so3", seed=args.seed + 10_000)
-    print(f"Data: {len(x_train)} train / {len(x_test)} test clouds of {args.points} points, "
-          f"{len(CLASSES)} classes {CLASSES}, random SO(3) rotations.")
+    print(
+        f"Data: {len(x_train)} train / {len(x_test)} test clouds of {args.points} points, "
+        f"{len(CLASSES)} classes {CLASSES}, random SO(3) rotations."
+    )
 
-    model = vn_classifier(len(CLASSES), num_points=args.points, relaxed=args.relaxed,
-                          lambda_lie=args.lambda_lie, lambda_proj=args.lambda_proj)
-    model.compile(optimizer=keras.optimizers.Adam(args.lr),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    print(f"Model: {model.count_params():,} parameters "
-          f"({'relaxed' if args.relaxed else 'plain'}; projected: "
-          f"{vn_classifier(len(CLASSES), num_points=args.points, relaxed=False).count_params():,}).")
-    history = model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch, verbose=args.verbose,
-                        callbacks=[kr.ThetaScheduler(args.schedule)])
+    model = vn_classifier(
+        len(CLASSES),
+        num_points=args.points,
+        relaxed=args.relaxed,
+        lambda_lie=args.lambda_lie,
+        lambda_proj=args.lambda_proj,
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(args.lr),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    print(
+        f"Model: {model.count_params():,} parameters "
+        f"({'relaxed' if args.relaxed else 'plain'}; projected: "
+        f"{vn_classifier(len(CLASSES), num_points=args.points, relaxed=False).count_params():,})."
+    )
+    history = model.fit(
+        x_train,
+        y_train,
+        epochs=args.epochs,
+        batch_size=args.batch,
+        verbose=args.verbose,
+        callbacks=[kr.ThetaScheduler(args.schedule)],
+    )
 
     probe = x_test[:32]
     results = {"theta_per_epoch": history.history.get("theta", [])}
@@ -74,17 +92,25 @@ def main(argv=None):
     projected.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     _, acc = projected.evaluate(x_test, y_test, batch_size=args.batch, verbose=0)
     proj_report = invariance(projected, probe)
-    results.update(test_accuracy_projected=float(acc), projected_invariance_max_error=proj_report.max_error,
-                   projected_invariance_mean_error=proj_report.mean_error,
-                   projected_parameters=int(projected.count_params()), seconds=time.time() - start)
+    results.update(
+        test_accuracy_projected=float(acc),
+        projected_invariance_max_error=proj_report.max_error,
+        projected_invariance_mean_error=proj_report.mean_error,
+        projected_parameters=int(projected.count_params()),
+        seconds=time.time() - start,
+    )
 
     print("\nResults")
     print(f"  test accuracy (projected model, rotated test set): {acc:.3f}")
     if args.relaxed:
-        print(f"  invariance error, relaxed model at theta=1 : max {results['relaxed_theta1_invariance_max_error']:.3e}"
-              f"  mean {results['relaxed_theta1_invariance_mean_error']:.3e}")
-    print(f"  invariance error, projected model          : max {proj_report.max_error:.3e}"
-          f"  mean {proj_report.mean_error:.3e}")
+        print(
+            f"  invariance error, relaxed model at theta=1 : max {results['relaxed_theta1_invariance_max_error']:.3e}"
+            f"  mean {results['relaxed_theta1_invariance_mean_error']:.3e}"
+        )
+    print(
+        f"  invariance error, projected model          : max {proj_report.max_error:.3e}"
+        f"  mean {proj_report.mean_error:.3e}"
+    )
     print(f"  projected parameters: {projected.count_params():,}; wall time {results['seconds']:.0f} s")
     if args.json:
         with open(args.json, "w") as f:

@@ -72,16 +72,29 @@ HERE = Path(__file__).resolve().parent
 EXPERIMENTS = {
     "modelnet40": Experiment(
         script="modelnet40.py",
-        protocol=("--model", "vn_pointnet", "--width", "0.25", "--lr-step", "1", "--theta-per-step",
-                  "--bn-reestimate", "20"),
+        protocol=(
+            "--model",
+            "vn_pointnet",
+            "--width",
+            "0.25",
+            "--lr-step",
+            "1",
+            "--theta-per-step",
+            "--bn-reestimate",
+            "20",
+        ),
         epochs=8,
         metric=Metric("final_projected_val_accuracy", "final projected val acc (%)", 100.0, 1),
         higher_is_better=True,
-        curve="projected_val_accuracy", curve_label="projected val accuracy",
-        extra_metrics=(Metric("final_projected_val_accuracy_bn_reestimated", "after BN re-estimation (%)", 100.0, 1),
-                       Metric("best_projected_val_accuracy", "best projected val acc (%)", 100.0, 1),
-                       Metric("invariance.max_error", "invariance max error", 1.0, -1)),
-        train_curve="accuracy"),
+        curve="projected_val_accuracy",
+        curve_label="projected val accuracy",
+        extra_metrics=(
+            Metric("final_projected_val_accuracy_bn_reestimated", "after BN re-estimation (%)", 100.0, 1),
+            Metric("best_projected_val_accuracy", "best projected val acc (%)", 100.0, 1),
+            Metric("invariance.max_error", "invariance max error", 1.0, -1),
+        ),
+        train_curve="accuracy",
+    ),
     # the published protocol, uncompressed: full width, StepLR(20, 0.7), theta on the reference's
     # 200-epoch clock whatever --epochs is (so a run extended session by session follows one schedule)
     "modelnet40_full": Experiment(
@@ -90,48 +103,73 @@ EXPERIMENTS = {
         epochs=200,
         metric=Metric("best_projected_val_accuracy", "best projected val acc (%)", 100.0, 1),
         higher_is_better=True,
-        curve="projected_val_accuracy", curve_label="projected val accuracy",
-        extra_metrics=(Metric("final_projected_val_accuracy", "final projected val acc (%)", 100.0, 1),
-                       Metric("invariance.max_error", "invariance max error", 1.0, -1)),
-        train_curve="accuracy"),
+        curve="projected_val_accuracy",
+        curve_label="projected val accuracy",
+        extra_metrics=(
+            Metric("final_projected_val_accuracy", "final projected val acc (%)", 100.0, 1),
+            Metric("invariance.max_error", "invariance max error", 1.0, -1),
+        ),
+        train_curve="accuracy",
+    ),
     "segnn_nbody": Experiment(
         script="segnn_nbody.py",
         protocol=(),
         epochs=1000,
         metric=Metric("best_test_mse", "test MSE of the selected projected model (x1e-3)", 1e3, 3),
         higher_is_better=False,
-        curve="projected_val_loss", curve_label="projected val MSE",
-        extra_metrics=(Metric("best_projected_val_mse", "best projected val MSE (x1e-3)", 1e3, 3),
-                       Metric("final_projected_test_mse", "final projected test MSE (x1e-3)", 1e3, 3),
-                       Metric("equivariance_of_best_projected.o3_max_error", "O(3) max error", 1.0, -1)),
-        train_curve="task_loss", train_curve_label="train MSE (penalties subtracted from the loss)",
-        log_scale=True),
+        curve="projected_val_loss",
+        curve_label="projected val MSE",
+        extra_metrics=(
+            Metric("best_projected_val_mse", "best projected val MSE (x1e-3)", 1e3, 3),
+            Metric("final_projected_test_mse", "final projected test MSE (x1e-3)", 1e3, 3),
+            Metric("equivariance_of_best_projected.o3_max_error", "O(3) max error", 1.0, -1),
+        ),
+        train_curve="task_loss",
+        train_curve_label="train MSE (penalties subtracted from the loss)",
+        log_scale=True,
+    ),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line options (everything before ``--``)."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("experiment", choices=sorted(EXPERIMENTS))
     p.add_argument("--output-dir", required=True)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     p.add_argument("--epochs", type=int, default=None, help="default: the experiment's protocol")
-    p.add_argument("--sweep", default=None, metavar="OPTION=V1,V2,...",
-                   help="also vary one recipe option, e.g. layers=2,4,6,8 or train-samples=1000,3000")
+    p.add_argument(
+        "--sweep",
+        default=None,
+        metavar="OPTION=V1,V2,...",
+        help="also vary one recipe option, e.g. layers=2,4,6,8 or train-samples=1000,3000",
+    )
     p.add_argument("--jobs", type=int, default=2, help="trainings at once")
     p.add_argument("--threads", type=int, default=1, help="TensorFlow threads per training (0: TF default)")
     p.add_argument("--report-only", action="store_true", help="only aggregate the finished runs")
-    p.add_argument("--report-dir", metavar="DIR", default=None,
-                   help="write comparison*.{md,json,png} here (default: --output-dir)")
-    p.add_argument("--export", metavar="DIR", default=None,
-                   help="copy every run's record (RECORD_FILES) into DIR/<run> after the report")
-    p.add_argument("--export-state", action="store_true",
-                   help="with --export: unfinished runs also take their resume state (RESUME_STATE)")
-    p.add_argument("--import-from", metavar="DIR", default=None,
-                   help="before training, copy the runs exported to DIR into --output-dir (runs that "
-                        "have no backup there yet)")
+    p.add_argument(
+        "--report-dir", metavar="DIR", default=None, help="write comparison*.{md,json,png} here (default: --output-dir)"
+    )
+    p.add_argument(
+        "--export",
+        metavar="DIR",
+        default=None,
+        help="copy every run's record (RECORD_FILES) into DIR/<run> after the report",
+    )
+    p.add_argument(
+        "--export-state",
+        action="store_true",
+        help="with --export: unfinished runs also take their resume state (RESUME_STATE)",
+    )
+    p.add_argument(
+        "--import-from",
+        metavar="DIR",
+        default=None,
+        help="before training, copy the runs exported to DIR into --output-dir (runs that have no backup there yet)",
+    )
     p.epilog = "Options after -- are passed to every recipe run (e.g. -- --points 64)."
     return p
 
@@ -142,7 +180,7 @@ def parse_args(argv=None) -> Comparison:
     extra = []
     if "--" in argv:
         i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1:]
+        argv, extra = argv[:i], argv[i + 1 :]
     args = build_parser().parse_args(argv)
     if args.export_state and not args.export:
         raise SystemExit("--export-state needs --export DIR")

@@ -46,13 +46,21 @@ def build_parser():
     p.add_argument("run_dir", help="output directory of a recipe run")
     p.add_argument("--checkpoint", choices=("best", "backup"), default="best")
     p.add_argument("--batches", type=int, default=5, help="validation batches to use")
-    p.add_argument("--random-branches", action="store_true",
-                   help="reference: replace every branch's weights by N(0, 1) draws (seed 0) and set theta = 0 (so "
-                        "every layer sees the inputs of the projected model), to see what sqrt(LD / N) a random "
-                        "branch of these layers gives")
-    p.add_argument("--gradients", type=int, default=None, metavar="N",
-                   help="report the split of the task and penalty gradients on the branch kernels into equivariant "
-                        "and non-equivariant parts over N training batches (branch_gradient_report) instead")
+    p.add_argument(
+        "--random-branches",
+        action="store_true",
+        help="reference: replace every branch's weights by N(0, 1) draws (seed 0) and set theta = 0 (so "
+        "every layer sees the inputs of the projected model), to see what sqrt(LD / N) a random "
+        "branch of these layers gives",
+    )
+    p.add_argument(
+        "--gradients",
+        type=int,
+        default=None,
+        metavar="N",
+        help="report the split of the task and penalty gradients on the branch kernels into equivariant "
+        "and non-equivariant parts over N training batches (branch_gradient_report) instead",
+    )
     p.add_argument("--json", default=None, help="also write the rows here")
     return p
 
@@ -69,9 +77,11 @@ def run_config(run_dir: Path):
         script = next((i for i, a in enumerate(argv) if Path(a).stem in RECIPES), None)
         if script is not None:
             recipe = importlib.import_module(Path(argv[script]).stem)
-            return recipe, recipe.resolve_config(recipe.build_parser().parse_args(argv[script + 1:]))
-    raise SystemExit(f"{run_dir}: neither summary.json nor a command.txt naming one of the recipes {RECIPES}; "
-                     "is this the --output-dir of a recipe run?")
+            return recipe, recipe.resolve_config(recipe.build_parser().parse_args(argv[script + 1 :]))
+    raise SystemExit(
+        f"{run_dir}: neither summary.json nor a command.txt naming one of the recipes {RECIPES}; "
+        "is this the --output-dir of a recipe run?"
+    )
 
 
 def load_checkpoint(recipe, cfg, run_dir: Path, which: str):
@@ -81,8 +91,9 @@ def load_checkpoint(recipe, cfg, run_dir: Path, which: str):
     if which == "best":
         path = run_dir / "best_relaxed.keras"
         if not path.exists():
-            raise SystemExit(f"{path} does not exist (yet): the run saves it after its first validation; "
-                             "try --checkpoint backup.")
+            raise SystemExit(
+                f"{path} does not exist (yet): the run saves it after its first validation; try --checkpoint backup."
+            )
         return keras.saving.load_model(path, compile=False), str(path)
     backup = run_dir / "backup" / "latest.weights.h5"
     if not backup.exists():
@@ -145,8 +156,10 @@ def main(argv=None) -> list[dict]:
         if args.gradients < 1:
             raise SystemExit(f"--gradients needs at least 1 batch, got {args.gradients}.")
         if args.random_branches:
-            raise SystemExit("--gradients and --random-branches do not go together: at theta = 0 the task loss does "
-                             "not depend on the branches.")
+            raise SystemExit(
+                "--gradients and --random-branches do not go together: at theta = 0 the task loss does "
+                "not depend on the branches."
+            )
         train = recipe.make_datasets(cfg)[0]
         rows = branch_gradient_report(model, train, loss=recipe.make_loss(cfg), num_batches=args.gradients)
         print(f"{source}; {rows[0]['batches']} training batches of {cfg['batch']}\n")

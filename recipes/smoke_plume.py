@@ -53,33 +53,74 @@ ARMS = ("cnn", "equivariant", "relaxed", "rsteer", "rsteer_relaxed")
 RELAXED_ARMS = ("relaxed", "rsteer_relaxed")
 
 #: published settings (Wang, Walters, Yu 2022 rotation runs; Pertigkiozoglou et al. 2024)
-DEFAULTS = dict(epochs=1000, batch=16, lr=1e-3, lr_decay=0.95, weight_decay=4e-4, alpha=1e-5, hidden=92,
-                width=1.0, kernel=3, layers=5, output_length=6, test_length=20, lambda_lie=0.01,
-                lambda_proj=0.01, schedule="triangle", early_stop_after=100, early_stop_window=5)
+DEFAULTS = dict(
+    epochs=1000,
+    batch=16,
+    lr=1e-3,
+    lr_decay=0.95,
+    weight_decay=4e-4,
+    alpha=1e-5,
+    hidden=92,
+    width=1.0,
+    kernel=3,
+    layers=5,
+    output_length=6,
+    test_length=20,
+    lambda_lie=0.01,
+    lambda_proj=0.01,
+    schedule="triangle",
+    early_stop_after=100,
+    early_stop_window=5,
+)
 
 
 # ----------------------------------------------------------------------------- CLI
 
+
 def build_parser() -> argparse.ArgumentParser:
     d = DEFAULTS
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--arm", choices=ARMS, default="relaxed")
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=d["epochs"], help="maximum epochs (early stopping may end sooner)")
     g.add_argument("--batch", type=int, default=d["batch"], help="global batch size")
     g.add_argument("--lr", type=float, default=d["lr"], help="Adam learning rate")
     g.add_argument("--lr-decay", type=float, default=d["lr_decay"], help="learning rate factor per epoch")
-    g.add_argument("--weight-decay", type=float, default=d["weight_decay"],
-                   help="coupled L2 weight decay (torch Adam's weight_decay): wd * w is added to the gradient")
-    g.add_argument("--output-length", type=int, default=d["output_length"],
-                   help="predicted frames per training window (the loss sums their MSEs)")
-    g.add_argument("--early-stop-after", type=int, default=d["early_stop_after"], metavar="N",
-                   help="early stopping is checked once more than N epochs have run (0: from the start)")
-    g.add_argument("--early-stop-window", type=int, default=d["early_stop_window"], metavar="W",
-                   help="stop when the mean of the last W projected val RMSEs is not below that of the W before")
-    g.add_argument("--max-train-batches", type=int, default=None, metavar="N",
-                   help="CPU protocol: N batches per epoch (a new shuffle every epoch) instead of all 250")
+    g.add_argument(
+        "--weight-decay",
+        type=float,
+        default=d["weight_decay"],
+        help="coupled L2 weight decay (torch Adam's weight_decay): wd * w is added to the gradient",
+    )
+    g.add_argument(
+        "--output-length",
+        type=int,
+        default=d["output_length"],
+        help="predicted frames per training window (the loss sums their MSEs)",
+    )
+    g.add_argument(
+        "--early-stop-after",
+        type=int,
+        default=d["early_stop_after"],
+        metavar="N",
+        help="early stopping is checked once more than N epochs have run (0: from the start)",
+    )
+    g.add_argument(
+        "--early-stop-window",
+        type=int,
+        default=d["early_stop_window"],
+        metavar="W",
+        help="stop when the mean of the last W projected val RMSEs is not below that of the W before",
+    )
+    g.add_argument(
+        "--max-train-batches",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU protocol: N batches per epoch (a new shuffle every epoch) instead of all 250",
+    )
     g.add_argument("--max-val-batches", type=int, default=None, metavar="N", help="cap on validation batches")
     g.add_argument("--max-test-batches", type=int, default=None, metavar="N", help="cap on test batches (each split)")
     g.add_argument("--seed", type=int, default=0)
@@ -88,22 +129,36 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--width", type=float, default=d["width"], help="multiplier of --hidden")
     g.add_argument("--kernel", type=int, default=d["kernel"], help="odd kernel size")
     g.add_argument("--layers", type=int, default=d["layers"])
-    g.add_argument("--alpha", type=float, default=d["alpha"],
-                   help="RSteer smoothness weight (alpha * mean |neighbouring coefficient differences|, per layer "
-                        "and per training batch)")
+    g.add_argument(
+        "--alpha",
+        type=float,
+        default=d["alpha"],
+        help="RSteer smoothness weight (alpha * mean |neighbouring coefficient differences|, per layer "
+        "and per training batch)",
+    )
     g = p.add_argument_group("relaxation (docs/method.md)")
     g.add_argument("--schedule", choices=("triangle", "decay", "constant", "cosine"), default=d["schedule"])
     g.add_argument("--theta-value", type=float, default=0.1, help="theta of --schedule constant")
-    g.add_argument("--theta-epochs", type=int, default=None, metavar="N",
-                   help="length of the theta clock in epochs (default: --epochs)")
+    g.add_argument(
+        "--theta-epochs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="length of the theta clock in epochs (default: --epochs)",
+    )
     g.add_argument("--lambda-lie", type=float, default=d["lambda_lie"], help="weight of sqrt(C4 defect)")
     g.add_argument("--lambda-proj", type=float, default=d["lambda_proj"], help="weight of sqrt(branch size)")
     g.add_argument("--relaxation-initializer", default="zeros", help="branch kernel initializer")
     g = p.add_argument_group("data")
-    g.add_argument("--data-dir", default=None,
-                   help="simulation folder (default: $KERAS_RELAXEQ_CACHE/smoke_plume_rotation)")
-    g.add_argument("--generate", action=argparse.BooleanOptionalAction, default=True,
-                   help="simulate missing simulations with PhiFlow (pip install '.[smoke]'; about an hour)")
+    g.add_argument(
+        "--data-dir", default=None, help="simulation folder (default: $KERAS_RELAXEQ_CACHE/smoke_plume_rotation)"
+    )
+    g.add_argument(
+        "--generate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="simulate missing simulations with PhiFlow (pip install '.[smoke]'; about an hour)",
+    )
     g.add_argument("--resolution", type=int, default=64, help="grid size of the data set (64; smaller for tests)")
     g = p.add_argument_group("evaluation and output")
     g.add_argument("--test-length", type=int, default=d["test_length"], help="rollout length of the test RMSEs")
@@ -112,8 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     rg.add_argument("--resume", action="store_true", help="require a backup in --output-dir and continue from it")
     rg.add_argument("--fresh", action="store_true", help="delete the backup and logs and start over")
     g.add_argument("--verbose", type=int, default=1, help="Keras fit verbosity (1: progress bar)")
-    g.add_argument("--jit-compile", choices=("auto", "on", "off"), default="auto",
-                   help="XLA-compile the training step (auto: on with one replica)")
+    g.add_argument(
+        "--jit-compile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="XLA-compile the training step (auto: on with one replica)",
+    )
     g = p.add_argument_group("distribution (docs/distributed.md)")
     _dist().add_strategy_argument(g)
     return p
@@ -121,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _dist():
     from keras_relaxeq.training import distribute
+
     return distribute
 
 
@@ -144,43 +204,68 @@ def resolve_config(args) -> dict:
 
 # ----------------------------------------------------------------------------- pieces
 
+
 def data_config(cfg):
     from keras_relaxeq.datasets.smoke_plume import smoke_plume_config
+
     return smoke_plume_config("rotation", resolution=cfg["resolution"])
 
 
 def make_dataset(cfg, split, *, seed=None, output_length=None, limit=None):
     """Windows of ``split`` batched with the global batch; ``limit`` caps the batches (``take``)."""
     from keras_relaxeq.datasets.smoke_plume import smoke_plume_dataset
-    ds = smoke_plume_dataset(split, cfg["batch"], config=data_config(cfg), output_length=output_length,
-                             seed=seed, data_dir=cfg["data_dir"], generate=cfg["generate"],
-                             progress=bool(cfg["verbose"]), drop_remainder=split == "train")
+
+    ds = smoke_plume_dataset(
+        split,
+        cfg["batch"],
+        config=data_config(cfg),
+        output_length=output_length,
+        seed=seed,
+        data_dir=cfg["data_dir"],
+        generate=cfg["generate"],
+        progress=bool(cfg["verbose"]),
+        drop_remainder=split == "train",
+    )
     return ds.take(limit) if limit else ds
 
 
 def build_model(cfg):
     """The training model: the arm's one-step forecaster unrolled over ``--output-length`` frames."""
     from keras_relaxeq.models.smoke_plume import rollout_model, smoke_plume_forecaster
-    forecaster = smoke_plume_forecaster(cfg["arm"], grid=cfg["resolution"], hidden=cfg["hidden"],
-                                        width=cfg["width"], kernel_size=cfg["kernel"], num_layers=cfg["layers"],
-                                        alpha=cfg["alpha"] / cfg["output_length"],  # once per batch, not per step
-                                        relaxation_initializer=cfg["relaxation_initializer"],
-                                        lambda_lie=cfg["lambda_lie"], lambda_proj=cfg["lambda_proj"],
-                                        name=f"smoke_plume_{cfg['arm']}")
+
+    forecaster = smoke_plume_forecaster(
+        cfg["arm"],
+        grid=cfg["resolution"],
+        hidden=cfg["hidden"],
+        width=cfg["width"],
+        kernel_size=cfg["kernel"],
+        num_layers=cfg["layers"],
+        alpha=cfg["alpha"] / cfg["output_length"],  # once per batch, not per step
+        relaxation_initializer=cfg["relaxation_initializer"],
+        lambda_lie=cfg["lambda_lie"],
+        lambda_proj=cfg["lambda_proj"],
+        name=f"smoke_plume_{cfg['arm']}",
+    )
     return rollout_model(forecaster, steps=cfg["output_length"])
 
 
 def make_optimizer(cfg):
     from keras_relaxeq.training.optimizers import AdamL2
+
     return AdamL2(cfg["lr"], l2=cfg["weight_decay"])
 
 
 def early_stopping(cfg, previous):
     """The reference's rule on the projected validation RMSE, continuing the history of a resumed run."""
     from keras_relaxeq.training.callbacks import WindowedEarlyStopping
-    return WindowedEarlyStopping("projected_val_rmse", window=cfg["early_stop_window"],
-                                 min_epochs=cfg["early_stop_after"], mode="min",
-                                 initial_history=previous.get("projected_val_rmse", []))
+
+    return WindowedEarlyStopping(
+        "projected_val_rmse",
+        window=cfg["early_stop_window"],
+        min_epochs=cfg["early_stop_after"],
+        mode="min",
+        initial_history=previous.get("projected_val_rmse", []),
+    )
 
 
 def use_xla(option: str, strategy) -> bool:
@@ -193,14 +278,19 @@ def c4_equivariance(forecaster, frames):
     """Relative C4 equivariance error of the one-step forecaster (every element, grid and vector components)."""
     from keras_relaxeq.groups.cyclic import FieldType
     from keras_relaxeq.testing.cyclic import check_cyclic_equivariance
+
     vector = FieldType.vector(4)
     report = check_cyclic_equivariance(forecaster, frames, vector, vector, atol=0.0)
-    return {"max_error": float(report.max_error), "relative_max_error": float(report.max_error / max(report.scale,
-                                                                                                      1e-12)),
-            "output_scale": float(report.scale), "num_windows": int(frames.shape[0])}
+    return {
+        "max_error": float(report.max_error),
+        "relative_max_error": float(report.max_error / max(report.scale, 1e-12)),
+        "output_scale": float(report.scale),
+        "num_windows": int(frames.shape[0]),
+    }
 
 
 # ----------------------------------------------------------------------------- main
+
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
@@ -221,37 +311,58 @@ def main(argv=None) -> dict:
 
     cfg["batch"] = dist.global_batch_size(cfg["batch"], strategy)
     keras.utils.set_random_seed(cfg["seed"])
-    train = make_dataset(cfg, "train", seed=cfg["seed"], output_length=cfg["output_length"],
-                         limit=cfg["max_train_batches"])
+    train = make_dataset(
+        cfg, "train", seed=cfg["seed"], output_length=cfg["output_length"], limit=cfg["max_train_batches"]
+    )
     val = make_dataset(cfg, "val", output_length=cfg["output_length"], limit=cfg["max_val_batches"]).cache()
     passes = {"train": CountedDataset(train)}
     train = dist.shard_dataset(passes["train"].dataset, "data")
     with strategy.scope():
         model = build_model(cfg)
-        model.compile(optimizer=make_optimizer(cfg), loss=summed_frame_mse,
-                      metrics=[keras.metrics.RootMeanSquaredError(name="rmse")],
-                      jit_compile=use_xla(cfg["jit_compile"], strategy))
+        model.compile(
+            optimizer=make_optimizer(cfg),
+            loss=summed_frame_mse,
+            metrics=[keras.metrics.RootMeanSquaredError(name="rmse")],
+            jit_compile=use_xla(cfg["jit_compile"], strategy),
+        )
     dist.prepare_model(model, strategy)
     relaxed = cfg["arm"] in RELAXED_ARMS
 
     previous = read_csv_history(out / "log.csv")
     finite = [v for v in previous.get("projected_val_rmse", []) if math.isfinite(v)]
     best_so_far = min(finite) if finite else None
-    projected_val = ProjectedValidation(val, loss=summed_frame_mse, metrics=[keras.metrics.RootMeanSquaredError(
-        name="rmse")], monitor="projected_val_rmse", mode="min", best_path=write_dir / "best_projected.keras",
-        initial_best=best_so_far)
+    projected_val = ProjectedValidation(
+        val,
+        loss=summed_frame_mse,
+        metrics=[keras.metrics.RootMeanSquaredError(name="rmse")],
+        monitor="projected_val_rmse",
+        mode="min",
+        best_path=write_dir / "best_projected.keras",
+        initial_best=best_so_far,
+    )
     lr, decay = cfg["lr"], cfg["lr_decay"]
-    callbacks = [keras.callbacks.LearningRateScheduler(lambda epoch: lr * decay ** epoch)]
+    callbacks = [keras.callbacks.LearningRateScheduler(lambda epoch: lr * decay**epoch)]
     if relaxed:
-        callbacks.insert(0, ThetaScheduler(cfg["schedule"], epochs=cfg.get("theta_epochs") or cfg["epochs"],
-                                           value=cfg["theta_value"]))
+        callbacks.insert(
+            0,
+            ThetaScheduler(cfg["schedule"], epochs=cfg.get("theta_epochs") or cfg["epochs"], value=cfg["theta_value"]),
+        )
     callbacks += [projected_val, early_stopping(cfg, previous)]
-    tail, tensorboard = run_callbacks(write_dir, backup_dir, monitor="projected_val_rmse", mode="min",
-                                      initial_best=best_so_far, strategy=strategy, recipe="recipes/smoke_plume.py",
-                                      config=cfg, datasets=passes)
+    tail, tensorboard = run_callbacks(
+        write_dir,
+        backup_dir,
+        monitor="projected_val_rmse",
+        mode="min",
+        initial_best=best_so_far,
+        strategy=strategy,
+        recipe="recipes/smoke_plume.py",
+        config=cfg,
+        datasets=passes,
+    )
     callbacks += tail
-    fit = model.fit(train, validation_data=val, epochs=cfg["epochs"], callbacks=callbacks, verbose=cfg["verbose"],
-                    shuffle=False)
+    fit = model.fit(
+        train, validation_data=val, epochs=cfg["epochs"], callbacks=callbacks, verbose=cfg["verbose"], shuffle=False
+    )
 
     # the best projected model (by validation RMSE), evaluated by 20-step rollouts on both test splits
     best_path = write_dir / "best_projected.keras"
@@ -286,9 +397,15 @@ def main(argv=None) -> dict:
         "c4_equivariance": equivariance,
         "params": {"trained_model": int(model.count_params()), "projected_forecaster": int(forecaster.count_params())},
         "wall_time_seconds": time.time() - start,
-        "files": {"projected_forecaster": "projected.keras", "best_projected_model": "best_projected.keras",
-                  "best_relaxed_model": "best_relaxed.keras", "csv_log": "log.csv", "tensorboard": "logs",
-                  "plot": "history.png", "backup": "backup"},
+        "files": {
+            "projected_forecaster": "projected.keras",
+            "best_projected_model": "best_projected.keras",
+            "best_relaxed_model": "best_relaxed.keras",
+            "csv_log": "log.csv",
+            "tensorboard": "logs",
+            "plot": "history.png",
+            "backup": "backup",
+        },
         "tensorboard": tensorboard,
     }
     with open(write_dir / "summary.json", "w") as f:
@@ -296,9 +413,11 @@ def main(argv=None) -> dict:
     plot_history(history, write_dir / "history.png", title=f"smoke plume, {cfg['arm']}", metric="rmse")
     dist.cleanup_worker_dir(str(write_dir), str(out), strategy)
     if cfg["verbose"] and chief:
-        print(f"{cfg['arm']}: RMSE future {summary['rmse_future']:.4f}, domain {summary['rmse_domain']:.4f} "
-              f"(best projected val RMSE {best_val}); C4 relative error "
-              f"{equivariance['relative_max_error']:.1e}; summary: {out / 'summary.json'}")
+        print(
+            f"{cfg['arm']}: RMSE future {summary['rmse_future']:.4f}, domain {summary['rmse_domain']:.4f} "
+            f"(best projected val RMSE {best_val}); C4 relative error "
+            f"{equivariance['relative_max_error']:.1e}; summary: {out / 'summary.json'}"
+        )
     return summary
 
 

@@ -19,6 +19,7 @@ TIMEOUT = 600
 def common(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import _common
+
     return _common
 
 
@@ -57,13 +58,23 @@ def test_op_time_tables_counts_the_ops_inside_a_function(common, tmp_path):
     assert "| MatMul |" in text and "ms of op time per step" in text
 
 
-@pytest.mark.parametrize("kernel, public", [
-    ("MatMul", "MatMul"), ("_MklMatMul", "MatMul"), ("_MklNativeFusedMatMul", "MatMul"),
-    ("_FusedMatMul", "MatMul"), ("_MklFusedMatMul", "MatMul"), ("_MklEinsum", "Einsum"),
-    ("_MklBatchMatMulV2", "BatchMatMulV2"), ("_MklNativeFusedConv2D", "Conv2D"),
-    ("_MklFusedBatchNormV3", "FusedBatchNormV3"), ("FusedBatchNormV3", "FusedBatchNormV3"),
-    ("AddV2", "AddV2"), ("_Recv", "Recv"),
-])
+@pytest.mark.parametrize(
+    "kernel, public",
+    [
+        ("MatMul", "MatMul"),
+        ("_MklMatMul", "MatMul"),
+        ("_MklNativeFusedMatMul", "MatMul"),
+        ("_FusedMatMul", "MatMul"),
+        ("_MklFusedMatMul", "MatMul"),
+        ("_MklEinsum", "Einsum"),
+        ("_MklBatchMatMulV2", "BatchMatMulV2"),
+        ("_MklNativeFusedConv2D", "Conv2D"),
+        ("_MklFusedBatchNormV3", "FusedBatchNormV3"),
+        ("FusedBatchNormV3", "FusedBatchNormV3"),
+        ("AddV2", "AddV2"),
+        ("_Recv", "Recv"),
+    ],
+)
 def test_canonical_op_type_names_the_public_op(common, kernel, public):
     assert common.canonical_op_type(kernel) == public
 
@@ -93,8 +104,13 @@ def test_op_time_tables_do_not_depend_on_the_cpu_kernels(onednn):
     # oneDNN's rewrite (on by default on some CPUs) runs MatMul as _MklMatMul, Einsum as _MklEinsum:
     # the tables name the public ops either way
     env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=onednn, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="-1")
-    proc = subprocess.run([sys.executable, "-c", _ONEDNN_PROFILE, str(ROOT / "benchmarks")], env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=TIMEOUT)
+    proc = subprocess.run(
+        [sys.executable, "-c", _ONEDNN_PROFILE, str(ROOT / "benchmarks")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=TIMEOUT,
+    )
     out = proc.stdout.decode(errors="replace")
     assert proc.returncode == 0, out[-3000:]
     types = json.loads(out.strip().splitlines()[-1])
@@ -109,14 +125,40 @@ def test_op_time_tables_without_a_trace_says_so(common, tmp_path):
 
 def test_bench_segnn_profile_run(tmp_path):
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_segnn.py"), "--hidden", "8", "--layers", "1",
-           "--batch", "10", "--repeats", "1", "--steps", "1", "--warmup", "1", "--threads", "1",
-           "--epochs", "2", "--train-samples", "20", "--val-samples", "10",
-           "--profile", str(tmp_path / "trace"), "--json", str(out)]
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="-1", TF_CPP_MIN_LOG_LEVEL="3",
-               KERAS_RELAXEQ_CACHE=str(tmp_path / "cache"))
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=str(tmp_path),
-                          timeout=TIMEOUT)
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "bench_segnn.py"),
+        "--hidden",
+        "8",
+        "--layers",
+        "1",
+        "--batch",
+        "10",
+        "--repeats",
+        "1",
+        "--steps",
+        "1",
+        "--warmup",
+        "1",
+        "--threads",
+        "1",
+        "--epochs",
+        "2",
+        "--train-samples",
+        "20",
+        "--val-samples",
+        "10",
+        "--profile",
+        str(tmp_path / "trace"),
+        "--json",
+        str(out),
+    ]
+    env = dict(
+        os.environ, CUDA_VISIBLE_DEVICES="-1", TF_CPP_MIN_LOG_LEVEL="3", KERAS_RELAXEQ_CACHE=str(tmp_path / "cache")
+    )
+    proc = subprocess.run(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=str(tmp_path), timeout=TIMEOUT
+    )
     log = proc.stdout.decode(errors="replace")[-4000:]
     assert proc.returncode == 0, log
     summary = json.loads(out.read_text())

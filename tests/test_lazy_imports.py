@@ -18,8 +18,9 @@ REPO = Path(kr.__file__).resolve().parents[1]
 
 def run_python(code: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO
+    )
 
 
 def test_light_commands_do_not_import_tensorflow(tmp_path):
@@ -51,8 +52,13 @@ print(json.dumps(seen))
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout.splitlines()[-1])
     assert (tmp_path / "serving" / "models.config").is_file()
-    assert seen == {"import": [], "kr.zoo": ["keras_relaxeq.zoo", True], "help_exit": 0,
-                    "codes": [0, 0, 0, 0], "after": []}
+    assert seen == {
+        "import": [],
+        "kr.zoo": ["keras_relaxeq.zoo", True],
+        "help_exit": 0,
+        "codes": [0, 0, 0, 0],
+        "after": [],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +75,13 @@ def saved_vn_model(tmp_path_factory):
     return path, model.predict(data, verbose=0)
 
 
-@pytest.mark.parametrize("first_import", [
-    "import keras",
-    pytest.param("import tensorflow as tf", marks=pytest.mark.slow),  # a second TF process
-])
+@pytest.mark.parametrize(
+    "first_import",
+    [
+        "import keras",
+        pytest.param("import tensorflow as tf", marks=pytest.mark.slow),  # a second TF process
+    ],
+)
 def test_load_model_after_plain_import(saved_vn_model, first_import):
     """``import keras_relaxeq`` (which imports neither Keras nor TensorFlow), then Keras or
     TensorFlow: the package's classes are registered, ``keras.saving.load_model`` works, and the
@@ -92,8 +101,14 @@ print(type(model.layers[-1]).__module__, kr.RelaxedModel.__name__, kr.project.__
 """
     result = run_python(code)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["keras_relaxeq.layers.vector_neurons", "RelaxedModel",
-                                     "project", "keras_relaxeq.datasets", "VNLinear", "True"]
+    assert result.stdout.split() == [
+        "keras_relaxeq.layers.vector_neurons",
+        "RelaxedModel",
+        "project",
+        "keras_relaxeq.datasets",
+        "VNLinear",
+        "True",
+    ]
     np.testing.assert_allclose(np.load(path.with_suffix(".out.npy")), want, rtol=1e-6, atol=1e-6)
 
 

@@ -10,6 +10,7 @@ and an edge from a submodule to its own parent package is the only kind left out
 Python's normal "import the sibling through the package" idiom only when the package is
 being initialised, which the re-export edges already cover).
 """
+
 from __future__ import annotations
 
 import ast

@@ -35,18 +35,26 @@ def fake_run(d: Path, summary: dict, column: str, values):
 
 
 def mn40_summary(final, bn, best, epochs=3):
-    return {"epochs_run": epochs, "final_projected_val_accuracy": final,
-            "final_projected_val_accuracy_bn_reestimated": bn, "best_projected_val_accuracy": best,
-            "invariance": {"max_error": 1e-5}, "wall_time_seconds": 600.0}
+    return {
+        "epochs_run": epochs,
+        "final_projected_val_accuracy": final,
+        "final_projected_val_accuracy_bn_reestimated": bn,
+        "best_projected_val_accuracy": best,
+        "invariance": {"max_error": 1e-5},
+        "wall_time_seconds": 600.0,
+    }
 
 
 def test_commands_differ_only_in_the_arm():
     drv = load_driver()
-    args = drv.parse_args(["modelnet40", "--output-dir", "/tmp/x", "--epochs", "5",
-                                          "--", "--points", "64"])
+    args = drv.parse_args(["modelnet40", "--output-dir", "/tmp/x", "--epochs", "5", "--", "--points", "64"])
     relaxed, standard = plan.command(args, "relaxed", 1), plan.command(args, "standard", 1)
-    assert set(relaxed) ^ set(standard) == {"--relaxed", "--no-relaxed", "/tmp/x/relaxed_seed1",
-                                            "/tmp/x/standard_seed1"}
+    assert set(relaxed) ^ set(standard) == {
+        "--relaxed",
+        "--no-relaxed",
+        "/tmp/x/relaxed_seed1",
+        "/tmp/x/standard_seed1",
+    }
     assert relaxed[1].endswith("modelnet40.py") and relaxed[-2:] == ["--points", "64"]
     assert relaxed[relaxed.index("--epochs") + 1] == "5" and relaxed[relaxed.index("--width") + 1] == "0.25"
     # a sweep adds the option and names the run after it; the protocol's default epochs apply
@@ -79,10 +87,13 @@ def test_aggregate_mean_std_and_outputs(tmp_path):
     fake_run(tmp_path / "relaxed_seed0", mn40_summary(0.50, 0.52, 0.55), "projected_val_accuracy", [0.1, 0.2, 0.5])
     fake_run(tmp_path / "relaxed_seed1", mn40_summary(0.60, 0.61, 0.65), "projected_val_accuracy", [0.1, 0.3, 0.6])
     fake_run(tmp_path / "standard_seed0", mn40_summary(0.40, None, 0.45), "projected_val_accuracy", [0.1, 0.2, 0.4])
-    fake_run(tmp_path / "standard_seed1", mn40_summary(0.30, None, 0.35, epochs=2),  # unfinished: not in the mean
-             "projected_val_accuracy", [0.1, 0.3])
-    args = drv.parse_args(["modelnet40", "--output-dir", str(tmp_path), "--seeds", "0", "1",
-                                          "--epochs", "3"])
+    fake_run(
+        tmp_path / "standard_seed1",
+        mn40_summary(0.30, None, 0.35, epochs=2),  # unfinished: not in the mean
+        "projected_val_accuracy",
+        [0.1, 0.3],
+    )
+    args = drv.parse_args(["modelnet40", "--output-dir", str(tmp_path), "--seeds", "0", "1", "--epochs", "3"])
     result = report.aggregate(args)
     rel, std = ({g["arm"]: g for g in result["groups"]}[a] for a in ("relaxed", "standard"))
     assert rel["runs"] == 2 and std["runs"] == 1
@@ -97,8 +108,7 @@ def test_aggregate_mean_std_and_outputs(tmp_path):
     # a run killed before its first summary shows its logged epochs; a missing run says so
     (tmp_path / "relaxed_seed2").mkdir()
     (tmp_path / "relaxed_seed2" / "log.csv").write_text("epoch,projected_val_accuracy\n0,0.1\n1,0.2\n1,0.2\n")
-    args = drv.parse_args(["modelnet40", "--output-dir", str(tmp_path), "--seeds", "0", "1", "2",
-                           "--epochs", "3"])
+    args = drv.parse_args(["modelnet40", "--output-dir", str(tmp_path), "--seeds", "0", "1", "2", "--epochs", "3"])
     md = report.markdown(report.aggregate(args), drv.EXPERIMENTS["modelnet40"])
     assert "| relaxed | 2 | in progress: 2 of 3 epochs logged |" in md
     assert "| standard | 2 | not started |" in md
@@ -111,12 +121,18 @@ def test_aggregate_sweep_lower_is_better(tmp_path):
     drv = load_driver()
     for layers, mse in (("2", 0.006), ("6", 0.004)):
         for arm, shift in (("relaxed", -0.001), ("standard", 0.0)):
-            summary = {"epochs_run": 2, "best_test_mse": mse + shift, "best_projected_val_mse": mse,
-                       "final_projected_test_mse": mse, "equivariance_of_best_projected": {"o3_max_error": 1e-6},
-                       "wall_time_seconds": 60.0}
+            summary = {
+                "epochs_run": 2,
+                "best_test_mse": mse + shift,
+                "best_projected_val_mse": mse,
+                "final_projected_test_mse": mse,
+                "equivariance_of_best_projected": {"o3_max_error": 1e-6},
+                "wall_time_seconds": 60.0,
+            }
             fake_run(tmp_path / f"{arm}_layers{layers}_seed0", summary, "projected_val_loss", [0.1, mse])
-    args = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--seeds", "0",
-                                          "--epochs", "2", "--sweep", "layers=2,6"])
+    args = drv.parse_args(
+        ["segnn_nbody", "--output-dir", str(tmp_path), "--seeds", "0", "--epochs", "2", "--sweep", "layers=2,6"]
+    )
     result = report.aggregate(args)
     assert result["higher_is_better"] is False
     by = {(g["sweep_value"], g["arm"]): g["stats"]["best_test_mse"]["mean"] for g in result["groups"]}
@@ -143,21 +159,25 @@ def test_aggregate_sweep_lower_is_better(tmp_path):
     # a value whose runs have not finished gets an empty panel that says how far they are
     (tmp_path / "relaxed_layers8_seed0").mkdir()  # in progress: a log, no summary.json yet
     (tmp_path / "relaxed_layers8_seed0" / "log.csv").write_text("epoch,projected_val_loss,theta\n0,0.1,0.5\n")
-    args = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--seeds", "0",
-                           "--epochs", "2", "--sweep", "layers=2,6,8"])
+    args = drv.parse_args(
+        ["segnn_nbody", "--output-dir", str(tmp_path), "--seeds", "0", "--epochs", "2", "--sweep", "layers=2,6,8"]
+    )
     result = report.aggregate(args)
     assert result["figure_panels"][-1].startswith("layers=8")
-    assert result["figure_notes"] == {"8": ("no finished run yet\nrelaxed seed 0: 1 of 2 epochs logged\n"
-                                            "standard seed 0: not started")}
+    assert result["figure_notes"] == {
+        "8": ("no finished run yet\nrelaxed seed 0: 1 of 2 epochs logged\nstandard seed 0: not started")
+    }
     # a summary from a shorter invocation (1 of 2 epochs): unfinished, not "not started"
-    fake_run(tmp_path / "standard_layers8_seed0", {"epochs_run": 1, "wall_time_seconds": 60.0},
-             "projected_val_loss", [0.1])
+    fake_run(
+        tmp_path / "standard_layers8_seed0", {"epochs_run": 1, "wall_time_seconds": 60.0}, "projected_val_loss", [0.1]
+    )
     result = report.aggregate(args)
     assert result["figure_notes"]["8"].endswith("standard seed 0: 1 of 2 epochs (unfinished)")
     assert "| 8 | standard | 0 | 1 (unfinished) |" in (tmp_path / "comparison_layers.md").read_text()
     # values keep the command's order (not the string order: 10000 sorts before 3000)
-    args = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--seeds", "0", "--epochs", "2",
-                           "--sweep", "layers=6,2"])
+    args = drv.parse_args(
+        ["segnn_nbody", "--output-dir", str(tmp_path), "--seeds", "0", "--epochs", "2", "--sweep", "layers=6,2"]
+    )
     assert [t.split(" ")[0] for t in report.aggregate(args)["figure_panels"][3:]] == ["layers=6", "layers=2"]
 
 
@@ -168,13 +188,31 @@ def test_sweep_over_a_categorical_option(tmp_path):
     assert plots.sweep_positions(["1000", "300"]) == {"1000": 1000.0, "300": 300.0}
     assert plots.sweep_positions(["mass", "coordinates"]) == {"mass": 0, "coordinates": 1}
     for centring, mse in (("mass", 0.005), ("coordinates", 0.0045)):
-        summary = {"epochs_run": 2, "best_test_mse": mse, "best_projected_val_mse": mse,
-                   "final_projected_test_mse": mse, "equivariance_of_best_projected": {"o3_max_error": 1e-6},
-                   "wall_time_seconds": 60.0}
+        summary = {
+            "epochs_run": 2,
+            "best_test_mse": mse,
+            "best_projected_val_mse": mse,
+            "final_projected_test_mse": mse,
+            "equivariance_of_best_projected": {"o3_max_error": 1e-6},
+            "wall_time_seconds": 60.0,
+        }
         name = "standard_seed0" if centring == "mass" else f"standard_centring{centring}_seed0"  # the default
         fake_run(tmp_path / name, summary, "projected_val_loss", [0.1, mse])
-    args = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--seeds", "0", "--arms", "standard",
-                           "--epochs", "2", "--sweep", "centring=mass,coordinates"])
+    args = drv.parse_args(
+        [
+            "segnn_nbody",
+            "--output-dir",
+            str(tmp_path),
+            "--seeds",
+            "0",
+            "--arms",
+            "standard",
+            "--epochs",
+            "2",
+            "--sweep",
+            "centring=mass,coordinates",
+        ]
+    )
     result = report.aggregate(args)
     by = {g["sweep_value"]: g["stats"]["best_test_mse"]["mean"] for g in result["groups"]}
     assert math.isclose(by["coordinates"], 0.0045) and math.isclose(by["mass"], 0.005)
@@ -184,26 +222,29 @@ def test_sweep_over_a_categorical_option(tmp_path):
 
 def test_sweep_reuses_the_comparison_runs_at_the_baseline_value(tmp_path):
     drv = load_driver()
-    args = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--seeds", "0",
-                           "--sweep", "layers=2,4,8"])
+    args = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--seeds", "0", "--sweep", "layers=2,4,8"])
     _, name = plan.jobs_of(args)
     assert plan.recipe_default(args, "layers") == 4 and plan.baseline_values(args, name) == {"4"}
     base = plan.command(args, "relaxed", 0)  # the plain comparison's run
     assert plan.command(args, "relaxed", 0, "4", name, baseline=True) == base
     assert "--layers" not in base and plan.command(args, "relaxed", 0, "2", name)[-2:] == ["--layers", "2"]
     # the extras (and the protocol) override the recipe's default: then 8 is the baseline
-    args8 = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--sweep", "layers=2,4,8",
-                            "--", "--layers", "8"])
+    args8 = drv.parse_args(
+        ["segnn_nbody", "--output-dir", str(tmp_path), "--sweep", "layers=2,4,8", "--", "--layers", "8"]
+    )
     assert plan.baseline_values(args8, name) == {"8"}
-    assert plan.baseline_values(drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--sweep",
-                                               "train-samples=1000,3000"]), "train-samples") == {"3000"}
+    assert plan.baseline_values(
+        drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--sweep", "train-samples=1000,3000"]),
+        "train-samples",
+    ) == {"3000"}
     # aggregation reads the comparison's runs for the baseline value, into its own files
     for arm in ("relaxed", "standard"):
         for run, mse in ((f"{arm}_seed0", 0.004), (f"{arm}_layers2_seed0", 0.006), (f"{arm}_layers8_seed0", 0.008)):
             summary = {"epochs_run": 2, "best_test_mse": mse, "wall_time_seconds": 60.0}
             fake_run(tmp_path / run, summary, "projected_val_loss", [0.1, mse])
-    args = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--seeds", "0", "--epochs", "2",
-                           "--sweep", "layers=2,4,8"])
+    args = drv.parse_args(
+        ["segnn_nbody", "--output-dir", str(tmp_path), "--seeds", "0", "--epochs", "2", "--sweep", "layers=2,4,8"]
+    )
     result = report.aggregate(args)
     by = {(r["sweep_value"], r["arm"]): r for r in result["runs"]}
     assert by[("4", "relaxed")]["run"] == "relaxed_seed0" and math.isclose(by[("4", "relaxed")]["best_test_mse"], 0.004)
@@ -213,6 +254,7 @@ def test_sweep_reuses_the_comparison_runs_at_the_baseline_value(tmp_path):
 
 def test_a_run_directory_trains_in_one_driver_at_a_time(tmp_path, capsys):
     import fcntl
+
     drv = load_driver()
     args = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--seeds", "0"])
     d = tmp_path / "relaxed_seed0"
@@ -232,11 +274,14 @@ def test_runs_in_progress_are_drawn_but_not_aggregated(tmp_path):
         w = csv.writer(f)
         w.writerow(["epoch", "projected_val_accuracy", "accuracy", "theta"])
         w.writerows([[0, 0.1, 0.1, 0.0], [1, 0.3, 0.2, 0.0]])
-    args = drv.parse_args(["modelnet40", "--output-dir", str(tmp_path), "--seeds", "0", "--epochs", "3",
-                           "--report-only"])
+    args = drv.parse_args(
+        ["modelnet40", "--output-dir", str(tmp_path), "--seeds", "0", "--epochs", "3", "--report-only"]
+    )
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     drawn = {}
     real_savefig = plt.Figure.savefig
 
@@ -259,8 +304,7 @@ def test_runs_in_progress_are_drawn_but_not_aggregated(tmp_path):
 
 
 def test_task_loss_subtracts_the_logged_penalties():
-    history = {"loss": [1.0, 2.0], "lie_penalty": [10.0, 20.0], "projection_penalty": [5.0, 5.0],
-               "theta": [0.5, 1.0]}
+    history = {"loss": [1.0, 2.0], "lie_penalty": [10.0, 20.0], "projection_penalty": [5.0, 5.0], "theta": [0.5, 1.0]}
     config = {"lambda_lie": 0.01, "lambda_proj": 0.02}
     assert report.task_loss(history, config) == pytest.approx([1.0 - 0.1 - 0.1, 2.0 - 0.2 - 0.1])
     # penalty_scale="theta": the penalty was multiplied by the epoch's theta
@@ -272,9 +316,14 @@ def test_task_loss_subtracts_the_logged_penalties():
 
 def test_paired_curves_compare_the_arms_seed_by_seed(tmp_path):
     drv = load_driver()
-    summary = {"epochs_run": 4, "best_test_mse": 0.005, "best_projected_val_mse": 0.005,
-               "final_projected_test_mse": 0.005, "equivariance_of_best_projected": {"o3_max_error": 1e-6},
-               "wall_time_seconds": 60.0}
+    summary = {
+        "epochs_run": 4,
+        "best_test_mse": 0.005,
+        "best_projected_val_mse": 0.005,
+        "final_projected_test_mse": 0.005,
+        "equivariance_of_best_projected": {"o3_max_error": 1e-6},
+        "wall_time_seconds": 60.0,
+    }
     fake_run(tmp_path / "relaxed_seed0", summary, "projected_val_loss", [1.0, 1.1, 2.0, 0.5])
     fake_run(tmp_path / "standard_seed0", summary, "projected_val_loss", [1.0, 1.0, 1.0, 1.0])
     fake_run(tmp_path / "relaxed_seed1", summary, "projected_val_loss", [1.0, 1.0, 1.0, 1.0])  # no standard pair
@@ -296,8 +345,9 @@ def test_paired_curves_split_the_direction_at_the_selected_epochs(tmp_path):
     drv = load_driver()
     summary = {"epochs_run": 6, "best_test_mse": 0.005, "wall_time_seconds": 60.0}
     # signed relaxed / standard - 1: [+0.2, +0.1, -0.1, | -0.2, -0.3, +0.1]
-    fake_run(tmp_path / "relaxed_seed0", dict(summary, best_epoch=2), "projected_val_loss",
-             [1.2, 1.1, 0.9, 0.8, 0.7, 1.1])
+    fake_run(
+        tmp_path / "relaxed_seed0", dict(summary, best_epoch=2), "projected_val_loss", [1.2, 1.1, 0.9, 0.8, 0.7, 1.1]
+    )
     fake_run(tmp_path / "standard_seed0", dict(summary, best_epoch=3), "projected_val_loss", [1.0] * 6)
     args = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--seeds", "0", "--epochs", "6"])
     (pair,) = report.aggregate(args)["paired_curves"]
@@ -327,14 +377,30 @@ def test_paired_curves_split_the_direction_at_the_selected_epochs(tmp_path):
 def test_sweep_tables_keep_the_order_of_the_sweep(tmp_path):
     """Values are strings: "10000" sorts before "2000" as text, not in the tables."""
     drv = load_driver()
-    summary = {"epochs_run": 2, "best_test_mse": 0.005, "best_projected_val_mse": 0.005,
-               "final_projected_test_mse": 0.005, "equivariance_of_best_projected": {"o3_max_error": 1e-6},
-               "wall_time_seconds": 60.0}
+    summary = {
+        "epochs_run": 2,
+        "best_test_mse": 0.005,
+        "best_projected_val_mse": 0.005,
+        "final_projected_test_mse": 0.005,
+        "equivariance_of_best_projected": {"o3_max_error": 1e-6},
+        "wall_time_seconds": 60.0,
+    }
     for value in ("2000", "10000"):
         for arm in ("relaxed", "standard"):
             fake_run(tmp_path / f"{arm}_train_samples{value}_seed0", summary, "projected_val_loss", [0.1, 0.05])
-    args = drv.parse_args(["segnn_nbody", "--output-dir", str(tmp_path), "--seeds", "0", "--epochs", "2",
-                           "--sweep", "train-samples=2000,10000"])
+    args = drv.parse_args(
+        [
+            "segnn_nbody",
+            "--output-dir",
+            str(tmp_path),
+            "--seeds",
+            "0",
+            "--epochs",
+            "2",
+            "--sweep",
+            "train-samples=2000,10000",
+        ]
+    )
     result = report.aggregate(args)
     assert [p["sweep_value"] for p in result["paired_metric"]] == ["2000", "10000"]
     assert [p["sweep_value"] for p in result["paired_curves"]] == ["2000", "10000"]
@@ -345,9 +411,14 @@ def test_export_and_import_carry_runs_to_another_machine(tmp_path):
     --report-only on the export rebuilds the same tables; --import-from never overwrites progress."""
     drv = load_driver()
     runs, export, other = tmp_path / "runs", tmp_path / "export", tmp_path / "other"
-    summary = {"epochs_run": 2, "best_test_mse": 0.004, "best_projected_val_mse": 0.005,
-               "final_projected_test_mse": 0.0045, "equivariance_of_best_projected": {"o3_max_error": 1e-6},
-               "wall_time_seconds": 60.0}
+    summary = {
+        "epochs_run": 2,
+        "best_test_mse": 0.004,
+        "best_projected_val_mse": 0.005,
+        "final_projected_test_mse": 0.0045,
+        "equivariance_of_best_projected": {"o3_max_error": 1e-6},
+        "wall_time_seconds": 60.0,
+    }
     fake_run(runs / "relaxed_layers8_seed0", summary, "projected_val_loss", [0.1, 0.005])
     unfinished = runs / "standard_layers8_seed0"
     unfinished.mkdir(parents=True)
@@ -372,15 +443,30 @@ def test_export_and_import_carry_runs_to_another_machine(tmp_path):
     assert (todo / "backup" / "latest.weights.h5").read_bytes() == b"weights"
     # the export alone makes the same report
     table = (runs / "comparison_layers.md").read_text()
-    drv.main(["segnn_nbody", "--output-dir", str(export), "--seeds", "0", "--epochs", "2", "--sweep", "layers=8",
-              "--report-only", "--report-dir", str(tmp_path / "report")])
+    drv.main(
+        [
+            "segnn_nbody",
+            "--output-dir",
+            str(export),
+            "--seeds",
+            "0",
+            "--epochs",
+            "2",
+            "--sweep",
+            "layers=8",
+            "--report-only",
+            "--report-dir",
+            str(tmp_path / "report"),
+        ]
+    )
     assert (tmp_path / "report" / "comparison_layers.md").read_text() == table
     assert not list(export.glob("comparison*"))  # the records folder stays as it was
     assert "| 8 | standard | 0 | in progress: 1 of 2 epochs logged |" in table
     # another machine: the import brings both runs; a run with a backup there is left alone
     (other / "standard_layers8_seed0" / "backup").mkdir(parents=True)
-    args = drv.parse_args(["segnn_nbody", "--output-dir", str(other), "--seeds", "0", "--epochs", "2",
-                           "--sweep", "layers=8"])
+    args = drv.parse_args(
+        ["segnn_nbody", "--output-dir", str(other), "--seeds", "0", "--epochs", "2", "--sweep", "layers=8"]
+    )
     assert records.import_runs(args, export) == ["relaxed_layers8_seed0"]
     assert not (other / "standard_layers8_seed0" / "log.csv").exists()
     assert (other / "relaxed_layers8_seed0" / "summary.json").read_text() == json.dumps(summary)
@@ -416,15 +502,31 @@ def test_an_exported_run_resumes_on_another_machine(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_RELAXEQ_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
     drv = load_driver()
-    tiny = ["--", "--train-samples", "20", "--val-samples", "20", "--test-samples", "20", "--batch", "10",
-            "--hidden", "8", "--layers", "1"]
+    tiny = [
+        "--",
+        "--train-samples",
+        "20",
+        "--val-samples",
+        "20",
+        "--test-samples",
+        "20",
+        "--batch",
+        "10",
+        "--hidden",
+        "8",
+        "--layers",
+        "1",
+    ]
     first, export, second = tmp_path / "first", tmp_path / "export", tmp_path / "second"
     common = ["segnn_nbody", "--seeds", "0", "--arms", "relaxed", "--jobs", "1"]
     drv.main(common + ["--output-dir", str(first), "--epochs", "1"] + tiny)
     assert json.loads((first / "relaxed_seed0" / "summary.json").read_text())["epochs_run"] == 1
     # seen as a 2-epoch comparison the run is unfinished: its backup goes along
-    drv.main(common + ["--output-dir", str(first), "--epochs", "2", "--report-only", "--export", str(export),
-                       "--export-state"] + tiny)
+    drv.main(
+        common
+        + ["--output-dir", str(first), "--epochs", "2", "--report-only", "--export", str(export), "--export-state"]
+        + tiny
+    )
     assert (export / "relaxed_seed0" / "backup").is_dir()
     result = drv.main(common + ["--output-dir", str(second), "--epochs", "2", "--import-from", str(export)] + tiny)
     summary = json.loads((second / "relaxed_seed0" / "summary.json").read_text())

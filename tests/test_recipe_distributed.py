@@ -18,16 +18,46 @@ TIMEOUT = 600  # importing TF + keras_relaxeq alone takes 20-60 s on 2 busy core
 
 def test_recipe_mirrored_two_cpu_replicas(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, str(ROOT / "recipes" / "modelnet40.py"),
-           "--strategy", "mirrored", "--cpu-replicas", "2",
-           "--model", "vn_classifier", "--data-dir", str(DATA), "--epochs", "1",
-           "--max-train-samples", "32", "--max-val-samples", "32", "--points", "32",
-           "--width", "0.25", "--k", "4", "--batch", "8", "--invariance-samples", "4",
-           "--no-relaxed-val", "--seed", "1", "--verbose", "0", "--output-dir", str(out)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "recipes" / "modelnet40.py"),
+        "--strategy",
+        "mirrored",
+        "--cpu-replicas",
+        "2",
+        "--model",
+        "vn_classifier",
+        "--data-dir",
+        str(DATA),
+        "--epochs",
+        "1",
+        "--max-train-samples",
+        "32",
+        "--max-val-samples",
+        "32",
+        "--points",
+        "32",
+        "--width",
+        "0.25",
+        "--k",
+        "4",
+        "--batch",
+        "8",
+        "--invariance-samples",
+        "4",
+        "--no-relaxed-val",
+        "--seed",
+        "1",
+        "--verbose",
+        "0",
+        "--output-dir",
+        str(out),
+    ]
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="-1", TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
     env.pop("TF_CONFIG", None)
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=str(tmp_path),
-                          timeout=TIMEOUT)
+    proc = subprocess.run(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=str(tmp_path), timeout=TIMEOUT
+    )
     log = proc.stdout.decode(errors="replace")[-4000:]
     assert proc.returncode == 0, log
 

@@ -53,13 +53,42 @@ def on_disk_tb(out):
 def test_recipe_runs_and_resumes(tmp_path):
     recipe = load_recipe()
     out = tmp_path / "run"
-    base = ["--model", "vn_classifier", "--data-dir", str(DATA), "--points", "32", "--width", "0.125",
-            "--k", "4", "--batch", "16", "--max-train-samples", "64", "--max-val-samples", "32",
-            "--invariance-samples", "4", "--output-dir", str(out), "--verbose", "0", "--seed", "1",
-            "--no-relaxed-val"]
+    base = [
+        "--model",
+        "vn_classifier",
+        "--data-dir",
+        str(DATA),
+        "--points",
+        "32",
+        "--width",
+        "0.125",
+        "--k",
+        "4",
+        "--batch",
+        "16",
+        "--max-train-samples",
+        "64",
+        "--max-val-samples",
+        "32",
+        "--invariance-samples",
+        "4",
+        "--output-dir",
+        str(out),
+        "--verbose",
+        "0",
+        "--seed",
+        "1",
+        "--no-relaxed-val",
+    ]
     summary = recipe.main(base + ["--epochs", "2"])
-    for name in ("summary.json", "history.png", "projected.keras", "best_projected.keras", "best_relaxed.keras",
-                 "log.csv"):
+    for name in (
+        "summary.json",
+        "history.png",
+        "projected.keras",
+        "best_projected.keras",
+        "best_relaxed.keras",
+        "log.csv",
+    ):
         assert (out / name).exists(), name
     assert (out / "backup").is_dir()
     manifest = json.loads((out / "backup" / "manifest.json").read_text())
@@ -92,11 +121,14 @@ def test_recipe_runs_and_resumes(tmp_path):
 
 
 @pytest.mark.parametrize("recipe_file", ["modelnet40.py", "segnn_nbody.py"])
-@pytest.mark.parametrize("argv, message", [
-    (["--cpu-replicas", "0", "--strategy", "mirrored"], "--cpu-replicas must be >= 1"),
-    (["--cpu-replicas", "2"], "--cpu-replicas needs --strategy mirrored"),
-    (["--cpu-replicas", "2", "--strategy", "multiworker"], "--cpu-replicas needs --strategy mirrored"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--cpu-replicas", "0", "--strategy", "mirrored"], "--cpu-replicas must be >= 1"),
+        (["--cpu-replicas", "2"], "--cpu-replicas needs --strategy mirrored"),
+        (["--cpu-replicas", "2", "--strategy", "multiworker"], "--cpu-replicas needs --strategy mirrored"),
+    ],
+)
 def test_recipes_reject_bad_strategy_options(recipe_file, argv, message):
     spec = importlib.util.spec_from_file_location(f"recipe_{recipe_file[:-3]}", ROOT / "recipes" / recipe_file)
     recipe = importlib.util.module_from_spec(spec)

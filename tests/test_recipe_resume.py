@@ -27,14 +27,36 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 KILLED = ROOT / "tests" / "training" / "killed_recipe.py"
 TIMEOUT = 900  # one tiny run: 20-30 s of CPU, several minutes on 2 busy cores
-ARGS = ["--train-samples", "20", "--val-samples", "10", "--test-samples", "10", "--batch", "10", "--hidden", "4",
-        "--layers", "1", "--verbose", "0", "--epochs", "4", "--backup-every", "1", "--monitor-every", "1",
-        "--seed", "3"]
+ARGS = [
+    "--train-samples",
+    "20",
+    "--val-samples",
+    "10",
+    "--test-samples",
+    "10",
+    "--batch",
+    "10",
+    "--hidden",
+    "4",
+    "--layers",
+    "1",
+    "--verbose",
+    "0",
+    "--epochs",
+    "4",
+    "--backup-every",
+    "1",
+    "--monitor-every",
+    "1",
+    "--seed",
+    "3",
+]
 #: summary.json entries that describe the invocation rather than the run
 PER_INVOCATION = ("wall_time_seconds", "fit_seconds_this_invocation", "epochs_this_invocation", "resumed")
 
 
 # ----------------------------------------------------------------------------- backup check, log trimming
+
 
 def tiny_backup(backup, config, epochs=3):
     """A real backup (after ``epochs`` epochs) of a tiny Keras model, written with ``config``."""
@@ -45,8 +67,13 @@ def tiny_backup(backup, config, epochs=3):
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
     model.compile(optimizer="adam", loss="mse")
-    model.fit(np.ones((8, 3), "float32"), np.ones((8, 1), "float32"), epochs=epochs, verbose=0,
-              callbacks=[MultiWorkerBackupAndRestore(str(backup), delete_checkpoint=False, config=config)])
+    model.fit(
+        np.ones((8, 3), "float32"),
+        np.ones((8, 1), "float32"),
+        epochs=epochs,
+        verbose=0,
+        callbacks=[MultiWorkerBackupAndRestore(str(backup), delete_checkpoint=False, config=config)],
+    )
 
 
 def write_log(path, epochs, extra=()):
@@ -63,8 +90,16 @@ def logged_epochs(path):
 
 
 def config(out, **changes):
-    cfg = {"output_dir": str(out), "epochs": 5, "hidden": 16, "seed": 0, "relaxed": True, "fresh": False,
-           "resume": False, "verbose": 0}
+    cfg = {
+        "output_dir": str(out),
+        "epochs": 5,
+        "hidden": 16,
+        "seed": 0,
+        "relaxed": True,
+        "fresh": False,
+        "resume": False,
+        "verbose": 0,
+    }
     cfg.update(changes)
     return cfg
 
@@ -113,12 +148,15 @@ def test_without_a_backup_the_logs_start_over(tmp_path):
     assert not (out / "log.csv").exists()  # the next CSVLogger writes a fresh header
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("weights", "damaged: latest.weights.h5 is missing"),
-    ("metadata", "damaged: training_metadata.json is missing"),
-    ("truncated", "latest.weights.h5 does not match its manifest"),
-    ("manifest", "manifest.json is not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("weights", "damaged: latest.weights.h5 is missing"),
+        ("metadata", "damaged: training_metadata.json is missing"),
+        ("truncated", "latest.weights.h5 does not match its manifest"),
+        ("manifest", "manifest.json is not valid JSON"),
+    ],
+)
 def test_a_broken_backup_stops_the_recipe_with_what_to_do(run_dir, damage, message):
     import tensorflow as tf
 
@@ -148,8 +186,11 @@ def test_a_backup_of_other_options_stops_the_recipe_naming_them(run_dir):
     from keras_relaxeq.training.recipe import prepare_output_dir
 
     strategy = tf.distribute.get_strategy()
-    with pytest.raises(SystemExit, match="run with --hidden 16 --seed 0, not --hidden 32 --seed 1: pass --hidden 16 "
-                                         "--seed 0 to resume it, or start over with --fresh"):
+    with pytest.raises(
+        SystemExit,
+        match="run with --hidden 16 --seed 0, not --hidden 32 --seed 1: pass --hidden 16 "
+        "--seed 0 to resume it, or start over with --fresh",
+    ):
         prepare_output_dir(config(run_dir, hidden=32, seed=1), strategy)
     with pytest.raises(SystemExit, match="after epoch 3 but --epochs is 2: pass --epochs 3 or more"):
         prepare_output_dir(config(run_dir, epochs=2), strategy)
@@ -205,16 +246,29 @@ def test_the_relaxation_monitor_drops_the_rows_of_a_replayed_epoch(tmp_path):
 
 # ----------------------------------------------------------------------------- SIGKILL and re-run
 
+
 def run_recipe(out, cache, kill_at=None):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-               CUDA_VISIBLE_DEVICES="-1", TF_CPP_MIN_LOG_LEVEL="3", KERAS_RELAXEQ_CACHE=str(cache),
-               TF_DETERMINISTIC_OPS="1", TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1")
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        CUDA_VISIBLE_DEVICES="-1",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        KERAS_RELAXEQ_CACHE=str(cache),
+        TF_DETERMINISTIC_OPS="1",
+        TF_NUM_INTRAOP_THREADS="1",
+        TF_NUM_INTEROP_THREADS="1",
+    )
     env.pop("KILL_AT", None)
     env.pop("TF_CONFIG", None)
     if kill_at:
         env["KILL_AT"] = kill_at
-    return subprocess.Popen([sys.executable, str(KILLED), *ARGS, "--output-dir", str(out)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=str(out.parent))
+    return subprocess.Popen(
+        [sys.executable, str(KILLED), *ARGS, "--output-dir", str(out)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=str(out.parent),
+    )
 
 
 def finish(proc):
@@ -285,11 +339,14 @@ def test_killed_between_a_backups_commit_and_its_renames_ends_as_an_unbroken_run
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_at, resumed_epoch", [
-    ("pending:2", 1),     # the second backup written but not committed: resumes after epoch 1
-    ("truncated:3", 2),   # the third backup's weights half written
-    ("batch:5", 2),       # after the first of the third epoch's 2 steps
-    ("final:1", 4),       # after fit, summary.json written, history.png not
-])
+@pytest.mark.parametrize(
+    "kill_at, resumed_epoch",
+    [
+        ("pending:2", 1),  # the second backup written but not committed: resumes after epoch 1
+        ("truncated:3", 2),  # the third backup's weights half written
+        ("batch:5", 2),  # after the first of the third epoch's 2 steps
+        ("final:1", 4),  # after fit, summary.json written, history.png not
+    ],
+)
 def test_killed_anywhere_ends_as_an_unbroken_run(tmp_path, unbroken, kill_at, resumed_epoch):
     kill_and_rerun(tmp_path, unbroken, kill_at, resumed_epoch)

@@ -21,16 +21,45 @@ TIMEOUT = 600  # importing TF + keras_relaxeq alone takes 20-60 s on 2 busy core
 
 def test_segnn_recipe_mirrored_two_cpu_replicas(tmp_path, monkeypatch):
     out = tmp_path / "run"
-    cmd = [sys.executable, str(ROOT / "recipes" / "segnn_nbody.py"),
-           "--strategy", "mirrored", "--cpu-replicas", "2", "--epochs", "1",
-           "--train-samples", "100", "--val-samples", "100", "--test-samples", "100",
-           "--hidden", "16", "--layers", "2", "--batch", "20", "--seed", "1", "--verbose", "0",
-           "--output-dir", str(out)]
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="-1", TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1",
-               KERAS_RELAXEQ_CACHE=str(tmp_path / "cache"))
+    cmd = [
+        sys.executable,
+        str(ROOT / "recipes" / "segnn_nbody.py"),
+        "--strategy",
+        "mirrored",
+        "--cpu-replicas",
+        "2",
+        "--epochs",
+        "1",
+        "--train-samples",
+        "100",
+        "--val-samples",
+        "100",
+        "--test-samples",
+        "100",
+        "--hidden",
+        "16",
+        "--layers",
+        "2",
+        "--batch",
+        "20",
+        "--seed",
+        "1",
+        "--verbose",
+        "0",
+        "--output-dir",
+        str(out),
+    ]
+    env = dict(
+        os.environ,
+        CUDA_VISIBLE_DEVICES="-1",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        PYTHONUNBUFFERED="1",
+        KERAS_RELAXEQ_CACHE=str(tmp_path / "cache"),
+    )
     env.pop("TF_CONFIG", None)
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=str(tmp_path),
-                          timeout=TIMEOUT)
+    proc = subprocess.run(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=str(tmp_path), timeout=TIMEOUT
+    )
     log = proc.stdout.decode(errors="replace")[-4000:]
     assert proc.returncode == 0, log
 
@@ -65,6 +94,7 @@ def test_segnn_recipe_mirrored_two_cpu_replicas(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "report.json").read_text())["rows"] == rows
     # the recipe's RelaxationMonitor logged the same branches after the (last) epoch
     from keras_relaxeq.training import read_relaxation_log
+
     monitored = read_relaxation_log(out / "relaxation.csv")
     assert monitored["epoch"] == [0.0] and monitored["theta"] == [0.0]
     # (other random rotations of the validation batches: the equivariant part's norm does not change,

@@ -37,16 +37,38 @@ def data_dir(tmp_path_factory):
 
 
 def argv(data_dir, out, *extra):
-    return ["--data-dir", str(data_dir), "--no-generate", "--resolution", str(GRID), "--output-dir", str(out),
-            "--width", "0.05", "--batch", "4", "--max-train-batches", "2", "--max-val-batches", "1",
-            "--max-test-batches", "1", "--test-length", "3", "--verbose", "0", *extra]
+    return [
+        "--data-dir",
+        str(data_dir),
+        "--no-generate",
+        "--resolution",
+        str(GRID),
+        "--output-dir",
+        str(out),
+        "--width",
+        "0.05",
+        "--batch",
+        "4",
+        "--max-train-batches",
+        "2",
+        "--max-val-batches",
+        "1",
+        "--max-test-batches",
+        "1",
+        "--test-length",
+        "3",
+        "--verbose",
+        "0",
+        *extra,
+    ]
 
 
 def test_relaxed_arm_trains_selects_evaluates_and_resumes(data_dir, tmp_path):
     recipe = load_recipe()
     out = tmp_path / "relaxed"
-    summary = recipe.main(argv(data_dir, out, "--arm", "relaxed", "--epochs", "2",
-                               "--relaxation-initializer", "random_normal"))
+    summary = recipe.main(
+        argv(data_dir, out, "--arm", "relaxed", "--epochs", "2", "--relaxation-initializer", "random_normal")
+    )
     for name in ("summary.json", "log.csv", "projected.keras", "best_projected.keras", "history.png", "backup"):
         assert (out / name).exists(), name
     assert summary["epochs_run"] == 2 and summary["arm"] == "relaxed"
@@ -64,16 +86,31 @@ def test_relaxed_arm_trains_selects_evaluates_and_resumes(data_dir, tmp_path):
     lr = [float(row.split(",")[header.index("learning_rate")]) for row in log[1:]]
     assert lr == pytest.approx([1e-3, 1e-3 * 0.95], rel=1e-6)  # x0.95 per epoch
     # the same command with more epochs continues the run
-    summary = recipe.main(argv(data_dir, out, "--arm", "relaxed", "--epochs", "3",
-                               "--relaxation-initializer", "random_normal"))
+    summary = recipe.main(
+        argv(data_dir, out, "--arm", "relaxed", "--epochs", "3", "--relaxation-initializer", "random_normal")
+    )
     assert summary["epochs_run"] == 3 and summary["epochs_this_invocation"] == 1
 
 
 @pytest.mark.parametrize("arm", ["cnn", "rsteer"])
 def test_other_arms_and_early_stopping(data_dir, tmp_path, arm):
     recipe = load_recipe()
-    summary = recipe.main(argv(data_dir, tmp_path / arm, "--arm", arm, "--epochs", "3", "--lr", "0",
-                               "--early-stop-after", "0", "--early-stop-window", "1"))
+    summary = recipe.main(
+        argv(
+            data_dir,
+            tmp_path / arm,
+            "--arm",
+            arm,
+            "--epochs",
+            "3",
+            "--lr",
+            "0",
+            "--early-stop-after",
+            "0",
+            "--early-stop-window",
+            "1",
+        )
+    )
     # with lr 0 the validation RMSE cannot improve: the run stops after the second epoch
     assert summary["epochs_run"] == 2 and summary["early_stopped"]
     assert np.isfinite(summary["rmse_future"]) and np.isfinite(summary["rmse_domain"])

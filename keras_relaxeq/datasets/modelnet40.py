@@ -71,11 +71,46 @@ DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "dat
 """Fallback data root: ``<repo>/../shared/data``."""
 
 MODELNET40_CLASSES = (
-    "airplane", "bathtub", "bed", "bench", "bookshelf", "bottle", "bowl", "car", "chair",
-    "cone", "cup", "curtain", "desk", "door", "dresser", "flower_pot", "glass_box", "guitar",
-    "keyboard", "lamp", "laptop", "mantel", "monitor", "night_stand", "person", "piano",
-    "plant", "radio", "range_hood", "sink", "sofa", "stairs", "stool", "table", "tent",
-    "toilet", "tv_stand", "vase", "wardrobe", "xbox",
+    "airplane",
+    "bathtub",
+    "bed",
+    "bench",
+    "bookshelf",
+    "bottle",
+    "bowl",
+    "car",
+    "chair",
+    "cone",
+    "cup",
+    "curtain",
+    "desk",
+    "door",
+    "dresser",
+    "flower_pot",
+    "glass_box",
+    "guitar",
+    "keyboard",
+    "lamp",
+    "laptop",
+    "mantel",
+    "monitor",
+    "night_stand",
+    "person",
+    "piano",
+    "plant",
+    "radio",
+    "range_hood",
+    "sink",
+    "sofa",
+    "stairs",
+    "stool",
+    "table",
+    "tent",
+    "toilet",
+    "tv_stand",
+    "vase",
+    "wardrobe",
+    "xbox",
 )
 """The 40 class names in the official (alphabetical) label order."""
 
@@ -235,13 +270,14 @@ def _read_hdf5(d: Path, split: str, max_points: int | None) -> ModelNet40Data:
         raise ValueError(f"{list_path} lists no files.")
     sizes = {p.shape[1] for p in points}
     if len(sizes) > 1:
-        raise ValueError(f"Files of split {split!r} in {d} have different point counts {sorted(sizes)}; "
-                         "pass max_points to truncate them to a common size.")
+        raise ValueError(
+            f"Files of split {split!r} in {d} have different point counts {sorted(sizes)}; "
+            "pass max_points to truncate them to a common size."
+        )
     shape_ids = None
     if all(i is not None and len(i) == len(l) for i, l in zip(ids, labels)):
         shape_ids = tuple(str(s) for part in ids for s in part)
-    return ModelNet40Data(np.concatenate(points), np.concatenate(labels), class_names,
-                          shape_ids, d, HDF5)
+    return ModelNet40Data(np.concatenate(points), np.concatenate(labels), class_names, shape_ids, d, HDF5)
 
 
 def _read_text(d: Path, split: str, max_points: int | None) -> ModelNet40Data:
@@ -258,8 +294,7 @@ def _read_text(d: Path, split: str, max_points: int | None) -> ModelNet40Data:
         path = d / cls / f"{shape_id}.txt"
         if not path.is_file():
             raise FileNotFoundError(f"{list_path.name} lists {shape_id!r} but {path} does not exist.")
-        xyz = np.loadtxt(path, delimiter=",", dtype=np.float32, usecols=(0, 1, 2),
-                         max_rows=max_points, ndmin=2)
+        xyz = np.loadtxt(path, delimiter=",", dtype=np.float32, usecols=(0, 1, 2), max_rows=max_points, ndmin=2)
         points.append(xyz)
         labels.append(class_index[cls])
         ids.append(f"{cls}/{shape_id}")
@@ -267,10 +302,11 @@ def _read_text(d: Path, split: str, max_points: int | None) -> ModelNet40Data:
         raise ValueError(f"{list_path} lists no shapes.")
     sizes = {p.shape[0] for p in points}
     if len(sizes) > 1:
-        raise ValueError(f"Shapes of split {split!r} in {d} have different point counts "
-                         f"({min(sizes)}..{max(sizes)}); pass max_points <= {min(sizes)}.")
-    return ModelNet40Data(np.stack(points), np.asarray(labels, np.int32), class_names,
-                          tuple(ids), d, TEXT)
+        raise ValueError(
+            f"Shapes of split {split!r} in {d} have different point counts "
+            f"({min(sizes)}..{max(sizes)}); pass max_points <= {min(sizes)}."
+        )
+    return ModelNet40Data(np.stack(points), np.asarray(labels, np.int32), class_names, tuple(ids), d, TEXT)
 
 
 def read_modelnet40(data_dir, split: str = "train", max_points: int | None = None) -> ModelNet40Data:
@@ -290,8 +326,10 @@ def read_modelnet40(data_dir, split: str = "train", max_points: int | None = Non
     data = (_read_hdf5 if layout == HDF5 else _read_text)(d, split, max_points)
     bad = np.flatnonzero((data.labels < 0) | (data.labels >= len(data.class_names)))
     if bad.size:
-        raise ValueError(f"Split {split!r} in {d}: label {data.labels[bad[0]]} of shape index "
-                         f"{bad[0]} is outside the {len(data.class_names)} class names.")
+        raise ValueError(
+            f"Split {split!r} in {d}: label {data.labels[bad[0]]} of shape index "
+            f"{bad[0]} is outside the {len(data.class_names)} class names."
+        )
     return data
 
 
@@ -312,8 +350,10 @@ def normalize_point_clouds(points, min_scale: float = _DEFAULT_MIN_SCALE) -> np.
     if not finite.all():
         bad = np.argwhere(~finite)
         shown = ", ".join(str(int(b[0])) if b.size == 1 else str(tuple(map(int, b))) for b in bad[:10])
-        raise ValueError(f"Non-finite (NaN/Inf) coordinates in {len(bad)} shape(s): shape index "
-                         f"{shown}{', ...' if len(bad) > 10 else ''}.")
+        raise ValueError(
+            f"Non-finite (NaN/Inf) coordinates in {len(bad)} shape(s): shape index "
+            f"{shown}{', ...' if len(bad) > 10 else ''}."
+        )
     centroid = points.mean(axis=-2, keepdims=True, dtype=np.float64).astype(np.float32)
     centred = points - centroid
     radius = np.sqrt(np.einsum("...pi,...pi->...p", centred, centred).max(axis=-1))[..., None, None]
@@ -355,8 +395,9 @@ def clear_cache() -> None:
         _TENSOR_CACHE.clear()
 
 
-def load_modelnet40(split: str = "train", data_dir=None, *, normalize: bool = True,
-                    max_points: int | None = None) -> ModelNet40Data:
+def load_modelnet40(
+    split: str = "train", data_dir=None, *, normalize: bool = True, max_points: int | None = None
+) -> ModelNet40Data:
     """One split in memory, read once per process and cached (arrays are read-only).
 
     ``data_dir`` is resolved by :func:`resolve_data_dir`.  With ``normalize`` every shape is
@@ -494,8 +535,9 @@ def modelnet40_dataset(
     data = load_modelnet40(file_split, data_dir, normalize=True, max_points=max_points)
     num_shape_points = data.points.shape[1]
     if num_points > num_shape_points:
-        raise ValueError(f"num_points={num_points} exceeds the {num_shape_points} points per shape "
-                         f"stored in {data.data_dir}.")
+        raise ValueError(
+            f"num_points={num_points} exceeds the {num_shape_points} points per shape stored in {data.data_dir}."
+        )
     if split == "test":
         indices = np.arange(len(data), dtype=np.int64)
     else:
@@ -503,8 +545,7 @@ def modelnet40_dataset(
             raise ValueError("split='val' needs val_fraction > 0.")
         train_idx, val_idx = stratified_split(data.labels, val_fraction, seed=split_seed)
         indices = train_idx if is_train else val_idx
-    points_t, labels_t = _cached_tensors(
-        data, (str(data.data_dir.resolve()), file_split, max_points))
+    points_t, labels_t = _cached_tensors(data, (str(data.data_dir.resolve()), file_split, max_points))
     indices_t = tf.constant(indices)
     seed = int(seed)
 
@@ -514,8 +555,9 @@ def modelnet40_dataset(
         epoch_keys = tf.data.Dataset.from_tensors(tf.constant(0, tf.int64))
 
     def epoch_elements(key):
-        shuffle_seed, element_seed = tf.unstack(tf.random.experimental.stateless_split(
-            tf.stack([tf.constant(seed, tf.int64), key]), num=2))
+        shuffle_seed, element_seed = tf.unstack(
+            tf.random.experimental.stateless_split(tf.stack([tf.constant(seed, tf.int64), key]), num=2)
+        )
         order = indices_t
         if shuffle:
             order = tf.random.experimental.stateless_shuffle(indices_t, seed=shuffle_seed)
@@ -523,13 +565,13 @@ def modelnet40_dataset(
 
     def process(index, element_seed):
         seeds = tf.random.experimental.stateless_split(
-            tf.random.experimental.stateless_fold_in(element_seed, index), num=3)
+            tf.random.experimental.stateless_fold_in(element_seed, index), num=3
+        )
         cloud = tf.gather(points_t, index)
         if point_sampling == "first":
             cloud = cloud[:num_points]
         else:
-            subset = tf.random.experimental.stateless_shuffle(
-                tf.range(num_shape_points), seed=seeds[0])[:num_points]
+            subset = tf.random.experimental.stateless_shuffle(tf.range(num_shape_points), seed=seeds[0])[:num_points]
             cloud = tf.gather(cloud, subset)
         rot = _rotation(rotation, seeds[1])
         cloud = _augment(cloud, rot, seeds[2]) if augment else _rotate(cloud, rot)
@@ -543,8 +585,9 @@ def modelnet40_dataset(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def recipe_validation_dataset(config: dict, rotation: str | None = None, batch_size: int | None = None,
-                              data_dir=None) -> tf.data.Dataset:
+def recipe_validation_dataset(
+    config: dict, rotation: str | None = None, batch_size: int | None = None, data_dir=None
+) -> tf.data.Dataset:
     """The validation split exactly as ``recipes/modelnet40.py`` draws it for a run's ``config``
     (its ``summary.json`` ``"config"``): same points, ``val_fraction``, ``split_seed`` and
     element seed (``seed + 1``).  ``rotation`` (default: the run's) and ``batch_size`` (default:
@@ -554,9 +597,13 @@ def recipe_validation_dataset(config: dict, rotation: str | None = None, batch_s
     ``relaxeq zoo publish`` both use this.
     """
     return modelnet40_dataset(
-        "val", num_points=int(config["points"]),
+        "val",
+        num_points=int(config["points"]),
         batch_size=int(batch_size if batch_size is not None else config["batch"]),
         rotation=rotation or config.get("rotation", "so3"),
         data_dir=data_dir,
-        val_fraction=float(config.get("val_fraction", 0.2)), split_seed=int(config.get("split_seed", 0)),
-        seed=int(config.get("seed", 0)) + 1, point_sampling=config.get("point_sampling") or "random")
+        val_fraction=float(config.get("val_fraction", 0.2)),
+        split_seed=int(config.get("split_seed", 0)),
+        seed=int(config.get("seed", 0)) + 1,
+        point_sampling=config.get("point_sampling") or "random",
+    )

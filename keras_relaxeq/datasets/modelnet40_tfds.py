@@ -63,11 +63,13 @@ class ModelNet40(tfds.core.GeneratorBasedBuilder):
         return tfds.core.DatasetInfo(
             builder=self,
             description="ModelNet40 CAD models sampled as point clouds (xyz, raw coordinates).",
-            features=tfds.features.FeaturesDict({
-                "points": tfds.features.Tensor(shape=(None, 3), dtype=np.float32),
-                "label": tfds.features.ClassLabel(names=MODELNET40_CLASSES),
-                "shape_id": tfds.features.Text(),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "points": tfds.features.Tensor(shape=(None, 3), dtype=np.float32),
+                    "label": tfds.features.ClassLabel(names=MODELNET40_CLASSES),
+                    "shape_id": tfds.features.Text(),
+                }
+            ),
             supervised_keys=("points", "label"),
             homepage="https://modelnet.cs.princeton.edu/",
             citation=_CITATION,
@@ -75,14 +77,15 @@ class ModelNet40(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         data_dir = resolve_data_dir(dl_manager.manual_dir)
-        return {split: self._generate_examples(data_dir, split)
-                for split in available_splits(data_dir)}
+        return {split: self._generate_examples(data_dir, split) for split in available_splits(data_dir)}
 
     def _generate_examples(self, data_dir, split):
         data = read_modelnet40(data_dir, split)
         if tuple(data.class_names) != MODELNET40_CLASSES:
-            raise ValueError(f"The class names in {data_dir} are not the 40 ModelNet40 classes "
-                             f"in the official order: {data.class_names}.")
+            raise ValueError(
+                f"The class names in {data_dir} are not the 40 ModelNet40 classes "
+                f"in the official order: {data.class_names}."
+            )
         for i in range(len(data)):
             shape_id = data.shape_ids[i] if data.shape_ids else f"{split}/{i:05d}"
             yield i, {"points": data.points[i], "label": int(data.labels[i]), "shape_id": shape_id}

@@ -69,6 +69,7 @@ __all__ = [
     "simulate_charged",
 ]
 
+
 # --------------------------------------------------------------------------- #
 # Disk cache of the frames used for training
 # --------------------------------------------------------------------------- #
@@ -83,8 +84,7 @@ def default_cache_dir() -> Path:
 
 def _cache_prefix(seed: int, split: str) -> str:
     sizes = "-".join(str(SPLIT_SIZES[s]) for s in SPLITS)
-    return (f"charged{NUM_PARTICLES}_seed{seed}_splits{sizes}_f{INPUT_FRAME}-{TARGET_FRAME}"
-            f"_v{_CACHE_VERSION}_{split}")
+    return f"charged{NUM_PARTICLES}_seed{seed}_splits{sizes}_f{INPUT_FRAME}-{TARGET_FRAME}_v{_CACHE_VERSION}_{split}"
 
 
 _SAMPLE_KEYS = ("loc", "vel", "charges", "target")
@@ -98,9 +98,7 @@ def _read_cache(path: Path, num_samples: int):
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
     n = arrays["loc"].shape[0]
-    shapes_ok = all(
-        arrays[key].shape == (n, NUM_PARTICLES, 1 if key == "charges" else DIM) for key in _SAMPLE_KEYS
-    )
+    shapes_ok = all(arrays[key].shape == (n, NUM_PARTICLES, 1 if key == "charges" else DIM) for key in _SAMPLE_KEYS)
     if not shapes_ok or n < num_samples:
         return None
     return {key: np.ascontiguousarray(value[:num_samples], dtype=np.float64) for key, value in arrays.items()}
@@ -118,8 +116,7 @@ def _cached_files(cache_dir: Path, prefix: str, num_samples: int) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
-def load_nbody(split: str = "train", num_samples=None, seed: int = DEFAULT_SEED, cache_dir=None,
-               progress=None) -> dict:
+def load_nbody(split: str = "train", num_samples=None, seed: int = DEFAULT_SEED, cache_dir=None, progress=None) -> dict:
     """Samples of the charged N-body data set, generated once and cached.
 
     A sample is frame 30 (positions, velocities, charges) as input and the
@@ -158,8 +155,7 @@ def load_nbody(split: str = "train", num_samples=None, seed: int = DEFAULT_SEED,
         if arrays is not None:
             return arrays
 
-    sim = generate_splits({split: num_samples}, seed=seed, frames=(INPUT_FRAME, TARGET_FRAME),
-                          progress=progress)[split]
+    sim = generate_splits({split: num_samples}, seed=seed, frames=(INPUT_FRAME, TARGET_FRAME), progress=progress)[split]
     arrays = {
         "loc": np.ascontiguousarray(sim["loc"][:, 0]),
         "vel": np.ascontiguousarray(sim["vel"][:, 0]),
@@ -181,9 +177,20 @@ def _rotate_batch(features, target, rng_pair):
     return features, rotate(target)
 
 
-def nbody_dataset(split: str = "train", batch_size: int = 100, num_samples=None, shuffle: bool = True,
-                  seed=None, rotate: bool = True, *, data_seed: int = DEFAULT_SEED, cache_dir=None,
-                  drop_remainder: bool = False, dtype=tf.float32, progress=None) -> tf.data.Dataset:
+def nbody_dataset(
+    split: str = "train",
+    batch_size: int = 100,
+    num_samples=None,
+    shuffle: bool = True,
+    seed=None,
+    rotate: bool = True,
+    *,
+    data_seed: int = DEFAULT_SEED,
+    cache_dir=None,
+    drop_remainder: bool = False,
+    dtype=tf.float32,
+    progress=None,
+) -> tf.data.Dataset:
     """``tf.data`` pipeline of charged N-body samples for a SEGNN.
 
     Parameters
@@ -233,7 +240,8 @@ def nbody_dataset(split: str = "train", batch_size: int = 100, num_samples=None,
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         ds = tf.data.Dataset.zip((ds, seeds)).map(
             lambda batch, rng_pair: _rotate_batch(*batch, rng_pair),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
         )
     return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -264,6 +272,12 @@ def recipe_dataset(config: Mapping, split: str, **kwargs) -> tf.data.Dataset:
     """
     key, shuffle, offset, drop_remainder = RECIPE_SPLITS[_check_split(split)]
     kwargs.setdefault("rotate", bool(config.get("rotate", True)))  # --no-rotate: the reference's frames
-    return nbody_dataset(split, batch_size=int(config["batch"]), num_samples=int(config[key]),
-                         shuffle=shuffle, seed=int(config["seed"]) + offset,
-                         drop_remainder=drop_remainder, **kwargs)
+    return nbody_dataset(
+        split,
+        batch_size=int(config["batch"]),
+        num_samples=int(config[key]),
+        shuffle=shuffle,
+        seed=int(config["seed"]) + offset,
+        drop_remainder=drop_remainder,
+        **kwargs,
+    )

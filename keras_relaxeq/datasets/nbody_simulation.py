@@ -38,8 +38,19 @@ from collections.abc import Mapping
 import numpy as np
 from tqdm.auto import tqdm
 
-__all__ = ["DEFAULT_NUM_SAMPLES", "DEFAULT_SEED", "INPUT_FRAME", "NUM_FRAMES", "SPLITS", "SPLIT_SIZES", "TARGET_FRAME",
-           "generate_splits", "initial_conditions", "integrate_charged", "simulate_charged"]
+__all__ = [
+    "DEFAULT_NUM_SAMPLES",
+    "DEFAULT_SEED",
+    "INPUT_FRAME",
+    "NUM_FRAMES",
+    "SPLITS",
+    "SPLIT_SIZES",
+    "TARGET_FRAME",
+    "generate_splits",
+    "initial_conditions",
+    "integrate_charged",
+    "simulate_charged",
+]
 
 # Simulation settings of the published data set.
 NUM_PARTICLES = 5
@@ -266,8 +277,9 @@ def _integrate_chunked(charges, loc, vel, frames, chunk_size, progress):
     last_step = (max(frames) + 1) * SAMPLE_FREQ
     show = n >= _AUTO_PROGRESS_MIN if progress is None else bool(progress)
     out_loc, out_vel = [], []
-    with tqdm(total=len(starts) * last_step, disable=not show, unit="step",
-              desc=f"Charged N-body: {n} trajectories") as pbar:
+    with tqdm(
+        total=len(starts) * last_step, disable=not show, unit="step", desc=f"Charged N-body: {n} trajectories"
+    ) as pbar:
         for s in starts:
             part = slice(s, s + chunk_size)
             l, v = _integrate(loc[part], vel[part], charges[part], frames, pbar)
@@ -278,8 +290,7 @@ def _integrate_chunked(charges, loc, vel, frames, chunk_size, progress):
     return np.ascontiguousarray(out_loc), np.ascontiguousarray(out_vel)
 
 
-def integrate_charged(loc, vel, charges, *, frames=None, chunk_size: int = _CHUNK_SIZE,
-                      progress=None) -> dict:
+def integrate_charged(loc, vel, charges, *, frames=None, chunk_size: int = _CHUNK_SIZE, progress=None) -> dict:
     """Integrate given initial states with the published charged-particle dynamics.
 
     Parameters
@@ -318,8 +329,15 @@ def integrate_charged(loc, vel, charges, *, frames=None, chunk_size: int = _CHUN
     return {"loc": out_loc, "vel": out_vel}
 
 
-def simulate_charged(num_trajectories: int, seed: int = DEFAULT_SEED, *, start: int = 0, frames=None,
-                     chunk_size: int = _CHUNK_SIZE, progress=None) -> dict:
+def simulate_charged(
+    num_trajectories: int,
+    seed: int = DEFAULT_SEED,
+    *,
+    start: int = 0,
+    frames=None,
+    chunk_size: int = _CHUNK_SIZE,
+    progress=None,
+) -> dict:
     """Simulate trajectories of the charged N-body data set.
 
     With the defaults, the result equals the first ``num_trajectories``
@@ -359,8 +377,9 @@ def simulate_charged(num_trajectories: int, seed: int = DEFAULT_SEED, *, start: 
     return {"loc": out_loc, "vel": out_vel, "charges": charges}
 
 
-def generate_splits(num_samples=None, seed: int = DEFAULT_SEED, *, frames=None,
-                    chunk_size: int = _CHUNK_SIZE, progress=None) -> dict:
+def generate_splits(
+    num_samples=None, seed: int = DEFAULT_SEED, *, frames=None, chunk_size: int = _CHUNK_SIZE, progress=None
+) -> dict:
     """Simulate the first trajectories of several splits from one stream.
 
     The stream is drawn in order (train 10,000, valid 2,000, test 2,000) up to

@@ -41,8 +41,9 @@ def _sample(name, n, rng):
     if name == "torus":
         u, v = rng.uniform(0, 2 * np.pi, (2, n))
         ring, tube = 1.0, rng.uniform(0.25, 0.4)
-        return np.stack([(ring + tube * np.cos(v)) * np.cos(u), (ring + tube * np.cos(v)) * np.sin(u),
-                         tube * np.sin(v)], axis=-1)
+        return np.stack(
+            [(ring + tube * np.cos(v)) * np.cos(u), (ring + tube * np.cos(v)) * np.sin(u), tube * np.sin(v)], axis=-1
+        )
     raise ValueError(f"Unknown shape {name!r}; known: {CLASSES}.")
 
 

@@ -90,14 +90,17 @@ _MANIFEST = "manifest.json"
 
 # Inflow sides of the rotation set on a 64 grid: centre and unit buoyancy direction; side s + 1 is
 # side s turned a quarter counter-clockwise about (32, 32).
-_SIDES = (((32.0, 5.0), (0.0, 1.0)), ((59.0, 32.0), (-1.0, 0.0)),
-          ((32.0, 59.0), (0.0, -1.0)), ((5.0, 32.0), (1.0, 0.0)))
+_SIDES = (
+    ((32.0, 5.0), (0.0, 1.0)),
+    ((59.0, 32.0), (-1.0, 0.0)),
+    ((32.0, 59.0), (0.0, -1.0)),
+    ((5.0, 32.0), (1.0, 0.0)),
+)
 
 # Reference task lists (PhiFlow/Rotation: simulation k on side j is task (k, j); Scale: index i).
 _ROTATION_TRAIN = (27, 33, 3, 28, 9, 12, 22, 8, 30, 25, 16, 11, 23, 29, 36, 26, 1, 35, 19, 34, 4, 2, 7, 31, 17)
 _ROTATION_TEST_DOMAIN = (6, 14, 15, 10, 18, 20, 24, 13, 21, 5)
-_SCALE_TRAIN = (27, 9, 7, 11, 4, 26, 35, 2, 29, 10, 34, 12, 37, 28, 18, 24, 8, 14, 1, 31, 25, 0, 19, 15, 36, 3,
-                20, 13)
+_SCALE_TRAIN = (27, 9, 7, 11, 4, 26, 35, 2, 29, 10, 34, 12, 37, 28, 18, 24, 8, 14, 1, 31, 25, 0, 19, 15, 36, 3, 20, 13)
 _SCALE_TEST_DOMAIN = (5, 30, 16, 23, 33, 6, 17, 22, 21, 32)
 
 
@@ -150,13 +153,21 @@ class SmokePlumeConfig:
         for spec in self.simulations:
             if spec.name == str(name):
                 return spec
-        raise KeyError(f"No simulation {name!r} in the {self.name!r} smoke plume set; "
-                       f"names are {[s.name for s in self.simulations]}.")
+        raise KeyError(
+            f"No simulation {name!r} in the {self.name!r} smoke plume set; "
+            f"names are {[s.name for s in self.simulations]}."
+        )
 
     def to_json(self) -> dict:
-        return {"name": self.name, "num_steps": self.num_steps, "output_resolution": self.output_resolution,
-                "sampling": self.sampling, "train": list(self.train), "test_domain": list(self.test_domain),
-                "simulations": [s.to_json() for s in self.simulations]}
+        return {
+            "name": self.name,
+            "num_steps": self.num_steps,
+            "output_resolution": self.output_resolution,
+            "sampling": self.sampling,
+            "train": list(self.train),
+            "test_domain": list(self.test_domain),
+            "simulations": [s.to_json() for s in self.simulations],
+        }
 
 
 def _rotation_simulations(resolution: int = 64) -> tuple:
@@ -167,22 +178,38 @@ def _rotation_simulations(resolution: int = 64) -> tuple:
             k = 4 * i + side + 1
             magnitude = 0.01 * k * (1.1 if side == 2 else 1.0)  # the reference's (0, -0.011) on side 2
             (cx, cy), (dx, dy) = _SIDES[side]
-            specs.append(SimulationSpec(name=str(k), inflow_center=(cx * scale, cy * scale),
-                                        inflow_radius=5.0 * scale, buoyancy=(dx * magnitude, dy * magnitude),
-                                        resolution=resolution, side=side))
+            specs.append(
+                SimulationSpec(
+                    name=str(k),
+                    inflow_center=(cx * scale, cy * scale),
+                    inflow_radius=5.0 * scale,
+                    buoyancy=(dx * magnitude, dy * magnitude),
+                    resolution=resolution,
+                    side=side,
+                )
+            )
     return tuple(specs)
 
 
 def _scale_simulations() -> tuple:
     factors = np.linspace(1, 5, 41)[:38]
-    return tuple(SimulationSpec(name=str(i), inflow_center=(32.0 * f, 5.0 * f), inflow_radius=5.0 * f,
-                                buoyancy=(0.0, 0.1 * f), resolution=int(64 * f), velocity_dt=0.5,
-                                downsample=float(f))
-                 for i, f in enumerate(factors))
+    return tuple(
+        SimulationSpec(
+            name=str(i),
+            inflow_center=(32.0 * f, 5.0 * f),
+            inflow_radius=5.0 * f,
+            buoyancy=(0.0, 0.1 * f),
+            resolution=int(64 * f),
+            velocity_dt=0.5,
+            downsample=float(f),
+        )
+        for i, f in enumerate(factors)
+    )
 
 
-def smoke_plume_config(name: str = "rotation", *, sampling: str = "staggered", num_steps: int = 310,
-                       resolution: int = 64) -> SmokePlumeConfig:
+def smoke_plume_config(
+    name: str = "rotation", *, sampling: str = "staggered", num_steps: int = 310, resolution: int = 64
+) -> SmokePlumeConfig:
     """The ``"rotation"`` (36 simulations) or ``"scale"`` (38) configuration.
 
     ``num_steps`` and, for ``"rotation"``, ``resolution`` (inflow positions and radius scaled by
@@ -190,22 +217,35 @@ def smoke_plume_config(name: str = "rotation", *, sampling: str = "staggered", n
     reference) or ``"centered"`` (see the module notes).
     """
     if sampling not in ("staggered", "centered"):
-        raise ValueError(f"sampling must be 'staggered' (PhiFlow's face values, as the reference) or 'centered' "
-                         f"(cell centres), got {sampling!r}.")
+        raise ValueError(
+            f"sampling must be 'staggered' (PhiFlow's face values, as the reference) or 'centered' "
+            f"(cell centres), got {sampling!r}."
+        )
     if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 2:
         raise ValueError(f"num_steps must be an integer >= 2 (310 in the reference), got {num_steps!r}.")
     if name == "rotation":
         if resolution % 2 or resolution < 8:
             raise ValueError(f"resolution must be an even integer >= 8 (64 in the reference), got {resolution!r}.")
-        return SmokePlumeConfig("rotation" if resolution == 64 else f"rotation{resolution}",
-                                _rotation_simulations(resolution), tuple(map(str, _ROTATION_TRAIN)),
-                                tuple(map(str, _ROTATION_TEST_DOMAIN)), num_steps=int(num_steps),
-                                output_resolution=int(resolution), sampling=sampling)
+        return SmokePlumeConfig(
+            "rotation" if resolution == 64 else f"rotation{resolution}",
+            _rotation_simulations(resolution),
+            tuple(map(str, _ROTATION_TRAIN)),
+            tuple(map(str, _ROTATION_TEST_DOMAIN)),
+            num_steps=int(num_steps),
+            output_resolution=int(resolution),
+            sampling=sampling,
+        )
     if name == "scale":
         if resolution != 64:
             raise ValueError("the scale configuration is defined on a 64 grid only; leave resolution at 64.")
-        return SmokePlumeConfig("scale", _scale_simulations(), tuple(map(str, _SCALE_TRAIN)),
-                                tuple(map(str, _SCALE_TEST_DOMAIN)), num_steps=int(num_steps), sampling=sampling)
+        return SmokePlumeConfig(
+            "scale",
+            _scale_simulations(),
+            tuple(map(str, _SCALE_TRAIN)),
+            tuple(map(str, _SCALE_TEST_DOMAIN)),
+            num_steps=int(num_steps),
+            sampling=sampling,
+        )
     raise ValueError(f"Unknown smoke plume configuration {name!r}: choose 'rotation' or 'scale'.")
 
 
@@ -246,8 +286,11 @@ def _import_phiflow():
             f"pip install 'keras_relaxeq[smoke]' (or pip install phiflow=={PHIFLOW_VERSION})."
         ) from err
     if phi.__version__ != PHIFLOW_VERSION:
-        warnings.warn(f"PhiFlow {phi.__version__} is installed; the smoke plume data is defined with "
-                      f"{PHIFLOW_VERSION} (pip install phiflow=={PHIFLOW_VERSION}).", stacklevel=3)
+        warnings.warn(
+            f"PhiFlow {phi.__version__} is installed; the smoke plume data is defined with "
+            f"{PHIFLOW_VERSION} (pip install phiflow=={PHIFLOW_VERSION}).",
+            stacklevel=3,
+        )
     return flow
 
 
@@ -266,8 +309,15 @@ def _downsample(frames: np.ndarray, factor: float) -> np.ndarray:
     return out.reshape(frames.shape[:-2] + (oh, ow)) / factor
 
 
-def simulate_smoke_plume(specs, num_steps: int = 310, *, sampling: str = "staggered", output_resolution=None,
-                         progress=None, desc: str = "smoke plume") -> np.ndarray:
+def simulate_smoke_plume(
+    specs,
+    num_steps: int = 310,
+    *,
+    sampling: str = "staggered",
+    output_resolution=None,
+    progress=None,
+    desc: str = "smoke plume",
+) -> np.ndarray:
     """Simulate smoke plumes with PhiFlow and return their velocity fields.
 
     Parameters
@@ -297,8 +347,10 @@ def simulate_smoke_plume(specs, num_steps: int = 310, *, sampling: str = "stagge
         raise ValueError("simulate_smoke_plume needs at least one SimulationSpec.")
     shared = {(s.resolution, s.velocity_dt, s.smoke_dt, s.downsample, s.inflow_radius) for s in specs}
     if len(shared) != 1:
-        raise ValueError("Simulations batched together must share resolution, dt, downsample and inflow radius; "
-                         "simulate them in separate calls.")
+        raise ValueError(
+            "Simulations batched together must share resolution, dt, downsample and inflow radius; "
+            "simulate them in separate calls."
+        )
     if sampling not in ("staggered", "centered"):
         raise ValueError(f"sampling must be 'staggered' or 'centered', got {sampling!r}.")
     flow = _import_phiflow()
@@ -312,12 +364,15 @@ def simulate_smoke_plume(specs, num_steps: int = 310, *, sampling: str = "stagge
         buoyancy = tensor([s.buoyancy for s in specs], batch("sim"), channel(vector="x,y"))
         smoke = flow.CenteredGrid(0, flow.extrapolation.BOUNDARY, bounds, x=res, y=res)
         velocity = flow.StaggeredGrid(0, flow.extrapolation.ZERO, bounds, x=res, y=res)
-        inflow = flow.CenteredGrid(flow.Sphere(center=centers, radius=spec.inflow_radius),
-                                   flow.extrapolation.BOUNDARY, bounds, x=res, y=res)
+        inflow = flow.CenteredGrid(
+            flow.Sphere(center=centers, radius=spec.inflow_radius), flow.extrapolation.BOUNDARY, bounds, x=res, y=res
+        )
         solve = flow.Solve("scipy-direct", 1e-5, 0, rank_deficiency=1)
         show = True if progress is None else bool(progress)
-        with warnings.catch_warnings(), tqdm(total=num_steps, disable=not show, unit="step", desc=desc,
-                                             leave=False) as bar:
+        with (
+            warnings.catch_warnings(),
+            tqdm(total=num_steps, disable=not show, unit="step", desc=desc, leave=False) as bar,
+        ):
             # The pressure matrix of a closed box is singular (pressure up to a constant); scipy-direct
             # handles it (rank_deficiency=1) but PhiFlow still warns, as SciPy does about the sparse format.
             warnings.filterwarnings("ignore", message="Rank deficiency")
@@ -371,11 +426,18 @@ def _write_manifest(data_dir: Path, config: SmokePlumeConfig, present) -> None:
         phiflow_version = version("phiflow")
     except Exception:  # noqa: BLE001 - not installed: the files were written by another environment
         phiflow_version = None
-    manifest = {"format_version": _FORMAT_VERSION, "phiflow_version": phiflow_version,
-                "array": {"shape": list(_expected_shape(config)), "dtype": "float32",
-                          "axes": ["frame", "component (v_x, v_y)", "y", "x"]},
-                "config": config.to_json(), "present": sorted(present, key=_sort_key),
-                "files": {name: _sim_path(data_dir, name).name for name in sorted(present, key=_sort_key)}}
+    manifest = {
+        "format_version": _FORMAT_VERSION,
+        "phiflow_version": phiflow_version,
+        "array": {
+            "shape": list(_expected_shape(config)),
+            "dtype": "float32",
+            "axes": ["frame", "component (v_x, v_y)", "y", "x"],
+        },
+        "config": config.to_json(),
+        "present": sorted(present, key=_sort_key),
+        "files": {name: _sim_path(data_dir, name).name for name in sorted(present, key=_sort_key)},
+    }
     text = json.dumps(manifest, indent=1)
     atomic_write(data_dir / _MANIFEST, text)
 
@@ -392,11 +454,10 @@ def _groups(specs, chunk_size: int):
         by_key.setdefault(key, []).append(spec)
     for group in by_key.values():
         for start in range(0, len(group), chunk_size):
-            yield group[start:start + chunk_size]
+            yield group[start : start + chunk_size]
 
 
-def generate_smoke_plume(config="rotation", data_dir=None, *, names=None, chunk_size: int = 6,
-                         progress=None) -> Path:
+def generate_smoke_plume(config="rotation", data_dir=None, *, names=None, chunk_size: int = 6, progress=None) -> Path:
     """Simulate the missing simulations of ``config`` into ``data_dir``; return the folder.
 
     Resumable: files already present and valid are kept (a second call simulates nothing); a file
@@ -431,9 +492,14 @@ def generate_smoke_plume(config="rotation", data_dir=None, *, names=None, chunk_
     show = True if progress is None else bool(progress)
     with tqdm(total=len(missing), disable=not show, unit="sim", desc=f"smoke plume {config.name}") as bar:
         for chunk in _groups(missing, int(chunk_size)):
-            arrays = simulate_smoke_plume(chunk, config.num_steps, sampling=config.sampling,
-                                          output_resolution=config.output_resolution, progress=show,
-                                          desc=f"simulations {','.join(s.name for s in chunk)}")
+            arrays = simulate_smoke_plume(
+                chunk,
+                config.num_steps,
+                sampling=config.sampling,
+                output_resolution=config.output_resolution,
+                progress=show,
+                desc=f"simulations {','.join(s.name for s in chunk)}",
+            )
             for spec, array in zip(chunk, arrays):
                 atomic_write(_sim_path(data_dir, spec.name), lambda f, a=array: np.save(f, a, allow_pickle=False))
                 present.add(spec.name)
@@ -442,8 +508,9 @@ def generate_smoke_plume(config="rotation", data_dir=None, *, names=None, chunk_
     return data_dir
 
 
-def load_smoke_plume(config="rotation", names=None, data_dir=None, *, generate: bool = True, mmap: bool = False,
-                     progress=None) -> dict:
+def load_smoke_plume(
+    config="rotation", names=None, data_dir=None, *, generate: bool = True, mmap: bool = False, progress=None
+) -> dict:
     """Velocity fields of the simulations ``names`` (default all), generated first if missing.
 
     Returns ``{name: float32 [frames, 2, H, W]}`` (component ``(v_x, v_y)``, rows = y).  With
@@ -460,13 +527,16 @@ def load_smoke_plume(config="rotation", names=None, data_dir=None, *, generate: 
             raise FileNotFoundError(
                 f"{len(missing)} smoke plume simulation(s) of {config.name!r} missing in {data_dir} "
                 f"(e.g. {_sim_path(data_dir, missing[0]).name}); generate them with "
-                f"python -m keras_relaxeq.datasets.smoke_plume --config {config.name} --data-dir {data_dir}")
+                f"python -m keras_relaxeq.datasets.smoke_plume --config {config.name} --data-dir {data_dir}"
+            )
         generate_smoke_plume(config, data_dir, names=missing, progress=progress)
     for name in names:
         array = _read_sim(_sim_path(data_dir, name), config, mmap=mmap)
         if array is None:
-            raise OSError(f"{_sim_path(data_dir, name)} is not a valid {_expected_shape(config)} float32 array; "
-                          "delete it and load again to simulate it anew.")
+            raise OSError(
+                f"{_sim_path(data_dir, name)} is not a valid {_expected_shape(config)} float32 array; "
+                "delete it and load again to simulate it anew."
+            )
         out[name] = array
     return out
 
@@ -487,8 +557,9 @@ def split_tasks(config, split: str) -> tuple:
     return config.test_domain if _check_split(split) == "test_domain" else config.train
 
 
-def split_times(split: str, num_frames: int = 309, output_length=None, input_length: int = INPUT_LENGTH,
-                time_range=None) -> np.ndarray:
+def split_times(
+    split: str, num_frames: int = 309, output_length=None, input_length: int = INPUT_LENGTH, time_range=None
+) -> np.ndarray:
     """Start times ``t`` of the windows of a split (reference ranges, cut so that the last target frame
     ``t + input_length + 2 + output_length - 1`` exists in ``num_frames`` frames)."""
     split = _check_split(split)
@@ -497,8 +568,10 @@ def split_times(split: str, num_frames: int = 309, output_length=None, input_len
     last = num_frames - (WINDOW_OFFSET + input_length + k)  # largest valid t
     times = np.arange(lo, min(hi, last + 1))
     if times.size == 0:
-        raise ValueError(f"No window of split {split!r} fits in {num_frames} frames (input {input_length}, output {k}, "
-                         f"times [{lo}, {hi})): use more simulation steps or a shorter output_length.")
+        raise ValueError(
+            f"No window of split {split!r} fits in {num_frames} frames (input {input_length}, output {k}, "
+            f"times [{lo}, {hi})): use more simulation steps or a shorter output_length."
+        )
     return times
 
 
@@ -513,10 +586,23 @@ def smoke_plume_windows(data: np.ndarray, times, input_length: int = INPUT_LENGT
     return np.moveaxis(x, 2, -1), np.moveaxis(y, 2, -1)
 
 
-def smoke_plume_dataset(split: str = "train", batch_size: int = 16, *, config="rotation", output_length=None,
-                        input_length: int = INPUT_LENGTH, shuffle=None, seed=None, with_params: bool = False,
-                        data_dir=None, generate: bool = True, time_range=None, drop_remainder: bool = False,
-                        dtype="float32", progress=None):
+def smoke_plume_dataset(
+    split: str = "train",
+    batch_size: int = 16,
+    *,
+    config="rotation",
+    output_length=None,
+    input_length: int = INPUT_LENGTH,
+    shuffle=None,
+    seed=None,
+    with_params: bool = False,
+    data_dir=None,
+    generate: bool = True,
+    time_range=None,
+    drop_remainder: bool = False,
+    dtype="float32",
+    progress=None,
+):
     """``tf.data`` pipeline of smoke plume windows: ``input_length`` frames -> the next ``output_length``.
 
     Parameters
@@ -585,8 +671,13 @@ def smoke_plume_dataset(split: str = "train", batch_size: int = 16, *, config="r
         x, y = window(sim, t, in_offsets), window(sim, t, out_offsets)
         if not with_params:
             return x, y
-        return {"frames": x, "buoyancy": tf.gather(buoyancy, sim), "side": tf.gather(side, sim),
-                "simulation": tf.gather(sim_names, sim), "time": t}, y
+        return {
+            "frames": x,
+            "buoyancy": tf.gather(buoyancy, sim),
+            "side": tf.gather(side, sim),
+            "simulation": tf.gather(sim_names, sim),
+            "time": t,
+        }, y
 
     ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
@@ -606,8 +697,10 @@ def main(argv=None) -> int:
     start = time.time()
     path = generate_smoke_plume(config, args.data_dir, chunk_size=args.chunk_size)
     size = sum(p.stat().st_size for p in path.iterdir() if p.is_file())
-    print(f"{config.name}: {len(config.simulations)} simulations in {path} ({size / 2**20:.1f} MiB), "
-          f"{time.time() - start:.0f} s")
+    print(
+        f"{config.name}: {len(config.simulations)} simulations in {path} ({size / 2**20:.1f} MiB), "
+        f"{time.time() - start:.0f} s"
+    )
     return 0
 
 

@@ -58,12 +58,14 @@ class SmokePlume(tfds.core.GeneratorBasedBuilder):
         return tfds.core.DatasetInfo(
             builder=self,
             description="Velocity fields of 2D smoke plumes (PhiFlow 3.4.0), one example per simulation.",
-            features=tfds.features.FeaturesDict({
-                "velocity": tfds.features.Tensor(shape=(None, None, None, 2), dtype=np.float32, encoding="bytes"),
-                "buoyancy": tfds.features.Tensor(shape=(2,), dtype=np.float32),
-                "side": np.int32,
-                "simulation": tfds.features.Text(),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "velocity": tfds.features.Tensor(shape=(None, None, None, 2), dtype=np.float32, encoding="bytes"),
+                    "buoyancy": tfds.features.Tensor(shape=(2,), dtype=np.float32),
+                    "side": np.int32,
+                    "simulation": tfds.features.Text(),
+                }
+            ),
             homepage="https://github.com/Rose-STL-Lab/Approximately-Equivariant-Nets",
             citation=_CITATION,
         )
@@ -72,23 +74,30 @@ class SmokePlume(tfds.core.GeneratorBasedBuilder):
         folder = epath.Path(dl_manager.manual_dir)
         manifest_path = folder / "manifest.json"
         if not manifest_path.exists():
-            raise FileNotFoundError(f"No manifest.json in {folder}: generate the data with python -m "
-                                    f"keras_relaxeq.datasets.smoke_plume --config {self.builder_config.name} "
-                                    f"--data-dir {folder}")
+            raise FileNotFoundError(
+                f"No manifest.json in {folder}: generate the data with python -m "
+                f"keras_relaxeq.datasets.smoke_plume --config {self.builder_config.name} "
+                f"--data-dir {folder}"
+            )
         manifest = json.loads(manifest_path.read_text())
         config = manifest["config"]
         if not config["name"].startswith(self.builder_config.name):
-            raise ValueError(f"{folder} holds the {config['name']!r} smoke plume set, not "
-                             f"{self.builder_config.name!r}.")
+            raise ValueError(
+                f"{folder} holds the {config['name']!r} smoke plume set, not {self.builder_config.name!r}."
+            )
         missing = [n for n in config["train"] + config["test_domain"] if n not in manifest["present"]]
         if missing:
-            raise FileNotFoundError(f"{len(missing)} simulation(s) missing in {folder} (e.g. {missing[0]}); finish "
-                                    f"the generation with python -m keras_relaxeq.datasets.smoke_plume "
-                                    f"--config {self.builder_config.name} --data-dir {folder}")
+            raise FileNotFoundError(
+                f"{len(missing)} simulation(s) missing in {folder} (e.g. {missing[0]}); finish "
+                f"the generation with python -m keras_relaxeq.datasets.smoke_plume "
+                f"--config {self.builder_config.name} --data-dir {folder}"
+            )
         specs = {s["name"]: s for s in config["simulations"]}
         shape = tuple(manifest["array"]["shape"])
-        return {"train": self._generate_examples(folder, config["train"], specs, shape),
-                "test_domain": self._generate_examples(folder, config["test_domain"], specs, shape)}
+        return {
+            "train": self._generate_examples(folder, config["train"], specs, shape),
+            "test_domain": self._generate_examples(folder, config["test_domain"], specs, shape),
+        }
 
     def _generate_examples(self, folder, names, specs, shape):
         for name in names:
@@ -98,9 +107,15 @@ class SmokePlume(tfds.core.GeneratorBasedBuilder):
             if array.shape != shape or array.dtype != np.float32:
                 raise ValueError(f"{path}: expected a float32 array of shape {shape}, got {array.dtype} {array.shape}.")
             spec = specs[name]
-            yield name, {"velocity": np.ascontiguousarray(np.moveaxis(array, 1, -1)),
-                         "buoyancy": np.asarray(spec["buoyancy"], np.float32), "side": int(spec["side"]),
-                         "simulation": name}
+            yield (
+                name,
+                {
+                    "velocity": np.ascontiguousarray(np.moveaxis(array, 1, -1)),
+                    "buoyancy": np.asarray(spec["buoyancy"], np.float32),
+                    "side": int(spec["side"]),
+                    "simulation": name,
+                },
+            )
 
 
 def _sim_file(name: str) -> str:

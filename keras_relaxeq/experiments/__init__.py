@@ -17,5 +17,17 @@ from keras_relaxeq.experiments.records import RECORD_FILES, RESUME_STATE, export
 from keras_relaxeq.experiments.report import aggregate, markdown
 from keras_relaxeq.experiments.runner import run_comparison, train_one
 
-__all__ = ["ARMS", "RECORD_FILES", "RESUME_STATE", "Comparison", "Experiment", "Metric", "aggregate",
-           "export_runs", "import_runs", "markdown", "run_comparison", "train_one"]
+__all__ = [
+    "ARMS",
+    "RECORD_FILES",
+    "RESUME_STATE",
+    "Comparison",
+    "Experiment",
+    "Metric",
+    "aggregate",
+    "export_runs",
+    "import_runs",
+    "markdown",
+    "run_comparison",
+    "train_one",
+]

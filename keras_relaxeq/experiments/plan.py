@@ -20,22 +20,22 @@ ARMS = ("relaxed", "standard")
 class Metric:
     """A number of a run's ``summary.json`` and how the tables show it."""
 
-    key: str            # summary.json key (dotted for nested)
+    key: str  # summary.json key (dotted for nested)
     label: str
     scale: float = 1.0  # shown as value * scale
-    digits: int = 2     # decimals; negative: scientific notation, unscaled
+    digits: int = 2  # decimals; negative: scientific notation, unscaled
 
 
 @dataclass(frozen=True)
 class Experiment:
     """A recipe with the protocol a comparison runs it with, and what the report shows of it."""
 
-    script: str                 # the recipe, a file of the recipes directory
-    protocol: tuple             # recipe options of the protocol (before --epochs and the extras)
+    script: str  # the recipe, a file of the recipes directory
+    protocol: tuple  # recipe options of the protocol (before --epochs and the extras)
     epochs: int
-    metric: Metric              # the headline metric
+    metric: Metric  # the headline metric
     higher_is_better: bool
-    curve: str                  # log.csv column plotted per epoch
+    curve: str  # log.csv column plotted per epoch
     curve_label: str
     extra_metrics: tuple = ()
     train_curve: str | None = None  # log.csv column (or "task_loss", see report.task_loss) of the training panel
@@ -141,17 +141,29 @@ def run_dirs(args: Comparison, root=None):
     jobs, sweep_name = jobs_of(args)
     base = baseline_values(args, sweep_name)
     root = Path(args.output_dir if root is None else root)
-    return [(arm, seed, value, root / run_name(arm, seed, sweep_name, value, value in base))
-            for arm, seed, value in jobs]
+    return [
+        (arm, seed, value, root / run_name(arm, seed, sweep_name, value, value in base)) for arm, seed, value in jobs
+    ]
 
 
 def command(args: Comparison, arm: str, seed: int, value=None, sweep_name=None, baseline=False) -> list[str]:
     """The recipe command of one run: protocol, arm, seed, epochs, output directory, sweep option, extras."""
     exp = args.spec
     out = Path(args.output_dir) / run_name(arm, seed, sweep_name, value, baseline)
-    cmd = [sys.executable, str(Path(args.recipes_dir) / exp.script), *exp.protocol,
-           "--relaxed" if arm == "relaxed" else "--no-relaxed", "--seed", str(seed),
-           "--epochs", str(epochs_of(args)), "--verbose", "2", "--output-dir", str(out)]
+    cmd = [
+        sys.executable,
+        str(Path(args.recipes_dir) / exp.script),
+        *exp.protocol,
+        "--relaxed" if arm == "relaxed" else "--no-relaxed",
+        "--seed",
+        str(seed),
+        "--epochs",
+        str(epochs_of(args)),
+        "--verbose",
+        "2",
+        "--output-dir",
+        str(out),
+    ]
     if sweep_name is not None and not baseline:
         cmd += [f"--{sweep_name}", str(value)]
     return cmd + list(args.extra)

@@ -32,8 +32,11 @@ def _branch_size(logs):
     the runs at their common epochs: ``(epochs counted from 1, values, number of runs)``, or None."""
     import numpy as np
 
-    series = [dict(zip(log["relaxation"]["epoch"], log["relaxation"]["relative"]))
-              for log in logs if log.get("relaxation", {}).get("epoch")]
+    series = [
+        dict(zip(log["relaxation"]["epoch"], log["relaxation"]["relative"]))
+        for log in logs
+        if log.get("relaxation", {}).get("epoch")
+    ]
     common = sorted(set.intersection(*map(set, series))) if series else []
     if not common:
         return None
@@ -47,6 +50,7 @@ def plot(curves, result, exp: Experiment, path: Path, partial=None) -> list[str]
     progress, ``{(sweep value, arm): [history, ...]}``, drawn dashed with their epochs so far (a long
     run shows its learning curve before it ends; they enter no statistic)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
@@ -84,15 +88,29 @@ def plot(curves, result, exp: Experiment, path: Path, partial=None) -> list[str]
             for log in logs:
                 if key and log.get(key):
                     values = log[key]
-                    ax.plot(np.arange(1, len(values) + 1), values, color=colors[arm], ls="--", marker="o", ms=3,
-                            label=f"{arm} (in progress, {len(values)} epochs)")
+                    ax.plot(
+                        np.arange(1, len(values) + 1),
+                        values,
+                        color=colors[arm],
+                        ls="--",
+                        marker="o",
+                        ms=3,
+                        label=f"{arm} (in progress, {len(values)} epochs)",
+                    )
                     ax.set_title(label)
                     ax.set_xlabel("epoch")
         if arm == "relaxed" and not any(log.get("theta") for log in curves.get((_, arm), [])):
             thetas = [log.get("theta") for log in logs if log.get("theta")]
             if thetas:
-                axes[len(panels)].plot(np.arange(1, len(thetas[0]) + 1), thetas[0], color=colors[arm], ls="--",
-                                       marker="o", ms=3, label="theta (in progress)")
+                axes[len(panels)].plot(
+                    np.arange(1, len(thetas[0]) + 1),
+                    thetas[0],
+                    color=colors[arm],
+                    ls="--",
+                    marker="o",
+                    ms=3,
+                    label="theta (in progress)",
+                )
     axes[len(panels)].set_title("theta at the end of each epoch")
     axes[len(panels)].set_xlabel("epoch")
     if monitored:
@@ -117,9 +135,15 @@ def _metric_vs_value(ax, result, exp: Experiment, position: dict, colors: dict) 
     for arm, color in colors.items():
         gs = [g for g in result["groups"] if g["arm"] == arm and g["stats"][m.key]["mean"] is not None]
         if gs:
-            ax.errorbar([position[g["sweep_value"]] for g in gs], [g["stats"][m.key]["mean"] * m.scale for g in gs],
-                        yerr=[(g["stats"][m.key]["std"] or 0.0) * m.scale for g in gs],
-                        color=color, marker="o", capsize=3, label=arm)
+            ax.errorbar(
+                [position[g["sweep_value"]] for g in gs],
+                [g["stats"][m.key]["mean"] * m.scale for g in gs],
+                yerr=[(g["stats"][m.key]["std"] or 0.0) * m.scale for g in gs],
+                color=color,
+                marker="o",
+                capsize=3,
+                label=arm,
+            )
     ax.set_title(textwrap.fill(m.label, 40), fontsize=10)
 
 
@@ -145,6 +169,7 @@ def plot_sweep(curves, result, exp: Experiment, path: Path) -> list[str]:
     arms' per-epoch curve (the training curve thin) and the selected epochs marked, on shared axes.
     """
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
@@ -172,11 +197,13 @@ def plot_sweep(curves, result, exp: Experiment, path: Path) -> list[str]:
         for p in pairs:
             by_value.setdefault(p["sweep_value"], []).append(100 * p["relative"])
         vs = [v for v in values if v in by_value]
-        ax.plot([position[v] for v in vs], [np.mean(by_value[v]) for v in vs], color="k", lw=1.5,
-                label="mean over seeds")
+        ax.plot(
+            [position[v] for v in vs], [np.mean(by_value[v]) for v in vs], color="k", lw=1.5, label="mean over seeds"
+        )
     better = "higher" if result["higher_is_better"] else "lower"
-    ax.set_title(textwrap.fill(f"relaxed / standard - 1 of that metric, % ({better}: relaxed is better)", 40),
-                 fontsize=10)
+    ax.set_title(
+        textwrap.fill(f"relaxed / standard - 1 of that metric, % ({better}: relaxed is better)", 40), fontsize=10
+    )
     _sweep_axis(ax, result, exp, position)
 
     if monitored:
@@ -185,8 +212,13 @@ def plot_sweep(curves, result, exp: Experiment, path: Path) -> list[str]:
         for i, value in enumerate(values):
             size = _branch_size(curves.get((value, "relaxed"), []))
             if size is not None:
-                ax.plot(*size[:2], marker=".", ms=3, color=cmap(i / max(1, len(values) - 1)),
-                        label=f"{result['sweep']}={value}")
+                ax.plot(
+                    *size[:2],
+                    marker=".",
+                    ms=3,
+                    color=cmap(i / max(1, len(values) - 1)),
+                    label=f"{result['sweep']}={value}",
+                )
         if any(np.any(line.get_ydata() > 0) for line in ax.get_lines()):
             ax.set_yscale("log")
         ax.set_title(textwrap.fill("relaxed runs: ||theta R(x)|| / ||E(x)|| (rms, all branches)", 40), fontsize=10)
@@ -203,16 +235,34 @@ def plot_sweep(curves, result, exp: Experiment, path: Path) -> list[str]:
                     continue
                 n, mean = data.shape[1], data.mean(0)
                 name = exp.curve_label if key == exp.curve else "train"
-                ax.plot(np.arange(1, n + 1), mean, color=color, lw=lw, alpha=alpha,
-                        label=f"{arm}, {name}" + (f" (mean of {len(data)})" if len(data) > 1 else ""))
+                ax.plot(
+                    np.arange(1, n + 1),
+                    mean,
+                    color=color,
+                    lw=lw,
+                    alpha=alpha,
+                    label=f"{arm}, {name}" + (f" (mean of {len(data)})" if len(data) > 1 else ""),
+                )
                 if key == exp.curve:
                     for (v, a, _seed), epoch in best.items():
                         if v == value and a == arm and epoch and epoch <= n:
-                            ax.plot([epoch], [mean[epoch - 1]], marker=markers.get(arm, "v"), ms=8, color=color,
-                                    mec="black", mew=0.5, alpha=0.8, ls="none")
+                            ax.plot(
+                                [epoch],
+                                [mean[epoch - 1]],
+                                marker=markers.get(arm, "v"),
+                                ms=8,
+                                color=color,
+                                mec="black",
+                                mew=0.5,
+                                alpha=0.8,
+                                ls="none",
+                            )
         if not ax.get_lines():  # no finished run for this value: say how far its runs are
-            running = [f"{r['arm']} seed {r['seed']}: {run_progress(r, result['protocol']['epochs'])}"
-                       for r in result["runs"] if r["sweep_value"] == value and not r.get("finished")]
+            running = [
+                f"{r['arm']} seed {r['seed']}: {run_progress(r, result['protocol']['epochs'])}"
+                for r in result["runs"]
+                if r["sweep_value"] == value and not r.get("finished")
+            ]
             note = "\n".join(["no finished run yet", *running])
             ax.text(0.5, 0.5, note, ha="center", va="center", transform=ax.transAxes, fontsize=9, color="0.3")
             result.setdefault("figure_notes", {})[value] = note
@@ -224,8 +274,9 @@ def plot_sweep(curves, result, exp: Experiment, path: Path) -> list[str]:
     for ax in (*upper, *lower):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    fig.suptitle(f"{result['experiment']}: relaxed vs standard over {result['sweep']}, "
-                 f"{result['protocol']['epochs']} epochs")
+    fig.suptitle(
+        f"{result['experiment']}: relaxed vs standard over {result['sweep']}, {result['protocol']['epochs']} epochs"
+    )
     fig.savefig(path, dpi=100)
     titles = [ax.get_title() for ax in (*upper, *lower)]
     plt.close(fig)
@@ -244,4 +295,3 @@ def sweep_positions(values) -> dict:
 def parse_sweep_values(result):
     """The sweep values in the order of the command (``--sweep layers=2,4,6,8``)."""
     return list(dict.fromkeys(g["sweep_value"] for g in result["groups"]))
-

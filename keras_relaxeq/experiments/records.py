@@ -33,12 +33,14 @@ def load_summary(d: Path):
 def read_log(path: Path) -> dict:
     """Per-epoch columns of a run's ``log.csv`` (the recipes' reader: a resumed epoch counts once)."""
     from keras_relaxeq.training.recipe import read_csv_history
+
     return read_csv_history(path)
 
 
 def read_relaxation(path: Path) -> dict:
     """The all-branch totals of a relaxed run's ``relaxation.csv`` (``RelaxationMonitor``), or {}."""
     from keras_relaxeq.training.diagnostics import read_relaxation_log
+
     return read_relaxation_log(path)
 
 

@@ -55,8 +55,11 @@ def _direction(signed) -> dict:
     signed = signed[~np.isnan(signed)]
     if not signed.size:
         return {"epochs": 0, "signed_median": None, "relaxed_lower": None}
-    return {"epochs": int(signed.size), "signed_median": float(np.median(signed)),
-            "relaxed_lower": float(np.mean(signed < 0))}
+    return {
+        "epochs": int(signed.size),
+        "signed_median": float(np.median(signed)),
+        "relaxed_lower": float(np.mean(signed < 0)),
+    }
 
 
 def paired_curves(by_seed: dict, key: str, selected: dict | None = None) -> list[dict]:
@@ -85,16 +88,22 @@ def paired_curves(by_seed: dict, key: str, selected: dict | None = None) -> list
         signed = np.asarray(relaxed[key][:n]) / np.asarray(standard[key][:n]) - 1.0
         diff = np.abs(signed[~np.isnan(signed)])
         direction = _direction(signed)
-        pair = {"sweep_value": value, "seed": seed, "epochs": n,  # no finite epoch (a diverged run): None
-                "median": float(np.median(diff)) if diff.size else None,
-                "p90": float(np.percentile(diff, 90)) if diff.size else None,
-                "max": float(np.max(diff)) if diff.size else None,
-                "signed_median": direction["signed_median"], "relaxed_lower": direction["relaxed_lower"]}
+        pair = {
+            "sweep_value": value,
+            "seed": seed,
+            "epochs": n,  # no finite epoch (a diverged run): None
+            "median": float(np.median(diff)) if diff.size else None,
+            "p90": float(np.percentile(diff, 90)) if diff.size else None,
+            "max": float(np.max(diff)) if diff.size else None,
+            "signed_median": direction["signed_median"],
+            "relaxed_lower": direction["relaxed_lower"],
+        }
         picks = [selected.get((value, a, seed)) for a in ("relaxed", "standard")]
         if all(isinstance(e, int) and e > 0 for e in picks):
             split = min(max(picks), n)
-            pair.update(split_epoch=split, to_selection=_direction(signed[:split]),
-                        after_selection=_direction(signed[split:]))
+            pair.update(
+                split_epoch=split, to_selection=_direction(signed[:split]), after_selection=_direction(signed[split:])
+            )
         out.append(pair)
     return out
 
@@ -102,16 +111,26 @@ def paired_curves(by_seed: dict, key: str, selected: dict | None = None) -> list
 def paired_metric(runs: list[dict], metric: Metric) -> list[dict]:
     """The headline metric of the two arms side by side, per seed (and sweep value) where both
     have finished: ``relaxed - standard`` and ``relaxed / standard - 1``."""
-    finished = {(r["sweep_value"], r["arm"], r["seed"]): r[metric.key] for r in runs
-                if r.get("finished") and r.get(metric.key) is not None}
+    finished = {
+        (r["sweep_value"], r["arm"], r["seed"]): r[metric.key]
+        for r in runs
+        if r.get("finished") and r.get(metric.key) is not None
+    }
     out = []
     for (value, arm, seed), relaxed in finished.items():
         standard = finished.get((value, "standard", seed))
         if arm != "relaxed" or standard is None:
             continue
-        out.append({"sweep_value": value, "seed": seed, "relaxed": relaxed, "standard": standard,
-                    "difference": relaxed - standard,
-                    "relative": relaxed / standard - 1.0 if standard else float("nan")})
+        out.append(
+            {
+                "sweep_value": value,
+                "seed": seed,
+                "relaxed": relaxed,
+                "standard": standard,
+                "difference": relaxed - standard,
+                "relative": relaxed / standard - 1.0 if standard else float("nan"),
+            }
+        )
     return out
 
 
@@ -157,10 +176,13 @@ def aggregate(args: Comparison) -> dict:
                 partial.setdefault((value, arm), []).append(history)  # drawn, never aggregated
             runs.append(dict(row, finished=False))
             continue
-        row.update(finished=summary.get("epochs_run", 0) >= epochs_of(args), epochs=summary.get("epochs_run"),
-                   best_epoch=summary.get("best_epoch"),
-                   wall_time_minutes=summary.get("wall_time_seconds", float("nan")) / 60,
-                   command=(d / "command.txt").read_text().strip() if (d / "command.txt").exists() else None)
+        row.update(
+            finished=summary.get("epochs_run", 0) >= epochs_of(args),
+            epochs=summary.get("epochs_run"),
+            best_epoch=summary.get("best_epoch"),
+            wall_time_minutes=summary.get("wall_time_seconds", float("nan")) / 60,
+            command=(d / "command.txt").read_text().strip() if (d / "command.txt").exists() else None,
+        )
         row.update({m.key: _get(summary, m.key) for m in metrics})
         runs.append(row)
         if row["finished"]:
@@ -177,12 +199,23 @@ def aggregate(args: Comparison) -> dict:
             stats = {m.key: mean_std(r[m.key] for r in done) for m in metrics}
             stats["wall_time_minutes"] = mean_std(r["wall_time_minutes"] for r in done)
             groups.append({"arm": arm, "sweep_value": value, "runs": len(done), "stats": stats})
-    result = {"experiment": args.experiment, "sweep": sweep_name,
-              "protocol": {"script": exp.script, "options": list(exp.protocol), "epochs": epochs_of(args),
-                           "seeds": args.seeds, "extra": list(args.extra)},
-              "metric": exp.metric.key, "higher_is_better": exp.higher_is_better,
-              "groups": groups, "runs": runs, "paired_metric": paired_metric(runs, exp.metric),
-              "paired_curves": paired_curves(by_seed, exp.curve, selected)}
+    result = {
+        "experiment": args.experiment,
+        "sweep": sweep_name,
+        "protocol": {
+            "script": exp.script,
+            "options": list(exp.protocol),
+            "epochs": epochs_of(args),
+            "seeds": args.seeds,
+            "extra": list(args.extra),
+        },
+        "metric": exp.metric.key,
+        "higher_is_better": exp.higher_is_better,
+        "groups": groups,
+        "runs": runs,
+        "paired_metric": paired_metric(runs, exp.metric),
+        "paired_curves": paired_curves(by_seed, exp.curve, selected),
+    }
     stem = output_stem(sweep_name)
     report = report_dir(args)
     report.mkdir(parents=True, exist_ok=True)
@@ -235,8 +268,7 @@ def markdown(result, exp: Experiment) -> str:
         cells = ([str(g["sweep_value"])] if sweep else []) + [g["arm"], str(g["runs"])]
         cells += [_fmt_ms(g["stats"][m.key], m) for m in metrics] + [_fmt_ms(g["stats"]["wall_time_minutes"], minutes)]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Mean ± sample standard deviation over the finished seeds (the mean alone for one run). Per run:",
-              ""]
+    lines += ["", "Mean ± sample standard deviation over the finished seeds (the mean alone for one run). Per run:", ""]
     head = ([sweep] if sweep else []) + ["arm", "seed", "epochs"] + [m.label for m in metrics]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["runs"]:
@@ -252,21 +284,41 @@ def markdown(result, exp: Experiment) -> str:
     if pairs:
         m = exp.metric
         lines += ["", f"Relaxed vs standard, per seed (both finished): {m.label}:", ""]
-        head = ([sweep] if sweep else []) + ["seed", "relaxed", "standard", "relaxed - standard",
-                                             "relaxed / standard - 1"]
+        head = ([sweep] if sweep else []) + [
+            "seed",
+            "relaxed",
+            "standard",
+            "relaxed - standard",
+            "relaxed / standard - 1",
+        ]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for p in pairs:
             cells = ([str(p["sweep_value"])] if sweep else []) + [str(p["seed"])]
-            cells += [_fmt(p["relaxed"], m), _fmt(p["standard"], m),
-                      f"{p['difference'] * m.scale:+.{max(m.digits, 0)}f}", f"{100 * p['relative']:+.1f}%"]
+            cells += [
+                _fmt(p["relaxed"], m),
+                _fmt(p["standard"], m),
+                f"{p['difference'] * m.scale:+.{max(m.digits, 0)}f}",
+                f"{100 * p['relative']:+.1f}%",
+            ]
             lines.append("| " + " | ".join(cells) + " |")
     pairs = result.get("paired_curves") or []
     if pairs:
-        lines += ["", f"Relaxed vs standard at the same epoch, per seed (both finished): |relaxed / standard - 1| of "
-                      f"the {exp.curve_label} over the epochs (median, 90th percentile, max), the median of the "
-                      f"signed relaxed / standard - 1, and the share of epochs where the relaxed curve is lower:", ""]
-        head = ([sweep] if sweep else []) + ["seed", "epochs", "median", "90th percentile", "max", "signed median",
-                                             "relaxed lower"]
+        lines += [
+            "",
+            f"Relaxed vs standard at the same epoch, per seed (both finished): |relaxed / standard - 1| of "
+            f"the {exp.curve_label} over the epochs (median, 90th percentile, max), the median of the "
+            f"signed relaxed / standard - 1, and the share of epochs where the relaxed curve is lower:",
+            "",
+        ]
+        head = ([sweep] if sweep else []) + [
+            "seed",
+            "epochs",
+            "median",
+            "90th percentile",
+            "max",
+            "signed median",
+            "relaxed lower",
+        ]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for p in pairs:
             cells = ([str(p["sweep_value"])] if sweep else []) + [str(p["seed"]), str(p["epochs"])]
@@ -275,16 +327,24 @@ def markdown(result, exp: Experiment) -> str:
             lines.append("| " + " | ".join(cells) + " |")
         split = [p for p in pairs if "split_epoch" in p]
         if split:
-            lines += ["", "The direction up to the selected epochs and after them: signed median and share of epochs "
-                          "with the relaxed curve lower over epochs 1..s and s+1..end, s the later of the two arms' "
-                          "selected epochs:", ""]
-            head = ([sweep] if sweep else []) + ["seed", "s", "signed median to s", "relaxed lower to s",
-                                                 "signed median after s", "relaxed lower after s"]
+            lines += [
+                "",
+                "The direction up to the selected epochs and after them: signed median and share of epochs "
+                "with the relaxed curve lower over epochs 1..s and s+1..end, s the later of the two arms' "
+                "selected epochs:",
+                "",
+            ]
+            head = ([sweep] if sweep else []) + [
+                "seed",
+                "s",
+                "signed median to s",
+                "relaxed lower to s",
+                "signed median after s",
+                "relaxed lower after s",
+            ]
             lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
             for p in split:
                 cells = ([str(p["sweep_value"])] if sweep else []) + [str(p["seed"]), str(p["split_epoch"])]
                 cells += _direction_cells(p["to_selection"]) + _direction_cells(p["after_selection"])
                 lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-

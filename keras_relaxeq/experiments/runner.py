@@ -47,8 +47,11 @@ def train_one(args: Comparison, arm, seed, value, sweep_name, baseline=False) ->
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         lock.close()
-        print(f"{tag} skipped: another compare.py is training it (run this command again when it has "
-              f"finished to aggregate it)", flush=True)
+        print(
+            f"{tag} skipped: another compare.py is training it (run this command again when it has "
+            f"finished to aggregate it)",
+            flush=True,
+        )
         return 0
     try:
         env = dict(os.environ)

@@ -80,16 +80,15 @@ def read_models_config(path) -> list[tuple[str, str]]:
         return []
     m = re.search(r"\bmodel_config_list\s*:?\s*\{", text)
     if not m:
-        raise ValueError(f"{path} is not a TF Serving model config (no model_config_list); "
-                         "refusing to overwrite it.")
+        raise ValueError(f"{path} is not a TF Serving model config (no model_config_list); refusing to overwrite it.")
     end = _match_brace(text, m.end() - 1)
-    body = text[m.end():end]
+    body = text[m.end() : end]
     blocks, pos = [], 0
     for cm in re.finditer(r"\bconfig\s*:?\s*\{", body):
         if cm.start() < pos:
             continue
         close = _match_brace(body, cm.end() - 1)
-        block = body[cm.end():close]
+        block = body[cm.end() : close]
         nm = re.search(r'\bname\s*:\s*"((?:[^"\\]|\\.)*)"', block)
         if not nm:
             raise ValueError(f"{path}: a config block has no name")
@@ -99,9 +98,9 @@ def read_models_config(path) -> list[tuple[str, str]]:
 
 
 def format_model_config(name: str, base_path: str, platform: str = "tensorflow") -> str:
-    return (f"name: {_proto_str(name)}\n"
-            f"    base_path: {_proto_str(base_path)}\n"
-            f"    model_platform: {_proto_str(platform)}")
+    return (
+        f"name: {_proto_str(name)}\n    base_path: {_proto_str(base_path)}\n    model_platform: {_proto_str(platform)}"
+    )
 
 
 def update_models_config(base_dir, models: Mapping[str, str], config_path=None) -> Path:

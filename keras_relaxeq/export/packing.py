@@ -65,8 +65,7 @@ def pack_saved_model(export_dir, tar_path) -> PackedArtifact:
                 for rel, is_dir in members:
                     full = export_dir / rel
                     st = full.lstat()
-                    if stat.S_ISLNK(st.st_mode) or not (
-                            stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+                    if stat.S_ISLNK(st.st_mode) or not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
                         raise ValueError(f"{full}: only regular files and directories can be packed")
                     ti = _tarinfo(rel.as_posix(), st, is_dir)
                     if is_dir:

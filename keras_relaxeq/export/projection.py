@@ -63,25 +63,35 @@ def _same_kind(src, dst) -> bool:
     """Same class, or a functional ``RelaxedModel`` and its plain ``keras.Model`` (see :func:`project`)."""
     if type(src) is type(dst):
         return True
-    return _is_relaxed_model(src) and not _is_relaxed_model(dst) and isinstance(dst, keras.Model) \
+    return (
+        _is_relaxed_model(src)
+        and not _is_relaxed_model(dst)
+        and isinstance(dst, keras.Model)
         and hasattr(dst, "_inputs_struct")
+    )
 
 
 def copy_equivariant_weights(source, target):
     """Copy every non-branch weight of ``source`` into the plain model ``target``, layer by layer."""
     src_layers, dst_layers = _layers(source), _layers(target)
     if len(src_layers) != len(dst_layers):
-        raise ValueError(f"Cannot project: the rebuilt model has {len(dst_layers)} layers, the original "
-                         f"{len(src_layers)}. Does every custom layer implement get_config()?")
+        raise ValueError(
+            f"Cannot project: the rebuilt model has {len(dst_layers)} layers, the original "
+            f"{len(src_layers)}. Does every custom layer implement get_config()?"
+        )
     for src, dst in zip(src_layers, dst_layers):
         if not _same_kind(src, dst) or src.name != dst.name:
-            raise ValueError(f"Cannot project: layer {src.name!r} ({type(src).__name__}) was rebuilt as "
-                             f"{dst.name!r} ({type(dst).__name__}).")
+            raise ValueError(
+                f"Cannot project: layer {src.name!r} ({type(src).__name__}) was rebuilt as "
+                f"{dst.name!r} ({type(dst).__name__})."
+            )
         src_vars = {v.name: v for v in _own_variables(src)}
         dst_vars = _own_variables(dst)
         if sorted(src_vars) != sorted(v.name for v in dst_vars):
-            raise ValueError(f"Cannot project layer {src.name!r}: weights {sorted(src_vars)} do not match the "
-                             f"plain layer's {sorted(v.name for v in dst_vars)}.")
+            raise ValueError(
+                f"Cannot project layer {src.name!r}: weights {sorted(src_vars)} do not match the "
+                f"plain layer's {sorted(v.name for v in dst_vars)}."
+            )
         for v in dst_vars:
             v.assign(src_vars[v.name])
 

@@ -62,8 +62,10 @@ def _single_output(y, wanted="logits"):
             return y[wanted]
         if len(y) == 1:
             return next(iter(y.values()))
-        raise ValueError(f"Model returns a dict with keys {sorted(y)}; the classification "
-                         f"output builder needs a {wanted!r} key or a single output.")
+        raise ValueError(
+            f"Model returns a dict with keys {sorted(y)}; the classification "
+            f"output builder needs a {wanted!r} key or a single output."
+        )
     if isinstance(y, (list, tuple)):
         if len(y) == 1:
             return y[0]
@@ -116,8 +118,10 @@ def _resolve_outputs(outputs, num_classes_output):
     try:
         return OUTPUT_BUILDERS[outputs]
     except KeyError:
-        raise ValueError(f"Unknown outputs={outputs!r}; choose one of {sorted(OUTPUT_BUILDERS)} "
-                         "or pass a callable (see register_output_builder).") from None
+        raise ValueError(
+            f"Unknown outputs={outputs!r}; choose one of {sorted(OUTPUT_BUILDERS)} "
+            "or pass a callable (see register_output_builder)."
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,10 +160,13 @@ def _ensure_projected(model, allow_relaxed: bool):
             f"Model {getattr(model, 'name', model)!r} still has relaxation branches{detail}. "
             "Serve projected models only: call keras_relaxeq.export.projection.project(model) "
             "and export the result, or pass allow_relaxed=True to have export_saved_model "
-            "project it for you.")
+            "project it for you."
+        )
     if project is None:
-        raise RuntimeError("The model has relaxation branches but keras_relaxeq.export.projection "
-                           "is not available to remove them; project the model first.")
+        raise RuntimeError(
+            "The model has relaxation branches but keras_relaxeq.export.projection "
+            "is not available to remove them; project the model first."
+        )
     projected = project(model)
     if has_branches(projected):
         raise RuntimeError("project(model) returned a model that still has relaxation branches.")
@@ -194,8 +201,7 @@ def _as_spec(value, name, default_dtype="float32"):
     return tf.TensorSpec(shape, tf.as_dtype(str(dtype).replace("tf.", "")), name=name)
 
 
-def resolve_input_signature(model, input_name="points", input_signature=None,
-                            input_shape=None) -> dict:
+def resolve_input_signature(model, input_name="points", input_signature=None, input_shape=None) -> dict:
     """``{name: tf.TensorSpec}`` for the serving signature (batch dimension always ``None``).
 
     Priority: ``input_signature`` (a spec, a shape, or a ``{name: spec-or-shape}`` dict for models
@@ -228,8 +234,11 @@ GUARD_OPS = frozenset({"Assert", "EnsureShape", "CheckNumerics"})
 
 def _describe_shape(shape) -> str:
     dims = list(shape)
-    return "[" + ", ".join(("batch" if i == 0 and d is None else ("?" if d is None else str(d)))
-                           for i, d in enumerate(dims)) + "]"
+    return (
+        "["
+        + ", ".join(("batch" if i == 0 and d is None else ("?" if d is None else str(d))) for i, d in enumerate(dims))
+        + "]"
+    )
 
 
 def guard_serving_inputs(inputs: Mapping, specs: Mapping, finite: bool = True) -> dict:
@@ -265,16 +274,22 @@ def guard_serving_inputs(inputs: Mapping, specs: Mapping, finite: bool = True) -
                 dims_ok = tf.reduce_all(tf.stack([tf.equal(padded[i], d) for i, d in fixed]))
                 check = tf.debugging.Assert(
                     tf.logical_and(rank_ok, dims_ok),
-                    [f"serving input {name} must have shape {expected} ({spec.dtype.name}, ? = any size); "
-                     "got shape", shape],
-                    summarize=8, name=f"check_{name}_shape")
+                    [
+                        f"serving input {name} must have shape {expected} ({spec.dtype.name}, ? = any size); got shape",
+                        shape,
+                    ],
+                    summarize=8,
+                    name=f"check_{name}_shape",
+                )
                 with tf.control_dependencies([check]):
                     x = tf.identity(x)
             x = tf.ensure_shape(x, want, name=f"ensure_{name}_shape")
         if finite and x.dtype.is_floating:
             x = tf.debugging.check_numerics(
-                x, f"serving input {name} contains NaN or Inf values; send finite values only",
-                name=f"check_{name}_finite")
+                x,
+                f"serving input {name} contains NaN or Inf values; send finite values only",
+                name=f"check_{name}_finite",
+            )
         out[name] = x
     return out
 
@@ -294,8 +309,7 @@ def check_guards(export_dir, specs: Mapping, finite: bool = True) -> None:
     sm = saved_model_pb2.SavedModel()
     sm.ParseFromString((Path(export_dir) / "saved_model.pb").read_bytes())
     needed = {"EnsureShape"}
-    if any(tf_spec.shape.rank and any(d is not None for d in tf_spec.shape.as_list()) for tf_spec in
-           specs.values()):
+    if any(tf_spec.shape.rank and any(d is not None for d in tf_spec.shape.as_list()) for tf_spec in specs.values()):
         needed.add("Assert")
     if finite:
         needed.add("CheckNumerics")
@@ -307,9 +321,11 @@ def check_guards(export_dir, specs: Mapping, finite: bool = True) -> None:
                 xla.append(fn.signature.name)
     missing = sorted(needed - found)
     if missing or xla:
-        raise ValueError(f"SavedModel {export_dir}: the serving input checks are missing ops {missing}"
-                         + (f" (XLA-compiled functions {xla[:3]} drop Assert and CheckNumerics)" if xla else "")
-                         + "; export without jit_compile.")
+        raise ValueError(
+            f"SavedModel {export_dir}: the serving input checks are missing ops {missing}"
+            + (f" (XLA-compiled functions {xla[:3]} drop Assert and CheckNumerics)" if xla else "")
+            + "; export without jit_compile."
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,8 +354,10 @@ def check_stock_ops(export_dir) -> set[str]:
     ops = list_ops(export_dir)
     bad = sorted(o for o in ops if o in FORBIDDEN_OPS or op_def_registry.get(o) is None)
     if bad:
-        raise ValueError(f"SavedModel {export_dir} uses non-stock ops {bad}; TF Serving cannot "
-                         "run them. Replace tf.py_function / custom ops with TF ops.")
+        raise ValueError(
+            f"SavedModel {export_dir} uses non-stock ops {bad}; TF Serving cannot "
+            "run them. Replace tf.py_function / custom ops with TF ops."
+        )
     return ops
 
 
@@ -395,8 +413,10 @@ def export_saved_model(
     if not _MODEL_NAME_RE.match(name):
         raise ValueError(f"Invalid model name {name!r}: use letters, digits, '_', '-', '.'.")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ValueError(f"version must be a positive integer, got {version!r} (TF Serving only "
-                         "loads integer-named version directories).")
+        raise ValueError(
+            f"version must be a positive integer, got {version!r} (TF Serving only "
+            "loads integer-named version directories)."
+        )
     build_outputs = _resolve_outputs(outputs, num_classes_output)
     model = _ensure_projected(model, allow_relaxed)
     specs = resolve_input_signature(model, input_name, input_signature, input_shape)
@@ -415,8 +435,10 @@ def export_saved_model(
     model_dir = Path(base_dir) / name
     final = model_dir / str(version)
     if final.exists() and not overwrite:
-        raise FileExistsError(f"{final} already exists; published versions are immutable. Export "
-                              "a new version (or pass overwrite=True for a scratch directory).")
+        raise FileExistsError(
+            f"{final} already exists; published versions are immutable. Export "
+            "a new version (or pass overwrite=True for a scratch directory)."
+        )
     model_dir.mkdir(parents=True, exist_ok=True)
     # A non-integer directory name: TF Serving ignores it while it is being written.
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-export-{version}-", dir=model_dir))
@@ -439,8 +461,7 @@ def export_saved_model(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if write_config:
-        prefix = config_base_path if config_base_path is not None else str(
-            Path(base_dir).resolve())
+        prefix = config_base_path if config_base_path is not None else str(Path(base_dir).resolve())
         update_models_config(base_dir, {name: _join_base(prefix, name)})
     return final
 

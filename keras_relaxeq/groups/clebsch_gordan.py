@@ -55,14 +55,14 @@ def clebsch_gordan(l1: int, l2: int, l3: int) -> np.ndarray:
     i1, i2, i3 = np.eye(d1), np.eye(d2), np.eye(d3)
     gram = np.zeros((d1 * d2 * d3,) * 2)
     for a in range(3):
-        m = (np.kron(np.kron(g1[a].T, i2), i3) + np.kron(np.kron(i1, g2[a].T), i3)
-             - np.kron(np.kron(i1, i2), g3[a]))
+        m = np.kron(np.kron(g1[a].T, i2), i3) + np.kron(np.kron(i1, g2[a].T), i3) - np.kron(np.kron(i1, i2), g3[a])
         gram += m.T @ m
     evals, evecs = np.linalg.eigh(gram)
     scale = max(evals[-1], 1.0)
     if evals[0] > 1e-9 * scale or (len(evals) > 1 and evals[1] < 1e-6 * scale):  # pragma: no cover
-        raise AssertionError(f"CG({l1}, {l2}, {l3}): null space is not one-dimensional "
-                             f"(smallest eigenvalues {evals[:2]})")
+        raise AssertionError(
+            f"CG({l1}, {l2}, {l3}): null space is not one-dimensional (smallest eigenvalues {evals[:2]})"
+        )
     c = evecs[:, 0]
     c = c / np.linalg.norm(c)
     c[np.abs(c) < 1e-13] = 0.0

@@ -105,9 +105,11 @@ class CyclicGroup:
     def quarter_turns(self, g) -> int:
         """Quarter turns of the grid for ``g``; raises for ``N`` outside ``(1, 2, 4)``."""
         if self.order not in GRID_ORDERS:
-            raise ValueError(f"C_{self.order} cannot act exactly on a square grid (its rotations by "
-                             f"{360 / self.order:g} degrees do not map grid points to grid points); use N in "
-                             f"{GRID_ORDERS} for grid actions, or FieldType.act_fibre for the channels alone.")
+            raise ValueError(
+                f"C_{self.order} cannot act exactly on a square grid (its rotations by "
+                f"{360 / self.order:g} degrees do not map grid points to grid points); use N in "
+                f"{GRID_ORDERS} for grid actions, or FieldType.act_fibre for the channels alone."
+            )
         return (self.element(g) * 4 // self.order) % 4
 
     def __eq__(self, other):
@@ -136,8 +138,9 @@ class FibreRep:
         if kind == "vector":
             kind, frequency = "irrep", 1
         if kind not in ("trivial", "irrep", "regular"):
-            raise ValueError(f"Unknown fibre representation {kind!r}: choose 'trivial', 'vector', 'irrep' "
-                             "or 'regular'.")
+            raise ValueError(
+                f"Unknown fibre representation {kind!r}: choose 'trivial', 'vector', 'irrep' or 'regular'."
+            )
         self.kind = kind
         self.frequency = int(frequency) if kind == "irrep" else 0
 
@@ -161,8 +164,11 @@ class FibreRep:
         return np.array([[c, -s], [s, c]], dtype=np.float64)
 
     def __eq__(self, other):
-        return (isinstance(other, FibreRep) and (self.kind, self.frequency, self.group)
-                == (other.kind, other.frequency, other.group))
+        return isinstance(other, FibreRep) and (self.kind, self.frequency, self.group) == (
+            other.kind,
+            other.frequency,
+            other.group,
+        )
 
     def __hash__(self):
         return hash((self.kind, self.frequency, self.group))
@@ -250,15 +256,17 @@ class FieldType:
         out = np.zeros((self.channels, self.channels))
         start = 0
         for f in self.fibres:
-            out[start:start + f.dim, start:start + f.dim] = f.matrix(g)
+            out[start : start + f.dim, start : start + f.dim] = f.matrix(g)
             start += f.dim
         return out
 
     def _check_channels(self, x):
         c = (np.shape(x) if _is_numpy(x) else x.shape)[-1]
         if c is not None and c != self.channels:
-            raise ValueError(f"{self} has {self.channels} channels, got a tensor of shape "
-                             f"{list(np.shape(x) if _is_numpy(x) else x.shape)} (channels last).")
+            raise ValueError(
+                f"{self} has {self.channels} channels, got a tensor of shape "
+                f"{list(np.shape(x) if _is_numpy(x) else x.shape)} (channels last)."
+            )
 
     def act_fibre(self, g, x):
         """``rho(g)`` applied to the channel axis (the last) only; any ``N``."""
@@ -307,8 +315,9 @@ def _as_field_type(t, group) -> FieldType:
 # --------------------------------------------------------------------------- #
 # Equivariance defect
 # --------------------------------------------------------------------------- #
-def equivariance_defect(f, x, in_type: FieldType, out_type: FieldType = None, elements=None, *,
-                        per_element: bool = False):
+def equivariance_defect(
+    f, x, in_type: FieldType, out_type: FieldType = None, elements=None, *, per_element: bool = False
+):
     """``sum_g || rho_out(g) f(x) - f(rho_in(g) x) ||^2``, summed over every entry (batch included).
 
     Parameters

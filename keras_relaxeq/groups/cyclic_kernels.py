@@ -134,8 +134,10 @@ class FieldRep(Representation):
         return self.field_type.act_fibre(g, x)
 
     def generators_numpy(self):
-        raise NotImplementedError(f"{self}: a finite group has no Lie algebra generators; use act(g, x) with the "
-                                  "generating elements (elements()).")
+        raise NotImplementedError(
+            f"{self}: a finite group has no Lie algebra generators; use act(g, x) with the "
+            "generating elements (elements())."
+        )
 
     def apply_generators(self, v, transpose=False):
         return self.generators_numpy()
@@ -223,8 +225,9 @@ def equivariant_kernel_basis(in_fibre, out_fibre, kernel_size: int, group_order:
     input fibre (``a`` channels) and one output fibre (``b`` channels); fibres are :class:`FibreRep` or
     names.  ``n`` may be 0 (e.g. trivial -> irrep(1) for ``k = 1``)."""
     if int(kernel_size) < 1 or int(kernel_size) % 2 == 0:
-        raise ValueError(f"kernel_size must be odd (a centred kernel the rotation maps onto itself), "
-                         f"got {kernel_size}.")
+        raise ValueError(
+            f"kernel_size must be odd (a centred kernel the rotation maps onto itself), got {kernel_size}."
+        )
     in_fibre, out_fibre = _parse_fibre(in_fibre, group_order), _parse_fibre(out_fibre, group_order)
     if in_fibre.group != out_fibre.group:
         raise ValueError(f"Fibres of different groups: {in_fibre.group} and {out_fibre.group}.")

@@ -60,8 +60,9 @@ class Irrep(tuple):
                     char = name[-1]
                     parity = (-1) ** degree if char == "y" else _PARITY_CHARS[char]
                 except (ValueError, KeyError, IndexError):
-                    raise ValueError(f"Cannot parse {l!r} as an O(3) irrep: expected '<l><e|o|y>', "
-                                     "e.g. '0e', '1o', '2e'.") from None
+                    raise ValueError(
+                        f"Cannot parse {l!r} as an O(3) irrep: expected '<l><e|o|y>', e.g. '0e', '1o', '2e'."
+                    ) from None
                 l, p = degree, parity
             elif isinstance(l, tuple) and len(l) == 2:
                 l, p = l
@@ -188,8 +189,10 @@ class Irreps(tuple):
                             mul, ir = 1, term
                         out.append(MulIrrep(mul, Irrep(ir)))
                     except ValueError:
-                        raise ValueError(f"Cannot parse {irreps!r} as Irreps: the term {term!r} is not "
-                                         "of the form '<mul>x<l><e|o>' (e.g. '32x0e+32x1o').") from None
+                        raise ValueError(
+                            f"Cannot parse {irreps!r} as Irreps: the term {term!r} is not "
+                            "of the form '<mul>x<l><e|o>' (e.g. '32x0e+32x1o')."
+                        ) from None
         else:
             for item in irreps:
                 if isinstance(item, MulIrrep):
@@ -208,7 +211,7 @@ class Irreps(tuple):
         """``1x0e+1x1o+1x2e+...`` up to ``lmax`` (degree ``l`` has parity ``p ** l``)."""
         if p not in (1, -1):
             raise ValueError(f"p must be +1 or -1, got {p!r}.")
-        return Irreps([(1, (l, p ** l)) for l in range(int(lmax) + 1)])
+        return Irreps([(1, (l, p**l)) for l in range(int(lmax) + 1)])
 
     # -- sizes ----------------------------------------------------------------------------------
     @property

@@ -72,8 +72,9 @@ def weight_balanced_irreps(scalar_irreps, attr_irreps, sh: bool = True, lmax: in
     return irreps
 
 
-def balanced_irreps(num_scalars: int = 64, lmax: int = 1, balance: str = "weights",
-                    attr_irreps=None, sh_type: bool = True) -> Irreps:
+def balanced_irreps(
+    num_scalars: int = 64, lmax: int = 1, balance: str = "weights", attr_irreps=None, sh_type: bool = True
+) -> Irreps:
     """Hidden irreps of a SEGNN with the budget of ``num_scalars`` scalar channels.
 
     ``balance="weights"`` (the SEGNN default ``--subspace_type=weightbalanced``, used
@@ -86,12 +87,10 @@ def balanced_irreps(num_scalars: int = 64, lmax: int = 1, balance: str = "weight
     if balance in ("weights", "weight", "weightbalanced"):
         if attr_irreps is None:
             attr_irreps = Irreps.spherical_harmonics(lmax)
-        return weight_balanced_irreps(Irreps([(int(num_scalars), "0e")]), attr_irreps, sh=sh_type,
-                                      lmax=lmax)
+        return weight_balanced_irreps(Irreps([(int(num_scalars), "0e")]), attr_irreps, sh=sh_type, lmax=lmax)
     if balance in ("dimension", "dim", "balanced"):
         return dimension_balanced_irreps(lmax, int(num_scalars), sh_type=sh_type)
     raise ValueError(f"balance must be 'weights' or 'dimension', got {balance!r}.")
 
 
-__all__ = ["balanced_irreps", "dimension_balanced_irreps", "fully_connected_tp_num_weights",
-           "weight_balanced_irreps"]
+__all__ = ["balanced_irreps", "dimension_balanced_irreps", "fully_connected_tp_num_weights", "weight_balanced_irreps"]

@@ -15,8 +15,10 @@ LAYOUTS = ("mul_ir", "ir_mul")
 def check_layout(layout, owner="layout") -> str:
     """``layout`` if it is one of :data:`LAYOUTS`, else a ValueError naming ``owner``."""
     if layout not in LAYOUTS:
-        raise ValueError(f"{owner}: layout must be one of {LAYOUTS}, got {layout!r} ('mul_ir': e3nn's copy-major "
-                         "blocks; 'ir_mul': component-major blocks, faster for tensor products).")
+        raise ValueError(
+            f"{owner}: layout must be one of {LAYOUTS}, got {layout!r} ('mul_ir': e3nn's copy-major "
+            "blocks; 'ir_mul': component-major blocks, faster for tensor products)."
+        )
     return layout
 
 

@@ -123,15 +123,21 @@ class IrrepsRep(Representation):
         return self._merge(out, tf.shape(x)[:-1])
 
     def __eq__(self, other):
-        return type(self) is type(other) and self.irreps.simplify() == other.irreps.simplify() and \
-            self.layout == other.layout
+        return (
+            type(self) is type(other)
+            and self.irreps.simplify() == other.irreps.simplify()
+            and self.layout == other.layout
+        )
 
     def __hash__(self):
         return hash((type(self).__name__, tuple(self.irreps.simplify()), self.layout))
 
     def __repr__(self):
-        return f"IrrepsRep('{self.irreps}')" if self.layout == "mul_ir" else \
-            f"IrrepsRep('{self.irreps}', layout='{self.layout}')"
+        return (
+            f"IrrepsRep('{self.irreps}')"
+            if self.layout == "mul_ir"
+            else f"IrrepsRep('{self.irreps}', layout='{self.layout}')"
+        )
 
 
 __all__ = ["IrrepsRep"]

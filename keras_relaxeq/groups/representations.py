@@ -66,13 +66,17 @@ class Representation:
         shape = tuple(shape)
         fs = self.feature_shape
         if len(shape) < len(fs) + 1:
-            raise ValueError(f"Expected a {where} of shape [batch, ..., {', '.join(map(str, fs))}] "
-                             f"for {self}, got a tensor of shape {list(shape)}.")
-        tail = shape[len(shape) - len(fs):]
+            raise ValueError(
+                f"Expected a {where} of shape [batch, ..., {', '.join(map(str, fs))}] "
+                f"for {self}, got a tensor of shape {list(shape)}."
+            )
+        tail = shape[len(shape) - len(fs) :]
         for got, want in zip(tail, fs):
             if got is not None and want is not None and got != want:
-                raise ValueError(f"Expected a {where} of shape [batch, ..., {', '.join(map(str, fs))}] "
-                                 f"for {self}, got a tensor of shape {list(shape)}.")
+                raise ValueError(
+                    f"Expected a {where} of shape [batch, ..., {', '.join(map(str, fs))}] "
+                    f"for {self}, got a tensor of shape {list(shape)}."
+                )
 
     def __eq__(self, other):
         return type(self) is type(other) and self.feature_shape == other.feature_shape
@@ -165,11 +169,14 @@ def as_representation(rep) -> Representation:
         return VectorFieldRep()
     if rep in ("scalar", "scalars", "invariant", "trivial", "0"):
         return TrivialRep()
-    raise ValueError(f"Unknown representation {rep!r}: pass a keras_relaxeq.groups.Representation, "
-                     "'vector' (rotate the last axis of size 3) or 'invariant'.")
+    raise ValueError(
+        f"Unknown representation {rep!r}: pass a keras_relaxeq.groups.Representation, "
+        "'vector' (rotate the last axis of size 3) or 'invariant'."
+    )
 
 
 # ----------------------------------------------------------------------------- equivariant linear maps
+
 
 def representation_degrees(rep: Representation) -> list[int]:
     """The degrees ``l`` of the SO(3) irreps in ``rep``, from the eigenvalues ``l (l + 1)`` of its
@@ -181,8 +188,10 @@ def representation_degrees(rep: Representation) -> list[int]:
     degrees = (np.sqrt(1.0 + 4.0 * np.maximum(eig, 0.0)) - 1.0) / 2.0
     rounded = np.rint(degrees)
     if np.abs(degrees - rounded).max(initial=0.0) > 1e-6:
-        raise ValueError(f"{rep}: the Casimir eigenvalues are not of the form l (l + 1); are its generators "
-                         "so(3) generators with [G_x, G_y] = G_z?")
+        raise ValueError(
+            f"{rep}: the Casimir eigenvalues are not of the form l (l + 1); are its generators "
+            "so(3) generators with [G_x, G_y] = G_z?"
+        )
     return sorted(set(int(l) for l in rounded))
 
 
@@ -221,15 +230,19 @@ def equivariant_projection(kernel, in_rep: Representation, out_rep: Representati
     """
     w = np.asarray(kernel, np.float64)
     if w.shape != (in_rep.dim, out_rep.dim):
-        raise ValueError(f"kernel of shape {list(w.shape)} does not map {in_rep} (dim {in_rep.dim}) to "
-                         f"{out_rep} (dim {out_rep.dim}); expected [{in_rep.dim}, {out_rep.dim}].")
+        raise ValueError(
+            f"kernel of shape {list(w.shape)} does not map {in_rep} (dim {in_rep.dim}) to "
+            f"{out_rep} (dim {out_rep.dim}); expected [{in_rep.dim}, {out_rep.dim}]."
+        )
     lie, adjoint = _map_lie_operators(in_rep, out_rep)
     top = max(representation_degrees(in_rep)) + max(representation_degrees(out_rep))
     p = w.copy()
     for degree in range(1, top + 1):
         p = p - adjoint(lie(p)) / float(degree * (degree + 1))  # A = L^* L, the Casimir
     residual = np.sqrt(np.sum(lie(p) ** 2))
-    if residual > 1e-9 * max(np.sqrt(np.sum(w ** 2)), 1e-300):
-        raise RuntimeError(f"equivariant_projection: the projected map still has a Lie derivative of norm "
-                           f"{residual:.3g} (kernel norm {np.sqrt(np.sum(w ** 2)):.3g}).")
+    if residual > 1e-9 * max(np.sqrt(np.sum(w**2)), 1e-300):
+        raise RuntimeError(
+            f"equivariant_projection: the projected map still has a Lie derivative of norm "
+            f"{residual:.3g} (kernel norm {np.sqrt(np.sum(w**2)):.3g})."
+        )
     return p

@@ -144,8 +144,9 @@ def random_z_rotations(num: int, seed=None, dtype=tf.float32) -> tf.Tensor:
     if seed is None:
         angle = tf.random.uniform([num, 1], 0.0, 2 * np.pi, dtype=tf.float64)
     else:
-        angle = tf.random.stateless_uniform([num, 1], seed=_as_seed(seed), minval=0.0,
-                                            maxval=2 * np.pi, dtype=tf.float64)
+        angle = tf.random.stateless_uniform(
+            [num, 1], seed=_as_seed(seed), minval=0.0, maxval=2 * np.pi, dtype=tf.float64
+        )
     return axis_rotation("z", angle, dtype=dtype)
 
 

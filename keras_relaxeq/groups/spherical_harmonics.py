@@ -105,15 +105,16 @@ def spherical_harmonics_coefficients(l: int) -> tuple:
 def _ls_of(irreps: Irreps):
     """Degrees to evaluate, one per irrep copy; parities must be ``p0 ** l`` for one ``p0``."""
     present = [ir for mul, ir in irreps if mul > 0]
-    if not any(all(ir.p == p0 ** ir.l for ir in present) for p0 in (-1, 1)):
-        raise ValueError(f"Irreps {irreps} are not spherical-harmonic irreps: degree l must have "
-                         "parity (-1)^l for every l (harmonics of a vector) or +1 for every l "
-                         "(harmonics of a pseudovector).")
+    if not any(all(ir.p == p0**ir.l for ir in present) for p0 in (-1, 1)):
+        raise ValueError(
+            f"Irreps {irreps} are not spherical-harmonic irreps: degree l must have "
+            "parity (-1)^l for every l (harmonics of a vector) or +1 for every l "
+            "(harmonics of a pseudovector)."
+        )
     return [ir.l for mul, ir in irreps for _ in range(mul)]
 
 
-def spherical_harmonics(irreps_or_lmax, vectors, normalize: bool = True,
-                        normalization: str = "component") -> tf.Tensor:
+def spherical_harmonics(irreps_or_lmax, vectors, normalize: bool = True, normalization: str = "component") -> tf.Tensor:
     """Real spherical harmonics of ``vectors`` ``[..., 3]``, output ``[..., irreps.dim]``.
 
     ``irreps_or_lmax``: an int ``lmax`` (all degrees ``0 .. lmax``, irreps

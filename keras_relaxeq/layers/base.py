@@ -49,10 +49,20 @@ from keras_relaxeq.layers.penalties import (
 )
 
 __all__ = [
-    "BRANCHES", "LIE_METHODS", "PenaltyCollector", "RelaxedEquivariantLayer", "active_collector",
-    "autodiff_branch_penalties", "collect_relaxation_penalties", "direct_linear_branch_penalties",
-    "direct_low_rank_branch_penalties", "gram_statistics", "linear_branch_penalties",
-    "low_rank_branch_penalties", "plain_layers", "safe_sqrt",
+    "BRANCHES",
+    "LIE_METHODS",
+    "PenaltyCollector",
+    "RelaxedEquivariantLayer",
+    "active_collector",
+    "autodiff_branch_penalties",
+    "collect_relaxation_penalties",
+    "direct_linear_branch_penalties",
+    "direct_low_rank_branch_penalties",
+    "gram_statistics",
+    "linear_branch_penalties",
+    "low_rank_branch_penalties",
+    "plain_layers",
+    "safe_sqrt",
 ]
 
 LIE_METHODS = ("auto", "closed_form", "direct", "jvp", "tape")
@@ -130,17 +140,28 @@ class RelaxedEquivariantLayer(keras.layers.Layer):
 
     has_relaxation_branch = True
 
-    def __init__(self, relaxed=True, relaxation_initializer="zeros", relaxation_use_bias=True,
-                 relaxation_branch="linear", relaxation_hidden_units=64, lie_method="auto",
-                 theta=1.0, relaxation_rank=None, **kwargs):
+    def __init__(
+        self,
+        relaxed=True,
+        relaxation_initializer="zeros",
+        relaxation_use_bias=True,
+        relaxation_branch="linear",
+        relaxation_hidden_units=64,
+        lie_method="auto",
+        theta=1.0,
+        relaxation_rank=None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if relaxation_branch not in BRANCHES:
             raise ValueError(f"relaxation_branch must be one of {BRANCHES}, got {relaxation_branch!r}.")
         if lie_method not in LIE_METHODS:
             raise ValueError(f"lie_method must be one of {LIE_METHODS}, got {lie_method!r}.")
         if lie_method in ("closed_form", "direct") and relaxation_branch != "linear":
-            raise ValueError(f"lie_method={lie_method!r} needs relaxation_branch='linear'; "
-                             "use lie_method='jvp' or 'tape' for other branches.")
+            raise ValueError(
+                f"lie_method={lie_method!r} needs relaxation_branch='linear'; "
+                "use lie_method='jvp' or 'tape' for other branches."
+            )
         if relaxation_rank is not None:
             if int(relaxation_rank) != relaxation_rank or int(relaxation_rank) < 1:
                 raise ValueError(f"relaxation_rank must be None or an integer >= 1, got {relaxation_rank!r}.")
@@ -212,15 +233,21 @@ class RelaxedEquivariantLayer(keras.layers.Layer):
 
     def _build_branch(self, in_rep: Representation, out_rep: Representation):
         d_in, d_out = in_rep.dim, out_rep.dim
-        self.theta = self.add_weight(name="theta", shape=(),
-                                     initializer=keras.initializers.Constant(self.initial_theta),
-                                     trainable=False, autocast=False)
+        self.theta = self.add_weight(
+            name="theta",
+            shape=(),
+            initializer=keras.initializers.Constant(self.initial_theta),
+            trainable=False,
+            autocast=False,
+        )
         if self.relaxation_branch == "mlp":
             h = self.relaxation_hidden_units
             self.relaxation_hidden_kernel = self.add_weight(
-                name="relaxation_hidden_kernel", shape=(d_in, h), initializer="glorot_uniform", autocast=False)
+                name="relaxation_hidden_kernel", shape=(d_in, h), initializer="glorot_uniform", autocast=False
+            )
             self.relaxation_hidden_bias = self.add_weight(
-                name="relaxation_hidden_bias", shape=(h,), initializer="zeros", autocast=False)
+                name="relaxation_hidden_bias", shape=(h,), initializer="zeros", autocast=False
+            )
         else:
             h = d_in
         # The branch variables are not autocast: under a mixed policy the forward pass casts them to the
@@ -229,17 +256,26 @@ class RelaxedEquivariantLayer(keras.layers.Layer):
         if self.relaxation_low_rank:
             self.relaxation_kernel = None
             self.relaxation_kernel_u = self.add_weight(
-                name="relaxation_kernel_u", shape=(d_in, self.relaxation_rank), autocast=False,
-                initializer=keras.initializers.VarianceScaling(1.0, "fan_in", "truncated_normal"))
+                name="relaxation_kernel_u",
+                shape=(d_in, self.relaxation_rank),
+                autocast=False,
+                initializer=keras.initializers.VarianceScaling(1.0, "fan_in", "truncated_normal"),
+            )
             self.relaxation_kernel_v = self.add_weight(
-                name="relaxation_kernel_v", shape=(self.relaxation_rank, d_out), autocast=False,
-                initializer=self.relaxation_initializer)
+                name="relaxation_kernel_v",
+                shape=(self.relaxation_rank, d_out),
+                autocast=False,
+                initializer=self.relaxation_initializer,
+            )
         else:
-            self.relaxation_kernel = self.add_weight(name="relaxation_kernel", shape=(h, d_out), autocast=False,
-                                                     initializer=self.relaxation_initializer)
-        self.relaxation_bias = (self.add_weight(name="relaxation_bias", shape=(d_out,), initializer="zeros",
-                                                autocast=False)
-                                if self.relaxation_use_bias else None)
+            self.relaxation_kernel = self.add_weight(
+                name="relaxation_kernel", shape=(h, d_out), autocast=False, initializer=self.relaxation_initializer
+            )
+        self.relaxation_bias = (
+            self.add_weight(name="relaxation_bias", shape=(d_out,), initializer="zeros", autocast=False)
+            if self.relaxation_use_bias
+            else None
+        )
 
     def call(self, inputs, training=None):
         outputs = self.equivariant_call(inputs, training=training)
@@ -253,8 +289,14 @@ class RelaxedEquivariantLayer(keras.layers.Layer):
         """The branch's variables (theta excluded); empty when not relaxed."""
         if not (self.relaxed and self.has_relaxation_branch) or self.theta is None:
             return []
-        names = ("relaxation_hidden_kernel", "relaxation_hidden_bias", "relaxation_kernel", "relaxation_kernel_u",
-                 "relaxation_kernel_v", "relaxation_bias")
+        names = (
+            "relaxation_hidden_kernel",
+            "relaxation_hidden_bias",
+            "relaxation_kernel",
+            "relaxation_kernel_u",
+            "relaxation_kernel_v",
+            "relaxation_bias",
+        )
         return [getattr(self, n) for n in names if getattr(self, n, None) is not None]
 
     def branch(self, flat_x):
@@ -311,8 +353,11 @@ class RelaxedEquivariantLayer(keras.layers.Layer):
             lie, proj = self.branch_penalties(inputs, collector=collector)
             activations = None
             if collector.record_activations:
-                activations = (tf.reduce_sum(tf.square(outputs)), tf.reduce_sum(tf.square(contribution)),
-                               tf.shape(flat_x)[0])
+                activations = (
+                    tf.reduce_sum(tf.square(outputs)),
+                    tf.reduce_sum(tf.square(contribution)),
+                    tf.shape(flat_x)[0],
+                )
             collector.add(self, lie, proj, activations)
         return relaxed
 
@@ -336,21 +381,34 @@ class RelaxedEquivariantLayer(keras.layers.Layer):
             if self.relaxation_branch != "linear":
                 raise ValueError("The direct evaluation needs a linear branch.")
             if self.relaxation_low_rank:
-                return direct_low_rank_branch_penalties(self.relaxation_kernel_u, self.relaxation_kernel_v,
-                                                        self.relaxation_bias, flat_x, self.input_rep,
-                                                        self.output_rep)
-            return direct_linear_branch_penalties(self.relaxation_kernel, self.relaxation_bias, flat_x,
-                                                  self.input_rep, self.output_rep)
+                return direct_low_rank_branch_penalties(
+                    self.relaxation_kernel_u,
+                    self.relaxation_kernel_v,
+                    self.relaxation_bias,
+                    flat_x,
+                    self.input_rep,
+                    self.output_rep,
+                )
+            return direct_linear_branch_penalties(
+                self.relaxation_kernel, self.relaxation_bias, flat_x, self.input_rep, self.output_rep
+            )
         if method == "closed_form":
             if self.relaxation_branch != "linear":
                 raise ValueError("The closed form needs a linear branch.")
             ref = _tensor_ref(inputs)
             gram = collector.gram(ref, flat_x) if collector is not None else gram_statistics(flat_x)
             if self.relaxation_low_rank:
-                return low_rank_branch_penalties(self.relaxation_kernel_u, self.relaxation_kernel_v,
-                                                 self.relaxation_bias, gram, self.input_rep, self.output_rep)
-            return linear_branch_penalties(self.relaxation_kernel, self.relaxation_bias, gram,
-                                           self.input_rep, self.output_rep)
+                return low_rank_branch_penalties(
+                    self.relaxation_kernel_u,
+                    self.relaxation_kernel_v,
+                    self.relaxation_bias,
+                    gram,
+                    self.input_rep,
+                    self.output_rep,
+                )
+            return linear_branch_penalties(
+                self.relaxation_kernel, self.relaxation_bias, gram, self.input_rep, self.output_rep
+            )
         return autodiff_branch_penalties(self.branch, flat_x, self.input_rep, self.output_rep, method=method)
 
     def relaxation_penalties(self, inputs):

@@ -70,15 +70,17 @@ def dense_branch_defect(kernel, bias, gram, in_type: FieldType, out_type: FieldT
             lie += 2.0 * tf.reduce_sum(tf.linalg.matvec(m, s_vec, transpose_a=True) * c) + count * tf.reduce_sum(c * c)
     proj = tf.reduce_sum(tf.matmul(s_mat, w) * w)
     if bias is not None:
-        proj += 2.0 * tf.reduce_sum(tf.linalg.matvec(w, s_vec, transpose_a=True) * bias) \
-            + count * tf.reduce_sum(bias * bias)
+        proj += 2.0 * tf.reduce_sum(tf.linalg.matvec(w, s_vec, transpose_a=True) * bias) + count * tf.reduce_sum(
+            bias * bias
+        )
     return lie, proj
 
 
 def direct_dense_branch_defect(kernel, bias, flat_x, in_type: FieldType, out_type: FieldType):
     """``(LD, N)`` of the per-pixel branch ``x W + b`` evaluated on the rows of ``flat_x`` ``[P, C_in]``."""
-    return generic_pointwise_defect(lambda v: tf.matmul(v, kernel) + (0.0 if bias is None else bias),
-                                    flat_x, in_type, out_type)
+    return generic_pointwise_defect(
+        lambda v: tf.matmul(v, kernel) + (0.0 if bias is None else bias), flat_x, in_type, out_type
+    )
 
 
 def generic_pointwise_defect(branch_fn, flat_x, in_type: FieldType, out_type: FieldType):
@@ -117,8 +119,9 @@ def conv_branch_defect(kernel, bias, x, in_type: FieldType, out_type: FieldType)
     y = tf.nn.conv2d(x, tf.concat(kernels, axis=-1), strides=1, padding="SAME")
     parts = tf.split(y, len(kernels), axis=-1)
     if bias is None:
-        return tf.add_n([tf.reduce_sum(tf.square(p)) for p in parts[1:]] + [tf.zeros((), dtype)]), \
-            tf.reduce_sum(tf.square(parts[0]))
+        return tf.add_n([tf.reduce_sum(tf.square(p)) for p in parts[1:]] + [tf.zeros((), dtype)]), tf.reduce_sum(
+            tf.square(parts[0])
+        )
     lie = tf.zeros((), dtype)
     for g, part in zip(gens, parts[1:]):
         c = bias - tf.linalg.matvec(_const(out_type.matrix(g), dtype), bias, transpose_a=True)  # b - b rho_out(g)

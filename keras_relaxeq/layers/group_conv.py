@@ -43,8 +43,15 @@ from keras_relaxeq.utils import set_untracked
 
 register = keras.saving.register_keras_serializable(package="keras_relaxeq")
 
-__all__ = ["CyclicConv2D", "FieldKernelLayout", "GroupConv2D", "GroupPooling", "LiftingConv2D", "ProjectionConv2D",
-           "RegularBatchNorm"]
+__all__ = [
+    "CyclicConv2D",
+    "FieldKernelLayout",
+    "GroupConv2D",
+    "GroupPooling",
+    "LiftingConv2D",
+    "ProjectionConv2D",
+    "RegularBatchNorm",
+]
 
 POINTWISE_FIBRES = ("trivial", "regular")
 
@@ -154,12 +161,23 @@ class CyclicConv2D(RelaxedEquivariantLayer):
             (``relaxation_branch="linear"``, no ``relaxation_rank``).
     """
 
-    def __init__(self, out_type, in_type="regular", kernel_size=3, group_order=4, use_bias=True, activation=None,
-                 kernel_gain=2.0, **kwargs):
+    def __init__(
+        self,
+        out_type,
+        in_type="regular",
+        kernel_size=3,
+        group_order=4,
+        use_bias=True,
+        activation=None,
+        kernel_gain=2.0,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if self.relaxation_branch != "linear" or self.relaxation_rank is not None:
-            raise ValueError(f"{type(self).__name__}: the relaxation branch is a convolution; use "
-                             "relaxation_branch='linear' and relaxation_rank=None.")
+            raise ValueError(
+                f"{type(self).__name__}: the relaxation branch is a convolution; use "
+                "relaxation_branch='linear' and relaxation_rank=None."
+            )
         if int(kernel_size) < 1 or int(kernel_size) % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size!r}.")
         self.group_order = int(group_order)
@@ -171,8 +189,10 @@ class CyclicConv2D(RelaxedEquivariantLayer):
         if self.activation is not None:
             bad = [f for f in self.out_type.fibres if f.kind not in POINTWISE_FIBRES]
             if bad:
-                raise ValueError(f"{type(self).__name__}: a pointwise activation is equivariant on trivial and "
-                                 f"regular fibres only; the output {self.out_type} has {bad[0]!r} fibres.")
+                raise ValueError(
+                    f"{type(self).__name__}: a pointwise activation is equivariant on trivial and "
+                    f"regular fibres only; the output {self.out_type} has {bad[0]!r} fibres."
+                )
         self.kernel_gain = float(kernel_gain)
         self.in_type = None
         self.relaxation_is_conv = True
@@ -183,15 +203,18 @@ class CyclicConv2D(RelaxedEquivariantLayer):
         if isinstance(spec, (str, FibreRep)):
             fibre = parse_field_type(spec, self.group_order).fibres[0]
             if channels is None or channels % fibre.dim:
-                raise ValueError(f"{type(self).__name__} '{self.name}': {channels} input channels are not a whole "
-                                 f"number of {fibre!r} fibres ({fibre.dim} channels each).")
+                raise ValueError(
+                    f"{type(self).__name__} '{self.name}': {channels} input channels are not a whole "
+                    f"number of {fibre!r} fibres ({fibre.dim} channels each)."
+                )
             return FieldType(self.group_order, [fibre] * (channels // fibre.dim))
         return parse_field_type(spec, self.group_order)
 
     def input_representation(self, input_shape):
         if len(input_shape) != 4:
-            raise ValueError(f"{type(self).__name__} '{self.name}' expects fields [batch, H, W, C]; got shape "
-                             f"{list(input_shape)}.")
+            raise ValueError(
+                f"{type(self).__name__} '{self.name}' expects fields [batch, H, W, C]; got shape {list(input_shape)}."
+            )
         self.in_type = self._resolve_in_type(input_shape[-1])
         if self.in_type.group != self.out_type.group:
             raise ValueError(f"Input {self.in_type} and output {self.out_type} belong to different groups.")
@@ -211,15 +234,19 @@ class CyclicConv2D(RelaxedEquivariantLayer):
         for i, o, name, n in self.layout.pairs():
             std = float(np.sqrt(self.kernel_gain / max(self.layout.fan_in(o), 1.0)))
             self.coefficients[i, o] = self.add_weight(
-                name=f"coefficients_{name}", shape=self.coefficient_shape(i, o, n), autocast=False,
-                initializer=keras.initializers.RandomNormal(stddev=std))  # cast where the kernel is assembled
+                name=f"coefficients_{name}",
+                shape=self.coefficient_shape(i, o, n),
+                autocast=False,
+                initializer=keras.initializers.RandomNormal(stddev=std),
+            )  # cast where the kernel is assembled
         set_untracked(self, "bias_coefficients", {})
         if self.use_bias:
             for o, (fo, mo) in enumerate(self.layout.groups_out):
                 n = len(self.layout.bias_bases[o])
                 if n:
-                    self.bias_coefficients[o] = self.add_weight(name=f"bias_{_safe_name(fo)}", shape=(mo, n),
-                                                                initializer="zeros", autocast=False)
+                    self.bias_coefficients[o] = self.add_weight(
+                        name=f"bias_{_safe_name(fo)}", shape=(mo, n), initializer="zeros", autocast=False
+                    )
 
     def coefficient_shape(self, i, o, n):
         """Shape of the coefficients of fibre-kind pair ``(i, o)`` with ``n`` basis kernels."""
@@ -251,14 +278,25 @@ class CyclicConv2D(RelaxedEquivariantLayer):
     # -- the convolution branch ----------------------------------------------------------
     def _build_branch(self, in_rep, out_rep):
         k = self.kernel_size
-        self.theta = self.add_weight(name="theta", shape=(), trainable=False, autocast=False,
-                                     initializer=keras.initializers.Constant(self.initial_theta))
+        self.theta = self.add_weight(
+            name="theta",
+            shape=(),
+            trainable=False,
+            autocast=False,
+            initializer=keras.initializers.Constant(self.initial_theta),
+        )
         self.relaxation_low_rank = False
-        self.relaxation_kernel = self.add_weight(name="relaxation_kernel", shape=(k, k, in_rep.dim, out_rep.dim),
-                                                 initializer=self.relaxation_initializer, autocast=False)
-        self.relaxation_bias = (self.add_weight(name="relaxation_bias", shape=(out_rep.dim,), initializer="zeros",
-                                                autocast=False)
-                                if self.relaxation_use_bias else None)
+        self.relaxation_kernel = self.add_weight(
+            name="relaxation_kernel",
+            shape=(k, k, in_rep.dim, out_rep.dim),
+            initializer=self.relaxation_initializer,
+            autocast=False,
+        )
+        self.relaxation_bias = (
+            self.add_weight(name="relaxation_bias", shape=(out_rep.dim,), initializer="zeros", autocast=False)
+            if self.relaxation_use_bias
+            else None
+        )
 
     def relaxation_branch_fn(self, x):
         """The branch ``R(x) = conv(x, W_R) + b_R`` on fields (in the dtype of ``x``)."""
@@ -269,8 +307,10 @@ class CyclicConv2D(RelaxedEquivariantLayer):
         return y
 
     def branch(self, flat_x):  # the base's per-pixel branch does not exist here
-        raise NotImplementedError(f"{type(self).__name__}: the relaxation branch is a convolution of whole fields; "
-                                  "use relaxation_branch_fn(x).")
+        raise NotImplementedError(
+            f"{type(self).__name__}: the relaxation branch is a convolution of whole fields; "
+            "use relaxation_branch_fn(x)."
+        )
 
     def add_relaxation(self, inputs, outputs):
         """``outputs + theta * R(inputs)``; reports the defect and projection penalties to the active collector."""
@@ -292,15 +332,17 @@ class CyclicConv2D(RelaxedEquivariantLayer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({
-            "out_type": field_type_spec(self.out_type),
-            "in_type": self._type_config(self.in_type_spec),
-            "kernel_size": self.kernel_size,
-            "group_order": self.group_order,
-            "use_bias": self.use_bias,
-            "activation": keras.activations.serialize(self.activation) if self.activation is not None else None,
-            "kernel_gain": self.kernel_gain,
-        })
+        config.update(
+            {
+                "out_type": field_type_spec(self.out_type),
+                "in_type": self._type_config(self.in_type_spec),
+                "kernel_size": self.kernel_size,
+                "group_order": self.group_order,
+                "use_bias": self.use_bias,
+                "activation": keras.activations.serialize(self.activation) if self.activation is not None else None,
+                "kernel_gain": self.kernel_gain,
+            }
+        )
         return config
 
 
@@ -312,8 +354,9 @@ class LiftingConv2D(CyclicConv2D):
     def __init__(self, filters, in_type="vector", kernel_size=3, **kwargs):
         kwargs.pop("out_type", None)
         group_order = kwargs.get("group_order", 4)
-        super().__init__(FieldType.regular(group_order, int(filters)), in_type=in_type, kernel_size=kernel_size,
-                         **kwargs)
+        super().__init__(
+            FieldType.regular(group_order, int(filters)), in_type=in_type, kernel_size=kernel_size, **kwargs
+        )
         self.filters = int(filters)
 
     def get_config(self):
@@ -331,8 +374,9 @@ class GroupConv2D(CyclicConv2D):
         kwargs.pop("out_type", None)
         kwargs.pop("in_type", None)
         group_order = kwargs.get("group_order", 4)
-        super().__init__(FieldType.regular(group_order, int(filters)), in_type="regular", kernel_size=kernel_size,
-                         **kwargs)
+        super().__init__(
+            FieldType.regular(group_order, int(filters)), in_type="regular", kernel_size=kernel_size, **kwargs
+        )
         self.filters = int(filters)
 
     def get_config(self):
@@ -361,8 +405,10 @@ class ProjectionConv2D(CyclicConv2D):
 def _regular_multiplicity(layer, input_shape, group_order):
     channels = input_shape[-1]
     if channels is None or channels % group_order:
-        raise ValueError(f"{type(layer).__name__} '{layer.name}' expects regular C{group_order} fields (channels a "
-                         f"multiple of {group_order}); got shape {list(input_shape)}.")
+        raise ValueError(
+            f"{type(layer).__name__} '{layer.name}' expects regular C{group_order} fields (channels a "
+            f"multiple of {group_order}); got shape {list(input_shape)}."
+        )
     return channels // group_order
 
 
@@ -379,8 +425,9 @@ class RegularBatchNorm(keras.layers.Layer):
         self.group_order = int(group_order)
         self.momentum, self.epsilon = float(momentum), float(epsilon)
         self.bn_kwargs = kwargs
-        self.norm = keras.layers.BatchNormalization(axis=-2, momentum=momentum, epsilon=epsilon, dtype=dtype,
-                                                    name="batch_norm", **kwargs)
+        self.norm = keras.layers.BatchNormalization(
+            axis=-2, momentum=momentum, epsilon=epsilon, dtype=dtype, name="batch_norm", **kwargs
+        )
 
     def build(self, input_shape):
         m = _regular_multiplicity(self, input_shape, self.group_order)

@@ -191,8 +191,11 @@ def linear_branch_penalties(kernel, bias, gram, in_rep: Representation, out_rep:
         c = out_rep.apply_generators(bias)  # [3, D_out]
         s_m = tf.einsum("i,iko->ko", s_vec, m)
         lie = lie - 2.0 * tf.reduce_sum(s_m * c) + count * tf.reduce_sum(c * c)
-        proj = proj + 2.0 * tf.reduce_sum(tf.linalg.matvec(w, s_vec, transpose_a=True) * bias) \
+        proj = (
+            proj
+            + 2.0 * tf.reduce_sum(tf.linalg.matvec(w, s_vec, transpose_a=True) * bias)
             + count * tf.reduce_sum(bias * bias)
+        )
     return lie, proj
 
 
@@ -276,8 +279,7 @@ def direct_low_rank_branch_penalties(u, v, bias, flat_x, in_rep: Representation,
     return tf.reduce_sum(tf.square(lie_rows)), tf.reduce_sum(tf.square(r))
 
 
-def autodiff_branch_penalties(branch_fn, flat_x, in_rep: Representation, out_rep: Representation,
-                              method: str = "jvp"):
+def autodiff_branch_penalties(branch_fn, flat_x, in_rep: Representation, out_rep: Representation, method: str = "jvp"):
     """``(LD, N)`` of any branch ``branch_fn: [P, D_in] -> [P, D_out]`` by autodiff.
 
     ``method="jvp"`` uses forward mode (``tf.autodiff.ForwardAccumulator``);
@@ -314,11 +316,9 @@ def _flatten_features(x, rep: Representation):
     return tf.reshape(x, [-1, rep.dim])
 
 
-
 def _tensor_ref(x):
     """A hashable reference to the tensor ``x`` (the key of the shared Gram statistics), or None."""
     try:
         return x.ref()
     except (AttributeError, TypeError):
         return None
-

@@ -43,15 +43,20 @@ def _coordinate_index(source_rep, target_rep):
 
     if isinstance(source_rep, IrrepsRep) and isinstance(target_rep, IrrepsRep):
         if source_rep.irreps != target_rep.irreps:
-            raise ValueError(f"transfer_weights: irreps {source_rep.irreps} and {target_rep.irreps} differ; "
-                             "the two models must have the same architecture.")
+            raise ValueError(
+                f"transfer_weights: irreps {source_rep.irreps} and {target_rep.irreps} differ; "
+                "the two models must have the same architecture."
+            )
         if source_rep.layout == target_rep.layout:
             return None
         return np.argsort(layout_permutation(source_rep.irreps, source_rep.layout))[
-            layout_permutation(target_rep.irreps, target_rep.layout)]
+            layout_permutation(target_rep.irreps, target_rep.layout)
+        ]
     if source_rep != target_rep:
-        raise ValueError(f"transfer_weights: representations {source_rep} and {target_rep} differ; the two "
-                         "models must have the same architecture.")
+        raise ValueError(
+            f"transfer_weights: representations {source_rep} and {target_rep} differ; the two "
+            "models must have the same architecture."
+        )
     return None
 
 
@@ -69,9 +74,11 @@ def transfer_weights(source, target) -> int:
     """
     source_layers, target_layers = relaxed_layers(source), relaxed_layers(target)
     if len(source_layers) != len(target_layers):
-        raise ValueError(f"transfer_weights: {len(source_layers)} relaxed layers in the source, "
-                         f"{len(target_layers)} in the target; build both models with the same architecture "
-                         "(and both relaxed, or both not).")
+        raise ValueError(
+            f"transfer_weights: {len(source_layers)} relaxed layers in the source, "
+            f"{len(target_layers)} in the target; build both models with the same architecture "
+            "(and both relaxed, or both not)."
+        )
     target.set_weights(source.get_weights())
     converted = 0
     for ls, lt in zip(source_layers, target_layers):

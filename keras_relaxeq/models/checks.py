@@ -65,8 +65,9 @@ class InputCheck(keras.layers.Layer):
             for want, got in zip(self.full_shape, static):
                 if want is not None and got is not None and want != got:
                     raise ValueError(self._shape_error(tuple(static)))
-            open_axes = [i for i, (want, got) in enumerate(zip(self.full_shape, static))
-                         if want is not None and got is None]
+            open_axes = [
+                i for i, (want, got) in enumerate(zip(self.full_shape, static)) if want is not None and got is None
+            ]
             if open_axes:  # this message where Assert runs (not under XLA), EnsureShape's everywhere
                 shape = tf.shape(x)
                 ok = tf.reduce_all(tf.stack([tf.equal(shape[i], self.full_shape[i]) for i in open_axes]))
@@ -76,8 +77,10 @@ class InputCheck(keras.layers.Layer):
         x = tf.ensure_shape(x, self.full_shape)
         if self.finite and x.dtype.is_floating:
             x = tf.debugging.check_numerics(
-                x, f"Input {self.input_name} contains NaN or Inf values; remove or repair the non-finite "
-                   "entries before calling the model")
+                x,
+                f"Input {self.input_name} contains NaN or Inf values; remove or repair the non-finite "
+                "entries before calling the model",
+            )
         return x
 
     def compute_output_shape(self, input_shape):
@@ -85,21 +88,29 @@ class InputCheck(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(shape=list(self.expected), finite=self.finite, input_name=self.input_name,
-                      layout=self.layout, hint=self.hint)
+        config.update(
+            shape=list(self.expected),
+            finite=self.finite,
+            input_name=self.input_name,
+            layout=self.layout,
+            hint=self.hint,
+        )
         return config
 
 
 #: messages of the point-cloud classifiers' input check
 POINTS_LAYOUT = "[batch, points, 3] (float xyz coordinates)"
-POINTS_HINT = ("Pass xyz only (drop normals or colours: points[..., :3]) with one cloud per batch row "
-               "(a single cloud needs a batch axis: points[None]).")
+POINTS_HINT = (
+    "Pass xyz only (drop normals or colours: points[..., :3]) with one cloud per batch row "
+    "(a single cloud needs a batch axis: points[None])."
+)
 
 
 def point_cloud_check(num_points=None, name="check_points"):
     """The :class:`InputCheck` of the point-cloud classifiers (``[batch, num_points, 3]``, finite)."""
-    return InputCheck((num_points, 3), finite=True, input_name="points", layout=POINTS_LAYOUT, hint=POINTS_HINT,
-                      name=name)
+    return InputCheck(
+        (num_points, 3), finite=True, input_name="points", layout=POINTS_LAYOUT, hint=POINTS_HINT, name=name
+    )
 
 
 __all__ = ["InputCheck", "point_cloud_check"]

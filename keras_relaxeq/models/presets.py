@@ -45,7 +45,7 @@ def _weights_by_path(model) -> dict:
             continue
         path = v.path
         if path.startswith(model.name + "/"):
-            path = path[len(model.name) + 1:]
+            path = path[len(model.name) + 1 :]
         out[path] = v
     return out
 
@@ -59,22 +59,34 @@ def copy_pretrained_weights(source, target, *, new_head: bool = False) -> list[s
     heads = tuple(t._keras_history.operation.name + "/" for t in target.outputs) if new_head else ()
     missing = sorted(set(dst) - set(src))
     if missing:
-        raise ValueError(f"The new model has weights {missing[:5]} that the pretrained model lacks; the preset's "
-                         "architecture and the builder disagree.")
+        raise ValueError(
+            f"The new model has weights {missing[:5]} that the pretrained model lacks; the preset's "
+            "architecture and the builder disagree."
+        )
     skipped = []
     for path, v in dst.items():
         if tuple(src[path].shape) != tuple(v.shape):
             if path.startswith(heads):
                 skipped.append(path)
                 continue
-            raise ValueError(f"Weight {path!r}: pretrained shape {tuple(src[path].shape)} does not fit "
-                             f"{tuple(v.shape)}.")
+            raise ValueError(
+                f"Weight {path!r}: pretrained shape {tuple(src[path].shape)} does not fit {tuple(v.shape)}."
+            )
         v.assign(src[path])
     return skipped
 
 
-def from_preset(builder: str, preset: str | None = None, *, version: int | None = None, num_classes=None,
-                relaxed: bool = False, index=None, cache_dir=None, **overrides):
+def from_preset(
+    builder: str,
+    preset: str | None = None,
+    *,
+    version: int | None = None,
+    num_classes=None,
+    relaxed: bool = False,
+    index=None,
+    cache_dir=None,
+    **overrides,
+):
     """Build ``keras_relaxeq.models.<builder>`` with the weights of the zoo entry ``preset``.
 
     Args:
@@ -95,8 +107,10 @@ def from_preset(builder: str, preset: str | None = None, *, version: int | None 
     entry = zoo.get_entry(preset, version, index=index)
     cls = entry.architecture.get("class", "")
     if cls != f"keras_relaxeq.models.{builder}":
-        raise ValueError(f"Zoo entry {preset!r} is a {cls}, not keras_relaxeq.models.{builder}; load it with "
-                         f"keras_relaxeq.models.{cls.rsplit('.', 1)[-1]}.from_preset({preset!r}).")
+        raise ValueError(
+            f"Zoo entry {preset!r} is a {cls}, not keras_relaxeq.models.{builder}; load it with "
+            f"keras_relaxeq.models.{cls.rsplit('.', 1)[-1]}.from_preset({preset!r})."
+        )
     config = dict(entry.architecture.get("config") or {})
     new_head = num_classes is not None and int(num_classes) != config.get("num_classes")
     if num_classes is not None:
@@ -133,7 +147,8 @@ def attach_from_preset(builder_fn):
         return from_preset(name, preset, **kwargs)
 
     preset_loader.__doc__ = f"``from_preset({name!r}, preset, ...)``: {name} with a zoo entry's weights.\n\n" + (
-        from_preset.__doc__ or "")
+        from_preset.__doc__ or ""
+    )
     builder_fn.from_preset = preset_loader
     return builder_fn
 

@@ -93,10 +93,12 @@ def _edge_endpoints(x, num_nodes):
     n = num_nodes
     x = tf.convert_to_tensor(x)
     batch, dim = tf.shape(x)[0], tf.shape(x)[2]
-    x_i = tf.reshape(tf.broadcast_to(tf.expand_dims(x, 2), tf.stack([batch, n, n - 1, dim])),
-                     tf.stack([batch, n * (n - 1), dim]))
-    grid = tf.reshape(tf.broadcast_to(tf.expand_dims(x, 1), tf.stack([batch, n, n, dim])),
-                      tf.stack([batch, n * n, dim]))
+    x_i = tf.reshape(
+        tf.broadcast_to(tf.expand_dims(x, 2), tf.stack([batch, n, n - 1, dim])), tf.stack([batch, n * (n - 1), dim])
+    )
+    grid = tf.reshape(
+        tf.broadcast_to(tf.expand_dims(x, 1), tf.stack([batch, n, n, dim])), tf.stack([batch, n * n, dim])
+    )
     grid = tf.reshape(tf.slice(grid, [0, 1, 0], [-1, n * n - 1, -1]), tf.stack([batch, n - 1, n + 1, dim]))
     x_j = tf.reshape(tf.slice(grid, [0, 0, 0, 0], [-1, -1, n, -1]), tf.stack([batch, n * (n - 1), dim]))
     return x_i, x_j
@@ -124,16 +126,17 @@ class NBodyGraphFeatures(keras.layers.Layer):
     (one copy per degree) and the edge features are the same in both.
     """
 
-    def __init__(self, num_nodes=5, lmax_attr=1, squared_distance=False, centring="mass", layout="mul_ir",
-                 **kwargs):
+    def __init__(self, num_nodes=5, lmax_attr=1, squared_distance=False, centring="mass", layout="mul_ir", **kwargs):
         super().__init__(**kwargs)
         self.layout = check_layout(layout, f"NBodyGraphFeatures '{self.name}'")
         self.num_nodes = int(num_nodes)
         if self.num_nodes < 2:
             raise ValueError(f"NBodyGraphFeatures: num_nodes must be >= 2, got {num_nodes}.")
         if centring not in CENTRINGS:
-            raise ValueError(f"NBodyGraphFeatures: centring must be one of {CENTRINGS}, got {centring!r} "
-                             "('mass': equivariant; 'coordinates': the reference's non-equivariant features).")
+            raise ValueError(
+                f"NBodyGraphFeatures: centring must be one of {CENTRINGS}, got {centring!r} "
+                "('mass': equivariant; 'coordinates': the reference's non-equivariant features)."
+            )
         self.centring = centring
         self.lmax_attr = int(lmax_attr)
         self.squared_distance = bool(squared_distance)
@@ -170,8 +173,13 @@ class NBodyGraphFeatures(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(num_nodes=self.num_nodes, lmax_attr=self.lmax_attr, squared_distance=self.squared_distance,
-                      centring=self.centring, layout=self.layout)
+        config.update(
+            num_nodes=self.num_nodes,
+            lmax_attr=self.lmax_attr,
+            squared_distance=self.squared_distance,
+            centring=self.centring,
+            layout=self.layout,
+        )
         return config
 
 
@@ -201,9 +209,22 @@ class SEGNNLayer(keras.layers.Layer):
         layout: feature layout of ``x`` and of every sublayer (``"mul_ir"`` or ``"ir_mul"``).
     """
 
-    def __init__(self, hidden_irreps, attr_irreps="1x0e+1x1o", message_irreps=NBODY_MESSAGE_IRREPS, num_nodes=5,
-                 norm=None, relaxed=True, relaxation_initializer=None, lie_method="auto", theta=1.0,
-                 relaxation_placement="before_gate", relaxation_use_bias=True, layout="mul_ir", **kwargs):
+    def __init__(
+        self,
+        hidden_irreps,
+        attr_irreps="1x0e+1x1o",
+        message_irreps=NBODY_MESSAGE_IRREPS,
+        num_nodes=5,
+        norm=None,
+        relaxed=True,
+        relaxation_initializer=None,
+        lie_method="auto",
+        theta=1.0,
+        relaxation_placement="before_gate",
+        relaxation_use_bias=True,
+        layout="mul_ir",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.layout = check_layout(layout, f"SEGNNLayer '{self.name}'")
         if norm not in NORMS:
@@ -228,17 +249,26 @@ class SEGNNLayer(keras.layers.Layer):
         message_in = (hidden + hidden + self.message_irreps).simplify()
         update_in = (hidden + hidden).simplify()
         plain = dict(relaxed=False, layout=self.layout, dtype=self.dtype_policy)
-        relax = dict(relaxed=self.relaxed, relaxation_initializer=keras.initializers.serialize(
-            self.relaxation_initializer), lie_method=lie_method, theta=self.theta,
-            relaxation_use_bias=self.relaxation_use_bias, layout=self.layout, dtype=self.dtype_policy)
+        relax = dict(
+            relaxed=self.relaxed,
+            relaxation_initializer=keras.initializers.serialize(self.relaxation_initializer),
+            lie_method=lie_method,
+            theta=self.theta,
+            relaxation_use_bias=self.relaxation_use_bias,
+            layout=self.layout,
+            dtype=self.dtype_policy,
+        )
         self.message_layer_1 = O3TensorProductGate(message_in, attr, hidden, name="message_layer_1", **plain)
         self.message_layer_2 = O3TensorProductGate(hidden, attr, hidden, name="message_layer_2", **plain)
-        self.update_layer_1 = O3TensorProductGate(update_in, attr, hidden, name="update_layer_1",
-                                                  relaxation_placement=relaxation_placement, **relax)
+        self.update_layer_1 = O3TensorProductGate(
+            update_in, attr, hidden, name="update_layer_1", relaxation_placement=relaxation_placement, **relax
+        )
         self.update_layer_2 = O3TensorProduct(hidden, attr, hidden, name="update_layer_2", **relax)
-        self.feature_norm = (SteerableNorm(hidden, mode="instance", name="feature_norm", layout=self.layout,
-                                           dtype=self.dtype_policy)
-                             if norm == "instance" else None)
+        self.feature_norm = (
+            SteerableNorm(hidden, mode="instance", name="feature_norm", layout=self.layout, dtype=self.dtype_policy)
+            if norm == "instance"
+            else None
+        )
 
     def build(self, input_shape):
         x_shape, edge_attr_shape, node_attr_shape, feat_shape = (tuple(s) for s in input_shape)
@@ -274,27 +304,53 @@ class SEGNNLayer(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(hidden_irreps=str(self.hidden_irreps), attr_irreps=str(self.attr_irreps),
-                      message_irreps=str(self.message_irreps), num_nodes=self.num_nodes, norm=self.norm,
-                      relaxed=self.relaxed,
-                      relaxation_initializer=keras.initializers.serialize(self.relaxation_initializer),
-                      lie_method=self.lie_method, theta=self.theta, relaxation_placement=self.relaxation_placement,
-                      relaxation_use_bias=self.relaxation_use_bias, layout=self.layout)
+        config.update(
+            hidden_irreps=str(self.hidden_irreps),
+            attr_irreps=str(self.attr_irreps),
+            message_irreps=str(self.message_irreps),
+            num_nodes=self.num_nodes,
+            norm=self.norm,
+            relaxed=self.relaxed,
+            relaxation_initializer=keras.initializers.serialize(self.relaxation_initializer),
+            lie_method=self.lie_method,
+            theta=self.theta,
+            relaxation_placement=self.relaxation_placement,
+            relaxation_use_bias=self.relaxation_use_bias,
+            layout=self.layout,
+        )
         return config
 
 
 def segnn_hidden_irreps(hidden_features=64, lmax_hidden=1, lmax_attr=1, balance="weights") -> Irreps:
     """SEGNN's hidden irreps (``WeightBalancedIrreps(hidden_features x 0e, SH(lmax_attr), lmax=lmax_hidden)``)."""
-    return balanced_irreps(int(hidden_features), int(lmax_hidden), balance=balance,
-                           attr_irreps=Irreps.spherical_harmonics(int(lmax_attr)))
+    return balanced_irreps(
+        int(hidden_features), int(lmax_hidden), balance=balance, attr_irreps=Irreps.spherical_harmonics(int(lmax_attr))
+    )
 
 
 @attach_from_preset
-def segnn(num_layers=4, hidden_features=64, lmax_hidden=1, lmax_attr=1, relaxed=True,
-          relaxation_initializer=None, lambda_lie=0.01, lambda_proj=0.01, norm=None, pool=None,
-          num_nodes=5, balance="weights", squared_distance=False, centring="mass", lie_method="auto",
-          penalty_scale="none", relaxation_placement="before_gate", relaxation_use_bias=True, layout="ir_mul",
-          name="segnn_nbody"):
+def segnn(
+    num_layers=4,
+    hidden_features=64,
+    lmax_hidden=1,
+    lmax_attr=1,
+    relaxed=True,
+    relaxation_initializer=None,
+    lambda_lie=0.01,
+    lambda_proj=0.01,
+    norm=None,
+    pool=None,
+    num_nodes=5,
+    balance="weights",
+    squared_distance=False,
+    centring="mass",
+    lie_method="auto",
+    penalty_scale="none",
+    relaxation_placement="before_gate",
+    relaxation_use_bias=True,
+    layout="ir_mul",
+    name="segnn_nbody",
+):
     """SEGNN for the charged N-body task as a :class:`~keras_relaxeq.RelaxedModel`.
 
     Args:
@@ -329,8 +385,7 @@ def segnn(num_layers=4, hidden_features=64, lmax_hidden=1, lmax_attr=1, relaxed=
     predicted positions ``[B, N, 3]`` (``loc`` + a ``1x1o`` prediction).
     """
     if pool is not None:
-        raise ValueError(f"segnn: pool={pool!r}: the N-body model is a node-level task without pooling; "
-                         "use pool=None.")
+        raise ValueError(f"segnn: pool={pool!r}: the N-body model is a node-level task without pooling; use pool=None.")
     if norm not in NORMS:
         raise ValueError(f"segnn: norm must be one of {NORMS}, got {norm!r}.")
     if int(num_layers) < 1:
@@ -346,26 +401,55 @@ def segnn(num_layers=4, hidden_features=64, lmax_hidden=1, lmax_attr=1, relaxed=
     vel = keras.Input((n, 3), name="vel")
     charges = keras.Input((n, 1), name="charges")
     # wrong shapes (e.g. extra charge columns) and non-finite values: a clear error
-    checked = [InputCheck((n, dim), input_name=key, layout=f"[batch, {n}, {dim}] ({what})", hint=NBODY_HINT,
-                          name=f"check_{key}")(t)
-               for key, dim, what, t in (("loc", 3, "positions", loc), ("vel", 3, "velocities", vel),
-                                         ("charges", 1, "one charge per particle", charges))]
+    checked = [
+        InputCheck(
+            (n, dim), input_name=key, layout=f"[batch, {n}, {dim}] ({what})", hint=NBODY_HINT, name=f"check_{key}"
+        )(t)
+        for key, dim, what, t in (
+            ("loc", 3, "positions", loc),
+            ("vel", 3, "velocities", vel),
+            ("charges", 1, "one charge per particle", charges),
+        )
+    ]
     x, node_attr, edge_attr, edge_features = NBodyGraphFeatures(
-        num_nodes=n, lmax_attr=lmax_attr, squared_distance=squared_distance, centring=centring, layout=layout,
-        name="graph_features")(checked)
+        num_nodes=n,
+        lmax_attr=lmax_attr,
+        squared_distance=squared_distance,
+        centring=centring,
+        layout=layout,
+        name="graph_features",
+    )(checked)
     x = O3TensorProduct(NBODY_INPUT_IRREPS, attr, hidden, relaxed=False, layout=layout, name="embedding")(
-        (x, node_attr))
+        (x, node_attr)
+    )
     for i in range(int(num_layers)):
-        x = SEGNNLayer(hidden, attr, NBODY_MESSAGE_IRREPS, num_nodes=n, norm=norm, relaxed=relaxed,
-                       relaxation_initializer=relaxation_initializer, lie_method=lie_method,
-                       relaxation_placement=relaxation_placement, relaxation_use_bias=relaxation_use_bias,
-                       layout=layout, name=f"layer_{i}")([x, edge_attr, node_attr, edge_features])
+        x = SEGNNLayer(
+            hidden,
+            attr,
+            NBODY_MESSAGE_IRREPS,
+            num_nodes=n,
+            norm=norm,
+            relaxed=relaxed,
+            relaxation_initializer=relaxation_initializer,
+            lie_method=lie_method,
+            relaxation_placement=relaxation_placement,
+            relaxation_use_bias=relaxation_use_bias,
+            layout=layout,
+            name=f"layer_{i}",
+        )([x, edge_attr, node_attr, edge_features])
     x = O3TensorProductGate(hidden, attr, hidden, relaxed=False, layout=layout, name="pre_pool1")((x, node_attr))
     delta = O3TensorProduct(hidden, attr, NBODY_OUTPUT_IRREPS, relaxed=False, layout=layout, name="pre_pool2")(
-        (x, node_attr))
+        (x, node_attr)
+    )
     positions = keras.layers.Add(name="positions")([checked[0], delta])
-    return RelaxedModel({"loc": loc, "vel": vel, "charges": charges}, positions, lambda_lie=lambda_lie,
-                        lambda_proj=lambda_proj, penalty_scale=penalty_scale, name=name)
+    return RelaxedModel(
+        {"loc": loc, "vel": vel, "charges": charges},
+        positions,
+        lambda_lie=lambda_lie,
+        lambda_proj=lambda_proj,
+        penalty_scale=penalty_scale,
+        name=name,
+    )
 
 
 __all__ = ["segnn", "segnn_hidden_irreps", "SEGNNLayer", "NBodyGraphFeatures", "fully_connected_edges"]

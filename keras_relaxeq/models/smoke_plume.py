@@ -28,13 +28,34 @@ from keras_relaxeq.training.model import RelaxedModel
 ARMS = ("cnn", "equivariant", "relaxed", "rsteer", "rsteer_relaxed")
 PUBLISHED_HIDDEN = 92
 
-__all__ = ["ARMS", "ShiftFrames", "StackFrames", "forecaster_of", "rollout_model", "rollout_rmse",
-           "smoke_plume_forecaster", "step_model", "summed_frame_mse"]
+__all__ = [
+    "ARMS",
+    "ShiftFrames",
+    "StackFrames",
+    "forecaster_of",
+    "rollout_model",
+    "rollout_rmse",
+    "smoke_plume_forecaster",
+    "step_model",
+    "summed_frame_mse",
+]
 
 
-def smoke_plume_forecaster(arm="relaxed", input_frames=10, grid=64, hidden=PUBLISHED_HIDDEN, width=1.0,
-                           kernel_size=3, num_layers=5, alpha=1.0, relaxation_initializer="zeros", theta=1.0,
-                           lambda_lie=0.01, lambda_proj=0.01, name=None):
+def smoke_plume_forecaster(
+    arm="relaxed",
+    input_frames=10,
+    grid=64,
+    hidden=PUBLISHED_HIDDEN,
+    width=1.0,
+    kernel_size=3,
+    num_layers=5,
+    alpha=1.0,
+    relaxation_initializer="zeros",
+    theta=1.0,
+    lambda_lie=0.01,
+    lambda_proj=0.01,
+    name=None,
+):
     """One arm of the smoke plume rotation comparison (module notes) as a ``RelaxedModel``.
 
     Args:
@@ -65,9 +86,12 @@ def smoke_plume_forecaster(arm="relaxed", input_frames=10, grid=64, hidden=PUBLI
         relaxed = arm in ("relaxed", "rsteer_relaxed")
         common = dict(kernel_size=k, relaxed=relaxed, relaxation_initializer=relaxation_initializer, theta=theta)
         if arm.startswith("rsteer"):
+
             def layer(out_type, in_type, i, activation):
-                return RSteerConv2D(out_type, in_type=in_type, alpha=alpha, activation=activation, name=f"rsteer_{i}",
-                                    **common)
+                return RSteerConv2D(
+                    out_type, in_type=in_type, alpha=alpha, activation=activation, name=f"rsteer_{i}", **common
+                )
+
             x = layer([["regular", fields]], "vector", 0, "relu")(x)
             for i in range(1, int(num_layers) - 1):
                 x = layer([["regular", fields]], "regular", i, "relu")(x)
@@ -77,8 +101,9 @@ def smoke_plume_forecaster(arm="relaxed", input_frames=10, grid=64, hidden=PUBLI
             for i in range(1, int(num_layers) - 1):
                 x = GroupConv2D(fields, activation="relu", name=f"group_conv_{i}", **common)(x)
             outputs = ProjectionConv2D("vector", name="velocity", **common)(x)
-    return RelaxedModel(frames, outputs, lambda_lie=lambda_lie, lambda_proj=lambda_proj,
-                        name=name or f"smoke_plume_{arm}")
+    return RelaxedModel(
+        frames, outputs, lambda_lie=lambda_lie, lambda_proj=lambda_proj, name=name or f"smoke_plume_{arm}"
+    )
 
 
 def step_model(model) -> keras.Model:
@@ -138,10 +163,14 @@ def rollout_model(forecaster, steps=6, name=None) -> RelaxedModel:
         if i + 1 < int(steps):
             x = ShiftFrames(name=f"shift_{i}")([x, y])
     sequence = StackFrames(name="rollout")(outputs)
-    return RelaxedModel(frames, sequence, lambda_lie=getattr(forecaster, "lambda_lie", 0.01),
-                        lambda_proj=getattr(forecaster, "lambda_proj", 0.01),
-                        penalty_scale=getattr(forecaster, "penalty_scale", "none"),
-                        name=name or f"{forecaster.name}_rollout{int(steps)}")
+    return RelaxedModel(
+        frames,
+        sequence,
+        lambda_lie=getattr(forecaster, "lambda_lie", 0.01),
+        lambda_proj=getattr(forecaster, "lambda_proj", 0.01),
+        penalty_scale=getattr(forecaster, "penalty_scale", "none"),
+        name=name or f"{forecaster.name}_rollout{int(steps)}",
+    )
 
 
 def forecaster_of(model) -> keras.Model:
@@ -200,6 +229,8 @@ def rollout_rmse(model, dataset, steps=None, *, progress=False):
         windows += int(frames.shape[0])
     if not per_batch:
         raise ValueError("rollout_rmse: the data set is empty.")
-    return {"rmse": float(np.sqrt(np.mean(per_batch))),
-            "rmse_per_step": [float(v) for v in np.sqrt(np.mean(np.stack(per_step), axis=0))],
-            "num_windows": windows}
+    return {
+        "rmse": float(np.sqrt(np.mean(per_batch))),
+        "rmse_per_step": [float(v) for v in np.sqrt(np.mean(np.stack(per_step), axis=0))],
+        "num_windows": windows,
+    }

@@ -49,8 +49,7 @@ import numpy as np
 
 from keras_relaxeq.models.vn_pointnet import vn_pointnet
 
-__all__ = ["vn_pointnet_from_torch_state_dict", "load_state_dict_npz", "vn_pointnet_torch_keys",
-           "normalize_state_dict"]
+__all__ = ["vn_pointnet_from_torch_state_dict", "load_state_dict_npz", "vn_pointnet_torch_keys", "normalize_state_dict"]
 
 #: torch ``VNLinearLeakyReLU`` blocks -> Keras layer path (layer name, then sublayer attributes).
 VN_BLOCKS = {
@@ -74,8 +73,12 @@ VN_PLAIN_LINEARS = {"feat.std_feature.vn_lin": ("std_feature", "vn_lin")}
 HEAD_DENSE = ("fc1", "fc2", "fc3")
 HEAD_BATCHNORMS = ("bn1", "bn2")
 
-_BN_FIELDS = (("weight", "gamma"), ("bias", "beta"), ("running_mean", "moving_mean"),
-              ("running_var", "moving_variance"))
+_BN_FIELDS = (
+    ("weight", "gamma"),
+    ("bias", "beta"),
+    ("running_mean", "moving_mean"),
+    ("running_var", "moving_variance"),
+)
 #: torch keys that carry no weight of the Keras model.
 _IGNORED = re.compile(r"(^|\.)num_batches_tracked$")
 _RELAXATION = re.compile(r"\.(dense_lin|dense_map_to_dir)\.(weight|bias)$")
@@ -119,8 +122,9 @@ def _relaxation_entries():
         entries.append(_Entry(f"{prefix}.dense_lin.weight", feat, "relaxation_kernel", True))
         entries.append(_Entry(f"{prefix}.dense_lin.bias", feat, "relaxation_bias"))
         if prefix in VN_BLOCKS:
-            entries.append(_Entry(f"{prefix}.dense_map_to_dir.weight", path + ("map_to_dir",), "relaxation_kernel",
-                                  True))
+            entries.append(
+                _Entry(f"{prefix}.dense_map_to_dir.weight", path + ("map_to_dir",), "relaxation_kernel", True)
+            )
     return entries
 
 
@@ -147,15 +151,17 @@ def normalize_state_dict(state_dict):
     ``train_cls.py`` saves).  A ``module.`` prefix (``nn.DataParallel``) is stripped.
     """
     if not hasattr(state_dict, "items"):
-        raise TypeError(f"Expected a state_dict (a mapping of names to tensors or arrays); got "
-                        f"{type(state_dict).__name__}. For a .pth file pass torch.load(path, map_location='cpu').")
+        raise TypeError(
+            f"Expected a state_dict (a mapping of names to tensors or arrays); got "
+            f"{type(state_dict).__name__}. For a .pth file pass torch.load(path, map_location='cpu')."
+        )
     for wrapper in ("model_state_dict", "state_dict"):
         if wrapper in state_dict and hasattr(state_dict[wrapper], "items"):
             state_dict = state_dict[wrapper]
             break
     out = {}
     for key, value in state_dict.items():
-        name = key[len("module."):] if key.startswith("module.") else key
+        name = key[len("module.") :] if key.startswith("module.") else key
         out[name] = _to_numpy(value, key)
     return out
 
@@ -167,7 +173,7 @@ def load_state_dict_npz(path, prefix="w::"):
     ``np.savez(path, **{"w::" + k: v.cpu().numpy() for k, v in model.state_dict().items()})``.
     """
     with np.load(Path(path)) as data:
-        state = {k[len(prefix):]: data[k] for k in data.files if k.startswith(prefix)}
+        state = {k[len(prefix) :]: data[k] for k in data.files if k.startswith(prefix)}
     if not state:
         raise ValueError(f"{path} holds no array whose name starts with {prefix!r}; pass prefix= (e.g. '').")
     return state
@@ -186,8 +192,9 @@ def _resolve(model, path):
     return obj
 
 
-def vn_pointnet_from_torch_state_dict(state_dict, num_classes=None, relaxed=False, load_relaxation=False,
-                                      strict=True, **model_kwargs):
+def vn_pointnet_from_torch_state_dict(
+    state_dict, num_classes=None, relaxed=False, load_relaxation=False, strict=True, **model_kwargs
+):
     """Build :func:`~keras_relaxeq.models.vn_pointnet` with the weights of a PyTorch VN-PointNet checkpoint.
 
     Args:
@@ -219,24 +226,31 @@ def vn_pointnet_from_torch_state_dict(state_dict, num_classes=None, relaxed=Fals
         if num_classes is None:
             num_classes = found
         elif int(num_classes) != found:
-            raise ValueError(f"num_classes={num_classes} but the checkpoint's fc3.weight has {found} rows (classes); "
-                             f"pass num_classes={found} or leave it out.")
+            raise ValueError(
+                f"num_classes={num_classes} but the checkpoint's fc3.weight has {found} rows (classes); "
+                f"pass num_classes={found} or leave it out."
+            )
     if relaxed and load_relaxation and model_kwargs.get("relaxation_use_bias") is False:
         raise ValueError("load_relaxation=True needs relaxation_use_bias=True: the reference's dense_lin has a bias.")
 
     entries = _equivariant_entries() + (_relaxation_entries() if load_relaxation else [])
     expected = {e.key for e in entries}
     missing = expected - set(state)
-    unexpected = {k for k in state if k not in expected and not _IGNORED.search(k)
-                  and not (_RELAXATION.search(k) and not load_relaxation)}
+    unexpected = {
+        k
+        for k in state
+        if k not in expected and not _IGNORED.search(k) and not (_RELAXATION.search(k) and not load_relaxation)
+    }
     problems = []
     if missing:
         problems.append(f"missing keys: {_listing(missing)}")
     if unexpected and strict:
         problems.append(f"unexpected keys: {_listing(unexpected)}")
     if problems:
-        hint = ("; it must be the state_dict of the reference VN-PointNet (pointnet_equi/pointnet_cls.py, "
-                "feature_transform=True)")
+        hint = (
+            "; it must be the state_dict of the reference VN-PointNet (pointnet_equi/pointnet_cls.py, "
+            "feature_transform=True)"
+        )
         if missing and load_relaxation and missing <= {e.key for e in _relaxation_entries()}:
             hint = "; the checkpoint has no relaxation branches: load it with load_relaxation=False"
         elif unexpected and not missing and strict:
@@ -257,8 +271,10 @@ def vn_pointnet_from_torch_state_dict(state_dict, num_classes=None, relaxed=Fals
             continue
         assignments.append((variable, value))
     if mis_shaped:
-        raise ValueError(f"Cannot load the state_dict into vn_pointnet: mis-shaped keys: {_listing(mis_shaped)}; "
-                         "build arguments (width, num_classes) must match the checkpoint's model.")
+        raise ValueError(
+            f"Cannot load the state_dict into vn_pointnet: mis-shaped keys: {_listing(mis_shaped)}; "
+            "build arguments (width, num_classes) must match the checkpoint's model."
+        )
     for variable, value in assignments:
         variable.assign(value.astype(variable.dtype))
     if load_relaxation:

@@ -17,9 +17,22 @@ from keras_relaxeq.training.model import RelaxedModel
 
 
 @attach_from_preset
-def vn_classifier(num_classes, num_points=None, channels=(16, 32, 64), k=10, relaxed=True, negative_slope=0.0,
-                  hidden_units=64, dropout=0.3, lambda_lie=0.01, lambda_proj=0.01, penalty_scale="none",
-                  relaxation_initializer="zeros", lie_method="auto", name="vn_classifier"):
+def vn_classifier(
+    num_classes,
+    num_points=None,
+    channels=(16, 32, 64),
+    k=10,
+    relaxed=True,
+    negative_slope=0.0,
+    hidden_units=64,
+    dropout=0.3,
+    lambda_lie=0.01,
+    lambda_proj=0.01,
+    penalty_scale="none",
+    relaxation_initializer="zeros",
+    lie_method="auto",
+    name="vn_classifier",
+):
     """Build the classifier as a :class:`~keras_relaxeq.RelaxedModel`.
 
     Args:
@@ -54,5 +67,6 @@ def vn_classifier(num_classes, num_points=None, channels=(16, 32, 64), k=10, rel
     x = keras.layers.Dense(hidden_units, activation="relu", name="head_dense")(x)
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     logits = keras.layers.Dense(num_classes, name="logits")(x)
-    return RelaxedModel(points, logits, lambda_lie=lambda_lie, lambda_proj=lambda_proj,
-                        penalty_scale=penalty_scale, name=name)
+    return RelaxedModel(
+        points, logits, lambda_lie=lambda_lie, lambda_proj=lambda_proj, penalty_scale=penalty_scale, name=name
+    )

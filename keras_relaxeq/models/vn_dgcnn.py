@@ -51,10 +51,26 @@ NUM_RELAXED_MAPS = 15
 
 
 @attach_from_preset
-def vn_dgcnn(num_classes=40, num_points=None, k=20, relaxed=True, width=1.0, normalize_frame=False,
-             lambda_lie=0.0005, lambda_proj=0.0005, penalty_scale="theta", relaxation_initializer="glorot_uniform",
-             relaxation_use_bias=True, lie_method="auto", negative_slope=0.2, dropout=0.5, name="vn_dgcnn",
-             pretrained=False, relaxation_rank=None, dtype=None):
+def vn_dgcnn(
+    num_classes=40,
+    num_points=None,
+    k=20,
+    relaxed=True,
+    width=1.0,
+    normalize_frame=False,
+    lambda_lie=0.0005,
+    lambda_proj=0.0005,
+    penalty_scale="theta",
+    relaxation_initializer="glorot_uniform",
+    relaxation_use_bias=True,
+    lie_method="auto",
+    negative_slope=0.2,
+    dropout=0.5,
+    name="vn_dgcnn",
+    pretrained=False,
+    relaxation_rank=None,
+    dtype=None,
+):
     """Build VN-DGCNN (classification, mean pooling).
 
     Args:
@@ -83,18 +99,33 @@ def vn_dgcnn(num_classes=40, num_points=None, k=20, relaxed=True, width=1.0, nor
     Input ``points [batch, num_points, 3]``; output logits ``[batch, num_classes]``.
     """
     if pretrained:
-        return from_preset("vn_dgcnn", None if pretrained is True else pretrained, num_classes=num_classes,
-                           relaxed=relaxed, num_points=num_points, lambda_lie=lambda_lie, lambda_proj=lambda_proj,
-                           penalty_scale=penalty_scale, relaxation_initializer=relaxation_initializer,
-                           relaxation_use_bias=relaxation_use_bias, lie_method=lie_method, dropout=dropout,
-                           name=name)
+        return from_preset(
+            "vn_dgcnn",
+            None if pretrained is True else pretrained,
+            num_classes=num_classes,
+            relaxed=relaxed,
+            num_points=num_points,
+            lambda_lie=lambda_lie,
+            lambda_proj=lambda_proj,
+            penalty_scale=penalty_scale,
+            relaxation_initializer=relaxation_initializer,
+            relaxation_use_bias=relaxation_use_bias,
+            lie_method=lie_method,
+            dropout=dropout,
+            name=name,
+        )
     if dtype is not None:
         kwargs = dict(locals(), dtype=None)
         with dtype_policy_scope(dtype):
             return vn_dgcnn(**kwargs)
     c64, c128, c256, c1024 = (vn_channels(n, width) for n in (64, 128, 256, 1024))
-    relax = dict(relaxed=relaxed, relaxation_initializer=relaxation_initializer,
-                 relaxation_use_bias=relaxation_use_bias, lie_method=lie_method, relaxation_rank=relaxation_rank)
+    relax = dict(
+        relaxed=relaxed,
+        relaxation_initializer=relaxation_initializer,
+        relaxation_use_bias=relaxation_use_bias,
+        lie_method=lie_method,
+        relaxation_rank=relaxation_rank,
+    )
     block = dict(negative_slope=negative_slope, **relax)
 
     points = keras.Input((num_points, 3), name="points")
@@ -109,8 +140,9 @@ def vn_dgcnn(num_classes=40, num_points=None, k=20, relaxed=True, width=1.0, nor
     x = keras.layers.Concatenate(axis=-2, name="concat_features")(features)
     x = VNLeakyReLU(c1024, share_nonlinearity=True, name="conv5", **block)(x)
     # [x, mean over points of x] ([B, N, 2 c1024, 3]) projected without building the concatenation
-    x, _ = VNStdFeature(normalize_frame=normalize_frame, negative_slope=negative_slope, concat_mean=True,
-                        name="std_feature", **relax)(x)
+    x, _ = VNStdFeature(
+        normalize_frame=normalize_frame, negative_slope=negative_slope, concat_mean=True, name="std_feature", **relax
+    )(x)
     x = keras.layers.Reshape((-1, 2 * c1024 * 3), name="invariants")(x)
     x_max = keras.layers.GlobalMaxPooling1D(name="max_points")(x)
     x_avg = keras.layers.GlobalAveragePooling1D(name="mean_points")(x)
@@ -122,5 +154,6 @@ def vn_dgcnn(num_classes=40, num_points=None, k=20, relaxed=True, width=1.0, nor
         x = keras.layers.LeakyReLU(negative_slope=0.2, name=f"leaky_relu{i}")(x)
         x = keras.layers.Dropout(dropout, name=f"dropout{i}")(x)
     logits = keras.layers.Dense(num_classes, name="linear3", dtype="float32")(x)
-    return RelaxedModel(points, logits, lambda_lie=lambda_lie, lambda_proj=lambda_proj,
-                        penalty_scale=penalty_scale, name=name)
+    return RelaxedModel(
+        points, logits, lambda_lie=lambda_lie, lambda_proj=lambda_proj, penalty_scale=penalty_scale, name=name
+    )

@@ -142,10 +142,25 @@ def count_parameters(model):
 
 
 @attach_from_preset
-def vn_pointnet(num_classes=40, num_points=None, relaxed=True, width=1.0, k=20, normalize_frame=False,
-                lambda_lie=0.01, lambda_proj=0.01, penalty_scale="none", relaxation_initializer="zeros",
-                relaxation_use_bias=True, lie_method="auto", dropout=0.4, name="vn_pointnet", pretrained=False,
-                relaxation_rank=None, dtype=None):
+def vn_pointnet(
+    num_classes=40,
+    num_points=None,
+    relaxed=True,
+    width=1.0,
+    k=20,
+    normalize_frame=False,
+    lambda_lie=0.01,
+    lambda_proj=0.01,
+    penalty_scale="none",
+    relaxation_initializer="zeros",
+    relaxation_use_bias=True,
+    lie_method="auto",
+    dropout=0.4,
+    name="vn_pointnet",
+    pretrained=False,
+    relaxation_rank=None,
+    dtype=None,
+):
     """Build VN-PointNet (classification, ``feature_transform=True``, mean pooling).
 
     Args:
@@ -177,19 +192,34 @@ def vn_pointnet(num_classes=40, num_points=None, relaxed=True, width=1.0, k=20, 
     Input ``points [batch, num_points, 3]``; output logits ``[batch, num_classes]``.
     """
     if pretrained:
-        return from_preset("vn_pointnet", None if pretrained is True else pretrained, num_classes=num_classes,
-                           relaxed=relaxed, num_points=num_points, lambda_lie=lambda_lie, lambda_proj=lambda_proj,
-                           penalty_scale=penalty_scale, relaxation_initializer=relaxation_initializer,
-                           relaxation_use_bias=relaxation_use_bias, lie_method=lie_method, dropout=dropout,
-                           name=name)
+        return from_preset(
+            "vn_pointnet",
+            None if pretrained is True else pretrained,
+            num_classes=num_classes,
+            relaxed=relaxed,
+            num_points=num_points,
+            lambda_lie=lambda_lie,
+            lambda_proj=lambda_proj,
+            penalty_scale=penalty_scale,
+            relaxation_initializer=relaxation_initializer,
+            relaxation_use_bias=relaxation_use_bias,
+            lie_method=lie_method,
+            dropout=dropout,
+            name=name,
+        )
     if dtype is not None:
         kwargs = dict(locals(), dtype=None)
         with dtype_policy_scope(dtype):
             return vn_pointnet(**kwargs)
     c64, c128, c1024 = vn_channels(64, width), vn_channels(128, width), vn_channels(1024, width)
     c512, c256 = vn_channels(512, width), vn_channels(256, width)
-    relax = dict(relaxed=relaxed, relaxation_initializer=relaxation_initializer,
-                 relaxation_use_bias=relaxation_use_bias, lie_method=lie_method, relaxation_rank=relaxation_rank)
+    relax = dict(
+        relaxed=relaxed,
+        relaxation_initializer=relaxation_initializer,
+        relaxation_use_bias=relaxation_use_bias,
+        lie_method=lie_method,
+        relaxation_rank=relaxation_rank,
+    )
     block = dict(negative_slope=0.0, **relax)
 
     points = keras.Input((num_points, 3), name="points")
@@ -215,8 +245,9 @@ def vn_pointnet(num_classes=40, num_points=None, relaxed=True, width=1.0, k=20, 
     x = VNBatchNorm(name="bn3", **relax)(x)
     # the invariant features of [x, mean over points of x] ([B, N, 2 c1024, 3]); concat_mean
     # computes the first block on x and on the mean (half the rows of the largest matmul)
-    x, _ = VNStdFeature(normalize_frame=normalize_frame, negative_slope=0.0, concat_mean=True, name="std_feature",
-                        **relax)(x)
+    x, _ = VNStdFeature(
+        normalize_frame=normalize_frame, negative_slope=0.0, concat_mean=True, name="std_feature", **relax
+    )(x)
     x = keras.layers.Reshape((-1, 2 * c1024 * 3), name="invariants")(x)  # [B, N, 6 c1024]
     x = keras.layers.GlobalMaxPooling1D(name="max_points")(x)
 
@@ -228,5 +259,6 @@ def vn_pointnet(num_classes=40, num_points=None, relaxed=True, width=1.0, k=20, 
     x = TorchBatchNormalization(momentum=0.9, epsilon=1e-5, name="bn2")(x)
     x = keras.layers.ReLU(name="relu2")(x)
     logits = keras.layers.Dense(num_classes, name="fc3", dtype="float32")(x)
-    return RelaxedModel(points, logits, lambda_lie=lambda_lie, lambda_proj=lambda_proj,
-                        penalty_scale=penalty_scale, name=name)
+    return RelaxedModel(
+        points, logits, lambda_lie=lambda_lie, lambda_proj=lambda_proj, penalty_scale=penalty_scale, name=name
+    )

@@ -72,8 +72,9 @@ class GroupAction:
         errors = np.concatenate(errors) if errors else np.zeros(1)
         if not np.all(np.isfinite(errors)):
             raise AssertionError(f"{self.name} equivariance check produced NaN/Inf: the outputs are not finite.")
-        return EquivarianceReport(float(errors.max()), float(errors.mean()), scale, float(atol), float(rtol),
-                                  len(elements), self.name)
+        return EquivarianceReport(
+            float(errors.max()), float(errors.mean()), scale, float(atol), float(rtol), len(elements), self.name
+        )
 
     def __repr__(self):
         return f"{type(self).__name__}({self.name})"

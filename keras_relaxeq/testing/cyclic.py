@@ -69,9 +69,9 @@ class CyclicGridAction(GroupAction):
         return self._act(self.output_types, g, outputs, "output")
 
 
-
-def check_cyclic_equivariance(fn, inputs, in_type=None, out_type=None, elements=None, group_order=4, atol=None,
-                              rtol=None, training=False) -> EquivarianceReport:
+def check_cyclic_equivariance(
+    fn, inputs, in_type=None, out_type=None, elements=None, group_order=4, atol=None, rtol=None, training=False
+) -> EquivarianceReport:
     """Measure ``max |fn(g.x) - g.fn(x)|`` over the group elements ``elements`` (default all but the identity)."""
     in_type = _as_type(in_type, getattr(fn, "input_rep", None), group_order)
     out_type = _as_type(out_type, getattr(fn, "output_rep", None), in_type.group.order)
@@ -81,8 +81,9 @@ def check_cyclic_equivariance(fn, inputs, in_type=None, out_type=None, elements=
     return action.check(fn, inputs, atol=atol, rtol=rtol, training=training)
 
 
-def assert_cyclic_equivariant(fn, inputs, in_type=None, out_type=None, elements=None, group_order=4, atol=None,
-                              rtol=None, training=False) -> EquivarianceReport:
+def assert_cyclic_equivariant(
+    fn, inputs, in_type=None, out_type=None, elements=None, group_order=4, atol=None, rtol=None, training=False
+) -> EquivarianceReport:
     """Assert ``fn(g.x) == g.fn(x)`` for the C_N elements (grid rotated, fibres transformed); returns the report."""
     report = check_cyclic_equivariance(fn, inputs, in_type, out_type, elements, group_order, atol, rtol, training)
     if not report.passed:

@@ -35,6 +35,7 @@ GROUPS = ("SO3", "O3", "SE3", "E3", "T3")
 TRANSLATION_GROUPS = ("SE3", "E3", "T3")
 POSITION_NAMES = ("position", "positions", "point", "points")
 
+
 class PositionRep(VectorFieldRep):
     """Points in space ``[..., 3]``: rotated like vectors and, in ``SE3`` / ``E3``, translated."""
 
@@ -59,8 +60,10 @@ def _as_rep(rep) -> Representation:
             return IrrepsRep(Irreps(rep))
         except ValueError:
             pass
-    raise ValueError(f"Unknown representation {rep!r}: pass a keras_relaxeq.groups.Representation, 'vector', "
-                     "'position' (rotated and translated), 'invariant', or irreps such as '1x0e+1x1o'.")
+    raise ValueError(
+        f"Unknown representation {rep!r}: pass a keras_relaxeq.groups.Representation, 'vector', "
+        "'position' (rotated and translated), 'invariant', or irreps such as '1x0e+1x1o'."
+    )
 
 
 def _is_leaf(rep) -> bool:
@@ -75,8 +78,10 @@ def _normalize_reps(reps):
         return {k: _normalize_reps(v) for k, v in reps.items()}
     if isinstance(reps, (list, tuple)):
         return type(reps)(_normalize_reps(v) for v in reps)
-    raise ValueError(f"Cannot use {reps!r} as a representation: pass a Representation, a name, irreps, or a "
-                     "list / dict of them matching the inputs.")
+    raise ValueError(
+        f"Cannot use {reps!r} as a representation: pass a Representation, a name, irreps, or a "
+        "list / dict of them matching the inputs."
+    )
 
 
 def _draw(group: str, batch: int, seed):
@@ -87,8 +92,7 @@ def _draw(group: str, batch: int, seed):
         return rot
     if group in ("O3", "E3"):
         # Half of the draws are improper: -R (a rotation composed with inversion).
-        signs = tf.where(tf.random.stateless_uniform([batch], seed=[seed[0], seed[1] + 7919]) < 0.5,
-                         -1.0, 1.0)
+        signs = tf.where(tf.random.stateless_uniform([batch], seed=[seed[0], seed[1] + 7919]) < 0.5, -1.0, 1.0)
         return rot * tf.cast(signs, tf.float64)[:, None, None]
     raise ValueError(f"Unknown group {group!r}; use one of {GROUPS}.")
 
@@ -136,8 +140,18 @@ def _call(fn, inputs, training):
         return fn(inputs)
 
 
-def check_equivariance(fn, inputs, input_reps=None, output_reps=None, group="SO3", num_samples=3, seed=0,
-                       atol=None, rtol=None, training=False) -> EquivarianceReport:
+def check_equivariance(
+    fn,
+    inputs,
+    input_reps=None,
+    output_reps=None,
+    group="SO3",
+    num_samples=3,
+    seed=0,
+    atol=None,
+    rtol=None,
+    training=False,
+) -> EquivarianceReport:
     """Measure the equivariance error of ``fn`` on ``inputs`` (see :func:`assert_equivariant`).
 
     ``group="C4"`` (any ``"CN"``): every element of the cyclic group on 2D grids, the representations being C_N
@@ -146,22 +160,27 @@ def check_equivariance(fn, inputs, input_reps=None, output_reps=None, group="SO3
     if isinstance(group, str) and group[:1] == "C" and group[1:].isdigit():
         from keras_relaxeq.testing.cyclic import check_cyclic_equivariance
 
-        return check_cyclic_equivariance(fn, inputs, input_reps, output_reps, group_order=int(group[1:]), atol=atol,
-                                         rtol=rtol, training=training)
+        return check_cyclic_equivariance(
+            fn, inputs, input_reps, output_reps, group_order=int(group[1:]), atol=atol, rtol=rtol, training=training
+        )
     if group not in GROUPS:
         raise ValueError(f"Unknown group {group!r}; use one of {GROUPS}.")
     layer_in, layer_out = _layer_reps(fn)
     input_reps = input_reps if input_reps is not None else layer_in
     output_reps = output_reps if output_reps is not None else layer_out
     if input_reps is None or output_reps is None:
-        raise ValueError("Pass input_reps and output_reps (e.g. 'vector' and '1x0e'), use check_invariance(fn, x) "
-                         "for invariant outputs, or pass a built keras_relaxeq layer that declares them.")
+        raise ValueError(
+            "Pass input_reps and output_reps (e.g. 'vector' and '1x0e'), use check_invariance(fn, x) "
+            "for invariant outputs, or pass a built keras_relaxeq layer that declares them."
+        )
     input_reps, output_reps = _normalize_reps(input_reps), _normalize_reps(output_reps)
     flat_in_reps, flat_inputs = _flat_reps(input_reps, inputs)
     positions = [v for r, v in zip(flat_in_reps, flat_inputs) if isinstance(r, PositionRep)]
     if group in TRANSLATION_GROUPS and not positions:
-        raise ValueError(f"group={group!r} translates the inputs declared 'position', and none is: declare the "
-                         "coordinates 'position' (velocities and other differences stay 'vector').")
+        raise ValueError(
+            f"group={group!r} translates the inputs declared 'position', and none is: declare the "
+            "coordinates 'position' (velocities and other differences stay 'vector')."
+        )
     # translations of the size of the positions, so that float32 keeps their effect resolvable
     shift_scale = max([float(np.sqrt(np.mean(np.square(np.asarray(v, np.float64))))) for v in positions] + [1.0])
     batch = int(flat_inputs[0].shape[0])
@@ -187,12 +206,14 @@ def check_equivariance(fn, inputs, input_reps=None, output_reps=None, group="SO3
     errors = np.concatenate(errors)
     if not np.all(np.isfinite(errors)):
         raise AssertionError("Equivariance check produced NaN/Inf: the function's outputs are not finite.")
-    return EquivarianceReport(float(errors.max()), float(errors.mean()), scale, float(atol), float(rtol),
-                              num_samples, group)
+    return EquivarianceReport(
+        float(errors.max()), float(errors.mean()), scale, float(atol), float(rtol), num_samples, group
+    )
 
 
-def check_invariance(fn, inputs, input_reps="vector", group="SO3", num_samples=3, seed=0, atol=None, rtol=None,
-                     training=False) -> EquivarianceReport:
+def check_invariance(
+    fn, inputs, input_reps="vector", group="SO3", num_samples=3, seed=0, atol=None, rtol=None, training=False
+) -> EquivarianceReport:
     """Measure ``max |fn(rho_in(g) x) - fn(x)|``: :func:`check_equivariance` with invariant outputs.
 
     The report of :func:`assert_invariant` without the assertion (``input_reps`` defaults to ``"vector"``).
@@ -200,8 +221,18 @@ def check_invariance(fn, inputs, input_reps="vector", group="SO3", num_samples=3
     return check_equivariance(fn, inputs, input_reps, TrivialRep(), group, num_samples, seed, atol, rtol, training)
 
 
-def assert_equivariant(fn, inputs, input_reps=None, output_reps=None, group="SO3", num_samples=3, seed=0,
-                       atol=None, rtol=None, training=False) -> EquivarianceReport:
+def assert_equivariant(
+    fn,
+    inputs,
+    input_reps=None,
+    output_reps=None,
+    group="SO3",
+    num_samples=3,
+    seed=0,
+    atol=None,
+    rtol=None,
+    training=False,
+) -> EquivarianceReport:
     """Assert ``fn(rho_in(g) x) == rho_out(g) fn(x)`` for random group elements ``g``.
 
     Args:
@@ -228,22 +259,22 @@ def assert_equivariant(fn, inputs, input_reps=None, output_reps=None, group="SO3
     Raises:
         AssertionError: with the max and mean error when the check fails.
     """
-    report = check_equivariance(fn, inputs, input_reps, output_reps, group, num_samples, seed, atol, rtol,
-                                training)
+    report = check_equivariance(fn, inputs, input_reps, output_reps, group, num_samples, seed, atol, rtol, training)
     if not report.passed:
         raise AssertionError(f"Not equivariant: {report}")
     return report
 
 
-def assert_invariant(fn, inputs, input_reps="vector", group="SO3", num_samples=3, seed=0, atol=None, rtol=None,
-                     training=False) -> EquivarianceReport:
+def assert_invariant(
+    fn, inputs, input_reps="vector", group="SO3", num_samples=3, seed=0, atol=None, rtol=None, training=False
+) -> EquivarianceReport:
     """Assert ``fn(rho_in(g) x) == fn(x)``: :func:`assert_equivariant` with invariant outputs."""
-    return assert_equivariant(fn, inputs, input_reps, TrivialRep(), group, num_samples, seed, atol, rtol,
-                              training)
+    return assert_equivariant(fn, inputs, input_reps, TrivialRep(), group, num_samples, seed, atol, rtol, training)
 
 
-def e3_equivariance_errors(predict, loc, vel, charges, *, num_rotations: int = 2, seed: int = 0,
-                           translation_scale: float = 1.0) -> dict:
+def e3_equivariance_errors(
+    predict, loc, vel, charges, *, num_rotations: int = 2, seed: int = 0, translation_scale: float = 1.0
+) -> dict:
     """E(3) equivariance of an N-body position predictor on the systems ``loc, vel, charges``.
 
     ``predict(loc, vel, charges)`` (float32 arrays ``[B, N, 3]``, ``[B, N, 3]``, ``[B, N, 1]``)
@@ -258,8 +289,7 @@ def e3_equivariance_errors(predict, loc, vel, charges, *, num_rotations: int = 2
     """
     loc, vel, charges = (np.asarray(a, np.float64) for a in (loc, vel, charges))
     b = len(loc)
-    ref = np.asarray(predict(loc.astype(np.float32), vel.astype(np.float32),
-                             charges.astype(np.float32)), np.float64)
+    ref = np.asarray(predict(loc.astype(np.float32), vel.astype(np.float32), charges.astype(np.float32)), np.float64)
     rots = random_rotations(b * (num_rotations + 1), seed=seed, dtype=tf.float64).numpy()
     rots = rots.reshape(num_rotations + 1, b, 3, 3)
     mirror = np.diag([1.0, 1.0, -1.0])
@@ -271,8 +301,10 @@ def e3_equivariance_errors(predict, loc, vel, charges, *, num_rotations: int = 2
         q = np.broadcast_to(q, (b, 3, 3))
         t = rng.normal(scale=translation_scale, size=(b, 1, 3))
         move = lambda x: np.einsum("bij,bnj->bni", q, x)  # noqa: E731  (x -> Q x per system)
-        got = np.asarray(predict((move(loc) + t).astype(np.float32), move(vel).astype(np.float32),
-                                 charges.astype(np.float32)), np.float64)
+        got = np.asarray(
+            predict((move(loc) + t).astype(np.float32), move(vel).astype(np.float32), charges.astype(np.float32)),
+            np.float64,
+        )
         want = move(ref) + t
         errors.setdefault(kind, []).append(np.abs(got - want))
         scale = max(scale, float(np.abs(want).max()))
@@ -280,8 +312,14 @@ def e3_equivariance_errors(predict, loc, vel, charges, *, num_rotations: int = 2
     every = np.concatenate(list(by_kind.values()))
     if not np.all(np.isfinite(every)):
         raise AssertionError("E(3) equivariance check: the predictions are not finite")
-    out = {"max_abs": float(every.max()), "mean_abs": float(every.mean()), "scale": scale,
-           "relative": float(every.max()) / max(scale, 1e-12), "num_systems": b,
-           "num_rotations": int(num_rotations), "translation_scale": float(translation_scale)}
+    out = {
+        "max_abs": float(every.max()),
+        "mean_abs": float(every.mean()),
+        "scale": scale,
+        "relative": float(every.max()) / max(scale, 1e-12),
+        "num_systems": b,
+        "num_rotations": int(num_rotations),
+        "translation_scale": float(translation_scale),
+    }
     out.update({f"{k}_max_abs": float(v.max()) for k, v in by_kind.items()})
     return out

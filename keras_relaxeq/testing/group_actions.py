@@ -25,8 +25,14 @@ from keras_relaxeq.testing.cyclic import CyclicGridAction
 from keras_relaxeq.testing.equivariance import GROUPS, check_equivariance
 from keras_relaxeq.testing.report import EquivarianceReport
 
-__all__ = ["CyclicGridAction", "EuclideanAction", "GroupAction", "ScaleAction", "as_group_action",
-           "check_action_equivariance"]
+__all__ = [
+    "CyclicGridAction",
+    "EuclideanAction",
+    "GroupAction",
+    "ScaleAction",
+    "as_group_action",
+    "check_action_equivariance",
+]
 
 
 class EuclideanAction(GroupAction):
@@ -45,8 +51,18 @@ class EuclideanAction(GroupAction):
         self.output_reps = output_reps
 
     def check(self, fn, inputs, num_samples=2, seed=0, atol=None, rtol=None, training=False) -> EquivarianceReport:
-        return check_equivariance(fn, inputs, self.input_reps, self.output_reps, group=self.name,
-                                  num_samples=num_samples, seed=seed, atol=atol, rtol=rtol, training=training)
+        return check_equivariance(
+            fn,
+            inputs,
+            self.input_reps,
+            self.output_reps,
+            group=self.name,
+            num_samples=num_samples,
+            seed=seed,
+            atol=atol,
+            rtol=rtol,
+            training=training,
+        )
 
 
 class ScaleAction(GroupAction):
@@ -84,16 +100,19 @@ def as_group_action(group, input_reps=None, output_reps=None) -> GroupAction:
     (with ``input_reps`` / ``output_reps``) or an action, returned as it is."""
     if isinstance(group, GroupAction):
         if input_reps is not None or output_reps is not None:
-            raise ValueError(f"input_reps / output_reps go with a group name, not with {group!r}: the action "
-                             "declares how it acts.")
+            raise ValueError(
+                f"input_reps / output_reps go with a group name, not with {group!r}: the action declares how it acts."
+            )
         return group
     if isinstance(group, str):
         return EuclideanAction(group, input_reps, output_reps)
-    raise ValueError(f"Unknown group {group!r}: pass one of {GROUPS}, a CyclicGridAction(field_type) or a "
-                     "ScaleAction(...).")
+    raise ValueError(
+        f"Unknown group {group!r}: pass one of {GROUPS}, a CyclicGridAction(field_type) or a ScaleAction(...)."
+    )
 
 
-def check_action_equivariance(fn, inputs, group, input_reps=None, output_reps=None, num_samples=2, seed=0,
-                              atol=None, rtol=None, training=False) -> EquivarianceReport:
+def check_action_equivariance(
+    fn, inputs, group, input_reps=None, output_reps=None, num_samples=2, seed=0, atol=None, rtol=None, training=False
+) -> EquivarianceReport:
     """The :class:`EquivarianceReport` of ``fn`` under ``group`` (a name or a :class:`GroupAction`)."""
     return as_group_action(group, input_reps, output_reps).check(fn, inputs, num_samples, seed, atol, rtol, training)

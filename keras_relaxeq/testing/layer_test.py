@@ -189,8 +189,11 @@ def _check_build_and_call(layer, x, expected_output_shape, training):
             raise AssertionError("the outputs are not finite")
     if expected_output_shape is not None:
         got = [tuple(o.shape) for o in tf.nest.flatten(outputs)]
-        want = [tuple(expected_output_shape)] if _is_single_shape(expected_output_shape) \
+        want = (
+            [tuple(expected_output_shape)]
+            if _is_single_shape(expected_output_shape)
             else [tuple(s) for s in expected_output_shape]
+        )
         if got != want:
             raise AssertionError(f"output shapes {got} instead of the expected {want}")
     return outputs
@@ -201,8 +204,10 @@ def _check_symbolic_shapes(layer, x, outputs):
     symbolic = [tuple(o.shape[1:]) for o in tf.nest.flatten(model.outputs)]
     eager = [tuple(o.shape[1:]) for o in tf.nest.flatten(outputs)]
     if symbolic != eager:
-        raise AssertionError(f"the symbolic output shapes {symbolic} (compute_output_shape) differ from the "
-                             f"eager ones {eager} (batch axis left out)")
+        raise AssertionError(
+            f"the symbolic output shapes {symbolic} (compute_output_shape) differ from the "
+            f"eager ones {eager} (batch axis left out)"
+        )
 
 
 def _check_config_keys(init_kwargs, config):
@@ -220,8 +225,9 @@ def _check_serialization(layer_cls, layer, init_kwargs, x, stage):
         json.dumps(keras.saving.serialize_keras_object(config))
         clone = layer_cls.from_config(config)
         if clone.get_config() != config:
-            diff = sorted(k for k in set(config) | set(clone.get_config())
-                          if config.get(k) != clone.get_config().get(k))
+            diff = sorted(
+                k for k in set(config) | set(clone.get_config()) if config.get(k) != clone.get_config().get(k)
+            )
             raise AssertionError(f"the clone's config differs in {diff}")
         _call(clone, x)
         _copy_weights(layer, clone)
@@ -263,16 +269,22 @@ def _check_relaxation(layer_cls, init_kwargs, x, rng, branch_scale, stage):
         y0 = _call(relaxed, x)
         tol = _tolerance(y0)
         if _max_difference(y1, y0) <= max(10.0 * tol, 1e-6):
-            raise AssertionError("the output at theta = 1 equals the output at theta = 0: the relaxation branch "
-                                 "does not reach the output")
+            raise AssertionError(
+                "the output at theta = 1 equals the output at theta = 0: the relaxation branch "
+                "does not reach the output"
+            )
     with stage("project() of a model around the relaxed layer at theta = 0"):
         model, model_x = _functional_model(relaxed, x)
         projected = project(model)
         left = relaxed_layers(projected)
         if left:
             raise AssertionError(f"project() left relaxation branches in {[l.name for l in left]}")
-        _assert_same(projected(model_x, training=False), y0, tol,
-                     "the projected model's output and the relaxed layer's output at theta = 0")
+        _assert_same(
+            projected(model_x, training=False),
+            y0,
+            tol,
+            "the projected model's output and the relaxed layer's output at theta = 0",
+        )
     with stage("the relaxed=False layer with the relaxed layer's equivariant weights"):
         plain = layer_cls(**dict(init_kwargs, relaxed=False, name=relaxed.name))  # copied by layer name
         _call(plain, x)
@@ -286,20 +298,37 @@ def _check_relaxation(layer_cls, init_kwargs, x, rng, branch_scale, stage):
             lie, proj = (float(v) for v in relaxed.relaxation_penalties(x))
             rtol = PENALTY_RTOL.get(tf.as_dtype(relaxed.variable_dtype), 1e-8)
             if not (np.isfinite(lie) and np.isfinite(proj) and abs(lie) <= rtol * proj):
-                raise AssertionError(f"Lie penalty {lie:.3e} of an equivariant branch is not ~0 (projection "
-                                     f"penalty {proj:.3e}, allowed {rtol:.0e} of it)")
+                raise AssertionError(
+                    f"Lie penalty {lie:.3e} of an equivariant branch is not ~0 (projection "
+                    f"penalty {proj:.3e}, allowed {rtol:.0e} of it)"
+                )
     return relaxed, plain, projected
 
 
 def _declares_reps(layer) -> bool:
-    return getattr(layer, "output_rep", None) is not None or getattr(layer, "equivariance_input_reps", None) \
-        is not None
+    return getattr(layer, "output_rep", None) is not None or getattr(layer, "equivariance_input_reps", None) is not None
 
 
-def run_layer_test(layer_cls, init_kwargs=None, input_shape=None, *, group=None, input_reps=None, output_reps=None,
-                   input_data=None, expected_output_shape=None, check_relaxed=True, check_serialization=True,
-                   negative_control=False, training=False, num_samples=2, atol=None, rtol=None, seed=0,
-                   branch_scale=1.0) -> LayerTestResult:
+def run_layer_test(
+    layer_cls,
+    init_kwargs=None,
+    input_shape=None,
+    *,
+    group=None,
+    input_reps=None,
+    output_reps=None,
+    input_data=None,
+    expected_output_shape=None,
+    check_relaxed=True,
+    check_serialization=True,
+    negative_control=False,
+    training=False,
+    num_samples=2,
+    atol=None,
+    rtol=None,
+    seed=0,
+    branch_scale=1.0,
+) -> LayerTestResult:
     """Build, call, serialize, relax, project and check the equivariance of ``layer_cls(**init_kwargs)``.
 
     Args:
@@ -355,8 +384,7 @@ def run_layer_test(layer_cls, init_kwargs=None, input_shape=None, *, group=None,
         return result
     action = as_group_action("SO3" if group is None else group, input_reps, output_reps)
     with stage(f"{action.name} equivariance of the {'relaxed=False ' if checked is not layer else ''}layer"):
-        report = action.check(checked, x, num_samples=num_samples, seed=seed, atol=atol, rtol=rtol,
-                              training=training)
+        report = action.check(checked, x, num_samples=num_samples, seed=seed, atol=atol, rtol=rtol, training=training)
         if not report.passed:
             raise AssertionError(f"Not equivariant: {report}")
         if report.scale == 0.0:
@@ -367,8 +395,7 @@ def run_layer_test(layer_cls, init_kwargs=None, input_shape=None, *, group=None,
             relaxed = result.relaxed_layer
             _randomize(relaxed, np.random.default_rng(seed + 1), branch_scale)
             set_theta(relaxed, 1.0)
-            bad = action.check(relaxed, x, num_samples=num_samples, seed=seed, atol=atol, rtol=rtol,
-                               training=training)
+            bad = action.check(relaxed, x, num_samples=num_samples, seed=seed, atol=atol, rtol=rtol, training=training)
             if bad.passed:
                 raise AssertionError(f"the relaxed layer at theta = 1 passed the check: {bad}")
     return result

@@ -32,6 +32,8 @@ class EquivarianceReport:
         return self.max_error <= self.atol + self.rtol * self.scale
 
     def __str__(self):
-        return (f"{self.group} equivariance over {self.num_samples} draws: max error {self.max_error:.3e}, "
-                f"mean error {self.mean_error:.3e} (output scale {self.scale:.3e}; allowed "
-                f"{self.atol:.1e} + {self.rtol:.1e} * scale = {self.atol + self.rtol * self.scale:.3e})")
+        return (
+            f"{self.group} equivariance over {self.num_samples} draws: max error {self.max_error:.3e}, "
+            f"mean error {self.mean_error:.3e} (output scale {self.scale:.3e}; allowed "
+            f"{self.atol:.1e} + {self.rtol:.1e} * scale = {self.atol + self.rtol * self.scale:.3e})"
+        )

@@ -18,8 +18,15 @@ import tensorflow as tf
 from keras_relaxeq.training import distribute as dist
 from keras_relaxeq.utils import atomic_write, is_local_path, sha256_file
 
-__all__ = ["MANIFEST", "MANIFEST_FORMAT", "PENDING", "BackupError", "read_backup", "CountedDataset",
-           "MultiWorkerBackupAndRestore"]
+__all__ = [
+    "MANIFEST",
+    "MANIFEST_FORMAT",
+    "PENDING",
+    "BackupError",
+    "read_backup",
+    "CountedDataset",
+    "MultiWorkerBackupAndRestore",
+]
 
 #: the file that commits a backup: written last, atomically, it names every file of the backup with its
 #: sha256, the epoch, theta, the optimizer step, the passes over the data pipelines and the run config
@@ -88,21 +95,34 @@ def read_backup(backup_dir, *, config=None, epochs=None, may_differ=()) -> dict 
             return None  # no backup committed yet (at most the pending files of an interrupted first one)
         if len(present) == 1:
             missing = ({weights_name, metadata_name} - set(present)).pop()
-            raise BackupError(f"The backup in {backup_dir} is incomplete: it has {present[0]} but no {missing} (and "
-                              f"no {MANIFEST}); it cannot be resumed from: {_fresh_hint(backup_dir)}.")
+            raise BackupError(
+                f"The backup in {backup_dir} is incomplete: it has {present[0]} but no {missing} (and "
+                f"no {MANIFEST}); it cannot be resumed from: {_fresh_hint(backup_dir)}."
+            )
         metadata_path = os.path.join(backup_dir, metadata_name)
         metadata = _read_json(metadata_path, backup_dir)
         epoch = _check_epoch(metadata.get("epoch") if isinstance(metadata, dict) else None, metadata_path, backup_dir)
-        manifest = {"format": 0, "legacy": True, "epoch": epoch, "files": {},
-                    "paths": {n: os.path.join(backup_dir, n) for n in present}}
+        manifest = {
+            "format": 0,
+            "legacy": True,
+            "epoch": epoch,
+            "files": {},
+            "paths": {n: os.path.join(backup_dir, n) for n in present},
+        }
     else:
         manifest = _read_json(manifest_path, backup_dir)
         files = manifest.get("files") if isinstance(manifest, dict) else None
-        if (not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT or not isinstance(files, dict)
-                or weights_name not in files):
-            raise BackupError(f"The backup manifest {manifest_path} is not one this version writes (format "
-                              f"{MANIFEST_FORMAT} with a 'files' entry naming {weights_name}); "
-                              f"{_fresh_hint(backup_dir)}.")
+        if (
+            not isinstance(manifest, dict)
+            or manifest.get("format") != MANIFEST_FORMAT
+            or not isinstance(files, dict)
+            or weights_name not in files
+        ):
+            raise BackupError(
+                f"The backup manifest {manifest_path} is not one this version writes (format "
+                f"{MANIFEST_FORMAT} with a 'files' entry naming {weights_name}); "
+                f"{_fresh_hint(backup_dir)}."
+            )
         _check_epoch(manifest.get("epoch"), manifest_path, backup_dir)
         paths = {}
         for name, record in files.items():
@@ -112,15 +132,22 @@ def read_backup(backup_dir, *, config=None, epochs=None, may_differ=()) -> dict 
                     paths[name] = candidate
                     break
             else:
-                state = "does not match its manifest (truncated or changed after the backup)" \
-                    if tf.io.gfile.exists(os.path.join(backup_dir, name)) else "is missing"
-                raise BackupError(f"The backup in {backup_dir} is damaged: {name} {state}; it cannot be resumed "
-                                  f"from: {_fresh_hint(backup_dir)}.")
+                state = (
+                    "does not match its manifest (truncated or changed after the backup)"
+                    if tf.io.gfile.exists(os.path.join(backup_dir, name))
+                    else "is missing"
+                )
+                raise BackupError(
+                    f"The backup in {backup_dir} is damaged: {name} {state}; it cannot be resumed "
+                    f"from: {_fresh_hint(backup_dir)}."
+                )
         manifest = dict(manifest, paths=paths, legacy=False)
     if epochs is not None and manifest["epoch"] > int(epochs):
-        raise BackupError(f"The backup in {backup_dir} is after epoch {manifest['epoch']} but --epochs is {epochs}: "
-                          f"pass --epochs {manifest['epoch']} or more to continue that run, or "
-                          f"{_fresh_hint(backup_dir)}.")
+        raise BackupError(
+            f"The backup in {backup_dir} is after epoch {manifest['epoch']} but --epochs is {epochs}: "
+            f"pass --epochs {manifest['epoch']} or more to continue that run, or "
+            f"{_fresh_hint(backup_dir)}."
+        )
     stored = manifest.get("config")
     if config is not None and isinstance(stored, dict):
         current = _jsonable(config)
@@ -128,15 +155,19 @@ def read_backup(backup_dir, *, config=None, epochs=None, may_differ=()) -> dict 
         if differ:
             theirs = " ".join(_option(k, stored[k]) for k in differ)
             ours = " ".join(_option(k, current[k]) for k in differ)
-            raise BackupError(f"The backup in {backup_dir} is of a run with {theirs}, not {ours}: pass {theirs} to "
-                              f"resume it, or {_fresh_hint(backup_dir)}.")
+            raise BackupError(
+                f"The backup in {backup_dir} is of a run with {theirs}, not {ours}: pass {theirs} to "
+                f"resume it, or {_fresh_hint(backup_dir)}."
+            )
     return manifest
 
 
 def _check_epoch(epoch, where, backup_dir) -> int:
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:  # 0: a save_freq=N backup in epoch 0
-        raise BackupError(f"{where} gives the epoch {epoch!r}, not an integer >= 0; the backup cannot be trusted: "
-                          f"{_fresh_hint(backup_dir)}.")
+        raise BackupError(
+            f"{where} gives the epoch {epoch!r}, not an integer >= 0; the backup cannot be trusted: "
+            f"{_fresh_hint(backup_dir)}."
+        )
     return epoch
 
 
@@ -146,8 +177,9 @@ def _read_json(path, backup_dir):
         with tf.io.gfile.GFile(path, "r") as f:
             return json.loads(f.read())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BackupError(f"The backup file {path} is not valid JSON ({e}); the backup cannot be trusted: "
-                          f"{_fresh_hint(backup_dir)}.") from None
+        raise BackupError(
+            f"The backup file {path} is not valid JSON ({e}); the backup cannot be trusted: {_fresh_hint(backup_dir)}."
+        ) from None
 
 
 class CountedDataset:
@@ -182,8 +214,10 @@ class CountedDataset:
         """Open passes until ``passes`` passes of the source have been drawn in this process."""
         done = int(self.passes.numpy())
         if passes < done:
-            raise BackupError(f"The backup recorded {passes} passes over a data pipeline, fewer than the {done} "
-                              "this process already made; the backup does not belong to this pipeline.")
+            raise BackupError(
+                f"The backup recorded {passes} passes over a data pipeline, fewer than the {done} "
+                "this process already made; the backup does not belong to this pipeline."
+            )
         for _ in range(passes - done):
             iter(self.source)
         self.passes.assign(passes)
@@ -222,13 +256,24 @@ class MultiWorkerBackupAndRestore(keras.callbacks.BackupAndRestore):
     ``restored_epoch`` is the epoch the last ``fit`` started from (0: no backup).
     """
 
-    def __init__(self, backup_dir, save_freq="epoch", double_checkpoint=False, delete_checkpoint=True,
-                 strategy=None, every_epochs=1, config=None, may_differ=(), datasets=None):
-        super().__init__(backup_dir, save_freq=save_freq, double_checkpoint=False,
-                         delete_checkpoint=delete_checkpoint)
+    def __init__(
+        self,
+        backup_dir,
+        save_freq="epoch",
+        double_checkpoint=False,
+        delete_checkpoint=True,
+        strategy=None,
+        every_epochs=1,
+        config=None,
+        may_differ=(),
+        datasets=None,
+    ):
+        super().__init__(backup_dir, save_freq=save_freq, double_checkpoint=False, delete_checkpoint=delete_checkpoint)
         if double_checkpoint:
-            raise ValueError("double_checkpoint is not supported: a backup is committed atomically, a killed run "
-                             "leaves the previous backup or the new one.")
+            raise ValueError(
+                "double_checkpoint is not supported: a backup is committed atomically, a killed run "
+                "leaves the previous backup or the new one."
+            )
         if isinstance(every_epochs, bool) or not isinstance(every_epochs, int) or every_epochs < 1:
             raise ValueError(f"every_epochs must be an integer >= 1, got {every_epochs!r}.")
         if every_epochs > 1 and save_freq != "epoch":
@@ -259,10 +304,13 @@ class MultiWorkerBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     def _load_model(self):
         if not self.model.built:
-            raise ValueError("To use the BackupAndRestore callback, your model must be built before you call "
-                             f"`fit()`. Model {self.model} is unbuilt.")
-        manifest = read_backup(self.backup_dir, config=self.config, epochs=(self.params or {}).get("epochs"),
-                               may_differ=self.may_differ)
+            raise ValueError(
+                "To use the BackupAndRestore callback, your model must be built before you call "
+                f"`fit()`. Model {self.model} is unbuilt."
+            )
+        manifest = read_backup(
+            self.backup_dir, config=self.config, epochs=(self.params or {}).get("epochs"), may_differ=self.may_differ
+        )
         self.restored_epoch = 0
         if manifest is None:
             return
@@ -274,9 +322,11 @@ class MultiWorkerBackupAndRestore(keras.callbacks.BackupAndRestore):
                 raise ValueError(f"{weights} does not end in .weights.h5")
             self.model.load_weights(weights)
         except (OSError, ValueError, KeyError) as e:
-            raise BackupError(f"The backup in {self.backup_dir} does not fit this model ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}); resume with the options it was "
-                              f"written with, or {_fresh_hint(self.backup_dir)}.") from None
+            raise BackupError(
+                f"The backup in {self.backup_dir} does not fit this model ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}); resume with the options it was "
+                f"written with, or {_fresh_hint(self.backup_dir)}."
+            ) from None
         self._check_restored(manifest)
         for name, passes in (manifest.get("data_passes") or {}).items():
             if name in self.datasets:
@@ -300,9 +350,11 @@ class MultiWorkerBackupAndRestore(keras.callbacks.BackupAndRestore):
             if loaded != int(iterations):
                 problems.append(f"optimizer step {loaded} instead of {iterations}")
         if problems:
-            raise BackupError(f"The weights of the backup in {self.backup_dir} disagree with its manifest "
-                              f"({'; '.join(problems)}); the backup cannot be trusted: "
-                              f"{_fresh_hint(self.backup_dir)}.")
+            raise BackupError(
+                f"The weights of the backup in {self.backup_dir} disagree with its manifest "
+                f"({'; '.join(problems)}); the backup cannot be trusted: "
+                f"{_fresh_hint(self.backup_dir)}."
+            )
 
     # -- save ------------------------------------------------------------------------------------
     def _manifest(self, files: dict) -> dict:
@@ -335,8 +387,9 @@ class MultiWorkerBackupAndRestore(keras.callbacks.BackupAndRestore):
             for name, path in pending.items():
                 _fsync(path)
                 files[name] = {"sha256": sha256_file(path), "bytes": int(tf.io.gfile.stat(path).length)}
-            _write_manifest(os.path.join(directory, MANIFEST),
-                            json.dumps(self._manifest(files), indent=1, default=str))  # the commit
+            _write_manifest(
+                os.path.join(directory, MANIFEST), json.dumps(self._manifest(files), indent=1, default=str)
+            )  # the commit
             for name, path in pending.items():
                 tf.io.gfile.rename(path, os.path.join(directory, name), overwrite=True)
         finally:

@@ -33,8 +33,11 @@ __all__ = ["ProjectedValidation", "WindowedEarlyStopping", "reestimate_batchnorm
 
 def batchnorm_layers(model):
     """Every ``keras.layers.BatchNormalization`` of ``model`` at any depth."""
-    return [l for l in model._flatten_layers(include_self=False, recursive=True)
-            if isinstance(l, keras.layers.BatchNormalization)]
+    return [
+        l
+        for l in model._flatten_layers(include_self=False, recursive=True)
+        if isinstance(l, keras.layers.BatchNormalization)
+    ]
 
 
 def _inputs_only(batch):
@@ -62,8 +65,9 @@ def reestimate_batchnorm(model, data, num_batches=None, momentum=None):
     bns = batchnorm_layers(model)
     if not bns:
         return 0
-    dropouts = [l for l in model._flatten_layers(include_self=False, recursive=True)
-                if isinstance(l, keras.layers.Dropout)]
+    dropouts = [
+        l for l in model._flatten_layers(include_self=False, recursive=True) if isinstance(l, keras.layers.Dropout)
+    ]
     saved_momentum = [bn.momentum for bn in bns]
     saved_rates = [d.rate for d in dropouts]
     cumulative = momentum is None
@@ -139,9 +143,22 @@ class ProjectedValidation(keras.callbacks.Callback):
         verbose: print the projected metrics.
     """
 
-    def __init__(self, val_data, every=1, prefix="projected_", bn_reestimate=None, bn_data=None,
-                 bn_momentum=None, loss=None, metrics=None, best_path=None, monitor=None, mode="max",
-                 initial_best=None, verbose=0):
+    def __init__(
+        self,
+        val_data,
+        every=1,
+        prefix="projected_",
+        bn_reestimate=None,
+        bn_data=None,
+        bn_momentum=None,
+        loss=None,
+        metrics=None,
+        best_path=None,
+        monitor=None,
+        mode="max",
+        initial_best=None,
+        verbose=0,
+    ):
         super().__init__()
         if int(every) < 1:
             raise ValueError(f"every must be >= 1, got {every}.")
@@ -242,7 +259,7 @@ class WindowedEarlyStopping(keras.callbacks.Callback):
         w = self.window
         if epochs_run <= self.min_epochs or len(values) < 2 * w:
             return False
-        recent, before = float(np.mean(values[-w:])), float(np.mean(values[-2 * w:-w]))
+        recent, before = float(np.mean(values[-w:])), float(np.mean(values[-2 * w : -w]))
         return recent >= before if self.mode == "min" else recent <= before
 
     def on_epoch_end(self, epoch, logs=None):
@@ -254,6 +271,7 @@ class WindowedEarlyStopping(keras.callbacks.Callback):
 
 
 # ----------------------------------------------------------------------------- plotting
+
 
 def _series(history, key):
     values = history.get(key)
@@ -279,6 +297,7 @@ def plot_history(history_dict, path, title=None, metric="accuracy", ylabel=None)
     Missing keys are skipped; ``NaN`` / ``"NA"`` values are gaps.  Returns ``path``.
     """
     import matplotlib
+
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
@@ -291,8 +310,11 @@ def plot_history(history_dict, path, title=None, metric="accuracy", ylabel=None)
     fig, axes = plt.subplots(3, 1, figsize=(7, 9), sharex=True)
     train_label = "train (relaxed, with penalty)" if metric == "loss" else "train"
     panels = [
-        (axes[0], ylabel or metric, [(metric, train_label), (f"val_{metric}", "val (relaxed)"),
-                                     (f"projected_val_{metric}", "val (projected)")]),
+        (
+            axes[0],
+            ylabel or metric,
+            [(metric, train_label), (f"val_{metric}", "val (relaxed)"), (f"projected_val_{metric}", "val (projected)")],
+        ),
         (axes[1], "theta", [("theta", "theta")]),
         (axes[2], "penalty", [("lie_penalty", "sqrt(Lie)"), ("projection_penalty", "sqrt(proj)")]),
     ]
@@ -305,8 +327,12 @@ def plot_history(history_dict, path, title=None, metric="accuracy", ylabel=None)
             ok = np.isfinite(y)
             ax.plot(x[ok], y[ok], marker="." if len(x) < 50 else None, label=label)
             drawn = drawn or bool(ok.any())
-        if ax is axes[0] and metric != "accuracy" and drawn and all(
-                np.all(np.asarray(line.get_ydata()) > 0) for line in ax.lines):
+        if (
+            ax is axes[0]
+            and metric != "accuracy"
+            and drawn
+            and all(np.all(np.asarray(line.get_ydata()) > 0) for line in ax.lines)
+        ):
             ax.set_yscale("log")
         ax.set_ylabel(label_y)
         ax.grid(True, alpha=0.3)

@@ -41,8 +41,19 @@ from keras_relaxeq.layers.relaxation import get_theta, relaxed_layers
 from keras_relaxeq.training.recipe import read_csv_history, truncate_epoch_log
 
 #: the columns of a report row, in table order
-COLUMNS = ("layer", "theta", "points", "equivariant_rms", "branch_rms", "relative", "r_rms", "lie_rms", "lie_over_r",
-           "sqrt_ld", "sqrt_n")
+COLUMNS = (
+    "layer",
+    "theta",
+    "points",
+    "equivariant_rms",
+    "branch_rms",
+    "relative",
+    "r_rms",
+    "lie_rms",
+    "lie_over_r",
+    "sqrt_ld",
+    "sqrt_n",
+)
 
 
 def _batches(data, num_batches):
@@ -74,23 +85,29 @@ def relaxation_report(model, data, num_batches: int | None = 1) -> list[dict]:
         final ``"total"`` row.
     """
     if not relaxed_layers(model):
-        raise ValueError(f"{getattr(model, 'name', model)!r} has no relaxed layers (no relaxation branch to "
-                         "report on); build it with relaxed=True, or pass the relaxed model rather than a projected "
-                         "one.")
+        raise ValueError(
+            f"{getattr(model, 'name', model)!r} has no relaxed layers (no relaxation branch to "
+            "report on); build it with relaxed=True, or pass the relaxed model rather than a projected "
+            "one."
+        )
     sums, names = None, None
     seen = 0
     for x in _batches(data, num_batches):
         with collect_relaxation_penalties(record_activations=True) as collector:
             model(x, training=False)
-        values = [(float(lie), float(proj), *(float(a) for a in act))
-                  for lie, proj, act in zip(collector.lie, collector.projection, collector.activations)]
+        values = [
+            (float(lie), float(proj), *(float(a) for a in act))
+            for lie, proj, act in zip(collector.lie, collector.projection, collector.activations)
+        ]
         if sums is None:
             names = [_layer_name(layer) for layer in collector.layers]
             sums = values
         else:
             if len(values) != len(sums):
-                raise RuntimeError("relaxation_report: the model called a different number of relaxed branches on "
-                                   f"batch {seen} ({len(values)}) than on batch 0 ({len(sums)}).")
+                raise RuntimeError(
+                    "relaxation_report: the model called a different number of relaxed branches on "
+                    f"batch {seen} ({len(values)}) than on batch 0 ({len(sums)})."
+                )
             sums = [tuple(a + b for a, b in zip(s, v)) for s, v in zip(sums, values)]
         seen += 1
     if not seen:
@@ -107,22 +124,40 @@ def _row(name, theta, lie, proj, equivariant_sq, branch_sq, points) -> dict:
     rms = (lambda v: math.sqrt(max(v, 0.0) / points)) if points else (lambda v: float("nan"))
     eq, br = rms(equivariant_sq), rms(branch_sq)
     return {
-        "layer": name, "theta": theta, "points": points,
-        "equivariant_rms": eq, "branch_rms": br, "relative": br / eq if eq > 0 else float("nan"),
-        "r_rms": rms(proj), "lie_rms": rms(lie),
+        "layer": name,
+        "theta": theta,
+        "points": points,
+        "equivariant_rms": eq,
+        "branch_rms": br,
+        "relative": br / eq if eq > 0 else float("nan"),
+        "r_rms": rms(proj),
+        "lie_rms": rms(lie),
         "lie_over_r": math.sqrt(max(lie, 0.0) / proj) if proj > 0 else float("nan"),
-        "sqrt_ld": math.sqrt(max(lie, 0.0)), "sqrt_n": math.sqrt(max(proj, 0.0)),
+        "sqrt_ld": math.sqrt(max(lie, 0.0)),
+        "sqrt_n": math.sqrt(max(proj, 0.0)),
     }
 
 
 def format_relaxation_report(rows: list[dict]) -> str:
     """A Markdown table of :func:`relaxation_report` rows."""
-    header = ("layer", "points", "||E(x)|| rms", "||theta R(x)|| rms", "relative", "||R(x)|| rms",
-              "||L R(x)|| rms", "sqrt(LD / N)")
+    header = (
+        "layer",
+        "points",
+        "||E(x)|| rms",
+        "||theta R(x)|| rms",
+        "relative",
+        "||R(x)|| rms",
+        "||L R(x)|| rms",
+        "sqrt(LD / N)",
+    )
     keys = ("layer", "points", "equivariant_rms", "branch_rms", "relative", "r_rms", "lie_rms", "lie_over_r")
     theta = rows[0]["theta"] if rows else None
-    lines = [f"theta = {theta:.4g}" if theta is not None else "theta: none", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [
+        f"theta = {theta:.4g}" if theta is not None else "theta: none",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     for row in rows:
         cells = [f"**{row['layer']}**" if row["layer"] == "total" else str(row["layer"]), str(row["points"])]
         cells += [f"{row[k]:.3g}" for k in keys[2:]]
@@ -194,9 +229,19 @@ def read_relaxation_log(path, layer: str = "total") -> dict[str, list[float]]:
 # ----------------------------------------------------------------------------- gradients on the branches
 
 #: the columns of a :func:`branch_gradient_report` row
-GRADIENT_COLUMNS = ("layer", "theta", "batches", "kernel_equivariant_share", "task_eq_norm", "task_ne_norm",
-                    "task_eq_coherence", "task_ne_coherence", "task_ne_noise_coherence", "penalty_eq_norm",
-                    "penalty_ne_norm")
+GRADIENT_COLUMNS = (
+    "layer",
+    "theta",
+    "batches",
+    "kernel_equivariant_share",
+    "task_eq_norm",
+    "task_ne_norm",
+    "task_eq_coherence",
+    "task_ne_coherence",
+    "task_ne_noise_coherence",
+    "penalty_eq_norm",
+    "penalty_ne_norm",
+)
 
 
 def branch_gradient_report(model, data, loss=None, num_batches: int | None = 10) -> list[dict]:
@@ -267,9 +312,11 @@ def branch_gradient_report(model, data, loss=None, num_batches: int | None = 10)
             layers = list({id(l): l for l in collector.layers}.values())
             low_rank = [l.name for l in layers if getattr(l, "relaxation_low_rank", False)]
             if low_rank:
-                raise ValueError(f"branch_gradient_report splits the gradient of dense branch kernels; the "
-                                 f"branches of {low_rank} are low-rank (W = U V, relaxation_rank=...), whose "
-                                 "gradient is not a gradient of W. Build the model with relaxation_rank=None.")
+                raise ValueError(
+                    f"branch_gradient_report splits the gradient of dense branch kernels; the "
+                    f"branches of {low_rank} are low-rank (W = U V, relaxation_rank=...), whose "
+                    "gradient is not a gradient of W. Build the model with relaxation_rank=None."
+                )
             kernels = [l.relaxation_kernel for l in layers]
             shapes = [tuple(k.shape) for k in kernels]
             sums = {key: [np.zeros(s) for s in shapes] for key in ("task_eq", "task_ne")}
@@ -289,7 +336,7 @@ def branch_gradient_report(model, data, loss=None, num_batches: int | None = 10)
                 if kind == "task":
                     sums["task_eq"][i] += eq
                     sums["task_ne"][i] += ne
-                    task_ne_sq[i] += float(np.sum(ne ** 2))
+                    task_ne_sq[i] += float(np.sum(ne**2))
         seen += 1
     if not seen:
         raise ValueError("branch_gradient_report: the data yielded no batch.")
@@ -298,37 +345,61 @@ def branch_gradient_report(model, data, loss=None, num_batches: int | None = 10)
     for i, layer in enumerate(layers):
         w = np.asarray(kernels[i], np.float64)
         w_norm = float(np.linalg.norm(w))
-        share = float(np.linalg.norm(equivariant_projection(w, layer.input_rep, layer.output_rep))) / w_norm \
-            if w_norm > 0 else float("nan")
+        share = (
+            float(np.linalg.norm(equivariant_projection(w, layer.input_rep, layer.output_rep))) / w_norm
+            if w_norm > 0
+            else float("nan")
+        )
 
         def coherence(key):
             mean_norm = norms[key][i] / seen
             return float(np.linalg.norm(sums[key][i] / seen)) / mean_norm if mean_norm > 0 else float("nan")
 
-        rows.append({
-            "layer": _layer_name(layer), "theta": theta, "batches": seen, "kernel_equivariant_share": share,
-            "task_eq_norm": norms["task_eq"][i] / seen, "task_ne_norm": norms["task_ne"][i] / seen,
-            "task_eq_coherence": coherence("task_eq"), "task_ne_coherence": coherence("task_ne"),
-            "task_ne_noise_coherence": math.sqrt(task_ne_sq[i]) / norms["task_ne"][i] if norms["task_ne"][i] > 0
-            else float("nan"),
-            "penalty_eq_norm": norms["penalty_eq"][i] / seen if has_penalty else float("nan"),
-            "penalty_ne_norm": norms["penalty_ne"][i] / seen if has_penalty else float("nan"),
-        })
+        rows.append(
+            {
+                "layer": _layer_name(layer),
+                "theta": theta,
+                "batches": seen,
+                "kernel_equivariant_share": share,
+                "task_eq_norm": norms["task_eq"][i] / seen,
+                "task_ne_norm": norms["task_ne"][i] / seen,
+                "task_eq_coherence": coherence("task_eq"),
+                "task_ne_coherence": coherence("task_ne"),
+                "task_ne_noise_coherence": math.sqrt(task_ne_sq[i]) / norms["task_ne"][i]
+                if norms["task_ne"][i] > 0
+                else float("nan"),
+                "penalty_eq_norm": norms["penalty_eq"][i] / seen if has_penalty else float("nan"),
+                "penalty_ne_norm": norms["penalty_ne"][i] / seen if has_penalty else float("nan"),
+            }
+        )
     return rows
 
 
 def format_branch_gradient_report(rows: list[dict]) -> str:
     """A Markdown table of :func:`branch_gradient_report` rows."""
-    header = ("layer", "||P W|| / ||W||", "task ||g_eq||", "task ||g_ne||", "coherence eq", "coherence ne",
-              "noise level ne", "penalty ||g_eq||", "penalty ||g_ne||")
+    header = (
+        "layer",
+        "||P W|| / ||W||",
+        "task ||g_eq||",
+        "task ||g_ne||",
+        "coherence eq",
+        "coherence ne",
+        "noise level ne",
+        "penalty ||g_eq||",
+        "penalty ||g_ne||",
+    )
     keys = GRADIENT_COLUMNS[3:]
     first = rows[0] if rows else {}
     theta = first.get("theta")
     batches = first.get("batches", 0)
-    lines = [(f"theta = {theta:.4g}; " if theta is not None else "") +
-             f"{batches} batches (coherence of independent noise: about 1 / sqrt({batches}) = "
-             f"{1 / math.sqrt(batches) if batches else float('nan'):.3g})", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [
+        (f"theta = {theta:.4g}; " if theta is not None else "")
+        + f"{batches} batches (coherence of independent noise: about 1 / sqrt({batches}) = "
+        f"{1 / math.sqrt(batches) if batches else float('nan'):.3g})",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     for row in rows:
         lines.append("| " + " | ".join([str(row["layer"])] + [f"{row[k]:.3g}" for k in keys]) + " |")
     return "\n".join(lines)

@@ -47,9 +47,21 @@ import tempfile
 import tensorflow as tf
 
 __all__ = [
-    "STRATEGIES", "SHARD_POLICIES", "add_strategy_argument", "parse_tf_config", "get_strategy",
-    "task_info", "num_workers", "is_chief", "worker_dir", "checkpoint_path", "cleanup_worker_dir",
-    "distribute_dataset_options", "shard_dataset", "global_batch_size", "prepare_model",
+    "STRATEGIES",
+    "SHARD_POLICIES",
+    "add_strategy_argument",
+    "parse_tf_config",
+    "get_strategy",
+    "task_info",
+    "num_workers",
+    "is_chief",
+    "worker_dir",
+    "checkpoint_path",
+    "cleanup_worker_dir",
+    "distribute_dataset_options",
+    "shard_dataset",
+    "global_batch_size",
+    "prepare_model",
 ]
 
 STRATEGIES = ("default", "mirrored", "multiworker")
@@ -61,18 +73,22 @@ SHARD_POLICIES = {
     "off": tf.data.experimental.AutoShardPolicy.OFF,
 }
 _MWMS_TASK_TYPES = ("chief", "worker")
-_TF_CONFIG_EXAMPLE = ('TF_CONFIG=\'{"cluster": {"worker": ["host0:12345", "host1:12345"]}, '
-                      '"task": {"type": "worker", "index": 0}}\'')
+_TF_CONFIG_EXAMPLE = (
+    'TF_CONFIG=\'{"cluster": {"worker": ["host0:12345", "host1:12345"]}, "task": {"type": "worker", "index": 0}}\''
+)
 
 
 # --------------------------------------------------------------------------- argparse
 def add_strategy_argument(parser, default: str = "default"):
     """Add ``--strategy {default,mirrored,multiworker}`` to an ``argparse`` parser."""
     parser.add_argument(
-        "--strategy", choices=STRATEGIES, default=default,
+        "--strategy",
+        choices=STRATEGIES,
+        default=default,
         help="tf.distribute strategy: 'default' (one device), 'mirrored' (all GPUs of this "
-             "machine), 'multiworker' (MultiWorkerMirroredStrategy; reads TF_CONFIG, run the same "
-             "command on every host). --batch is the global batch size in every case.")
+        "machine), 'multiworker' (MultiWorkerMirroredStrategy; reads TF_CONFIG, run the same "
+        "command on every host). --batch is the global batch size in every case.",
+    )
     return parser
 
 
@@ -85,8 +101,10 @@ def parse_tf_config(value: str | None = None) -> dict:
     if value is None:
         value = os.environ.get("TF_CONFIG")
     if not value:
-        raise ValueError("--strategy multiworker needs the TF_CONFIG environment variable, e.g. "
-                         f"{_TF_CONFIG_EXAMPLE} (same cluster on every host, its own task on each).")
+        raise ValueError(
+            "--strategy multiworker needs the TF_CONFIG environment variable, e.g. "
+            f"{_TF_CONFIG_EXAMPLE} (same cluster on every host, its own task on each)."
+        )
     try:
         config = json.loads(value)
     except json.JSONDecodeError as e:
@@ -95,15 +113,20 @@ def parse_tf_config(value: str | None = None) -> dict:
         raise ValueError(f"TF_CONFIG must be a JSON object, got {type(config).__name__}.")
     cluster, task = config.get("cluster"), config.get("task")
     if not isinstance(cluster, dict) or not cluster:
-        raise ValueError("TF_CONFIG has no 'cluster' mapping of task types to address lists; "
-                         f"e.g. {_TF_CONFIG_EXAMPLE}")
+        raise ValueError(
+            f"TF_CONFIG has no 'cluster' mapping of task types to address lists; e.g. {_TF_CONFIG_EXAMPLE}"
+        )
     if not isinstance(task, dict) or "type" not in task or "index" not in task:
-        raise ValueError("TF_CONFIG needs 'task': {\"type\": ..., \"index\": ...} telling this process which "
-                         f"cluster entry it is; e.g. {_TF_CONFIG_EXAMPLE}")
+        raise ValueError(
+            'TF_CONFIG needs \'task\': {"type": ..., "index": ...} telling this process which '
+            f"cluster entry it is; e.g. {_TF_CONFIG_EXAMPLE}"
+        )
     unknown = sorted(set(cluster) - set(_MWMS_TASK_TYPES) - {"evaluator"})
     if unknown:
-        raise ValueError(f"TF_CONFIG cluster has task types {unknown} that MultiWorkerMirroredStrategy does not "
-                         f"use (ps-based training is not supported); use {_MWMS_TASK_TYPES}.")
+        raise ValueError(
+            f"TF_CONFIG cluster has task types {unknown} that MultiWorkerMirroredStrategy does not "
+            f"use (ps-based training is not supported); use {_MWMS_TASK_TYPES}."
+        )
     for kind, addresses in cluster.items():
         if not isinstance(addresses, list) or not addresses:
             raise ValueError(f"TF_CONFIG cluster[{kind!r}] must be a non-empty list of 'host:port' strings.")
@@ -116,13 +139,14 @@ def parse_tf_config(value: str | None = None) -> dict:
         raise ValueError("TF_CONFIG cluster needs a 'worker' (and optionally one 'chief') list.")
     kind, index = task["type"], task["index"]
     if kind == "evaluator":
-        raise ValueError("This process is the TF_CONFIG 'evaluator'; it does not train with "
-                         "MultiWorkerMirroredStrategy (run a separate evaluation loop instead).")
+        raise ValueError(
+            "This process is the TF_CONFIG 'evaluator'; it does not train with "
+            "MultiWorkerMirroredStrategy (run a separate evaluation loop instead)."
+        )
     if kind not in cluster:
         raise ValueError(f"TF_CONFIG task type {kind!r} is not in the cluster ({sorted(cluster)}).")
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(cluster[kind]):
-        raise ValueError(f"TF_CONFIG task index {index!r} is out of range for {len(cluster[kind])} "
-                         f"{kind!r} task(s).")
+        raise ValueError(f"TF_CONFIG task index {index!r} is out of range for {len(cluster[kind])} {kind!r} task(s).")
     return config
 
 
@@ -144,9 +168,11 @@ def get_strategy(name: str = "default", devices=None, communication: str = "auto
         return tf.distribute.MirroredStrategy(devices)
     if name == "multiworker":
         parse_tf_config()
-        impl = {"auto": tf.distribute.experimental.CommunicationImplementation.AUTO,
-                "ring": tf.distribute.experimental.CommunicationImplementation.RING,
-                "nccl": tf.distribute.experimental.CommunicationImplementation.NCCL}
+        impl = {
+            "auto": tf.distribute.experimental.CommunicationImplementation.AUTO,
+            "ring": tf.distribute.experimental.CommunicationImplementation.RING,
+            "nccl": tf.distribute.experimental.CommunicationImplementation.NCCL,
+        }
         if communication not in impl:
             raise ValueError(f"communication must be one of {sorted(impl)}, got {communication!r}.")
         options = tf.distribute.experimental.CommunicationOptions(implementation=impl[communication])
@@ -154,8 +180,10 @@ def get_strategy(name: str = "default", devices=None, communication: str = "auto
             return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
         except RuntimeError as e:
             if "startup" in str(e) or "initialized" in str(e):
-                raise RuntimeError("MultiWorkerMirroredStrategy must be created before any other TensorFlow "
-                                   "operation: call get_strategy() first in the program.") from e
+                raise RuntimeError(
+                    "MultiWorkerMirroredStrategy must be created before any other TensorFlow "
+                    "operation: call get_strategy() first in the program."
+                ) from e
             raise
     raise ValueError(f"Unknown strategy {name!r}; use one of {STRATEGIES}.")
 
@@ -268,8 +296,10 @@ def global_batch_size(batch_size: int, strategy=None, per_replica: bool = False)
     if per_replica:
         return batch_size * replicas
     if batch_size % replicas:
-        raise ValueError(f"The global batch size {batch_size} is not divisible by the {replicas} replicas; "
-                         f"use a multiple of {replicas} (or per_replica=True).")
+        raise ValueError(
+            f"The global batch size {batch_size} is not divisible by the {replicas} replicas; "
+            f"use a multiple of {replicas} (or per_replica=True)."
+        )
     return batch_size
 
 
@@ -279,6 +309,7 @@ def _local_values(strategy, structure):
         if isinstance(value, tf.distribute.DistributedValues):
             return strategy.experimental_local_results(value)[0]
         return value
+
     return tf.nest.map_structure(first, structure)
 
 
@@ -345,6 +376,7 @@ def prepare_model(model, strategy=None):
     strategy = strategy if strategy is not None else model.distribute_strategy
     if not _multi_worker(strategy) or getattr(model, "_keras_relaxeq_prepared", False):
         return model
+
     def symbolic_build(iterator=None, data_batch=None):
         return _maybe_symbolic_build_locally(model, iterator, data_batch)
 

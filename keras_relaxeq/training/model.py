@@ -60,8 +60,7 @@ class RelaxedModel(keras.Model):
         check_inputs: assert that training inputs are finite (clear error on NaN).
     """
 
-    def __init__(self, *args, lambda_lie=0.01, lambda_proj=0.01, penalty_scale="none", check_inputs=True,
-                 **kwargs):
+    def __init__(self, *args, lambda_lie=0.01, lambda_proj=0.01, penalty_scale="none", check_inputs=True, **kwargs):
         super().__init__(*args, **kwargs)
         if penalty_scale not in PENALTY_SCALES:
             raise ValueError(f"penalty_scale must be one of {PENALTY_SCALES}, got {penalty_scale!r}.")
@@ -113,8 +112,10 @@ class RelaxedModel(keras.Model):
             for t in tf.nest.flatten(x):
                 if isinstance(t, tf.Tensor) and t.dtype.is_floating:
                     tf.debugging.assert_all_finite(
-                        t, "keras_relaxeq: a training batch contains NaN or Inf input values; "
-                           "clean or filter the data set (e.g. drop shapes with non-finite coordinates).")
+                        t,
+                        "keras_relaxeq: a training batch contains NaN or Inf input values; "
+                        "clean or filter the data set (e.g. drop shapes with non-finite coordinates).",
+                    )
         loss = super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
         collector = _attached_penalties(y_pred) if training else None
         if collector is None or len(collector) == 0:
@@ -141,8 +142,9 @@ class RelaxedModel(keras.Model):
                 if a.ndim and a.shape[0] == 0:
                     raise ValueError(f"predict got 0 samples (input shape {a.shape}); pass at least one.")
                 if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
-                    raise ValueError("predict got NaN or Inf input values; remove or repair the non-finite "
-                                     "entries first.")
+                    raise ValueError(
+                        "predict got NaN or Inf input values; remove or repair the non-finite entries first."
+                    )
         return super().predict(x, *args, **kwargs)
 
     def test_step(self, data):
@@ -154,6 +156,10 @@ class RelaxedModel(keras.Model):
 
     def get_config(self):
         config = super().get_config()
-        config.update(lambda_lie=self.lambda_lie, lambda_proj=self.lambda_proj,
-                      penalty_scale=self.penalty_scale, check_inputs=self.check_inputs)
+        config.update(
+            lambda_lie=self.lambda_lie,
+            lambda_proj=self.lambda_proj,
+            penalty_scale=self.penalty_scale,
+            check_inputs=self.check_inputs,
+        )
         return config

@@ -100,10 +100,30 @@ class AdamL2(CoupledL2, keras.optimizers.Adam):
             ``sqrt(v)`` before the correction (Keras' ``Adam``).
     """
 
-    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-8, amsgrad=False, l2=0.0,
-                 l2_exclude=None, torch_epsilon=True, name="adam_l2", **kwargs):
-        super().__init__(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
-                         amsgrad=amsgrad, l2=l2, l2_exclude=l2_exclude, name=name, **kwargs)
+    def __init__(
+        self,
+        learning_rate=0.001,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        amsgrad=False,
+        l2=0.0,
+        l2_exclude=None,
+        torch_epsilon=True,
+        name="adam_l2",
+        **kwargs,
+    ):
+        super().__init__(
+            learning_rate=learning_rate,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            amsgrad=amsgrad,
+            l2=l2,
+            l2_exclude=l2_exclude,
+            name=name,
+            **kwargs,
+        )
         self.torch_epsilon = bool(torch_epsilon)
 
     def update_step(self, gradient, variable, learning_rate):
@@ -138,10 +158,18 @@ class AdamL2(CoupledL2, keras.optimizers.Adam):
 class SGDL2(CoupledL2, keras.optimizers.SGD):
     """SGD (with optional momentum / Nesterov) and coupled L2: ``torch.optim.SGD(..., weight_decay=l2)``."""
 
-    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, l2=0.0, l2_exclude=None, name="sgd_l2",
-                 **kwargs):
-        super().__init__(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov, l2=l2,
-                         l2_exclude=l2_exclude, name=name, **kwargs)
+    def __init__(
+        self, learning_rate=0.01, momentum=0.0, nesterov=False, l2=0.0, l2_exclude=None, name="sgd_l2", **kwargs
+    ):
+        super().__init__(
+            learning_rate=learning_rate,
+            momentum=momentum,
+            nesterov=nesterov,
+            l2=l2,
+            l2_exclude=l2_exclude,
+            name=name,
+            **kwargs,
+        )
 
 
 _COUPLED = {keras.optimizers.Adam: AdamL2, keras.optimizers.SGD: SGDL2}
@@ -158,12 +186,16 @@ def with_coupled_l2(optimizer, l2, l2_exclude=None, **overrides):
     optimizer = keras.optimizers.get(optimizer)
     target = _COUPLED.get(type(optimizer))
     if target is None:
-        raise ValueError(f"with_coupled_l2 supports keras.optimizers.Adam and SGD, got {type(optimizer).__name__}; "
-                         "for another optimizer define class MyOptimizer(CoupledL2, <optimizer class>).")
+        raise ValueError(
+            f"with_coupled_l2 supports keras.optimizers.Adam and SGD, got {type(optimizer).__name__}; "
+            "for another optimizer define class MyOptimizer(CoupledL2, <optimizer class>)."
+        )
     config = optimizer.get_config()
     if config.get("weight_decay"):
-        raise ValueError(f"{type(optimizer).__name__} has weight_decay={config['weight_decay']} (decoupled); "
-                         "unset it when adding the coupled L2 term, or both are applied.")
+        raise ValueError(
+            f"{type(optimizer).__name__} has weight_decay={config['weight_decay']} (decoupled); "
+            "unset it when adding the coupled L2 term, or both are applied."
+        )
     config.pop("name", None)
     if target is AdamL2:
         config["torch_epsilon"] = False

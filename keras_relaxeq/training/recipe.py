@@ -22,9 +22,23 @@ EPOCH_LOGS = ("log.csv", "relaxation.csv")
 #: run-config keys (recipe options) that may change when a run is resumed: they do not change what is
 #: trained (``--epochs`` extends a finished run; where it runs, how often it is backed up, evaluated,
 #: monitored or printed, the data location, the test-set size).  Every other option must match the backup.
-RESUME_MAY_DIFFER = ("epochs", "output_dir", "resume", "fresh", "verbose", "strategy", "cpu_replicas",
-                     "backup_every", "eval_every", "monitor_every", "relaxed_val", "jit_compile", "data_dir",
-                     "test_samples", "invariance_samples")
+RESUME_MAY_DIFFER = (
+    "epochs",
+    "output_dir",
+    "resume",
+    "fresh",
+    "verbose",
+    "strategy",
+    "cpu_replicas",
+    "backup_every",
+    "eval_every",
+    "monitor_every",
+    "relaxed_val",
+    "jit_compile",
+    "data_dir",
+    "test_samples",
+    "invariance_samples",
+)
 
 
 def check_strategy_options(cfg) -> None:
@@ -50,13 +64,16 @@ def make_strategy(cfg):
     if not n:
         return dist.get_strategy(cfg["strategy"])
     import tensorflow as tf
+
     cpu = tf.config.list_physical_devices("CPU")[0]
     try:
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
     except RuntimeError as e:  # TensorFlow already initialised (e.g. a second main() in one process)
         if len(tf.config.list_logical_devices("CPU")) < n:
-            raise SystemExit(f"--cpu-replicas {n}: TensorFlow is already initialised with fewer CPU devices; "
-                             f"use a fresh process ({e})") from None
+            raise SystemExit(
+                f"--cpu-replicas {n}: TensorFlow is already initialised with fewer CPU devices; "
+                f"use a fresh process ({e})"
+            ) from None
     return dist.get_strategy("mirrored", devices=[f"/cpu:{i}" for i in range(n)])
 
 
@@ -99,8 +116,10 @@ def prepare_output_dir(cfg, strategy, may_differ=RESUME_MAY_DIFFER) -> tuple[Pat
     if cfg.get("resume") and manifest is None:
         raise SystemExit(f"--resume: no backup in {backup_dir}")
     if manifest is not None and manifest.get("legacy") and dist.is_chief(strategy):
-        print(f"note: the backup in {backup_dir} predates backup manifests; its run options cannot be checked",
-              file=sys.stderr)
+        print(
+            f"note: the backup in {backup_dir} predates backup manifests; its run options cannot be checked",
+            file=sys.stderr,
+        )
     epoch = manifest["epoch"] if manifest else 0
     if dist.is_chief(strategy):
         for name in EPOCH_LOGS:
@@ -123,8 +142,10 @@ def _wait_for_trimmed_logs(out, epoch, timeout=300.0) -> None:
     deadline = time.time() + timeout
     while any(_last_logged_epoch(out / name) >= epoch for name in EPOCH_LOGS):
         if time.time() > deadline:
-            raise SystemExit(f"{out}: the chief did not trim the logs {EPOCH_LOGS} to the backup's epoch {epoch} "
-                             f"within {timeout:.0f} s; is the chief running with the same --output-dir?")
+            raise SystemExit(
+                f"{out}: the chief did not trim the logs {EPOCH_LOGS} to the backup's epoch {epoch} "
+                f"within {timeout:.0f} s; is the chief running with the same --output-dir?"
+            )
         time.sleep(0.5)
 
 
@@ -199,6 +220,7 @@ def _csv_logger(keras):
     Keras' own adds a ``val_<key>`` column for every key when the first epoch has no ``val_`` key
     (meant for ``validation_freq > 1``), which gives all-``NA`` columns to a fit without validation.
     """
+
     class CSVLogger(keras.callbacks.CSVLogger):
         def on_train_begin(self, logs=None):
             header = None
@@ -217,9 +239,20 @@ def _csv_logger(keras):
     return CSVLogger
 
 
-def run_callbacks(write_dir, backup_dir, *, monitor: str, mode: str, initial_best, strategy, recipe: str,
-                  backup_every: int = 1, config=None, datasets=None,
-                  may_differ=RESUME_MAY_DIFFER) -> tuple[list, bool]:
+def run_callbacks(
+    write_dir,
+    backup_dir,
+    *,
+    monitor: str,
+    mode: str,
+    initial_best,
+    strategy,
+    recipe: str,
+    backup_every: int = 1,
+    config=None,
+    datasets=None,
+    may_differ=RESUME_MAY_DIFFER,
+) -> tuple[list, bool]:
     """The callbacks every recipe ends its list with, after its theta / learning-rate schedules and
     its ``ProjectedValidation`` (which must come first: they read its ``projected_val_*`` value).
 
@@ -246,17 +279,33 @@ def run_callbacks(write_dir, backup_dir, *, monitor: str, mode: str, initial_bes
 
     write_dir = Path(write_dir)
     callbacks = [
-        keras.callbacks.ModelCheckpoint(str(write_dir / "best_relaxed.keras"), monitor=monitor, mode=mode,
-                                        save_best_only=True, initial_value_threshold=initial_best),
+        keras.callbacks.ModelCheckpoint(
+            str(write_dir / "best_relaxed.keras"),
+            monitor=monitor,
+            mode=mode,
+            save_best_only=True,
+            initial_value_threshold=initial_best,
+        ),
         _csv_logger(keras)(str(write_dir / "log.csv"), append=True),
     ]
     tensorboard = importlib.util.find_spec("tensorboard") is not None
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(write_dir / "logs"), write_graph=False))
     elif dist.is_chief(strategy):
-        print(f"{recipe}: the tensorboard package is not installed; no TensorBoard logs (log.csv has the same "
-              "quantities).", file=sys.stderr)
-    callbacks.append(MultiWorkerBackupAndRestore(str(backup_dir), delete_checkpoint=False, strategy=strategy,
-                                                 every_epochs=backup_every, config=config, may_differ=may_differ,
-                                                 datasets=datasets))
+        print(
+            f"{recipe}: the tensorboard package is not installed; no TensorBoard logs (log.csv has the same "
+            "quantities).",
+            file=sys.stderr,
+        )
+    callbacks.append(
+        MultiWorkerBackupAndRestore(
+            str(backup_dir),
+            delete_checkpoint=False,
+            strategy=strategy,
+            every_epochs=backup_every,
+            config=config,
+            may_differ=may_differ,
+            datasets=datasets,
+        )
+    )
     return callbacks, tensorboard

@@ -75,8 +75,9 @@ def get_schedule(schedule, epochs: int, value: float = 0.1):
         return lambda t: constant(t, epochs, value)
     table = {"triangle": triangle, "decay": decay, "cosine": cosine}
     if schedule not in table:
-        raise ValueError(f"Unknown theta schedule {schedule!r}; use one of {SCHEDULES} or a callable "
-                         "f(epoch) / f(epoch, epochs).")
+        raise ValueError(
+            f"Unknown theta schedule {schedule!r}; use one of {SCHEDULES} or a callable f(epoch) / f(epoch, epochs)."
+        )
     _last(epochs)
     fn = table[schedule]
     return lambda t: fn(t, epochs)
@@ -138,13 +139,17 @@ class ThetaScheduler(keras.callbacks.Callback):
         self._fn = None
         self._layers = [l for l in relaxed_layers(self.model) if l.theta is not None]
         if not self._layers:
-            warnings.warn("ThetaScheduler: the model has no relaxed layers (relaxed=True); theta is not used.",
-                          stacklevel=2)
+            warnings.warn(
+                "ThetaScheduler: the model has no relaxed layers (relaxed=True); theta is not used.", stacklevel=2
+            )
             return
         steps = (self.params or {}).get("steps")
         if self.per_step and not steps:
-            warnings.warn("ThetaScheduler(per_step=True): the number of steps per epoch is unknown; "
-                          "theta is updated per epoch instead.", stacklevel=2)
+            warnings.warn(
+                "ThetaScheduler(per_step=True): the number of steps per epoch is unknown; "
+                "theta is updated per epoch instead.",
+                stacklevel=2,
+            )
         if not any(self.theta_at(t) != 0.0 for t in self._schedule_points(steps if self.per_step else None)):
             warnings.warn(self._always_zero_message(), stacklevel=2)
 
@@ -162,12 +167,15 @@ class ThetaScheduler(keras.callbacks.Callback):
         elif self.schedule in ("triangle", "decay", "cosine"):
             triangle_ = self.schedule == "triangle"
             ends = "the first and the last epoch" if triangle_ else "the last epoch"
-            advice = (f"'{name}' is 0 on {ends}: train for at least {3 if triangle_ else 2} epochs"
-                      + (", or pass per_step=True" if not self.per_step and epochs >= 2 else ""))
+            advice = f"'{name}' is 0 on {ends}: train for at least {3 if triangle_ else 2} epochs" + (
+                ", or pass per_step=True" if not self.per_step and epochs >= 2 else ""
+            )
         else:
             advice = "check the schedule"
-        return (f"ThetaScheduler({name!r}): theta is 0 for the whole {epochs}-epoch run, so the relaxation branches "
-                f"never act (lie_penalty and projection_penalty only regularise an unused branch); {advice}.")
+        return (
+            f"ThetaScheduler({name!r}): theta is 0 for the whole {epochs}-epoch run, so the relaxation branches "
+            f"never act (lie_penalty and projection_penalty only regularise an unused branch); {advice}."
+        )
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch

@@ -1,4 +1,5 @@
 """File helpers: content hashes and atomic writes (one implementation for the whole package)."""
+
 from __future__ import annotations
 
 import hashlib

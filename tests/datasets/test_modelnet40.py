@@ -106,8 +106,12 @@ def test_hdf5_layout_any_point_count_and_prefixed_lists(tmp_path):
     train = rng.normal(size=(5, 17, 3)).astype(np.float32), np.array([0, 3, 3, 39, 1])
     test = rng.normal(size=(2, 17, 3)).astype(np.float32), np.array([2, 5])
     ids = {"train": [f"c/c_{i}" for i in range(5)], "test": ["a/a_0", "b/b_1"]}
-    root = _write_hdf5_layout(tmp_path / "modelnet40_ply_hdf5_2048", {"train": train, "test": test},
-                              prefix="data/modelnet40_ply_hdf5_2048/", ids=ids)
+    root = _write_hdf5_layout(
+        tmp_path / "modelnet40_ply_hdf5_2048",
+        {"train": train, "test": test},
+        prefix="data/modelnet40_ply_hdf5_2048/",
+        ids=ids,
+    )
     assert mn.available_splits(root) == ("train", "test")
     got = mn.read_modelnet40(root, "train")
     np.testing.assert_array_equal(got.points, train[0])
@@ -155,8 +159,11 @@ def test_text_layout_reader(tmp_path):
         np.testing.assert_allclose(pts, expected[sid], atol=1e-6)
     assert mn.read_modelnet40(root, "test", max_points=10).points.shape == (3, 10, 3)
 
-    batches = list(mn.modelnet40_dataset("test", num_points=20, batch_size=2, rotation="none",
-                                         data_dir=tmp_path).as_numpy_iterator())
+    batches = list(
+        mn.modelnet40_dataset(
+            "test", num_points=20, batch_size=2, rotation="none", data_dir=tmp_path
+        ).as_numpy_iterator()
+    )
     assert [b[0].shape for b in batches] == [(2, 20, 3), (1, 20, 3)]
     np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), [0, 1, 2])
 
@@ -186,12 +193,14 @@ def test_normalisation_of_real_data(real, raw):
 def test_normalisation_degenerate_and_invariance():
     rng = np.random.default_rng(0)
     shape = rng.normal(size=(64, 3)).astype(np.float32)
-    clouds = np.stack([
-        shape,
-        shape * 1e-2 + np.float32([0.5, -0.2, 0.3]),  # same shape, scaled and moved
-        np.full((64, 3), 3.0, np.float32),  # all points equal
-        np.float32([1, 2, 3]) + 1e-12 * shape,  # extent below float32 resolution
-    ])
+    clouds = np.stack(
+        [
+            shape,
+            shape * 1e-2 + np.float32([0.5, -0.2, 0.3]),  # same shape, scaled and moved
+            np.full((64, 3), 3.0, np.float32),  # all points equal
+            np.float32([1, 2, 3]) + 1e-12 * shape,  # extent below float32 resolution
+        ]
+    )
     out = mn.normalize_point_clouds(clouds)
     assert np.isfinite(out).all()
     np.testing.assert_allclose(out[1], out[0], atol=1e-4)
@@ -232,8 +241,7 @@ def test_stratified_validation_split(real):
     np.testing.assert_array_equal(np.union1d(train_idx, val_idx), np.arange(N_TRAIN))
     assert np.all(np.diff(val_idx) > 0) and val_idx.dtype == np.int64
     counts = np.bincount(labels, minlength=40)
-    np.testing.assert_array_equal(np.bincount(labels[val_idx], minlength=40),
-                                  np.floor(0.2 * counts + 0.5).astype(int))
+    np.testing.assert_array_equal(np.bincount(labels[val_idx], minlength=40), np.floor(0.2 * counts + 0.5).astype(int))
     assert abs(val_idx.size / N_TRAIN - 0.2) < 0.005
     again = mn.stratified_split(labels)
     np.testing.assert_array_equal(again[1], val_idx)
@@ -296,8 +304,9 @@ def test_val_pipeline_equals_normalised_subset(real):
 def test_first_point_sampling_takes_the_first_points_every_epoch(real):
     # the reference PyTorch VN-PointNet trains on the first 300 points of each shape, always the same
     train_idx, _ = mn.stratified_split(real.labels)
-    ds = mn.modelnet40_dataset("train", batch_size=8, rotation="none", augment=False, shuffle=False,
-                               data_dir=REAL_DIR, point_sampling="first")
+    ds = mn.modelnet40_dataset(
+        "train", batch_size=8, rotation="none", augment=False, shuffle=False, data_dir=REAL_DIR, point_sampling="first"
+    )
     first, second = (next(iter(ds)) for _ in range(2))  # two epochs: training data is reseeded each epoch
     for k in range(8):
         np.testing.assert_allclose(first[0][k], real.points[train_idx[k]][:300], atol=1e-6)
@@ -308,10 +317,18 @@ def test_first_point_sampling_takes_the_first_points_every_epoch(real):
 
 def test_recipe_validation_dataset_is_the_runs_split_at_any_batch_size():
     """What ``relaxeq zoo publish`` measures on is the split the recipe validated on."""
-    cfg = {"points": 64, "batch": 24, "rotation": "so3", "val_fraction": 0.2, "split_seed": 3, "seed": 5,
-           "data_dir": "/nonexistent/run/machine/path"}  # the run's data_dir is not used
-    run = mn.modelnet40_dataset("val", num_points=64, batch_size=24, rotation="so3", data_dir=REAL_DIR,
-                                val_fraction=0.2, split_seed=3, seed=6)
+    cfg = {
+        "points": 64,
+        "batch": 24,
+        "rotation": "so3",
+        "val_fraction": 0.2,
+        "split_seed": 3,
+        "seed": 5,
+        "data_dir": "/nonexistent/run/machine/path",
+    }  # the run's data_dir is not used
+    run = mn.modelnet40_dataset(
+        "val", num_points=64, batch_size=24, rotation="so3", data_dir=REAL_DIR, val_fraction=0.2, split_seed=3, seed=6
+    )
     ref = [np.concatenate(t)[:100] for t in zip(*[(x, y) for x, y in run.take(5).as_numpy_iterator()])]
     for batch, rotation in ((24, None), (40, "so3")):
         ds = mn.recipe_validation_dataset(cfg, rotation=rotation, batch_size=batch, data_dir=REAL_DIR)
@@ -358,8 +375,9 @@ def test_rotation_acts_as_points_times_r_transpose():
 def test_z_rotation_keeps_z():
     plain, rotated = _val_batch("none"), _val_batch("z")
     np.testing.assert_allclose(rotated[..., 2], plain[..., 2], atol=1e-6)
-    np.testing.assert_allclose(np.linalg.norm(rotated[..., :2], axis=-1),
-                               np.linalg.norm(plain[..., :2], axis=-1), atol=1e-5)
+    np.testing.assert_allclose(
+        np.linalg.norm(rotated[..., :2], axis=-1), np.linalg.norm(plain[..., :2], axis=-1), atol=1e-5
+    )
     assert np.abs(rotated[..., :2] - plain[..., :2]).max() > 0.1
 
 
@@ -413,14 +431,19 @@ def test_tfds_builder_round_trip(tmp_path, raw):
 
     picks = np.concatenate([np.flatnonzero(raw.labels == c)[:4] for c in range(40)])
     train_idx, test_idx = picks.reshape(40, 4)[:, :3].ravel(), picks.reshape(40, 4)[:, 3]
-    splits = {"train": (raw.points[train_idx], raw.labels[train_idx]),
-              "test": (raw.points[test_idx], raw.labels[test_idx])}
+    splits = {
+        "train": (raw.points[train_idx], raw.labels[train_idx]),
+        "test": (raw.points[test_idx], raw.labels[test_idx]),
+    }
     ids = {"train": [raw.shape_ids[i] for i in train_idx], "test": [raw.shape_ids[i] for i in test_idx]}
     manual = _write_hdf5_layout(tmp_path / "manual", splits, prefix="data/modelnet40_ply_hdf5_2048/", ids=ids)
 
     builder = ModelNet40(data_dir=str(tmp_path / "tfds"))
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=str(manual), compute_stats=tfds.download.ComputeStatsMode.SKIP))
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=str(manual), compute_stats=tfds.download.ComputeStatsMode.SKIP
+        )
+    )
     assert builder.info.features["label"].names == list(mn.MODELNET40_CLASSES)
     assert builder.info.splits["train"].num_examples == 120
     assert builder.info.splits["test"].num_examples == 40

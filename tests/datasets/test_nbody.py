@@ -43,11 +43,16 @@ class ReferenceChargedSim:
         l2_dist_power3 = np.power(self._l2(loc_next.transpose(), loc_next.transpose()), 3.0 / 2.0)
         forces_size = self.interaction_strength * edges / l2_dist_power3
         np.fill_diagonal(forces_size, 0)
-        F = (forces_size.reshape(1, n, n) * np.concatenate((
-            np.subtract.outer(loc_next[0, :], loc_next[0, :]).reshape(1, n, n),
-            np.subtract.outer(loc_next[1, :], loc_next[1, :]).reshape(1, n, n),
-            np.subtract.outer(loc_next[2, :], loc_next[2, :]).reshape(1, n, n),
-        ))).sum(axis=-1)
+        F = (
+            forces_size.reshape(1, n, n)
+            * np.concatenate(
+                (
+                    np.subtract.outer(loc_next[0, :], loc_next[0, :]).reshape(1, n, n),
+                    np.subtract.outer(loc_next[1, :], loc_next[1, :]).reshape(1, n, n),
+                    np.subtract.outer(loc_next[2, :], loc_next[2, :]).reshape(1, n, n),
+                )
+            )
+        ).sum(axis=-1)
         F[F > self._max_F] = self._max_F
         F[F < -self._max_F] = -self._max_F
         return F
@@ -281,15 +286,12 @@ def test_default_cache_dir(monkeypatch, tmp_path):
 # tf.data pipeline
 # --------------------------------------------------------------------------- #
 def _batches(ds):
-    return [(
-        {k: v.numpy() for k, v in features.items()}, target.numpy()
-    ) for features, target in ds]
+    return [({k: v.numpy() for k, v in features.items()}, target.numpy()) for features, target in ds]
 
 
 def test_dataset_structure_without_augmentation(cache_dir):
     data = nbody.load_nbody("train", num_samples=7, cache_dir=cache_dir)
-    ds = nbody.nbody_dataset("train", batch_size=3, num_samples=7, shuffle=False, rotate=False,
-                             cache_dir=cache_dir)
+    ds = nbody.nbody_dataset("train", batch_size=3, num_samples=7, shuffle=False, rotate=False, cache_dir=cache_dir)
     features_spec, target_spec = ds.element_spec
     assert set(features_spec) == {"loc", "vel", "charges"}
     assert features_spec["loc"].shape.as_list() == [None, 5, 3]
@@ -298,8 +300,7 @@ def test_dataset_structure_without_augmentation(cache_dir):
     batches = _batches(ds)
     assert [len(t) for _, t in batches] == [3, 3, 1]
     for key in ("loc", "vel", "charges"):
-        np.testing.assert_array_equal(np.concatenate([f[key] for f, _ in batches]),
-                                      data[key].astype(np.float32))
+        np.testing.assert_array_equal(np.concatenate([f[key] for f, _ in batches]), data[key].astype(np.float32))
     np.testing.assert_array_equal(np.concatenate([t for _, t in batches]), data["target"].astype(np.float32))
 
 
@@ -330,13 +331,13 @@ def test_dataset_one_rotation_per_batch(cache_dir):
 
 def test_dataset_deterministic_under_seed(cache_dir):
     def epochs(seed, shuffle=True):
-        ds = nbody.nbody_dataset("train", batch_size=3, num_samples=7, shuffle=shuffle, seed=seed,
-                                 cache_dir=cache_dir)
+        ds = nbody.nbody_dataset("train", batch_size=3, num_samples=7, shuffle=shuffle, seed=seed, cache_dir=cache_dir)
         return [_batches(ds) for _ in range(2)]
 
     def same(a, b):
-        return all(np.array_equal(ta, tb) and all(np.array_equal(fa[k], fb[k]) for k in fa)
-                   for (fa, ta), (fb, tb) in zip(a, b))
+        return all(
+            np.array_equal(ta, tb) and all(np.array_equal(fa[k], fb[k]) for k in fa) for (fa, ta), (fb, tb) in zip(a, b)
+        )
 
     first, second = epochs(5), epochs(5)
     assert same(first[0], second[0]) and same(first[1], second[1])
@@ -350,8 +351,9 @@ def test_dataset_deterministic_under_seed(cache_dir):
         rows = np.concatenate([charges[..., 0], np.linalg.norm(loc, axis=-1)], axis=-1)
         return rows[np.argsort(rows[:, 5:].sum(axis=1))]
 
-    got = invariants(np.concatenate([f["charges"] for f, _ in first[0]]),
-                     np.concatenate([f["loc"] for f, _ in first[0]]))
+    got = invariants(
+        np.concatenate([f["charges"] for f, _ in first[0]]), np.concatenate([f["loc"] for f, _ in first[0]])
+    )
     np.testing.assert_allclose(got, invariants(data["charges"], data["loc"]), atol=1e-4)
 
 
@@ -372,5 +374,4 @@ def test_recipe_dataset_rotate_flag(cache_dir):
     assert len(train_plain) == len(train_rot) == 2  # full batches only
     for (f0, _), (f1, _) in zip(train_plain, train_rot):
         np.testing.assert_array_equal(f0["charges"], f1["charges"])
-        np.testing.assert_allclose(np.linalg.norm(f0["vel"], axis=-1), np.linalg.norm(f1["vel"], axis=-1),
-                                   rtol=1e-5)
+        np.testing.assert_allclose(np.linalg.norm(f0["vel"], axis=-1), np.linalg.norm(f1["vel"], axis=-1), rtol=1e-5)

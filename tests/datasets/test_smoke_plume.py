@@ -33,6 +33,7 @@ def _rel(a, b):
 
 # --------------------------------------------------------------------------- configurations
 
+
 def test_rotation_config_matches_the_reference_settings():
     config = sp.smoke_plume_config("rotation")
     assert len(config.simulations) == 36 and config.num_frames == 309
@@ -79,17 +80,33 @@ def test_default_data_dir_follows_the_cache_root(monkeypatch, tmp_path):
     monkeypatch.setenv("KERAS_RELAXEQ_CACHE", str(tmp_path))
     assert sp.default_data_dir("rotation") == tmp_path / "smoke_plume_rotation"
     assert sp.default_data_dir(sp.smoke_plume_config("rotation", sampling="centered")) == (
-        tmp_path / "smoke_plume_rotation_centered")
+        tmp_path / "smoke_plume_rotation_centered"
+    )
 
 
 # --------------------------------------------------------------------------- windows on stand-in files
 
+
 def _fake_config(resolution=8, num_steps=310):
-    specs = tuple(sp.SimulationSpec(name=str(i), inflow_center=(4.0, 1.0), inflow_radius=1.0,
-                                    buoyancy=(0.0, 0.01 * i), resolution=resolution, side=i % 4)
-                  for i in range(1, 7))
-    return sp.SmokePlumeConfig("fake", specs, train=("1", "2", "4", "5"), test_domain=("3", "6"),
-                               num_steps=num_steps, output_resolution=resolution)
+    specs = tuple(
+        sp.SimulationSpec(
+            name=str(i),
+            inflow_center=(4.0, 1.0),
+            inflow_radius=1.0,
+            buoyancy=(0.0, 0.01 * i),
+            resolution=resolution,
+            side=i % 4,
+        )
+        for i in range(1, 7)
+    )
+    return sp.SmokePlumeConfig(
+        "fake",
+        specs,
+        train=("1", "2", "4", "5"),
+        test_domain=("3", "6"),
+        num_steps=num_steps,
+        output_resolution=resolution,
+    )
 
 
 def _write_fake(config, folder):
@@ -98,7 +115,7 @@ def _write_fake(config, folder):
     arrays = {}
     for spec in config.simulations:
         shape = (config.num_frames, 2, config.output_resolution, config.output_resolution)
-        array = (rng.normal(size=shape) + 1000 * int(spec.name) + np.arange(shape[0])[:, None, None, None])
+        array = rng.normal(size=shape) + 1000 * int(spec.name) + np.arange(shape[0])[:, None, None, None]
         arrays[spec.name] = array.astype(np.float32)
         np.save(folder / f"sim_{spec.name}.npy", arrays[spec.name])
     return arrays
@@ -107,11 +124,16 @@ def _write_fake(config, folder):
 def test_windows_and_splits(tmp_path):
     config = _fake_config()
     arrays = _write_fake(config, tmp_path)
-    expected_times = {"train": range(160), "val": range(160, 200), "test_future": range(200, 250),
-                      "test_domain": range(100)}
+    expected_times = {
+        "train": range(160),
+        "val": range(160, 200),
+        "test_future": range(200, 250),
+        "test_domain": range(100),
+    }
     for split, times in expected_times.items():
-        ds = sp.smoke_plume_dataset(split, batch_size=256, config=config, data_dir=tmp_path, generate=False,
-                                    with_params=True, shuffle=False)
+        ds = sp.smoke_plume_dataset(
+            split, batch_size=256, config=config, data_dir=tmp_path, generate=False, with_params=True, shuffle=False
+        )
         k = 6 if split in ("train", "val") else 20
         batches = list(ds)
         frames = np.concatenate([inputs["frames"].numpy() for inputs, _ in batches])
@@ -144,8 +166,9 @@ def test_shuffle_is_seeded_and_plain_elements(tmp_path):
     _write_fake(config, tmp_path)
 
     def firsts(seed):
-        ds = sp.smoke_plume_dataset("train", batch_size=8, config=config, data_dir=tmp_path, generate=False,
-                                    seed=seed, output_length=3)
+        ds = sp.smoke_plume_dataset(
+            "train", batch_size=8, config=config, data_dir=tmp_path, generate=False, seed=seed, output_length=3
+        )
         x, y = next(iter(ds))
         assert x.shape == (8, 10, 8, 8, 2) and y.shape == (8, 3, 8, 8, 2)
         return x.numpy()
@@ -171,11 +194,25 @@ def _tiny_config(sampling):
     for side in range(4):
         ref = base.simulations[side]
         direction = np.array(ref.buoyancy) / np.linalg.norm(ref.buoyancy)
-        specs.append(sp.SimulationSpec(name=f"s{side}", inflow_center=ref.inflow_center,
-                                       inflow_radius=ref.inflow_radius, buoyancy=tuple(0.2 * direction),
-                                       resolution=RES, side=side))
-    return sp.SmokePlumeConfig(f"tiny_{sampling}", tuple(specs), train=("s0", "s1", "s2"), test_domain=("s3",),
-                               num_steps=STEPS, output_resolution=RES, sampling=sampling)
+        specs.append(
+            sp.SimulationSpec(
+                name=f"s{side}",
+                inflow_center=ref.inflow_center,
+                inflow_radius=ref.inflow_radius,
+                buoyancy=tuple(0.2 * direction),
+                resolution=RES,
+                side=side,
+            )
+        )
+    return sp.SmokePlumeConfig(
+        f"tiny_{sampling}",
+        tuple(specs),
+        train=("s0", "s1", "s2"),
+        test_domain=("s3",),
+        num_steps=STEPS,
+        output_resolution=RES,
+        sampling=sampling,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -230,8 +267,9 @@ def test_inflow_sides_are_quarter_turns_of_each_other(tiny):
     staggered arrays (the reference's storage) are so only after a one-cell shift of the turned v_x."""
     config, folder = tiny
     stag = sp.load_smoke_plume(config, data_dir=folder, generate=False)
-    centred = sp.simulate_smoke_plume(_tiny_config("centered").simulations[:2], STEPS, sampling="centered",
-                                      progress=False)
+    centred = sp.simulate_smoke_plume(
+        _tiny_config("centered").simulations[:2], STEPS, sampling="centered", progress=False
+    )
     # float64 simulation stored in float32: relative differences of float32 rounding only
     assert _rel(_rotate_frames(centred[0]), centred[1]) < 1e-6
     for s in range(4):
@@ -257,8 +295,11 @@ def test_tfds_builder_round_trip(tmp_path):
     arrays = _write_fake(config, folder)
     sp._write_manifest(folder, config, set(arrays))
     builder = SmokePlume(config="rotation", data_dir=str(tmp_path / "tfds"))
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=str(folder), compute_stats=tfds.download.ComputeStatsMode.SKIP))
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=str(folder), compute_stats=tfds.download.ComputeStatsMode.SKIP
+        )
+    )
     for split, names in (("train", config.train), ("test_domain", config.test_domain)):
         examples = list(tfds.as_numpy(builder.as_dataset(split=split)))
         assert sorted(ex["simulation"].decode() for ex in examples) == sorted(names)

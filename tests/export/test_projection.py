@@ -59,14 +59,19 @@ def test_projected_relaxed_model_is_a_plain_functional_model(tmp_path):
         import keras_relaxeq
         model = keras.saving.load_model({str(path)!r})
         assert type(model).__name__ == "Functional", type(model)
-        points = np.load({str(tmp_path / 'x.npy')!r})
+        points = np.load({str(tmp_path / "x.npy")!r})
         out = model({{"points": points, "scale": np.full((len(points), 1), 2.0, "float32")}})
-        np.testing.assert_allclose(np.asarray(out), np.load({str(tmp_path / 'expected.npy')!r}), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(out), np.load({str(tmp_path / "expected.npy")!r}), rtol=1e-6, atol=1e-6)
         print("loaded", type(model).__name__)
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
-                            env={"PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin"},
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin"},
+        timeout=300,
+    )
     assert result.returncode == 0 and "loaded Functional" in result.stdout, result.stderr[-2000:]
 
 

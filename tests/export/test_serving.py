@@ -73,13 +73,30 @@ def exported(tmp_path_factory):
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     env.pop("PYTHONPATH", None)
     fresh = subprocess.Popen(
-        [sys.executable, "-c", FRESH_PROCESS_CODE, str(path), str(base / "x.npy"),
-         str(base / "out.npz")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=base)
+        [sys.executable, "-c", FRESH_PROCESS_CODE, str(path), str(base / "x.npy"), str(base / "out.npz")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=base,
+    )
     cli = subprocess.Popen(
-        [str(BIN / "saved_model_cli"), "show", "--dir", str(path), "--tag_set", "serve",
-         "--signature_def", "serving_default"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=base)
+        [
+            str(BIN / "saved_model_cli"),
+            "show",
+            "--dir",
+            str(path),
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "serving_default",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=base,
+    )
     yield {"model": model, "base": base, "path": path, "x": x, "fresh": fresh, "cli": cli}
     for proc in (fresh, cli):
         if proc.poll() is None:
@@ -115,7 +132,8 @@ def test_models_config_written_and_updated(exported, tmp_path):
     base = tmp_path / "base"
     base.mkdir()
     # A hand-written config with an extra model, a comment and a version policy must survive.
-    (base / "models.config").write_text(textwrap.dedent("""\
+    (base / "models.config").write_text(
+        textwrap.dedent("""\
         # served by hand
         model_config_list {
           config {
@@ -125,7 +143,8 @@ def test_models_config_written_and_updated(exported, tmp_path):
             model_version_policy { specific { versions: 3 } }
           }
         }
-    """))
+    """)
+    )
     serving.export_saved_model(model, base, "tiny_so3_toy", 1, config_base_path="/models")
     reg = tiny_regressor()
     reg_path = serving.export_saved_model(reg, base, "reg_o3_nbody", 2, outputs="regression")
@@ -150,8 +169,9 @@ def test_models_config_written_and_updated(exported, tmp_path):
     assert kwargs["points"].shape.as_list() == [None, 4, 3]
     assert sorted(sig.structured_outputs) == ["prediction"]
     x = np.random.default_rng(1).normal(size=(2, 4, 3)).astype(np.float32)
-    np.testing.assert_allclose(sig(points=tf.constant(x))["prediction"].numpy(),
-                               reg.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        sig(points=tf.constant(x))["prediction"].numpy(), reg.predict(x, verbose=0), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_refuses_to_overwrite_a_published_version(exported):
@@ -172,8 +192,7 @@ class FakeRelaxed(keras.layers.Layer):
     """A stand-in for a relaxed layer: carries a weight named ``relaxation_kernel``."""
 
     def build(self, input_shape):
-        self.relaxation_kernel = self.add_weight(shape=(3, 3), initializer="ones",
-                                                 name="relaxation_kernel")
+        self.relaxation_kernel = self.add_weight(shape=(3, 3), initializer="ones", name="relaxation_kernel")
 
     def call(self, x):
         return x + keras.ops.matmul(x, self.relaxation_kernel)
@@ -208,8 +227,7 @@ def test_relaxed_model_refused_and_projected_on_request(tmp_path, monkeypatch):
     x = np.random.default_rng(2).normal(size=(2, 6, 3)).astype(np.float32)
     sig = tf.saved_model.load(str(path)).signatures["serving_default"]
     expected = project(model).predict(x, verbose=0)
-    np.testing.assert_allclose(sig(points=tf.constant(x))["logits"].numpy(), expected,
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sig(points=tf.constant(x))["logits"].numpy(), expected, rtol=1e-5, atol=1e-6)
     assert not np.allclose(expected, model.predict(x, verbose=0))
 
 
@@ -269,8 +287,7 @@ def test_loads_in_fresh_process_without_keras_relaxeq(exported):
     out = np.load(exported["base"] / "out.npz")
     expected = exported["model"].predict(exported["x"], verbose=0)
     np.testing.assert_allclose(out["logits"], expected, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(out["probabilities"], tf.nn.softmax(expected).numpy(),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["probabilities"], tf.nn.softmax(expected).numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out["probabilities"].sum(-1), 1.0, rtol=1e-5)
     # the served class is the argmax of the served logits (those match Keras' only to the tolerance above,
     # and two nearly equal logits may swap between kernels)

@@ -84,13 +84,34 @@ def _env():
 def exported(tmp_path_factory):
     base = tmp_path_factory.mktemp("guards")
     path = serving.export_saved_model(tiny_classifier(), base, "tiny_so3_toy", 1, write_config=False)
-    fresh = subprocess.Popen([sys.executable, "-c", FRESH_CODE, str(path)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=_env(), cwd=base)
+    fresh = subprocess.Popen(
+        [sys.executable, "-c", FRESH_CODE, str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        cwd=base,
+    )
     np.save(base / "nan.npy", np.full((1, NUM_POINTS, 3), np.nan, np.float32))
     cli = subprocess.Popen(
-        [str(BIN / "saved_model_cli"), "run", "--dir", str(path), "--tag_set", "serve", "--signature_def",
-         "serving_default", "--inputs", f"points={base / 'nan.npy'}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=base)
+        [
+            str(BIN / "saved_model_cli"),
+            "run",
+            "--dir",
+            str(path),
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "serving_default",
+            "--inputs",
+            f"points={base / 'nan.npy'}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        cwd=base,
+    )
     yield {"path": path, "base": base, "fresh": fresh, "cli": cli}
     for proc in (fresh, cli):
         if proc.poll() is None:
@@ -105,8 +126,7 @@ def test_guard_ops_are_in_the_exported_graph(exported):
 
 
 def test_export_without_checks_is_detected(tmp_path):
-    path = serving.export_saved_model(tiny_classifier(), tmp_path, "plain", 1, input_checks=False,
-                                      write_config=False)
+    path = serving.export_saved_model(tiny_classifier(), tmp_path, "plain", 1, input_checks=False, write_config=False)
     assert "CheckNumerics" not in serving.list_ops(path)
     with pytest.raises(ValueError, match="missing ops"):
         serving.check_guards(path, {"points": tf.TensorSpec([None, None, 3])})
@@ -117,8 +137,9 @@ def test_several_inputs_each_checked(tmp_path):
     loc, charges = keras.Input((5, 3), name="loc"), keras.Input((5, 1), name="charges")
     model = keras.Model({"loc": loc, "charges": charges}, keras.layers.Add()([loc, charges * 0.0]))
     specs = {"loc": tf.TensorSpec([None, 5, 3]), "charges": tf.TensorSpec([None, 5, 1])}
-    path = serving.export_saved_model(model, tmp_path, "toy", 1, input_signature=specs, outputs="regression",
-                                      write_config=False)
+    path = serving.export_saved_model(
+        model, tmp_path, "toy", 1, input_signature=specs, outputs="regression", write_config=False
+    )
     sig = tf.saved_model.load(str(path)).signatures["serving_default"]
     loc_x = tf.ones([2, 5, 3])
     assert sig(loc=loc_x, charges=tf.ones([2, 5, 1]))["prediction"].shape == (2, 5, 3)

@@ -45,8 +45,9 @@ def test_equivariance_float64(l1, l2, l3, rotations_and_d):
     # and the infinitesimal constraint itself
     g1, g2, g3 = (so3_generators_numpy(l) for l in (l1, l2, l3))
     for a in range(3):
-        res = (np.einsum("ai,ajk->ijk", g1[a], c) + np.einsum("bj,ibk->ijk", g2[a], c)
-               - np.einsum("kl,ijl->ijk", g3[a], c))
+        res = (
+            np.einsum("ai,ajk->ijk", g1[a], c) + np.einsum("bj,ibk->ijk", g2[a], c) - np.einsum("kl,ijl->ijk", g3[a], c)
+        )
         np.testing.assert_allclose(res, 0, atol=1e-12)
 
 

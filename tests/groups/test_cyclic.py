@@ -8,8 +8,12 @@ from keras_relaxeq.groups.cyclic import CyclicGroup, FibreRep, FieldType, equiva
 
 
 def _field_types(n):
-    types = [FieldType(n, ["trivial"]), FieldType(n, ["vector"]), FieldType(n, ["regular"]),
-             FieldType(n, ["vector", "regular", "trivial", "vector"])]
+    types = [
+        FieldType(n, ["trivial"]),
+        FieldType(n, ["vector"]),
+        FieldType(n, ["regular"]),
+        FieldType(n, ["vector", "regular", "trivial", "vector"]),
+    ]
     if n == 4:
         types.append(FieldType(4, [FibreRep("irrep", 4, frequency=2), "vector"]))
     return types
@@ -109,8 +113,9 @@ def test_vector_field_agrees_with_rotating_the_continuous_field(n, size):
     np.testing.assert_allclose(got, expected, atol=1e-12)
     # and a scalar field: (R s)(p) = s(Q^{-1} p)
     s = lambda p: p @ a[0] + b[0]  # noqa: E731
-    np.testing.assert_allclose(FieldType(n, ["trivial"]).act(1, s(points)[..., None]), s(points @ q)[..., None],
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        FieldType(n, ["trivial"]).act(1, s(points)[..., None]), s(points @ q)[..., None], atol=1e-12
+    )
 
 
 def test_grid_action_refuses_orders_that_do_not_fit_a_grid():
@@ -136,12 +141,15 @@ def test_errors_name_the_problem():
 
 # --------------------------------------------------------------------------- defect
 
+
 def _stencil_conv(kernel):
     """Per-channel 3x3 correlation with zero padding (NumPy), ``[B, H, W, C]``."""
+
     def f(x):
         pad = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
         h, w = x.shape[1:3]
-        return sum(kernel[i, j] * pad[:, i:i + h, j:j + w] for i in range(3) for j in range(3))
+        return sum(kernel[i, j] * pad[:, i : i + h, j : j + w] for i in range(3) for j in range(3))
+
     return f
 
 
@@ -201,8 +209,9 @@ def test_defect_of_a_non_equivariant_map_matches_a_naive_computation(n):
     w = rng.normal(size=(n, n))
     mix = lambda z: z @ w.T  # noqa: E731
     xr = rng.normal(size=(2, 5, 5, n))
-    np.testing.assert_allclose(equivariance_defect(mix, xr, regular), _naive_defect(mix, xr, regular, regular, (1,)),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        equivariance_defect(mix, xr, regular), _naive_defect(mix, xr, regular, regular, (1,)), rtol=1e-12
+    )
     # a circulant mixing is equivariant for the regular representation
     circ = np.stack([np.roll(w[0], i) for i in range(n)])
     assert equivariance_defect(lambda z: z @ circ.T, xr, regular) < 1e-20
@@ -219,10 +228,10 @@ def test_tensorflow_defect_matches_numpy_and_is_differentiable():
 
     def conv_np(z):
         pad = np.pad(z, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        return sum(pad[:, i:i + 6, j:j + 6] @ kernel.numpy()[i, j] for i in range(3) for j in range(3))
+        return sum(pad[:, i : i + 6, j : j + 6] @ kernel.numpy()[i, j] for i in range(3) for j in range(3))
 
     with tf.GradientTape() as tape:
         d = equivariance_defect(conv_tf, tf.constant(x), vector)
     grad = tape.gradient(d, kernel)
     np.testing.assert_allclose(float(d), equivariance_defect(conv_np, x, vector), rtol=1e-10)
-    assert grad is not None and float(tf.reduce_sum(grad ** 2)) > 0.0
+    assert grad is not None and float(tf.reduce_sum(grad**2)) > 0.0

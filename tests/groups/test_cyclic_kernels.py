@@ -27,7 +27,7 @@ def naive_conv(x, w):
     out = np.zeros(x.shape[:3] + (w.shape[-1],))
     for a in range(k):
         for b in range(k):
-            out += pad[:, a:a + h, b:b + wd] @ w[a, b]
+            out += pad[:, a : a + h, b : b + wd] @ w[a, b]
     return out
 
 

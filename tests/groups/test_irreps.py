@@ -25,6 +25,7 @@ from keras_relaxeq.groups import (
 # Irrep / Irreps
 # --------------------------------------------------------------------------------------------
 
+
 def test_irrep_parsing_and_properties():
     assert Irrep("1o") == Irrep(1, -1) == Irrep((1, -1))
     assert Irrep("2y") == Irrep(2, 1) and Irrep("3y") == Irrep(3, -1)
@@ -40,13 +41,16 @@ def test_irrep_parsing_and_properties():
         Irrep(1, 0)
 
 
-@pytest.mark.parametrize("text, canonical, dim, num, lmax", [
-    ("32x0e+32x1o", "32x0e+32x1o", 32 + 96, 64, 1),
-    ("1x1o+1x0e", "1x1o+1x0e", 4, 2, 1),
-    ("0e", "1x0e", 1, 1, 0),
-    (" 2x0e + 1o + 3x2e ", "2x0e+1x1o+3x2e", 2 + 3 + 15, 6, 2),
-    ("0x1o+4x0o", "0x1o+4x0o", 4, 4, 0),
-])
+@pytest.mark.parametrize(
+    "text, canonical, dim, num, lmax",
+    [
+        ("32x0e+32x1o", "32x0e+32x1o", 32 + 96, 64, 1),
+        ("1x1o+1x0e", "1x1o+1x0e", 4, 2, 1),
+        ("0e", "1x0e", 1, 1, 0),
+        (" 2x0e + 1o + 3x2e ", "2x0e+1x1o+3x2e", 2 + 3 + 15, 6, 2),
+        ("0x1o+4x0o", "0x1o+4x0o", 4, 4, 0),
+    ],
+)
 def test_irreps_parse_roundtrip(text, canonical, dim, num, lmax):
     irreps = Irreps(text)
     assert str(irreps) == canonical
@@ -98,6 +102,7 @@ def test_spherical_harmonics_irreps():
 # SEGNN hidden irreps (mirroring RobDHess/Steerable-E3-GNN models/balanced_irreps.py)
 # --------------------------------------------------------------------------------------------
 
+
 def test_fully_connected_tp_num_weights():
     # 0e x 0e -> 0e, 0e x 1o -> 1o, 1o x 0e -> 1o, 1o x 1o -> 0e (1e, 2e not in output)
     n = 5
@@ -122,8 +127,7 @@ def test_segnn_nbody_hidden_irreps():
     assert dim_bal == dimension_balanced_irreps(1, 64) == Irreps("34x0e+10x1o")
     assert dim_bal.dim == 64
     assert dimension_balanced_irreps(2, 100, sh_type=False).dim == 100
-    assert [str(ir) for _, ir in dimension_balanced_irreps(2, 100, sh_type=False)] == \
-        ["0e", "1e", "1o", "2e", "2o"]
+    assert [str(ir) for _, ir in dimension_balanced_irreps(2, 100, sh_type=False)] == ["0e", "1e", "1o", "2e", "2o"]
     with pytest.raises(ValueError):
         balanced_irreps(64, 1, balance="nope")
 
@@ -131,6 +135,7 @@ def test_segnn_nbody_hidden_irreps():
 # --------------------------------------------------------------------------------------------
 # Generators of the irreps (so3.py conventions, checked through IrrepsRep)
 # --------------------------------------------------------------------------------------------
+
 
 def _expm_algebra(omega, gens):
     """``expm(omega . G)`` for skew ``G``, exact to ~1e-15 via the Hermitian eigendecomposition."""
@@ -157,20 +162,22 @@ def test_so3_generators_lie_algebra(l):
     # expm(omega . G_l) == wigner_D(l, expm(omega . L)) in float64
     rng = np.random.default_rng(l)
     vec = so3_generators_numpy(1)
-    for omega in [rng.normal(size=3), 0.1 * rng.normal(size=3), 1e-9 * rng.normal(size=3),
-                  (np.pi - 1e-7) * np.array([0.6, 0.0, 0.8])]:
+    for omega in [
+        rng.normal(size=3),
+        0.1 * rng.normal(size=3),
+        1e-9 * rng.normal(size=3),
+        (np.pi - 1e-7) * np.array([0.6, 0.0, 0.8]),
+    ]:
         rot = _expm_algebra(omega, vec)
         np.testing.assert_allclose(rot, scipy.linalg.expm(np.einsum("k,kij->ij", omega, vec)), atol=1e-13)
-        np.testing.assert_allclose(wigner_D(l, tf.constant(rot)).numpy(), _expm_algebra(omega, g),
-                                   atol=WIGNER_ATOL[l])
+        np.testing.assert_allclose(wigner_D(l, tf.constant(rot)).numpy(), _expm_algebra(omega, g), atol=WIGNER_ATOL[l])
 
 
 def test_vector_irrep_is_cartesian():
     np.testing.assert_array_equal(so3_generators_numpy(1), so3_generators(1, tf.float64).numpy())
     lz = so3_generators_numpy(1)[2]
     rot = scipy.linalg.expm(0.5 * lz)
-    np.testing.assert_allclose(rot[:2, :2], [[np.cos(0.5), -np.sin(0.5)], [np.sin(0.5), np.cos(0.5)]],
-                               atol=1e-14)
+    np.testing.assert_allclose(rot[:2, :2], [[np.cos(0.5), -np.sin(0.5)], [np.sin(0.5), np.cos(0.5)]], atol=1e-14)
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,8 +233,7 @@ def test_irreps_rep_transform_matches_exponentiated_generators():
         expected = np.einsum("ij,bpj->bpi", _expm_algebra(t_omega, gens), x)
         got = rep.transform(tf.constant(rot), tf.constant(x)).numpy()
         np.testing.assert_allclose(got, expected, atol=1e-10)
-        np.testing.assert_allclose(rep.matrix(tf.constant(rot)).numpy(), _expm_algebra(t_omega, gens),
-                                   atol=1e-10)
+        np.testing.assert_allclose(rep.matrix(tf.constant(rot)).numpy(), _expm_algebra(t_omega, gens), atol=1e-10)
 
 
 def test_irreps_rep_higher_degrees():
@@ -252,11 +258,9 @@ def test_irreps_rep_batched_and_homomorphism():
     mats = rep.matrix(rots)
     assert mats.shape == (4, rep.dim, rep.dim)
     got = rep.transform(rots, x)
-    np.testing.assert_allclose(got.numpy(), np.einsum("bij,bpqj->bpqi", mats.numpy(), x.numpy()),
-                               atol=1e-12)
+    np.testing.assert_allclose(got.numpy(), np.einsum("bij,bpqj->bpqi", mats.numpy(), x.numpy()), atol=1e-12)
     for b in range(4):  # per-batch element == unbatched
-        np.testing.assert_allclose(got[b].numpy(), rep.transform(rots[b], x[b:b + 1])[0].numpy(),
-                                   atol=1e-12)
+        np.testing.assert_allclose(got[b].numpy(), rep.transform(rots[b], x[b : b + 1])[0].numpy(), atol=1e-12)
     # representation property: rho(R1 R2) = rho(R1) rho(R2), rho(R^T) = rho(R)^T
     r12 = tf.linalg.matmul(rots[0], rots[1])
     np.testing.assert_allclose(rep.matrix(r12).numpy(), mats[0].numpy() @ mats[1].numpy(), atol=1e-10)
@@ -282,8 +286,7 @@ def test_irreps_rep_reflections_act_by_parity():
     x = tf.random.stateless_normal([2, 3, rep.dim], seed=[8, 9], dtype=tf.float64)
     # inversion -I: (l, p) -> p * identity
     parity = np.concatenate([np.full(mul * ir.dim, ir.p, float) for mul, ir in irreps])
-    np.testing.assert_allclose(rep.transform(-tf.eye(3, dtype=tf.float64), x).numpy(),
-                               x.numpy() * parity, atol=1e-13)
+    np.testing.assert_allclose(rep.transform(-tf.eye(3, dtype=tf.float64), x).numpy(), x.numpy() * parity, atol=1e-13)
     np.testing.assert_allclose(rep.matrix(-np.eye(3)).numpy(), np.diag(parity), atol=1e-13)
     # a mirror g = s R with s = -1, R = -g proper: (p if s == -1 else 1) * D_l(R), per block
     mirror = _reflection([0.3, -1.0, 0.5])
@@ -305,8 +308,9 @@ def test_irreps_rep_reflections_act_by_parity():
     got = rep.transform(tf.constant(mixed), x).numpy()
     for b in range(2):
         np.testing.assert_allclose(got[b], x.numpy()[b] @ rep.matrix(mixed[b]).numpy().T, atol=1e-12)
-    np.testing.assert_allclose(rep.matrix(mirror @ rots[0]).numpy(),
-                               rep.matrix(mirror).numpy() @ rep.matrix(rots[0]).numpy(), atol=1e-10)
+    np.testing.assert_allclose(
+        rep.matrix(mirror @ rots[0]).numpy(), rep.matrix(mirror).numpy() @ rep.matrix(rots[0]).numpy(), atol=1e-10
+    )
     # Irrep/Irreps convenience
     np.testing.assert_allclose(Irrep("2o").D_from_matrix(-np.eye(3)).numpy(), -np.eye(5), atol=1e-13)
     np.testing.assert_allclose(irreps.D_from_matrix(mirror).numpy(), mats, atol=1e-13)

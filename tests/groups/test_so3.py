@@ -77,8 +77,9 @@ def test_vector_rep_structured_generators_match_dense():
     v = tf.random.stateless_normal([5, 12], seed=[0, 1], dtype=tf.float64)
     dense = rep.generators(tf.float64)
     np.testing.assert_allclose(rep.apply_generators(v).numpy(), np.einsum("pj,kij->kpi", v, dense), atol=1e-13)
-    np.testing.assert_allclose(rep.apply_generators(v, transpose=True).numpy(),
-                               np.einsum("pj,kji->kpi", v, dense), atol=1e-13)
+    np.testing.assert_allclose(
+        rep.apply_generators(v, transpose=True).numpy(), np.einsum("pj,kji->kpi", v, dense), atol=1e-13
+    )
     assert np.count_nonzero(TrivialRep(2, 3).generators_numpy()) == 0
 
 

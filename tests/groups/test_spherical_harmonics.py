@@ -26,7 +26,7 @@ def _expm_algebra(omega, gens):
 def _blocks(y, ls):
     out, start = [], 0
     for l in ls:
-        out.append(y[..., start:start + 2 * l + 1])
+        out.append(y[..., start : start + 2 * l + 1])
         start += 2 * l + 1
     assert start == y.shape[-1]
     return out
@@ -45,8 +45,9 @@ def test_explicit_low_degrees_match_so3_docstring():
     np.testing.assert_allclose(y[:, 0], 1.0, atol=1e-14)
     np.testing.assert_allclose(y[:, 1:4], math.sqrt(3) * r, atol=1e-14)  # Cartesian x, y, z
     s15 = math.sqrt(15)
-    expected_l2 = np.stack([s15 * x_ * y_, s15 * y_ * z_, math.sqrt(5) / 2 * (3 * z_ ** 2 - 1),
-                            s15 * x_ * z_, s15 / 2 * (x_ ** 2 - y_ ** 2)], -1)
+    expected_l2 = np.stack(
+        [s15 * x_ * y_, s15 * y_ * z_, math.sqrt(5) / 2 * (3 * z_**2 - 1), s15 * x_ * z_, s15 / 2 * (x_**2 - y_**2)], -1
+    )
     np.testing.assert_allclose(y[:, 4:9], expected_l2, atol=1e-13)
 
 
@@ -109,22 +110,25 @@ def test_parity_and_homogeneity():
     y1 = spherical_harmonics(lmax, r, normalize=False).numpy()
     y2 = spherical_harmonics(lmax, 2.5 * r, normalize=False).numpy()
     for l, a, b in zip(ls, _blocks(y1, ls), _blocks(y2, ls)):
-        np.testing.assert_allclose(b, 2.5 ** l * a, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(b, 2.5**l * a, rtol=1e-12, atol=1e-12)
     # normalize=True: depends on direction only
     np.testing.assert_allclose(spherical_harmonics(lmax, 3.0 * r).numpy(), y, atol=1e-12)
 
 
-@pytest.mark.parametrize("normalization, block_sq_norm", [
-    ("component", lambda l: 2 * l + 1),
-    ("norm", lambda l: 1.0),
-    ("integral", lambda l: (2 * l + 1) / (4 * math.pi)),
-])
+@pytest.mark.parametrize(
+    "normalization, block_sq_norm",
+    [
+        ("component", lambda l: 2 * l + 1),
+        ("norm", lambda l: 1.0),
+        ("integral", lambda l: (2 * l + 1) / (4 * math.pi)),
+    ],
+)
 def test_normalisation(normalization, block_sq_norm):
     ls = list(range(5))
     r = tf.constant(_vectors(50, 4))
     y = spherical_harmonics(4, r, normalization=normalization).numpy()
     for l, yl in zip(ls, _blocks(y, ls)):
-        np.testing.assert_allclose(np.sum(yl ** 2, -1), block_sq_norm(l), rtol=1e-12)
+        np.testing.assert_allclose(np.sum(yl**2, -1), block_sq_norm(l), rtol=1e-12)
 
 
 def test_orthonormal_on_the_sphere():
@@ -133,7 +137,7 @@ def test_orthonormal_on_the_sphere():
     u, wu = np.polynomial.legendre.leggauss(lmax + 2)
     phi = 2 * np.pi * np.arange(2 * lmax + 3) / (2 * lmax + 3)
     uu, pp = np.meshgrid(u, phi, indexing="ij")
-    s = np.sqrt(1 - uu ** 2)
+    s = np.sqrt(1 - uu**2)
     pts = np.stack([s * np.cos(pp), s * np.sin(pp), uu], -1).reshape(-1, 3)
     w = (wu[:, None] * np.full(phi.shape, 2 * np.pi / len(phi))[None]).reshape(-1)
     y = spherical_harmonics(lmax, tf.constant(pts), normalization="integral").numpy()

@@ -33,8 +33,9 @@ SPECS = {
     "maxpool": (VNMaxPool, {}, [2, 7, 4, 3]),
 }
 # name -> (float64 layer factory, input shape)
-CASES = {name: (functools.partial(cls, dtype="float64", **kwargs), shape)
-         for name, (cls, kwargs, shape) in SPECS.items()}
+CASES = {
+    name: (functools.partial(cls, dtype="float64", **kwargs), shape) for name, (cls, kwargs, shape) in SPECS.items()
+}
 
 
 def run(layer, x, fused):

@@ -28,8 +28,10 @@ TYPES = [
     (FieldType(4, ["vector"] * 2), FieldType(4, ["regular"] * 2)),
     (FieldType(4, ["regular"] * 2), FieldType(4, ["regular"] * 3)),
     (FieldType(4, ["regular"] * 2), FieldType(4, ["vector"])),
-    (FieldType(4, ["vector", "regular", "trivial"]), FieldType(4, ["regular", FibreRep("irrep", 4, frequency=2),
-                                                                  "vector", "trivial"])),
+    (
+        FieldType(4, ["vector", "regular", "trivial"]),
+        FieldType(4, ["regular", FibreRep("irrep", 4, frequency=2), "vector", "trivial"]),
+    ),
     (FieldType(2, ["vector", "regular"]), FieldType(2, ["regular", "trivial"])),
 ]
 
@@ -42,7 +44,7 @@ def naive_conv(x, w, b):
     out = np.zeros(x.shape[:3] + (w.shape[-1],)) + b
     for a in range(k):
         for c in range(k):
-            out += pad[:, a:a + h, c:c + wd] @ w[a, c]
+            out += pad[:, a : a + h, c : c + wd] @ w[a, c]
     return out
 
 
@@ -63,7 +65,7 @@ def numpy_defect(f, x, ti, to):
     """sum over the generator of ||g.f(x) - f(g.x)||^2 and ||f(x)||^2, float64 loops."""
     y = f(x)
     lie = sum(float(np.sum((naive_act(to, g, y) - f(naive_act(ti, g, x))) ** 2)) for g in ti.generators())
-    return lie, float(np.sum(y ** 2))
+    return lie, float(np.sum(y**2))
 
 
 def equivariant_conv_kernel(ti, to, k, rng):
@@ -75,8 +77,9 @@ def equivariant_conv_kernel(ti, to, k, rng):
         for fo in to.fibres:
             basis = equivariant_kernel_basis(fi, fo, k, group_order=ti.group.order)
             if len(basis):
-                w[:, :, ci:ci + fi.dim, co:co + fo.dim] = np.einsum("b,bxypq->xypq", rng.normal(size=len(basis)),
-                                                                     basis)
+                w[:, :, ci : ci + fi.dim, co : co + fo.dim] = np.einsum(
+                    "b,bxypq->xypq", rng.normal(size=len(basis)), basis
+                )
             co += fo.dim
         ci += fi.dim
     return w
@@ -105,8 +108,9 @@ def test_conv_closed_form_equals_generic_and_numpy(types, k):
     for got in (closed, generic):
         np.testing.assert_allclose([float(got[0]), float(got[1])], expected, rtol=1e-10)
     no_bias = conv_branch_defect(tf.constant(w), None, tf.constant(x), ti, to)
-    np.testing.assert_allclose([float(v) for v in no_bias],
-                               numpy_defect(lambda z: naive_conv(z, w, 0.0), x, ti, to), rtol=1e-10)
+    np.testing.assert_allclose(
+        [float(v) for v in no_bias], numpy_defect(lambda z: naive_conv(z, w, 0.0), x, ti, to), rtol=1e-10
+    )
 
 
 @pytest.mark.parametrize("types", TYPES, ids=str)
@@ -117,8 +121,9 @@ def test_conv_defect_is_zero_on_equivariant_kernels(types):
     w, b = equivariant_conv_kernel(ti, to, 3, rng), equivariant_bias(to, rng)
     lie, proj = conv_branch_defect(tf.constant(w), tf.constant(b), x, ti, to)
     assert float(proj) > 1.0 and float(lie) < 1e-20 * float(proj) + 1e-24
-    lie32, proj32 = conv_branch_defect(tf.constant(w, tf.float32), tf.constant(b, tf.float32), tf.cast(x, tf.float32),
-                                       ti, to)
+    lie32, proj32 = conv_branch_defect(
+        tf.constant(w, tf.float32), tf.constant(b, tf.float32), tf.cast(x, tf.float32), ti, to
+    )
     assert float(lie32) < 1e-10 * float(proj32)
 
 
@@ -141,6 +146,7 @@ def test_rot90_of_the_kernel_alone_is_not_the_condition():
 
 
 # --------------------------------------------------------------------------- the per-pixel (dense) branch
+
 
 class PointwiseField(RelaxedEquivariantLayer):
     """A test layer: identity on regular fields, with the base layer's dense per-pixel branch."""
@@ -173,9 +179,11 @@ def test_dense_branch_defect_by_every_method(method):
     got = layer.relaxation_penalties(tf.constant(x))
     np.testing.assert_allclose([float(v) for v in got], expected, rtol=1e-10)
     flat = tf.reshape(tf.constant(x), [-1, ft.channels])
-    for value in (dense_branch_defect(tf.constant(w), tf.constant(b), gram_statistics(flat), ft, ft),
-                  direct_dense_branch_defect(tf.constant(w), tf.constant(b), flat, ft, ft),
-                  generic_pointwise_defect(lambda v: tf.matmul(v, w) + b, flat, ft, ft)):
+    for value in (
+        dense_branch_defect(tf.constant(w), tf.constant(b), gram_statistics(flat), ft, ft),
+        direct_dense_branch_defect(tf.constant(w), tf.constant(b), flat, ft, ft),
+        generic_pointwise_defect(lambda v: tf.matmul(v, w) + b, flat, ft, ft),
+    ):
         np.testing.assert_allclose([float(v) for v in value], expected, rtol=1e-10)
 
 
@@ -191,8 +199,9 @@ def test_dense_branch_defect_zero_on_equivariant_maps_and_mlp_branch_runs():
     layer.relaxation_bias.assign(np.repeat(rng.normal(size=2), 4))
     lie, proj = layer.relaxation_penalties(x)
     assert float(proj) > 1.0 and float(lie) < 1e-20
-    mlp = PointwiseField(ft, relaxation_branch="mlp", relaxation_hidden_units=5, dtype="float64",
-                         relaxation_initializer="random_normal")
+    mlp = PointwiseField(
+        ft, relaxation_branch="mlp", relaxation_hidden_units=5, dtype="float64", relaxation_initializer="random_normal"
+    )
     mlp(x)
     lie, proj = mlp.relaxation_penalties(x)
     expected = generic_pointwise_defect(mlp.branch, tf.reshape(x, [-1, 8]), ft, ft)
@@ -202,11 +211,14 @@ def test_dense_branch_defect_zero_on_equivariant_maps_and_mlp_branch_runs():
 
 # --------------------------------------------------------------------------- layers and the training loop
 
+
 def test_conv_layer_penalties_closed_form_equal_generic():
     rng = np.random.default_rng(3)
     x = tf.constant(rng.normal(size=(2, 6, 6, 8)), tf.float64)
-    layers = {m: GroupConv2D(3, lie_method=m, relaxation_initializer="random_normal", dtype="float64")
-              for m in ("auto", "direct")}
+    layers = {
+        m: GroupConv2D(3, lie_method=m, relaxation_initializer="random_normal", dtype="float64")
+        for m in ("auto", "direct")
+    }
     for layer in layers.values():
         layer(x)
     layers["direct"].set_weights(layers["auto"].get_weights())
@@ -219,8 +231,12 @@ def test_defect_fills_the_lie_penalty_slot_of_relaxed_model():
     from keras_relaxeq.training.model import RelaxedModel
 
     inputs = keras.Input((8, 8, 2))
-    h = CyclicConv2D([["regular", 2]], in_type="vector", activation="relu",
-                     relaxation_initializer=keras.initializers.RandomNormal(stddev=0.1))(inputs)
+    h = CyclicConv2D(
+        [["regular", 2]],
+        in_type="vector",
+        activation="relu",
+        relaxation_initializer=keras.initializers.RandomNormal(stddev=0.1),
+    )(inputs)
     outputs = CyclicConv2D("vector", relaxation_initializer=keras.initializers.RandomNormal(stddev=0.1))(h)
     model = RelaxedModel(inputs, outputs, lambda_lie=0.1, lambda_proj=0.1)
     model.compile(optimizer="adam", loss="mse")

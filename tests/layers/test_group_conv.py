@@ -74,8 +74,9 @@ def test_equivariance_does_not_hold_for_a_plain_conv():
 
 def test_relaxed_layer_breaks_equivariance_and_projection_restores_it():
     inputs = keras.Input((9, 9, 4))
-    h = LiftingConv2D(3, in_type="vector", activation="relu",
-                      relaxation_initializer=keras.initializers.RandomNormal(stddev=0.3))(inputs)
+    h = LiftingConv2D(
+        3, in_type="vector", activation="relu", relaxation_initializer=keras.initializers.RandomNormal(stddev=0.3)
+    )(inputs)
     h = GroupConv2D(3, activation="relu", relaxation_initializer=keras.initializers.RandomNormal(stddev=0.3))(h)
     outputs = ProjectionConv2D("vector", relaxation_initializer=keras.initializers.RandomNormal(stddev=0.3))(h)
     model = keras.Model(inputs, outputs)
@@ -105,12 +106,15 @@ def test_activation_only_on_pointwise_fibres():
         GroupConv2D(2, relaxation_branch="mlp")
 
 
-@pytest.mark.parametrize("cls, kwargs, channels", [
-    (LiftingConv2D, {"filters": 2, "in_type": [["vector", 2], ["trivial", 1]]}, 5),
-    (GroupConv2D, {"filters": 2, "kernel_size": 5, "activation": "relu"}, 8),
-    (ProjectionConv2D, {"out_type": [["vector", 1], ["trivial", 1]], "use_bias": False}, 8),
-    (CyclicConv2D, {"out_type": ["regular", "vector"], "in_type": "vector", "relaxed": False}, 4),
-])
+@pytest.mark.parametrize(
+    "cls, kwargs, channels",
+    [
+        (LiftingConv2D, {"filters": 2, "in_type": [["vector", 2], ["trivial", 1]]}, 5),
+        (GroupConv2D, {"filters": 2, "kernel_size": 5, "activation": "relu"}, 8),
+        (ProjectionConv2D, {"out_type": [["vector", 1], ["trivial", 1]], "use_bias": False}, 8),
+        (CyclicConv2D, {"out_type": ["regular", "vector"], "in_type": "vector", "relaxed": False}, 4),
+    ],
+)
 def test_config_round_trip_and_saving(cls, kwargs, channels, tmp_path):
     layer = cls(relaxation_initializer="random_normal", **kwargs) if "relaxed" not in kwargs else cls(**kwargs)
     x = random_fields(channels)
@@ -175,8 +179,10 @@ def test_mixed_precision_runs_in_bfloat16_with_float32_penalties_and_weights():
     from keras_relaxeq.layers import RSteerConv2D
 
     x = random_fields(8)
-    for layer in (GroupConv2D(2, dtype="mixed_bfloat16", relaxation_initializer="random_normal"),
-                  RSteerConv2D([["regular", 2]], dtype="mixed_bfloat16", relaxation_initializer="random_normal")):
+    for layer in (
+        GroupConv2D(2, dtype="mixed_bfloat16", relaxation_initializer="random_normal"),
+        RSteerConv2D([["regular", 2]], dtype="mixed_bfloat16", relaxation_initializer="random_normal"),
+    ):
         with collect_relaxation_penalties() as collector:
             y = layer(x, training=True)
         assert y.dtype == tf.bfloat16

@@ -82,10 +82,10 @@ def test_irreps_rep_ir_mul_is_the_permuted_rep():
     g_a, g_b = a.generators_numpy(), b.generators_numpy()
     np.testing.assert_array_equal(g_b, g_a[:, perm][:, :, perm])
     v = feats(irreps, 1, lead=(5,))
-    np.testing.assert_allclose(b.apply_generators(tf.constant(v)).numpy(), np.einsum("nj,kij->kni", v, g_b),
-                               atol=1e-14)
-    np.testing.assert_allclose(b.apply_generators(tf.constant(v), transpose=True).numpy(),
-                               np.einsum("nj,kji->kni", v, g_b), atol=1e-14)
+    np.testing.assert_allclose(b.apply_generators(tf.constant(v)).numpy(), np.einsum("nj,kij->kni", v, g_b), atol=1e-14)
+    np.testing.assert_allclose(
+        b.apply_generators(tf.constant(v), transpose=True).numpy(), np.einsum("nj,kji->kni", v, g_b), atol=1e-14
+    )
     rot = random_rotations(5, dtype=tf.float64)
     improper = rot * tf.constant([-1.0, 1.0, -1.0, 1.0, 1.0], tf.float64)[:, None, None]  # two reflections
     for g in (rot, improper):
@@ -103,16 +103,26 @@ SPECS = {
     "tp": (O3TensorProduct, dict(irreps_in1=IN1, irreps_in2=ATTR, irreps_out=OUT), (IN1, ATTR), OUT),
     "tp_no_attr": (O3TensorProduct, dict(irreps_in1=IN1, irreps_in2=None, irreps_out=OUT), (IN1,), OUT),
     "tp_gate": (O3TensorProductGate, dict(irreps_in1=IN1, irreps_in2=ATTR, irreps_out=GATED), (IN1, ATTR), GATED),
-    "tp_gate_after": (O3TensorProductGate, dict(irreps_in1=IN1, irreps_in2=ATTR, irreps_out=GATED,
-                                                relaxation_placement="after_gate"), (IN1, ATTR), GATED),
-    "gate": (Gate, dict(irreps_scalars="2x0e", irreps_gated="3x1o+2x1e+1x2e"), ("2x0e+6x0e+3x1o+2x1e+1x2e",),
-             "2x0e+3x1o+2x1e+1x2e"),
+    "tp_gate_after": (
+        O3TensorProductGate,
+        dict(irreps_in1=IN1, irreps_in2=ATTR, irreps_out=GATED, relaxation_placement="after_gate"),
+        (IN1, ATTR),
+        GATED,
+    ),
+    "gate": (
+        Gate,
+        dict(irreps_scalars="2x0e", irreps_gated="3x1o+2x1e+1x2e"),
+        ("2x0e+6x0e+3x1o+2x1e+1x2e",),
+        "2x0e+3x1o+2x1e+1x2e",
+    ),
     "norm_instance": (SteerableNorm, dict(irreps=OUT), (OUT,), OUT),
     "norm_batch": (SteerableNorm, dict(irreps=OUT, mode="batch"), (OUT,), OUT),
 }
 # name -> (factory(**kw), irreps of the inputs, irreps of the output)
-CASES = {name: (functools.partial(cls, **kwargs), in_irreps, out_irreps)
-         for name, (cls, kwargs, in_irreps, out_irreps) in SPECS.items()}
+CASES = {
+    name: (functools.partial(cls, **kwargs), in_irreps, out_irreps)
+    for name, (cls, kwargs, in_irreps, out_irreps) in SPECS.items()
+}
 BRANCHES = ("linear", "tp", "tp_no_attr", "tp_gate", "tp_gate_after")
 
 
@@ -131,8 +141,9 @@ def pair(name, relaxed=False):
     rng = np.random.default_rng(7)
     for w in a.weights:  # random values everywhere (biases, norm weights, running statistics kept positive)
         name_w = w.path.split("/")[-1]
-        value = rng.uniform(0.5, 2.0, size=tuple(w.shape)) if name_w == "running_var" else \
-            rng.normal(size=tuple(w.shape))
+        value = (
+            rng.uniform(0.5, 2.0, size=tuple(w.shape)) if name_w == "running_var" else rng.normal(size=tuple(w.shape))
+        )
         w.assign(value)
     assert transfer_weights(a, b) == (len(branch_layers(a)) if relaxed else 0)
     for la, lb in zip(branch_layers(a), branch_layers(b)):  # the definition of the converted branch
@@ -146,6 +157,7 @@ def pair(name, relaxed=False):
 
 def branch_layers(layer):
     from keras_relaxeq.layers import relaxed_layers
+
     return [l for l in relaxed_layers(layer) if l.has_relaxation_branch]
 
 
@@ -173,8 +185,7 @@ def test_ir_mul_layer_equivariant(name):
     # a mul_ir representation does not fit the ir_mul layer (the check can fail)
     wrong_in = tuple(IrrepsRep(r.irreps) for r in reps) if isinstance(reps, tuple) else IrrepsRep(reps.irreps)
     with pytest.raises(AssertionError):
-        assert_equivariant(b, xb, input_reps=wrong_in, output_reps=IrrepsRep(CASES[name][2]), group="O3",
-                           num_samples=1)
+        assert_equivariant(b, xb, input_reps=wrong_in, output_reps=IrrepsRep(CASES[name][2]), group="O3", num_samples=1)
 
 
 @pytest.mark.parametrize("name", list(SPECS))
@@ -183,8 +194,13 @@ def test_run_layer_test_ir_mul(name):
     of a branch projected onto the equivariant maps of its layout, O(3) equivariance in its own layout."""
     cls, kwargs, in_irreps, _ = SPECS[name]
     shapes = tuple(LEAD + (Irreps(i).dim,) for i in in_irreps)
-    result = run_layer_test(cls, dict(kwargs, layout="ir_mul", dtype=F64), shapes[0] if len(shapes) == 1 else shapes,
-                            group="O3", num_samples=1)
+    result = run_layer_test(
+        cls,
+        dict(kwargs, layout="ir_mul", dtype=F64),
+        shapes[0] if len(shapes) == 1 else shapes,
+        group="O3",
+        num_samples=1,
+    )
     assert result.layer.layout == "ir_mul" and (result.projected_model is not None) == (name in BRANCHES)
 
 
@@ -226,8 +242,9 @@ def test_transfer_weights_converts_branches_between_layouts(branch):
     yb = b(tf.constant(to_ir_mul(x, IN1))).numpy()
     np.testing.assert_allclose(yb, to_ir_mul(ya, OUT), rtol=1e-12, atol=1e-12)
     if branch == "mlp":  # the hidden units keep their order: only the hidden kernel's rows move
-        np.testing.assert_array_equal(b.relaxation_hidden_kernel.numpy(),
-                                      a.relaxation_hidden_kernel.numpy()[layout_permutation(IN1, "ir_mul")])
+        np.testing.assert_array_equal(
+            b.relaxation_hidden_kernel.numpy(), a.relaxation_hidden_kernel.numpy()[layout_permutation(IN1, "ir_mul")]
+        )
     b.set_weights(a.get_weights())  # equivariant weights right, branch in the wrong coordinates
     wrong = b(tf.constant(to_ir_mul(x, IN1))).numpy()
     assert np.abs(wrong - to_ir_mul(ya, OUT)).max() > 1e-3 * np.abs(ya).max()

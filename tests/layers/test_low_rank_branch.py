@@ -48,7 +48,7 @@ def numpy_penalties(layer, x):
         g_in, g_out = np.kron(np.eye(c_in), gen), np.kron(np.eye(c_out), gen)
         # L_k R(x) = J_R(x) (G_in x) - G_out R(x), in row vectors: (x G_in^T) W - R(x) G_out^T
         lie += np.sum(((rows @ g_in.T) @ w - r @ g_out.T) ** 2)
-    return lie, np.sum(r ** 2)
+    return lie, np.sum(r**2)
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -58,8 +58,9 @@ def test_low_rank_penalties_all_methods_equal_numpy_float64(bias):
     expected = numpy_penalties(layer, x.numpy())
     assert expected[0] > 1.0 and expected[1] > 1.0
     for method in METHODS:
-        np.testing.assert_allclose([float(v) for v in layer.branch_penalties(x, method=method)], expected,
-                                   rtol=1e-10, err_msg=method)
+        np.testing.assert_allclose(
+            [float(v) for v in layer.branch_penalties(x, method=method)], expected, rtol=1e-10, err_msg=method
+        )
 
 
 def test_low_rank_penalties_float32():
@@ -67,8 +68,9 @@ def test_low_rank_penalties_float32():
     expected = numpy_penalties(layer, x.numpy())
     for method in METHODS:
         # float32 sums of ~10^2 terms of size ~10^2: relative error well below 1e-4
-        np.testing.assert_allclose([float(v) for v in layer.branch_penalties(x, method=method)], expected,
-                                   rtol=1e-4, err_msg=method)
+        np.testing.assert_allclose(
+            [float(v) for v in layer.branch_penalties(x, method=method)], expected, rtol=1e-4, err_msg=method
+        )
 
 
 @pytest.mark.parametrize("method", ["closed_form", "direct"])
@@ -119,9 +121,14 @@ def test_low_rank_closed_form_near_equivariance_float32():
     layer.relaxation_kernel_v.assign(v)
     x32 = tf.constant(x.reshape(1, 200, c_in, 3), tf.float32)
     expected = numpy_penalties(layer, x32.numpy())[0]  # float64, from the float32-rounded weights
-    lie, _ = low_rank_branch_penalties(layer.relaxation_kernel_u, layer.relaxation_kernel_v, None,
-                                       gram_statistics(tf.reshape(x32, [200, -1])), layer.input_rep,
-                                       layer.output_rep)
+    lie, _ = low_rank_branch_penalties(
+        layer.relaxation_kernel_u,
+        layer.relaxation_kernel_v,
+        None,
+        gram_statistics(tf.reshape(x32, [200, -1])),
+        layer.input_rep,
+        layer.output_rep,
+    )
     # the penalty is ~1e-8 of ||W||^2 ||S||; float32 Gram matrix rounding allows ~1e-2 relative error
     np.testing.assert_allclose(float(lie), expected, rtol=2e-2)
 
@@ -191,8 +198,7 @@ def test_config_round_trip_and_composite_layers_pass_the_rank():
     np.testing.assert_allclose(clone(x).numpy(), y.numpy(), rtol=1e-6, atol=1e-6)
     lie, proj = layer.relaxation_penalties(x)
     parts = [layer.map_to_feat.branch_penalties(x, method="jvp"), layer.map_to_dir.branch_penalties(x, method="jvp")]
-    np.testing.assert_allclose([float(lie), float(proj)], [sum(float(p[i]) for p in parts) for i in (0, 1)],
-                               rtol=1e-4)
+    np.testing.assert_allclose([float(lie), float(proj)], [sum(float(p[i]) for p in parts) for i in (0, 1)], rtol=1e-4)
 
 
 def test_projection_drops_both_factors():
@@ -211,11 +217,15 @@ def test_projection_drops_both_factors():
     assert len(collector) == 0
 
 
-@pytest.mark.parametrize("layer_cls, kwargs", [
-    pytest.param(VNLinear, dict(channels=5, relaxation_rank=2), id="vn_linear"),
-    pytest.param(VNLeakyReLU, dict(channels=6, relaxation_rank=3, relaxation_initializer="random_normal"),
-                 id="vn_leaky_relu"),
-])
+@pytest.mark.parametrize(
+    "layer_cls, kwargs",
+    [
+        pytest.param(VNLinear, dict(channels=5, relaxation_rank=2), id="vn_linear"),
+        pytest.param(
+            VNLeakyReLU, dict(channels=6, relaxation_rank=3, relaxation_initializer="random_normal"), id="vn_leaky_relu"
+        ),
+    ],
+)
 def test_run_layer_test_low_rank(layer_cls, kwargs):
     """Low-rank branches through run_layer_test: round trips keep the rank, project drops both factors and
     equals theta = 0, the relaxed layer at theta = 1 is not equivariant."""

@@ -42,11 +42,14 @@ def test_bf16_layer_computes_in_bf16_with_float32_penalties(rank):
     assert np.linalg.norm(y16 - y32) <= 5e-2 * np.linalg.norm(y32)
 
 
-@pytest.mark.parametrize("layer_cls, kwargs", [
-    pytest.param(VNLinear, dict(channels=5), id="vn_linear"),
-    pytest.param(VNLeakyReLU, dict(channels=5), id="vn_leaky_relu"),
-    pytest.param(VNLeakyReLU, dict(channels=5, relaxation_rank=2), id="vn_leaky_relu_low_rank"),
-])
+@pytest.mark.parametrize(
+    "layer_cls, kwargs",
+    [
+        pytest.param(VNLinear, dict(channels=5), id="vn_linear"),
+        pytest.param(VNLeakyReLU, dict(channels=5), id="vn_leaky_relu"),
+        pytest.param(VNLeakyReLU, dict(channels=5, relaxation_rank=2), id="vn_leaky_relu_low_rank"),
+    ],
+)
 def test_run_layer_test_mixed_bfloat16(layer_cls, kwargs):
     """bf16 layers through run_layer_test (float32 inputs; bfloat16 tolerances for the equivariance check)."""
     result = run_layer_test(layer_cls, dict(kwargs, dtype="mixed_bfloat16"), (2, 16, 4, 3))
@@ -59,16 +62,20 @@ def test_bf16_relaxed_train_step_small_model():
     keras.utils.set_random_seed(0)
     inputs = keras.Input((12, 4, 3))
     h = VNLeakyReLU(6, relaxation_initializer="random_normal", dtype="mixed_bfloat16", name="full_rank")(inputs)
-    h = VNLeakyReLU(6, relaxation_rank=2, relaxation_initializer="random_normal", dtype="mixed_bfloat16",
-                    name="low_rank")(h)
+    h = VNLeakyReLU(
+        6, relaxation_rank=2, relaxation_initializer="random_normal", dtype="mixed_bfloat16", name="low_rank"
+    )(h)
     logits = keras.layers.Dense(3, dtype="float32")(keras.layers.Flatten(dtype="mixed_bfloat16")(h))
     model = kr.RelaxedModel(inputs, logits)
     x = tf.random.stateless_normal([4, 12, 4, 3], seed=[5, 6])
     with collect_relaxation_penalties() as collector:
         model(x, training=True)
     assert len(collector) == 4 and all(t.dtype == tf.float32 for t in collector.lie + collector.projection)
-    model.compile(optimizer=keras.optimizers.SGD(0.01), run_eagerly=True,
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01),
+        run_eagerly=True,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     logs = model.train_on_batch(x, np.array([0, 1, 2, 0]), return_dict=True)
     assert np.isfinite(logs["loss"]) and logs["lie_penalty"] > 0.0 and logs["projection_penalty"] > 0.0
 
@@ -78,8 +85,14 @@ def test_bf16_relaxed_pointnet_step_runs_with_float32_penalties():
     """Rank 2: a low-rank branch in every VN map (all have min(D_in, D_out) > 2 at width 0.1)."""
     rank = 2
     keras.utils.set_random_seed(0)
-    model = vn_pointnet(width=0.1, k=6, num_classes=5, relaxation_rank=rank, relaxation_initializer="random_normal",
-                        dtype="mixed_bfloat16")
+    model = vn_pointnet(
+        width=0.1,
+        k=6,
+        num_classes=5,
+        relaxation_rank=rank,
+        relaxation_initializer="random_normal",
+        dtype="mixed_bfloat16",
+    )
     assert keras.config.dtype_policy().name == "float32"  # the global policy is left as it was
     x = tf.random.stateless_normal([4, 32, 3], seed=[3, 4])
     y = np.array([0, 1, 2, 3])
@@ -92,8 +105,11 @@ def test_bf16_relaxed_pointnet_step_runs_with_float32_penalties():
     assert np.isfinite(float(lie)) and float(proj) > 0.0
     conv = model.get_layer("conv1")
     assert conv.compute_dtype == "bfloat16" and conv.map_to_feat.theta.dtype == "float32"
-    model.compile(optimizer=keras.optimizers.SGD(0.01, clipvalue=1.0),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), run_eagerly=True)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01, clipvalue=1.0),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        run_eagerly=True,
+    )
     before = [v.numpy().copy() for v in relaxed_layers(model)[3].relaxation_variables]
     logs = model.train_on_batch(x, y, return_dict=True)
     assert np.isfinite(logs["loss"]) and logs["lie_penalty"] > 0.0 and logs["projection_penalty"] > 0.0

@@ -23,8 +23,7 @@ L = so3_generators_numpy(1)
 
 
 def make_layer(c_in, c_out, dtype="float32", seed=0, equivariant=False, bias=True, branch="linear"):
-    layer = VNLinear(c_out, relaxation_use_bias=bias, relaxation_branch=branch, relaxation_hidden_units=7,
-                     dtype=dtype)
+    layer = VNLinear(c_out, relaxation_use_bias=bias, relaxation_branch=branch, relaxation_hidden_units=7, dtype=dtype)
     x = tf.random.stateless_normal([2, 10, c_in, 3], seed=[seed, 1], dtype=dtype)
     layer(x)
     rng = np.random.default_rng(seed)
@@ -53,8 +52,10 @@ def numpy_branch(layer):
         def branch(v):
             return gelu(v.reshape(len(v), -1) @ w1 + b1) @ w + b
     else:
+
         def branch(v):
             return v.reshape(len(v), -1) @ w + b
+
     c_out = w.shape[1] // 3
     return lambda v: branch(v).reshape(len(v), c_out, 3)
 
@@ -65,11 +66,13 @@ def finite_difference_lie(layer, x, eps=1e-4):
     v = np.asarray(x, np.float64).reshape(-1, x.shape[-2], 3)
     total = 0.0
     for k in range(3):
+
         def moved(t):
             g = scipy.linalg.expm(t * L[k])
             return r(v @ g.T) @ np.linalg.inv(g).T
+
         deriv = (moved(eps) - moved(-eps)) / (2 * eps)
-        total += np.sum(deriv ** 2)
+        total += np.sum(deriv**2)
     return total
 
 
@@ -99,7 +102,7 @@ def test_lie_penalty_matches_finite_differences(method):
     expected = finite_difference_lie(layer, x.numpy())
     np.testing.assert_allclose(float(lie), expected, rtol=1e-6)
     r = numpy_branch(layer)(x.numpy().reshape(-1, 2, 3))
-    np.testing.assert_allclose(float(proj), np.sum(r ** 2), rtol=1e-10)
+    np.testing.assert_allclose(float(proj), np.sum(r**2), rtol=1e-10)
 
 
 @pytest.mark.parametrize("method", ["jvp", "tape"])
@@ -185,5 +188,8 @@ def test_auto_method_uses_direct_evaluation_for_pooled_features():
     assert layer.resolved_lie_method(x) == "closed_form"  # [batch, points, C, 3]: Gram matrix
     pooled = x[:, 0]  # [batch, C, 3]: fewer rows than input features
     assert layer.resolved_lie_method(pooled) == "direct"
-    np.testing.assert_allclose([float(v) for v in layer.branch_penalties(pooled)],
-                               [float(v) for v in layer.branch_penalties(pooled, method="jvp")], rtol=1e-10)
+    np.testing.assert_allclose(
+        [float(v) for v in layer.branch_penalties(pooled)],
+        [float(v) for v in layer.branch_penalties(pooled, method="jvp")],
+        rtol=1e-10,
+    )

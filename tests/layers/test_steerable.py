@@ -73,12 +73,24 @@ SPECS = {
     "tp": (O3TensorProduct, dict(irreps_in1=IN1, irreps_in2=ATTR, irreps_out=OUT), (IN1, ATTR), True),
     "tp_no_attr": (O3TensorProduct, dict(irreps_in1=IN1, irreps_in2=None, irreps_out=OUT), (IN1,), True),
     "tp_gate": (O3TensorProductGate, dict(irreps_in1=IN1, irreps_in2=ATTR, irreps_out=GATED_OUT), (IN1, ATTR), True),
-    "tp_gate_after": (O3TensorProductGate, dict(irreps_in1=IN1, irreps_in2=ATTR, irreps_out=GATED_OUT,
-                                                relaxation_placement="after_gate"), (IN1, ATTR), True),
-    "tp_gate_scalars": (O3TensorProductGate, dict(irreps_in1=IN1, irreps_in2=ATTR, irreps_out="3x0e"), (IN1, ATTR),
-                        True),
-    "gate": (Gate, dict(irreps_scalars="2x0e", irreps_gated="2x1o+1x1e+1x2e+1x0o"),
-             ("2x0e+5x0e+2x1o+1x1e+1x2e+1x0o",), False),
+    "tp_gate_after": (
+        O3TensorProductGate,
+        dict(irreps_in1=IN1, irreps_in2=ATTR, irreps_out=GATED_OUT, relaxation_placement="after_gate"),
+        (IN1, ATTR),
+        True,
+    ),
+    "tp_gate_scalars": (
+        O3TensorProductGate,
+        dict(irreps_in1=IN1, irreps_in2=ATTR, irreps_out="3x0e"),
+        (IN1, ATTR),
+        True,
+    ),
+    "gate": (
+        Gate,
+        dict(irreps_scalars="2x0e", irreps_gated="2x1o+1x1e+1x2e+1x0o"),
+        ("2x0e+5x0e+2x1o+1x1e+1x2e+1x0o",),
+        False,
+    ),
     "norm_instance": (SteerableNorm, dict(irreps=OUT), (OUT,), False),
     "norm_instance_max_norm": (SteerableNorm, dict(irreps=OUT, reduce="max", normalization="norm"), (OUT,), False),
     "norm_batch": (SteerableNorm, dict(irreps=OUT, mode="batch"), (OUT,), False),
@@ -93,8 +105,10 @@ def _inputs_of(irreps):
 
 
 # name -> (factory(**kw), inputs(seed) , has its own / a nested relaxation branch)
-CASES = {name: (functools.partial(cls, **kwargs), _inputs_of(irreps), branch)
-         for name, (cls, kwargs, irreps, branch) in SPECS.items()}
+CASES = {
+    name: (functools.partial(cls, **kwargs), _inputs_of(irreps), branch)
+    for name, (cls, kwargs, irreps, branch) in SPECS.items()
+}
 BRANCH_CASES = [n for n, c in CASES.items() if c[2]]
 
 
@@ -122,8 +136,11 @@ def randomize_affine(layer, seed=1):
 
 
 # --------------------------------------------------------------------------- 1. equivariance
-EQUIVARIANCE_PARAMS = [pytest.param(name, relaxed, id=f"{name}-{'relaxed_theta0' if relaxed else 'plain'}")
-                       for name, (_, _, branch) in CASES.items() for relaxed in ((False, True) if branch else (False,))]
+EQUIVARIANCE_PARAMS = [
+    pytest.param(name, relaxed, id=f"{name}-{'relaxed_theta0' if relaxed else 'plain'}")
+    for name, (_, _, branch) in CASES.items()
+    for relaxed in ((False, True) if branch else (False,))
+]
 
 
 @pytest.mark.parametrize("name, relaxed", EQUIVARIANCE_PARAMS)
@@ -143,8 +160,14 @@ def test_run_layer_test(name):
     zero penalties of an equivariant branch, O(3) equivariance with reflections (and the negative control)."""
     cls, kwargs, irreps, branch = SPECS[name]
     shapes = tuple(LEAD + (Irreps(i).dim,) for i in irreps)
-    result = run_layer_test(cls, dict(kwargs, dtype=F64), shapes[0] if len(shapes) == 1 else shapes, group="O3",
-                            num_samples=O3_DRAWS, negative_control=branch)
+    result = run_layer_test(
+        cls,
+        dict(kwargs, dtype=F64),
+        shapes[0] if len(shapes) == 1 else shapes,
+        group="O3",
+        num_samples=O3_DRAWS,
+        negative_control=branch,
+    )
     assert (result.projected_model is not None) == branch
     assert result.report.passed and result.report.scale > 1e-2
 
@@ -179,8 +202,7 @@ def test_parity_matters():
     assert_equivariant(layer, inputs, input_reps=reps_of(layer), group="O3", num_samples=2)
     wrong = IrrepsRep("1x1o")
     assert_equivariant(layer, inputs, input_reps=reps_of(layer), output_reps=wrong, group="SO3")
-    report = check_equivariance(layer, inputs, input_reps=reps_of(layer), output_reps=wrong, group="O3",
-                                num_samples=1)
+    report = check_equivariance(layer, inputs, input_reps=reps_of(layer), output_reps=wrong, group="O3", num_samples=1)
     assert not report.passed
     # no path 1o (x) 1o -> 1o: weight-free, output zero
     assert O3TensorProduct("1x1o", "1x1o", "1x1o").weight_numel == 0
@@ -262,10 +284,10 @@ def test_linear_matches_numpy():
         for i, (si, (mi, ri)) in enumerate(zip(ins.slices(), ins)):
             if ri != ro:
                 continue
-            w = kernel[offsets[i, o]:offsets[i, o] + mi * mo].reshape(mi, mo)
+            w = kernel[offsets[i, o] : offsets[i, o] + mi * mo].reshape(mi, mo)
             block += np.einsum("...ui,uw->...wi", xn[..., si].reshape(LEAD + (mi, ri.dim)), w) / math.sqrt(fan)
         if ro.is_scalar():
-            block += bias[ib:ib + mo, None]
+            block += bias[ib : ib + mo, None]
             ib += mo
         ref.append(block.reshape(LEAD + (-1,)))
     assert off == kernel.size == layer.weight_numel == 3 * 2 + 2 * 1 + 3 * 1
@@ -287,8 +309,15 @@ def test_gate_matches_numpy():
     assert layer.gate_constant == pytest.approx(c_g, rel=3e-3)
     c_s, c_g = layer.scalar_constant, layer.gate_constant
     gates = c_g * sigmoid(xn[..., 2:5])
-    ref = np.concatenate([c_s * silu(xn[..., :2]), xn[..., 5:8] * gates[..., :1],
-                          xn[..., 8:13] * gates[..., 1:2], xn[..., 13:18] * gates[..., 2:3]], -1)
+    ref = np.concatenate(
+        [
+            c_s * silu(xn[..., :2]),
+            xn[..., 5:8] * gates[..., :1],
+            xn[..., 8:13] * gates[..., 1:2],
+            xn[..., 13:18] * gates[..., 2:3],
+        ],
+        -1,
+    )
     np.testing.assert_allclose(out, ref, atol=1e-12)
     assert layer.irreps_in == "2x0e+3x0e+1x1o+2x2e" and layer.irreps_out == "2x0e+1x1o+2x2e"
 
@@ -313,7 +342,7 @@ def test_norm_statistics():
         block = out[..., sl].reshape(LEAD + (mul, ir.dim))
         if ir.l == 0:
             np.testing.assert_allclose(block.mean(axis=1), 0.0, atol=1e-12)  # centred per sample
-        sq = (block ** 2).mean(-1).mean(axis=1)  # component norm averaged over nodes
+        sq = (block**2).mean(-1).mean(axis=1)  # component norm averaged over nodes
         np.testing.assert_allclose(sq, 1.0, rtol=1e-4)
 
 
@@ -406,9 +435,11 @@ def test_penalties_only_inside_collector():
 # --------------------------------------------------------------------------- 4. serialization
 @pytest.mark.parametrize("name", list(CASES))
 def test_config_round_trip(name):
-    layer, x = built(name, relaxed=CASES[name][2],
-                      **({"relaxation_initializer": keras.initializers.RandomNormal(stddev=1e-4)}
-                         if CASES[name][2] else {}))
+    layer, x = built(
+        name,
+        relaxed=CASES[name][2],
+        **({"relaxation_initializer": keras.initializers.RandomNormal(stddev=1e-4)} if CASES[name][2] else {}),
+    )
     randomize_affine(layer)
     config = layer.get_config()
     for key in ("irreps", "irreps_in", "irreps_in1", "irreps_in2", "irreps_out", "irreps_scalars", "irreps_gated"):
@@ -451,7 +482,8 @@ def test_gate_branch_placement():
     set_theta(after, 0.7)
     flat_x = np_(x[0])
     expected = np_(after.gate(after.tensor_product(x))) + 0.7 * (
-        flat_x @ np_(after.relaxation_kernel) + np_(after.relaxation_bias))
+        flat_x @ np_(after.relaxation_kernel) + np_(after.relaxation_bias)
+    )
     np.testing.assert_allclose(np_(after(x)), expected, atol=1e-12)
     assert after.relaxation_kernel.shape == (Irreps(IN1).dim, Irreps(GATED_OUT).dim)
 
@@ -460,8 +492,11 @@ def test_gate_branch_placement():
     assert before.tensor_product.relaxation_kernel.shape[1] == Irreps(before.irreps_tp_out).dim
     plain = O3TensorProductGate(IN1, ATTR, GATED_OUT, relaxation_placement="after_gate", relaxed=False, dtype=F64)
     plain(x)
-    assert not relaxed_layers(plain) and plain.count_params() == after.count_params() - sum(
-        int(np.prod(v.shape)) for v in after.relaxation_variables) - 1  # branch W, b and theta
+    assert (
+        not relaxed_layers(plain)
+        and plain.count_params()
+        == after.count_params() - sum(int(np.prod(v.shape)) for v in after.relaxation_variables) - 1
+    )  # branch W, b and theta
     with pytest.raises(ValueError, match="relaxation_placement must be one of"):
         O3TensorProductGate(IN1, ATTR, GATED_OUT, relaxation_placement="inside")
 
@@ -470,8 +505,14 @@ def test_projection_of_steerable_model():
     from keras_relaxeq.export import project
 
     xi, ai = keras.Input((4, Irreps(IN1).dim), dtype=F64), keras.Input((4, Irreps(ATTR).dim), dtype=F64)
-    h = O3TensorProductGate(IN1, ATTR, "3x0e+2x1o", name="tpg", dtype=F64,
-                            relaxation_initializer=keras.initializers.RandomNormal(stddev=1e-4))((xi, ai))
+    h = O3TensorProductGate(
+        IN1,
+        ATTR,
+        "3x0e+2x1o",
+        name="tpg",
+        dtype=F64,
+        relaxation_initializer=keras.initializers.RandomNormal(stddev=1e-4),
+    )((xi, ai))
     h = SteerableNorm("3x0e+2x1o", name="norm", dtype=F64)(h)
     out = O3TensorProduct("3x0e+2x1o", ATTR, "1x1o", name="head", dtype=F64)((h, ai))
     model = keras.Model([xi, ai], out)
@@ -492,8 +533,9 @@ def test_training_steps_keep_projected_model_equivariant():
     from keras_relaxeq.training.model import RelaxedModel
 
     xi, ai = keras.Input((4, Irreps(IN1).dim), dtype=F64), keras.Input((4, Irreps(ATTR).dim), dtype=F64)
-    h = O3TensorProductGate(IN1, ATTR, "3x0e+2x1o", dtype=F64,
-                            relaxation_initializer=keras.initializers.RandomNormal(stddev=1e-4))((xi, ai))
+    h = O3TensorProductGate(
+        IN1, ATTR, "3x0e+2x1o", dtype=F64, relaxation_initializer=keras.initializers.RandomNormal(stddev=1e-4)
+    )((xi, ai))
     h = SteerableNorm("3x0e+2x1o", mode="batch", dtype=F64)(h)
     out = O3TensorProduct("3x0e+2x1o", ATTR, "1x1o", dtype=F64)((h, ai))
     model = RelaxedModel([xi, ai], out)
@@ -506,8 +548,14 @@ def test_training_steps_keep_projected_model_equivariant():
     set_theta(model, 0.0)
     plain_model = project(model)
     np.testing.assert_allclose(np_(plain_model(inputs)), np_(model(inputs)), atol=1e-12)
-    assert_equivariant(plain_model, tuple(inputs), input_reps=(IrrepsRep(IN1), IrrepsRep(ATTR)),
-                       output_reps=IrrepsRep("1x1o"), group="O3", num_samples=O3_DRAWS)
+    assert_equivariant(
+        plain_model,
+        tuple(inputs),
+        input_reps=(IrrepsRep(IN1), IrrepsRep(ATTR)),
+        output_reps=IrrepsRep("1x1o"),
+        group="O3",
+        num_samples=O3_DRAWS,
+    )
 
 
 # --------------------------------------------------------------------------- 5. errors

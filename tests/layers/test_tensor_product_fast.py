@@ -13,7 +13,6 @@ multiplicities, output irreps no path reaches, no attributes, both evaluation or
 diagonal (``l2 = 0``) shortcut.  Also the SEGNN graph helpers against gathers / incidence sums.
 """
 
-
 import keras
 import numpy as np
 import pytest
@@ -89,8 +88,13 @@ def test_run_layer_test(name):
     in1, in2, out = CASES[name]
     shape = LEAD + (Irreps(in1).dim,)
     shapes = shape if in2 is None else (shape, LEAD + (Irreps(in2).dim,))
-    run_layer_test(O3TensorProduct, dict(irreps_in1=in1, irreps_in2=in2, irreps_out=out, dtype=F64), shapes,
-                   group="O3", num_samples=1)
+    run_layer_test(
+        O3TensorProduct,
+        dict(irreps_in1=in1, irreps_in2=in2, irreps_out=out, dtype=F64),
+        shapes,
+        group="O3",
+        num_samples=1,
+    )
 
 
 def test_cases_cover_both_evaluation_orders_and_the_diagonal_shortcut():

@@ -47,8 +47,7 @@ def test_inference_and_float64_inputs():
     out = bn(x, training=True).numpy()
     want = numpy_batchnorm(x.reshape(-1, 4), 1.0, 0.0, bn.epsilon).reshape(x.shape)
     np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(bn.moving_variance.numpy(), 0.9 + 0.1 * x.reshape(-1, 4).var(axis=0, ddof=1),
-                               rtol=1e-12)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), 0.9 + 0.1 * x.reshape(-1, 4).var(axis=0, ddof=1), rtol=1e-12)
     inference = bn(x, training=False).numpy()  # moving statistics
     mean, var = bn.moving_mean.numpy(), bn.moving_variance.numpy()
     np.testing.assert_allclose(inference, (x - mean) / np.sqrt(var + bn.epsilon), rtol=1e-12, atol=1e-12)

@@ -87,15 +87,31 @@ def randomize_batchnorm(layer, seed=0):
 # name -> (layer class, constructor arguments, input shapes the layer accepts, has a relaxation branch)
 SPECS = {
     "linear": (VNLinear, dict(channels=5), [SHAPE_POINTS, SHAPE_NEIGHBOURS, SHAPE_POOLED], True),
-    "lrelu_feat_s02": (VNLeakyReLU, dict(channels=5, negative_slope=0.2),
-                       [SHAPE_POINTS, SHAPE_NEIGHBOURS, SHAPE_POOLED], True),
+    "lrelu_feat_s02": (
+        VNLeakyReLU,
+        dict(channels=5, negative_slope=0.2),
+        [SHAPE_POINTS, SHAPE_NEIGHBOURS, SHAPE_POOLED],
+        True,
+    ),
     "lrelu_feat_s0": (VNLeakyReLU, dict(channels=5, negative_slope=0.0), [SHAPE_POINTS, SHAPE_POOLED], True),
-    "lrelu_feat_shared": (VNLeakyReLU, dict(channels=5, negative_slope=0.2, share_nonlinearity=True),
-                          [SHAPE_POINTS, SHAPE_POOLED], True),
-    "lrelu_nofeat_s0": (VNLeakyReLU, dict(channels=None, negative_slope=0.0),
-                        [SHAPE_POINTS, SHAPE_NEIGHBOURS, SHAPE_POOLED], True),
-    "lrelu_nofeat_shared_s02": (VNLeakyReLU, dict(channels=None, negative_slope=0.2, share_nonlinearity=True),
-                                [SHAPE_POINTS, SHAPE_POOLED], True),
+    "lrelu_feat_shared": (
+        VNLeakyReLU,
+        dict(channels=5, negative_slope=0.2, share_nonlinearity=True),
+        [SHAPE_POINTS, SHAPE_POOLED],
+        True,
+    ),
+    "lrelu_nofeat_s0": (
+        VNLeakyReLU,
+        dict(channels=None, negative_slope=0.0),
+        [SHAPE_POINTS, SHAPE_NEIGHBOURS, SHAPE_POOLED],
+        True,
+    ),
+    "lrelu_nofeat_shared_s02": (
+        VNLeakyReLU,
+        dict(channels=None, negative_slope=0.2, share_nonlinearity=True),
+        [SHAPE_POINTS, SHAPE_POOLED],
+        True,
+    ),
     "batchnorm": (VNBatchNorm, {}, [SHAPE_POINTS, SHAPE_NEIGHBOURS], False),
     "meanpool": (VNMeanPool, {}, [SHAPE_POINTS, SHAPE_NEIGHBOURS], False),
     "meanpool_points_keepdims": (VNMeanPool, dict(axis=1, keepdims=True), [SHAPE_NEIGHBOURS], False),
@@ -103,15 +119,20 @@ SPECS = {
     "maxpool_points": (VNMaxPool, dict(axis=1), [SHAPE_NEIGHBOURS], True),
     "std": (VNStdFeature, {}, [SHAPE_STD, SHAPE_STD_NEIGHBOURS], True),
     "std_normalized": (VNStdFeature, dict(normalize_frame=True), [SHAPE_STD, SHAPE_STD_NEIGHBOURS], True),
-    "lrelu_concat_mean": (VNLeakyReLU, dict(channels=5, negative_slope=0.2, concat_mean=True),
-                          [SHAPE_POINTS, SHAPE_NEIGHBOURS], True),
+    "lrelu_concat_mean": (
+        VNLeakyReLU,
+        dict(channels=5, negative_slope=0.2, concat_mean=True),
+        [SHAPE_POINTS, SHAPE_NEIGHBOURS],
+        True,
+    ),
     "std_concat_mean": (VNStdFeature, dict(concat_mean=True), [SHAPE_POINTS, SHAPE_NEIGHBOURS], True),
     "graph": (VNGraphFeature, dict(k=5), [(2, 16, 4, 3)], False),
     "graph_cross": (VNGraphFeature, dict(k=5, cross=True), [(2, 16, 4, 3)], False),
 }
 # name -> (factory(**relaxation kwargs), input shapes the layer accepts, has a relaxation branch)
-CASES = {name: (functools.partial(cls, **kwargs), shapes, branch)
-         for name, (cls, kwargs, shapes, branch) in SPECS.items()}
+CASES = {
+    name: (functools.partial(cls, **kwargs), shapes, branch) for name, (cls, kwargs, shapes, branch) in SPECS.items()
+}
 
 EQUIVARIANCE_PARAMS = [
     pytest.param(name, shape, relaxed, id=f"{name}-{'x'.join(map(str, shape))}-{'relaxed' if relaxed else 'plain'}")
@@ -121,8 +142,16 @@ EQUIVARIANCE_PARAMS = [
 ]
 BRANCH_CASES = [name for name, (_, _, branch) in CASES.items() if branch]
 # one configuration of each layer class (and of each VNLeakyReLU / VNStdFeature mode)
-REPRESENTATIVE = ["linear", "lrelu_feat_s02", "lrelu_nofeat_shared_s02", "batchnorm", "meanpool", "maxpool",
-                  "std_normalized", "graph_cross"]
+REPRESENTATIVE = [
+    "linear",
+    "lrelu_feat_s02",
+    "lrelu_nofeat_shared_s02",
+    "batchnorm",
+    "meanpool",
+    "maxpool",
+    "std_normalized",
+    "graph_cross",
+]
 
 
 def built(name, shape, seed=0, **kw):
@@ -148,8 +177,14 @@ def test_equivariant(name, shape, relaxed):
 NEGATIVE_CONTROL = [n for n in BRANCH_CASES if n not in ("lrelu_nofeat_s0", "maxpool_points")]
 
 
-@pytest.mark.parametrize("name, shape", [pytest.param(name, shape, id=f"{name}-{'x'.join(map(str, shape))}")
-                                         for name, (_, _, shapes, _) in SPECS.items() for shape in shapes[:1]])
+@pytest.mark.parametrize(
+    "name, shape",
+    [
+        pytest.param(name, shape, id=f"{name}-{'x'.join(map(str, shape))}")
+        for name, (_, _, shapes, _) in SPECS.items()
+        for shape in shapes[:1]
+    ],
+)
 def test_run_layer_test(name, shape):
     """Build, call, config / serialization / .keras round trips, relaxed -> project == theta = 0 == plain,
     zero penalties of an equivariant branch, SO(3) equivariance (and the negative control)."""
@@ -256,16 +291,18 @@ def test_relaxed_vnlinear_adds_theta_times_dense_branch():
     assert np.abs(f64(out) - np_vnlinear(f64(x), f64(layer.kernel))).max() > 1e-2
 
 
-@pytest.mark.parametrize("channels, share, slope, use_bn", [
-    (5, False, 0.2, True),
-    (5, False, 0.0, False),
-    (5, True, 0.2, False),
-    (None, False, 0.0, False),
-    (None, True, 0.2, False),
-])
+@pytest.mark.parametrize(
+    "channels, share, slope, use_bn",
+    [
+        (5, False, 0.2, True),
+        (5, False, 0.0, False),
+        (5, True, 0.2, False),
+        (None, False, 0.0, False),
+        (None, True, 0.2, False),
+    ],
+)
 def test_vn_leaky_relu_formula(channels, share, slope, use_bn):
-    layer = VNLeakyReLU(channels, negative_slope=slope, share_nonlinearity=share, use_batchnorm=use_bn,
-                        relaxed=False)
+    layer = VNLeakyReLU(channels, negative_slope=slope, share_nonlinearity=share, use_batchnorm=use_bn, relaxed=False)
     x = vectors(SHAPE_POINTS, seed=7)
     layer(x)
     randomize_batchnorm(layer, seed=8)
@@ -273,8 +310,7 @@ def test_vn_leaky_relu_formula(channels, share, slope, use_bn):
     p = xn if channels is None else np_vnlinear(xn, f64(layer.map_to_feat.kernel))
     if use_bn:
         bn = layer.batchnorm.batchnorm
-        p = np_vn_batchnorm(p, f64(bn.gamma), f64(bn.beta), f64(bn.moving_mean), f64(bn.moving_variance),
-                            bn.epsilon)
+        p = np_vn_batchnorm(p, f64(bn.gamma), f64(bn.beta), f64(bn.moving_mean), f64(bn.moving_variance), bn.epsilon)
     d = np_vnlinear(xn, f64(layer.map_to_dir.kernel))
     assert d.shape[-2] == (1 if share else p.shape[-2])
     expected = np_leaky(p, d, slope)
@@ -301,16 +337,16 @@ def test_vn_batchnorm_inference_keeps_directions():
     out = f64(layer(x, training=False))
     bn = layer.batchnorm
     xn = f64(x)
-    expected = np_vn_batchnorm(xn, f64(bn.gamma), f64(bn.beta), f64(bn.moving_mean), f64(bn.moving_variance),
-                               bn.epsilon)
+    expected = np_vn_batchnorm(
+        xn, f64(bn.gamma), f64(bn.beta), f64(bn.moving_mean), f64(bn.moving_variance), bn.epsilon
+    )
     close(out, expected, atol=1e-4, rtol=1e-4)
     # direction kept (up to the sign of the normalised norm): out is parallel to x
     np.testing.assert_allclose(np.cross(out, xn), 0.0, atol=1e-4)
     # the norm went through the BN affine map with the moving statistics
     signed_norm = np.sum(out * xn, axis=-1) / np.linalg.norm(xn, axis=-1)
     norm = np.linalg.norm(xn, axis=-1) + VN_EPS
-    mapped = f64(bn.gamma) * (norm - f64(bn.moving_mean)) / np.sqrt(f64(bn.moving_variance) + bn.epsilon) \
-        + f64(bn.beta)
+    mapped = f64(bn.gamma) * (norm - f64(bn.moving_mean)) / np.sqrt(f64(bn.moving_variance) + bn.epsilon) + f64(bn.beta)
     np.testing.assert_allclose(signed_norm, mapped, atol=1e-4, rtol=1e-4)
 
 
@@ -325,11 +361,14 @@ def test_vn_batchnorm_training_uses_batch_statistics_of_norms():
     close(out, expected, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("shape, axis, keepdims", [
-    (SHAPE_POINTS, -3, False),
-    (SHAPE_NEIGHBOURS, -3, False),
-    (SHAPE_NEIGHBOURS, 1, True),
-])
+@pytest.mark.parametrize(
+    "shape, axis, keepdims",
+    [
+        (SHAPE_POINTS, -3, False),
+        (SHAPE_NEIGHBOURS, -3, False),
+        (SHAPE_NEIGHBOURS, 1, True),
+    ],
+)
 def test_vn_mean_pool(shape, axis, keepdims):
     layer = VNMeanPool(axis=axis, keepdims=keepdims)
     x = vectors(shape, seed=12)
@@ -339,12 +378,15 @@ def test_vn_mean_pool(shape, axis, keepdims):
     close(out, expected)
 
 
-@pytest.mark.parametrize("shape, axis, relaxed", [
-    (SHAPE_POINTS, -3, False),
-    (SHAPE_NEIGHBOURS, -3, False),
-    (SHAPE_NEIGHBOURS, 1, False),
-    (SHAPE_POINTS, -3, True),
-])
+@pytest.mark.parametrize(
+    "shape, axis, relaxed",
+    [
+        (SHAPE_POINTS, -3, False),
+        (SHAPE_NEIGHBOURS, -3, False),
+        (SHAPE_NEIGHBOURS, 1, False),
+        (SHAPE_POINTS, -3, True),
+    ],
+)
 def test_vn_max_pool_picks_largest_projection(shape, axis, relaxed):
     layer = VNMaxPool(axis=axis, relaxed=relaxed)
     x = vectors(shape, seed=13)
@@ -429,8 +471,9 @@ def test_vn_std_feature_projects_onto_frame(normalize_frame):
         u2 = v2_perp / np.linalg.norm(v2_perp, axis=-1, keepdims=True)
         # single-pass Gram-Schmidt in float32 is only accurate where v1 and v2 are far from
         # zero / parallel; check the frame tightly there (most points)
-        ok = (np.linalg.norm(v1, axis=-1) > 0.05) & \
-             (np.linalg.norm(v2_perp, axis=-1) > 0.05 * np.maximum(np.linalg.norm(v2, axis=-1), 1.0))
+        ok = (np.linalg.norm(v1, axis=-1) > 0.05) & (
+            np.linalg.norm(v2_perp, axis=-1) > 0.05 * np.maximum(np.linalg.norm(v2, axis=-1), 1.0)
+        )
         assert ok.mean() > 0.5
         zk = z[ok]
         gram = np.einsum("pki,pli->pkl", zk, zk)
@@ -444,8 +487,13 @@ def test_vn_std_feature_projects_onto_frame(normalize_frame):
 
 # --------------------------------------------------------------------------- 3. serialization
 ROUNDTRIP_CASES = [
-    pytest.param(name, CASES[name][1][0], relaxed, use_bias,
-                 id=f"{name}-{'relaxed' if relaxed else 'plain'}{'' if use_bias else '-nobias'}")
+    pytest.param(
+        name,
+        CASES[name][1][0],
+        relaxed,
+        use_bias,
+        id=f"{name}-{'relaxed' if relaxed else 'plain'}{'' if use_bias else '-nobias'}",
+    )
     for name, relaxed, use_bias in [(n, True, i % 2 == 0) for i, n in enumerate(CASES)]
     + [("linear", False, True), ("lrelu_feat_shared", False, True), ("std", False, True)]
 ]
@@ -473,9 +521,19 @@ def test_get_config_round_trip(name, shape, relaxed, use_bias):
         np.testing.assert_array_equal(a, b)
 
 
-SAVE_CASES = [pytest.param(name, CASES[name][1][0], id=name)
-              for name in ("linear", "lrelu_feat_s02", "lrelu_nofeat_s0", "batchnorm", "meanpool", "maxpool",
-                           "std_normalized", "graph_cross")]
+SAVE_CASES = [
+    pytest.param(name, CASES[name][1][0], id=name)
+    for name in (
+        "linear",
+        "lrelu_feat_s02",
+        "lrelu_nofeat_s0",
+        "batchnorm",
+        "meanpool",
+        "maxpool",
+        "std_normalized",
+        "graph_cross",
+    )
+]
 
 
 @pytest.mark.parametrize("name, shape", SAVE_CASES)
@@ -512,8 +570,9 @@ def weight_names(layer):
     return [w.path.split("/")[-1] for w in layer.weights]
 
 
-@pytest.mark.parametrize("name, relaxed", [(n, False) for n in REPRESENTATIVE]
-                         + [(n, True) for n in REPRESENTATIVE if not CASES[n][2]])
+@pytest.mark.parametrize(
+    "name, relaxed", [(n, False) for n in REPRESENTATIVE] + [(n, True) for n in REPRESENTATIVE if not CASES[n][2]]
+)
 def test_no_branch_and_no_theta(name, relaxed):
     """relaxed=False layers, and relaxed layers without a linear map of their own, carry no branch."""
     layer, _ = built(name, CASES[name][1][0], relaxed=relaxed)
@@ -522,8 +581,11 @@ def test_no_branch_and_no_theta(name, relaxed):
     assert relaxed_layers(layer) == [] and get_theta(layer) is None
 
 
-@pytest.mark.parametrize("name, use_bias", [(n, True) for n in REPRESENTATIVE if CASES[n][2]]
-                         + [("linear", False), ("lrelu_nofeat_s0", False), ("std", False)])
+@pytest.mark.parametrize(
+    "name, use_bias",
+    [(n, True) for n in REPRESENTATIVE if CASES[n][2]]
+    + [("linear", False), ("lrelu_nofeat_s0", False), ("std", False)],
+)
 def test_relaxed_layers_have_branch_and_frozen_theta(name, use_bias):
     layer, _ = built(name, CASES[name][1][0], relaxed=True, relaxation_use_bias=use_bias)
     branches = relaxed_layers(layer)
@@ -567,9 +629,10 @@ def test_vn_leaky_relu_parameter_counts():
 
 
 # --------------------------------------------------------------------------- 5. errors
-ALL_LAYER_FACTORIES = [pytest.param(CASES[n][0], id=n) for n in
-                       ("linear", "lrelu_feat_s02", "lrelu_nofeat_s0", "batchnorm", "meanpool", "maxpool", "std",
-                        "graph")]
+ALL_LAYER_FACTORIES = [
+    pytest.param(CASES[n][0], id=n)
+    for n in ("linear", "lrelu_feat_s02", "lrelu_nofeat_s0", "batchnorm", "meanpool", "maxpool", "std", "graph")
+]
 
 
 @pytest.mark.parametrize("factory", ALL_LAYER_FACTORIES)
@@ -702,12 +765,13 @@ def test_vn_leaky_relu_penalties_are_sum_of_both_maps():
     xn = f64(x)
     for sub, value in ((layer.map_to_feat, proj_f), (layer.map_to_dir, proj_d)):
         r = xn.reshape(-1, 12) @ f64(sub.relaxation_kernel) + f64(sub.relaxation_bias)
-        np.testing.assert_allclose(float(value), np.sum(r ** 2), rtol=1e-4)
+        np.testing.assert_allclose(float(value), np.sum(r**2), rtol=1e-4)
 
 
 # --------------------------------------------------------------------------- dtype
-@pytest.mark.parametrize("factory", [pytest.param(CASES[n][0], id=n) for n in
-                                     ("linear", "lrelu_feat_s02", "batchnorm", "maxpool", "std")])
+@pytest.mark.parametrize(
+    "factory", [pytest.param(CASES[n][0], id=n) for n in ("linear", "lrelu_feat_s02", "batchnorm", "maxpool", "std")]
+)
 def test_layers_compute_in_their_float64_dtype(factory):
     """A float64 layer computes in float64, sublayers included (conventions: check equivariance in float64)."""
     layer = factory(relaxed=True, dtype="float64")
@@ -725,14 +789,17 @@ def test_layers_compute_in_their_float64_dtype(factory):
 def test_concat_mean_equals_layer_on_concatenated_features(kind, relaxed):
     """``concat_mean=True`` on x == the same weights with ``concat_mean=False`` on [x, mean_points(x)]:
     outputs, relaxation penalties and gradients (the fast path never builds the concatenation)."""
-    make = {"lrelu": lambda **kw: VNLeakyReLU(5, negative_slope=0.2, **kw),
-            "std": lambda **kw: VNStdFeature(negative_slope=0.2, **kw)}[kind]
+    make = {
+        "lrelu": lambda **kw: VNLeakyReLU(5, negative_slope=0.2, **kw),
+        "std": lambda **kw: VNStdFeature(negative_slope=0.2, **kw),
+    }[kind]
     fast, ref = make(concat_mean=True, relaxed=relaxed), make(concat_mean=False, relaxed=relaxed)
     x = vectors(SHAPE_POINTS, seed=31)
     full = concat_mean_features(x)
     assert full.shape == (2, 32, 8, 3)
-    np.testing.assert_allclose(full[:, :, 4:].numpy(), np.broadcast_to(x.numpy().mean(axis=1, keepdims=True),
-                                                                       x.shape), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        full[:, :, 4:].numpy(), np.broadcast_to(x.numpy().mean(axis=1, keepdims=True), x.shape), rtol=1e-6, atol=1e-7
+    )
     fast(x), ref(full)
     assert [w.shape for w in fast.weights] == [w.shape for w in ref.weights]
     randomize_batchnorm(fast, seed=32)
@@ -748,8 +815,9 @@ def test_concat_mean_equals_layer_on_concatenated_features(kind, relaxed):
     with tf.GradientTape(persistent=True) as tape:
         loss_fast = tf.reduce_sum(tf.nest.flatten(fast(x, training=True))[0] ** 2)
         loss_ref = tf.reduce_sum(tf.nest.flatten(ref(full, training=True))[0] ** 2)
-    for g_fast, g_ref in zip(tape.gradient(loss_fast, fast.trainable_weights),
-                             tape.gradient(loss_ref, ref.trainable_weights)):
+    for g_fast, g_ref in zip(
+        tape.gradient(loss_fast, fast.trainable_weights), tape.gradient(loss_ref, ref.trainable_weights)
+    ):
         close(g_fast, g_ref, atol=1e-3, rtol=1e-4)
     if relaxed:
         penalties_fast = [float(v) for v in fast.relaxation_penalties(x)]
@@ -767,6 +835,7 @@ def test_concat_mean_needs_points_axis_and_channels():
 
 def test_knn_run_time_check_only_for_a_dynamic_number_of_points():
     """XLA drops Assert ops with a warning at every compilation: none where the static shape was checked."""
+
     def op_types(spec):
         fn = tf.function(lambda x: knn_graph_feature(x, k=4))
         return {op.type for op in fn.get_concrete_function(spec).graph.get_operations()}

@@ -14,8 +14,13 @@ def reference_tp(in1, in2, out, kernel, bias, x, y, tp_rescale=True):
     """e3nn ``FullyConnectedTensorProduct`` (component normalisation) with SEGNN's rescaling, path by
     path in NumPy: ``coef * einsum('...ui,...vj,ijk,uvw->...wk')`` per path, kernel in e3nn path order."""
     in1, in2, out = Irreps(in1), Irreps(in2), Irreps(out)
-    paths = [(i1, i2, io) for i1, (m1, a) in enumerate(in1) for i2, (m2, b) in enumerate(in2)
-             for io, (mo, c) in enumerate(out) if m1 * m2 * mo and c in list(a * b)]
+    paths = [
+        (i1, i2, io)
+        for i1, (m1, a) in enumerate(in1)
+        for i2, (m2, b) in enumerate(in2)
+        for io, (mo, c) in enumerate(out)
+        if m1 * m2 * mo and c in list(a * b)
+    ]
     fan_in = {}
     for i1, i2, io in paths:
         fan_in[io] = fan_in.get(io, 0) + in1[i1].mul * in2[i2].mul
@@ -24,7 +29,7 @@ def reference_tp(in1, in2, out, kernel, bias, x, y, tp_rescale=True):
     off = 0
     for i1, i2, io in paths:
         (m1, r1), (m2, r2), (mo, ro) = in1[i1], in2[i2], out[io]
-        w = kernel[off:off + m1 * m2 * mo].reshape(m1, m2, mo)
+        w = kernel[off : off + m1 * m2 * mo].reshape(m1, m2, mo)
         off += m1 * m2 * mo
         coef = math.sqrt(ro.dim) if tp_rescale else math.sqrt(ro.dim / fan_in[io])
         xb = x[..., in1.slices()[i1]].reshape(lead + (m1, r1.dim))
@@ -36,6 +41,6 @@ def reference_tp(in1, in2, out, kernel, bias, x, y, tp_rescale=True):
         ib = 0
         for sl, (m, ir) in zip(out.slices(), out):
             if ir.is_scalar():
-                result[..., sl] += bias[ib:ib + m]
+                result[..., sl] += bias[ib : ib + m]
                 ib += m
     return result

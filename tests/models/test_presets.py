@@ -56,8 +56,11 @@ def test_pretrained_new_head_relaxed(env):
 def test_pretrained_fine_tuning_trains_and_projects(env):
     _, x = env
     model = kr.models.vn_pointnet(pretrained=True, num_classes=10, num_points=None)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=False,
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        jit_compile=False,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     y = np.arange(len(x)) % 10
     model.fit(x, y, epochs=1, batch_size=4, verbose=0, callbacks=[kr.ThetaScheduler("triangle")])
     plain = kr.project(model)

@@ -40,6 +40,7 @@ def nbody_cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def train_ds(nbody_cache):
     from keras_relaxeq.datasets.nbody import nbody_dataset
+
     return nbody_dataset("train", batch_size=BATCH, num_samples=100, seed=0, progress=False)
 
 
@@ -246,6 +247,7 @@ def test_keras_round_trip(trained, projected, batch, tmp_path):
 def _load_recipe():
     import importlib.util
     from pathlib import Path
+
     path = Path(__file__).resolve().parents[2] / "recipes" / "segnn_nbody.py"
     spec = importlib.util.spec_from_file_location("recipe_segnn_nbody", path)
     module = importlib.util.module_from_spec(spec)
@@ -258,13 +260,19 @@ def test_recipe_published_defaults():
     cfg = recipe.resolve_config(recipe.build_parser().parse_args([]))
     assert (cfg["epochs"], cfg["batch"], cfg["lr"], cfg["weight_decay"]) == (1000, 100, 5e-4, 1e-12)
     assert (cfg["lambda_lie"], cfg["lambda_proj"], cfg["schedule"]) == (0.01, 0.01, "triangle")
-    assert (cfg["layers"], cfg["hidden"], cfg["train_samples"], cfg["norm"], cfg["relaxed"]) == \
-        (4, 64, 3000, "none", True)
+    assert (cfg["layers"], cfg["hidden"], cfg["train_samples"], cfg["norm"], cfg["relaxed"]) == (
+        4,
+        64,
+        3000,
+        "none",
+        True,
+    )
     assert recipe.resolve_config(recipe.build_parser().parse_args(["--no-relaxed"]))["relaxed"] is False
     assert (cfg["centring"], cfg["rotate"]) == ("mass", True)
     assert (cfg["branch_placement"], cfg["branch_bias"]) == ("before_gate", True)
-    released = recipe.resolve_config(recipe.build_parser().parse_args(["--branch-placement", "after_gate",
-                                                                       "--no-branch-bias"]))
+    released = recipe.resolve_config(
+        recipe.build_parser().parse_args(["--branch-placement", "after_gate", "--no-branch-bias"])
+    )
     layer = recipe.build_model(released).get_layer("layer_0").update_layer_1
     assert layer.relaxation_placement == "after_gate" and layer.relaxation_bias is None
     ablation = recipe.resolve_config(recipe.build_parser().parse_args(["--centring", "coordinates", "--no-rotate"]))
@@ -277,10 +285,27 @@ def test_recipe_published_defaults():
 @pytest.mark.slow
 def test_recipe_runs_and_resumes(nbody_cache, tmp_path):
     import json
+
     recipe = _load_recipe()
     out = tmp_path / "run"
-    common = ["--train-samples", "50", "--val-samples", "50", "--test-samples", "50", "--batch", "25",
-              "--hidden", "8", "--layers", "1", "--output-dir", str(out), "--verbose", "0"]
+    common = [
+        "--train-samples",
+        "50",
+        "--val-samples",
+        "50",
+        "--test-samples",
+        "50",
+        "--batch",
+        "25",
+        "--hidden",
+        "8",
+        "--layers",
+        "1",
+        "--output-dir",
+        str(out),
+        "--verbose",
+        "0",
+    ]
     summary = recipe.main(["--epochs", "2"] + common)
     for name in ("summary.json", "history.png", "log.csv", "projected.keras", "best_projected.keras", "backup"):
         assert (out / name).exists(), name
@@ -347,18 +372,21 @@ def test_layouts_compute_the_same_model(batch, relaxed):
     for model in (a, b):
         model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
         model.train_on_batch(x, y)
-    branch_vars = {id(v) for layer in relaxed_layers(a) + relaxed_layers(b)
-                   for v in (layer.relaxation_kernel, layer.relaxation_bias)}
+    branch_vars = {
+        id(v)
+        for layer in relaxed_layers(a) + relaxed_layers(b)
+        for v in (layer.relaxation_kernel, layer.relaxation_bias)
+    }
     for va, vb in zip(a.weights, b.weights):
         if id(va) not in branch_vars:  # equivariant weights: the same in both layouts
             np.testing.assert_allclose(vb.numpy(), va.numpy(), rtol=1e-4, atol=1e-6, err_msg=va.path)
     for la, lb in zip(relaxed_layers(a), relaxed_layers(b)):  # branches: in permuted coordinates
         pin = layout_permutation(la.input_rep.irreps, "ir_mul")
         pout = layout_permutation(la.output_rep.irreps, "ir_mul")
-        np.testing.assert_allclose(lb.relaxation_kernel.numpy(), la.relaxation_kernel.numpy()[pin][:, pout],
-                                   rtol=1e-4, atol=1e-6)
-        np.testing.assert_allclose(lb.relaxation_bias.numpy(), la.relaxation_bias.numpy()[pout], rtol=1e-4,
-                                   atol=1e-6)
+        np.testing.assert_allclose(
+            lb.relaxation_kernel.numpy(), la.relaxation_kernel.numpy()[pin][:, pout], rtol=1e-4, atol=1e-6
+        )
+        np.testing.assert_allclose(lb.relaxation_bias.numpy(), la.relaxation_bias.numpy()[pout], rtol=1e-4, atol=1e-6)
     feats_a = a.get_layer("graph_features")([x["loc"], x["vel"], x["charges"]])[0].numpy()
     feats_b = b.get_layer("graph_features")([x["loc"], x["vel"], x["charges"]])[0].numpy()
     np.testing.assert_array_equal(feats_b, feats_a[..., layout_permutation(NBODY_INPUT_IRREPS, "ir_mul")])

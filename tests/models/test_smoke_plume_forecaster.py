@@ -35,8 +35,9 @@ def test_arms_build_and_predict_the_next_frame(arm):
         assert error > 1e-3
     if arm in ("relaxed", "rsteer_relaxed"):
         plain = project(model)
-        plain_arm = smoke_plume_forecaster(arm.replace("_relaxed", "").replace("relaxed", "equivariant"), grid=16,
-                                           width=0.05)
+        plain_arm = smoke_plume_forecaster(
+            arm.replace("_relaxed", "").replace("relaxed", "equivariant"), grid=16, width=0.05
+        )
         assert plain.count_params() == plain_arm.count_params()
         set_theta(model, 0.0)
         np.testing.assert_allclose(plain(x), model(x), atol=1e-5)
@@ -45,8 +46,9 @@ def test_arms_build_and_predict_the_next_frame(arm):
 
 
 def test_published_width_at_64x64_is_equivariant_after_projection():
-    model = smoke_plume_forecaster("relaxed", width=0.1, relaxation_initializer=keras.initializers.RandomNormal(
-        stddev=0.05))
+    model = smoke_plume_forecaster(
+        "relaxed", width=0.1, relaxation_initializer=keras.initializers.RandomNormal(stddev=0.05)
+    )
     x = frames(grid=64, seed=1)
     assert model(x).shape == (1, 64, 64, 2)
     assert rel_error(project(model), x) < 1e-5
@@ -75,8 +77,9 @@ def test_schedule_monitor_and_export_work_unchanged(tmp_path):
     assert model.layers[-1].theta.numpy() == 0.0  # the schedule ends at exactly 0
     rows = relaxation_report(model, x)
     assert [r["layer"] for r in rows][-1] == "total" and len(rows) == 6
-    path = export_saved_model(model, tmp_path, "smoke_plume_c4", 1, allow_relaxed=True, input_name="frames",
-                              outputs="regression")
+    path = export_saved_model(
+        model, tmp_path, "smoke_plume_c4", 1, allow_relaxed=True, input_name="frames", outputs="regression"
+    )
     served = tf.saved_model.load(str(path)).signatures["serving_default"]
     out = served(frames=tf.constant(x))
     np.testing.assert_allclose(list(out.values())[0], project(model)(x), atol=1e-5)

@@ -12,8 +12,10 @@ from keras_relaxeq.models.smoke_plume import forecaster_of, rollout_model, rollo
 
 def data(n=4, steps=3, grid=8, seed=0):
     rng = np.random.default_rng(seed)
-    return (rng.normal(size=(n, 10, grid, grid, 2)).astype("float32"),
-            rng.normal(size=(n, steps, grid, grid, 2)).astype("float32"))
+    return (
+        rng.normal(size=(n, 10, grid, grid, 2)).astype("float32"),
+        rng.normal(size=(n, steps, grid, grid, 2)).astype("float32"),
+    )
 
 
 def test_rollout_feeds_each_prediction_back():
@@ -65,8 +67,9 @@ def test_rollout_rmse_is_the_root_of_the_mean_per_batch_mse():
 
 
 def test_rollout_saves_and_loads(tmp_path):
-    model = rollout_model(smoke_plume_forecaster("rsteer_relaxed", grid=8, width=0.05,
-                                                 relaxation_initializer="random_normal"), steps=2)
+    model = rollout_model(
+        smoke_plume_forecaster("rsteer_relaxed", grid=8, width=0.05, relaxation_initializer="random_normal"), steps=2
+    )
     x, _ = data()
     model.save(tmp_path / "r.keras")
     loaded = keras.saving.load_model(tmp_path / "r.keras")

@@ -76,13 +76,19 @@ def run_reference_training(dtype="float32"):
     keras.config.set_dtype_policy(dtype)
     try:
         model = vn_pointnet_from_torch_state_dict(load_state_dict_npz(TRAIN_FIXTURE), dropout=0.0)
-        model.compile(optimizer=AdamL2(1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8, l2=1e-4),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      run_eagerly=True)  # 5 steps: eager costs less CPU than tracing the train step
+        model.compile(
+            optimizer=AdamL2(1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8, l2=1e-4),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            run_eagerly=True,
+        )  # 5 steps: eager costs less CPU than tracing the train step
         size = int(fixture["batch_size"])
         points, labels = fixture["points"].astype(dtype), fixture["labels"]
-        losses = [model.train_on_batch(points[i * size:(i + 1) * size], labels[i * size:(i + 1) * size],
-                                       return_dict=True)["loss"] for i in range(int(fixture["steps"]))]
+        losses = [
+            model.train_on_batch(
+                points[i * size : (i + 1) * size], labels[i * size : (i + 1) * size], return_dict=True
+            )["loss"]
+            for i in range(int(fixture["steps"]))
+        ]
         return fixture, np.array(losses, dtype="float64"), log_probs(model, points[:size]).astype("float64")
     finally:
         keras.config.set_dtype_policy(previous)
@@ -125,8 +131,9 @@ def test_relaxed_target_keeps_branches_at_initializer(eval_fixture, ported):
         for variable in layer.relaxation_variables:
             np.testing.assert_array_equal(variable.numpy(), 0.0)  # the zeros initializer
     # zero branches at theta = 1: the ported model's outputs
-    np.testing.assert_allclose(log_probs(relaxed, eval_fixture["points"]),
-                               log_probs(ported, eval_fixture["points"]), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        log_probs(relaxed, eval_fixture["points"]), log_probs(ported, eval_fixture["points"]), rtol=0, atol=1e-5
+    )
     plain = kr.project(relaxed)
     np.testing.assert_allclose(log_probs(plain, eval_fixture["points"]), eval_fixture["logprobs"], rtol=0, atol=1e-5)
 
@@ -157,8 +164,9 @@ def test_reference_branch_weights_load_into_our_branches():
     conv3 = model.get_layer("conv3")
     x = rng.normal(size=(2, 5, 42, 3)).astype("float32")
     ours = (conv3(x) - conv3.equivariant_call(x)).numpy()
-    theirs = reference_branch(x.transpose(0, 2, 3, 1), state["feat.conv3.dense_lin.weight"],
-                              state["feat.conv3.dense_lin.bias"]).transpose(0, 3, 1, 2)
+    theirs = reference_branch(
+        x.transpose(0, 2, 3, 1), state["feat.conv3.dense_lin.weight"], state["feat.conv3.dense_lin.bias"]
+    ).transpose(0, 3, 1, 2)
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
     direction = model.get_layer("conv1").map_to_dir
     np.testing.assert_array_equal(direction.relaxation_kernel.numpy(), state["feat.conv1.dense_map_to_dir.weight"].T)
@@ -211,8 +219,11 @@ def test_state_dict_forms_and_errors(eval_fixture):
 
     mis_shaped = dict(extra)
     mis_shaped["feat.conv1.map_to_feat.weight"] = np.zeros((21, 20), "float32")
-    with pytest.raises(ValueError, match=r"mis-shaped keys: feat\.conv1\.map_to_feat\.weight \(21, 20\) "
-                                         r"\(model: \(21, 21\)\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"mis-shaped keys: feat\.conv1\.map_to_feat\.weight \(21, 20\) "
+        r"\(model: \(21, 21\)\)",
+    ):
         vn_pointnet_from_torch_state_dict(mis_shaped, strict=False)  # unexpected keys ignored, shapes not
 
 

@@ -27,6 +27,7 @@ SMALL = {
 @pytest.fixture(scope="module")
 def shapes():
     from keras_relaxeq.datasets.modelnet40 import load_modelnet40
+
     data = load_modelnet40("train")  # the shared data must be there: a missing copy is a failure
     return tf.constant(np.asarray(data.points[:4, :64], np.float32))
 
@@ -45,8 +46,11 @@ def trained(shapes):
         model = builder(relaxed=True, **kwargs)
         assert kr.set_theta(model, 1.0) == SMALL[name][2]
         # Eager: tracing the penalised train step costs far more than one small step.
-        model.compile(optimizer=keras.optimizers.SGD(0.05, clipvalue=1.0),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), run_eagerly=True)
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.05, clipvalue=1.0),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            run_eagerly=True,
+        )
         history = model.fit(shapes, labels, batch_size=4, epochs=1, verbose=0)
         assert np.all(np.isfinite(history.history["loss"]))
         models[name] = model
@@ -100,8 +104,7 @@ def test_keras_round_trip(name, trained, shapes, tmp_path):
     assert isinstance(loaded, kr.RelaxedModel)
     assert kr.get_theta(loaded) == 1.0
     assert loaded.penalty_scale == model.penalty_scale
-    np.testing.assert_allclose(loaded(shapes, training=False), model(shapes, training=False),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(loaded(shapes, training=False), model(shapes, training=False), rtol=1e-5, atol=1e-6)
 
 
 def test_fixed_num_points_and_penalties(shapes):
@@ -121,13 +124,15 @@ def test_full_width_parameter_counts():
     assert trainable == pointnet_module.PUBLISHED_PLAIN_PARAMETERS == 1_972_745
     assert non_trainable == 4_726  # batch-norm moving statistics (PyTorch buffers)
     assert total == pointnet_module.PLAIN_COUNT_PARAMS == 1_977_471
-    kernels = sum(9 * int(np.prod(layer.kernel.shape)) for layer in plain._flatten_layers()
-                  if isinstance(layer, kr.layers.VNLinear))
+    kernels = sum(
+        9 * int(np.prod(layer.kernel.shape))
+        for layer in plain._flatten_layers()
+        if isinstance(layer, kr.layers.VNLinear)
+    )
     assert kernels == pointnet_module.BRANCH_KERNEL_PARAMETERS == 7_005_123
 
     dgcnn = vn_dgcnn(relaxed=False)
-    assert count_parameters(dgcnn) == (dgcnn_module.PLAIN_TRAINABLE_PARAMETERS, 3_578,
-                                       dgcnn_module.PLAIN_COUNT_PARAMS)
+    assert count_parameters(dgcnn) == (dgcnn_module.PLAIN_TRAINABLE_PARAMETERS, 3_578, dgcnn_module.PLAIN_COUNT_PARAMS)
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))

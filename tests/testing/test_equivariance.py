@@ -78,8 +78,9 @@ def test_e3_with_several_inputs_and_float32():
     report = assert_equivariant(step, {"loc": loc, "vel": vel, "charges": charges}, reps, "position", group="E3")
     assert report.group == "E3"
     bad = dict(reps, vel="position")  # a translated velocity moves the output by 0.1 t too much
-    assert not check_equivariance(step, {"loc": loc, "vel": vel, "charges": charges}, bad, "position",
-                                  group="E3").passed
+    assert not check_equivariance(
+        step, {"loc": loc, "vel": vel, "charges": charges}, bad, "position", group="E3"
+    ).passed
 
 
 def test_e3_without_a_position_input_is_an_error():
@@ -92,6 +93,7 @@ def test_e3_without_a_position_input_is_an_error():
 def test_t3_translates_positions_only():
     x = vectors(4, 5) + 10.0
     assert_equivariant(centred, x, "position", "vector", group="T3")  # differences ignore translations
+
     def shifted(t):  # follows translations, not rotations: adds a scalar to every coordinate
         return t + tf.reduce_sum(centred(t) ** 2, axis=-1, keepdims=True)
 
@@ -114,6 +116,7 @@ def test_e3_equivariance_errors_by_kind_of_move():
     errors = e3_equivariance_errors(step, loc, vel, charges, seed=1, translation_scale=2.0)
     assert errors["max_abs"] < 1e-5 and errors["num_systems"] == 3
     assert {"rotation_max_abs", "reflection_max_abs", "translation_max_abs"} <= set(errors)
-    shifted = e3_equivariance_errors(lambda loc, vel, charges: loc - loc.mean(axis=1, keepdims=True), loc,
-                                     vel, charges, translation_scale=2.0)
+    shifted = e3_equivariance_errors(
+        lambda loc, vel, charges: loc - loc.mean(axis=1, keepdims=True), loc, vel, charges, translation_scale=2.0
+    )
     assert shifted["translation_max_abs"] > 0.1  # a centred output does not follow the translation

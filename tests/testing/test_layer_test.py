@@ -101,18 +101,41 @@ class LeakyBranchVNLinear(VNLinear):
 
 
 # --------------------------------------------------------------------------- passes
-@pytest.mark.parametrize("layer_cls, kwargs, shape, group", [
-    pytest.param(VNLinear, {"channels": 5}, POINTS, None, id="vn_linear"),
-    pytest.param(VNLeakyReLU, {"channels": 5, "relaxation_rank": 2}, POINTS, "SO3", id="vn_leaky_relu_low_rank"),
-    pytest.param(VNBatchNorm, {}, POINTS, "O3", id="vn_batchnorm"),
-    pytest.param(O3Linear, {"irreps_in": "2x0e+1x1o+1x1e", "irreps_out": "1x0e+2x1o+1x1e", "dtype": "float64"},
-                 (2, 5, 8), "O3", id="o3_linear"),
-    pytest.param(O3TensorProduct, {"irreps_in1": "2x0e+1x1o", "irreps_in2": "1x0e+1x1o",
-                                   "irreps_out": "1x0e+2x1o+1x1e", "layout": "ir_mul", "dtype": "float64"},
-                 ((2, 5, 5), (2, 5, 4)), "O3", id="o3_tensor_product_ir_mul"),
-    pytest.param(SteerableNorm, {"irreps": "2x0e+1x1o", "mode": "batch", "dtype": "float64"}, (3, 4, 5), "O3",
-                 id="steerable_batch_norm"),
-])
+@pytest.mark.parametrize(
+    "layer_cls, kwargs, shape, group",
+    [
+        pytest.param(VNLinear, {"channels": 5}, POINTS, None, id="vn_linear"),
+        pytest.param(VNLeakyReLU, {"channels": 5, "relaxation_rank": 2}, POINTS, "SO3", id="vn_leaky_relu_low_rank"),
+        pytest.param(VNBatchNorm, {}, POINTS, "O3", id="vn_batchnorm"),
+        pytest.param(
+            O3Linear,
+            {"irreps_in": "2x0e+1x1o+1x1e", "irreps_out": "1x0e+2x1o+1x1e", "dtype": "float64"},
+            (2, 5, 8),
+            "O3",
+            id="o3_linear",
+        ),
+        pytest.param(
+            O3TensorProduct,
+            {
+                "irreps_in1": "2x0e+1x1o",
+                "irreps_in2": "1x0e+1x1o",
+                "irreps_out": "1x0e+2x1o+1x1e",
+                "layout": "ir_mul",
+                "dtype": "float64",
+            },
+            ((2, 5, 5), (2, 5, 4)),
+            "O3",
+            id="o3_tensor_product_ir_mul",
+        ),
+        pytest.param(
+            SteerableNorm,
+            {"irreps": "2x0e+1x1o", "mode": "batch", "dtype": "float64"},
+            (3, 4, 5),
+            "O3",
+            id="steerable_batch_norm",
+        ),
+    ],
+)
 def test_passes_on_real_layers(layer_cls, kwargs, shape, group):
     result = run_layer_test(layer_cls, kwargs, shape, group=group)
     assert isinstance(result, LayerTestResult) and result.report.passed and result.report.scale > 1e-2
@@ -125,8 +148,9 @@ def test_passes_on_real_layers(layer_cls, kwargs, shape, group):
 
 
 def test_expected_shape_negative_control_and_training_mode():
-    result = run_layer_test(VNLinear, {"channels": 5}, POINTS, expected_output_shape=(2, 12, 5, 3),
-                            negative_control=True)
+    result = run_layer_test(
+        VNLinear, {"channels": 5}, POINTS, expected_output_shape=(2, 12, 5, 3), negative_control=True
+    )
     assert result.outputs[0].shape == (2, 12, 5, 3)
     run_layer_test(VNLeakyReLU, {"channels": 3}, POINTS, training=True)
     with pytest.raises(AssertionError, match=r"output shapes \[\(2, 12, 5, 3\)\] instead of the expected"):
@@ -137,8 +161,7 @@ def test_e3_with_positions():
     result = run_layer_test(Centre, {}, (3, 8, 3), group="E3", input_reps="position", output_reps="vector")
     assert result.report.group == "E3" and result.relaxed_layer is None
     with pytest.raises(AssertionError, match="E3 equivariance.*Not equivariant"):
-        run_layer_test(keras.layers.Identity, {}, (3, 8, 3), group="E3", input_reps="position",
-                       output_reps="vector")
+        run_layer_test(keras.layers.Identity, {}, (3, 8, 3), group="E3", input_reps="position", output_reps="vector")
 
 
 def test_cyclic_grid_action():
@@ -151,8 +174,7 @@ def test_cyclic_grid_action():
     field = tf.constant(np.random.default_rng(0).normal(size=(2, 5, 5, 2)), tf.float64)
     vector = FieldType.vector(4)
     assert check_action_equivariance(tf.identity, field, CyclicGridAction(vector)).max_error == 0.0
-    assert not check_action_equivariance(tf.identity, field, CyclicGridAction(vector, FieldType.trivial(4, 2))
-                                         ).passed
+    assert not check_action_equivariance(tf.identity, field, CyclicGridAction(vector, FieldType.trivial(4, 2))).passed
     with pytest.raises(ValueError, match="cannot act exactly on a square grid"):
         CyclicGridAction(FieldType.trivial(3))
 
@@ -160,8 +182,9 @@ def test_cyclic_grid_action():
 def test_scale_action():
     # VN linear maps and the VN leaky ReLU without batch norm are positively homogeneous of degree 1
     run_layer_test(VNLinear, {"channels": 5}, POINTS, group=ScaleAction())
-    report = run_layer_test(VNLeakyReLU, {"channels": 5, "use_batchnorm": False}, POINTS,
-                            group=ScaleAction(scales=(0.25, 4.0))).report
+    report = run_layer_test(
+        VNLeakyReLU, {"channels": 5, "use_batchnorm": False}, POINTS, group=ScaleAction(scales=(0.25, 4.0))
+    ).report
     assert report.group == "scale" and report.num_samples == 2
     with pytest.raises(AssertionError, match="scale equivariance.*Not equivariant"):
         run_layer_test(VNBatchNorm, {}, POINTS, group=ScaleAction())  # the affine map of the norms
@@ -181,8 +204,11 @@ def test_fails_on_a_non_equivariant_layer():
 
 
 def test_fails_when_get_config_drops_an_argument():
-    with pytest.raises(AssertionError, match=r"get_config / from_config round trip: get_config\(\) drops the "
-                                             r"constructor argument\(s\) \['negative_slope'\]"):
+    with pytest.raises(
+        AssertionError,
+        match=r"get_config / from_config round trip: get_config\(\) drops the "
+        r"constructor argument\(s\) \['negative_slope'\]",
+    ):
         run_layer_test(ForgetfulLeakyReLU, {"channels": 5, "negative_slope": 0.0}, POINTS)
 
 
@@ -192,17 +218,26 @@ def test_fails_when_the_branch_does_not_reach_the_output():
 
 
 def test_fails_when_the_projection_is_not_the_theta_zero_output():
-    with pytest.raises(AssertionError, match=r"project\(\) of a model .*projected model's output and the relaxed "
-                                             r"layer's output at theta = 0: outputs differ"):
+    with pytest.raises(
+        AssertionError,
+        match=r"project\(\) of a model .*projected model's output and the relaxed "
+        r"layer's output at theta = 0: outputs differ",
+    ):
         run_layer_test(LeakyBranchVNLinear, {"channels": 5}, POINTS)
 
 
 def test_group_arguments_are_checked():
     with pytest.raises(ValueError, match="Unknown group 'SE2'"):
-        run_layer_test(VNLinear, {"channels": 2}, POINTS, group="SE2", check_relaxed=False,
-                       check_serialization=False)
+        run_layer_test(VNLinear, {"channels": 2}, POINTS, group="SE2", check_relaxed=False, check_serialization=False)
     with pytest.raises(ValueError, match="input_reps / output_reps go with a group name"):
-        run_layer_test(VNLinear, {"channels": 2}, POINTS, group=ScaleAction(), input_reps="vector",
-                       check_relaxed=False, check_serialization=False)
+        run_layer_test(
+            VNLinear,
+            {"channels": 2},
+            POINTS,
+            group=ScaleAction(),
+            input_reps="vector",
+            check_relaxed=False,
+            check_serialization=False,
+        )
     with pytest.raises(ValueError, match="input_shape or input_data"):
         run_layer_test(VNLinear, {"channels": 2})

@@ -35,16 +35,20 @@ def install(point: str, n: int):
 
     write = backup._write_manifest
     if point == "pending":
+
         def patched(path, text):
             if path.endswith(backup.MANIFEST) and reached():
                 die()
             write(path, text)
+
         backup._write_manifest = patched
     elif point == "committed":
+
         def patched(path, text):
             write(path, text)
             if path.endswith(backup.MANIFEST) and reached():
                 die()
+
         backup._write_manifest = patched
     elif point == "truncated":
         save = keras.Model.save_weights
@@ -55,11 +59,14 @@ def install(point: str, n: int):
                 with open(filepath, "r+b") as f:
                     f.truncate(os.path.getsize(filepath) // 2)
                 die()
+
         keras.Model.save_weights = patched
     elif point == "batch":
+
         def on_train_batch_end(self, batch, logs=None):
             if reached():
                 die()
+
         backup.MultiWorkerBackupAndRestore.on_train_batch_end = on_train_batch_end
     elif point != "final":
         raise SystemExit(f"unknown KILL_AT point {point!r}")
@@ -74,8 +81,10 @@ def main(argv):
         point, n = kill_at.split(":")
         install(point, int(n))
         if point == "final":
+
             def plot(*args, **kwargs):  # summary.json is written, history.png not yet
                 die()
+
             recipe.plot_regression_history = plot
     recipe.main(argv)
 

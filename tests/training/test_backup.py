@@ -44,14 +44,25 @@ def test_backs_up_every_n_epochs_and_after_the_last(tmp_path):
     backup = tmp_path / "killed"
     model = tiny_model()
     with pytest.raises(Killed):
-        model.fit(x, y, epochs=5, verbose=0,
-                  callbacks=[MultiWorkerBackupAndRestore(str(backup), delete_checkpoint=False, every_epochs=2),
-                             Watch(backup, kill_at=2)])
+        model.fit(
+            x,
+            y,
+            epochs=5,
+            verbose=0,
+            callbacks=[
+                MultiWorkerBackupAndRestore(str(backup), delete_checkpoint=False, every_epochs=2),
+                Watch(backup, kill_at=2),
+            ],
+        )
     saved = [w.copy() for w in model.get_weights()]  # after 3 epochs; the backup holds 2
     resumed = tiny_model()
-    history = resumed.fit(x, y, epochs=5, verbose=0,
-                          callbacks=[MultiWorkerBackupAndRestore(str(backup), delete_checkpoint=False,
-                                                                 every_epochs=2)])
+    history = resumed.fit(
+        x,
+        y,
+        epochs=5,
+        verbose=0,
+        callbacks=[MultiWorkerBackupAndRestore(str(backup), delete_checkpoint=False, every_epochs=2)],
+    )
     assert history.epoch == [2, 3, 4]
     assert not np.allclose(saved[0], resumed.get_weights()[0])
 

@@ -35,8 +35,9 @@ def train(backup, epochs=4, callbacks=(), config=CONFIG):
     """fit with a backup every epoch; returns (model, callback, history)."""
     model = tiny_model()  # sets the global seed, which the shuffle's seeds derive from
     data = CountedDataset(shuffled_data())
-    cb = MultiWorkerBackupAndRestore(str(backup), delete_checkpoint=False, config=config, may_differ=MAY_DIFFER,
-                                     datasets={"train": data})
+    cb = MultiWorkerBackupAndRestore(
+        str(backup), delete_checkpoint=False, config=config, may_differ=MAY_DIFFER, datasets={"train": data}
+    )
     history = model.fit(data.dataset, epochs=epochs, verbose=0, callbacks=[cb, *callbacks], shuffle=False)
     return model, cb, history
 
@@ -81,17 +82,24 @@ def test_the_backup_is_committed_by_its_manifest(finished):
     assert read_backup(backup, config=dict(CONFIG, epochs=9, verbose=2), may_differ=MAY_DIFFER)["epoch"] == 4
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda b: (b / "latest.weights.h5").unlink(), "damaged: latest.weights.h5 is missing"),
-    (lambda b: (b / "training_metadata.json").unlink(), "damaged: training_metadata.json is missing"),
-    (lambda b: (b / "latest.weights.h5").write_bytes((b / "latest.weights.h5").read_bytes()[:500]),
-     "latest.weights.h5 does not match its manifest"),
-    (lambda b: (b / "training_metadata.json").write_text('{"epoch": 99, "batch": 0}'),
-     "training_metadata.json does not match its manifest"),
-    (lambda b: (b / "manifest.json").write_text('{"format": 1, "epoch": '), "not valid JSON"),
-    (lambda b: (b / "manifest.json").write_bytes(b"\x89\xff\x00"), "not valid JSON"),
-    (lambda b: (b / "manifest.json").write_text("[1, 2]"), "not one this version writes"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda b: (b / "latest.weights.h5").unlink(), "damaged: latest.weights.h5 is missing"),
+        (lambda b: (b / "training_metadata.json").unlink(), "damaged: training_metadata.json is missing"),
+        (
+            lambda b: (b / "latest.weights.h5").write_bytes((b / "latest.weights.h5").read_bytes()[:500]),
+            "latest.weights.h5 does not match its manifest",
+        ),
+        (
+            lambda b: (b / "training_metadata.json").write_text('{"epoch": 99, "batch": 0}'),
+            "training_metadata.json does not match its manifest",
+        ),
+        (lambda b: (b / "manifest.json").write_text('{"format": 1, "epoch": '), "not valid JSON"),
+        (lambda b: (b / "manifest.json").write_bytes(b"\x89\xff\x00"), "not valid JSON"),
+        (lambda b: (b / "manifest.json").write_text("[1, 2]"), "not one this version writes"),
+    ],
+)
 def test_a_damaged_backup_is_refused_with_what_to_do(finished, tmp_path, damage, message):
     backup = copy_backup(finished[1], tmp_path / "backup")
     damage(backup)
@@ -102,12 +110,15 @@ def test_a_damaged_backup_is_refused_with_what_to_do(finished, tmp_path, damage,
         train(backup)
 
 
-@pytest.mark.parametrize("epoch, epochs, message", [
-    (99, 10, "after epoch 99 but --epochs is 10: pass --epochs 99 or more"),
-    (-5, 10, "epoch -5, not an integer >= 0"),
-    ("4", 10, "epoch '4', not an integer >= 0"),
-    (None, 10, "epoch None, not an integer >= 0"),
-])
+@pytest.mark.parametrize(
+    "epoch, epochs, message",
+    [
+        (99, 10, "after epoch 99 but --epochs is 10: pass --epochs 99 or more"),
+        (-5, 10, "epoch -5, not an integer >= 0"),
+        ("4", 10, "epoch '4', not an integer >= 0"),
+        (None, 10, "epoch None, not an integer >= 0"),
+    ],
+)
 def test_an_impossible_epoch_is_refused(finished, tmp_path, epoch, epochs, message):
     backup = copy_backup(finished[1], tmp_path / "backup")
     manifest = json.loads((backup / "manifest.json").read_text())

@@ -23,10 +23,21 @@ def data(n=16, seed=0):
 
 
 def small_model():
-    model = vn_classifier(2, num_points=NUM_POINTS, channels=(4, 4, 4), k=4, relaxed=True, dropout=0.2,
-                          hidden_units=8, relaxation_initializer="glorot_uniform")
-    model.compile(optimizer=keras.optimizers.Adam(1e-2),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model = vn_classifier(
+        2,
+        num_points=NUM_POINTS,
+        channels=(4, 4, 4),
+        k=4,
+        relaxed=True,
+        dropout=0.2,
+        hidden_units=8,
+        relaxation_initializer="glorot_uniform",
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     return model
 
 
@@ -40,9 +51,13 @@ def trained(tmp_path_factory):
     model = small_model()
     csv_path = tmp_path_factory.mktemp("cb") / "log.csv"
     cb = ProjectedValidation(val)
-    history = model.fit(train, epochs=2, verbose=0, shuffle=False,
-                        callbacks=[kr.ThetaScheduler("triangle", epochs=2), cb,
-                                   keras.callbacks.CSVLogger(str(csv_path))])
+    history = model.fit(
+        train,
+        epochs=2,
+        verbose=0,
+        shuffle=False,
+        callbacks=[kr.ThetaScheduler("triangle", epochs=2), cb, keras.callbacks.CSVLogger(str(csv_path))],
+    )
     return dict(model=model, cb=cb, history=history.history, val=val, train=train, csv=csv_path)
 
 
@@ -120,8 +135,14 @@ def test_plot_history_writes_png(tmp_path, trained):
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     # CSV-like input with NA gaps and an epoch column
-    path2 = plot_history({"epoch": [0, 1, 2], "accuracy": ["0.1", "0.2", "0.3"],
-                          "projected_val_accuracy": ["NA", "0.2", "0.25"], "theta": [0, 1, 0]},
-                         tmp_path / "h2.png")
+    path2 = plot_history(
+        {
+            "epoch": [0, 1, 2],
+            "accuracy": ["0.1", "0.2", "0.3"],
+            "projected_val_accuracy": ["NA", "0.2", "0.25"],
+            "theta": [0, 1, 0],
+        },
+        tmp_path / "h2.png",
+    )
     with open(path2, "rb") as f:
         assert f.read(4) == b"\x89PNG"

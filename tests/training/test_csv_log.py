@@ -22,8 +22,13 @@ def rows(path):
 
 def test_no_validation_gives_no_val_columns(tmp_path):
     path = tmp_path / "log.csv"
-    run(path, [{"loss": 1.0, "projected_val_loss": 2.0, "theta": 0.0}, {"loss": 0.5, "projected_val_loss": 1.5,
-                                                                       "theta": 1.0}])
+    run(
+        path,
+        [
+            {"loss": 1.0, "projected_val_loss": 2.0, "theta": 0.0},
+            {"loss": 0.5, "projected_val_loss": 1.5, "theta": 1.0},
+        ],
+    )
     table = rows(path)
     assert list(table[0]) == ["epoch", "loss", "projected_val_loss", "theta"]
     assert [r["loss"] for r in table] == ["1.0", "0.5"]

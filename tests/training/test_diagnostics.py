@@ -67,12 +67,14 @@ def lie_derivative_fd(layer, x, eps=1e-5):
     """``sum_k || d/dt g_k(-t) R(g_k(t) x) |_0 ||^2`` by central differences (rotations act on the last axis)."""
     total = 0.0
     for axis in range(3):
+
         def conj(t):
             g = rotation(axis, t)
             r, _ = branch_output(layer, tf.constant(x.numpy() @ g.T))
             return r @ g  # g^{-1} R(g x) with row vectors: (R) @ (g^{-1})^T = R @ g
+
         d = (conj(eps) - conj(-eps)) / (2 * eps)
-        total += float(np.sum(d ** 2))
+        total += float(np.sum(d**2))
     return total
 
 
@@ -88,15 +90,15 @@ def test_report_matches_independent_computation():
         assert row["points"] == points
         assert row["theta"] == pytest.approx(THETA)
         r, plain = branch_output(layer, inp)
-        assert row["r_rms"] == pytest.approx(math.sqrt(np.sum(r ** 2) / points), rel=1e-9)
+        assert row["r_rms"] == pytest.approx(math.sqrt(np.sum(r**2) / points), rel=1e-9)
         assert row["branch_rms"] == pytest.approx(THETA * row["r_rms"], rel=1e-9)
-        assert row["equivariant_rms"] == pytest.approx(math.sqrt(np.sum(plain ** 2) / points), rel=1e-9)
+        assert row["equivariant_rms"] == pytest.approx(math.sqrt(np.sum(plain**2) / points), rel=1e-9)
         lie = lie_derivative_fd(layer, inp)
         assert row["lie_rms"] == pytest.approx(math.sqrt(lie / points), rel=1e-5)
-        assert row["lie_over_r"] == pytest.approx(math.sqrt(lie / np.sum(r ** 2)), rel=1e-5)
+        assert row["lie_over_r"] == pytest.approx(math.sqrt(lie / np.sum(r**2)), rel=1e-5)
         assert row["lie_rms"] > 0.1 * row["r_rms"]  # random branches are far from equivariant
-        totals["r"] += np.sum(r ** 2)
-        totals["e"] += np.sum(plain ** 2)
+        totals["r"] += np.sum(r**2)
+        totals["e"] += np.sum(plain**2)
         totals["lie"] += lie
     total = rows[-1]
     assert total["points"] == 2 * points
@@ -155,9 +157,11 @@ def test_saved_segnn_loads_after_plain_package_import(tmp_path):
     model = kr.models.segnn(num_layers=1, hidden_features=8, relaxed=True)
     path = tmp_path / "segnn.keras"
     model.save(path)
-    code = ("import keras, keras_relaxeq as kr; "
-            f"m = keras.saving.load_model({str(path)!r}, compile=False); "
-            "print(len(kr.layers.relaxed_layers(m)))")
+    code = (
+        "import keras, keras_relaxeq as kr; "
+        f"m = keras.saving.load_model({str(path)!r}, compile=False); "
+        "print(len(kr.layers.relaxed_layers(m)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert int(out.stdout.strip().splitlines()[-1]) == len(kr.layers.relaxed_layers(model)) > 0
@@ -172,8 +176,14 @@ def test_monitor_logs_the_report_during_fit(tmp_path):
     val = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
     path = tmp_path / "relaxation.csv"
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
-    model.fit(x, y, batch_size=4, epochs=5, verbose=0,
-              callbacks=[kr.ThetaScheduler("triangle", epochs=5), RelaxationMonitor(val, path, every=2)])
+    model.fit(
+        x,
+        y,
+        batch_size=4,
+        epochs=5,
+        verbose=0,
+        callbacks=[kr.ThetaScheduler("triangle", epochs=5), RelaxationMonitor(val, path, every=2)],
+    )
     log = read_relaxation_log(path)
     assert log["epoch"] == [1.0, 3.0, 4.0]  # every 2nd epoch and the last
     assert log["theta"] == pytest.approx([kr.training.get_schedule("triangle", 5)(e) for e in (1, 3, 4)])
@@ -181,8 +191,9 @@ def test_monitor_logs_the_report_during_fit(tmp_path):
     assert min(log["branch_rms"][:2]) > 0
     final = relaxation_report(model, val, num_batches=2)  # the weights after the last epoch
     assert log["r_rms"][-1] == pytest.approx(final[-1]["r_rms"], rel=1e-6)
-    assert read_relaxation_log(path, layer=final[0]["layer"])["lie_rms"][-1] == pytest.approx(final[0]["lie_rms"],
-                                                                                            rel=1e-6)
+    assert read_relaxation_log(path, layer=final[0]["layer"])["lie_rms"][-1] == pytest.approx(
+        final[0]["lie_rms"], rel=1e-6
+    )
     # a resumed run logs an epoch again: the last rows win
     set_theta(model, 0.25)
     monitor = RelaxationMonitor(val, path, every=1)
@@ -196,11 +207,13 @@ def test_monitor_logs_the_report_during_fit(tmp_path):
 
 # ----------------------------------------------------------------------------- branch_gradient_report
 
+
 def octahedral_rotations() -> np.ndarray:
     """The 24 rotations of the cube (signed permutation matrices with det 1).  Averaging over them
     is the SO(3) average on representations with degrees l <= 3 except l = 0 invariants, in
     particular on the maps between vector features (l <= 2)."""
     import itertools
+
     mats = []
     for perm in itertools.permutations(range(3)):
         for signs in itertools.product((1.0, -1.0), repeat=3):
@@ -246,13 +259,14 @@ def test_gradient_report_split_and_the_rotation_average():
         eq = equivariant_projection(g, layer.input_rep, layer.output_rep)
         assert row["task_eq_norm"] == pytest.approx(np.linalg.norm(eq), rel=1e-9)
         assert row["task_ne_norm"] == pytest.approx(np.linalg.norm(g - eq), rel=1e-9)
-        assert row["task_eq_norm"] ** 2 + row["task_ne_norm"] ** 2 == pytest.approx(np.sum(g ** 2), rel=1e-9)
+        assert row["task_eq_norm"] ** 2 + row["task_ne_norm"] ** 2 == pytest.approx(np.sum(g**2), rel=1e-9)
         assert row["task_eq_coherence"] == pytest.approx(1.0) and row["task_ne_coherence"] == pytest.approx(1.0)
         assert row["task_ne_noise_coherence"] == pytest.approx(1.0)
     # equivariant branches: the non-equivariant part averages out exactly
     for layer in relaxed_layers(model):
-        layer.relaxation_kernel.assign(equivariant_projection(layer.relaxation_kernel.numpy(), layer.input_rep,
-                                                              layer.output_rep))
+        layer.relaxation_kernel.assign(
+            equivariant_projection(layer.relaxation_kernel.numpy(), layer.input_rep, layer.output_rep)
+        )
         layer.relaxation_bias.assign(np.zeros(layer.relaxation_bias.shape))  # a vector bias is not equivariant
     rows = branch_gradient_report(model, data, loss="mse", num_batches=None)
     for row in rows:
@@ -275,7 +289,8 @@ def test_gradient_report_errors():
     with pytest.raises(TypeError, match="tf.data.Dataset"):
         branch_gradient_report(model, tf.zeros(SHAPE, tf.float64), loss="mse")
     inputs = keras.Input(SHAPE[1:], dtype="float64")
-    low_rank = kr.RelaxedModel(inputs, VNLinear(3, relaxed=True, relaxation_rank=1, dtype="float64",
-                                                name="thin")(inputs))
+    low_rank = kr.RelaxedModel(
+        inputs, VNLinear(3, relaxed=True, relaxation_rank=1, dtype="float64", name="thin")(inputs)
+    )
     with pytest.raises(ValueError, match=r"\['thin'\] are low-rank"):
         branch_gradient_report(low_rank, rotated_copies(), loss="mse")

@@ -28,8 +28,9 @@ def data(n=16, seed=0, classes=3):
 
 def small_model(relaxed=True, **kwargs):
     kwargs.setdefault("relaxation_initializer", "glorot_uniform")
-    return vn_classifier(3, num_points=NUM_POINTS, channels=(6, 8, 8), k=4, relaxed=relaxed, dropout=0.0,
-                         hidden_units=8, **kwargs)
+    return vn_classifier(
+        3, num_points=NUM_POINTS, channels=(6, 8, 8), k=4, relaxed=relaxed, dropout=0.0, hidden_units=8, **kwargs
+    )
 
 
 def tiny_model(relaxed=True):
@@ -44,8 +45,11 @@ def tiny_model(relaxed=True):
 
 
 def compile_(model, lr=1e-2):
-    model.compile(optimizer=keras.optimizers.Adam(lr),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(lr),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     return model
 
 
@@ -53,8 +57,9 @@ def test_fit_logs_penalties_and_theta_and_trains_branches():
     keras.utils.set_random_seed(0)
     x, y = data()
     model = compile_(small_model(relaxation_initializer="zeros"))
-    history = model.fit(x, y, epochs=3, batch_size=8, verbose=0, validation_data=(x, y),
-                        callbacks=[kr.ThetaScheduler("triangle")])
+    history = model.fit(
+        x, y, epochs=3, batch_size=8, verbose=0, validation_data=(x, y), callbacks=[kr.ThetaScheduler("triangle")]
+    )
     h = history.history
     assert h["theta"] == [0.0, 1.0, 0.0]
     assert all(v >= 0 for v in h["lie_penalty"]) and h["projection_penalty"][-1] > 0
@@ -113,8 +118,11 @@ def _fit_tiny(jit_compile):
     keras.utils.set_random_seed(5)
     x, y = data(16)
     model = tiny_model()
-    model.compile(optimizer=keras.optimizers.SGD(0.05), jit_compile=jit_compile,
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.05),
+        jit_compile=jit_compile,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     history = model.fit(x, y, epochs=2, batch_size=8, verbose=0, shuffle=False).history
     return history, model.get_weights(), model.jit_compile
 
@@ -152,8 +160,7 @@ def test_projected_model_is_invariant_after_training_with_theta_one():
     keras.utils.set_random_seed(3)
     x, y = data(16)
     model = compile_(small_model(relaxation_initializer="zeros"), lr=3e-2)
-    model.fit(x, y, epochs=3, batch_size=8, verbose=0,
-              callbacks=[kr.ThetaScheduler("constant", value=1.0)])
+    model.fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[kr.ThetaScheduler("constant", value=1.0)])
     assert min(np.abs(l.relaxation_kernel.numpy()).max() for l in kr.layers.relaxed_layers(model)) > 0
     probe = tf.constant(x[:6])
     # The relaxed model at theta = 1 has broken the symmetry: the check can fail ...
@@ -183,8 +190,7 @@ def test_project_recurses_through_nested_models_and_containers():
         def get_config(self):
             return {**super().get_config(), "channels": self.channels, "relaxed": self.relaxed}
 
-    inner = keras.Sequential([keras.Input((10, 2, 3)), Block(4, name="block"), VNMeanPool(name="pool")],
-                             name="inner")
+    inner = keras.Sequential([keras.Input((10, 2, 3)), Block(4, name="block"), VNMeanPool(name="pool")], name="inner")
     inp = keras.Input((10, 2, 3))
     feats, _ = VNStdFeature(name="std", relaxation_initializer="ones")(inner(inp))
     out = keras.layers.Dense(2)(keras.layers.Flatten()(feats))
@@ -233,12 +239,12 @@ def test_backup_and_restore_resumes_epoch_and_theta(tmp_path):
     model = compile_(tiny_model())
     backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
     with pytest.raises(RuntimeError, match="simulated kill"):
-        model.fit(x, y, epochs=5, batch_size=8, verbose=0,
-                  callbacks=[_Interrupt(3), kr.ThetaScheduler("triangle"), backup])
+        model.fit(
+            x, y, epochs=5, batch_size=8, verbose=0, callbacks=[_Interrupt(3), kr.ThetaScheduler("triangle"), backup]
+        )
     assert kr.get_theta(model) == pytest.approx(1.0)  # epoch 2 of 5 ran last
     fresh = compile_(tiny_model())
-    history = fresh.fit(x, y, epochs=5, batch_size=8, verbose=0,
-                        callbacks=[kr.ThetaScheduler("triangle"), backup])
+    history = fresh.fit(x, y, epochs=5, batch_size=8, verbose=0, callbacks=[kr.ThetaScheduler("triangle"), backup])
     assert history.epoch == [3, 4]  # resumed after the three finished epochs
     assert history.history["theta"] == [0.5, 0.0]
     assert kr.get_theta(fresh) == 0.0

@@ -144,8 +144,9 @@ def free_ports(n):
 
 
 def tf_config(ports, index):
-    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-                       "task": {"type": "worker", "index": index}})
+    return json.dumps(
+        {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
+    )
 
 
 class Job:
@@ -163,8 +164,14 @@ class Job:
         if tf_config_value is not None:
             env["TF_CONFIG"] = tf_config_value
         log = open(self.tmp_path / f"{name}.log", "ab")
-        proc = subprocess.Popen([sys.executable, str(self.script), *args], stdout=log, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True, cwd=str(self.tmp_path))
+        proc = subprocess.Popen(
+            [sys.executable, str(self.script), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            cwd=str(self.tmp_path),
+        )
         log.close()
         self.procs[name] = proc
         return proc
@@ -228,11 +235,12 @@ def check_two_workers_against_reference(workers, ref, epochs_run):
         assert w["epochs_run"] == epochs
         assert_same_training(w, ref)
         for key in ("loss", "lie_penalty", "projection_penalty", "theta"):
-            np.testing.assert_allclose(w["history"][key], ref["history"][key][epochs[0]:], rtol=1e-4, atol=1e-6,
-                                       err_msg=f"{w['tag']} {key}")
+            np.testing.assert_allclose(
+                w["history"][key], ref["history"][key][epochs[0] :], rtol=1e-4, atol=1e-6, err_msg=f"{w['tag']} {key}"
+            )
         # theta is set identically on every replica, at every step, and equals the single run.
         steps = NUM_SAMPLES // GLOBAL_BATCH
-        ref_thetas = [t[0] for t in ref["thetas"][epochs[0] * steps:]]
+        ref_thetas = [t[0] for t in ref["thetas"][epochs[0] * steps :]]
         assert [t[0] for t in w["thetas"]] == pytest.approx(ref_thetas, abs=1e-7)
         assert all(len(set(t)) == 1 for t in w["thetas"])
     # Both workers end with bit-identical weights (same all-reduced gradients).
@@ -262,6 +270,7 @@ def test_tf_config_validation_and_helpers(monkeypatch):
     import argparse
 
     import tensorflow as tf
+
     args = dist.add_strategy_argument(argparse.ArgumentParser()).parse_args(["--strategy", "mirrored"])
     assert args.strategy == "mirrored"
     strategy = dist.get_strategy("default")
@@ -295,8 +304,9 @@ def test_two_workers_match_single_process(job, reference, tmp_path):
     ports = free_ports(2)
     outs = [tmp_path / f"w{i}.json" for i in range(2)]
     for i in range(2):
-        job.start(f"w{i}", ["--strategy", "multiworker", "--out", str(outs[i]), "--epochs", str(EPOCHS)],
-                  tf_config(ports, i))
+        job.start(
+            f"w{i}", ["--strategy", "multiworker", "--out", str(outs[i]), "--epochs", str(EPOCHS)], tf_config(ports, i)
+        )
     job.wait(["w0", "w1"], START_TIMEOUT)
     ref = reference()
     workers = [load(o) for o in outs]
@@ -327,11 +337,11 @@ def wait_for(predicate, timeout, what, job, names):
             return
         for name in names:
             if job.procs[name].poll() is not None:
-                raise AssertionError(f"{name} exited ({job.procs[name].returncode}) while waiting for {what}:\n"
-                                     f"{job.log(name)}")
+                raise AssertionError(
+                    f"{name} exited ({job.procs[name].returncode}) while waiting for {what}:\n{job.log(name)}"
+                )
         time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}:\n" +
-                         "\n".join(job.log(n) for n in names))
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}:\n" + "\n".join(job.log(n) for n in names))
 
 
 def test_killed_worker_is_restarted_and_training_resumes_from_backup(job, reference, tmp_path):
@@ -340,17 +350,31 @@ def test_killed_worker_is_restarted_and_training_resumes_from_backup(job, refere
     markers = tmp_path / "markers"
     markers.mkdir()
     outs = [tmp_path / f"w{i}.json" for i in range(2)]
-    common = ["--strategy", "multiworker", "--epochs", str(EPOCHS), "--backup-dir", str(backup),
-              "--marker-dir", str(markers)]
+    common = [
+        "--strategy",
+        "multiworker",
+        "--epochs",
+        str(EPOCHS),
+        "--backup-dir",
+        str(backup),
+        "--marker-dir",
+        str(markers),
+    ]
     kill_after_epoch = 1  # the backup of epochs 0-1 exists, epochs 2-3 remain
 
     # Launch 1: worker 1 blocks at the end of epoch 1 and is killed there (mid-run).
     for i in range(2):
-        job.start(f"w{i}", [*common, "--out", str(outs[i]), "--hang-at-epoch", str(kill_after_epoch)],
-                  tf_config(ports, i))
+        job.start(
+            f"w{i}", [*common, "--out", str(outs[i]), "--hang-at-epoch", str(kill_after_epoch)], tf_config(ports, i)
+        )
     # The chief writes its marker after MultiWorkerBackupAndRestore saved the epoch.
-    wait_for(lambda: all((markers / f"worker{i}_epoch{kill_after_epoch}").exists() for i in range(2)),
-             START_TIMEOUT, "both workers to finish epoch 1", job, ["w0", "w1"])
+    wait_for(
+        lambda: all((markers / f"worker{i}_epoch{kill_after_epoch}").exists() for i in range(2)),
+        START_TIMEOUT,
+        "both workers to finish epoch 1",
+        job,
+        ["w0", "w1"],
+    )
     meta = json.loads((backup / "training_metadata.json").read_text())
     assert meta["epoch"] == kill_after_epoch + 1
     assert (backup / "latest.weights.h5").exists()

@@ -15,7 +15,7 @@ import tensorflow as tf
 from keras_relaxeq.training import SGDL2, AdamL2, CoupledL2, with_coupled_l2
 
 STEPS = 4
-ADAM_LR, SGD_LR = 2.0 ** -10, 2.0 ** -5  # exact in float32 (the optimizers keep the rate in float32)
+ADAM_LR, SGD_LR = 2.0**-10, 2.0**-5  # exact in float32 (the optimizers keep the rate in float32)
 
 
 def torch_adam(w, grads, lr, l2, beta_1=0.9, beta_2=0.999, eps=1e-8):
@@ -25,8 +25,8 @@ def torch_adam(w, grads, lr, l2, beta_1=0.9, beta_2=0.999, eps=1e-8):
         g = g + l2 * w
         m = beta_1 * m + (1 - beta_1) * g
         v = beta_2 * v + (1 - beta_2) * g * g
-        denom = np.sqrt(v) / np.sqrt(1 - beta_2 ** t) + eps
-        w = w - lr / (1 - beta_1 ** t) * m / denom
+        denom = np.sqrt(v) / np.sqrt(1 - beta_2**t) + eps
+        w = w - lr / (1 - beta_1**t) * m / denom
     return w
 
 
@@ -54,8 +54,10 @@ def problem(seed=0, dtype="float64"):
     rng = np.random.default_rng(seed)
     weights = [rng.normal(size=(3, 4)).astype(dtype), rng.normal(size=(4,)).astype(dtype)]
     # gradient scales from 1e-9 (where the epsilon placement matters) to 1
-    grads = [[rng.normal(size=w.shape).astype(dtype) * 10.0 ** rng.uniform(-9, 0, size=w.shape) for w in weights]
-             for _ in range(STEPS)]
+    grads = [
+        [rng.normal(size=w.shape).astype(dtype) * 10.0 ** rng.uniform(-9, 0, size=w.shape) for w in weights]
+        for _ in range(STEPS)
+    ]
     return weights, grads
 
 

@@ -12,7 +12,7 @@ def test_triangle_rises_then_ends_at_exactly_zero(epochs):
     assert values[0] == 0.0 and values[-1] == 0.0
     assert max(values) == pytest.approx(1.0 if epochs % 2 == 1 else 1.0 - 1.0 / (epochs - 1))
     peak = int(np.argmax(values))  # first of the (one or two) top epochs
-    rising, falling = np.diff(values[: peak + 1]), np.diff(values[peak + 1:])
+    rising, falling = np.diff(values[: peak + 1]), np.diff(values[peak + 1 :])
     assert np.all(rising > 0) and np.all(falling < 0)
     assert values[peak + 1] <= values[peak]
 
@@ -29,7 +29,7 @@ def test_decay_and_cosine_values():
 
 
 def test_callable_schedules_and_errors():
-    assert get_schedule(lambda e: 0.5 ** e, 4)(2) == 0.25
+    assert get_schedule(lambda e: 0.5**e, 4)(2) == 0.25
     assert get_schedule(lambda e, n: e / n, 4)(2) == 0.5
     with pytest.raises(ValueError, match="Unknown theta schedule"):
         get_schedule("linear", 4)
@@ -60,19 +60,32 @@ def _start(cb, epochs, steps=4):
     cb.on_train_begin()
 
 
-@pytest.mark.parametrize("schedule, epochs, kwargs", [
-    ("triangle", 2, {}), ("triangle", 1, {"per_step": True}), ("decay", 1, {}), ("cosine", 1, {}),
-    ("constant", 5, {"value": 0.0}), (lambda epoch: 0.0, 4, {}),
-])
+@pytest.mark.parametrize(
+    "schedule, epochs, kwargs",
+    [
+        ("triangle", 2, {}),
+        ("triangle", 1, {"per_step": True}),
+        ("decay", 1, {}),
+        ("cosine", 1, {}),
+        ("constant", 5, {"value": 0.0}),
+        (lambda epoch: 0.0, 4, {}),
+    ],
+)
 def test_schedule_that_is_zero_for_the_whole_run_warns(schedule, epochs, kwargs):
     with pytest.warns(UserWarning, match=f"theta is 0 for the whole {epochs}-epoch run"):
         _start(ThetaScheduler(schedule, **kwargs), epochs)
 
 
-@pytest.mark.parametrize("schedule, epochs, kwargs", [
-    ("triangle", 3, {}), ("triangle", 2, {"per_step": True}), ("decay", 2, {}), ("constant", 1, {}),
-    (lambda epoch: 0.0 if epoch < 3 else 0.5, 4, {}),
-])
+@pytest.mark.parametrize(
+    "schedule, epochs, kwargs",
+    [
+        ("triangle", 3, {}),
+        ("triangle", 2, {"per_step": True}),
+        ("decay", 2, {}),
+        ("constant", 1, {}),
+        (lambda epoch: 0.0 if epoch < 3 else 0.5, 4, {}),
+    ],
+)
 def test_schedule_that_acts_does_not_warn(schedule, epochs, kwargs, recwarn):
     _start(ThetaScheduler(schedule, **kwargs), epochs)
     assert not [w for w in recwarn if "theta is 0" in str(w.message)]

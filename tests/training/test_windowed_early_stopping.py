@@ -74,8 +74,14 @@ def test_projected_validation_min_mode_keeps_the_lowest(tmp_path):
     val = (x, np.zeros((8, 1), "float32"))
     import tensorflow as tf
 
-    cb = ProjectedValidation(tf.data.Dataset.from_tensor_slices(val).batch(4), loss="mse", metrics=[],
-                             monitor="projected_val_loss", mode="min", best_path=tmp_path / "best.keras")
+    cb = ProjectedValidation(
+        tf.data.Dataset.from_tensor_slices(val).batch(4),
+        loss="mse",
+        metrics=[],
+        monitor="projected_val_loss",
+        mode="min",
+        best_path=tmp_path / "best.keras",
+    )
     cb.set_model(model)
     cb.on_train_begin()
     losses = []
@@ -92,7 +98,11 @@ def test_projected_validation_min_mode_keeps_the_lowest(tmp_path):
 
 
 def test_plot_history_with_a_regression_metric(tmp_path):
-    history = {"epoch": [0, 1, 2], "rmse": [3.0, 2.0, 1.0], "projected_val_rmse": [3.5, float("nan"), 1.5],
-               "theta": [0.0, 0.5, 0.0]}
+    history = {
+        "epoch": [0, 1, 2],
+        "rmse": [3.0, 2.0, 1.0],
+        "projected_val_rmse": [3.5, float("nan"), 1.5],
+        "theta": [0.0, 0.5, 0.0],
+    }
     path = plot_history(history, tmp_path / "h.png", title="t", metric="rmse")
     assert (tmp_path / "h.png").stat().st_size > 1000 and str(path).endswith("h.png")

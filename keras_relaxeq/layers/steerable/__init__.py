@@ -67,5 +67,12 @@ from keras_relaxeq.layers.steerable.nonlinearities import (  # noqa: F401 (the N
 )
 from keras_relaxeq.layers.steerable.tensor_product import RELAXATION_PLACEMENTS, O3TensorProduct, O3TensorProductGate
 
-__all__ = ["O3Linear", "O3TensorProduct", "Gate", "O3TensorProductGate", "SteerableNorm", "gate_irreps",
-           "RELAXATION_PLACEMENTS"]
+__all__ = [
+    "O3Linear",
+    "O3TensorProduct",
+    "Gate",
+    "O3TensorProductGate",
+    "SteerableNorm",
+    "gate_irreps",
+    "RELAXATION_PLACEMENTS",
+]

@@ -60,17 +60,21 @@ class IrrepsLayer(RelaxedEquivariantLayer):
     def _split_shapes(self, input_shape):
         if self._has_attr_input():
             if is_single_shape(input_shape) or len(input_shape) != 2:
-                raise ValueError(f"{type(self).__name__} '{self.name}' takes two inputs (x, attr) with irreps "
-                                 f"'{self._irreps_x()}' and '{self._irreps_attr()}'; got input shape "
-                                 f"{input_shape}.")
+                raise ValueError(
+                    f"{type(self).__name__} '{self.name}' takes two inputs (x, attr) with irreps "
+                    f"'{self._irreps_x()}' and '{self._irreps_attr()}'; got input shape "
+                    f"{input_shape}."
+                )
             x_shape, a_shape = (tuple(s) for s in input_shape)
             check_feature_dim(self, x_shape, self._irreps_x(), "input x")
             check_feature_dim(self, a_shape, self._irreps_attr(), "input attr")
             return x_shape, a_shape
         if not is_single_shape(input_shape):
-            raise ValueError(f"{type(self).__name__} '{self.name}' takes one input with irreps "
-                             f"'{self._irreps_x()}' (it was built without irreps_in2); got input shapes "
-                             f"{input_shape}.")
+            raise ValueError(
+                f"{type(self).__name__} '{self.name}' takes one input with irreps "
+                f"'{self._irreps_x()}' (it was built without irreps_in2); got input shapes "
+                f"{input_shape}."
+            )
         x_shape = tuple(input_shape)
         check_feature_dim(self, x_shape, self._irreps_x(), "input")
         return x_shape, None
@@ -81,15 +85,20 @@ class IrrepsLayer(RelaxedEquivariantLayer):
             if not isinstance(inputs, (tuple, list)) or len(inputs) != 2:
                 raise ValueError(f"{type(self).__name__} '{self.name}' must be called on (x, attr).")
             x, attr = (tf.cast(t, self.compute_dtype) for t in inputs)
-            if x.shape.rank != attr.shape.rank or x.shape[:-1] != attr.shape[:-1] \
-                    or not x.shape[:-1].is_fully_defined():
+            if (
+                x.shape.rank != attr.shape.rank
+                or x.shape[:-1] != attr.shape[:-1]
+                or not x.shape[:-1].is_fully_defined()
+            ):
                 lead = tf.broadcast_dynamic_shape(tf.shape(x)[:-1], tf.shape(attr)[:-1])
                 x = tf.broadcast_to(x, tf.concat([lead, tf.shape(x)[-1:]], 0))
                 attr = tf.broadcast_to(attr, tf.concat([lead, tf.shape(attr)[-1:]], 0))
             return x, attr
         if isinstance(inputs, (tuple, list)):
-            raise ValueError(f"{type(self).__name__} '{self.name}' takes one input tensor (it was built "
-                             "without irreps_in2), got a sequence.")
+            raise ValueError(
+                f"{type(self).__name__} '{self.name}' takes one input tensor (it was built "
+                "without irreps_in2), got a sequence."
+            )
         return tf.cast(inputs, self.compute_dtype), None
 
     def build(self, input_shape):

@@ -36,15 +36,17 @@ class O3Linear(IrrepsLayer):
 
     _in1_attr = "irreps_in"
 
-    def __init__(self, irreps_in, irreps_out, use_bias=True, kernel_initializer=None, bias_initializer="zeros",
-                 **kwargs):
+    def __init__(
+        self, irreps_in, irreps_out, use_bias=True, kernel_initializer=None, bias_initializer="zeros", **kwargs
+    ):
         super().__init__(**kwargs)
         owner = f"O3Linear '{self.name}'"
         set_untracked(self, "irreps_in", irreps_arg(irreps_in, "irreps_in", owner))
         set_untracked(self, "irreps_out", irreps_arg(irreps_out, "irreps_out", owner))
         self.use_bias = bool(use_bias)
         self.kernel_initializer = keras.initializers.get(
-            kernel_initializer if kernel_initializer is not None else keras.initializers.RandomNormal(stddev=1.0))
+            kernel_initializer if kernel_initializer is not None else keras.initializers.RandomNormal(stddev=1.0)
+        )
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.plan = PathPlan(self.irreps_in, Irreps("1x0e"), self.irreps_out, "linear", "linear", self.layout)
         self.kernel = None
@@ -57,11 +59,13 @@ class O3Linear(IrrepsLayer):
 
     def build_equivariant(self, input_shape):
         if self.plan.weight_numel:
-            self.kernel = self.add_weight(name="kernel", shape=(self.plan.weight_numel,),
-                                          initializer=self.kernel_initializer)
+            self.kernel = self.add_weight(
+                name="kernel", shape=(self.plan.weight_numel,), initializer=self.kernel_initializer
+            )
         if self.use_bias and len(self.plan.bias_positions):
-            self.bias = self.add_weight(name="bias", shape=(len(self.plan.bias_positions),),
-                                        initializer=self.bias_initializer)
+            self.bias = self.add_weight(
+                name="bias", shape=(len(self.plan.bias_positions),), initializer=self.bias_initializer
+            )
 
     def dense_matrix(self):
         """The equivariant map as a dense ``[irreps_in.dim, irreps_out.dim]`` matrix (``y = x M + b``)."""
@@ -82,9 +86,13 @@ class O3Linear(IrrepsLayer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(irreps_in=str(self.irreps_in), irreps_out=str(self.irreps_out), use_bias=self.use_bias,
-                      kernel_initializer=serialize_initializer(self.kernel_initializer),
-                      bias_initializer=serialize_initializer(self.bias_initializer))
+        config.update(
+            irreps_in=str(self.irreps_in),
+            irreps_out=str(self.irreps_out),
+            use_bias=self.use_bias,
+            kernel_initializer=serialize_initializer(self.kernel_initializer),
+            bias_initializer=serialize_initializer(self.bias_initializer),
+        )
         return config
 
 

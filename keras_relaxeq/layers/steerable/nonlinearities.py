@@ -26,7 +26,7 @@ def normalize2mom_constant(activation) -> float:
     z, w = np.polynomial.hermite_e.hermegauss(128)
     with tf.init_scope():
         fz = np.asarray(keras.ops.convert_to_numpy(activation(tf.constant(z, tf.float64))), np.float64)
-    second = float(np.sum(w * fz ** 2) / math.sqrt(2.0 * math.pi))
+    second = float(np.sum(w * fz**2) / math.sqrt(2.0 * math.pi))
     cst = 1.0 / math.sqrt(second)
     return 1.0 if abs(cst - 1.0) < 1e-4 else cst
 
@@ -67,18 +67,31 @@ class Gate(IrrepsLayer):
     has_relaxation_branch = False
     _in1_attr = "irreps_in"
 
-    def __init__(self, irreps_scalars, irreps_gated="", scalar_activation="silu", gate_activation="sigmoid",
-                 normalize_activations=True, **kwargs):
+    def __init__(
+        self,
+        irreps_scalars,
+        irreps_gated="",
+        scalar_activation="silu",
+        gate_activation="sigmoid",
+        normalize_activations=True,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         owner = f"Gate '{self.name}'"
         set_untracked(self, "irreps_scalars", irreps_arg(irreps_scalars, "irreps_scalars", owner, allow_empty=True))
         set_untracked(self, "irreps_gated", irreps_arg(irreps_gated, "irreps_gated", owner, allow_empty=True))
         if any(ir.l != 0 for mul, ir in self.irreps_scalars if mul):
             raise ValueError(f"{owner}: irreps_scalars must be scalars (l = 0), got '{self.irreps_scalars}'.")
-        set_untracked(self, "irreps_gates",
-                   Irreps(f"{self.irreps_gated.num_irreps}x0e") if self.irreps_gated.num_irreps else Irreps(""))
-        set_untracked(self, "irreps_in",
-                   (self.irreps_scalars + self.irreps_gates + self.irreps_gated).remove_zero_multiplicities())
+        set_untracked(
+            self,
+            "irreps_gates",
+            Irreps(f"{self.irreps_gated.num_irreps}x0e") if self.irreps_gated.num_irreps else Irreps(""),
+        )
+        set_untracked(
+            self,
+            "irreps_in",
+            (self.irreps_scalars + self.irreps_gates + self.irreps_gated).remove_zero_multiplicities(),
+        )
         set_untracked(self, "irreps_out", (self.irreps_scalars + self.irreps_gated).remove_zero_multiplicities())
         if self.irreps_in.dim == 0:
             raise ValueError(f"{owner}: no features (irreps_scalars and irreps_gated are both empty).")
@@ -88,13 +101,17 @@ class Gate(IrrepsLayer):
         self.gate_activation = keras.activations.get(gate_activation)
         self.normalize_activations = bool(normalize_activations)
         if any(ir.p == -1 for mul, ir in self.irreps_scalars if mul) and not is_odd(self.scalar_activation):
-            raise ValueError(f"{owner}: odd scalars (0o) in irreps_scalars '{self.irreps_scalars}' need an odd "
-                             f"scalar_activation (e.g. 'tanh') to stay O(3)-equivariant; "
-                             f"{self.scalar_activation_id!r} is not odd. Gate them instead.")
-        self.scalar_constant = (normalize2mom_constant(self.scalar_activation)
-                                if self.normalize_activations else 1.0)
-        self.gate_constant = (normalize2mom_constant(self.gate_activation)
-                              if self.normalize_activations and self.irreps_gated.num_irreps else 1.0)
+            raise ValueError(
+                f"{owner}: odd scalars (0o) in irreps_scalars '{self.irreps_scalars}' need an odd "
+                f"scalar_activation (e.g. 'tanh') to stay O(3)-equivariant; "
+                f"{self.scalar_activation_id!r} is not odd. Gate them instead."
+            )
+        self.scalar_constant = normalize2mom_constant(self.scalar_activation) if self.normalize_activations else 1.0
+        self.gate_constant = (
+            normalize2mom_constant(self.gate_activation)
+            if self.normalize_activations and self.irreps_gated.num_irreps
+            else 1.0
+        )
 
     def equivariant_call(self, inputs, training=None):
         x, _ = self._split_inputs(inputs)
@@ -125,9 +142,13 @@ class Gate(IrrepsLayer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(irreps_scalars=str(self.irreps_scalars), irreps_gated=str(self.irreps_gated),
-                      scalar_activation=self.scalar_activation_id, gate_activation=self.gate_activation_id,
-                      normalize_activations=self.normalize_activations)
+        config.update(
+            irreps_scalars=str(self.irreps_scalars),
+            irreps_gated=str(self.irreps_gated),
+            scalar_activation=self.scalar_activation_id,
+            gate_activation=self.gate_activation_id,
+            normalize_activations=self.normalize_activations,
+        )
         return config
 
 
@@ -175,13 +196,25 @@ class SteerableNorm(IrrepsLayer):
     _in1_attr = "irreps"
     _out_attr = "irreps"
 
-    def __init__(self, irreps, mode="instance", eps=1e-5, affine=True, reduce="mean", normalization="component",
-                 momentum=0.9, **kwargs):
+    def __init__(
+        self,
+        irreps,
+        mode="instance",
+        eps=1e-5,
+        affine=True,
+        reduce="mean",
+        normalization="component",
+        momentum=0.9,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         owner = f"SteerableNorm '{self.name}'"
         set_untracked(self, "irreps", irreps_arg(irreps, "irreps", owner).remove_zero_multiplicities())
-        for arg, value, allowed in (("mode", mode, NORM_MODES), ("reduce", reduce, NORM_REDUCE),
-                                    ("normalization", normalization, NORM_NORMALIZATION)):
+        for arg, value, allowed in (
+            ("mode", mode, NORM_MODES),
+            ("reduce", reduce, NORM_REDUCE),
+            ("normalization", normalization, NORM_NORMALIZATION),
+        ):
             if value not in allowed:
                 raise ValueError(f"{owner}: {arg} must be one of {allowed}, got {value!r}.")
         self.mode = mode
@@ -195,19 +228,23 @@ class SteerableNorm(IrrepsLayer):
 
     def build_equivariant(self, input_shape):
         if self.mode == "instance" and len(input_shape) < 3:
-            raise ValueError(f"SteerableNorm '{self.name}' with mode='instance' normalises over the axes between "
-                             f"batch and features and needs inputs [batch, nodes, ..., {self.irreps.dim}]; got "
-                             f"shape {list(input_shape)}. Use mode='batch' for [batch, dim] inputs.")
+            raise ValueError(
+                f"SteerableNorm '{self.name}' with mode='instance' normalises over the axes between "
+                f"batch and features and needs inputs [batch, nodes, ..., {self.irreps.dim}]; got "
+                f"shape {list(input_shape)}. Use mode='batch' for [batch, dim] inputs."
+            )
         if self.affine:
             self.weight = self.add_weight(name="weight", shape=(self.irreps.num_irreps,), initializer="ones")
             if self.num_scalar:
                 self.bias = self.add_weight(name="bias", shape=(self.num_scalar,), initializer="zeros")
         if self.mode == "batch":
             if self.num_scalar:
-                self.running_mean = self.add_weight(name="running_mean", shape=(self.num_scalar,),
-                                                    initializer="zeros", trainable=False)
-            self.running_var = self.add_weight(name="running_var", shape=(self.irreps.num_irreps,),
-                                               initializer="ones", trainable=False)
+                self.running_mean = self.add_weight(
+                    name="running_mean", shape=(self.num_scalar,), initializer="zeros", trainable=False
+                )
+            self.running_var = self.add_weight(
+                name="running_var", shape=(self.irreps.num_irreps,), initializer="ones", trainable=False
+            )
 
     def _reduce(self, t, axes):
         if self.reduce == "mean":
@@ -235,7 +272,7 @@ class SteerableNorm(IrrepsLayer):
                     if batch_stats:
                         new_means.append(tf.reshape(mean, [mul]))
                 else:
-                    mean = tf.reshape(tf.cast(self.running_mean[ib:ib + mul], x.dtype), per_copy)
+                    mean = tf.reshape(tf.cast(self.running_mean[ib : ib + mul], x.dtype), per_copy)
                 f = f - mean
             sq = tf.reduce_sum(tf.square(f), axis=comp)  # [..., mul]
             if self.normalization == "component":
@@ -247,13 +284,13 @@ class SteerableNorm(IrrepsLayer):
                 if self.mode == "instance":
                     var = tf.reshape(var, tf.concat([tf.shape(var)[:1], [1] * (rank - 2), [mul]], 0))
             else:
-                var = tf.cast(self.running_var[iw:iw + mul], x.dtype)
+                var = tf.cast(self.running_var[iw : iw + mul], x.dtype)
             scale = tf.math.rsqrt(var + tf.cast(self.eps, x.dtype))
             if self.affine:
-                scale = scale * tf.cast(self.weight[iw:iw + mul], x.dtype)
+                scale = scale * tf.cast(self.weight[iw : iw + mul], x.dtype)
             f = f * tf.expand_dims(scale, comp)
             if self.affine and ir.is_scalar() and self.bias is not None:
-                f = f + tf.reshape(tf.cast(self.bias[ib:ib + mul], x.dtype), per_copy)
+                f = f + tf.reshape(tf.cast(self.bias[ib : ib + mul], x.dtype), per_copy)
             if ir.is_scalar():
                 ib += mul
             iw += mul
@@ -269,8 +306,15 @@ class SteerableNorm(IrrepsLayer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(irreps=str(self.irreps), mode=self.mode, eps=self.eps, affine=self.affine, reduce=self.reduce,
-                      normalization=self.normalization, momentum=self.momentum)
+        config.update(
+            irreps=str(self.irreps),
+            mode=self.mode,
+            eps=self.eps,
+            affine=self.affine,
+            reduce=self.reduce,
+            normalization=self.normalization,
+            momentum=self.momentum,
+        )
         return config
 
 

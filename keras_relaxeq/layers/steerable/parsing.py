@@ -15,8 +15,9 @@ def irreps_arg(value, arg, owner, allow_empty=False) -> Irreps:
     try:
         irreps = Irreps(value)
     except (ValueError, TypeError) as err:
-        raise ValueError(f"{owner}: cannot parse {arg}={value!r} as Irreps ({err}). "
-                         "Use e3nn syntax such as '16x0e+8x1o'.") from None
+        raise ValueError(
+            f"{owner}: cannot parse {arg}={value!r} as Irreps ({err}). Use e3nn syntax such as '16x0e+8x1o'."
+        ) from None
     if not allow_empty and irreps.dim == 0:
         raise ValueError(f"{owner}: {arg}={value!r} has dimension 0; it needs at least one irrep.")
     return irreps
@@ -45,11 +46,15 @@ def check_feature_dim(layer, shape, irreps: Irreps, what: str):
     """Raise a ValueError naming ``layer`` unless ``shape`` is ``[batch, ..., irreps.dim]``."""
     shape = tuple(shape)
     if len(shape) < 2:
-        raise ValueError(f"{type(layer).__name__} '{layer.name}': {what} must have shape [batch, ..., "
-                         f"{irreps.dim}] for irreps '{irreps}', got shape {list(shape)}.")
+        raise ValueError(
+            f"{type(layer).__name__} '{layer.name}': {what} must have shape [batch, ..., "
+            f"{irreps.dim}] for irreps '{irreps}', got shape {list(shape)}."
+        )
     if shape[-1] is not None and int(shape[-1]) != irreps.dim:
-        raise ValueError(f"{type(layer).__name__} '{layer.name}': {what} has feature dimension {shape[-1]} "
-                         f"(shape {list(shape)}) but its irreps '{irreps}' have dimension {irreps.dim}.")
+        raise ValueError(
+            f"{type(layer).__name__} '{layer.name}': {what} has feature dimension {shape[-1]} "
+            f"(shape {list(shape)}) but its irreps '{irreps}' have dimension {irreps.dim}."
+        )
 
 
 def activation_id(act):
@@ -62,5 +67,11 @@ def serialize_initializer(init):
     return None if init is None else keras.initializers.serialize(init)
 
 
-__all__ = ["activation_id", "check_feature_dim", "irreps_arg", "is_single_shape", "serialize_initializer",
-           "set_tensor_product_irreps"]
+__all__ = [
+    "activation_id",
+    "check_feature_dim",
+    "irreps_arg",
+    "is_single_shape",
+    "serialize_initializer",
+    "set_tensor_product_irreps",
+]

@@ -78,8 +78,7 @@ class PathPlan:
     ``bias_scales`` of the ``0e`` bias.
     """
 
-    def __init__(self, in1: Irreps, in2: Irreps, out: Irreps, kind: str, normalization: str,
-                 layout: str = "mul_ir"):
+    def __init__(self, in1: Irreps, in2: Irreps, out: Irreps, kind: str, normalization: str, layout: str = "mul_ir"):
         self.in1, self.in2, self.out = in1, in2, out
         self.layout = layout
         self.dims = (in1.dim, in2.dim, out.dim)
@@ -122,8 +121,9 @@ class PathPlan:
             self.path_coefs.append(coef)
             ii, jj, kk = np.nonzero(np.abs(cg) > 0)
             vals = cg[ii, jj, kk] * coef
-            u, v, w = (g.reshape(-1, 1) for g in np.meshgrid(np.arange(mul1), np.arange(mul2), np.arange(mulo),
-                                                                indexing="ij"))
+            u, v, w = (
+                g.reshape(-1, 1) for g in np.meshgrid(np.arange(mul1), np.arange(mul2), np.arange(mulo), indexing="ij")
+            )
             a = off1[i1] + in_block(u, ii[None], mul1, ir1.dim, layout)
             b = off2[i2] + in_block(v, jj[None], mul2, ir2.dim, layout)
             c = offo[io] + in_block(w, kk[None], mulo, iro.dim, layout)

@@ -68,8 +68,17 @@ class O3TensorProduct(IrrepsLayer):
 
     _in2_attr = "irreps_in2"
 
-    def __init__(self, irreps_in1, irreps_in2=None, irreps_out=None, use_bias=True, tp_rescale=True,
-                 kernel_initializer=None, bias_initializer=None, **kwargs):
+    def __init__(
+        self,
+        irreps_in1,
+        irreps_in2=None,
+        irreps_out=None,
+        use_bias=True,
+        tp_rescale=True,
+        kernel_initializer=None,
+        bias_initializer=None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         owner = f"{type(self).__name__} '{self.name}'"
         set_tensor_product_irreps(self, irreps_in1, irreps_in2, irreps_out, owner)
@@ -78,8 +87,9 @@ class O3TensorProduct(IrrepsLayer):
         self.kernel_initializer = None if kernel_initializer is None else keras.initializers.get(kernel_initializer)
         self.bias_initializer = None if bias_initializer is None else keras.initializers.get(bias_initializer)
         in2 = self.irreps_in2 if self.irreps_in2 is not None else Irreps("1x0e")
-        self.plan = PathPlan(self.irreps_in1, in2, self.irreps_out, "tp", "segnn" if self.tp_rescale else "e3nn",
-                             self.layout)
+        self.plan = PathPlan(
+            self.irreps_in1, in2, self.irreps_out, "tp", "segnn" if self.tp_rescale else "e3nn", self.layout
+        )
         set_untracked(self, "type_plan", TypePlan(self.plan))
         self.kernel = None
         self.bias = None
@@ -136,11 +146,15 @@ class O3TensorProduct(IrrepsLayer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(irreps_in1=str(self.irreps_in1),
-                      irreps_in2=None if self.irreps_in2 is None else str(self.irreps_in2),
-                      irreps_out=str(self.irreps_out), use_bias=self.use_bias, tp_rescale=self.tp_rescale,
-                      kernel_initializer=serialize_initializer(self.kernel_initializer),
-                      bias_initializer=serialize_initializer(self.bias_initializer))
+        config.update(
+            irreps_in1=str(self.irreps_in1),
+            irreps_in2=None if self.irreps_in2 is None else str(self.irreps_in2),
+            irreps_out=str(self.irreps_out),
+            use_bias=self.use_bias,
+            tp_rescale=self.tp_rescale,
+            kernel_initializer=serialize_initializer(self.kernel_initializer),
+            bias_initializer=serialize_initializer(self.bias_initializer),
+        )
         return config
 
 
@@ -173,11 +187,23 @@ class O3TensorProductGate(IrrepsLayer):
     has_relaxation_branch = False
     _in2_attr = "irreps_in2"
 
-    def __init__(self, irreps_in1, irreps_in2=None, irreps_out=None, use_bias=True, tp_rescale=True,
-                 scalar_activation="silu", gate_activation="sigmoid", relaxation_placement="before_gate", **kwargs):
+    def __init__(
+        self,
+        irreps_in1,
+        irreps_in2=None,
+        irreps_out=None,
+        use_bias=True,
+        tp_rescale=True,
+        scalar_activation="silu",
+        gate_activation="sigmoid",
+        relaxation_placement="before_gate",
+        **kwargs,
+    ):
         if relaxation_placement not in RELAXATION_PLACEMENTS:
-            raise ValueError(f"O3TensorProductGate: relaxation_placement must be one of {RELAXATION_PLACEMENTS}, "
-                             f"got {relaxation_placement!r}.")
+            raise ValueError(
+                f"O3TensorProductGate: relaxation_placement must be one of {RELAXATION_PLACEMENTS}, "
+                f"got {relaxation_placement!r}."
+            )
         super().__init__(**kwargs)
         self.relaxation_placement = relaxation_placement
         # the branch is this layer's (after the gate) or the tensor product's (before it)
@@ -193,12 +219,26 @@ class O3TensorProductGate(IrrepsLayer):
         relax = self.sublayer_config()
         if self.has_relaxation_branch:
             relax["relaxed"] = False
-        self.tensor_product = O3TensorProduct(self.irreps_in1, self.irreps_in2, tp_out, use_bias=self.use_bias,
-                                              tp_rescale=self.tp_rescale, layout=self.layout, name="tensor_product",
-                                              **relax)
-        self.gate = Gate(scalars, gated, scalar_activation=self.scalar_activation,
-                         gate_activation=self.gate_activation, normalize_activations=gated.num_irreps > 0,
-                         layout=self.layout, name="gate", **relax)
+        self.tensor_product = O3TensorProduct(
+            self.irreps_in1,
+            self.irreps_in2,
+            tp_out,
+            use_bias=self.use_bias,
+            tp_rescale=self.tp_rescale,
+            layout=self.layout,
+            name="tensor_product",
+            **relax,
+        )
+        self.gate = Gate(
+            scalars,
+            gated,
+            scalar_activation=self.scalar_activation,
+            gate_activation=self.gate_activation,
+            normalize_activations=gated.num_irreps > 0,
+            layout=self.layout,
+            name="gate",
+            **relax,
+        )
 
     def build_equivariant(self, input_shape):
         if not self.tensor_product.built:
@@ -212,11 +252,16 @@ class O3TensorProductGate(IrrepsLayer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(irreps_in1=str(self.irreps_in1),
-                      irreps_in2=None if self.irreps_in2 is None else str(self.irreps_in2),
-                      irreps_out=str(self.irreps_out), use_bias=self.use_bias, tp_rescale=self.tp_rescale,
-                      scalar_activation=self.scalar_activation, gate_activation=self.gate_activation,
-                      relaxation_placement=self.relaxation_placement)
+        config.update(
+            irreps_in1=str(self.irreps_in1),
+            irreps_in2=None if self.irreps_in2 is None else str(self.irreps_in2),
+            irreps_out=str(self.irreps_out),
+            use_bias=self.use_bias,
+            tp_rescale=self.tp_rescale,
+            scalar_activation=self.scalar_activation,
+            gate_activation=self.gate_activation,
+            relaxation_placement=self.relaxation_placement,
+        )
         return config
 
 

@@ -48,8 +48,20 @@ def type_blocks(irreps: Irreps) -> list[TypeGroup]:
 
 
 #: short keys accepted by ``TypePath[key]`` (the letters of the :class:`TypePlan` docs), with their fields
-_TYPE_PATH_KEYS = {"t1": "type1", "t2": "type2", "to": "type_out", "d1": "dim1", "d2": "dim2", "d3": "dim_out",
-                   "U": "mul1", "V": "mul2", "W": "mul_out", "diag": "diagonal", "c": "diag_coef", "mode": "order"}
+_TYPE_PATH_KEYS = {
+    "t1": "type1",
+    "t2": "type2",
+    "to": "type_out",
+    "d1": "dim1",
+    "d2": "dim2",
+    "d3": "dim_out",
+    "U": "mul1",
+    "V": "mul2",
+    "W": "mul_out",
+    "diag": "diagonal",
+    "c": "diag_coef",
+    "mode": "order",
+}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -145,10 +157,23 @@ class TypePlan:
             mix_y = d3 * w if diag else d1 * d3 * v * w
             mix_z = d1 * u if diag else d1 * d3 * u * v
             cost_y, cost_z = u * v * w * d1 + mix_y, u * v * w * d3 + mix_z + d3 * u * v
-            triples.append(TypePath(type1=t1, type2=t2, type_out=to, dim1=d1, dim2=ir2.dim, dim_out=d3,
-                                    mul1=u, mul2=v, mul_out=w, cg=cg, diagonal=bool(diag),
-                                    diag_coef=float(diag_c) if diag else 1.0,
-                                    order="Y" if cost_y <= cost_z else "Z"))
+            triples.append(
+                TypePath(
+                    type1=t1,
+                    type2=t2,
+                    type_out=to,
+                    dim1=d1,
+                    dim2=ir2.dim,
+                    dim_out=d3,
+                    mul1=u,
+                    mul2=v,
+                    mul_out=w,
+                    cg=cg,
+                    diagonal=bool(diag),
+                    diag_coef=float(diag_c) if diag else 1.0,
+                    order="Y" if cost_y <= cost_z else "Z",
+                )
+            )
         self.triples = triples
         # ---- attribute-side CG matrices (non-diagonal triples): M[n, v, (i, k)] = A[n, v, :] @ cg_mat
         self.m_cols = {}  # t2 -> [(triple index, width)]
@@ -157,8 +182,7 @@ class TypePlan:
             if t.diagonal:
                 continue
             self.m_cols.setdefault(t.type2, []).append((n, t.dim1 * t.dim_out))
-            cg_mats.setdefault(t.type2, []).append(
-                np.transpose(t.cg, (1, 0, 2)).reshape(t.dim2, t.dim1 * t.dim_out))
+            cg_mats.setdefault(t.type2, []).append(np.transpose(t.cg, (1, 0, 2)).reshape(t.dim2, t.dim1 * t.dim_out))
         self.cg_mats = {t2: np.concatenate(m, axis=1) for t2, m in cg_mats.items()}
         # ---- weight matrices: "Y" per input type [U, sum V W], "Z" per output type [sum U V, W]
         self.y_cols, self.z_rows = {}, {}  # type -> [(triple index, start)]
@@ -171,11 +195,13 @@ class TypePlan:
                 entry.append((n, sum(triples[m].mul1 * triples[m].mul2 for m, _ in entry)))
         mats = []
         for t1, entry in self.y_cols.items():
-            mats.append(WeightMatrix("Y", t1, self.types1[t1].mul,
-                                     sum(triples[m].mul2 * triples[m].mul_out for m, _ in entry)))
+            mats.append(
+                WeightMatrix("Y", t1, self.types1[t1].mul, sum(triples[m].mul2 * triples[m].mul_out for m, _ in entry))
+            )
         for to, entry in self.z_rows.items():
-            mats.append(WeightMatrix("Z", to, sum(triples[m].mul1 * triples[m].mul2 for m, _ in entry),
-                                     self.types_out[to].mul))
+            mats.append(
+                WeightMatrix("Z", to, sum(triples[m].mul1 * triples[m].mul2 for m, _ in entry), self.types_out[to].mul)
+            )
         self.mats = mats
         index = {(k, t): np.full((r, c), -1, np.int64) for k, t, r, c in mats}
         scale = {(k, t): np.zeros((r, c), np.float64) for k, t, r, c in mats}
@@ -192,18 +218,21 @@ class TypePlan:
                 key, rows, cols = ("Z", to), start_of[n] + (off1 + u) * t.mul2 + off2 + v, offo + w
             index[key][rows, cols] = sl.start + (u * mul2 + v) * mulo + w
             scale[key][rows, cols] = coef * t.diag_coef
-        flat_index = np.concatenate([index[(k, t)].reshape(-1) for k, t, _, _ in mats]) if mats else \
-            np.zeros(0, np.int64)
+        flat_index = (
+            np.concatenate([index[(k, t)].reshape(-1) for k, t, _, _ in mats]) if mats else np.zeros(0, np.int64)
+        )
         self.w_sizes = [m.rows * m.cols for m in mats]
         self.w_pad = bool(np.any(flat_index < 0))  # entries no path reaches read a padded zero
         self.w_index = np.where(flat_index < 0, plan.weight_numel, flat_index)
-        self.w_scale = np.concatenate([scale[(k, t)].reshape(-1) for k, t, _, _ in mats]) if mats else \
-            np.zeros(0, np.float64)
+        self.w_scale = (
+            np.concatenate([scale[(k, t)].reshape(-1) for k, t, _, _ in mats]) if mats else np.zeros(0, np.float64)
+        )
         # ---- bias (the 0e output type receives the whole bias vector, in order) and output layout
         self.bias_type = next((to for to, group in enumerate(self.types_out) if group.ir.is_scalar()), None)
         self.out_blocks = [(b, poso[b]) for b, (mul, _) in enumerate(out) if mul]
-        self.out_identity = all(len(group.blocks) == 1 for group in self.types_out) and \
-            [poso[b][0] for b, _ in self.out_blocks] == list(range(len(self.types_out)))
+        self.out_identity = all(len(group.blocks) == 1 for group in self.types_out) and [
+            poso[b][0] for b, _ in self.out_blocks
+        ] == list(range(len(self.types_out)))
 
     # -- call-time pieces -------------------------------------------------------------------
     @staticmethod

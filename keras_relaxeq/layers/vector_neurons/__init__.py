@@ -43,8 +43,17 @@ from keras_relaxeq.layers.vector_neurons.nonlinearities import VNLeakyReLU, vn_l
 from keras_relaxeq.layers.vector_neurons.pooling import VNMaxPool, VNMeanPool, _pool_axis
 
 # The classes are documented, saved (the "module" of a .keras config) and pickled under this package's path.
-for _cls in (_VectorLayer, VNLinear, TorchBatchNormalization, VNBatchNorm, VNLeakyReLU, VNMeanPool, VNMaxPool,
-             VNStdFeature, VNGraphFeature):
+for _cls in (
+    _VectorLayer,
+    VNLinear,
+    TorchBatchNormalization,
+    VNBatchNorm,
+    VNLeakyReLU,
+    VNMeanPool,
+    VNMaxPool,
+    VNStdFeature,
+    VNGraphFeature,
+):
     _cls.__module__ = __name__
 del _cls
 

@@ -28,11 +28,11 @@ class TorchBatchNormalization(keras.layers.BatchNormalization):
     0.1), ``epsilon=1e-5``.
     """
 
-    def __init__(self, momentum=0.9, epsilon=1e-5, unbiased_moving_variance=True, float64_statistics=True,
-                 **kwargs):
+    def __init__(self, momentum=0.9, epsilon=1e-5, unbiased_moving_variance=True, float64_statistics=True, **kwargs):
         if kwargs.get("renorm"):
-            raise ValueError("TorchBatchNormalization does not support renorm=True; "
-                             "use keras.layers.BatchNormalization.")
+            raise ValueError(
+                "TorchBatchNormalization does not support renorm=True; use keras.layers.BatchNormalization."
+            )
         super().__init__(momentum=momentum, epsilon=epsilon, **kwargs)
         self.unbiased_moving_variance = bool(unbiased_moving_variance)
         self.float64_statistics = bool(float64_statistics)
@@ -52,20 +52,27 @@ class TorchBatchNormalization(keras.layers.BatchNormalization):
                 count *= tf.distribute.get_replica_context().num_replicas_in_sync
             moving_variance_update = variance * count / tf.maximum(count - 1.0, 1.0)
         momentum = tf.constant(self.momentum, dtype=work)  # (tf.cast would round it through float32)
-        self.moving_mean.assign(tf.cast(tf.cast(self.moving_mean, work) * momentum + mean * (1.0 - momentum),
-                                        self.moving_mean.dtype))
-        self.moving_variance.assign(tf.cast(tf.cast(self.moving_variance, work) * momentum
-                                            + moving_variance_update * (1.0 - momentum), self.moving_variance.dtype))
+        self.moving_mean.assign(
+            tf.cast(tf.cast(self.moving_mean, work) * momentum + mean * (1.0 - momentum), self.moving_mean.dtype)
+        )
+        self.moving_variance.assign(
+            tf.cast(
+                tf.cast(self.moving_variance, work) * momentum + moving_variance_update * (1.0 - momentum),
+                self.moving_variance.dtype,
+            )
+        )
         gamma = tf.cast(self.gamma, work) if self.scale else None
         beta = tf.cast(self.beta, work) if self.center else None
-        outputs = keras.ops.batch_normalization(x, mean, variance, axis=self.axis, offset=beta, scale=gamma,
-                                                epsilon=self.epsilon)
+        outputs = keras.ops.batch_normalization(
+            x, mean, variance, axis=self.axis, offset=beta, scale=gamma, epsilon=self.epsilon
+        )
         return tf.cast(outputs, self.compute_dtype)
 
     def get_config(self):
         config = super().get_config()
-        config.update(unbiased_moving_variance=self.unbiased_moving_variance,
-                      float64_statistics=self.float64_statistics)
+        config.update(
+            unbiased_moving_variance=self.unbiased_moving_variance, float64_statistics=self.float64_statistics
+        )
         return config
 
 
@@ -83,8 +90,9 @@ class VNBatchNorm(_VectorLayer):
         super().__init__(**kwargs)
         self.momentum = float(momentum)
         self.epsilon = float(epsilon)
-        self.batchnorm = TorchBatchNormalization(axis=-1, momentum=self.momentum, epsilon=self.epsilon,
-                                                 dtype=self.dtype_policy, name="batchnorm")
+        self.batchnorm = TorchBatchNormalization(
+            axis=-1, momentum=self.momentum, epsilon=self.epsilon, dtype=self.dtype_policy, name="batchnorm"
+        )
 
     def build_equivariant(self, input_shape):
         self.batchnorm.build(tuple(input_shape[:-1]))

@@ -19,10 +19,12 @@ def _check_vector_shape(layer, input_shape):
         raise ValueError(
             f"{type(layer).__name__} '{layer.name}' expects vector features of shape "
             f"[batch, points, channels, 3] (or [batch, ..., channels, 3]); got shape {list(input_shape)}. "
-            "Point clouds [batch, points, 3] become one-channel vector features with x[:, :, None, :].")
+            "Point clouds [batch, points, 3] become one-channel vector features with x[:, :, None, :]."
+        )
     if input_shape[-2] is None:
-        raise ValueError(f"{type(layer).__name__} '{layer.name}' needs a known channel axis (-2); "
-                         f"got shape {list(input_shape)}.")
+        raise ValueError(
+            f"{type(layer).__name__} '{layer.name}' needs a known channel axis (-2); got shape {list(input_shape)}."
+        )
     return int(input_shape[-2])
 
 
@@ -48,8 +50,10 @@ def concat_mean_features(x, mean=None):
 def _check_concat_mean_input(layer, input_shape):
     """``concat_mean`` averages over the points axis (-3): per-point features only."""
     if len(input_shape) < 4:
-        raise ValueError(f"{type(layer).__name__} '{layer.name}' with concat_mean=True needs per-point features "
-                         f"[batch, points, channels, 3]; got shape {list(input_shape)}.")
+        raise ValueError(
+            f"{type(layer).__name__} '{layer.name}' with concat_mean=True needs per-point features "
+            f"[batch, points, channels, 3]; got shape {list(input_shape)}."
+        )
 
 
 class _VectorLayer(RelaxedEquivariantLayer):

@@ -32,20 +32,30 @@ def knn_graph_feature(x, k, cross=False, indices=None):
     """
     x = tf.convert_to_tensor(x)
     if x.shape.rank != 4 or x.shape[-1] != 3:
-        raise ValueError(f"knn_graph_feature expects vector features [batch, points, channels, 3]; "
-                         f"got shape {x.shape.as_list()}.")
+        raise ValueError(
+            f"knn_graph_feature expects vector features [batch, points, channels, 3]; got shape {x.shape.as_list()}."
+        )
     n_static = x.shape[1]
     if n_static is not None and k > n_static:
-        raise ValueError(f"kNN with k={k} needs at least {k} points per cloud; got {n_static}. "
-                         f"Use more points or a smaller k.")
+        raise ValueError(
+            f"kNN with k={k} needs at least {k} points per cloud; got {n_static}. Use more points or a smaller k."
+        )
     shape = tf.shape(x)
     if indices is None:
         flat = tf.reshape(x, [shape[0], shape[1], -1])
         # a run-time check only when the number of points is not static (checked above); XLA drops
         # Assert ops with a warning at every compilation
-        checks = [] if n_static is not None else [tf.debugging.assert_greater_equal(
-            shape[1], k, message=f"kNN with k={k} needs at least {k} points per cloud; "
-                                 "use more points or a smaller k.")]
+        checks = (
+            []
+            if n_static is not None
+            else [
+                tf.debugging.assert_greater_equal(
+                    shape[1],
+                    k,
+                    message=f"kNN with k={k} needs at least {k} points per cloud; use more points or a smaller k.",
+                )
+            ]
+        )
         with tf.control_dependencies(checks):
             # neighbours from float32 distances also under a mixed (bfloat16) policy
             indices = knn_indices(tf.cast(tf.stop_gradient(flat), tf.float32), k)
@@ -72,11 +82,14 @@ class VNGraphFeature(_VectorLayer):
 
     def build_equivariant(self, input_shape):
         if len(input_shape) != 4:
-            raise ValueError(f"VNGraphFeature '{self.name}' expects [batch, points, channels, 3]; "
-                             f"got shape {list(input_shape)}.")
+            raise ValueError(
+                f"VNGraphFeature '{self.name}' expects [batch, points, channels, 3]; got shape {list(input_shape)}."
+            )
         if input_shape[1] is not None and self.k > input_shape[1]:
-            raise ValueError(f"VNGraphFeature '{self.name}': k={self.k} needs at least {self.k} points per "
-                             f"cloud, got {input_shape[1]}. Use more points or a smaller k.")
+            raise ValueError(
+                f"VNGraphFeature '{self.name}': k={self.k} needs at least {self.k} points per "
+                f"cloud, got {input_shape[1]}. Use more points or a smaller k."
+            )
 
     def equivariant_call(self, inputs, training=None):
         return knn_graph_feature(inputs, self.k, cross=self.cross)

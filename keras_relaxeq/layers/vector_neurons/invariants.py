@@ -29,8 +29,15 @@ class VNStdFeature(RelaxedEquivariantLayer):
 
     has_relaxation_branch = False
 
-    def __init__(self, normalize_frame=False, share_nonlinearity=False, negative_slope=0.2,
-                 use_batchnorm=True, concat_mean=False, **kwargs):
+    def __init__(
+        self,
+        normalize_frame=False,
+        share_nonlinearity=False,
+        negative_slope=0.2,
+        use_batchnorm=True,
+        concat_mean=False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.concat_mean = bool(concat_mean)
         self.normalize_frame = bool(normalize_frame)
@@ -54,18 +61,25 @@ class VNStdFeature(RelaxedEquivariantLayer):
             _check_concat_mean_input(self, input_shape)
         c = self._channels(input_shape)
         if c < 4:
-            raise ValueError(f"VNStdFeature '{self.name}' needs at least 4 input channels (it maps C -> C/2 -> C/4); "
-                             f"got {c}.")
+            raise ValueError(
+                f"VNStdFeature '{self.name}' needs at least 4 input channels (it maps C -> C/2 -> C/4); got {c}."
+            )
         if self.normalize_frame and c < 8:
-            raise ValueError(f"VNStdFeature '{self.name}' with normalize_frame=True needs at least 8 input channels "
-                             f"(C // 4 >= 2 vectors feed Gram-Schmidt); got {c}.")
+            raise ValueError(
+                f"VNStdFeature '{self.name}' with normalize_frame=True needs at least 8 input channels "
+                f"(C // 4 >= 2 vectors feed Gram-Schmidt); got {c}."
+            )
         super().build(input_shape)
 
     def build_equivariant(self, input_shape):
         c = self._channels(input_shape)
         relax = self.sublayer_config()
-        block = dict(negative_slope=self.negative_slope, share_nonlinearity=self.share_nonlinearity,
-                     use_batchnorm=self.use_batchnorm, **relax)
+        block = dict(
+            negative_slope=self.negative_slope,
+            share_nonlinearity=self.share_nonlinearity,
+            use_batchnorm=self.use_batchnorm,
+            **relax,
+        )
         self.vn1 = VNLeakyReLU(c // 2, name="vn1", concat_mean=self.concat_mean, **block)
         self.vn2 = VNLeakyReLU(c // 4, name="vn2", **block)
         self.vn_lin = VNLinear(2 if self.normalize_frame else 3, name="vn_lin", **relax)
@@ -98,7 +112,11 @@ class VNStdFeature(RelaxedEquivariantLayer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(normalize_frame=self.normalize_frame, share_nonlinearity=self.share_nonlinearity,
-                      negative_slope=self.negative_slope, use_batchnorm=self.use_batchnorm,
-                      concat_mean=self.concat_mean)
+        config.update(
+            normalize_frame=self.normalize_frame,
+            share_nonlinearity=self.share_nonlinearity,
+            negative_slope=self.negative_slope,
+            use_batchnorm=self.use_batchnorm,
+            concat_mean=self.concat_mean,
+        )
         return config

@@ -26,8 +26,10 @@ def vn_linear(x, kernels):
     y = tf.matmul(rows, kernels[0] if len(kernels) == 1 else tf.concat(kernels, axis=1))
     parts = [y] if len(kernels) == 1 else tf.split(y, widths, axis=1)
     lead = shape[:-2]
-    return [tf.reshape(tf.transpose(tf.reshape(part, [-1, 3, d]), [0, 2, 1]), tf.concat([lead, [d, 3]], 0))
-            for part, d in zip(parts, widths)]
+    return [
+        tf.reshape(tf.transpose(tf.reshape(part, [-1, 3, d]), [0, 2, 1]), tf.concat([lead, [d, 3]], 0))
+        for part, d in zip(parts, widths)
+    ]
 
 
 def vn_kernel_as_dense(kernel):
@@ -63,8 +65,14 @@ def can_fuse_branches(maps, inputs, concat_mean=False):
     collector = active_collector()
     if collector is not None and collector.record_activations:
         return False
-    if not all(m is not None and m.relaxed and m.theta is not None and m.relaxation_branch == "linear"
-               and not m.relaxation_low_rank for m in maps):
+    if not all(
+        m is not None
+        and m.relaxed
+        and m.theta is not None
+        and m.relaxation_branch == "linear"
+        and not m.relaxation_low_rank
+        for m in maps
+    ):
         return False
     return not concat_mean or all(m.resolved_lie_method(inputs) == "closed_form" for m in maps)
 
@@ -114,9 +122,11 @@ def fused_vn_maps(maps, x, mean=None):
     if mean is None:
         y = tf.reshape(tf.matmul(rows, kernel) + bias, tf.concat([lead, [sum(widths)]], 0))
     else:
-        y = tf.reshape(tf.matmul(rows, kernel[:3 * c]), tf.concat([lead, [sum(widths)]], 0))
-        y_mean = tf.reshape(tf.matmul(tf.reshape(mean, [-1, 3 * c]), kernel[3 * c:]) + bias,
-                            tf.concat([tf.shape(mean)[:-2], [sum(widths)]], 0))
+        y = tf.reshape(tf.matmul(rows, kernel[: 3 * c]), tf.concat([lead, [sum(widths)]], 0))
+        y_mean = tf.reshape(
+            tf.matmul(tf.reshape(mean, [-1, 3 * c]), kernel[3 * c :]) + bias,
+            tf.concat([tf.shape(mean)[:-2], [sum(widths)]], 0),
+        )
         y = y + y_mean  # the mean's rows broadcast over the points axis
     parts = [y] if len(maps) == 1 else tf.split(y, widths, axis=-1)
     outputs = [tf.reshape(part, tf.concat([lead, [d // 3, 3]], 0)) for part, d in zip(parts, widths)]
@@ -133,8 +143,9 @@ def fused_vn_maps(maps, x, mean=None):
             flat_mean = tf.cast(tf.stop_gradient(tf.reshape(mean, [-1, 3 * c])), variable_dtype)
             gram = concat_mean_gram_statistics(flat_x, flat_mean, tf.shape(x)[-3])
             for m in maps:
-                lie, proj = linear_branch_penalties(m.relaxation_kernel, m.relaxation_bias, gram, m.input_rep,
-                                                    m.output_rep)
+                lie, proj = linear_branch_penalties(
+                    m.relaxation_kernel, m.relaxation_bias, gram, m.input_rep, m.output_rep
+                )
                 collector.add(m, lie, proj, None)
     return outputs
 
@@ -159,8 +170,7 @@ class VNLinear(_VectorLayer):
 
     def build_equivariant(self, input_shape):
         c_in = _check_vector_shape(self, input_shape)
-        self.kernel = self.add_weight(name="kernel", shape=(c_in, self.channels),
-                                      initializer=self.kernel_initializer)
+        self.kernel = self.add_weight(name="kernel", shape=(c_in, self.channels), initializer=self.kernel_initializer)
 
     def equivariant_call(self, inputs, training=None):
         return vn_linear(inputs, [self.kernel])[0]
@@ -175,6 +185,5 @@ class VNLinear(_VectorLayer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(channels=self.channels,
-                      kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
+        config.update(channels=self.channels, kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
         return config

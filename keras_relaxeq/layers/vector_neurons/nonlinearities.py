@@ -46,8 +46,15 @@ class VNLeakyReLU(_VectorLayer):
 
     has_relaxation_branch = False
 
-    def __init__(self, channels=None, negative_slope=0.2, share_nonlinearity=False, use_batchnorm=True,
-                 concat_mean=False, **kwargs):
+    def __init__(
+        self,
+        channels=None,
+        negative_slope=0.2,
+        share_nonlinearity=False,
+        use_batchnorm=True,
+        concat_mean=False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.concat_mean = bool(concat_mean)
         if self.concat_mean and channels is None:
@@ -113,7 +120,11 @@ class VNLeakyReLU(_VectorLayer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(channels=self.channels, negative_slope=self.negative_slope,
-                      share_nonlinearity=self.share_nonlinearity, use_batchnorm=self.use_batchnorm,
-                      concat_mean=self.concat_mean)
+        config.update(
+            channels=self.channels,
+            negative_slope=self.negative_slope,
+            share_nonlinearity=self.share_nonlinearity,
+            use_batchnorm=self.use_batchnorm,
+            concat_mean=self.concat_mean,
+        )
         return config

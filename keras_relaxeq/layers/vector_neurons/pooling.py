@@ -11,8 +11,10 @@ from keras_relaxeq.layers.vector_neurons.linear import VNLinear
 def _pool_axis(layer, rank):
     axis = layer.axis if layer.axis >= 0 else rank + layer.axis
     if axis == 0 or axis >= rank - 2:
-        raise ValueError(f"{type(layer).__name__} '{layer.name}' pools over axis {layer.axis}, which must be "
-                         f"a points/neighbours axis (not batch, channels or xyz) of the rank-{rank} input.")
+        raise ValueError(
+            f"{type(layer).__name__} '{layer.name}' pools over axis {layer.axis}, which must be "
+            f"a points/neighbours axis (not batch, channels or xyz) of the rank-{rank} input."
+        )
     return axis
 
 
