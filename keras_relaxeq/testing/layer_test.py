@@ -34,6 +34,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_relaxeq.groups.cyclic_kernels import transform_kernel
 from keras_relaxeq.groups.representations import TrivialRep, equivariant_projection
 from keras_relaxeq.layers.base import RelaxedEquivariantLayer
 from keras_relaxeq.layers.relaxation import relaxed_layers, set_theta
@@ -158,16 +159,27 @@ def _randomize(layer, rng, branch_scale):
 
 
 def _project_branches(layer) -> int:
-    """Replace every dense linear branch by its projection onto the equivariant linear maps; returns how many."""
+    """Replace every linear branch by its projection onto the equivariant maps (dense maps: the Lie-algebra
+    projection; C_N conv branches: the average of the kernel transform over the group); returns how many."""
     projected = 0
     for sub in relaxed_layers(layer):
         if sub.relaxation_branch != "linear" or sub.relaxation_low_rank:
             continue
         kernel = np.asarray(sub.relaxation_kernel.numpy(), np.float64)
-        sub.relaxation_kernel.assign(equivariant_projection(kernel, sub.input_rep, sub.output_rep))
-        if sub.relaxation_bias is not None:
-            bias = np.asarray(sub.relaxation_bias.numpy(), np.float64)[None]
-            sub.relaxation_bias.assign(equivariant_projection(bias, TrivialRep(1), sub.output_rep)[0])
+        bias = None if sub.relaxation_bias is None else np.asarray(sub.relaxation_bias.numpy(), np.float64)
+        if getattr(sub.input_rep, "is_finite_group", False):  # a C_N conv branch: average over the group
+            ti, to = sub.input_rep.field_type, sub.output_rep.field_type
+            elements = list(ti.group.elements())
+            kernel = sum(transform_kernel(kernel, g, ti, to) for g in elements) / len(elements)
+            if bias is not None:
+                bias = sum(to.matrix(g) @ bias for g in elements) / len(elements)
+        else:
+            kernel = equivariant_projection(kernel, sub.input_rep, sub.output_rep)
+            if bias is not None:
+                bias = equivariant_projection(bias[None], TrivialRep(1), sub.output_rep)[0]
+        sub.relaxation_kernel.assign(kernel)
+        if bias is not None:
+            sub.relaxation_bias.assign(bias)
         projected += 1
     return projected
 

@@ -191,3 +191,18 @@ def test_mixed_precision_runs_in_bfloat16_with_float32_penalties_and_weights():
     coeffs = [v.numpy() for v in layer.coefficients.values()]
     expected = np.concatenate([np.abs(np.diff(c.reshape(c.shape[:-2] + (-1,)), axis=-1)).ravel() for c in coeffs])
     np.testing.assert_allclose(float(layer.losses[0]), expected.mean(), rtol=1e-6)
+
+
+RUN_LAYER_TEST_CASES = [
+    (LiftingConv2D, dict(filters=3, in_type="vector"), 2 * 2, FieldType.vector(4, 2), FieldType.regular(4, 3)),
+    (GroupConv2D, dict(filters=2), 4 * 3, FieldType.regular(4, 3), FieldType.regular(4, 2)),
+    (ProjectionConv2D, dict(out_type="vector"), 4 * 2, FieldType.regular(4, 2), FieldType.vector(4)),
+]
+
+
+@pytest.mark.parametrize("cls,kwargs,channels,ti,to", RUN_LAYER_TEST_CASES, ids=lambda v: getattr(v, "__name__", None))
+def test_run_layer_test(cls, kwargs, channels, ti, to):
+    """The package's layer test: build, call, serialization, relaxed -> project, C4 equivariance (negative control)."""
+    from keras_relaxeq.testing import CyclicGridAction, run_layer_test
+
+    run_layer_test(cls, kwargs, (2, 7, 7, channels), group=CyclicGridAction(ti, to), negative_control=True)

@@ -96,3 +96,15 @@ def test_config_round_trip():
     np.testing.assert_allclose(clone(x), y, atol=1e-6)
     assert clone.get_config() == layer.get_config() and clone.alpha == 0.25
     assert layer.coefficients[0, 0].shape == (2, 2, 50, 5, 5)  # 25 taps x 8 / 4
+
+
+def test_run_layer_test():
+    """The package's layer test for RSteer, relaxed and projected (serialization, branch, project)."""
+    from keras_relaxeq.testing import run_layer_test
+
+    # RSteer's per-tap coefficients are drawn independently: the layer is only approximately equivariant, so
+    # the helper checks build, call, serialization and relaxed -> project without the equivariance stage
+    # (test_constant_coefficients_give_the_equivariant_layer checks the equivariant case)
+    kwargs = dict(out_type=[["regular", 2]], in_type=[["vector", 2]])
+    result = run_layer_test(RSteerConv2D, kwargs, (2, 7, 7, 4), group=False)
+    assert result is not None
