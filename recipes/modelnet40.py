@@ -37,17 +37,18 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib
-import json
 import math
 import sys
 import time
 
 from keras_relaxeq.training.recipe import (
+    RUN_FILES,
     check_strategy_options,
     make_strategy,
     prepare_output_dir,
     read_csv_history,
     run_callbacks,
+    write_summary,
 )
 
 MODELS = ("vn_pointnet", "vn_dgcnn", "vn_classifier")
@@ -519,19 +520,10 @@ def main(argv=None) -> dict:
         },
         "wall_time_seconds": time.time() - start,
         "params": {"trained_model": int(model.count_params()), "projected_model": int(projected.count_params())},
-        "files": {
-            "projected_model": "projected.keras",
-            "best_projected_model": "best_projected.keras",
-            "best_relaxed_model": "best_relaxed.keras",
-            "csv_log": "log.csv",
-            "tensorboard": "logs",
-            "plot": "history.png",
-            "backup": "backup",
-        },
+        "files": {"projected_model": "projected.keras", **RUN_FILES},
         "tensorboard": tensorboard,
     }
-    with open(write_dir / "summary.json", "w") as f:
-        json.dump(summary, f, indent=2, default=str)
+    write_summary(write_dir, summary)
     plot_history(history, write_dir / "history.png", title=f"{cfg['model']} on ModelNet40")
     dist.cleanup_worker_dir(str(write_dir), str(out), strategy)  # non-chief: throw the private copy away
     if cfg["verbose"] and chief:

@@ -51,7 +51,6 @@ The output directory gets:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -60,11 +59,13 @@ from pathlib import Path
 from keras_relaxeq.layers.steerable import RELAXATION_PLACEMENTS
 from keras_relaxeq.models.segnn import CENTRINGS
 from keras_relaxeq.training.recipe import (
+    RUN_FILES,
     check_strategy_options,
     make_strategy,
     prepare_output_dir,
     read_csv_history,
     run_callbacks,
+    write_summary,
 )
 
 #: published settings of the relaxation paper's N-body run (docs/method.md section 9, SEGNN README)
@@ -466,18 +467,12 @@ def main(argv=None) -> dict:
         "wall_time_seconds": time.time() - start,
         "files": {
             "projected_model": "projected.keras",
-            "best_projected_model": "best_projected.keras",
-            "best_relaxed_model": "best_relaxed.keras",
-            "csv_log": "log.csv",
-            "tensorboard": "logs",
+            **RUN_FILES,
             "relaxation_log": "relaxation.csv" if cfg["relaxed"] and cfg["monitor_every"] else None,
-            "plot": "history.png",
-            "backup": "backup",
         },
         "tensorboard": tensorboard,
     }
-    with open(write_dir / "summary.json", "w") as f:
-        json.dump(summary, f, indent=2, default=str)
+    write_summary(write_dir, summary)
     plot_regression_history(
         history,
         write_dir / "history.png",

@@ -36,20 +36,23 @@ per-step RMSE curves, C4 equivariance error, wall time) and ``history.png``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
 
 from keras_relaxeq.training.recipe import (
+    RUN_FILES,
     check_strategy_options,
     make_strategy,
     prepare_output_dir,
     read_csv_history,
     run_callbacks,
+    write_summary,
 )
 
 ARMS = ("cnn", "equivariant", "relaxed", "rsteer", "rsteer_relaxed")
+#: this recipe, as recorded in summary.json
+RECIPE = "recipes/smoke_plume.py"
 RELAXED_ARMS = ("relaxed", "rsteer_relaxed")
 
 #: published settings (Wang, Walters, Yu 2022 rotation runs; Pertigkiozoglou et al. 2024)
@@ -355,7 +358,7 @@ def main(argv=None) -> dict:
         mode="min",
         initial_best=best_so_far,
         strategy=strategy,
-        recipe="recipes/smoke_plume.py",
+        recipe=RECIPE,
         config=cfg,
         datasets=passes,
     )
@@ -381,6 +384,7 @@ def main(argv=None) -> dict:
     scored = [(v, i) for i, v in enumerate(pv) if math.isfinite(v)]
     best_val, best_idx = min(scored) if scored else (None, None)
     summary = {
+        "recipe": RECIPE,
         "config": cfg,
         "arm": cfg["arm"],
         "strategy": cfg["strategy"],
@@ -397,19 +401,10 @@ def main(argv=None) -> dict:
         "c4_equivariance": equivariance,
         "params": {"trained_model": int(model.count_params()), "projected_forecaster": int(forecaster.count_params())},
         "wall_time_seconds": time.time() - start,
-        "files": {
-            "projected_forecaster": "projected.keras",
-            "best_projected_model": "best_projected.keras",
-            "best_relaxed_model": "best_relaxed.keras",
-            "csv_log": "log.csv",
-            "tensorboard": "logs",
-            "plot": "history.png",
-            "backup": "backup",
-        },
+        "files": {"projected_forecaster": "projected.keras", **RUN_FILES},
         "tensorboard": tensorboard,
     }
-    with open(write_dir / "summary.json", "w") as f:
-        json.dump(summary, f, indent=2, default=str)
+    write_summary(write_dir, summary)
     plot_history(history, write_dir / "history.png", title=f"smoke plume, {cfg['arm']}", metric="rmse")
     dist.cleanup_worker_dir(str(write_dir), str(out), strategy)
     if cfg["verbose"] and chief:

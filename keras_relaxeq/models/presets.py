@@ -153,4 +153,38 @@ def attach_from_preset(builder_fn):
     return builder_fn
 
 
-__all__ = ["BUILDERS", "DEFAULT_PRESETS", "attach_from_preset", "copy_pretrained_weights", "from_preset"]
+__all__ = [
+    "BUILDERS",
+    "DEFAULT_PRESETS",
+    "PRESET_OVERRIDES",
+    "pretrained_model",
+    "attach_from_preset",
+    "copy_pretrained_weights",
+    "from_preset",
+]
+
+
+#: builder arguments that a zoo preset's architecture may be loaded with (the others come from the entry)
+PRESET_OVERRIDES = (
+    "num_classes",
+    "relaxed",
+    "num_points",
+    "lambda_lie",
+    "lambda_proj",
+    "penalty_scale",
+    "relaxation_initializer",
+    "relaxation_use_bias",
+    "lie_method",
+    "dropout",
+    "name",
+)
+
+
+def pretrained_model(builder: str, pretrained, arguments: dict):
+    """A builder's ``pretrained=`` path: :func:`from_preset` with the builder's own arguments that apply.
+
+    ``pretrained`` is ``True`` (the builder's default preset) or a zoo name; ``arguments`` the builder's
+    arguments (``locals()`` at its start).
+    """
+    overrides = {key: arguments[key] for key in PRESET_OVERRIDES if key in arguments}
+    return from_preset(builder, None if pretrained is True else pretrained, **overrides)

@@ -39,7 +39,7 @@ import keras
 
 from keras_relaxeq.layers.vector_neurons import VNGraphFeature, VNLeakyReLU, VNMeanPool, VNStdFeature
 from keras_relaxeq.models.checks import point_cloud_check
-from keras_relaxeq.models.presets import attach_from_preset, from_preset
+from keras_relaxeq.models.presets import attach_from_preset, pretrained_model
 from keras_relaxeq.models.vn_pointnet import dense_units, dtype_policy_scope, vn_channels
 from keras_relaxeq.training.model import RelaxedModel
 
@@ -99,21 +99,7 @@ def vn_dgcnn(
     Input ``points [batch, num_points, 3]``; output logits ``[batch, num_classes]``.
     """
     if pretrained:
-        return from_preset(
-            "vn_dgcnn",
-            None if pretrained is True else pretrained,
-            num_classes=num_classes,
-            relaxed=relaxed,
-            num_points=num_points,
-            lambda_lie=lambda_lie,
-            lambda_proj=lambda_proj,
-            penalty_scale=penalty_scale,
-            relaxation_initializer=relaxation_initializer,
-            relaxation_use_bias=relaxation_use_bias,
-            lie_method=lie_method,
-            dropout=dropout,
-            name=name,
-        )
+        return pretrained_model("vn_dgcnn", pretrained, locals())
     if dtype is not None:
         kwargs = dict(locals(), dtype=None)
         with dtype_policy_scope(dtype):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -309,3 +310,21 @@ def run_callbacks(
         )
     )
     return callbacks, tensorboard
+
+
+#: the files of a recipe run besides its final model (``summary.json``'s ``"files"``)
+RUN_FILES = {
+    "best_projected_model": "best_projected.keras",
+    "best_relaxed_model": "best_relaxed.keras",
+    "csv_log": "log.csv",
+    "tensorboard": "logs",
+    "plot": "history.png",
+    "backup": "backup",
+}
+
+
+def write_summary(write_dir, summary: dict) -> Path:
+    """``summary.json`` of a run (indented JSON, written atomically: a reader never sees half a file)."""
+    path = Path(write_dir) / "summary.json"
+    atomic_write(path, json.dumps(summary, indent=2, default=str))
+    return path
