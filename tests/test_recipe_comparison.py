@@ -533,3 +533,48 @@ def test_an_exported_run_resumes_on_another_machine(tmp_path, monkeypatch):
     assert summary["epochs_run"] == 2 and summary["epochs_this_invocation"] == 1 and summary["resumed"]
     assert records.read_log(second / "relaxed_seed0" / "log.csv")["epoch"] == [0.0, 1.0]
     assert result["groups"][0]["runs"] == 1
+
+
+def smoke_summary(future, domain):
+    return {
+        "epochs_run": 2,
+        "rmse_future": future,
+        "rmse_domain": domain,
+        "best_projected_val_rmse": future,
+        "c4_equivariance": {"relative_max_error": 1e-7},
+        "wall_time_seconds": 60.0,
+    }
+
+
+def test_an_experiment_with_its_own_arms(tmp_path):
+    """smoke_plume: five arms selected by --arm, the relaxed arm paired with the equivariant one."""
+    drv = load_driver()
+    args = drv.parse_args(["smoke_plume", "--output-dir", str(tmp_path), "--seeds", "0", "--epochs", "2"])
+    assert args.arms == list(drv.SMOKE_ARMS)
+    cmd = plan.command(args, "rsteer_relaxed", 0)
+    assert cmd[cmd.index("--arm") + 1] == "rsteer_relaxed" and "--relaxed" not in cmd and "--no-relaxed" not in cmd
+    assert cmd[1].endswith("smoke_plume.py") and cmd[cmd.index("--width") + 1] == "0.125"
+    with pytest.raises(SystemExit, match="no arm standard"):
+        drv.parse_args(["smoke_plume", "--output-dir", str(tmp_path), "--arms", "standard"])
+    for arm, (future, domain) in {"relaxed": (0.8, 0.7), "equivariant": (1.0, 0.75), "cnn": (1.2, 1.1)}.items():
+        fake_run(tmp_path / f"{arm}_seed0", smoke_summary(future, domain), "projected_val_rmse", [1.5, future])
+    args = drv.parse_args(
+        [
+            "smoke_plume",
+            "--output-dir",
+            str(tmp_path),
+            "--seeds",
+            "0",
+            "--epochs",
+            "2",
+            "--arms",
+            "cnn",
+            "equivariant",
+            "relaxed",
+        ]
+    )
+    result = report.aggregate(args)
+    (pair,) = result["paired_metric"]
+    assert pair["relaxed"] == 0.8 and pair["standard"] == 1.0 and math.isclose(pair["difference"], -0.2)
+    md = (tmp_path / "comparison.md").read_text()
+    assert "Relaxed vs equivariant, per seed" in md and "| cnn | 1 | 1.200 | 1.100 |" in md

@@ -42,6 +42,9 @@ class Experiment:
     train_curve_label: str | None = None
     log_scale: bool = False
     notes: dict = field(default_factory=dict)
+    arms: tuple = ARMS  # the arms the comparison trains by default
+    arm_options: dict = field(default_factory=dict)  # arm -> recipe options (default: --relaxed / --no-relaxed)
+    baseline_arm: str = "standard"  # the arm the "relaxed" arm is paired with per seed
 
 
 @dataclass
@@ -146,6 +149,13 @@ def run_dirs(args: Comparison, root=None):
     ]
 
 
+def arm_options(exp: Experiment, arm: str) -> tuple:
+    """The recipe options that select ``arm``: the experiment's own, else ``--relaxed`` / ``--no-relaxed``."""
+    if arm in exp.arm_options:
+        return tuple(exp.arm_options[arm])
+    return ("--relaxed",) if arm == "relaxed" else ("--no-relaxed",)
+
+
 def command(args: Comparison, arm: str, seed: int, value=None, sweep_name=None, baseline=False) -> list[str]:
     """The recipe command of one run: protocol, arm, seed, epochs, output directory, sweep option, extras."""
     exp = args.spec
@@ -154,7 +164,7 @@ def command(args: Comparison, arm: str, seed: int, value=None, sweep_name=None, 
         sys.executable,
         str(Path(args.recipes_dir) / exp.script),
         *exp.protocol,
-        "--relaxed" if arm == "relaxed" else "--no-relaxed",
+        *arm_options(exp, arm),
         "--seed",
         str(seed),
         "--epochs",

@@ -16,6 +16,17 @@ from keras_relaxeq.experiments.plan import Experiment, run_progress, selected_ep
 ARM_COLORS = {"relaxed": "tab:red", "standard": "tab:blue"}
 
 
+def arm_colors(exp: Experiment) -> dict:
+    """A colour per arm of ``exp``: :data:`ARM_COLORS` for relaxed / standard, matplotlib's cycle otherwise."""
+    return {arm: ARM_COLORS.get(arm, f"C{i}") for i, arm in enumerate(exp.arms)}
+
+
+def _title(result, exp: Experiment) -> str:
+    """``relaxed vs standard`` (or ``relaxed vs <baseline>, <other arms>``) for the figure titles."""
+    others = [a for a in exp.arms if a not in ("relaxed", exp.baseline_arm)]
+    return f"relaxed vs {exp.baseline_arm}" + "".join(f", {a}" for a in others)
+
+
 def _stacked(logs, key):
     """The runs' per-epoch ``key`` curves as one array ``[runs, common epochs]``, or None."""
     import numpy as np
@@ -55,7 +66,7 @@ def plot(curves, result, exp: Experiment, path: Path, partial=None) -> list[str]
     import matplotlib.pyplot as plt
     import numpy as np
 
-    colors = ARM_COLORS
+    colors = arm_colors(exp)
     panels = [(exp.curve, exp.curve_label)]
     if exp.train_curve:
         panels.append((exp.train_curve, exp.train_curve_label or f"train {exp.train_curve}"))
@@ -121,7 +132,7 @@ def plot(curves, result, exp: Experiment, path: Path, partial=None) -> list[str]
     for ax in axes:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    fig.suptitle(f"{result['experiment']}: relaxed vs standard, {result['protocol']['epochs']} epochs")
+    fig.suptitle(f"{result['experiment']}: {_title(result, exp)}, {result['protocol']['epochs']} epochs")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     titles = [ax.get_title() for ax in axes]
@@ -174,7 +185,7 @@ def plot_sweep(curves, result, exp: Experiment, path: Path) -> list[str]:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    colors = ARM_COLORS
+    colors = arm_colors(exp)
     values = parse_sweep_values(result)
     position = sweep_positions(values)
     monitored = any(log.get("relaxation", {}).get("epoch") for logs in curves.values() for log in logs)
@@ -275,7 +286,7 @@ def plot_sweep(curves, result, exp: Experiment, path: Path) -> list[str]:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.suptitle(
-        f"{result['experiment']}: relaxed vs standard over {result['sweep']}, {result['protocol']['epochs']} epochs"
+        f"{result['experiment']}: {_title(result, exp)} over {result['sweep']}, {result['protocol']['epochs']} epochs"
     )
     fig.savefig(path, dpi=100)
     titles = [ax.get_title() for ax in (*upper, *lower)]

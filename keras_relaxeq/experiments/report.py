@@ -62,7 +62,7 @@ def _direction(signed) -> dict:
     }
 
 
-def paired_curves(by_seed: dict, key: str, selected: dict | None = None) -> list[dict]:
+def paired_curves(by_seed: dict, key: str, selected: dict | None = None, baseline: str = "standard") -> list[dict]:
     """How far apart the two arms' per-epoch ``key`` curves are, per seed (and sweep value) where
     both arms have finished: quantiles of ``|relaxed / standard - 1|`` over the common epochs.
     The same seed gives both arms the same initial weights and batches, so this measures how
@@ -79,7 +79,7 @@ def paired_curves(by_seed: dict, key: str, selected: dict | None = None) -> list
     selected = selected or {}
     out = []
     for (value, arm, seed), relaxed in by_seed.items():  # filled in the jobs' order: sweep value, then seed
-        standard = by_seed.get((value, "standard", seed))
+        standard = by_seed.get((value, baseline, seed))
         if arm != "relaxed" or standard is None:
             continue
         n = min(len(relaxed.get(key, [])), len(standard.get(key, [])))
@@ -98,7 +98,7 @@ def paired_curves(by_seed: dict, key: str, selected: dict | None = None) -> list
             "signed_median": direction["signed_median"],
             "relaxed_lower": direction["relaxed_lower"],
         }
-        picks = [selected.get((value, a, seed)) for a in ("relaxed", "standard")]
+        picks = [selected.get((value, a, seed)) for a in ("relaxed", baseline)]
         if all(isinstance(e, int) and e > 0 for e in picks):
             split = min(max(picks), n)
             pair.update(
@@ -108,7 +108,7 @@ def paired_curves(by_seed: dict, key: str, selected: dict | None = None) -> list
     return out
 
 
-def paired_metric(runs: list[dict], metric: Metric) -> list[dict]:
+def paired_metric(runs: list[dict], metric: Metric, baseline: str = "standard") -> list[dict]:
     """The headline metric of the two arms side by side, per seed (and sweep value) where both
     have finished: ``relaxed - standard`` and ``relaxed / standard - 1``."""
     finished = {
@@ -118,7 +118,7 @@ def paired_metric(runs: list[dict], metric: Metric) -> list[dict]:
     }
     out = []
     for (value, arm, seed), relaxed in finished.items():
-        standard = finished.get((value, "standard", seed))
+        standard = finished.get((value, baseline, seed))
         if arm != "relaxed" or standard is None:
             continue
         out.append(
@@ -213,8 +213,8 @@ def aggregate(args: Comparison) -> dict:
         "higher_is_better": exp.higher_is_better,
         "groups": groups,
         "runs": runs,
-        "paired_metric": paired_metric(runs, exp.metric),
-        "paired_curves": paired_curves(by_seed, exp.curve, selected),
+        "paired_metric": paired_metric(runs, exp.metric, exp.baseline_arm),
+        "paired_curves": paired_curves(by_seed, exp.curve, selected, exp.baseline_arm),
     }
     stem = output_stem(sweep_name)
     report = report_dir(args)
@@ -283,13 +283,14 @@ def markdown(result, exp: Experiment) -> str:
     pairs = result.get("paired_metric") or []
     if pairs:
         m = exp.metric
-        lines += ["", f"Relaxed vs standard, per seed (both finished): {m.label}:", ""]
+        base = exp.baseline_arm
+        lines += ["", f"Relaxed vs {base}, per seed (both finished): {m.label}:", ""]
         head = ([sweep] if sweep else []) + [
             "seed",
             "relaxed",
-            "standard",
-            "relaxed - standard",
-            "relaxed / standard - 1",
+            base,
+            f"relaxed - {base}",
+            f"relaxed / {base} - 1",
         ]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for p in pairs:
@@ -305,9 +306,10 @@ def markdown(result, exp: Experiment) -> str:
     if pairs:
         lines += [
             "",
-            f"Relaxed vs standard at the same epoch, per seed (both finished): |relaxed / standard - 1| of "
+            f"Relaxed vs {exp.baseline_arm} at the same epoch, per seed (both finished): "
+            f"|relaxed / {exp.baseline_arm} - 1| of "
             f"the {exp.curve_label} over the epochs (median, 90th percentile, max), the median of the "
-            f"signed relaxed / standard - 1, and the share of epochs where the relaxed curve is lower:",
+            f"signed relaxed / {exp.baseline_arm} - 1, and the share of epochs where the relaxed curve is lower:",
             "",
         ]
         head = ([sweep] if sweep else []) + [
