@@ -350,7 +350,8 @@ def main(argv=None) -> dict:
             0,
             ThetaScheduler(cfg["schedule"], epochs=cfg.get("theta_epochs") or cfg["epochs"], value=cfg["theta_value"]),
         )
-    callbacks += [projected_val, early_stopping(cfg, previous)]
+    stopper = early_stopping(cfg, previous)
+    callbacks += [projected_val, stopper]
     tail, tensorboard = run_callbacks(
         write_dir,
         backup_dir,
@@ -363,9 +364,14 @@ def main(argv=None) -> dict:
         datasets=passes,
     )
     callbacks += tail
-    fit = model.fit(
-        train, validation_data=val, epochs=cfg["epochs"], callbacks=callbacks, verbose=cfg["verbose"], shuffle=False
-    )
+    epochs_logged = len(previous.get("epoch", []))
+    if stopper.should_stop(epochs_logged) and (write_dir / "best_projected.keras").exists():
+        epochs_trained = 0  # an early-stopped run that is run again: evaluate it, train no further epoch
+    else:
+        fit = model.fit(
+            train, validation_data=val, epochs=cfg["epochs"], callbacks=callbacks, verbose=cfg["verbose"], shuffle=False
+        )
+        epochs_trained = len(fit.epoch)
 
     # the best projected model (by validation RMSE), evaluated by 20-step rollouts on both test splits
     best_path = write_dir / "best_projected.keras"
@@ -390,7 +396,7 @@ def main(argv=None) -> dict:
         "strategy": cfg["strategy"],
         "num_replicas": int(strategy.num_replicas_in_sync),
         "epochs_run": len(history.get("epoch", [])),
-        "epochs_this_invocation": len(fit.epoch),
+        "epochs_this_invocation": epochs_trained,
         "early_stopped": len(history.get("epoch", [])) < cfg["epochs"],
         "best_projected_val_rmse": best_val,
         "best_epoch": None if best_idx is None else int(history["epoch"][best_idx]) + 1,

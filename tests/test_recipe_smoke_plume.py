@@ -113,6 +113,25 @@ def test_other_arms_and_early_stopping(data_dir, tmp_path, arm):
     )
     # with lr 0 the validation RMSE cannot improve: the run stops after the second epoch
     assert summary["epochs_run"] == 2 and summary["early_stopped"]
+    # the same command again evaluates the stopped run and trains no further epoch
+    again = recipe.main(
+        argv(
+            data_dir,
+            tmp_path / arm,
+            "--arm",
+            arm,
+            "--epochs",
+            "3",
+            "--lr",
+            "0",
+            "--early-stop-after",
+            "0",
+            "--early-stop-window",
+            "1",
+        )
+    )
+    assert again["epochs_run"] == 2 and again["epochs_this_invocation"] == 0
+    assert again["rmse_future"] == pytest.approx(summary["rmse_future"], rel=1e-6)
     assert np.isfinite(summary["rmse_future"]) and np.isfinite(summary["rmse_domain"])
     if arm == "cnn":
         assert summary["c4_equivariance"]["relative_max_error"] > 1e-3  # a plain CNN is not equivariant
