@@ -159,3 +159,14 @@ def format_op_tables(tables, title):
     out += ["", "| scope | ms/step | share |", "|---|---|---|"]
     out += [f"| `{k}` | {ms:.1f} | {100 * s:.0f}% |" for k, ms, s in tables["by_scope"]]
     return "\n".join(out)
+
+
+def train_steps(model, batches, steps, start=0):
+    """Run ``steps`` compiled train steps (``model.train_function``, what ``fit`` runs) cycling through
+    ``batches``; returns the last loss (reading it forces the steps to complete)."""
+    if model.train_function is None:
+        model.make_train_function()
+    logs = None
+    for i in range(steps):
+        logs = model.train_function(iter([batches[(start + i) % len(batches)]]))
+    return float(logs["loss"])

@@ -42,7 +42,7 @@ import tempfile
 import time
 
 # benchmarks/ is sys.path[0]
-from _common import format_op_tables, machine_info, op_time_tables, quantiles  # noqa: E402
+from _common import format_op_tables, machine_info, op_time_tables, quantiles, train_steps  # noqa: E402
 
 
 def build_parser():
@@ -105,16 +105,6 @@ def build(relaxed, args, layout="ir_mul"):
         kr.set_theta(model, 1.0)
     model.compile(optimizer=keras.optimizers.Adam(5e-4), loss="mse", jit_compile=bool(args.jit))
     return model
-
-
-def train_steps(model, batches, steps, start=0):
-    """Run ``steps`` compiled train steps cycling through ``batches``; returns the last loss."""
-    if model.train_function is None:
-        model.make_train_function()
-    logs = None
-    for i in range(steps):
-        logs = model.train_function(iter([batches[(start + i) % len(batches)]]))
-    return float(logs["loss"])  # forces completion
 
 
 def eval_steps(model, batches, steps):

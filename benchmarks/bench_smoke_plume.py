@@ -29,7 +29,7 @@ import json
 import statistics
 import time
 
-from _common import machine_info, quantiles  # noqa: E402  (benchmarks/ is sys.path[0])
+from _common import machine_info, quantiles, train_steps  # noqa: E402
 
 ARMS = ("cnn", "equivariant", "relaxed", "rsteer", "rsteer_relaxed")
 
@@ -66,15 +66,6 @@ def build(arm, args):
         set_theta(model, 1.0)
     model.compile(optimizer=AdamL2(1e-3, l2=4e-4), loss=summed_frame_mse, jit_compile=bool(args.jit))
     return model
-
-
-def train_steps(model, batches, steps, start=0):
-    if model.train_function is None:
-        model.make_train_function()
-    logs = None
-    for i in range(steps):
-        logs = model.train_function(iter([batches[(start + i) % len(batches)]]))
-    return float(logs["loss"])  # forces completion
 
 
 def main(argv=None):

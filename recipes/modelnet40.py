@@ -48,6 +48,7 @@ from keras_relaxeq.training.recipe import (
     prepare_output_dir,
     read_csv_history,
     run_callbacks,
+    use_xla,
     write_summary,
 )
 
@@ -244,13 +245,6 @@ def build_parser() -> argparse.ArgumentParser:
         "(with --strategy mirrored, e.g. to test 2 replicas on a CPU-only machine)",
     )
     return p
-
-
-def use_xla(option: str, strategy) -> bool:
-    """``--jit-compile``: on / off, or auto = on unless several replicas train in sync."""
-    if option in ("on", "off"):
-        return option == "on"
-    return strategy.num_replicas_in_sync == 1
 
 
 def _dist():

@@ -47,6 +47,7 @@ from keras_relaxeq.training.recipe import (
     prepare_output_dir,
     read_csv_history,
     run_callbacks,
+    use_xla,
     write_summary,
 )
 
@@ -269,12 +270,6 @@ def early_stopping(cfg, previous):
         mode="min",
         initial_history=previous.get("projected_val_rmse", []),
     )
-
-
-def use_xla(option: str, strategy) -> bool:
-    if option in ("on", "off"):
-        return option == "on"
-    return strategy.num_replicas_in_sync == 1
 
 
 def c4_equivariance(forecaster, frames):

@@ -328,3 +328,11 @@ def write_summary(write_dir, summary: dict) -> Path:
     path = Path(write_dir) / "summary.json"
     atomic_write(path, json.dumps(summary, indent=2, default=str))
     return path
+
+
+def use_xla(option: str, strategy) -> bool:
+    """``--jit-compile``: ``"on"`` / ``"off"``, or ``"auto"`` = on unless several replicas train in sync
+    (XLA steps are 1.4-1.9x faster on this CPU; multi-replica steps run without it)."""
+    if option in ("on", "off"):
+        return option == "on"
+    return strategy.num_replicas_in_sync == 1
