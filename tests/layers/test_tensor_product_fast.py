@@ -99,10 +99,10 @@ def test_run_layer_test(name):
 
 def test_cases_cover_both_evaluation_orders_and_the_diagonal_shortcut():
     triples = [t for name in CASES for t in O3TensorProduct(*CASES[name]).type_plan.triples]
-    assert {t["mode"] for t in triples} == {"Y", "Z"}
-    assert {t["diag"] for t in triples} == {True, False}
-    assert any(t["V"] > 1 and t["mode"] == "Y" for t in triples)
-    assert any(t["V"] > 1 and t["mode"] == "Z" for t in triples)
+    assert {t.order for t in triples} == {"Y", "Z"}
+    assert {t.diagonal for t in triples} == {True, False}
+    assert any(t.mul2 > 1 and t.order == "Y" for t in triples)
+    assert any(t.mul2 > 1 and t.order == "Z" for t in triples)
 
 
 def test_weight_permutation_covers_the_kernel_once():

@@ -48,28 +48,9 @@ def type_blocks(irreps: Irreps) -> list[TypeGroup]:
 
 
 #: short keys accepted by ``TypePath[key]`` (the letters of the :class:`TypePlan` docs), with their fields
-_TYPE_PATH_KEYS = {
-    "t1": "type1",
-    "t2": "type2",
-    "to": "type_out",
-    "d1": "dim1",
-    "d2": "dim2",
-    "d3": "dim_out",
-    "U": "mul1",
-    "V": "mul2",
-    "W": "mul_out",
-    "diag": "diagonal",
-    "c": "diag_coef",
-    "mode": "order",
-}
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class TypePath:
-    """All paths ``ir1 (x) ir2 -> ir_out`` between one triple of irrep types of a :class:`TypePlan`.
-
-    ``path["mul2"]`` reads a field too, as do the short keys of ``_TYPE_PATH_KEYS`` (``path["V"]``, ``path["mode"]``).
-    """
+    """All paths ``ir1 (x) ir2 -> ir_out`` between one triple of irrep types of a :class:`TypePlan`."""
 
     type1: int  #: index into ``TypePlan.types1`` (the types of ``x``)
     type2: int  #: index into ``TypePlan.types2`` (the types of the attributes)
@@ -87,9 +68,6 @@ class TypePath:
     diag_coef: float  #: that ``c``, folded into the weights (1.0 when not ``diagonal``)
     #: evaluation order, whichever costs fewer multiply-adds: ``"Y"`` weights first, ``"Z"`` attributes first
     order: str
-
-    def __getitem__(self, key):
-        return getattr(self, _TYPE_PATH_KEYS.get(key, key))
 
 
 class WeightMatrix(NamedTuple):
