@@ -76,3 +76,11 @@ def test_rollout_saves_and_loads(tmp_path):
     np.testing.assert_allclose(loaded(x), model(x), atol=1e-6)
     with pytest.raises(ValueError, match="steps"):
         rollout_model(smoke_plume_forecaster("cnn", grid=8, width=0.05), steps=0)
+
+
+def test_bad_input_gets_a_clear_error():
+    forecaster = smoke_plume_forecaster("relaxed", grid=8, width=0.05)
+    with pytest.raises(ValueError, match=r"expected shape=\(None, 10, 8, 8, 2\)"):
+        forecaster.predict(np.zeros((1, 10, 8, 8, 3), "float32"), verbose=0)  # three velocity components
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        forecaster.predict(np.full((1, 10, 8, 8, 2), np.nan, "float32"), verbose=0)
