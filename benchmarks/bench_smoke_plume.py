@@ -9,7 +9,10 @@ Every arm of ``keras_relaxeq.models.smoke_plume`` is built in one process as the
 * ``equivariant``    C4 lifting / group / projection convolutions (also the *projected* relaxed model);
 * ``relaxed``        the same plus ``theta * Conv2D`` branches at theta = 1 with the C4 defect penalties;
 * ``rsteer``         RSteer (per-tap steerable coefficients, smoothness penalty);
-* ``rsteer_relaxed`` RSteer plus the method's branches at theta = 1.
+* ``rsteer_relaxed`` RSteer plus the method's branches at theta = 1;
+* ``relaxed_unfused`` / ``rsteer_relaxed_unfused``: the relaxed arms with ``fuse_relaxation = False`` (the
+  equivariant map and the branch as two convolutions instead of one with the kernel ``W_E + theta W_R``), to
+  measure what the fused call saves.
 
 Timing: the compiled train step (``model.train_function``, what ``fit`` runs; XLA with ``--jit``) on
 ``--batches`` random batches ``[batch, 10, grid, grid, 2] -> [batch, output_length, grid, grid, 2]``
@@ -20,6 +23,7 @@ rounds of ``--steps`` steps per arm.  Reported: median wall and process-CPU time
 Example (the CPU protocol's width)::
 
     python benchmarks/bench_smoke_plume.py --width 0.125 --jit --json /tmp/bench_smoke.json
+    python benchmarks/bench_smoke_plume.py --arms equivariant,relaxed,relaxed_unfused --width 0.125 --jit
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import time
 from _common import machine_info, quantiles, train_steps  # noqa: E402
 
 ARMS = ("cnn", "equivariant", "relaxed", "rsteer", "rsteer_relaxed")
+UNFUSED = ("relaxed_unfused", "rsteer_relaxed_unfused")
 
 
 def build_parser():
@@ -54,13 +59,18 @@ def build_parser():
 
 
 def build(arm, args):
-    from keras_relaxeq.layers.relaxation import set_theta
+    from keras_relaxeq.layers.relaxation import relaxed_layers, set_theta
     from keras_relaxeq.models.smoke_plume import rollout_model, smoke_plume_forecaster, summed_frame_mse
     from keras_relaxeq.training.optimizers import AdamL2
 
+    unfused = arm.endswith("_unfused")
+    arm = arm.removesuffix("_unfused")
     forecaster = smoke_plume_forecaster(
         arm, grid=args.grid, width=args.width, alpha=1e-5, relaxation_initializer="random_normal", name=f"smoke_{arm}"
     )
+    if unfused:
+        for layer in relaxed_layers(forecaster):
+            layer.fuse_relaxation = False
     model = rollout_model(forecaster, steps=args.output_length)
     if arm.endswith("relaxed"):
         set_theta(model, 1.0)
@@ -79,9 +89,9 @@ def main(argv=None):
 
     keras.utils.set_random_seed(args.seed)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    unknown = sorted(set(arms) - set(ARMS))
+    unknown = sorted(set(arms) - set(ARMS + UNFUSED))
     if unknown:
-        raise SystemExit(f"unknown arms {unknown}; choose from {ARMS}")
+        raise SystemExit(f"unknown arms {unknown}; choose from {ARMS + UNFUSED}")
     rng = np.random.default_rng(args.seed)
     batches = [
         (
@@ -111,7 +121,7 @@ def main(argv=None):
         f"batch {args.batch}, {args.output_length}-step rollouts, XLA {'on' if args.jit else 'off'}"
     )
     header = ("arm", "s/step", "IQR", "CPU s/step", "x equiv", "epoch min", "params")
-    print("{:16s} {:>8s} {:>15s} {:>10s} {:>8s} {:>9s} {:>10s}".format(*header))
+    print("{:22s} {:>8s} {:>15s} {:>10s} {:>8s} {:>9s} {:>10s}".format(*header))
     for arm in arms:
         med = statistics.median(wall[arm])
         q25, _, q75 = quantiles(wall[arm])
@@ -127,7 +137,7 @@ def main(argv=None):
         }
         rows.append(row)
         print(
-            f"{arm:16s} {med:8.3f} {q25:7.3f}-{q75:<7.3f} {row['cpu_s_per_step']:10.3f} "
+            f"{arm:22s} {med:8.3f} {q25:7.3f}-{q75:<7.3f} {row['cpu_s_per_step']:10.3f} "
             f"{'' if ratio is None else f'{ratio:8.2f}'} {row['epoch_minutes']:9.1f} {params[arm]:10,d}"
         )
     result = {"config": vars(args), "machine": machine_info(), "arms": rows}

@@ -22,6 +22,9 @@ Relaxation (``relaxed=True``, docs/method.md section 2 as in the paper's relaxed
 ordinary convolution of the same kernel size, ``theta * (conv(x, W_R) + b_R)`` added before the activation,
 with ``W_R`` ``[k, k, C_in, C_out]`` named ``relaxation_kernel``.  Its "Lie" penalty is the generator defect
 ``||g.R(x) - R(g.x)||^2`` (:mod:`keras_relaxeq.layers.finite_group_penalties`); ``project()`` drops the branch.
+Both maps are convolutions of one size, so the layer computes ``E(x) + theta R(x)`` as a single convolution with
+the kernel ``W_E + theta W_R`` (``fuse_relaxation``): a relaxed step then costs the plain step plus the penalty's
+convolution, not three convolutions (``benchmarks/bench_smoke_plume.py`` measures both).
 """
 
 from __future__ import annotations
@@ -161,6 +164,10 @@ class CyclicConv2D(RelaxedEquivariantLayer):
             (``relaxation_branch="linear"``, no ``relaxation_rank``).
     """
 
+    #: compute ``E(x) + theta R(x)`` in one convolution (kernel ``W_E + theta W_R``) in training and inference;
+    #: ``False`` evaluates the two convolutions separately (same values to float rounding; for comparisons).
+    fuse_relaxation = True
+
     def __init__(
         self,
         out_type,
@@ -272,8 +279,33 @@ class CyclicConv2D(RelaxedEquivariantLayer):
         return y
 
     def call(self, inputs, training=None):
-        outputs = super().call(inputs, training=training)  # E(x) + theta R(x)
+        if self.relaxed and self.has_relaxation_branch and self.fuse_relaxation:
+            outputs = self._fused_relaxed_call(inputs)
+        else:
+            outputs = super().call(inputs, training=training)  # E(x) + theta R(x)
         return self.activation(outputs) if self.activation is not None else outputs
+
+    def _fused_relaxed_call(self, inputs):
+        """``E(x) + theta R(x)`` as one convolution with the kernel ``W_E + theta W_R`` (both maps are convolutions
+        of the same size, so the sum is linear in the kernels); the penalties are those of :meth:`add_relaxation`."""
+        dtype = inputs.dtype
+        theta = tf.cast(self.theta, dtype)
+        kernel = self.kernel_value(dtype) + theta * tf.cast(self.relaxation_kernel, dtype)
+        outputs = tf.nn.conv2d(inputs, kernel, strides=1, padding="SAME")
+        if self.use_bias:
+            outputs = outputs + self.bias_value(dtype)
+        if self.relaxation_bias is not None:
+            outputs = outputs + theta * tf.cast(self.relaxation_bias, dtype)
+        collector = active_collector()
+        if collector is not None:
+            lie, proj = self.branch_penalties(inputs, collector=collector)
+            activations = None
+            if collector.record_activations:  # monitoring only: the two parts separately
+                contribution = theta * self.relaxation_branch_fn(inputs)
+                rows = tf.reduce_prod(tf.shape(inputs)[:-1])
+                activations = (tf.reduce_sum(tf.square(outputs - contribution)), tf.reduce_sum(tf.square(contribution)), rows)
+            collector.add(self, lie, proj, activations)
+        return outputs
 
     # -- the convolution branch ----------------------------------------------------------
     def _build_branch(self, in_rep, out_rep):

@@ -206,3 +206,46 @@ def test_run_layer_test(cls, kwargs, channels, ti, to):
     from keras_relaxeq.testing import CyclicGridAction, run_layer_test
 
     run_layer_test(cls, kwargs, (2, 7, 7, channels), group=CyclicGridAction(ti, to), negative_control=True)
+
+
+@pytest.mark.parametrize("rsteer", [False, True])
+def test_fused_relaxed_call_equals_the_two_convolutions(rsteer):
+    """``E(x) + theta R(x)`` in one convolution (``fuse_relaxation``) gives the separate evaluation's outputs,
+    penalties and gradients (of the loss with the penalties) to float64 rounding, at theta in (0, 1) and 0."""
+    from keras_relaxeq.layers.rsteer import RSteerConv2D
+
+    x = random_fields(2 * 4, size=8, dtype="float64", seed=3)
+    if rsteer:
+        layer = RSteerConv2D([["regular", 3]], in_type="vector", relaxed=True, activation="relu", dtype="float64")
+    else:
+        layer = LiftingConv2D(3, in_type="vector", relaxed=True, activation="relu", dtype="float64")
+    layer(x)
+    rng = np.random.default_rng(4)
+    layer.relaxation_kernel.assign(rng.normal(size=layer.relaxation_kernel.shape))
+    layer.relaxation_bias.assign(rng.normal(size=layer.relaxation_bias.shape))
+    for v in layer.bias_coefficients.values():
+        v.assign(rng.normal(size=v.shape))
+
+    def run(fused, theta):
+        layer.fuse_relaxation = fused
+        set_theta(layer, theta)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            with collect_relaxation_penalties() as collector:
+                y = layer(x, training=True)
+            lie, proj = collector.totals(dtype="float64")
+            loss = tf.reduce_sum(tf.sin(y)) + 0.3 * lie + 0.7 * proj
+        grads = tape.gradient(loss, [x] + layer.trainable_variables)
+        return [y, lie, proj] + grads
+
+    for theta in (0.37, 0.0):
+        fused, separate = run(True, theta), run(False, theta)
+        assert float(tf.reduce_max(tf.abs(fused[0]))) > 0.1
+        for a, b in zip(fused, separate):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-10, atol=1e-10)
+    # the comparison can fail: a wrong theta in the fused kernel changes the outputs
+    layer.fuse_relaxation = True
+    set_theta(layer, 0.37)
+    y_fused = layer(x)
+    set_theta(layer, 0.5)
+    assert float(tf.reduce_max(tf.abs(layer(x) - y_fused))) > 1e-3
