@@ -303,7 +303,8 @@ class CyclicConv2D(RelaxedEquivariantLayer):
             if collector.record_activations:  # monitoring only: the two parts separately
                 contribution = theta * self.relaxation_branch_fn(inputs)
                 rows = tf.reduce_prod(tf.shape(inputs)[:-1])
-                activations = (tf.reduce_sum(tf.square(outputs - contribution)), tf.reduce_sum(tf.square(contribution)), rows)
+                equivariant = outputs - contribution
+                activations = (tf.reduce_sum(tf.square(equivariant)), tf.reduce_sum(tf.square(contribution)), rows)
             collector.add(self, lie, proj, activations)
         return outputs
 
