@@ -52,6 +52,7 @@ __all__ = [
     "kernel_operator",
     "parse_field_type",
     "field_type_spec",
+    "project_kernel",
     "rotate_kernel",
     "transform_kernel",
 ]
@@ -179,6 +180,26 @@ def transform_kernel(kernel, g, in_type: FieldType, out_type: FieldType):
         return np.einsum("ji,xyjp,po->xyio", rho_in, w, rho_out)
     dtype = w.dtype
     return tf.einsum("ji,xyjp,po->xyio", tf.constant(rho_in, dtype), w, tf.constant(rho_out, dtype))
+
+
+def project_kernel(kernel, in_type: FieldType, out_type: FieldType) -> np.ndarray:
+    """The orthogonal (Frobenius) projection of a kernel onto the C_N-equivariant kernels: the group average
+    ``P(W) = (1/N) sum_h T_h(W)`` (module notes), float64.  ``kernel``: ``[k, k, C_in, C_out]`` (odd ``k``) or
+    ``[C_in, C_out]`` for a per-pixel map ``x W`` (a ``1 x 1`` kernel).  ``W - P(W)`` is orthogonal to every
+    equivariant kernel, and ``conv(x, P(W))`` is exactly equivariant."""
+    w = np.asarray(kernel, np.float64)
+    dense = w.ndim == 2
+    if dense:
+        w = w[None, None]
+    if w.ndim != 4 or w.shape[0] != w.shape[1] or w.shape[0] % 2 == 0:
+        raise ValueError(f"project_kernel: expected [k, k, C_in, C_out] with odd k or [C_in, C_out]; got {list(w.shape)}.")
+    if w.shape[2:] != (in_type.channels, out_type.channels):
+        raise ValueError(
+            f"project_kernel: the kernel maps {w.shape[2]} to {w.shape[3]} channels, the field types "
+            f"{in_type} -> {out_type} have {in_type.channels} -> {out_type.channels}."
+        )
+    p = sum(transform_kernel(w, h, in_type, out_type) for h in in_type.group.elements()) / in_type.group.order
+    return p[0, 0] if dense else p
 
 
 def kernel_operator(in_fibre: FibreRep, out_fibre: FibreRep, kernel_size: int, g=1) -> np.ndarray:

@@ -228,6 +228,19 @@ def read_relaxation_log(path, layer: str = "total") -> dict[str, list[float]]:
 
 # ----------------------------------------------------------------------------- gradients on the branches
 
+def _branch_projection(layer, kernel):
+    """The orthogonal projection of a branch kernel (or its gradient) onto the equivariant maps of ``layer``'s
+    group: the Casimir projector for SO(3)/O(3) features, the group average for C_N field types (conv
+    ``[k, k, C_in, C_out]`` or per-pixel ``[C_in, C_out]`` kernels)."""
+    if getattr(layer.input_rep, "is_finite_group", False):
+        from keras_relaxeq.groups.cyclic_kernels import project_kernel
+
+        return project_kernel(kernel, layer.input_rep.field_type, layer.output_rep.field_type)
+    from keras_relaxeq.groups.representations import equivariant_projection
+
+    return equivariant_projection(kernel, layer.input_rep, layer.output_rep)
+
+
 #: the columns of a :func:`branch_gradient_report` row
 GRADIENT_COLUMNS = (
     "layer",
@@ -250,7 +263,8 @@ def branch_gradient_report(model, data, loss=None, num_batches: int | None = 10)
     Per batch ``b`` of ``data`` (``(x, y)`` tuples, e.g. the training pipeline with its random
     rotations) the gradients of the task loss ``loss(y, model(x))`` and of the model's penalty
     (``RelaxedModel.relaxation_penalty``, if it has one) with respect to every relaxed layer's
-    ``relaxation_kernel`` are split by :func:`~keras_relaxeq.groups.equivariant_projection` into
+    ``relaxation_kernel`` are split by :func:`~keras_relaxeq.groups.equivariant_projection` (for C_N field
+    types and conv branches the group average, :func:`~keras_relaxeq.groups.cyclic_kernels.project_kernel`) into
     the part along equivariant linear maps (``eq``: maps an equivariant layer may have; the
     projection drops them with the rest of the branch) and the non-equivariant rest (``ne``, what
     the relaxation adds).  At theta = 0 the task loss does not depend on the branches (its
@@ -278,8 +292,6 @@ def branch_gradient_report(model, data, loss=None, num_batches: int | None = 10)
         num_batches: batches to use (None: all of ``data``).
     """
     import numpy as np
-
-    from keras_relaxeq.groups.representations import equivariant_projection
 
     layers = relaxed_layers(model)
     if not layers:
@@ -329,7 +341,7 @@ def branch_gradient_report(model, data, loss=None, num_batches: int | None = 10)
         for i, layer in enumerate(layers):
             for kind, gs in grads.items():
                 g = np.zeros(shapes[i]) if gs[i] is None else np.asarray(gs[i], np.float64)
-                eq = equivariant_projection(g, layer.input_rep, layer.output_rep)
+                eq = _branch_projection(layer, g)
                 ne = g - eq
                 norms[f"{kind}_eq"][i] += float(np.linalg.norm(eq))
                 norms[f"{kind}_ne"][i] += float(np.linalg.norm(ne))
@@ -346,7 +358,7 @@ def branch_gradient_report(model, data, loss=None, num_batches: int | None = 10)
         w = np.asarray(kernels[i], np.float64)
         w_norm = float(np.linalg.norm(w))
         share = (
-            float(np.linalg.norm(equivariant_projection(w, layer.input_rep, layer.output_rep))) / w_norm
+            float(np.linalg.norm(_branch_projection(layer, w))) / w_norm
             if w_norm > 0
             else float("nan")
         )

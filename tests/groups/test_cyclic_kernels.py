@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import scipy.linalg
+import tensorflow as tf
 
 from keras_relaxeq.groups.cyclic import FibreRep, FieldType
 from keras_relaxeq.groups.cyclic_kernels import (
@@ -118,3 +119,32 @@ def test_field_type_specs_round_trip():
     assert parse_field_type("vector") == FieldType(4, ["vector"])
     with pytest.raises(ValueError, match="odd"):
         equivariant_kernel_basis("regular", "regular", 2)
+
+
+@pytest.mark.parametrize("fi,fo,k", [("regular", "regular", 3), ("vector", "regular", 3), ("regular", "vector", 5)])
+def test_project_kernel_is_the_orthogonal_projection_onto_the_basis(fi, fo, k):
+    """The group average equals the projection onto the span of the orthonormal basis, is idempotent, and its
+    convolution is exactly equivariant with a zero defect penalty; the random kernel itself is not."""
+    from keras_relaxeq.groups.cyclic_kernels import parse_field_type, project_kernel
+    from keras_relaxeq.layers.finite_group_penalties import conv_branch_defect
+
+    ti, to = parse_field_type(fi), parse_field_type(fo)
+    rng = np.random.default_rng(5)
+    w = rng.normal(size=(k, k, ti.channels, to.channels))
+    p = project_kernel(w, ti, to)
+    basis = equivariant_kernel_basis(fi, fo, k).reshape(-1, w.size)
+    np.testing.assert_allclose(p.reshape(-1), basis.T @ (basis @ w.reshape(-1)), atol=1e-12)
+    np.testing.assert_allclose(project_kernel(p, ti, to), p, atol=1e-12)
+    assert 0.05 < np.linalg.norm(p) / np.linalg.norm(w) < 0.95
+    x = tf.constant(rng.normal(size=(2, 7, 7, ti.channels)))
+    lie, proj = conv_branch_defect(tf.constant(p), None, x, ti, to)
+    assert float(lie) < 1e-20 * float(proj) and float(proj) > 0
+    lie_w, _ = conv_branch_defect(tf.constant(w), None, x, ti, to)
+    assert float(lie_w) > 1e-2 * float(proj)
+    # a per-pixel map [C_in, C_out] is the 1 x 1 kernel
+    dense = rng.normal(size=(ti.channels, to.channels))
+    np.testing.assert_allclose(project_kernel(dense, ti, to), project_kernel(dense[None, None], ti, to)[0, 0])
+    with pytest.raises(ValueError, match="field types"):
+        project_kernel(w, ti, FieldType.regular(4, 2))
+    with pytest.raises(ValueError, match="odd k"):
+        project_kernel(w[:2, :2], ti, to)

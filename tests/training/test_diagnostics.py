@@ -294,3 +294,33 @@ def test_gradient_report_errors():
     )
     with pytest.raises(ValueError, match=r"\['thin'\] are low-rank"):
         branch_gradient_report(low_rank, rotated_copies(), loss="mse")
+
+
+def test_gradient_report_on_c4_conv_branches():
+    """C4 conv branches are split by the group average: the defect penalty's gradient has no part along the
+    equivariant kernels (lambda_proj = 0), while the task gradient has both; the split matches project_kernel."""
+    from keras_relaxeq.groups.cyclic_kernels import project_kernel
+    from keras_relaxeq.layers import LiftingConv2D, ProjectionConv2D
+    from keras_relaxeq.training.model import RelaxedModel
+
+    inputs = keras.Input((8, 8, 4))
+    h = LiftingConv2D(2, in_type="vector", relaxed=True, relaxation_initializer="random_normal", activation="relu")(
+        inputs
+    )
+    outputs = ProjectionConv2D("vector", relaxed=True, relaxation_initializer="random_normal")(h)
+    model = RelaxedModel(inputs, outputs, lambda_lie=1.0, lambda_proj=0.0)
+    set_theta(model, 0.5)
+    rng = np.random.default_rng(0)
+    data = tf.data.Dataset.from_tensor_slices(
+        (rng.normal(size=(6, 8, 8, 4)).astype("float32"), rng.normal(size=(6, 8, 8, 2)).astype("float32"))
+    ).batch(3)
+    rows = branch_gradient_report(model, data, loss="mse", num_batches=None)
+    assert len(rows) == 2 and all(r["batches"] == 2 for r in rows)
+    for row in rows:
+        assert row["penalty_ne_norm"] > 0 and row["penalty_eq_norm"] < 1e-5 * row["penalty_ne_norm"]
+        assert row["task_eq_norm"] > 0 and row["task_ne_norm"] > 0
+        assert 0.05 < row["kernel_equivariant_share"] < 0.95
+    layer = relaxed_layers(model)[0]
+    w = layer.relaxation_kernel.numpy()
+    share = np.linalg.norm(project_kernel(w, layer.input_rep.field_type, layer.output_rep.field_type))
+    assert rows[0]["kernel_equivariant_share"] == pytest.approx(share / np.linalg.norm(w), rel=1e-6)
