@@ -192,7 +192,9 @@ def project_kernel(kernel, in_type: FieldType, out_type: FieldType) -> np.ndarra
     if dense:
         w = w[None, None]
     if w.ndim != 4 or w.shape[0] != w.shape[1] or w.shape[0] % 2 == 0:
-        raise ValueError(f"project_kernel: expected [k, k, C_in, C_out] with odd k or [C_in, C_out]; got {list(w.shape)}.")
+        raise ValueError(
+            f"project_kernel: expected [k, k, C_in, C_out] with odd k or [C_in, C_out]; got {list(w.shape)}."
+        )
     if w.shape[2:] != (in_type.channels, out_type.channels):
         raise ValueError(
             f"project_kernel: the kernel maps {w.shape[2]} to {w.shape[3]} channels, the field types "

@@ -228,6 +228,7 @@ def read_relaxation_log(path, layer: str = "total") -> dict[str, list[float]]:
 
 # ----------------------------------------------------------------------------- gradients on the branches
 
+
 def _branch_projection(layer, kernel):
     """The orthogonal projection of a branch kernel (or its gradient) onto the equivariant maps of ``layer``'s
     group: the Casimir projector for SO(3)/O(3) features, the group average for C_N field types (conv
@@ -357,11 +358,7 @@ def branch_gradient_report(model, data, loss=None, num_batches: int | None = 10)
     for i, layer in enumerate(layers):
         w = np.asarray(kernels[i], np.float64)
         w_norm = float(np.linalg.norm(w))
-        share = (
-            float(np.linalg.norm(_branch_projection(layer, w))) / w_norm
-            if w_norm > 0
-            else float("nan")
-        )
+        share = float(np.linalg.norm(_branch_projection(layer, w))) / w_norm if w_norm > 0 else float("nan")
 
         def coherence(key):
             mean_norm = norms[key][i] / seen
