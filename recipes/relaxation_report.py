@@ -7,8 +7,8 @@
     python recipes/relaxation_report.py runs/segnn_cmp/relaxed_seed0 --random-branches       # reference
     python recipes/relaxation_report.py runs/segnn_cmp/relaxed_seed0 --gradients 30          # where training pushes
 
-Reads a run directory of ``recipes/segnn_nbody.py`` or ``recipes/modelnet40.py`` (also one that is
-still training), rebuilds the run's configuration (from ``summary.json``, or else from the
+Reads a run directory of ``recipes/segnn_nbody.py``, ``recipes/modelnet40.py`` or ``recipes/smoke_plume.py`` (a
+relaxed arm; also one that is still training), rebuilds the run's configuration (from ``summary.json``, or else from the
 ``command.txt`` that ``recipes/compare.py`` writes), loads a relaxed checkpoint:
 
 * ``--checkpoint best`` (default): ``best_relaxed.keras``, the relaxed model at the best projected
@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-RECIPES = ("segnn_nbody", "modelnet40")
+RECIPES = ("segnn_nbody", "modelnet40", "smoke_plume")
 
 
 def build_parser():
@@ -69,8 +69,12 @@ def run_config(run_dir: Path):
     """``(recipe module, cfg)`` of a run: ``summary.json``'s config, or the recipe's parser on ``command.txt``."""
     summary, command = run_dir / "summary.json", run_dir / "command.txt"
     if summary.exists():
-        cfg = json.loads(summary.read_text())["config"]
-        name = "segnn_nbody" if "lmax_hidden" in cfg else "modelnet40"
+        data = json.loads(summary.read_text())
+        cfg = data["config"]
+        if "recipe" in data:  # "recipes/<name>.py"
+            name = Path(data["recipe"]).stem
+        else:  # runs from before summaries named their recipe
+            name = "segnn_nbody" if "lmax_hidden" in cfg else "modelnet40"
         return importlib.import_module(name), cfg
     if command.exists():
         argv = shlex.split(command.read_text())
@@ -136,8 +140,8 @@ def main(argv=None) -> list[dict]:
     if not run_dir.is_dir():
         raise SystemExit(f"{run_dir} is not a directory.")
     recipe, cfg = run_config(run_dir)
-    if not cfg.get("relaxed", True):
-        raise SystemExit(f"{run_dir} is a --no-relaxed run: it has no relaxation branch to report on.")
+    if not cfg.get("relaxed", True) or not str(cfg.get("arm", "relaxed")).endswith("relaxed"):
+        raise SystemExit(f"{run_dir} is not a relaxed run: it has no relaxation branch to report on.")
 
     from keras_relaxeq.layers import set_theta
     from keras_relaxeq.training import (

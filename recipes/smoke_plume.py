@@ -233,6 +233,20 @@ def make_dataset(cfg, split, *, seed=None, output_length=None, limit=None):
     return ds.take(limit) if limit else ds
 
 
+def make_datasets(cfg):
+    """``(train, val)`` as the run trains and validates on them (``recipes/relaxation_report.py`` reads them)."""
+    train = make_dataset(
+        cfg, "train", seed=cfg["seed"], output_length=cfg["output_length"], limit=cfg["max_train_batches"]
+    )
+    return train, make_dataset(cfg, "val", output_length=cfg["output_length"], limit=cfg["max_val_batches"])
+
+
+def make_loss(cfg):
+    from keras_relaxeq.models.smoke_plume import summed_frame_mse
+
+    return summed_frame_mse
+
+
 def build_model(cfg):
     """The training model: the arm's one-step forecaster unrolled over ``--output-length`` frames."""
     from keras_relaxeq.models.smoke_plume import rollout_model, smoke_plume_forecaster
@@ -309,10 +323,8 @@ def main(argv=None) -> dict:
 
     cfg["batch"] = dist.global_batch_size(cfg["batch"], strategy)
     keras.utils.set_random_seed(cfg["seed"])
-    train = make_dataset(
-        cfg, "train", seed=cfg["seed"], output_length=cfg["output_length"], limit=cfg["max_train_batches"]
-    )
-    val = make_dataset(cfg, "val", output_length=cfg["output_length"], limit=cfg["max_val_batches"]).cache()
+    train, val = make_datasets(cfg)
+    val = val.cache()
     passes = {"train": CountedDataset(train)}
     train = dist.shard_dataset(passes["train"].dataset, "data")
     with strategy.scope():

@@ -63,7 +63,7 @@ def argv(data_dir, out, *extra):
     ]
 
 
-def test_relaxed_arm_trains_selects_evaluates_and_resumes(data_dir, tmp_path):
+def test_relaxed_arm_trains_selects_evaluates_and_resumes(data_dir, tmp_path, monkeypatch):
     recipe = load_recipe()
     out = tmp_path / "relaxed"
     summary = recipe.main(
@@ -85,6 +85,14 @@ def test_relaxed_arm_trains_selects_evaluates_and_resumes(data_dir, tmp_path):
         assert key in header
     lr = [float(row.split(",")[header.index("learning_rate")]) for row in log[1:]]
     assert lr == pytest.approx([1e-3, 1e-3 * 0.95], rel=1e-6)  # x0.95 per epoch
+    # recipes/relaxation_report.py reads the run: branch sizes on validation data, the gradient split on training data
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    import relaxation_report
+
+    rows = relaxation_report.main([str(out), "--batches", "1"])
+    assert len(rows) >= 5 and all(np.isfinite(r["lie_rms"]) and r["r_rms"] > 0 for r in rows[:-1])
+    grads = relaxation_report.main([str(out), "--gradients", "2"])
+    assert len(grads) == 5 and all(g["penalty_ne_norm"] > 0 for g in grads)
     # the same command with more epochs continues the run
     summary = recipe.main(
         argv(data_dir, out, "--arm", "relaxed", "--epochs", "3", "--relaxation-initializer", "random_normal")
