@@ -8,9 +8,9 @@ the demo and tests), ``keras_relaxeq.datasets.modelnet40``,
 molecules; TensorFlow imported when a pipeline is built).
 """
 
+from keras_relaxeq.datasets.rmd17 import TargetScaler, load_rmd17, rmd17_dataset
 from keras_relaxeq.datasets.smoke_plume import (
     load_smoke_plume,
     smoke_plume_config,
     smoke_plume_dataset,
 )
-from keras_relaxeq.datasets.rmd17 import TargetScaler, load_rmd17, rmd17_dataset
