@@ -365,7 +365,7 @@ def mev_to_kcal_mol(value):
 
 def mae_mev(prediction, target) -> float:
     """Mean absolute error in meV (or meV/Å) of predictions and targets given in kcal/mol (kcal/mol/Å),
-    computed in float64."""
+    computed in float64; for forces the mean runs over every x, y, z component."""
     prediction, target = np.asarray(prediction, np.float64), np.asarray(target, np.float64)
     if prediction.shape != target.shape:
         raise ValueError(f"prediction and target shapes differ: {prediction.shape} vs {target.shape}.")
@@ -374,8 +374,8 @@ def mae_mev(prediction, target) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class TargetStatistics:
-    """Label statistics of a split (float64): energy mean and (population) std in kcal/mol, force rms
-    ``sqrt(mean F^2)`` and mean ``|F|`` component in kcal/mol/Å."""
+    """Label statistics of a split (float64): energy mean and std in kcal/mol (``ddof=1``, as Equiformer's
+    ``torch.std``), force rms ``sqrt(mean F^2)`` and mean ``|F|`` component in kcal/mol/Å."""
 
     energy_mean: float
     energy_std: float
@@ -387,9 +387,11 @@ class TargetStatistics:
 def target_statistics(data: RMD17Data) -> TargetStatistics:
     """:class:`TargetStatistics` of ``data`` (any split; the scaler uses the training split only)."""
     energy, forces = np.asarray(data.energy, np.float64), np.asarray(data.forces, np.float64)
+    if energy.size < 2:
+        raise ValueError(f"Label statistics need at least 2 frames, got {energy.size}.")
     return TargetStatistics(
         energy_mean=float(energy.mean()),
-        energy_std=float(energy.std()),
+        energy_std=float(energy.std(ddof=1)),
         force_rms=float(np.sqrt(np.mean(forces**2))),
         force_mean_abs=float(np.mean(np.abs(forces))),
         num_frames=len(data),
@@ -479,7 +481,8 @@ def radius_graph(positions, cutoff: float = DEFAULT_CUTOFF):
     ``0 < |r_i - r_j| < cutoff`` (compared as squared distances), so 0 on the diagonal (TF ops)."""
     import tensorflow as tf
 
-    if not (isinstance(cutoff, (int, float, np.floating, np.integer)) and 0 < float(cutoff) < math.inf):
+    number = isinstance(cutoff, (int, float, np.floating, np.integer)) and not isinstance(cutoff, bool)
+    if not (number and 0 < float(cutoff) < math.inf):
         raise ValueError(f"cutoff must be a positive number (Å), got {cutoff!r}.")
     positions = tf.convert_to_tensor(positions)
     diff = positions[..., :, None, :] - positions[..., None, :, :]
@@ -534,7 +537,7 @@ def rmd17_dataset(
     if scaler is not None:
         energy, forces = scaler.energy_to_standard(energy), scaler.forces_to_standard(forces)
     ds = tf.data.Dataset.from_tensor_slices((data.positions, energy.astype(np.float32), forces.astype(np.float32)))
-    if split == "train" if shuffle is None else shuffle:
+    if (split == "train") if shuffle is None else shuffle:
         ds = ds.shuffle(len(data), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=bool(drop_remainder))
     numbers = tf.constant(data.atomic_numbers, tf.int32)
