@@ -136,13 +136,11 @@ def _check_int(name: str, value) -> int:
 # ----------------------------------------------------------------------------- locating data
 
 
-def _how_to_get(molecule: str = "<molecule>") -> str:
-    return (
-        f"Download split 01 of the rMD17 npz files into a folder named {DATA_SUBDIR}/ below ${DATA_ENV_VAR} "
-        f"(or {DEFAULT_DATA_ROOT}, or pass data_dir=<folder>), e.g. "
-        f"wget {DOWNLOAD_URL}rmd17_{molecule}_train_01.npz {DOWNLOAD_URL}rmd17_{molecule}_test_01.npz "
-        f"(the full set: {FIGSHARE_URL})."
-    )
+_HOW_TO_GET = (
+    f"Download split 01 of the rMD17 npz files into a folder named {DATA_SUBDIR}/ below ${DATA_ENV_VAR} "
+    f"(or {DEFAULT_DATA_ROOT}, or pass data_dir=<folder>), e.g. wget {DOWNLOAD_URL}rmd17_ethanol_train_01.npz "
+    f"{DOWNLOAD_URL}rmd17_ethanol_test_01.npz (all files: {FIGSHARE_URL})."
+)
 
 
 def _holds_rmd17(folder: Path) -> bool:
@@ -168,7 +166,7 @@ def resolve_data_dir(data_dir=None) -> Path:
         if found is None:
             raise FileNotFoundError(
                 f"No rMD17 files (rmd17_*_{FILE_SPLIT}.npz) in data_dir={str(data_dir)!r} or its {DATA_SUBDIR}/. "
-                + _how_to_get()
+                + _HOW_TO_GET
             )
         return found
     env = os.environ.get(DATA_ENV_VAR)
@@ -177,12 +175,12 @@ def resolve_data_dir(data_dir=None) -> Path:
         if found is None:
             raise FileNotFoundError(
                 f"No rMD17 files (rmd17_*_{FILE_SPLIT}.npz) in ${DATA_ENV_VAR}={env!r} or its {DATA_SUBDIR}/. "
-                f"Fix or unset {DATA_ENV_VAR}, or pass data_dir=... {_how_to_get()}"
+                f"Fix or unset {DATA_ENV_VAR}, or pass data_dir=... {_HOW_TO_GET}"
             )
         return found
     found = _find_data_dir(DEFAULT_DATA_ROOT)
     if found is None:
-        raise FileNotFoundError(f"rMD17 data not found. {_how_to_get()}")
+        raise FileNotFoundError(f"rMD17 data not found. {_HOW_TO_GET}")
     return found
 
 
@@ -195,7 +193,7 @@ def data_file(molecule: str, file_split: str = "train", data_dir=None) -> Path:
     folder = resolve_data_dir(data_dir)
     path = folder / f"rmd17_{molecule}_{file_split}_{FILE_SPLIT}.npz"
     if not path.is_file():
-        raise FileNotFoundError(f"{path.name} is missing in {folder}. {_how_to_get(molecule)}")
+        raise FileNotFoundError(f"{path.name} is missing in {folder}: wget -P {folder} {DOWNLOAD_URL}{path.name}")
     return path
 
 
@@ -219,12 +217,12 @@ def read_rmd17_file(path, molecule: str | None = None) -> dict:
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as f:
-            missing = [k for k in _KEYS if k not in f.files]
-            if missing:
-                raise ValueError(f"{path}: missing key(s) {missing}; an rMD17 npz file has {list(_KEYS)}.")
-            arrays = {k: np.asarray(f[k]) for k in _KEYS}
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            arrays = {k: np.asarray(f[k]) for k in _KEYS if k in f.files}
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
         raise ValueError(f"{path} is not a readable npz file ({exc}); download it again.") from None
+    missing = [k for k in _KEYS if k not in arrays]
+    if missing:
+        raise ValueError(f"{path}: missing key(s) {missing}; an rMD17 npz file has {list(_KEYS)}.")
     z = arrays["nuclear_charges"]
     if z.ndim != 1 or z.size == 0:
         raise ValueError(f"{path}: 'nuclear_charges' must have shape [atoms], got {z.shape}.")
