@@ -326,6 +326,19 @@ def test_pipeline_batches_and_targets():
     assert small["neighbors"].sum() < got["neighbors"].sum()
 
 
+def test_pipeline_without_graph_and_split_arguments():
+    ds = md.rmd17_dataset("benzene", "validation", 50, cutoff=None)
+    ((x, y),) = list(ds)
+    assert sorted(x) == ["atomic_numbers", "positions"] and y["forces"].shape == (50, 12, 3)
+    other = md.load_rmd17("benzene", "validation", split_seed=7)
+    _, got = _collect(md.rmd17_dataset("benzene", "validation", 50, split_seed=7))
+    np.testing.assert_array_equal(got["positions"], other.positions)  # split_seed reaches the pipeline
+    with pytest.raises(TypeError, match="split_seed must be an integer"):
+        md.split_indices(1000, split_seed=0.5)
+    train, val = md.split_indices(1200, split_seed=0)
+    assert len(train) == 950 and len(val) == 50 and len(np.union1d(train, val)) == 1000  # 200 frames unused
+
+
 def test_pipeline_shuffle_is_seeded_and_reshuffles():
     ds = md.rmd17_dataset("ethanol", "train", batch_size=100, labels="rmd17", seed=3)
     first = np.concatenate([y["energy"].numpy() for _, y in ds])
