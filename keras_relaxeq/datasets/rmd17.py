@@ -211,9 +211,8 @@ def _check_finite(path, key, array) -> None:
 
 
 def read_rmd17_file(path, molecule: str | None = None) -> dict:
-    """The arrays of one rMD17 npz file, checked: every key present, consistent shapes, finite values,
-    and (with ``molecule``) the molecule's atom count.  Returns a dict keyed like the file (float64 /
-    int64 / uint8 arrays as stored)."""
+    """The arrays of one rMD17 npz file (a dict keyed like the file, dtypes as stored), checked: every key
+    present, consistent shapes, real finite numbers, and (with ``molecule``) the molecule's atom count."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -239,6 +238,9 @@ def read_rmd17_file(path, molecule: str | None = None) -> dict:
         shape = (frames, atoms, 3) if key in ("coords", "forces", "old_forces") else (frames,)
         if arrays[key].shape != shape:
             raise ValueError(f"{path}: {key!r} must have shape {shape}, got {arrays[key].shape}.")
+        kinds, what = ("iu", "integers") if key == "old_indices" else ("iuf", "real numbers")
+        if arrays[key].dtype.kind not in kinds:
+            raise ValueError(f"{path}: {key!r} must hold {what}, got dtype {arrays[key].dtype}.")
         if key != "old_indices":
             _check_finite(path, key, arrays[key])
     for array in arrays.values():
