@@ -183,6 +183,8 @@ def test_synthetic_file_reads_and_splits(tmp_path):
         ({"coords": np.zeros([1000, 27])}, r"'coords' must have shape \[frames, 9, 3\], got \(1000, 27\)"),
         ({"old_indices": None}, r"missing key\(s\) \['old_indices'\]"),
         ({"nuclear_charges": np.zeros([9], np.uint8)}, "atomic numbers 1..118"),
+        ({"energies": np.full([1000], "x")}, r"'energies' must hold real numbers, got dtype <U1"),
+        ({"old_indices": np.zeros([1000])}, r"'old_indices' must hold integers, got dtype float64"),
         ({"energies": np.where(np.arange(1000) == 4, np.nan, 1.0)}, r"'energies' has NaN/Inf values in 1 frame"),
     ],
 )
