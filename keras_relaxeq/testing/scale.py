@@ -1,0 +1,153 @@
+"""Scale-equivariance checks for the layers of :mod:`keras_relaxeq.layers.scale_conv`.
+
+A dilation cannot be applied to an arbitrary image without interpolating it, so the checks start from a
+*continuous* field, a sum of plane waves ``f(p) = sum_k a_k cos(omega_k . p + phi_k)`` (band-limited: the
+frequencies stay below the Nyquist frequency of both grids), and sample it twice: on the fine grid
+``p = m`` and on a grid ``a`` times coarser, ``p = a n`` (:func:`sample_plane_waves`).  The coarse image is then
+exactly the dilated one (``L_{1/a}`` of the fine image, nothing interpolated), and a scale-equivariant map
+``Phi`` must satisfy ``Phi(coarse)[n, sigma_i] = Phi(fine)[a n, sigma_j]`` wherever ``sigma_j = a sigma_i`` and
+``a n`` is a fine grid point, away from the borders (zero padding differs between the grids).  For the integer
+step ``a = 2`` the coarse image is ``fine[::2, ::2]``.
+
+Vector fields (velocities) are checked as stacks of scalar fields: the grid is resampled and the vectors are
+left as they are (docs/scale_equivariance.md).
+
+:func:`scale_equivariance_error` measures ``max |Phi(coarse)[n, i] - Phi(fine)[a n, j]| / max |Phi(fine)[a n, j]|``
+over the compared entries; ``python -m keras_relaxeq.testing.scale`` prints the table of
+docs/scale_equivariance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from fractions import Fraction
+
+import numpy as np
+import tensorflow as tf
+
+from keras_relaxeq.groups.scale import check_scales, scale_pairs
+
+__all__ = [
+    "ScaleCheck",
+    "plane_wave_parameters",
+    "sample_plane_waves",
+    "scale_equivariance_error",
+]
+
+
+def plane_wave_parameters(rng, channels: int, waves: int = 6, max_frequency: float = 0.25):
+    """Random ``(omega [C, K, 2], phase [C, K], amplitude [C, K])`` with ``|omega| <= max_frequency`` (radians per
+    fine-grid cell; below ``pi / a`` keeps the field band-limited on a grid ``a`` times coarser)."""
+    radius = max_frequency * np.sqrt(rng.uniform(0.0, 1.0, size=(channels, waves)))
+    angle = rng.uniform(0.0, 2 * np.pi, size=(channels, waves))
+    omega = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=-1)
+    return omega, rng.uniform(0.0, 2 * np.pi, size=(channels, waves)), rng.normal(size=(channels, waves))
+
+
+def sample_plane_waves(params, size: int, spacing: float = 1.0, batch: int = 1) -> np.ndarray:
+    """The field of :func:`plane_wave_parameters` sampled at ``p = spacing * (row, column)``, float64
+    ``[batch, size, size, C]`` (the batch repeats the field with a shifted phase per element)."""
+    omega, phase, amp = params
+    coords = spacing * np.arange(int(size), dtype=np.float64)
+    yy, xx = np.meshgrid(coords, coords, indexing="ij")
+    out = []
+    for b in range(int(batch)):
+        arg = omega[..., 0][None, None] * yy[..., None, None] + omega[..., 1][None, None] * xx[..., None, None]
+        out.append(np.sum(amp * np.cos(arg + phase + 0.7 * b), axis=-1))
+    return np.stack(out)
+
+
+@dataclasses.dataclass
+class ScaleCheck:
+    """Result of :func:`scale_equivariance_error`: the relative error per scale pair ``(i, j)``, its maximum,
+    and how many output values were compared."""
+
+    factor: float
+    pairs: list
+    errors: dict
+    compared: int
+
+    @property
+    def max_error(self) -> float:
+        return max(self.errors.values())
+
+
+def _grid_factor(factor):
+    frac = Fraction(factor).limit_denominator(12)
+    if abs(float(frac) - factor) > 1e-9:
+        raise ValueError(f"factor {factor} is not a ratio p / q with q <= 12: no coarse point lands on the fine grid.")
+    return frac
+
+
+def scale_equivariance_error(
+    fn, params, scales, factor: float, fine_size: int, margin: int, batch: int = 1, slice_pairs=None
+) -> ScaleCheck:
+    """Compare ``fn`` on the plane-wave field sampled at spacing 1 and at spacing ``factor`` (module notes).
+
+    ``fn`` maps images ``[B, H, W, C]`` to scale-space fields ``[B, H, W, S, C']`` (or images; then the single
+    "scale" is compared with itself); ``margin``: fine-grid cells at each border left out (at least the receptive
+    field radius); ``slice_pairs``: the ``(i, j)`` to compare (default: every ``sigma_j = factor sigma_i``).
+    """
+    scales = check_scales(scales)
+    frac = _grid_factor(factor)
+    coarse_size = int(np.floor((fine_size - 1) / float(frac))) + 1
+    fine = tf.constant(sample_plane_waves(params, fine_size, 1.0, batch))
+    coarse = tf.constant(sample_plane_waves(params, coarse_size, float(frac), batch))
+    y_fine, y_coarse = np.asarray(fn(fine)), np.asarray(fn(coarse))
+    if y_fine.ndim == 4:
+        y_fine, y_coarse = y_fine[..., None, :], y_coarse[..., None, :]
+        pairs = [(0, 0)]
+    else:
+        pairs = list(slice_pairs) if slice_pairs is not None else scale_pairs(scales, factor)
+    if not pairs:
+        raise ValueError(f"no two of the scales {scales} differ by the factor {factor}.")
+    # coarse indices n with factor * n an integer fine index inside the margins
+    n = np.arange(coarse_size)
+    on_grid = (n * frac.numerator) % frac.denominator == 0
+    m = n * frac.numerator // frac.denominator
+    keep = on_grid & (m >= margin) & (m <= fine_size - 1 - margin)
+    n_keep, m_keep = n[keep], m[keep]
+    if not len(n_keep):
+        raise ValueError("no compared point: use a larger grid or a smaller margin.")
+    errors = {}
+    for i, j in pairs:
+        a = y_coarse[:, n_keep][:, :, n_keep][..., i, :]
+        b = y_fine[:, m_keep][:, :, m_keep][..., j, :]
+        errors[(i, j)] = float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
+    return ScaleCheck(float(factor), pairs, errors, int(len(n_keep) ** 2 * len(pairs) * batch))
+
+
+# --------------------------------------------------------------------------- the table of the docs
+def _table(kernel_sizes=(5, 9, 41), seed=0):
+    from keras_relaxeq.layers.scale_conv import ScaleLiftingConv2D
+
+    rng = np.random.default_rng(seed)
+    params = plane_wave_parameters(rng, 2, max_frequency=0.25)
+    scales = (1.0, 1.5, 2.0, 2.5)
+    rows = []
+    for k in kernel_sizes:
+        layer = ScaleLiftingConv2D(3, scales=scales, kernel_size=k, relaxed=False, dtype="float64")
+        for factor in (2.0, 1.5, 4 / 3, 1.25, 5 / 3, 2.5):
+            frac = _grid_factor(factor)
+            margin = int(np.ceil(float(frac) * (k // 2))) + 1
+            fine = 2 * margin + 4 * frac.numerator + 1
+            check = scale_equivariance_error(layer, params, scales, factor, fine, margin)
+            for (i, j), err in check.errors.items():
+                rows.append((k, f"{frac.numerator}/{frac.denominator}", scales[i], scales[j], err))
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Scale-equivariance errors of ScaleLiftingConv2D (docs table).")
+    parser.add_argument("--kernel-sizes", type=int, nargs="+", default=[5, 9, 41])
+    args = parser.parse_args(argv)
+    print("| kernel | factor a | sigma (coarse) | a sigma (fine) | relative error |")
+    print("|---|---|---|---|---|")
+    for k, frac, s_i, s_j, err in _table(tuple(args.kernel_sizes)):
+        print(f"| {k} | {frac} | {s_i:g} | {s_j:g} | {err:.1e} |")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
