@@ -120,7 +120,11 @@ def scale_equivariance_error(
 
 # --------------------------------------------------------------------------- the table of the docs
 def _table(kernel_sizes=(5, 9, 41), seed=0):
+    import keras
+
     from keras_relaxeq.layers.scale_conv import ScaleLiftingConv2D
+
+    keras.utils.set_random_seed(seed)
 
     rng = np.random.default_rng(seed)
     params = plane_wave_parameters(rng, 2, max_frequency=0.25)
@@ -138,10 +142,83 @@ def _table(kernel_sizes=(5, 9, 41), seed=0):
     return rows
 
 
+def _penalty_table(kernel_sizes=(5, 9, 31), seed=0):
+    """``LD / N`` of the step defect, the Lie derivative and the subspace distance for the branch set to the layer's
+    own (equivariant) kernel and for a random branch, on a smooth (plane-wave) and a white-noise input."""
+    import keras
+
+    from keras_relaxeq.layers.scale_conv import ScaleLiftingConv2D
+
+    keras.utils.set_random_seed(seed)
+
+    rng = np.random.default_rng(seed)
+    smooth = tf.constant(sample_plane_waves(plane_wave_parameters(rng, 2), 96))
+    noise = tf.constant(rng.normal(size=(1, 96, 96, 2)))
+    rows = []
+    for k in kernel_sizes:
+        layer = ScaleLiftingConv2D(3, kernel_size=k, relaxation_use_bias=False, dtype="float64")
+        layer(smooth)
+        random_kernel = rng.normal(size=tuple(layer.relaxation_kernel.shape))
+        for branch in ("equivariant", "random"):
+            layer.relaxation_kernel.assign(layer.kernel_value(tf.float64) if branch == "equivariant" else random_kernel)
+            for name, x in (("smooth", smooth), ("noise", noise)):
+                ratios = []
+                for method in ("step", "lie", "subspace"):
+                    lie, proj = layer.branch_penalties(x, method=method)
+                    ratios.append(float(lie) / float(proj))
+                rows.append((k, branch, name, *ratios))
+    return rows
+
+
+def _model_table(seed=0):
+    """Exact-step (factor 2) error of lifting -> [ReLU] -> scale-space conv, the projected scale models' trunk."""
+    import keras
+
+    from keras_relaxeq.layers.scale_conv import ScaleConv2D, ScaleLiftingConv2D
+
+    keras.utils.set_random_seed(seed)
+
+    params = plane_wave_parameters(np.random.default_rng(seed), 2)
+    geometric = tuple(2 ** (np.arange(4) / 2))
+    rows = []
+    for scales, k, pair in (((1.0, 1.5, 2.0, 2.5), 5, (0, 2)), (geometric, 5, (0, 2)), (geometric, 33, (0, 2))):
+        keras_seed = np.random.default_rng(seed)
+        lift = ScaleLiftingConv2D(3, scales=scales, kernel_size=k, relaxed=False, dtype="float64")
+        conv = ScaleConv2D(2, scales=scales, kernel_size=k, scale_size=2 if scales == geometric else 1, dtype="float64")
+        lift.build((None, None, None, 2))
+        conv.build((None, None, None, len(scales), 3))
+        lift.bias.assign(keras_seed.normal(size=3))
+        for relu in (False, True):
+
+            def net(x, relu=relu):
+                y = lift(x)
+                return conv(tf.nn.relu(y) if relu else y)
+
+            margin = 4 * (k // 2) + 2
+            check = scale_equivariance_error(net, params, scales, 2.0, 2 * margin + 16, margin, slice_pairs=[pair])
+            rows.append((scales, k, conv.scale_size, relu, check.max_error))
+    return rows
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Scale-equivariance errors of ScaleLiftingConv2D (docs table).")
+    parser = argparse.ArgumentParser(
+        description="Scale-equivariance errors and penalties (docs/scale_equivariance.md)."
+    )
     parser.add_argument("--kernel-sizes", type=int, nargs="+", default=[5, 9, 41])
+    parser.add_argument("--what", choices=("layer", "model", "penalties"), default="layer")
     args = parser.parse_args(argv)
+    if args.what == "penalties":
+        print("| kernel | branch | input | step LD / N | Lie LD / N | subspace LD / N |")
+        print("|---|---|---|---|---|---|")
+        for k, branch, name, step, lie, sub in _penalty_table((5, 9, 31)):
+            print(f"| {k} | {branch} | {name} | {step:.1e} | {lie:.1e} | {sub:.1e} |")
+        return 0
+    if args.what == "model":
+        print("| scales | kernel | scale_size | ReLU between | relative error (sigma 1 vs 2) |")
+        print("|---|---|---|---|---|")
+        for scales, k, size, relu, err in _model_table():
+            print(f"| {', '.join(f'{s:.3g}' for s in scales)} | {k} | {size} | {'yes' if relu else 'no'} | {err:.1e} |")
+        return 0
     print("| kernel | factor a | sigma (coarse) | a sigma (fine) | relative error |")
     print("|---|---|---|---|---|")
     for k, frac, s_i, s_j, err in _table(tuple(args.kernel_sizes)):

@@ -317,3 +317,29 @@ def test_rsteer_plus_relaxation_branch():
     projected = project(model)
     assert isinstance(projected.layers[-1], RSteerScaleLiftingConv2D) and not relaxed_layers(projected)
     np.testing.assert_allclose(projected(x), layer(x), atol=1e-12)
+
+
+def test_subspace_defect_is_zero_on_the_layers_kernels_and_matches_a_least_squares_projection():
+    """At the published kernel size 5, where the step defect of the SESN kernels themselves is large."""
+    layer, x = _relaxed(scale_penalty="subspace")
+    w, bias = layer.relaxation_kernel.numpy(), layer.relaxation_bias.numpy()
+    lie, proj = (float(v) for v in layer.branch_penalties(x))
+    # independent: least-squares fit of every channel pair's kernels by the basis, residual convolved
+    basis = layer.basis_numpy  # [S, B, k, k]
+    psi = np.transpose(basis, (0, 2, 3, 1)).reshape(-1, basis.shape[1])
+    w5 = w.reshape(5, 5, 2, 4, 2)
+    flat = np.transpose(w5, (3, 0, 1, 2, 4)).reshape(4 * 25, -1)
+    coef, *_ = np.linalg.lstsq(psi, flat, rcond=None)
+    res = np.transpose((flat - psi @ coef).reshape(4, 5, 5, 2, 2), (1, 2, 3, 0, 4)).reshape(w.shape)
+    b = bias.reshape(4, 2)
+    want = np.sum((_numpy_conv_same(x.numpy(), res) + (b - b.mean(0)).ravel()) ** 2)
+    np.testing.assert_allclose(lie, want, rtol=1e-9)
+    np.testing.assert_allclose(proj, np.sum((_numpy_conv_same(x.numpy(), w) + bias) ** 2), rtol=1e-10)
+    assert lie > 0.1 * proj  # a random branch is mostly outside the equivariant kernels
+    # the layer's own kernel (and a scale-constant bias): zero to round-off
+    layer.relaxation_kernel.assign(layer.kernel_value(tf.float64))
+    layer.relaxation_bias.assign(np.tile([0.5, -1.0], 4))
+    lie, proj = (float(v) for v in layer.branch_penalties(x))
+    assert lie < 1e-24 * proj
+    step, _ = (float(v) for v in layer.branch_penalties(x, method="step"))
+    assert step > 1e-3 * proj  # the step defect of the same (equivariant-by-construction) kernel is not small

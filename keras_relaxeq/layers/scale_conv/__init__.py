@@ -24,19 +24,24 @@ added to the layer's losses in training.
 Relaxation (``relaxed=True``, lifting layers only, docs/method.md section 2): the branch is an ordinary
 convolution ``theta * (conv(x, W_R) + b_R)``, ``W_R`` ``[k, k, C_in, S * C_out]`` (``relaxation_kernel``) read as
 ``S`` slices of ``C_out`` channels, added before the activation, so it reaches the output whenever
-``theta != 0`` (the published scale model builds its relaxed first layer but never calls it).  Penalties, on
-``stop_gradient(x)`` (:func:`scale_step_defect`, :func:`scale_lie_derivative_defect`):
+``theta != 0`` (issue 24: in the paper's published scale code the relaxed first layer is built but never reaches
+the output).  Penalties, on ``stop_gradient(x)``, ``N = ||R(x)||^2`` and ``LD`` one of
+(:mod:`~keras_relaxeq.layers.scale_conv.penalties`):
 
 * ``scale_penalty="step"`` (default): the defect of the exact integer grid step ``a = scale_step`` (2),
   ``LD = sum_{(i, j): sigma_j = a sigma_i} || D_a R(x)[sigma_j] - R(D_a x)[sigma_i] ||^2`` with
   ``D_a x = x[::a, ::a]``, over the coarse pixels at least a kernel radius from the border;
 * ``scale_penalty="lie"``: the Lie derivative along the scaling generator,
   ``L R(x) = J_R(x) (-p . grad x) - (-p . grad R(x) - sigma d_sigma R(x))``, with central differences on the
-  grid and on ``log sigma``.
+  grid and on ``log sigma``;
+* ``scale_penalty="subspace"``: ``||conv(x, W_R - P W_R) + b_R - mean_s b_R||^2``, the part of the branch outside
+  the span of the layer's own equivariant kernels (``P`` the orthogonal projection onto it).
 
-``N = ||R(x)||^2`` in both cases.  docs/scale_equivariance.md compares the two (the step is the default: it
-needs no derivatives, and on the scales ``(1, 1.5, 2, 2.5)`` the finite differences along ``log sigma`` are too
-coarse for the Lie derivative to vanish on an equivariant branch).  ``project()`` drops the branch.
+docs/scale_equivariance.md compares them with measurements: the step is the scale group's defect and vanishes on
+an equivariant branch where the grid step is exact (untruncated kernels, smooth inputs); the Lie derivative never
+vanishes exactly (finite differences over four scales); ``"subspace"`` is zero on every kernel of the layer's class
+at any kernel size, which matters at the published kernel size 5, where the SESN kernels themselves are far from
+step-equivariant.  ``project()`` drops the branch.
 """
 
 from keras_relaxeq.layers.scale_conv.convs import (
@@ -46,7 +51,13 @@ from keras_relaxeq.layers.scale_conv.convs import (
     ScaleLiftingConv2D,
     ScalePooling,
 )
-from keras_relaxeq.layers.scale_conv.penalties import SCALE_PENALTIES, scale_lie_derivative_defect, scale_step_defect
+from keras_relaxeq.layers.scale_conv.penalties import (
+    SCALE_PENALTIES,
+    equivariant_kernel_residual,
+    scale_lie_derivative_defect,
+    scale_step_defect,
+    scale_subspace_defect,
+)
 
 __all__ = [
     "SCALE_PENALTIES",
@@ -55,6 +66,8 @@ __all__ = [
     "ScaleConv2D",
     "ScaleLiftingConv2D",
     "ScalePooling",
+    "equivariant_kernel_residual",
     "scale_lie_derivative_defect",
     "scale_step_defect",
+    "scale_subspace_defect",
 ]

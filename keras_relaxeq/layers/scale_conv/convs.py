@@ -16,7 +16,13 @@ from keras_relaxeq.groups.scale import (
 )
 from keras_relaxeq.layers.base import RelaxedEquivariantLayer, active_collector
 from keras_relaxeq.layers.rsteer import rsteer_smoothness
-from keras_relaxeq.layers.scale_conv.penalties import SCALE_PENALTIES, scale_lie_derivative_defect, scale_step_defect
+from keras_relaxeq.layers.scale_conv.penalties import (
+    SCALE_PENALTIES,
+    equivariant_kernel_residual,
+    scale_lie_derivative_defect,
+    scale_step_defect,
+    scale_subspace_defect,
+)
 from keras_relaxeq.utils import set_untracked
 
 register = keras.saving.register_keras_serializable(package="keras_relaxeq")
@@ -144,7 +150,8 @@ class ScaleLiftingConv2D(_ScaleConvBase):
         use_bias: one bias per output channel, shared by the scales.
         activation: pointwise activation after the (relaxed) convolution.
         kernel_gain: coefficients drawn ``N(0, gain / (C_in B))``.
-        scale_penalty: ``"step"`` (default) or ``"lie"``, the branch's equivariance penalty (module notes).
+        scale_penalty: ``"step"`` (default), ``"lie"`` or ``"subspace"``, the branch's equivariance penalty (module
+            notes).
         scale_step: the integer grid step of ``"step"`` (2); ``scales`` must contain pairs ``sigma, step sigma``.
         **kwargs: relaxation settings of :class:`RelaxedEquivariantLayer` (``relaxed``, ``relaxation_initializer``,
             ``relaxation_use_bias``, ``theta``; the branch is a convolution) and Keras layer arguments.
@@ -243,7 +250,8 @@ class ScaleLiftingConv2D(_ScaleConvBase):
 
     def branch_penalties(self, inputs, collector=None, method=None):
         """``(LD, N)`` of the branch on ``stop_gradient(inputs)`` in the variables' dtype: the step defect or the
-        Lie derivative (``method``: ``"step"`` / ``"lie"``, default ``scale_penalty``)."""
+        Lie derivative or the distance to the equivariant kernels (``method``: ``"step"`` / ``"lie"`` / ``"subspace"``,
+        default ``scale_penalty``)."""
         method = method or self.scale_penalty
         if method not in SCALE_PENALTIES:
             raise ValueError(f"method must be one of {SCALE_PENALTIES}, got {method!r}.")
@@ -251,6 +259,12 @@ class ScaleLiftingConv2D(_ScaleConvBase):
         variable_dtype = tf.as_dtype(self.variable_dtype)
         if x.dtype != variable_dtype:
             x = tf.cast(x, variable_dtype)
+        if method == "subspace":
+            if getattr(self, "_kernel_residual", None) is None:
+                set_untracked(self, "_kernel_residual", equivariant_kernel_residual(self.basis_numpy))
+            return scale_subspace_defect(
+                self.relaxation_kernel, self.relaxation_bias, x, self._kernel_residual, self.num_scales
+            )
         if method == "step":
             return scale_step_defect(self.relaxation_branch_fn, x, self.scales, self.scale_step, self.kernel_size // 2)
         return scale_lie_derivative_defect(self.relaxation_branch_fn, x, self.scales, margin=self.kernel_size // 2 + 1)

@@ -1,5 +1,6 @@
-"""The relaxation penalties of the scale lifting layer: the exact grid-step defect and the Lie derivative along the
-scaling generator (see :mod:`keras_relaxeq.layers.scale_conv` and docs/scale_equivariance.md)."""
+"""The relaxation penalties of the scale lifting layer: the exact grid-step defect, the Lie derivative along the
+scaling generator, and the distance to the layer's equivariant kernels (see :mod:`keras_relaxeq.layers.scale_conv`
+and docs/scale_equivariance.md, which compares them)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,15 @@ import tensorflow as tf
 
 from keras_relaxeq.groups.scale import check_scales, downscale_grid, scale_pairs
 
-__all__ = ["SCALE_PENALTIES", "scale_lie_derivative_defect", "scale_step_defect"]
+__all__ = [
+    "SCALE_PENALTIES",
+    "equivariant_kernel_residual",
+    "scale_lie_derivative_defect",
+    "scale_step_defect",
+    "scale_subspace_defect",
+]
 
-SCALE_PENALTIES = ("step", "lie")
+SCALE_PENALTIES = ("step", "lie", "subspace")
 
 
 # --------------------------------------------------------------------------- penalties
@@ -78,3 +85,37 @@ def scale_lie_derivative_defect(branch_fn, x, scales, margin: int = 0):
     if margin:
         diff = diff[:, margin:-margin, margin:-margin]
     return tf.reduce_sum(tf.square(diff)), tf.reduce_sum(tf.square(r))
+
+
+def equivariant_kernel_residual(basis) -> np.ndarray:
+    """``Q = I - P`` ``[S k k, S k k]`` for the basis ``[S, B, k, k]``: ``P`` projects the kernels of one input/output
+    channel pair, ``(W^sigma_s)_s`` flattened as ``(s, y, x)``, orthogonally onto the span of the lifting layer's
+    equivariant kernels ``(sum_b w_b psi_b^sigma_s)_s``."""
+    basis = np.asarray(basis, np.float64)
+    s, b, k, _ = basis.shape
+    psi = np.transpose(basis, (0, 2, 3, 1)).reshape(s * k * k, b)  # columns: the basis functions at all scales
+    q, _ = np.linalg.qr(psi)
+    return np.eye(s * k * k) - q @ q.T
+
+
+def scale_subspace_defect(kernel, bias, x, residual, num_scales: int):
+    """``(LD, N)`` of the branch ``conv(x, W) + b`` (``W`` ``[k, k, C_in, S C_out]``, output channel ``s C_out + o``):
+    ``LD = ||conv(x, W - P W) + b - mean_s b||^2``, the part of the branch outside the equivariant maps of the lifting
+    layer (:func:`equivariant_kernel_residual`; the equivariant bias is constant over the scales), zero exactly for
+    every kernel of the layer's class at any kernel size; ``N = ||conv(x, W) + b||^2``.  One convolution."""
+    w = tf.convert_to_tensor(kernel)
+    k, _, c_in, so = w.shape
+    c_out = so // num_scales
+    x = tf.stop_gradient(tf.convert_to_tensor(x))
+    w6 = tf.reshape(w, [k, k, c_in, num_scales, c_out])
+    flat = tf.reshape(tf.transpose(w6, [3, 0, 1, 2, 4]), [num_scales * k * k, c_in * c_out])
+    res = tf.matmul(tf.constant(residual, w.dtype), flat)
+    w_res = tf.reshape(tf.transpose(tf.reshape(res, [num_scales, k, k, c_in, c_out]), [1, 2, 3, 0, 4]), w.shape)
+    y = tf.nn.conv2d(x, tf.concat([w, w_res], axis=-1), strides=1, padding="SAME")
+    r, r_res = tf.split(y, 2, axis=-1)
+    if bias is not None:
+        b = tf.convert_to_tensor(bias)
+        b_scales = tf.reshape(b, [num_scales, c_out])
+        r = r + b
+        r_res = r_res + tf.reshape(b_scales - tf.reduce_mean(b_scales, axis=0, keepdims=True), [-1])
+    return tf.reduce_sum(tf.square(r_res)), tf.reduce_sum(tf.square(r))
