@@ -343,3 +343,37 @@ def test_subspace_defect_is_zero_on_the_layers_kernels_and_matches_a_least_squar
     assert lie < 1e-24 * proj
     step, _ = (float(v) for v in layer.branch_penalties(x, method="step"))
     assert step > 1e-3 * proj  # the step defect of the same (equivariant-by-construction) kernel is not small
+
+
+@pytest.mark.parametrize("penalty", ["step", "lie", "subspace"])
+def test_fit_trains_the_branch_with_each_penalty(penalty):
+    """In a compiled RelaxedModel train step (graph mode, float32) the penalties are finite and the branch moves."""
+    from keras_relaxeq.training.model import RelaxedModel
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 2))
+    y = ScaleLiftingConv2D(2, scale_penalty=penalty, activation="relu", name="lift")(inputs)
+    outputs = keras.layers.Conv2D(2, 1)(ScalePooling()(y))
+    model = RelaxedModel(inputs, outputs, lambda_lie=0.1, lambda_proj=0.1)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    x = np.random.default_rng(0).normal(size=(4, 16, 16, 2)).astype("float32")
+    history = model.fit(x, x[..., ::-1], epochs=2, batch_size=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert history.history["lie_penalty"][-1] > 0.0 and history.history["projection_penalty"][-1] > 0.0
+    assert float(tf.reduce_max(tf.abs(model.get_layer("lift").relaxation_kernel))) > 0.0  # zero-initialised
+
+
+def test_velocity_magnitude_is_left_alone_by_the_action():
+    """The action resamples the grid and keeps the vector values (docs/scale_equivariance.md).  A rescaling of the
+    magnitudes (velocities in cells per step of a coarser grid) commutes only with bias-free, positively homogeneous
+    stacks: checked here, with the biased stack as the negative control."""
+    x = images((1, 12, 12, 2))
+    for use_bias in (False, True):
+        lift = ScaleLiftingConv2D(3, use_bias=use_bias, activation="relu", relaxed=False, dtype="float64")
+        conv = ScaleConv2D(2, use_bias=use_bias, dtype="float64")
+        lift(x)
+        if use_bias:
+            lift.bias.assign([0.5, -0.3, 0.2])
+        y, y_half = conv(lift(x)), conv(lift(0.5 * x))
+        error = float(tf.reduce_max(tf.abs(y_half - 0.5 * y)))
+        assert (error < 1e-12) if not use_bias else (error > 1e-3)
