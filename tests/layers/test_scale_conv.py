@@ -377,3 +377,19 @@ def test_velocity_magnitude_is_left_alone_by_the_action():
         y, y_half = conv(lift(x)), conv(lift(0.5 * x))
         error = float(tf.reduce_max(tf.abs(y_half - 0.5 * y)))
         assert (error < 1e-12) if not use_bias else (error > 1e-3)
+
+
+@pytest.mark.parametrize("scale_size", [1, 2, 4])
+def test_scale_conv_per_slice_convolutions_equal_the_block_kernel(scale_size):
+    layer = ScaleConv2D(3, scale_size=scale_size, kernel_size=3, dtype="float64")
+    x = images((2, 7, 7, 4, 2))
+    y = layer(x)
+    layer.bias.assign([0.1, -0.2, 0.3])
+    y = layer(x)
+    flat = tf.reshape(x, [2, 7, 7, 8])
+    want = tf.reshape(tf.nn.conv2d(flat, layer.kernel_value(tf.float64), 1, "SAME"), [2, 7, 7, 4, 3]) + layer.bias
+    np.testing.assert_allclose(y, want, atol=1e-12)
+    # slice s reads slices s .. s + scale_size - 1 only: changing the last slice leaves the first outputs alone
+    x2 = tf.concat([x[..., :3, :], 2 * x[..., 3:, :]], axis=3)
+    changed = np.abs(layer(x2) - y).max(axis=(0, 1, 2, 4)) > 1e-9
+    np.testing.assert_array_equal(changed, [s + scale_size - 1 >= 3 for s in range(4)])

@@ -324,10 +324,21 @@ class ScaleConv2D(_ScaleConvBase):
         return tf.reshape(block, [k, k, n * self.in_channels, n * self.filters])
 
     def equivariant_call(self, inputs, training=None):
+        """One convolution per output slice ``s`` of the slices ``s .. s + scale_size - 1`` (zeros past the last),
+        ``S * scale_size`` blocks instead of the ``S^2`` of :meth:`kernel_value` (same result)."""
+        kernels = self.scale_kernels(inputs.dtype)  # [J, k, k, C_in, S, C_out]
+        n, size, k = self.num_scales, self.scale_size, self.kernel_size
+        if size > 1:
+            pad = tf.zeros_like(inputs[..., :1, :])
+            inputs = tf.concat([inputs] + [pad] * (size - 1), axis=3)
         shape = tf.shape(inputs)
-        flat = tf.reshape(inputs, tf.concat([shape[:3], [-1]], 0))
-        y = tf.nn.conv2d(flat, self.kernel_value(inputs.dtype), strides=1, padding="SAME")
-        y = tf.reshape(y, tf.concat([shape[:3], [self.num_scales, self.filters]], 0))
+        outputs = []
+        for s in range(n):
+            x_s = tf.reshape(inputs[..., s : s + size, :], tf.concat([shape[:3], [size * self.in_channels]], 0))
+            w_s = tf.reshape(kernels[:, :, :, :, s, :], [size, k, k, self.in_channels, self.filters])
+            w_s = tf.reshape(tf.transpose(w_s, [1, 2, 0, 3, 4]), [k, k, size * self.in_channels, self.filters])
+            outputs.append(tf.nn.conv2d(x_s, w_s, strides=1, padding="SAME"))
+        y = tf.stack(outputs, axis=3)
         if self.bias is not None:
             y = y + tf.cast(self.bias, y.dtype)
         return y
