@@ -40,7 +40,6 @@ __all__ = [
 class _ScaleConvBase(RelaxedEquivariantLayer):
     """Shared by the lifting and scale-space layers: the basis, coefficients, bias and activation."""
 
-    lifting = True
     per_tap = False
 
     def __init__(
@@ -172,7 +171,8 @@ class ScaleLiftingConv2D(_ScaleConvBase):
         if self.relaxed and scale_penalty == "step" and not scale_pairs(self.scales, self.scale_step):
             raise ValueError(
                 f"scale_penalty='step' compares slices sigma and {self.scale_step} sigma, but the scales "
-                f"{self.scales} have no such pair: add one (e.g. 1 and {self.scale_step}) or use scale_penalty='lie'."
+                f"{self.scales} have no such pair: add one (e.g. 1 and {self.scale_step}) or use "
+                "scale_penalty='subspace' or 'lie'."
             )
         self.relaxation_is_conv = True
 
@@ -288,8 +288,6 @@ class ScaleConv2D(_ScaleConvBase):
             of a scale-space input is exact only on geometric scale lists, so the relaxed layer of the scale
             models is the lifting layer.
     """
-
-    lifting = False
 
     def __init__(self, filters, scales=DEFAULT_SCALES, kernel_size=5, scale_size=1, relaxed=False, **kwargs):
         if relaxed:
