@@ -30,6 +30,7 @@ from keras_relaxeq.groups.scale import check_scales, scale_pairs
 
 __all__ = [
     "ScaleCheck",
+    "assert_relaxation_reaches_output",
     "plane_wave_parameters",
     "sample_plane_waves",
     "scale_equivariance_error",
@@ -116,6 +117,35 @@ def scale_equivariance_error(
         b = y_fine[:, m_keep][:, :, m_keep][..., j, :]
         errors[(i, j)] = float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
     return ScaleCheck(float(factor), pairs, errors, int(len(n_keep) ** 2 * len(pairs) * batch))
+
+
+def assert_relaxation_reaches_output(model, inputs, rtol: float = 1e-3, seed: int = 0) -> dict:
+    """Fail unless every relaxation branch of ``model`` changes its output: each relaxed layer in turn gets a random
+    branch and ``theta = 1`` while every other ``theta`` is 0 (so one dead branch among live ones is caught, as the
+    published scale model's, which is built but never called).  Returns ``{layer name: max |change| / max |y0|}``;
+    the thetas are left at 0 and the branch weights random."""
+    from keras_relaxeq.layers.relaxation import relaxed_layers, set_theta
+
+    layers = relaxed_layers(model)
+    if not layers:
+        raise AssertionError("the model has no relaxation branch (was it built with relaxed=False, or projected?)")
+    rng = np.random.default_rng(seed)
+    set_theta(model, 0.0)
+    y0 = np.asarray(model(inputs, training=False))
+    scale = max(float(np.abs(y0).max()), 1e-30)
+    changes = {}
+    for layer in layers:
+        for v in layer.relaxation_variables:
+            v.assign(rng.normal(size=tuple(v.shape)).astype(v.dtype))
+        layer.theta.assign(1.0)
+        changes[layer.name] = float(np.abs(np.asarray(model(inputs, training=False)) - y0).max()) / scale
+        layer.theta.assign(0.0)
+    dead = [name for name, change in changes.items() if not change > rtol]
+    if dead:
+        raise AssertionError(
+            f"the relaxation branch of {dead} does not change the model output at theta = 1: {changes}"
+        )
+    return changes
 
 
 # --------------------------------------------------------------------------- the table of the docs

@@ -17,7 +17,12 @@ from keras_relaxeq.layers.scale_conv import (
     scale_step_defect,
 )
 from keras_relaxeq.testing import run_layer_test
-from keras_relaxeq.testing.scale import plane_wave_parameters, sample_plane_waves, scale_equivariance_error
+from keras_relaxeq.testing.scale import (
+    assert_relaxation_reaches_output,
+    plane_wave_parameters,
+    sample_plane_waves,
+    scale_equivariance_error,
+)
 
 SCALES = (1.0, 1.5, 2.0, 2.5)
 GEOMETRIC = tuple(2 ** (np.arange(4) / 2))  # 1, 1.41, 2, 2.83: factor 2 is a shift by two slices
@@ -151,6 +156,26 @@ def test_the_branch_changes_the_model_output_at_theta_one():
         loss = tf.reduce_sum(tf.square(model(x)))
     grad = tape.gradient(loss, lift.relaxation_kernel)
     assert grad is not None and float(tf.reduce_max(tf.abs(grad))) > 0.0
+    assert assert_relaxation_reaches_output(model, x)["lift"] > 1e-2
+
+
+class _DeadBranch(ScaleLiftingConv2D):
+    """The published scale model's defect: the branch is built (weights, theta) but never added to the output."""
+
+    def call(self, inputs, training=None):
+        outputs = self.equivariant_call(inputs, training=training)
+        return self.activation(outputs) if self.activation is not None else outputs
+
+
+def test_a_dead_branch_is_caught():
+    x = images((1, 16, 16, 2))
+    inputs = keras.Input((16, 16, 2), dtype="float64")
+    live = ScaleLiftingConv2D(2, dtype="float64", name="live")
+    dead = _DeadBranch(2, dtype="float64", name="dead")
+    model = keras.Model(inputs, ScalePooling()(live(inputs)) + ScalePooling()(dead(inputs)))
+    assert len(relaxed_layers(model)) == 2
+    with pytest.raises(AssertionError, match=r"\['dead'\] does not change"):
+        assert_relaxation_reaches_output(model, x)
 
 
 def test_project_drops_the_branch_and_keeps_theta_zero_outputs():
