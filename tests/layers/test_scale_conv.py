@@ -418,3 +418,15 @@ def test_scale_conv_per_slice_convolutions_equal_the_block_kernel(scale_size):
     x2 = tf.concat([x[..., :3, :], 2 * x[..., 3:, :]], axis=3)
     changed = np.abs(layer(x2) - y).max(axis=(0, 1, 2, 4)) > 1e-9
     np.testing.assert_array_equal(changed, [s + scale_size - 1 >= 3 for s in range(4)])
+
+
+def test_mixed_precision_runs_in_bfloat16_and_penalises_in_float32():
+    x = tf.cast(images((1, 16, 16, 2)), tf.bfloat16)
+    for penalty in ("step", "lie", "subspace"):
+        layer = ScaleLiftingConv2D(2, dtype="mixed_bfloat16", scale_penalty=penalty)
+        y = layer(x)
+        assert y.dtype == tf.bfloat16 and layer.relaxation_kernel.dtype == "float32"
+        layer.relaxation_kernel.assign(np.random.default_rng(1).normal(size=layer.relaxation_kernel.shape))
+        lie, proj = layer.relaxation_penalties(x)
+        assert lie.dtype == proj.dtype == tf.float32 and float(lie) > 0 and np.isfinite(float(proj))
+    assert ScaleConv2D(2, dtype="mixed_bfloat16")(y).dtype == tf.bfloat16
