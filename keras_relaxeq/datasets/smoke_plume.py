@@ -20,8 +20,10 @@ Configurations (:func:`smoke_plume_config`)
   neither).
 * ``"scale"``: 38 simulations ``i = 0..37`` at resolution ``int(64 f)`` with
   ``f = linspace(1, 5, 41)[i]``, inflow ``(32 f, 5 f)`` of radius ``5 f``, buoyancy ``(0, 0.1 f)``,
-  velocity dt 0.5, downsampled back to 64x64 (bilinear, corners aligned) and divided by ``f``;
-  28 training and 10 held-out simulations.  Large ``f`` is slow (a 300x300 grid at ``f = 4.7``).
+  velocity dt 0.5, downsampled back to 64x64 (bilinear, corners aligned) and divided by ``f``
+  (velocities in cells of the 64 grid per step); 28 training and 10 held-out simulations, the time
+  splits of the rotation set.  Large ``f`` is slow (a 300x300 grid at ``f = 4.7``).  With
+  ``resolution=r`` every length is scaled by ``r / 64`` and the stored grid is ``r x r`` (quick tests).
 
 Conventions
 -----------
@@ -412,10 +414,15 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", default=None, help="default: $KERAS_RELAXEQ_CACHE/smoke_plume_<config>")
     parser.add_argument("--sampling", default="staggered", choices=("staggered", "centered"))
     parser.add_argument("--chunk-size", type=int, default=6, help="simulations batched in one PhiFlow run")
+    parser.add_argument("--names", nargs="+", default=None, help="only these simulations (default all)")
+    parser.add_argument("--num-steps", type=int, default=310, help="fewer steps for a quick check (310 in the sets)")
+    parser.add_argument("--resolution", type=int, default=64, help="stored grid; smaller for a quick check")
     args = parser.parse_args(argv)
-    config = smoke_plume_config(args.config, sampling=args.sampling)
+    config = smoke_plume_config(
+        args.config, sampling=args.sampling, num_steps=args.num_steps, resolution=args.resolution
+    )
     start = time.time()
-    path = generate_smoke_plume(config, args.data_dir, chunk_size=args.chunk_size)
+    path = generate_smoke_plume(config, args.data_dir, names=args.names, chunk_size=args.chunk_size)
     size = sum(p.stat().st_size for p in path.iterdir() if p.is_file())
     print(
         f"{config.name}: {len(config.simulations)} simulations in {path} ({size / 2**20:.1f} MiB), "

@@ -128,15 +128,19 @@ def _rotation_simulations(resolution: int = 64) -> tuple:
     return tuple(specs)
 
 
-def _scale_simulations() -> tuple:
+def _scale_simulations(resolution: int = 64) -> tuple:
+    """The scale set on a base grid of ``resolution`` cells (64 in the reference): simulation ``i`` runs the same
+    plume on a grid ``f_i`` times finer (inflow, radius and resolution times ``f_i``, buoyancy ``0.1 f_i`` cells per
+    step squared) and is downsampled back to the base grid."""
+    base = resolution / 64.0
     factors = np.linspace(1, 5, 41)[:38]
     return tuple(
         SimulationSpec(
             name=str(i),
-            inflow_center=(32.0 * f, 5.0 * f),
-            inflow_radius=5.0 * f,
+            inflow_center=(resolution / 2.0 * f, 5.0 * base * f),
+            inflow_radius=5.0 * base * f,
             buoyancy=(0.0, 0.1 * f),
-            resolution=int(64 * f),
+            resolution=int(resolution * f),
             velocity_dt=0.5,
             downsample=float(f),
         )
@@ -149,9 +153,9 @@ def smoke_plume_config(
 ) -> SmokePlumeConfig:
     """The ``"rotation"`` (36 simulations) or ``"scale"`` (38) configuration.
 
-    ``num_steps`` and, for ``"rotation"``, ``resolution`` (inflow positions and radius scaled by
-    ``resolution / 64``) can be reduced for quick tests; ``sampling`` is ``"staggered"`` (as the
-    reference) or ``"centered"`` (see the module notes).
+    ``num_steps`` and ``resolution`` (the stored grid; inflow positions and radius scaled by ``resolution / 64``,
+    and for ``"scale"`` the simulation grids ``int(resolution f)``) can be reduced for quick tests;
+    ``sampling`` is ``"staggered"`` (as the reference) or ``"centered"`` (see the module notes).
     """
     if sampling not in ("staggered", "centered"):
         raise ValueError(
@@ -160,9 +164,9 @@ def smoke_plume_config(
         )
     if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 2:
         raise ValueError(f"num_steps must be an integer >= 2 (310 in the reference), got {num_steps!r}.")
+    if resolution % 2 or resolution < 8:
+        raise ValueError(f"resolution must be an even integer >= 8 (64 in the reference), got {resolution!r}.")
     if name == "rotation":
-        if resolution % 2 or resolution < 8:
-            raise ValueError(f"resolution must be an even integer >= 8 (64 in the reference), got {resolution!r}.")
         return SmokePlumeConfig(
             "rotation" if resolution == 64 else f"rotation{resolution}",
             _rotation_simulations(resolution),
@@ -173,14 +177,13 @@ def smoke_plume_config(
             sampling=sampling,
         )
     if name == "scale":
-        if resolution != 64:
-            raise ValueError("the scale configuration is defined on a 64 grid only; leave resolution at 64.")
         return SmokePlumeConfig(
-            "scale",
-            _scale_simulations(),
+            "scale" if resolution == 64 else f"scale{resolution}",
+            _scale_simulations(int(resolution)),
             tuple(map(str, _SCALE_TRAIN)),
             tuple(map(str, _SCALE_TEST_DOMAIN)),
             num_steps=int(num_steps),
+            output_resolution=int(resolution),
             sampling=sampling,
         )
     raise ValueError(f"Unknown smoke plume configuration {name!r}: choose 'rotation' or 'scale'.")
@@ -213,13 +216,15 @@ def _import_phiflow():
     return flow
 
 
-def _downsample(frames: np.ndarray, factor: float) -> np.ndarray:
+def _downsample(frames: np.ndarray, factor: float, min_size: int = 0) -> np.ndarray:
     """Bilinear resize of ``[..., H, W]`` by ``1 / factor`` with aligned corners (``F.interpolate``'s
-    ``align_corners=True``), divided by ``factor`` (velocities in cells per step)."""
+    ``align_corners=True``), divided by ``factor`` (velocities in cells per step).  The output has
+    ``floor(H / factor)`` rows (at least ``min_size``: cell-centred grids of ``int(64 f)`` cells give
+    ``floor(int(64 f) / f) = 63`` rows for most ``f``; the staggered grids have one cell more and never need it)."""
     from scipy.ndimage import map_coordinates
 
     h, w = frames.shape[-2:]
-    oh, ow = int(np.floor(h / factor)), int(np.floor(w / factor))
+    oh, ow = max(int(np.floor(h / factor)), int(min_size)), max(int(np.floor(w / factor)), int(min_size))
     ys = np.linspace(0, h - 1, oh) if oh > 1 else np.zeros(1)
     xs = np.linspace(0, w - 1, ow) if ow > 1 else np.zeros(1)
     grid = np.stack(np.meshgrid(ys, xs, indexing="ij"))
@@ -309,6 +314,6 @@ def simulate_smoke_plume(
                 bar.update(1)
     data = np.stack(frames[1:], axis=1)  # [sim, T, 2, H(+1), W(+1)]
     if spec.downsample != 1.0:
-        data = _downsample(data, spec.downsample)
+        data = _downsample(data, spec.downsample, output_resolution or 0)
     size = output_resolution or int(res / spec.downsample)
     return np.ascontiguousarray(data[..., :size, :size], dtype=np.float32)
