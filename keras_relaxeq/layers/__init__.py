@@ -19,6 +19,13 @@ from keras_relaxeq.layers.penalties import (
 )
 from keras_relaxeq.layers.relaxation import get_theta, relaxed_layers, set_theta, transfer_weights
 from keras_relaxeq.layers.rsteer import RSteerConv2D
+from keras_relaxeq.layers.scale_conv import (
+    RSteerScaleConv2D,
+    RSteerScaleLiftingConv2D,
+    ScaleConv2D,
+    ScaleLiftingConv2D,
+    ScalePooling,
+)
 from keras_relaxeq.layers.steerable import (
     Gate,
     O3Linear,

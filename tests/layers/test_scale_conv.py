@@ -29,6 +29,12 @@ GEOMETRIC = tuple(2 ** (np.arange(4) / 2))  # 1, 1.41, 2, 2.83: factor 2 is a sh
 PARAMS = plane_wave_parameters(np.random.default_rng(0), 2, max_frequency=0.25)
 
 
+@pytest.fixture(autouse=True)
+def seeded():
+    """Every test draws its layers' initial weights from the same seed, whatever ran before it."""
+    keras.utils.set_random_seed(0)
+
+
 def images(shape, seed=0, dtype="float64"):
     return tf.constant(np.random.default_rng(seed).normal(size=shape), dtype)
 
@@ -107,9 +113,13 @@ def test_measured_error_shrinks_with_the_kernel_size():
     """The documented approximation: kernel 5 truncates the larger scales (error tens of percent), 9 less,
     31 is exact to the aliasing of sigma = 1."""
     errors = []
-    for k in (5, 9, 31):
-        layer = ScaleLiftingConv2D(2, scales=SCALES, kernel_size=k, relaxed=False, dtype="float64")
-        errors.append(scale_equivariance_error(layer, PARAMS, SCALES, 2.0, 2 * k + 8, k).max_error)
+    for k in (5, 9, 31):  # the mean over random layers: one layer's error depends on its draw
+        draws = []
+        for seed in range(4):
+            keras.utils.set_random_seed(seed)
+            layer = ScaleLiftingConv2D(2, scales=SCALES, kernel_size=k, relaxed=False, dtype="float64")
+            draws.append(scale_equivariance_error(layer, PARAMS, SCALES, 2.0, 2 * k + 8, k).max_error)
+        errors.append(float(np.mean(draws)))
     assert errors[0] > errors[1] > errors[2] and errors[0] > 0.1 and errors[2] < 1e-4, errors
 
 
@@ -132,7 +142,7 @@ def _relaxed(kernel_size=5, scales=SCALES, seed=0, **kwargs):
 
 
 def _model(relaxed=True):
-    keras.utils.set_random_seed(3)
+    keras.utils.set_random_seed(0)
     inputs = keras.Input((16, 16, 2), dtype="float64")
     y = ScaleLiftingConv2D(3, activation="relu", relaxed=relaxed, dtype="float64", name="lift")(inputs)
     y = ScaleConv2D(3, scale_size=2, activation="relu", dtype="float64", name="conv")(y)
