@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""2D smoke plume forecasting with relaxed C4-steerable CNNs (docs/experiments/smoke_plume.md).
+"""2D smoke plume forecasting with relaxed C4-steerable or scale-equivariant CNNs (docs/experiments/smoke_plume.md).
 
     python recipes/smoke_plume.py --arm relaxed --output-dir runs/smoke/relaxed_seed0
     python recipes/smoke_plume.py --arm rsteer_relaxed --seed 1 --output-dir runs/smoke/rsteer_relaxed_seed1
@@ -10,6 +10,12 @@ Arms (``keras_relaxeq.models.smoke_plume``): ``cnn`` (plain CNN), ``equivariant`
 steerable CNN), ``relaxed`` (the equivariant CNN with the method's ``theta * Conv2D`` branch on every layer),
 ``rsteer`` (Wang, Walters, Yu 2022: steerable coefficients that vary over kernel positions, smoothness weight
 ``--alpha``) and ``rsteer_relaxed`` (RSteer plus the method's branches, the paper's "RSteer + ours").
+
+``--symmetry scale`` trains the scale task instead (issue 24, ``keras_relaxeq.models.smoke_plume_scale``: SESN
+scale-equivariant layers, the same five arms, the relaxation branch on the lifting layer; data: the 38-simulation
+scale set) with its published settings (``SCALE_DEFAULTS``: batch 8, Adam 1e-4, 64 hidden channels per scale,
+kernel 5, alpha 1e-6); its summary reports the scale-step equivariance error of the projected model's trunk
+instead of the C4 error.
 
 Training is autoregressive as the reference: the model predicts one frame from the previous 10, the
 prediction is fed back, and the loss is the MSE summed over ``--output-length`` (6) predicted frames.
@@ -76,6 +82,10 @@ DEFAULTS = dict(
     early_stop_after=100,
     early_stop_window=5,
 )
+#: published settings of the scale task (Wang, Walters, Yu 2022 scale runs), where they differ
+SCALE_DEFAULTS = dict(batch=8, lr=1e-4, alpha=1e-6, hidden=64, kernel=5)
+#: the options whose default depends on --symmetry
+PER_SYMMETRY = tuple(SCALE_DEFAULTS)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -87,10 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     p.add_argument("--arm", choices=ARMS, default="relaxed")
+    p.add_argument(
+        "--symmetry",
+        choices=("rotation", "scale"),
+        default="rotation",
+        help="the task: rotation (C4 steerable CNNs) or scale (SESN scale-equivariant CNNs)",
+    )
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=d["epochs"], help="maximum epochs (early stopping may end sooner)")
-    g.add_argument("--batch", type=int, default=d["batch"], help="global batch size")
-    g.add_argument("--lr", type=float, default=d["lr"], help="Adam learning rate")
+    g.add_argument("--batch", type=int, default=None, help="global batch size (rotation 16, scale 8)")
+    g.add_argument("--lr", type=float, default=None, help="Adam learning rate (rotation 1e-3, scale 1e-4)")
     g.add_argument("--lr-decay", type=float, default=d["lr_decay"], help="learning rate factor per epoch")
     g.add_argument(
         "--weight-decay",
@@ -129,16 +145,27 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-test-batches", type=int, default=None, metavar="N", help="cap on test batches (each split)")
     g.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("model")
-    g.add_argument("--hidden", type=int, default=d["hidden"], help="regular hidden fields at width 1 (4 channels each)")
+    g.add_argument(
+        "--hidden",
+        type=int,
+        default=None,
+        help="at width 1: regular hidden fields (4 channels each; rotation, 92) or channels per scale (scale, 64)",
+    )
     g.add_argument("--width", type=float, default=d["width"], help="multiplier of --hidden")
-    g.add_argument("--kernel", type=int, default=d["kernel"], help="odd kernel size")
+    g.add_argument("--kernel", type=int, default=None, help="odd kernel size (rotation 3, scale 5)")
     g.add_argument("--layers", type=int, default=d["layers"])
     g.add_argument(
         "--alpha",
         type=float,
-        default=d["alpha"],
+        default=None,
         help="RSteer smoothness weight (alpha * mean |neighbouring coefficient differences|, per layer "
-        "and per training batch)",
+        "and per training batch; rotation 1e-5, scale 1e-6)",
+    )
+    g.add_argument(
+        "--scale-penalty",
+        choices=("step", "lie", "subspace"),
+        default="step",
+        help="scale task: the lifting branch's equivariance penalty (docs/scale_equivariance.md)",
     )
     g = p.add_argument_group("relaxation (docs/method.md)")
     g.add_argument("--schedule", choices=("triangle", "decay", "constant", "cosine"), default=d["schedule"])
@@ -155,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--relaxation-initializer", default="zeros", help="branch kernel initializer")
     g = p.add_argument_group("data")
     g.add_argument(
-        "--data-dir", default=None, help="simulation folder (default: $KERAS_RELAXEQ_CACHE/smoke_plume_rotation)"
+        "--data-dir", default=None, help="simulation folder (default: $KERAS_RELAXEQ_CACHE/smoke_plume_<symmetry>)"
     )
     g.add_argument(
         "--generate",
@@ -190,6 +217,10 @@ def _dist():
 
 def resolve_config(args) -> dict:
     cfg = dict(vars(args))
+    published = dict(DEFAULTS, **SCALE_DEFAULTS) if cfg["symmetry"] == "scale" else DEFAULTS
+    for key in PER_SYMMETRY:
+        if cfg[key] is None:
+            cfg[key] = published[key]
     for key in ("epochs", "batch", "output_length", "test_length", "layers", "hidden"):
         if cfg[key] < 1:
             raise SystemExit(f"--{key.replace('_', '-')} must be >= 1")
@@ -212,7 +243,7 @@ def resolve_config(args) -> dict:
 def data_config(cfg):
     from keras_relaxeq.datasets.smoke_plume import smoke_plume_config
 
-    return smoke_plume_config("rotation", resolution=cfg["resolution"])
+    return smoke_plume_config(cfg.get("symmetry", "rotation"), resolution=cfg["resolution"])
 
 
 def make_dataset(cfg, split, *, seed=None, output_length=None, limit=None):
@@ -251,8 +282,7 @@ def build_model(cfg):
     """The training model: the arm's one-step forecaster unrolled over ``--output-length`` frames."""
     from keras_relaxeq.models.smoke_plume import rollout_model, smoke_plume_forecaster
 
-    forecaster = smoke_plume_forecaster(
-        cfg["arm"],
+    common = dict(
         grid=cfg["resolution"],
         hidden=cfg["hidden"],
         width=cfg["width"],
@@ -262,8 +292,15 @@ def build_model(cfg):
         relaxation_initializer=cfg["relaxation_initializer"],
         lambda_lie=cfg["lambda_lie"],
         lambda_proj=cfg["lambda_proj"],
-        name=f"smoke_plume_{cfg['arm']}",
     )
+    if cfg.get("symmetry", "rotation") == "scale":
+        from keras_relaxeq.models.smoke_plume_scale import smoke_plume_scale_forecaster
+
+        forecaster = smoke_plume_scale_forecaster(
+            cfg["arm"], scale_penalty=cfg["scale_penalty"], name=f"smoke_plume_scale_{cfg['arm']}", **common
+        )
+    else:
+        forecaster = smoke_plume_forecaster(cfg["arm"], name=f"smoke_plume_{cfg['arm']}", **common)
     return rollout_model(forecaster, steps=cfg["output_length"])
 
 
@@ -299,6 +336,36 @@ def c4_equivariance(forecaster, frames):
         "output_scale": float(report.scale),
         "num_windows": int(frames.shape[0]),
     }
+
+
+def scale_equivariance(forecaster, cfg, seed=0):
+    """Scale-step error of the one-step forecaster's scale-space trunk (every layer up to the last scale-space
+    output, before the finest slice is read): a smooth random field sampled at spacing 1 and 2, slices
+    ``sigma = 1`` (coarse) against ``sigma = 2`` (fine), as ``keras_relaxeq.testing.scale`` checks layers.  None
+    for the plain CNN (no scale axis)."""
+    import numpy as np
+
+    from keras_relaxeq.testing.scale import plane_wave_parameters, scale_equivariance_error
+
+    names = [layer.name for layer in forecaster.layers]
+    if "velocity_scales" not in names:
+        return None
+    trunk = forecaster.layers[names.index("images") + 1 : names.index("velocity_scales") + 1]
+    scales = trunk[0].scales
+    if 2.0 not in scales:
+        return None
+
+    def run(x):
+        for layer in trunk:
+            x = layer(x, training=False)
+        return x
+
+    params = plane_wave_parameters(np.random.default_rng(seed), trunk[0].input.shape[-1])
+    margin = cfg["layers"] * (cfg["kernel"] // 2) * 2
+    check = scale_equivariance_error(
+        run, params, scales, 2.0, 2 * margin + 32, margin, slice_pairs=[(0, scales.index(2.0))]
+    )
+    return {"factor": 2.0, "pairs": [list(p) for p in check.pairs], "relative_max_error": check.max_error}
 
 
 # ----------------------------------------------------------------------------- main
@@ -388,8 +455,11 @@ def main(argv=None) -> dict:
     for split in ("test_future", "test_domain"):
         data = make_dataset(cfg, split, output_length=cfg["test_length"], limit=cfg["max_test_batches"])
         tests[split] = rollout_rmse(forecaster, data, progress=bool(cfg["verbose"]) and chief)
-    sample = next(iter(data))[0][:4]  # the first held-out windows (test_domain), for the C4 check
-    equivariance = c4_equivariance(forecaster, np.asarray(sample))
+    if cfg.get("symmetry", "rotation") == "scale":
+        equivariance = {"scale_equivariance": scale_equivariance(forecaster, cfg)}
+    else:
+        sample = next(iter(data))[0][:4]  # the first held-out windows (test_domain), for the C4 check
+        equivariance = {"c4_equivariance": c4_equivariance(forecaster, np.asarray(sample))}
     forecaster.save(write_dir / "projected.keras")
 
     history = read_csv_history(write_dir / "log.csv")
@@ -411,20 +481,23 @@ def main(argv=None) -> dict:
         "rmse_domain": tests["test_domain"]["rmse"],
         "rmse_per_step": {k: v["rmse_per_step"] for k, v in tests.items()},
         "test_windows": {k: v["num_windows"] for k, v in tests.items()},
-        "c4_equivariance": equivariance,
+        **equivariance,
         "params": {"trained_model": int(model.count_params()), "projected_forecaster": int(forecaster.count_params())},
         "wall_time_seconds": time.time() - start,
         "files": {"projected_forecaster": "projected.keras", **RUN_FILES},
         "tensorboard": tensorboard,
     }
     write_summary(write_dir, summary)
-    plot_history(history, write_dir / "history.png", title=f"smoke plume, {cfg['arm']}", metric="rmse")
+    title = f"smoke plume ({cfg.get('symmetry', 'rotation')}), {cfg['arm']}"
+    plot_history(history, write_dir / "history.png", title=title, metric="rmse")
     dist.cleanup_worker_dir(str(write_dir), str(out), strategy)
     if cfg["verbose"] and chief:
+        ((kind, check),) = equivariance.items()
+        error = "n/a (no scale axis)" if check is None else f"{check['relative_max_error']:.1e}"
         print(
             f"{cfg['arm']}: RMSE future {summary['rmse_future']:.4f}, domain {summary['rmse_domain']:.4f} "
-            f"(best projected val RMSE {best_val}); C4 relative error "
-            f"{equivariance['relative_max_error']:.1e}; summary: {out / 'summary.json'}"
+            f"(best projected val RMSE {best_val}); {kind.replace('_', ' ')} relative error {error}; "
+            f"summary: {out / 'summary.json'}"
         )
     return summary
 

@@ -153,3 +153,28 @@ def test_bad_options_say_what_to_fix(data_dir, tmp_path):
         recipe.main(argv(data_dir, tmp_path / "m", "--max-train-batches", "0"))
     with pytest.raises(FileNotFoundError, match="generate them with"):
         recipe.main(argv(tmp_path / "empty", tmp_path / "e"))
+
+
+def test_scale_symmetry_trains_the_scale_forecaster(tmp_path):
+    """--symmetry scale: the scale data set, the scale arms with their published defaults, the scale-step check."""
+    folder = tmp_path / "smoke_plume_scale8"
+    folder.mkdir()
+    config = sp.smoke_plume_config("scale", resolution=GRID)
+    rng = np.random.default_rng(1)
+    for spec in config.simulations:
+        np.save(folder / f"sim_{spec.name}.npy", rng.normal(size=(config.num_frames, 2, GRID, GRID)).astype("float32"))
+    recipe = load_recipe()
+    out = tmp_path / "scale_relaxed"
+    summary = recipe.main(
+        argv(folder, out, "--symmetry", "scale", "--arm", "relaxed", "--epochs", "3", "--hidden", "4", "--layers", "3")
+    )
+    cfg = summary["config"]
+    assert cfg["symmetry"] == "scale" and (cfg["lr"], cfg["alpha"], cfg["kernel"]) == (1e-4, 1e-6, 5)
+    assert cfg["batch"] == 4  # given on the command line: the per-symmetry default does not override it
+    check = summary["scale_equivariance"]
+    assert check["pairs"] == [[0, 2]] and np.isfinite(check["relative_max_error"])
+    assert "c4_equivariance" not in summary
+    forecaster = keras.saving.load_model(out / "projected.keras")
+    assert [layer.name for layer in forecaster.layers][-2:] == ["velocity_scales", "velocity"]
+    assert recipe.resolve_config(recipe.build_parser().parse_args(["--symmetry", "scale"]))["batch"] == 8
+    assert recipe.resolve_config(recipe.build_parser().parse_args([]))["batch"] == 16
