@@ -26,9 +26,12 @@ published labels ``128x0e+64x1e+32x2e`` with pseudovector spherical harmonics ``
 triangle path allowed, as the reference MD17 configuration): SE(3)-equivariant only (the energy may change
 under reflections).  ``width`` scales every multiplicity (and the hidden widths); see docs/equiformer.md.
 
-Relaxation: ``relaxation={"relaxed": True, ...}`` (any :class:`~keras_relaxeq.layers.base.RelaxedEquivariantLayer`
-argument, e.g. ``relaxation_branch="mlp"``) gives every block's feed-forward output map a relaxation branch;
-the model is a :class:`~keras_relaxeq.training.model.RelaxedModel` (``lambda_lie``, ``lambda_proj``), and
+Relaxation: ``relaxation={"relaxed": True, ...}`` (any
+:class:`~keras_relaxeq.layers.base.RelaxedEquivariantLayer` argument, e.g. ``relaxation_branch="mlp"``) gives every
+block's feed-forward output map a relaxation branch; ``relaxation_kind="position_mlp"`` instead adds the reference's
+branch, an MLP that also reads the element one-hot and the centred positions
+(:class:`~keras_relaxeq.layers.equiformer.RelaxedGatedFeedForward`).  The model is a
+:class:`~keras_relaxeq.training.model.RelaxedModel` (``lambda_lie``, ``lambda_proj``), and
 ``keras_relaxeq.project`` removes the branches.
 """
 
@@ -40,6 +43,7 @@ import tensorflow as tf
 from keras_relaxeq.groups.irreps import Irrep, Irreps
 from keras_relaxeq.groups.spherical_harmonics import spherical_harmonics
 from keras_relaxeq.layers.equiformer import (
+    RELAXATION_KINDS,
     AtomEmbedding,
     EdgeDegreeEmbedding,
     EquiformerBlock,
@@ -97,6 +101,7 @@ class Equiformer(RelaxedModel):
         energy_scale=1.0,
         atom_energy_shift=0.0,
         relaxation=None,
+        relaxation_kind="ffn_output",
         lambda_lie=0.01,
         lambda_proj=0.01,
         penalty_scale="none",
@@ -123,6 +128,12 @@ class Equiformer(RelaxedModel):
         self.energy_scale = float(energy_scale)
         self.atom_energy_shift = float(atom_energy_shift)
         self.relaxation = dict(relaxation or {"relaxed": False})
+        if relaxation_kind not in RELAXATION_KINDS:
+            raise ValueError(f"Equiformer: relaxation_kind must be one of {RELAXATION_KINDS}, got {relaxation_kind!r}.")
+        self.relaxation_kind = relaxation_kind
+        block_relaxation = dict(self.relaxation)
+        if relaxation_kind == "position_mlp":
+            block_relaxation.setdefault("num_attributes", self.max_atomic_number + 1)
         set_untracked(self, "irreps_node", node_irreps(self.width, self.lmax, self.parity))
         set_untracked(self, "irreps_sh", Irreps.spherical_harmonics(self.lmax, p=-1 if self.parity else 1))
         node, sh, dtype = self.irreps_node, str(self.irreps_sh), self.dtype_policy
@@ -138,7 +149,8 @@ class Equiformer(RelaxedModel):
                 self.num_heads,
                 self.ffn_multiplier,
                 self.radial_hidden,
-                relaxation=self.relaxation,
+                relaxation=block_relaxation,
+                relaxation_kind=relaxation_kind,
                 name=f"block_{i}",
                 dtype=dtype,
             )
@@ -172,8 +184,17 @@ class Equiformer(RelaxedModel):
         rbf = self.radial_basis(distances)
         edge_weight = mask * smooth_envelope(distances, self.cutoff)
         x = self.atom_embedding(atomic_numbers) + self.edge_degree_embedding((sh, rbf, edge_weight))
+        block_inputs = (sh, rbf, edge_weight)
+        if self.relaxation_kind == "position_mlp":
+            # the branch's extra inputs: the element one-hot and the positions relative to the centroid
+            m = tf.cast(atom_mask, positions.dtype)[..., None]
+            centroid = tf.reduce_sum(positions * m, axis=1, keepdims=True) / tf.maximum(
+                tf.reduce_sum(m, axis=1, keepdims=True), 1.0
+            )
+            onehot = tf.one_hot(atomic_numbers, self.max_atomic_number + 1, dtype=positions.dtype)
+            block_inputs += (onehot, (positions - centroid) * m)
         for block in self.blocks:
-            x = block((x, sh, rbf, edge_weight), training=training)
+            x = block((x,) + block_inputs, training=training)
         x = self.final_norm(x)
         e = self.head_out(tf.nn.silu(self.head_linear(x)))[..., 0]
         return e * tf.cast(atom_mask, e.dtype)
@@ -227,6 +248,7 @@ class Equiformer(RelaxedModel):
             energy_scale=self.energy_scale,
             atom_energy_shift=self.atom_energy_shift,
             relaxation=self.relaxation,
+            relaxation_kind=self.relaxation_kind,
         )
         return config
 
@@ -247,6 +269,7 @@ def equiformer(
     energy_scale=1.0,
     atom_energy_shift=0.0,
     relaxation=None,
+    relaxation_kind="ffn_output",
     lambda_lie=0.01,
     lambda_proj=0.01,
     penalty_scale="none",
@@ -265,7 +288,11 @@ def equiformer(
         avg_num_neighbors: normaliser of the edge-degree embedding (Equiformer's MD17 average degree).
         energy_scale, atom_energy_shift: output scaling (e.g. the training set's energy standard deviation and
             mean energy per atom).
-        relaxation: relaxation arguments for every block's feed-forward output (None: not relaxed).
+        relaxation: relaxation arguments for every block's feed-forward network (None: not relaxed).
+        relaxation_kind: ``"ffn_output"`` (the dict goes to the feed-forward output map, an ``O3Linear``) or
+            ``"position_mlp"`` (the reference's branch: an MLP on ``[features, element one-hot, centred
+            positions]``, :class:`~keras_relaxeq.layers.equiformer.RelaxedGatedFeedForward`; e.g.
+            ``{"relaxed": True, "equivariance_penalty": "finite_rotation"}``).
         dtype: Keras dtype policy (``"float64"`` for finite-difference checks).
 
     Returns an unbuilt :class:`Equiformer`; it builds on its first call.
@@ -288,6 +315,7 @@ def equiformer(
         energy_scale=energy_scale,
         atom_energy_shift=atom_energy_shift,
         relaxation=relaxation,
+        relaxation_kind=relaxation_kind,
         lambda_lie=lambda_lie,
         lambda_proj=lambda_proj,
         penalty_scale=penalty_scale,

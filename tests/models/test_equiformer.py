@@ -201,3 +201,31 @@ def test_input_errors():
         model({"positions": pos, "atomic_numbers": z + 20})
     with pytest.raises(ValueError, match="num_blocks"):
         equiformer(num_blocks=0)
+
+
+def test_position_mlp_relaxation_trains_with_its_penalty_and_projects():
+    """The reference's branch (an MLP on features, element one-hot and centred positions, finite-rotation
+    penalty): a training step reports the penalty, the branch breaks rotations but not translations, and the
+    projection is the E(3)-equivariant model equal to the relaxed one at theta = 0."""
+    keras.utils.set_random_seed(3)
+    small = dict(TINY, num_blocks=1)
+    relaxation = {
+        "relaxed": True,
+        "equivariance_penalty": "finite_rotation",
+        "relaxation_initializer": "glorot_uniform",
+    }
+    model = equiformer(relaxation=relaxation, relaxation_kind="position_mlp", dtype="float64", **small)
+    pos, z = _molecule()
+    x = {"positions": pos, "atomic_numbers": z}
+    y = {"energy": np.zeros(3), "forces": np.zeros((3, ATOMS, 3))}
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss={"energy": "mse", "forces": "mse"}, run_eagerly=True)
+    logs = model.train_on_batch(x, y, return_dict=True)
+    assert logs["lie_penalty"] > 0 and logs["projection_penalty"] > 0
+    fn = _fn(model, z)
+    assert not check_equivariance(fn, tf.constant(pos), "position", OUT_REPS, group="SO3", num_samples=1).passed
+    shifted = model({"positions": pos + 2.0, "atomic_numbers": z})
+    np.testing.assert_allclose(shifted["energy"].numpy(), model(x)["energy"].numpy(), rtol=1e-10)
+    projected = kr.project(model)
+    assert_equivariant(_fn(projected, z), tf.constant(pos), "position", OUT_REPS, group="E3", num_samples=1)
+    kr.set_theta(model, 0.0)
+    np.testing.assert_allclose(projected(x)["forces"].numpy(), model(x)["forces"].numpy(), atol=1e-12)

@@ -6,11 +6,15 @@ import keras
 
 from keras_relaxeq.layers.equiformer.attention import EquivariantGraphAttention
 from keras_relaxeq.layers.equiformer.feed_forward import GatedFeedForward
+from keras_relaxeq.layers.equiformer.relaxed_feed_forward import RelaxedGatedFeedForward
 from keras_relaxeq.layers.steerable import SteerableNorm
 from keras_relaxeq.layers.steerable.parsing import irreps_arg
 from keras_relaxeq.utils import set_untracked
 
 register = keras.saving.register_keras_serializable(package="keras_relaxeq")
+
+#: where a block's relaxation branch goes (see :class:`EquiformerBlock`)
+RELAXATION_KINDS = ("ffn_output", "position_mlp")
 
 
 @register
@@ -18,7 +22,15 @@ class EquiformerBlock(keras.layers.Layer):
     """Equiformer's transformer block (pre-norm): equivariant layer norm (:class:`SteerableNorm`,
     ``mode="layer"``) -> :class:`EquivariantGraphAttention` -> residual -> layer norm -> :class:`GatedFeedForward`
     -> residual.  Called on ``(x [B, A, D], sh, rbf, edge_weight)`` (see the attention); returns the new ``x``.
-    ``relaxation`` goes to the feed-forward network's output map."""
+
+    Relaxation (``relaxation``: a dict of relaxation arguments, None for none):
+
+    * ``relaxation_kind="ffn_output"``: the dict goes to the feed-forward network's output map (an
+      :class:`O3Linear`; e.g. ``{"relaxed": True}`` for a linear branch, ``"relaxation_branch": "mlp"``);
+    * ``relaxation_kind="position_mlp"``: the feed-forward network is a :class:`RelaxedGatedFeedForward` (the
+      dict gives its arguments, ``num_attributes`` required) and the block is called on
+      ``(x, sh, rbf, edge_weight, attributes, centred_positions)``.
+    """
 
     def __init__(
         self,
@@ -28,6 +40,7 @@ class EquiformerBlock(keras.layers.Layer):
         ffn_multiplier=3.0,
         radial_hidden=(64, 64),
         relaxation=None,
+        relaxation_kind="ffn_output",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -38,27 +51,45 @@ class EquiformerBlock(keras.layers.Layer):
         self.ffn_multiplier = float(ffn_multiplier)
         self.radial_hidden = tuple(int(h) for h in radial_hidden)
         self.relaxation = dict(relaxation or {"relaxed": False})
+        if relaxation_kind not in RELAXATION_KINDS:
+            raise ValueError(f"{owner}: relaxation_kind must be one of {RELAXATION_KINDS}, got {relaxation_kind!r}.")
+        self.relaxation_kind = relaxation_kind
         node, dtype = self.irreps_node, self.dtype_policy
         self.norm_1 = SteerableNorm(node, mode="layer", relaxed=False, name="norm_1", dtype=dtype)
         self.attention = EquivariantGraphAttention(
             node, self.irreps_sh_str, self.num_heads, self.radial_hidden, name="attention", dtype=dtype
         )
         self.norm_2 = SteerableNorm(node, mode="layer", relaxed=False, name="norm_2", dtype=dtype)
-        self.feed_forward = GatedFeedForward(
-            node, self.ffn_multiplier, relaxation=self.relaxation, name="feed_forward", dtype=dtype
-        )
+        if relaxation_kind == "position_mlp":
+            self.feed_forward = RelaxedGatedFeedForward(
+                node, hidden_multiplier=self.ffn_multiplier, name="feed_forward", dtype=dtype, **self.relaxation
+            )
+        else:
+            self.feed_forward = GatedFeedForward(
+                node, self.ffn_multiplier, relaxation=self.relaxation, name="feed_forward", dtype=dtype
+            )
 
     def build(self, input_shape):
         x_shape = tuple(input_shape[0])
         self.norm_1.build(x_shape)
-        self.attention.build(input_shape)
+        self.attention.build(tuple(input_shape)[:4])
         self.norm_2.build(x_shape)
-        self.feed_forward.build(x_shape)
+        if self.relaxation_kind == "position_mlp":
+            self.feed_forward.build((x_shape, tuple(input_shape[4]), tuple(input_shape[5])))
+        else:
+            self.feed_forward.build(x_shape)
         self.built = True
 
     def call(self, inputs, training=None):
-        x, sh, rbf, edge_weight = inputs
+        x, sh, rbf, edge_weight = inputs[:4]
         x = x + self.attention((self.norm_1(x), sh, rbf, edge_weight))
+        if self.relaxation_kind == "position_mlp":
+            if len(inputs) != 6:
+                raise ValueError(
+                    f"EquiformerBlock '{self.name}' with relaxation_kind='position_mlp' is called on "
+                    "(x, sh, rbf, edge_weight, attributes, centred_positions)."
+                )
+            return x + self.feed_forward((self.norm_2(x), inputs[4], inputs[5]), training=training)
         return x + self.feed_forward(self.norm_2(x), training=training)
 
     def compute_output_shape(self, input_shape):
@@ -73,8 +104,9 @@ class EquiformerBlock(keras.layers.Layer):
             ffn_multiplier=self.ffn_multiplier,
             radial_hidden=list(self.radial_hidden),
             relaxation=self.relaxation,
+            relaxation_kind=self.relaxation_kind,
         )
         return config
 
 
-__all__ = ["EquiformerBlock"]
+__all__ = ["EquiformerBlock", "RELAXATION_KINDS"]
