@@ -229,3 +229,39 @@ def test_position_mlp_relaxation_trains_with_its_penalty_and_projects():
     assert_equivariant(_fn(projected, z), tf.constant(pos), "position", OUT_REPS, group="E3", num_samples=1)
     kr.set_theta(model, 0.0)
     np.testing.assert_allclose(projected(x)["forces"].numpy(), model(x)["forces"].numpy(), atol=1e-12)
+
+
+@pytest.mark.slow
+def test_export_serves_energy_and_forces_without_the_package(tmp_path):
+    """The force tape survives ``ExportArchive``: a fresh process without keras_relaxeq serves the same outputs."""
+    import subprocess
+    import sys
+
+    model = equiformer(**dict(TINY, num_blocks=1))
+    pos, z = _molecule(batch=2)
+    x = {"positions": pos.astype("float32"), "atomic_numbers": z}
+    ref = model(x)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serve",
+        lambda positions, atomic_numbers: model({"positions": positions, "atomic_numbers": atomic_numbers}),
+        input_signature=[
+            tf.TensorSpec([None, None, 3], tf.float32, name="positions"),
+            tf.TensorSpec([None, None], tf.int32, name="atomic_numbers"),
+        ],
+    )
+    archive.write_out(str(tmp_path / "export"))
+    np.savez(tmp_path / "x.npz", positions=x["positions"], atomic_numbers=z)
+    code = (
+        "import numpy as np, tensorflow as tf, sys\n"
+        f"r = tf.saved_model.load({str(tmp_path / 'export')!r})\n"
+        f"d = np.load({str(tmp_path / 'x.npz')!r})\n"
+        "o = r.serve(tf.constant(d['positions']), tf.constant(d['atomic_numbers']))\n"
+        "assert 'keras_relaxeq' not in sys.modules\n"
+        f"np.savez({str(tmp_path / 'out.npz')!r}, energy=o['energy'].numpy(), forces=o['forces'].numpy())\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=600)
+    out = np.load(tmp_path / "out.npz")
+    np.testing.assert_allclose(out["energy"], ref["energy"].numpy(), rtol=1e-5)
+    np.testing.assert_allclose(out["forces"], ref["forces"].numpy(), rtol=1e-4, atol=1e-6)
