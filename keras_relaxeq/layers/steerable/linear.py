@@ -79,10 +79,13 @@ class O3Linear(IrrepsLayer):
 
     def equivariant_call(self, inputs, training=None):
         x, _ = self._split_inputs(inputs)
-        out = tf.einsum("...a,ab->...b", x, self.dense_matrix())
+        # a 2-D matmul rather than an einsum over "...": the einsum's gradient for the kernel materialises
+        # [..., D_in, D_out] before summing (slow, and worse in second-order gradients)
+        lead = tf.shape(x)[:-1]
+        out = tf.matmul(tf.reshape(x, [-1, self.irreps_in.dim]), self.dense_matrix())
         if self.bias is not None:
             out = out + self.dense_bias()
-        return out
+        return tf.reshape(out, tf.concat([lead, [self.irreps_out.dim]], 0))
 
     def get_config(self):
         config = super().get_config()

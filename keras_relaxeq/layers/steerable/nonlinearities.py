@@ -16,7 +16,7 @@ from keras_relaxeq.utils import set_untracked
 
 register = keras.saving.register_keras_serializable(package="keras_relaxeq")
 
-NORM_MODES = ("instance", "batch")
+NORM_MODES = ("instance", "batch", "layer")
 NORM_REDUCE = ("mean", "max")
 NORM_NORMALIZATION = ("component", "norm")
 
@@ -187,6 +187,10 @@ class SteerableNorm(IrrepsLayer):
       averages (``running_mean`` of the ``0e`` blocks, ``running_var`` of the squared norms)
       at inference (e3nn ``BatchNorm``; centres only ``0e``).  ``momentum`` follows the Keras
       convention: ``running = momentum * running + (1 - momentum) * batch`` (e3nn's 0.1 is 0.9).
+    * ``mode="layer"``: statistics per position over the copies of each block (Equiformer's
+      ``EquivariantLayerNormV2``): ``l = 0`` blocks are centred over their copies, then every block is
+      divided by the root mean square over its copies of ``|x|^2 / (2l + 1)`` (``"component"``).  Any rank
+      >= 2; no coupling between samples or nodes.
 
     The bias goes to ``0e`` copies only (SEGNN adds it to every ``l = 0`` copy, which breaks
     parity for ``0o``).
@@ -258,6 +262,8 @@ class SteerableNorm(IrrepsLayer):
         batch_stats = self.mode == "batch" and bool(training)
         # statistic axes of the [..., mul, d] / [..., mul] views
         stat_axes = list(range(rank - 1)) if self.mode == "batch" else list(range(1, rank - 1))
+        if self.mode == "layer":
+            return self._layer_norm(x, lead)
         fields, new_means, new_vars = [], [], []
         iw = ib = 0
         ir_mul = self.layout == "ir_mul"
@@ -302,6 +308,32 @@ class SteerableNorm(IrrepsLayer):
                 self.running_mean.assign(m * self.running_mean + (1.0 - m) * batch_mean)
             batch_var = tf.cast(tf.concat(new_vars, 0), self.running_var.dtype)
             self.running_var.assign(m * self.running_var + (1.0 - m) * batch_var)
+        return fields[0] if len(fields) == 1 else tf.concat(fields, axis=-1)
+
+    def _layer_norm(self, x, lead):
+        """``mode="layer"``: per position, statistics over the copies of each block."""
+        fields = []
+        iw = ib = 0
+        ir_mul = self.layout == "ir_mul"
+        comp, copies = (-2, -1) if ir_mul else (-1, -2)  # component and copy axes of a block view
+        for sl, (mul, ir) in zip(self.irreps.slices(), self.irreps):
+            f = tf.reshape(x[..., sl], tf.concat([lead, [ir.dim, mul] if ir_mul else [mul, ir.dim]], 0))
+            if ir.l == 0:
+                f = f - tf.reduce_mean(f, axis=copies, keepdims=True)
+            sq = tf.reduce_sum(tf.square(f), axis=comp)  # [..., mul]
+            if self.normalization == "component":
+                sq = sq / ir.dim
+            scale = tf.math.rsqrt(self._reduce(sq, [-1]) + tf.cast(self.eps, x.dtype))[..., None]  # [..., 1]
+            if self.affine:
+                scale = scale * tf.cast(self.weight[iw : iw + mul], x.dtype)
+            f = f * tf.expand_dims(scale, comp)
+            if self.affine and ir.is_scalar() and self.bias is not None:
+                per_copy = [1, mul] if ir_mul else [mul, 1]
+                f = f + tf.reshape(tf.cast(self.bias[ib : ib + mul], x.dtype), per_copy)
+            if ir.is_scalar():
+                ib += mul
+            iw += mul
+            fields.append(tf.reshape(f, tf.concat([lead, [mul * ir.dim]], 0)))
         return fields[0] if len(fields) == 1 else tf.concat(fields, axis=-1)
 
     def get_config(self):
