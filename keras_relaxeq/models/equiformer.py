@@ -324,4 +324,11 @@ def equiformer(
     )
 
 
-__all__ = ["Equiformer", "PUBLISHED_MULTIPLICITIES", "equiformer", "node_irreps"]
+@register
+def l2_mae(y_true, y_pred):
+    """Equiformer's force loss per molecule: the mean over atoms of the Euclidean norm of the force error,
+    ``mean_i ||F_pred_i - F_i||`` (``[B, A, 3] -> [B]``)."""
+    return keras.ops.mean(keras.ops.sqrt(keras.ops.sum(keras.ops.square(y_pred - y_true), axis=-1) + 1e-12), axis=-1)
+
+
+__all__ = ["Equiformer", "PUBLISHED_MULTIPLICITIES", "equiformer", "l2_mae", "node_irreps"]
