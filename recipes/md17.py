@@ -257,6 +257,7 @@ def main(argv=None) -> dict:
         val,
         every=cfg["eval_every"],
         loss=compile_args(cfg, steps)["loss"],
+        loss_weights=compile_args(cfg, steps)["loss_weights"],
         metrics=[],
         monitor="projected_val_loss",
         mode="min",

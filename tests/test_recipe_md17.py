@@ -57,3 +57,32 @@ def test_bad_options_say_what_to_fix(tmp_path):
         recipe.main(argv(tmp_path / "x", "--molecule", "caffeine"))
     with pytest.raises(SystemExit, match="--warmup-epochs"):
         recipe.main(argv(tmp_path / "x", "--epochs", "1"))
+
+
+def test_projected_validation_weights_the_outputs_like_training():
+    """projected_val_loss is the weighted training objective (energy + force_weight x forces), not their plain sum."""
+    import tensorflow as tf
+
+    from keras_relaxeq.training.callbacks import ProjectedValidation
+
+    inputs = keras.Input((3,))
+    a = keras.layers.Dense(1, name="a")(inputs)
+    b = keras.layers.Dense(1, name="b")(inputs)
+    model = keras.Model(inputs, {"a": a, "b": b})
+    model.compile(loss={"a": "mse", "b": "mse"})
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 3)).astype("float32")
+    y = {"a": rng.normal(size=(8, 1)).astype("float32"), "b": rng.normal(size=(8, 1)).astype("float32")}
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    logs = {}
+    for weights in (None, {"a": 1.0, "b": 80.0}):
+        callback = ProjectedValidation(data, loss={"a": "mse", "b": "mse"}, loss_weights=weights, metrics=[])
+        callback.set_model(model)
+        logs[weights is None] = callback.evaluate()
+    unweighted, weighted = logs[True], logs[False]
+    assert unweighted["projected_val_loss"] == pytest.approx(
+        unweighted["projected_val_a_loss"] + unweighted["projected_val_b_loss"], rel=1e-5
+    )
+    assert weighted["projected_val_loss"] == pytest.approx(
+        weighted["projected_val_a_loss"] + 80 * weighted["projected_val_b_loss"], rel=1e-5
+    )

@@ -135,6 +135,8 @@ class ProjectedValidation(keras.callbacks.Callback):
             the training distribution, e.g. the train split with random rotations).
         bn_momentum: ``None`` (exact average of the batch statistics) or an EMA momentum.
         loss, metrics: override the compile configuration of the projected model.
+        loss_weights: weights of a multi-output ``loss`` (as ``compile``), so ``{prefix}val_loss`` is the
+            training objective (e.g. energy and force terms of a force field).
         best_path: optional ``.keras`` path; the projected model is saved there whenever
             ``monitor`` improves (``best_epoch`` is then the 0-based epoch).
         monitor, mode, initial_best: the quantity for ``best_path`` (default
@@ -153,6 +155,7 @@ class ProjectedValidation(keras.callbacks.Callback):
         bn_momentum=None,
         loss=None,
         metrics=None,
+        loss_weights=None,
         best_path=None,
         monitor=None,
         mode="max",
@@ -175,6 +178,7 @@ class ProjectedValidation(keras.callbacks.Callback):
         self.bn_momentum = bn_momentum
         self.loss = loss
         self.metrics_ = metrics
+        self.loss_weights = loss_weights
         self.best_path = None if best_path is None else os.fspath(best_path)
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}.")
@@ -192,7 +196,7 @@ class ProjectedValidation(keras.callbacks.Callback):
         if loss is None:
             raise ValueError("ProjectedValidation: compile the model (or pass loss=...) first.")
         metrics = self.metrics_ if self.metrics_ is not None else ["accuracy"]
-        projected.compile(loss=loss, metrics=metrics, jit_compile=False)
+        projected.compile(loss=loss, loss_weights=self.loss_weights, metrics=metrics, jit_compile=False)
 
     def projected_model(self):
         """The current projection of ``self.model`` (BN re-estimated when enabled)."""
