@@ -131,3 +131,13 @@ def test_module_size(name):
     if name in LARGE_MODULES:
         return
     assert lines <= MAX_LINES, f"{name} has {lines} lines (limit {MAX_LINES}); split it along its concerns"
+
+
+def test_test_files_have_unique_names():
+    """The test folders have no ``__init__.py``: pytest imports test files by basename, so two files with one name
+    in different folders stop the collection of the whole suite."""
+    seen = {}
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        seen.setdefault(path.name, []).append(str(path.relative_to(ROOT)))
+    clashes = {name: paths for name, paths in seen.items() if len(paths) > 1}
+    assert not clashes, f"rename one of each: {clashes}"
