@@ -55,6 +55,7 @@ __all__ = [
     "RelaxedEquivariantLayer",
     "active_collector",
     "autodiff_branch_penalties",
+    "build_conv_branch",
     "collect_relaxation_penalties",
     "direct_linear_branch_penalties",
     "direct_low_rank_branch_penalties",
@@ -85,6 +86,32 @@ def plain_layers():
         yield
     finally:
         _BUILD.force_plain -= 1
+
+
+def build_conv_branch(layer, kernel_size: int, in_channels: int, out_channels: int):
+    """The variables of a convolution branch ``theta * (conv(x, W_R) + b_R)`` on ``layer`` (convolution layers'
+    ``_build_branch``): ``theta`` (non-trainable), ``relaxation_kernel`` ``[k, k, C_in, C_out]`` and, with
+    ``relaxation_use_bias``, ``relaxation_bias`` ``[C_out]``."""
+    k = int(kernel_size)
+    layer.theta = layer.add_weight(
+        name="theta",
+        shape=(),
+        trainable=False,
+        autocast=False,
+        initializer=keras.initializers.Constant(layer.initial_theta),
+    )
+    layer.relaxation_low_rank = False
+    layer.relaxation_kernel = layer.add_weight(
+        name="relaxation_kernel",
+        shape=(k, k, in_channels, out_channels),
+        initializer=layer.relaxation_initializer,
+        autocast=False,
+    )
+    layer.relaxation_bias = (
+        layer.add_weight(name="relaxation_bias", shape=(out_channels,), initializer="zeros", autocast=False)
+        if layer.relaxation_use_bias
+        else None
+    )
 
 
 def _force_plain() -> bool:

@@ -41,7 +41,7 @@ from keras_relaxeq.groups.cyclic_kernels import (
     invariant_vector_basis,
     parse_field_type,
 )
-from keras_relaxeq.layers.base import RelaxedEquivariantLayer, active_collector
+from keras_relaxeq.layers.base import RelaxedEquivariantLayer, active_collector, build_conv_branch
 from keras_relaxeq.utils import set_untracked
 
 register = keras.saving.register_keras_serializable(package="keras_relaxeq")
@@ -310,26 +310,7 @@ class CyclicConv2D(RelaxedEquivariantLayer):
 
     # -- the convolution branch ----------------------------------------------------------
     def _build_branch(self, in_rep, out_rep):
-        k = self.kernel_size
-        self.theta = self.add_weight(
-            name="theta",
-            shape=(),
-            trainable=False,
-            autocast=False,
-            initializer=keras.initializers.Constant(self.initial_theta),
-        )
-        self.relaxation_low_rank = False
-        self.relaxation_kernel = self.add_weight(
-            name="relaxation_kernel",
-            shape=(k, k, in_rep.dim, out_rep.dim),
-            initializer=self.relaxation_initializer,
-            autocast=False,
-        )
-        self.relaxation_bias = (
-            self.add_weight(name="relaxation_bias", shape=(out_rep.dim,), initializer="zeros", autocast=False)
-            if self.relaxation_use_bias
-            else None
-        )
+        build_conv_branch(self, self.kernel_size, in_rep.dim, out_rep.dim)
 
     def relaxation_branch_fn(self, x):
         """The branch ``R(x) = conv(x, W_R) + b_R`` on fields (in the dtype of ``x``)."""
