@@ -216,7 +216,8 @@ def check_input_guards(model, entry, *, num_points=None, seed=0) -> tuple[bool, 
 def _check_field_guards(model, entry, good, key) -> tuple[bool, str]:
     """:func:`check_input_guards` for a field forecaster: another number of frames, another grid, three
     velocity components, an extra and a missing batch axis, NaN and Inf must each fail with an
-    ``InvalidArgumentError`` whose message names the input."""
+    ``InvalidArgumentError`` whose message names the input (``serving input frames ...`` from the serving
+    function, or ``Input frames ...`` from the model's own ``InputCheck``)."""
     import numpy as np
     import tensorflow as tf
 
@@ -237,9 +238,10 @@ def _check_field_guards(model, entry, good, key) -> tuple[bool, str]:
     for label, bad in probes:
         try:
             model.signature(**{key: tf.constant(bad)})
-        except tf.errors.InvalidArgumentError as exc:
-            if f"serving input {key} " not in exc.message:
-                unclear.append(f"{label}: {exc.message.splitlines()[0][:120]}")
+        except tf.errors.InvalidArgumentError as exc:  # the serving function's check or the model's InputCheck
+            if f"serving input {key} " not in exc.message and f"Input {key} " not in exc.message:
+                lines = [ln.strip() for ln in exc.message.splitlines() if ln.strip()]
+                unclear.append(f"{label}: {(lines or [''])[-1][:120]}")
             continue
         accepted.append(label)
     if accepted:
