@@ -173,3 +173,18 @@ def test_publish_refuses_runs_it_cannot_stand_behind(published, tmp_path):
     # the version is immutable
     with pytest.raises(PublishError, match="already in"):
         publish_run(published["run"], zoo_dir=published["index"].parent, version=1)
+
+
+def test_published_metrics_are_measured_again_from_the_data(published, tmp_path):
+    from keras_relaxeq.zoo.publish.smoke_plume import evaluate_entry, main
+
+    rows = evaluate_entry(index=published["index"], data_dir=published["root"] / "data", cache_dir=tmp_path)
+    assert set(rows) == {"rmse_future", "rmse_domain", "c4_equivariance_relative_error", "keras_max_abs_diff"}
+    for name in ("rmse_future", "rmse_domain"):
+        assert rows[name][1] == pytest.approx(rows[name][0], rel=1e-5)
+    assert rows["c4_equivariance_relative_error"][1] < 1e-5
+    # one test batch only: another RMSE than the published one over two batches
+    fewer = evaluate_entry(index=published["index"], data_dir=published["root"] / "data", cache_dir=tmp_path,
+                           max_test_batches=1)
+    assert fewer["rmse_domain"][1] != pytest.approx(rows["rmse_domain"][0], rel=1e-5)
+    assert main(["--index", str(published["index"]), "--data-dir", str(tmp_path / "nowhere")]) == 1

@@ -54,6 +54,8 @@ PREPROCESSING = (
 )
 #: the published recipe's budget (recipes/smoke_plume.py DEFAULTS; 250 training batches of 16 per epoch)
 PUBLISHED = {"epochs": 1000, "width": 1.0, "train_batches": 250, "val_batches": 63, "early_stop_after": 100}
+#: the run's settings that the RMSE measurement depends on (kept in the entry's ``evaluation``)
+EVALUATION_KEYS = ("batch", "test_length", "resolution", "max_test_batches")
 #: held-out windows of the C4 measurement and of the comparison with the Keras model
 EQUIVARIANCE_WINDOWS, PARITY_WINDOWS = 4, 16
 
@@ -243,6 +245,7 @@ class SmokePlumeRun(RecipeRun):
             "outputs": {OUTPUT_NAME: {"dtype": "float32", "shape": [None, grid, grid, 2],
                                       "layout": "[batch, y, x, (v_x, v_y)]: the next velocity frame"}},
             "metrics": _metrics(meas, cfg),
+            "evaluation": {key: cfg.get(key) for key in EVALUATION_KEYS},
             "training": {
                 "arm": cfg["arm"], "budget": "cpu_protocol" if is_cpu_protocol(cfg) else "published",
                 "rmse_future": s.get("rmse_future"), "rmse_domain": s.get("rmse_domain"),
@@ -368,5 +371,54 @@ def render_card(entry: dict, summary: dict, meas: dict, command: str, command_so
     return "\n".join(lines)
 
 
-__all__ = ["NAME", "RECIPE", "SmokePlumeRun", "architecture_config", "export_smoke_saved_model",
+def evaluate_entry(name: str = NAME, version=None, *, index=None, data_dir=None, max_test_batches=None,
+                   cache_dir=None, seed: int = 0) -> dict:
+    """The published artifact of ``name`` measured again from the data (as ``relaxeq zoo publish`` did):
+    ``{metric name: (published value, measured value)}`` for the RMSEs, the C4 error and the Keras parity.
+    ``data_dir`` defaults to ``$KERAS_RELAXEQ_CACHE/smoke_plume_rotation``."""
+    from keras_relaxeq.zoo.loading import load
+    from keras_relaxeq.zoo.registry import load_index
+
+    entry = load_index(index).get(name, version)
+    settings = entry.raw.get("evaluation")
+    if not entry.is_c4_field_forecaster or not settings:
+        raise PublishError(f"{entry.name} v{entry.version} is not a smoke plume forecaster entry with evaluation "
+                           "settings.")
+    served = load(entry.name, entry.version, index=index, cache_dir=cache_dir, progress=False)
+    keras_model = load(entry.name, entry.version, index=index, cache_dir=cache_dir, progress=False, as_keras=True)
+    meas = measure_smoke_artifact(served.signature, keras_model, dict(settings, data_dir=data_dir),
+                                  max_test_batches=max_test_batches, seed=seed)
+    measured = {m["name"]: m["value"] for m in _metrics(meas, dict(settings))}
+    return {m["name"]: (m["value"], measured.get(m["name"])) for m in entry.metrics}
+
+
+def main(argv=None) -> int:
+    """``python -m keras_relaxeq.zoo.publish.smoke_plume [NAME] [--version N] [--data-dir DIR]``: the published
+    RMSEs, C4 error and Keras parity of an entry recomputed on its artifact from the data."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m keras_relaxeq.zoo.publish.smoke_plume",
+                                description="Measure a published smoke plume forecaster again from the data.")
+    p.add_argument("name", nargs="?", default=NAME)
+    p.add_argument("--version", type=int, default=None)
+    p.add_argument("--data-dir", default=None, help="default: $KERAS_RELAXEQ_CACHE/smoke_plume_rotation")
+    p.add_argument("--max-test-batches", type=int, default=None, help="default: the entry's (all)")
+    p.add_argument("--index", default=None, help="catalogue (default: the repository's zoo/index.json)")
+    args = p.parse_args(argv)
+    try:
+        rows = evaluate_entry(args.name, args.version, index=args.index, data_dir=args.data_dir,
+                              max_test_batches=args.max_test_batches)
+    except (PublishError, FileNotFoundError) as exc:
+        print(f"error: {exc}")
+        return 1
+    for metric, (published, measured) in rows.items():
+        print(f"{metric:32s} published {published:<12g} measured {measured:g}")
+    return 0
+
+
+__all__ = ["NAME", "RECIPE", "SmokePlumeRun", "evaluate_entry", "architecture_config", "export_smoke_saved_model",
            "measure_smoke_artifact", "rebuild_forecaster", "recipe_test_pipeline", "render_card"]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
