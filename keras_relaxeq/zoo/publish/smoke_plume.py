@@ -198,6 +198,8 @@ class SmokePlumeRun(RecipeRun):
     only_options = ("data_dir", "max_test_batches")
 
     def __init__(self, *args, **kwargs):
+        import keras_relaxeq.models.smoke_plume  # noqa: F401  (registers ShiftFrames, StackFrames: rollout files load)
+
         super().__init__(*args, **kwargs)
         if self.cfg.get("arm") not in PUBLISHABLE_ARMS:
             raise PublishError(f"a {self.cfg.get('arm')!r} run is not exactly C4-equivariant; only the arms "
