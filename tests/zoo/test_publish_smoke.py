@@ -188,3 +188,13 @@ def test_published_metrics_are_measured_again_from_the_data(published, tmp_path)
                            max_test_batches=1)
     assert fewer["rmse_domain"][1] != pytest.approx(rows["rmse_domain"][0], rel=1e-5)
     assert main(["--index", str(published["index"]), "--data-dir", str(tmp_path / "nowhere")]) == 1
+
+
+def test_card_says_when_the_wall_time_covers_only_the_last_invocation():
+    from keras_relaxeq.zoo.publish.base import card_metrics_lines
+
+    entry = {"metrics": []}
+    resumed = card_metrics_lines(entry, {"wall_time_seconds": 3600, "epochs_run": 10, "epochs_this_invocation": 5})
+    assert resumed[0].startswith("- wall time of the last invocation 1.00 h (5 of 10 epochs; the run was resumed)")
+    whole = card_metrics_lines(entry, {"wall_time_seconds": 3600, "epochs_run": 10, "epochs_this_invocation": 10})
+    assert whole[0].startswith("- wall time 1.00 h,")

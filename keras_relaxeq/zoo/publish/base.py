@@ -104,7 +104,9 @@ def card_metrics_lines(entry: dict, summary: dict) -> list[str]:
     """The card's last training line (wall time, strategy) and its metrics section (``|`` in
     protocols escaped)."""
     hours = (summary.get("wall_time_seconds") or 0) / 3600
-    if summary.get("resumed"):  # the summary times only the invocation that finished the run
+    this, run = summary.get("epochs_this_invocation"), summary.get("epochs_run")
+    resumed = summary.get("resumed") or (this is not None and run is not None and int(this) < int(run))
+    if resumed:  # the summary times only the invocation that finished the run
         wall = (f"wall time of the last invocation {hours:.2f} h ({summary.get('epochs_this_invocation')} of "
                 f"{summary.get('epochs_run')} epochs; the run was resumed)")
     else:
