@@ -14,6 +14,11 @@ hidden fields, kernel 3; ``width`` scales the hidden fields):
 * ``"rsteer_relaxed"``: RSteer layers with the method's branch on top (projected: ``"rsteer"``).
 
 C4 acts on the input by rotating every frame's grid and vector components; the output rotates likewise.
+
+The forecaster's first layer is an :class:`~keras_relaxeq.models.checks.InputCheck` (``check_frames``): frames of
+another shape (another number of frames, grid size or velocity components, a missing batch axis) and NaN / Inf
+values are refused with a message saying what is expected, also where the static shape is unknown
+(``tf.function`` with open shapes, ``tf.data``).
 """
 
 from __future__ import annotations
@@ -23,13 +28,22 @@ import numpy as np
 
 from keras_relaxeq.layers.group_conv import GroupConv2D, LiftingConv2D, ProjectionConv2D
 from keras_relaxeq.layers.rsteer import RSteerConv2D
+from keras_relaxeq.models.checks import InputCheck
 from keras_relaxeq.training.model import RelaxedModel
 
 ARMS = ("cnn", "equivariant", "relaxed", "rsteer", "rsteer_relaxed")
 PUBLISHED_HIDDEN = 92
 
+#: what the input check's messages say to do instead
+FRAMES_HINT = (
+    "Pass the last {t} velocity frames channels last, components (v_x, v_y), rows = y, one window per batch row "
+    "(a single window needs a batch axis: frames[None])."
+)
+
 __all__ = [
     "ARMS",
+    "FRAMES_HINT",
+    "frames_check",
     "ShiftFrames",
     "StackFrames",
     "forecaster_of",
@@ -75,7 +89,8 @@ def smoke_plume_forecaster(
         raise ValueError(f"num_layers must be >= 2 (a lifting and a projection layer), got {num_layers}.")
     fields = max(1, int(round(hidden * width)))
     frames = keras.Input((int(input_frames), int(grid), int(grid), 2), name="frames")
-    x = keras.layers.Permute((2, 3, 1, 4), name="frames_last")(frames)
+    x = frames_check(input_frames, grid)(frames)
+    x = keras.layers.Permute((2, 3, 1, 4), name="frames_last")(x)
     x = keras.layers.Reshape((int(grid), int(grid), 2 * int(input_frames)), name="vector_fields")(x)
     k = int(kernel_size)
     if arm == "cnn":
@@ -103,6 +118,19 @@ def smoke_plume_forecaster(
             outputs = ProjectionConv2D("vector", name="velocity", **common)(x)
     return RelaxedModel(
         frames, outputs, lambda_lie=lambda_lie, lambda_proj=lambda_proj, name=name or f"smoke_plume_{arm}"
+    )
+
+
+def frames_check(input_frames=10, grid=64, name="check_frames") -> InputCheck:
+    """The forecasters' :class:`InputCheck`: ``[batch, input_frames, grid, grid, 2]``, finite values."""
+    t, n = int(input_frames), int(grid)
+    return InputCheck(
+        (t, n, n, 2),
+        finite=True,
+        input_name="frames",
+        layout=f"[batch, {t}, {n}, {n}, 2] ({t} velocity frames of a {n}x{n} grid, components (v_x, v_y))",
+        hint=FRAMES_HINT.format(t=t),
+        name=name,
     )
 
 
@@ -195,6 +223,9 @@ def summed_frame_mse(y_true, y_pred):
 def rollout_rmse(model, dataset, steps=None, *, progress=False):
     """RMSE of autoregressive rollouts of the one-step ``model`` on ``dataset`` of ``(frames, targets)``.
 
+    ``model``: a one-step forecaster, a :func:`rollout_model` (its forecaster is used), or any callable
+    ``frames [B, T, H, W, 2] -> next frame [B, H, W, 2]`` built from TensorFlow ops (e.g. the serving function
+    of an exported SavedModel, which is how the zoo measures a published artifact).
     As the reference: per batch the MSE over every predicted frame, pixel and component; the RMSE is the
     square root of the mean of those per-batch MSEs.  Returns ``{"rmse": ..., "rmse_per_step": [...],
     "num_windows": ...}``; ``rmse_per_step[k]`` is the same RMSE of the ``k``-th predicted frame alone
@@ -202,14 +233,23 @@ def rollout_rmse(model, dataset, steps=None, *, progress=False):
     """
     import tensorflow as tf
 
-    one_step = forecaster_of(model)
+    if isinstance(model, keras.Model):
+        forecaster = forecaster_of(model)
+
+        def one_step(x):
+            return forecaster(x, training=False)
+
+    elif callable(model):
+        one_step = model
+    else:
+        raise TypeError(f"rollout_rmse needs a Keras forecaster or a callable frames -> next frame, got {model!r}.")
 
     @tf.function(reduce_retracing=True)
     def predict(frames, num_steps):
         x = frames
         outputs = tf.TensorArray(frames.dtype, size=num_steps)
         for k in tf.range(num_steps):
-            y = one_step(x, training=False)
+            y = one_step(x)
             outputs = outputs.write(k, y)
             x = tf.concat([x[:, 1:], y[:, None]], axis=1)
         return tf.transpose(outputs.stack(), [1, 0, 2, 3, 4])

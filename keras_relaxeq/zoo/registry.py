@@ -33,10 +33,12 @@ SCHEMA_VERSION = 1
 INDEX_FILENAME = "index.json"
 
 #: Tasks known to the tooling. ``relaxeq zoo verify`` checks rotation invariance of the logits
-#: for ``INVARIANT_TASKS`` and E(3) equivariance of the predicted positions for N-body entries
-#: (task ``nbody_regression`` with the inputs ``NBODY_INPUTS`` and the output ``loc``); other
-#: entries get the hash / load / signature checks only.
-TASKS = ("point_cloud_classification", "nbody_regression", "regression", "other")
+#: for ``INVARIANT_TASKS``, E(3) equivariance of the predicted positions for N-body entries
+#: (task ``nbody_regression`` with the inputs ``NBODY_INPUTS`` and the output ``loc``) and C4
+#: equivariance of the predicted frame for C4 field forecasters (task ``field_forecasting``, group
+#: ``c4``, one input ``[batch, frames, H, W, 2]`` of vector fields, one output ``[batch, H, W, 2]``);
+#: other entries get the hash / load / signature checks only.
+TASKS = ("point_cloud_classification", "nbody_regression", "field_forecasting", "regression", "other")
 INVARIANT_TASKS = ("point_cloud_classification",)
 #: serving inputs of an N-body model: positions, velocities (vectors), charges (invariant)
 NBODY_INPUTS = ("loc", "vel", "charges")
@@ -142,6 +144,15 @@ class ZooEntry:
         ``nbody_regression``, inputs ``loc``, ``vel``, ``charges`` and the output ``loc``."""
         return (self.task == "nbody_regression" and set(NBODY_INPUTS) <= set(self.input_signature)
                 and "loc" in self.outputs)
+
+    @property
+    def is_c4_field_forecaster(self) -> bool:
+        """A forecaster of 2D vector fields whose C4 equivariance ``relaxeq zoo verify`` checks: task
+        ``field_forecasting``, group ``c4``, one input ``[batch, frames, H, H, 2]``, one output."""
+        shape = self.input.get("shape") or []
+        return (self.task == "field_forecasting" and self.group == "c4" and len(self.input_signature) == 1
+                and len(shape) == 5 and shape[-1] == 2 and shape[2] is not None and shape[2] == shape[3]
+                and len(self.outputs) == 1)
 
     @property
     def input_checks(self) -> tuple[str, ...]:

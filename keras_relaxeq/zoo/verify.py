@@ -4,15 +4,23 @@ runs before it writes an entry.
 For each entry: the archive's sha256 (``ensure_artifact``), loading its SavedModel
 (:class:`~keras_relaxeq.zoo.loading.ServingModel`), the serving signature against the catalogue
 (:func:`check_signature`), the symmetry (:func:`check_symmetry`: rotation invariance of a
-classifier's logits, E(3) equivariance of an N-body model's positions, both measured with
-``keras_relaxeq.testing``) and the serving input checks (:func:`check_input_guards`).
+classifier's logits, E(3) equivariance of an N-body model's positions, C4 equivariance of a field
+forecaster's next frame, all measured with ``keras_relaxeq.testing``) and the serving input checks
+(:func:`check_input_guards`). For C4 field forecasters also, as TF Serving would see the artifact: the
+``SignatureDef`` that ``saved_model_cli show`` prints (:func:`signature_def_specs`), and a fresh Python
+process that loads the SavedModel with TensorFlow alone (never importing keras_relaxeq) and answers as
+this one (:mod:`keras_relaxeq.zoo.fresh`).
 TensorFlow is imported only when a check runs.
 """
 
 from __future__ import annotations
 
-__all__ = ["check_e3_equivariance", "check_input_guards", "check_invariance", "check_served",
-           "check_signature", "check_symmetry", "guard_probe_inputs", "verify_entries"]
+__all__ = ["C4_RELATIVE_TOLERANCE", "check_c4_equivariance", "check_e3_equivariance", "check_input_guards",
+           "check_invariance", "check_served", "check_signature", "check_signature_def", "check_symmetry",
+           "guard_probe_inputs", "signature_def_specs", "verify_entries"]
+
+#: largest relative C4 equivariance error (max |f(g.x) - g.f(x)| / max |g.f(x)|) of a field forecaster
+C4_RELATIVE_TOLERANCE = 1e-5
 
 
 def check_signature(model, entry) -> list[str]:
@@ -101,6 +109,37 @@ def check_e3_equivariance(model, entry, *, num_samples=4, atol=1e-4, rtol=1e-3,
     return bool(errors["max_abs"] <= tol), errors, tol
 
 
+def _field_forecaster_io(model, entry):
+    """``(input name, output name, [frames, H, W, 2])`` of a C4 field forecaster's serving signature."""
+    shape = entry.input.get("shape")
+    return entry.input_name, next(iter(entry.outputs)), [int(d) for d in shape[1:]]
+
+
+def check_c4_equivariance(model, entry, *, num_samples=2, rtol=C4_RELATIVE_TOLERANCE,
+                          seed=0) -> tuple[bool, float, object]:
+    """C4 equivariance of a field forecaster's served next frame: ``num_samples`` standard-normal windows
+    ``[frames, H, W, 2]``, each frame's grid and vector components turned by the three non-trivial quarter
+    turns (``keras_relaxeq.testing.cyclic.check_cyclic_equivariance``, compared in float64); the output
+    must turn the same way. Returns ``(ok, relative error, report)``: ``ok`` when the largest error is
+    below ``rtol`` times the output scale."""
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_relaxeq.groups.cyclic import FieldType
+    from keras_relaxeq.testing.cyclic import check_cyclic_equivariance
+
+    key, out, dims = _field_forecaster_io(model, entry)
+    x = np.random.default_rng(seed).normal(size=[num_samples] + dims).astype(np.float32)
+
+    def next_frame(frames):
+        return model.signature(**{key: tf.cast(frames, tf.float32)})[out]
+
+    vector = FieldType.vector(4)
+    report = check_cyclic_equivariance(next_frame, tf.constant(x), vector, vector, atol=0.0, rtol=rtol)
+    relative = report.max_error / max(report.scale, 1e-30)
+    return bool(report.passed and report.scale > 0), relative, report
+
+
 def check_symmetry(model, entry, *, num_samples=4, num_points=None, atol=1e-4, rtol=1e-3,
                    seed=0) -> tuple[bool, str] | None:
     """The symmetry check of ``relaxeq zoo verify`` for ``entry``: rotation invariance of a
@@ -117,6 +156,10 @@ def check_symmetry(model, entry, *, num_samples=4, num_points=None, atol=1e-4, r
                     f"(tol {tol:.2e}; rotations {err['rotation_max_abs']:.2e}, reflection "
                     f"{err['reflection_max_abs']:.2e}, translation "
                     f"{err['translation_max_abs']:.2e})")
+    if entry.is_c4_field_forecaster:
+        ok, relative, report = check_c4_equivariance(model, entry, num_samples=min(num_samples, 2), seed=seed)
+        return ok, (f"C4 equivariance relative err {relative:.2e} (max {report.max_error:.2e}, output scale "
+                    f"{report.scale:.2e}; tol {C4_RELATIVE_TOLERANCE:.0e} relative, quarter turns 1, 2, 3)")
     return None
 
 
@@ -146,6 +189,8 @@ def check_input_guards(model, entry, *, num_points=None, seed=0) -> tuple[bool, 
     good = guard_probe_inputs(model, entry, num_points, seed)
     key = model.input_name
     probes = []
+    if entry.is_c4_field_forecaster:
+        return _check_field_guards(model, entry, good, key)
     if "shape" in entry.input_checks:
         x = good[key]
         probes.append((f"{key} last axis {x.shape[-1] + 3}",
@@ -166,6 +211,89 @@ def check_input_guards(model, entry, *, num_points=None, seed=0) -> tuple[bool, 
     if accepted:
         return False, f"the serving function answered invalid inputs ({', '.join(accepted)})"
     return True, f"input checks ok ({', '.join(label for label, _ in probes)} refused)"
+
+
+def _check_field_guards(model, entry, good, key) -> tuple[bool, str]:
+    """:func:`check_input_guards` for a field forecaster: another number of frames, another grid, three
+    velocity components, an extra and a missing batch axis, NaN and Inf must each fail with an
+    ``InvalidArgumentError`` whose message names the input (``serving input frames ...`` from the serving
+    function, or ``Input frames ...`` from the model's own ``InputCheck``)."""
+    import numpy as np
+    import tensorflow as tf
+
+    x = good[key]
+    t, n = x.shape[1], x.shape[2]
+    probes = []
+    if "shape" in entry.input_checks:
+        probes += [(f"{t - 1} frames", x[:, 1:]), (f"{n // 2}x{n // 2} grid", x[:, :, ::2, ::2]),
+                   ("3 components", np.concatenate([x, x[..., :1]], axis=-1)),
+                   ("extra leading axis", x[None]), ("no batch axis", x[0])]
+    if "finite" in entry.input_checks:
+        for label, value in (("NaN", np.nan), ("Inf", np.inf)):
+            bad = x.copy()
+            bad[-1, -1, n // 2, n // 2, 1] = value
+            probes.append((label, bad))
+    model.signature(**{key: tf.constant(x)})  # the valid input is answered
+    accepted, unclear = [], []
+    for label, bad in probes:
+        try:
+            model.signature(**{key: tf.constant(bad)})
+        except tf.errors.InvalidArgumentError as exc:  # the serving function's check or the model's InputCheck
+            if f"serving input {key} " not in exc.message and f"Input {key} " not in exc.message:
+                lines = [ln.strip() for ln in exc.message.splitlines() if ln.strip()]
+                unclear.append(f"{label}: {(lines or [''])[-1][:120]}")
+            continue
+        accepted.append(label)
+    if accepted:
+        return False, f"the serving function answered invalid inputs ({', '.join(accepted)})"
+    if unclear:
+        return False, f"refused without naming the input {key!r}: {'; '.join(unclear)}"
+    return True, f"input checks ok ({', '.join(label for label, _ in probes)} refused, naming {key!r})"
+
+
+def signature_def_specs(path) -> dict:
+    """``{"inputs" | "outputs": {name: (dtype, shape)}}`` of ``serving_default`` in the SavedModel's
+    ``saved_model.pb`` (tag ``serve``), read from the ``SignatureDef`` as ``saved_model_cli show`` prints
+    it (``DT_FLOAT``, ``-1`` for a free axis)."""
+    from pathlib import Path
+
+    from tensorflow.core.framework import types_pb2
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    sm = saved_model_pb2.SavedModel()
+    sm.ParseFromString((Path(path) / "saved_model.pb").read_bytes())
+    graphs = [mg for mg in sm.meta_graphs if "serve" in mg.meta_info_def.tags]
+    if not graphs or "serving_default" not in graphs[0].signature_def:
+        raise AssertionError(f"{path}: no MetaGraph tagged 'serve' with a serving_default SignatureDef")
+    sig = graphs[0].signature_def["serving_default"]
+
+    def spec(info):
+        shape = None if info.tensor_shape.unknown_rank else [d.size for d in info.tensor_shape.dim]
+        return types_pb2.DataType.Name(info.dtype), shape
+
+    return {"inputs": {k: spec(v) for k, v in sig.inputs.items()},
+            "outputs": {k: spec(v) for k, v in sig.outputs.items()}}
+
+
+def check_signature_def(path, entry) -> str:
+    """The ``SignatureDef`` (:func:`signature_def_specs`) against the entry's inputs and outputs (float32
+    ``DT_FLOAT``; ``-1`` where the catalogue says ``null``). Raises ``AssertionError``; returns one line."""
+    import tensorflow as tf
+    from tensorflow.core.framework import types_pb2
+
+    specs = signature_def_specs(path)
+    for kind, want in (("inputs", entry.input_signature), ("outputs", entry.outputs)):
+        if set(specs[kind]) != set(want):
+            raise AssertionError(f"SignatureDef {kind} {sorted(specs[kind])}, catalogue says {sorted(want)}")
+        for name, w in want.items():
+            dtype, shape = specs[kind][name]
+            wanted = [-1 if d is None else d for d in w.get("shape", [])]
+            want_dtype = types_pb2.DataType.Name(tf.as_dtype(w.get("dtype", "float32")).as_datatype_enum)
+            if dtype != want_dtype or (w.get("shape") and shape != wanted):
+                raise AssertionError(f"SignatureDef {kind[:-1]} {name!r}: {dtype} {shape}, catalogue says "
+                                     f"{w.get('dtype')} {wanted}")
+    return "SignatureDef ok (" + "; ".join(
+        f"{n} {tuple(specs[k][n][1])}" for k in ("inputs", "outputs") for n in sorted(specs[k])) + ")"
 
 
 def check_served(model, entry, *, num_samples=4, num_points=None, atol=1e-4, rtol=1e-3, seed=0,
@@ -204,6 +332,7 @@ def verify_entries(names=(), *, index=None, out, cache_dir=None, base_url=None, 
     of failed entries. Unknown names raise ``UnknownModelError`` (with close matches)."""
     from keras_relaxeq.zoo import registry
     from keras_relaxeq.zoo.cache import ensure_artifact
+    from keras_relaxeq.zoo.fresh import FreshProcessCheck, valid_inputs
     from keras_relaxeq.zoo.loading import ServingModel
 
     cat = registry.load_index(index)
@@ -220,18 +349,25 @@ def verify_entries(names=(), *, index=None, out, cache_dir=None, base_url=None, 
     failures = 0
     for e in entries:
         label = f"{e.name} v{e.version}"
-        steps = []
+        steps, fresh = [], None
         try:
             path = ensure_artifact(e, e.artifact, catalogue=cat, cache_dir=cache_dir,
                                    base_url=base_url, offline=offline, progress=progress,
                                    max_tries=max_tries)
             steps.append("sha256 ok")
+            if e.is_c4_field_forecaster:  # started first: its TensorFlow import overlaps the checks here
+                fresh = FreshProcessCheck(path, valid_inputs(e, seed=seed))
             model = ServingModel(path, e)
             steps.append("loads")
             check_served(model, e, num_samples=num_samples, num_points=num_points, atol=atol,
                          rtol=rtol, seed=seed, steps=steps)
+            if fresh is not None:
+                steps.append(check_signature_def(path, e))
+                steps.append(fresh.finish(model))
             print(f"OK    {label}: " + ", ".join(steps), file=out)
         except Exception as exc:  # report every entry, then fail
+            if fresh is not None:
+                fresh.stop()
             failures += 1
             done = (", ".join(steps) + "; ") if steps else ""
             print(f"FAIL  {label}: {done}{type(exc).__name__}: {exc}", file=out)

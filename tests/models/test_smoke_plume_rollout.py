@@ -84,3 +84,38 @@ def test_bad_input_gets_a_clear_error():
         forecaster.predict(np.zeros((1, 10, 8, 8, 3), "float32"), verbose=0)  # three velocity components
     with pytest.raises(ValueError, match="NaN or Inf"):
         forecaster.predict(np.full((1, 10, 8, 8, 2), np.nan, "float32"), verbose=0)
+
+
+OPEN = tf.TensorSpec([None, None, None, None, None], tf.float32)  # rank known, every axis open
+
+
+@pytest.mark.parametrize(
+    "shape, what",
+    [((1, 9, 8, 8, 2), "nine frames"), ((1, 10, 4, 4, 2), "another grid"), ((1, 10, 8, 8, 3), "three components")],
+)
+def test_input_check_refuses_mis_shaped_frames_when_the_shape_is_open(shape, what):
+    forecaster = smoke_plume_forecaster("equivariant", grid=8, width=0.05)
+    fn = tf.function(lambda x: forecaster(x), input_signature=[OPEN])
+    assert fn(np.zeros((2, 10, 8, 8, 2), "float32")).shape == (2, 8, 8, 2)  # the right shape is answered
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"Input frames must have shape \[batch, 10, 8, 8, 2\]"):
+        fn(np.zeros(shape, "float32"))
+
+
+def test_input_check_refuses_nan_in_eager_calls_and_survives_saving(tmp_path):
+    forecaster = smoke_plume_forecaster("relaxed", grid=8, width=0.05)
+    assert forecaster.layers[1].name == "check_frames"
+    x = np.random.default_rng(0).normal(size=(2, 10, 8, 8, 2)).astype("float32")
+    bad = x.copy()
+    bad[1, 3, 2, 2, 0] = np.inf
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Input frames contains NaN or Inf"):
+        forecaster(bad)
+    with pytest.raises(ValueError, match=r"expected shape=\(None, 10, 8, 8, 2\)"):
+        forecaster(x[0])  # a window without its batch axis: Keras' own static check
+    forecaster.save(tmp_path / "f.keras")
+    loaded = keras.saving.load_model(tmp_path / "f.keras", compile=False)
+    np.testing.assert_allclose(loaded(x), forecaster(x), atol=1e-6)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Input frames contains NaN or Inf"):
+        loaded(bad)
+    # the rollout model calls the checked forecaster at every step; its predictions are unchanged
+    rollout = rollout_model(forecaster, steps=2)
+    assert rollout(x).shape == (2, 2, 8, 8, 2)

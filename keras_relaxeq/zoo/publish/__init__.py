@@ -1,17 +1,18 @@
-"""Publish a recipe run (``recipes/modelnet40.py`` or ``recipes/segnn_nbody.py``) as a model-zoo
-entry.
+"""Publish a recipe run (``recipes/modelnet40.py``, ``recipes/segnn_nbody.py`` or
+``recipes/smoke_plume.py``) as a model-zoo entry.
 
     relaxeq zoo publish RUN_DIR [--name vn_pointnet_so3_modelnet40] [--version N]
         [--model-file best_projected.keras] [--max-val-samples N] [--zoo-dir zoo/]
     relaxeq zoo publish SEGNN_RUN_DIR [--max-test-samples N]   # -> segnn_o3_nbody
+    relaxeq zoo publish SMOKE_RUN_DIR [--max-test-batches N]   # -> steerable_cnn_c4_smokeplume
     python -m keras_relaxeq.zoo.publish RUN_DIR ...           # the same
     python -m keras_relaxeq.zoo.publish republish NAME [--from-version N]
 
 :func:`publish_run` (``driver``) reads the run directory (``summary.json``, the projected
 ``.keras`` model, ``command.txt`` if present), picks the recipe family from the ``recipe`` field of
 the summary (older runs: from their config, :func:`recipe_of`) and publishes the run with that
-family's :class:`RecipeRun`: :class:`ModelNet40Run` (``modelnet40``) or :class:`NBodyRun`
-(``nbody``). For every family it
+family's :class:`RecipeRun`: :class:`ModelNet40Run` (``modelnet40``), :class:`NBodyRun`
+(``nbody``) or :class:`SmokePlumeRun` (``smoke_plume``). For every family it
 
 1. loads the model and refuses one that still has relaxation branches;
 2. exports it (the family's serving signature) and packs it (``pack_saved_model``, byte
@@ -73,8 +74,9 @@ from keras_relaxeq.zoo.publish.modelnet40 import (
     render_card,
 )
 from keras_relaxeq.zoo.publish.nbody import NBodyRun
+from keras_relaxeq.zoo.publish.smoke_plume import SmokePlumeRun
 from keras_relaxeq.zoo.publish.republish import republish
 
-__all__ = ["FAMILIES", "ModelNet40Run", "NBodyRun", "PublishError", "RecipeRun", "add_arguments",
+__all__ = ["FAMILIES", "ModelNet40Run", "NBodyRun", "PublishError", "RecipeRun", "SmokePlumeRun", "add_arguments",
            "main", "measure_artifact", "publish_run", "read_run", "recipe_command_from_config",
            "recipe_of", "render_card", "republish", "run_from_args", "run_recipe"]

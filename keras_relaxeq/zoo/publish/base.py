@@ -19,7 +19,7 @@ VERIFY_ATOL, VERIFY_RTOL = 1e-4, 1e-3
 PARITY_ATOL, PARITY_RTOL = 1e-5, 1e-4
 #: recipe options that are not training settings (left out of a reconstructed command)
 _NOT_OPTIONS = {"resume", "fresh", "cpu_replicas"}
-_BOOLEAN_OPTIONAL = {"relaxed", "relaxed_val", "rotate", "branch_bias"}  # --x / --no-x
+_BOOLEAN_OPTIONAL = {"relaxed", "relaxed_val", "rotate", "branch_bias", "generate"}  # --x / --no-x
 
 
 class PublishError(ValueError):
@@ -104,7 +104,9 @@ def card_metrics_lines(entry: dict, summary: dict) -> list[str]:
     """The card's last training line (wall time, strategy) and its metrics section (``|`` in
     protocols escaped)."""
     hours = (summary.get("wall_time_seconds") or 0) / 3600
-    if summary.get("resumed"):  # the summary times only the invocation that finished the run
+    this, run = summary.get("epochs_this_invocation"), summary.get("epochs_run")
+    resumed = summary.get("resumed") or (this is not None and run is not None and int(this) < int(run))
+    if resumed:  # the summary times only the invocation that finished the run
         wall = (f"wall time of the last invocation {hours:.2f} h ({summary.get('epochs_this_invocation')} of "
                 f"{summary.get('epochs_run')} epochs; the run was resumed)")
     else:
@@ -160,6 +162,8 @@ class RecipeRun:
     default_citation = ""
     data_licence = ""
     only_options: tuple = ()
+    #: the run's file published when ``publish_run`` gets no ``model_file``
+    default_model_file = "best_projected.keras"
 
     def __init__(self, run_dir: Path, summary: dict, *, model_file: str, seed: int,
                  num_rotations: int, options: dict):
@@ -169,6 +173,12 @@ class RecipeRun:
 
     def default_name(self) -> str:
         raise NotImplementedError
+
+    def prepare(self, model):
+        """The model to publish, from the run's loaded (projected) model file; by default that model
+        itself, and the ``.keras`` artifact is a copy of the file. A family that returns another
+        model (e.g. rebuilt by the current builder) publishes that model saved as ``.keras``."""
+        return model
 
     def export(self, model, export_dir: Path, name: str, version: int) -> Path:
         raise NotImplementedError

@@ -13,27 +13,33 @@ from keras_relaxeq.zoo.publish.base import DEFAULT_LICENSE, PublishError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir", help="output directory of recipes/modelnet40.py or "
-                                   "recipes/segnn_nbody.py (summary.json, *.keras)")
+    p.add_argument("run_dir", help="output directory of recipes/modelnet40.py, recipes/segnn_nbody.py "
+                                   "or recipes/smoke_plume.py (summary.json, *.keras)")
     p.add_argument("--name", default=None,
                    help="zoo name (default <model>_so3_modelnet40, e.g. "
-                        "vn_pointnet_so3_modelnet40; segnn_o3_nbody for N-body runs)")
+                        "vn_pointnet_so3_modelnet40; segnn_o3_nbody for N-body runs; "
+                        "steerable_cnn_c4_smokeplume for smoke plume runs)")
     p.add_argument("--version", type=int, default=None,
                    help="version to publish (default: the next free one)")
-    p.add_argument("--model-file", default="best_projected.keras",
-                   help="projected model in the run directory (projected.keras: final epoch)")
+    p.add_argument("--model-file", default=None,
+                   help="projected model in the run directory (default: best_projected.keras; smoke "
+                        "plume runs: projected.keras, the best projected one-step forecaster)")
     p.add_argument("--max-val-samples", type=int, default=None,
                    help="ModelNet40 runs: evaluate on the first N validation shapes (default: "
                         "all)")
     p.add_argument("--max-test-samples", type=int, default=None,
                    help="N-body runs: evaluate on the first N test trajectories of the recipe's "
                         "test pipeline (default: all of the run's --test-samples)")
+    p.add_argument("--max-test-batches", type=int, default=None,
+                   help="smoke plume runs: evaluate on the first N batches of each test split "
+                        "(default: the run's --max-test-batches, i.e. all)")
     p.add_argument("--zoo-dir", default=None,
                    help="catalogue folder to write (default: the folder of --index / "
                         "$KERAS_RELAXEQ_ZOO_INDEX, else the repository's zoo/)")
     p.add_argument("--data-dir", default=None,
                    help="ModelNet40 runs: the data folder (default: the run's, else "
-                        "$KERAS_RELAXEQ_DATA or ../shared/data)")
+                        "$KERAS_RELAXEQ_DATA or ../shared/data); smoke plume runs: the simulations "
+                        "(default: the run's, else $KERAS_RELAXEQ_CACHE/smoke_plume_rotation)")
     p.add_argument("--eval-points", type=int, default=None,
                    help="ModelNet40 runs: points per shape for the metrics (default: the run's "
                         "--points)")
@@ -63,7 +69,7 @@ def run_from_args(args, out=None) -> int:
             num_rotations=args.num_rotations, seed=args.seed,
             recipe_command=args.recipe_command, license=args.license, citation=args.citation,
             max_val_samples=args.max_val_samples, max_test_samples=args.max_test_samples,
-            replace=args.replace,
+            max_test_batches=args.max_test_batches, replace=args.replace,
             log=lambda msg: print(msg, file=out, flush=True))
     except PublishError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -102,8 +108,8 @@ def main(argv=None) -> int:
     if argv[:1] == ["republish"]:
         return republish_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m keras_relaxeq.zoo.publish",
-                                description="Publish a recipes/modelnet40.py or "
-                                            "recipes/segnn_nbody.py run as a zoo entry.")
+                                description="Publish a recipes/modelnet40.py, recipes/segnn_nbody.py "
+                                            "or recipes/smoke_plume.py run as a zoo entry.")
     add_arguments(p)
     p.add_argument("--index", default=None, help=argparse.SUPPRESS)
     return run_from_args(p.parse_args(argv))

@@ -31,9 +31,12 @@ from keras_relaxeq.zoo.publish.base import (
 from keras_relaxeq.zoo.publish.modelnet40 import RECIPE, ModelNet40Run
 from keras_relaxeq.zoo.publish.nbody import RECIPE as NBODY_RECIPE
 from keras_relaxeq.zoo.publish.nbody import NBodyRun
+from keras_relaxeq.zoo.publish.smoke_plume import RECIPE as SMOKE_RECIPE
+from keras_relaxeq.zoo.publish.smoke_plume import SmokePlumeRun
 
 #: the recipe families that can be published, by the ``recipe`` field of their runs' summary.json
-FAMILIES: dict[str, type[RecipeRun]] = {RECIPE: ModelNet40Run, NBODY_RECIPE: NBodyRun}
+FAMILIES: dict[str, type[RecipeRun]] = {RECIPE: ModelNet40Run, NBODY_RECIPE: NBodyRun,
+                                        SMOKE_RECIPE: SmokePlumeRun}
 
 
 def read_run(run_dir) -> dict:
@@ -41,13 +44,12 @@ def read_run(run_dir) -> dict:
     run_dir = Path(run_dir)
     path = run_dir / "summary.json"
     if not path.is_file():
-        raise PublishError(f"{run_dir} has no summary.json: not a finished {RECIPE} or "
-                           f"{NBODY_RECIPE} run (the summary is written at the end of training). "
+        raise PublishError(f"{run_dir} has no summary.json: not a finished run of {', '.join(FAMILIES)} "
+                           "(the summary is written at the end of training). "
                            "Pass the --output-dir of a finished run.")
     summary = json.loads(path.read_text())
     if not isinstance(summary.get("config"), dict):
-        raise PublishError(f"{path} has no 'config' object: not written by {RECIPE} or "
-                           f"{NBODY_RECIPE}.")
+        raise PublishError(f"{path} has no 'config' object: not written by {', '.join(FAMILIES)}.")
     return summary
 
 
@@ -56,18 +58,25 @@ NBODY_CONFIG_KEYS = ("layers", "hidden", "lmax_hidden", "lmax_attr", "norm", "ba
                      "test_samples")
 
 
+#: config keys that every ``recipes/smoke_plume.py`` run has
+SMOKE_CONFIG_KEYS = ("arm", "resolution", "test_length", "output_length", "width", "hidden")
+
+
 def recipe_of(cfg: dict, path="summary.json") -> str:
-    """The recipe that wrote a run's ``config``: :data:`RECIPE` or :data:`NBODY_RECIPE`, told from the
-    config's keys (legacy path: for runs whose summary has no ``recipe`` field)."""
+    """The recipe that wrote a run's ``config``: :data:`RECIPE`, :data:`NBODY_RECIPE` or
+    :data:`SMOKE_RECIPE`, told from the config's keys (legacy path: for runs whose summary has no
+    ``recipe`` field)."""
     if "model" in cfg and "points" in cfg:
         return RECIPE
     if all(key in cfg for key in NBODY_CONFIG_KEYS):
         return NBODY_RECIPE
+    if all(key in cfg for key in SMOKE_CONFIG_KEYS):
+        return SMOKE_RECIPE
     raise PublishError(
         f"{path}: cannot tell which recipe wrote this run: its config has neither 'model' and "
         f"'points' ({RECIPE}) nor {', '.join(repr(k) for k in NBODY_CONFIG_KEYS)} "
-        f"({NBODY_RECIPE}). Only runs of these two recipes can be published; pass the "
-        "--output-dir of one of them.")
+        f"({NBODY_RECIPE}) nor {', '.join(repr(k) for k in SMOKE_CONFIG_KEYS)} ({SMOKE_RECIPE}). "
+        "Only runs of these recipes can be published; pass the --output-dir of one of them.")
 
 
 def run_recipe(summary: dict, path="summary.json") -> str:
@@ -92,7 +101,7 @@ def _check_options(kind: type, run_dir: Path, options: dict) -> None:
     for other in FAMILIES.values():
         if other is kind:
             continue
-        wrong = [k for k in other.only_options if options.get(k) is not None]
+        wrong = [k for k in other.only_options if options.get(k) is not None and k not in kind.only_options]
         if wrong:
             flags = ", ".join("--" + k.replace("_", "-") for k in wrong)
             mine = ", ".join("--" + k.replace("_", "-") for k in kind.only_options)
@@ -100,21 +109,25 @@ def _check_options(kind: type, run_dir: Path, options: dict) -> None:
                                f"{kind.recipe} run (its options: {mine}).")
 
 
-def publish_run(run_dir, name=None, version=None, zoo_dir=None, model_file="best_projected.keras",
+def publish_run(run_dir, name=None, version=None, zoo_dir=None, model_file=None,
                 data_dir=None, eval_points=None, num_rotations: int = 4, seed: int = 0,
                 recipe_command=None, license: str = DEFAULT_LICENSE, citation: str | None = None,
                 *, max_val_samples=None, invariance_samples: int = 16, max_test_samples=None,
-                equivariance_samples: int = 16, replace: bool = False, log=None) -> dict:
-    """Publish the run ``run_dir`` of ``recipes/modelnet40.py`` or ``recipes/segnn_nbody.py``
-    into the zoo ``zoo_dir`` (the recipe family from the run's summary: :func:`run_recipe`).
+                equivariance_samples: int = 16, max_test_batches=None, replace: bool = False,
+                log=None) -> dict:
+    """Publish the run ``run_dir`` of ``recipes/modelnet40.py``, ``recipes/segnn_nbody.py`` or
+    ``recipes/smoke_plume.py`` into the zoo ``zoo_dir`` (the recipe family from the run's summary:
+    :func:`run_recipe`).
 
     Args:
         name: ``<arch>_<group>_<dataset>`` (default: ``<model>_so3_modelnet40`` from the run's
             ``--model``; ``segnn_o3_nbody`` for an N-body run).
         version: default: one more than the latest published version of ``name``.
         zoo_dir: the catalogue folder (default: the repository's ``zoo/``).
-        model_file: the projected model in the run directory (``best_projected.keras``: the
-            model selected on the validation split; ``projected.keras``: the final epoch's).
+        model_file: the projected model in the run directory (default: the family's;
+            ``best_projected.keras``: the model selected on the validation split;
+            ``projected.keras``: the final epoch's, for smoke plume runs the best projected
+            one-step forecaster, their default).
         num_rotations: random rotations per shape / system in the invariance / equivariance
             measurement.
         seed: seed of those rotations.
@@ -135,6 +148,12 @@ def publish_run(run_dir, name=None, version=None, zoo_dir=None, model_file="best
         max_test_samples: evaluate on the first N test trajectories of the recipe's test
             pipeline (default: all of the run's ``--test-samples``).
         equivariance_samples: test systems of the E(3) equivariance measurement.
+
+    Smoke plume runs only (``recipes/smoke_plume.py``, arms ``relaxed`` and ``equivariant``):
+        data_dir: the simulations (default: the run's ``--data-dir``, else
+            ``$KERAS_RELAXEQ_CACHE/smoke_plume_rotation``); never simulated here.
+        max_test_batches: evaluate on the first N batches of each test split (default: the run's
+            ``--max-test-batches``, i.e. all).
 
     Returns the catalogue entry (a dict) and writes the artifact, the ``.keras`` copy, the card,
     ``index.json`` (and ``cards/modelnet40_labels.txt`` for ModelNet40).
@@ -157,8 +176,9 @@ def publish_run(run_dir, name=None, version=None, zoo_dir=None, model_file="best
     options = {"data_dir": data_dir, "eval_points": eval_points,
                "max_val_samples": max_val_samples, "invariance_samples": invariance_samples,
                "max_test_samples": max_test_samples,
-               "equivariance_samples": equivariance_samples}
+               "equivariance_samples": equivariance_samples, "max_test_batches": max_test_batches}
     _check_options(kind, run_dir, options)
+    model_file = model_file or kind.default_model_file
     run = kind(run_dir, summary, model_file=model_file, seed=seed, num_rotations=num_rotations,
                options=options)
     name = name or run.default_name()
@@ -190,6 +210,8 @@ def publish_run(run_dir, name=None, version=None, zoo_dir=None, model_file="best
             f"{model_path} still has relaxation branches: publish a projected model "
             "(best_projected.keras or projected.keras of the run, or "
             "keras_relaxeq.export.projection.project(model) saved as .keras).")
+    source = model
+    model = run.prepare(model)
     params = int(model.count_params())
 
     rel_dir = f"artifacts/{name}/{version}"
@@ -202,7 +224,10 @@ def publish_run(run_dir, name=None, version=None, zoo_dir=None, model_file="best
         say("exporting the SavedModel")
         export = run.export(model, stage / "export", name, version)
         packed = pack_saved_model(export, stage / "artifact.tar.gz")
-        shutil.copyfile(model_path, stage / "model.keras")
+        if model is source:
+            shutil.copyfile(model_path, stage / "model.keras")
+        else:
+            model.save(stage / "model.keras")
         keras_sha = sha256_file(stage / "model.keras")
         keras_size = (stage / "model.keras").stat().st_size
         # everything below is measured on the packed archive, extracted like a download
