@@ -151,8 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = zsub.add_parser(
         "publish",
-        help="publish a recipes/modelnet40.py or "
-        "recipes/segnn_nbody.py run: export, pack, measure the "
+        help="publish a recipes/modelnet40.py, recipes/segnn_nbody.py or "
+        "recipes/smoke_plume.py run: export, pack, measure the "
         "artifact, write the card and the entry",
     )
     from keras_relaxeq.zoo.publish.command import add_arguments
