@@ -31,7 +31,7 @@ Relaxation: ``relaxation={"relaxed": True, ...}`` (any
 block's feed-forward output map a relaxation branch; ``relaxation_kind="position_mlp"`` instead adds the reference's
 branch, an MLP that also reads the element one-hot and the centred positions
 (:class:`~keras_relaxeq.layers.equiformer.RelaxedGatedFeedForward`).  The model is a
-:class:`~keras_relaxeq.training.model.RelaxedModel` (``lambda_lie``, ``lambda_proj``), and
+:class:`~keras_relaxeq.training.model.RelaxedTraining` model (``lambda_lie``, ``lambda_proj``), and
 ``keras_relaxeq.project`` removes the branches.
 """
 
@@ -52,7 +52,7 @@ from keras_relaxeq.layers.equiformer import (
     smooth_envelope,
 )
 from keras_relaxeq.layers.steerable import O3Linear, SteerableNorm
-from keras_relaxeq.training.model import RelaxedModel
+from keras_relaxeq.training.model import RelaxedTraining
 from keras_relaxeq.utils import set_untracked
 
 register = keras.saving.register_keras_serializable(package="keras_relaxeq")
@@ -77,7 +77,7 @@ def node_irreps(width=1.0, lmax=2, parity=True) -> Irreps:
 
 
 @register
-class Equiformer(RelaxedModel):
+class Equiformer(RelaxedTraining, keras.Model):
     """Equiformer energy / force model (see the module docstring; build it with :func:`equiformer`).
 
     Called on a dict of ``positions``, ``atomic_numbers`` (and optionally ``neighbors``); returns

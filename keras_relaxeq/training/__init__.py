@@ -9,6 +9,6 @@ from keras_relaxeq.training.diagnostics import (
     read_relaxation_log,
     relaxation_report,
 )
-from keras_relaxeq.training.model import RelaxedModel
+from keras_relaxeq.training.model import RelaxedModel, RelaxedTraining
 from keras_relaxeq.training.optimizers import SGDL2, AdamL2, CoupledL2, with_coupled_l2
 from keras_relaxeq.training.schedules import SCHEDULES, ThetaScheduler, get_schedule

@@ -47,17 +47,13 @@ def _attached_penalties(y_pred) -> PenaltyCollector | None:
     return None
 
 
-@keras.saving.register_keras_serializable(package="keras_relaxeq")
-class RelaxedModel(keras.Model):
-    """A ``keras.Model`` that trains its relaxed layers with the Lie and projection penalties.
+class RelaxedTraining:
+    """The training behaviour of :class:`RelaxedModel` as a mixin, for subclassed models:
+    ``class MyModel(RelaxedTraining, keras.Model)``.
 
-    Args:
-        lambda_lie: weight of ``sqrt(LD)`` (published: 0.01 VN-PointNet/SEGNN,
-            0.0005 VN-DGCNN).
-        lambda_proj: weight of ``sqrt(N)``.
-        penalty_scale: ``"none"`` or ``"theta"`` (multiply the penalty by the
-            current theta, as the VN-DGCNN code does).
-        check_inputs: assert that training inputs are finite (clear error on NaN).
+    Subclass this rather than ``RelaxedModel``: building a functional ``RelaxedModel(inputs, outputs)`` makes Keras
+    put ``Functional`` into ``RelaxedModel``'s bases for good, after which a subclass of ``RelaxedModel`` that
+    is not functional can no longer be constructed.  Arguments as :class:`RelaxedModel`.
     """
 
     def __init__(self, *args, lambda_lie=0.01, lambda_proj=0.01, penalty_scale="none", check_inputs=True, **kwargs):
@@ -163,3 +159,19 @@ class RelaxedModel(keras.Model):
             check_inputs=self.check_inputs,
         )
         return config
+
+
+@keras.saving.register_keras_serializable(package="keras_relaxeq")
+class RelaxedModel(RelaxedTraining, keras.Model):
+    """A ``keras.Model`` that trains its relaxed layers with the Lie and projection penalties.
+
+    Args:
+        lambda_lie: weight of ``sqrt(LD)`` (published: 0.01 VN-PointNet/SEGNN,
+            0.0005 VN-DGCNN).
+        lambda_proj: weight of ``sqrt(N)``.
+        penalty_scale: ``"none"`` or ``"theta"`` (multiply the penalty by the
+            current theta, as the VN-DGCNN code does).
+        check_inputs: assert that training inputs are finite (clear error on NaN).
+
+    Use it functionally (``RelaxedModel(inputs, outputs)``); subclassed models mix in :class:`RelaxedTraining`.
+    """

@@ -265,3 +265,16 @@ def test_export_serves_energy_and_forces_without_the_package(tmp_path):
     out = np.load(tmp_path / "out.npz")
     np.testing.assert_allclose(out["energy"], ref["energy"].numpy(), rtol=1e-5)
     np.testing.assert_allclose(out["forces"], ref["forces"].numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_builds_after_a_functional_relaxed_model():
+    """A functional ``RelaxedModel(inputs, outputs)`` makes Keras inject ``Functional`` into ``RelaxedModel``'s bases;
+    the Equiformer (a subclassed model with the ``RelaxedTraining`` mixin) must still build afterwards, whatever
+    ran before it in the process."""
+    inputs = keras.Input((3,))
+    kr.RelaxedModel(inputs, keras.layers.Dense(2)(inputs))
+    assert issubclass(kr.RelaxedModel, keras.src.models.functional.Functional)  # the injection happened
+    model = equiformer(**TINY)
+    pos, z = _molecule()
+    out = model({"positions": pos, "atomic_numbers": z})
+    assert out["energy"].shape == (pos.shape[0],) and hasattr(model, "relaxation_penalty")
