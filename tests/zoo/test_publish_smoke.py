@@ -175,7 +175,7 @@ def test_publish_refuses_runs_it_cannot_stand_behind(published, tmp_path):
         publish_run(published["run"], zoo_dir=published["index"].parent, version=1)
 
 
-def test_published_metrics_are_measured_again_from_the_data(published, tmp_path):
+def test_published_metrics_are_measured_again_from_the_data(published, tmp_path, monkeypatch):
     from keras_relaxeq.zoo.publish.smoke_plume import evaluate_entry, main
 
     rows = evaluate_entry(index=published["index"], data_dir=published["root"] / "data", cache_dir=tmp_path)
@@ -187,6 +187,9 @@ def test_published_metrics_are_measured_again_from_the_data(published, tmp_path)
     fewer = evaluate_entry(index=published["index"], data_dir=published["root"] / "data", cache_dir=tmp_path,
                            max_test_batches=1)
     assert fewer["rmse_domain"][1] != pytest.approx(rows["rmse_domain"][0], rel=1e-5)
+    from keras_relaxeq.zoo.settings import ENV_CACHE
+
+    monkeypatch.setenv(ENV_CACHE, str(tmp_path / "cli_cache"))  # the command's downloads stay out of ~/.keras
     assert main(["--index", str(published["index"]), "--data-dir", str(tmp_path / "nowhere")]) == 1
 
 
