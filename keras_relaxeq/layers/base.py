@@ -56,6 +56,7 @@ __all__ = [
     "active_collector",
     "autodiff_branch_penalties",
     "build_conv_branch",
+    "report_branch_penalties",
     "collect_relaxation_penalties",
     "direct_linear_branch_penalties",
     "direct_low_rank_branch_penalties",
@@ -112,6 +113,21 @@ def build_conv_branch(layer, kernel_size: int, in_channels: int, out_channels: i
         if layer.relaxation_use_bias
         else None
     )
+
+
+def report_branch_penalties(layer, inputs, parts, rows):
+    """Report ``layer``'s branch penalties for ``inputs`` to the active collector, if any (layers whose branch is not
+    the base's per-row map, e.g. convolutions).  ``parts`` is a callable giving ``(E(x), theta R(x))``, evaluated
+    only when the collector records activation sizes; ``rows`` counts their rows."""
+    collector = active_collector()
+    if collector is None:
+        return
+    lie, proj = layer.branch_penalties(inputs, collector=collector)
+    activations = None
+    if collector.record_activations:
+        equivariant, contribution = parts()
+        activations = (tf.reduce_sum(tf.square(equivariant)), tf.reduce_sum(tf.square(contribution)), rows)
+    collector.add(layer, lie, proj, activations)
 
 
 def _force_plain() -> bool:

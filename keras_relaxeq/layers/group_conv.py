@@ -41,7 +41,7 @@ from keras_relaxeq.groups.cyclic_kernels import (
     invariant_vector_basis,
     parse_field_type,
 )
-from keras_relaxeq.layers.base import RelaxedEquivariantLayer, active_collector, build_conv_branch
+from keras_relaxeq.layers.base import RelaxedEquivariantLayer, build_conv_branch, report_branch_penalties
 from keras_relaxeq.utils import set_untracked
 
 register = keras.saving.register_keras_serializable(package="keras_relaxeq")
@@ -296,16 +296,12 @@ class CyclicConv2D(RelaxedEquivariantLayer):
             outputs = outputs + self.bias_value(dtype)
         if self.relaxation_bias is not None:
             outputs = outputs + theta * tf.cast(self.relaxation_bias, dtype)
-        collector = active_collector()
-        if collector is not None:
-            lie, proj = self.branch_penalties(inputs, collector=collector)
-            activations = None
-            if collector.record_activations:  # monitoring only: the two parts separately
-                contribution = theta * self.relaxation_branch_fn(inputs)
-                rows = tf.reduce_prod(tf.shape(inputs)[:-1])
-                equivariant = outputs - contribution
-                activations = (tf.reduce_sum(tf.square(equivariant)), tf.reduce_sum(tf.square(contribution)), rows)
-            collector.add(self, lie, proj, activations)
+
+        def parts():  # monitoring only: the two maps separately
+            contribution = theta * self.relaxation_branch_fn(inputs)
+            return outputs - contribution, contribution
+
+        report_branch_penalties(self, inputs, parts, tf.reduce_prod(tf.shape(inputs)[:-1]))
         return outputs
 
     # -- the convolution branch ----------------------------------------------------------
@@ -328,16 +324,8 @@ class CyclicConv2D(RelaxedEquivariantLayer):
 
     def add_relaxation(self, inputs, outputs):
         """``outputs + theta * R(inputs)``; reports the defect and projection penalties to the active collector."""
-        r = self.relaxation_branch_fn(inputs)
-        contribution = tf.cast(self.theta, outputs.dtype) * r
-        collector = active_collector()
-        if collector is not None:
-            lie, proj = self.branch_penalties(inputs, collector=collector)
-            activations = None
-            if collector.record_activations:
-                rows = tf.reduce_prod(tf.shape(inputs)[:-1])
-                activations = (tf.reduce_sum(tf.square(outputs)), tf.reduce_sum(tf.square(contribution)), rows)
-            collector.add(self, lie, proj, activations)
+        contribution = tf.cast(self.theta, outputs.dtype) * self.relaxation_branch_fn(inputs)
+        report_branch_penalties(self, inputs, lambda: (outputs, contribution), tf.reduce_prod(tf.shape(inputs)[:-1]))
         return outputs + contribution
 
     # -- serialization ---------------------------------------------------------------------

@@ -14,7 +14,7 @@ from keras_relaxeq.groups.scale import (
     hermite_scale_basis,
     scale_pairs,
 )
-from keras_relaxeq.layers.base import RelaxedEquivariantLayer, active_collector, build_conv_branch
+from keras_relaxeq.layers.base import RelaxedEquivariantLayer, build_conv_branch, report_branch_penalties
 from keras_relaxeq.layers.rsteer import rsteer_smoothness
 from keras_relaxeq.layers.scale_conv.penalties import (
     SCALE_PENALTIES,
@@ -219,14 +219,7 @@ class ScaleLiftingConv2D(_ScaleConvBase):
     def add_relaxation(self, inputs, outputs):
         """``outputs + theta * R(inputs)``; reports the penalties to the active collector."""
         contribution = tf.cast(self.theta, outputs.dtype) * self.relaxation_branch_fn(inputs)
-        collector = active_collector()
-        if collector is not None:
-            lie, proj = self.branch_penalties(inputs, collector=collector)
-            activations = None
-            if collector.record_activations:
-                rows = tf.reduce_prod(tf.shape(outputs)[:-1])
-                activations = (tf.reduce_sum(tf.square(outputs)), tf.reduce_sum(tf.square(contribution)), rows)
-            collector.add(self, lie, proj, activations)
+        report_branch_penalties(self, inputs, lambda: (outputs, contribution), tf.reduce_prod(tf.shape(outputs)[:-1]))
         return outputs + contribution
 
     def branch_penalties(self, inputs, collector=None, method=None):
