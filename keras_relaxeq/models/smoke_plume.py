@@ -88,10 +88,7 @@ def smoke_plume_forecaster(
     if int(num_layers) < 2:
         raise ValueError(f"num_layers must be >= 2 (a lifting and a projection layer), got {num_layers}.")
     fields = max(1, int(round(hidden * width)))
-    frames = keras.Input((int(input_frames), int(grid), int(grid), 2), name="frames")
-    x = frames_check(input_frames, grid)(frames)
-    x = keras.layers.Permute((2, 3, 1, 4), name="frames_last")(x)
-    x = keras.layers.Reshape((int(grid), int(grid), 2 * int(input_frames)), name="vector_fields")(x)
+    frames, x = frames_as_channels(input_frames, grid, "vector_fields")
     k = int(kernel_size)
     if arm == "cnn":
         for i in range(int(num_layers) - 1):
@@ -132,6 +129,15 @@ def frames_check(input_frames=10, grid=64, name="check_frames") -> InputCheck:
         hint=FRAMES_HINT.format(t=t),
         name=name,
     )
+
+
+def frames_as_channels(input_frames, grid, name):
+    """The forecasters' input: ``frames`` ``[batch, T, H, W, 2]`` (checked: shape and finite values, a clear error
+    otherwise) and the same frames as ``2 T`` channels ``[batch, H, W, 2 T]`` (frame-major, layer ``name``)."""
+    frames = keras.Input((int(input_frames), int(grid), int(grid), 2), name="frames")
+    x = frames_check(input_frames, grid)(frames)
+    x = keras.layers.Permute((2, 3, 1, 4), name="frames_last")(x)
+    return frames, keras.layers.Reshape((int(grid), int(grid), 2 * int(input_frames)), name=name)(x)
 
 
 def step_model(model) -> keras.Model:

@@ -31,6 +31,7 @@ from keras_relaxeq.layers.scale_conv import (
     ScaleConv2D,
     ScaleLiftingConv2D,
 )
+from keras_relaxeq.models.smoke_plume import frames_as_channels
 from keras_relaxeq.training.model import RelaxedModel
 
 ARMS = ("cnn", "equivariant", "relaxed", "rsteer", "rsteer_relaxed")
@@ -101,9 +102,7 @@ def smoke_plume_scale_forecaster(
         raise ValueError(f"num_layers must be >= 2 (a lifting and an output layer), got {num_layers}.")
     channels = max(1, int(round(hidden * width)))
     k, n = int(kernel_size), int(num_layers)
-    frames = keras.Input((int(input_frames), int(grid), int(grid), 2), name="frames")
-    x = keras.layers.Permute((2, 3, 1, 4), name="frames_last")(frames)
-    x = keras.layers.Reshape((int(grid), int(grid), 2 * int(input_frames)), name="images")(x)
+    frames, x = frames_as_channels(input_frames, grid, "images")  # checked input, as the rotation forecasters
     if arm == "cnn":
         for i in range(n - 1):
             x = keras.layers.Conv2D(channels, k, padding="same", activation="relu", name=f"conv_{i}")(x)

@@ -67,3 +67,13 @@ def test_bad_arguments():
         smoke_plume_scale_forecaster("scale")
     with pytest.raises(ValueError, match="num_layers"):
         smoke_plume_scale_forecaster("equivariant", num_layers=1)
+
+
+def test_bad_input_gets_a_clear_error():
+    model = small("relaxed")
+    with pytest.raises(Exception, match="frames"):
+        model(tf.zeros((2, 9, GRID, GRID, 2)))
+    bad = np.array(frames())
+    bad[0, 0, 0, 0, 0] = np.nan
+    with pytest.raises(Exception, match="frames"):
+        model(tf.constant(bad))
