@@ -14,6 +14,7 @@ from keras_relaxeq.testing.equivariance import (
     check_equivariance,
     check_invariance,
     e3_equivariance_errors,
+    potential_symmetry_errors,
 )
 from keras_relaxeq.testing.group_actions import (
     CyclicGridAction,

@@ -323,3 +323,77 @@ def e3_equivariance_errors(
     }
     out.update({f"{k}_max_abs": float(v.max()) for k, v in by_kind.items()})
     return out
+
+
+def potential_symmetry_errors(
+    predict,
+    positions,
+    atomic_numbers,
+    *,
+    num_rotations: int = 2,
+    seed: int = 0,
+    translation_scale: float = 1.0,
+    energy_reference: float = 0.0,
+) -> dict:
+    """E(3) and permutation symmetry of an energy / force model on the molecules ``positions, atomic_numbers``.
+
+    ``predict(positions, atomic_numbers)`` (float32 ``[B, A, 3]``, int32 ``[B, A]``) returns ``(energy [B],
+    forces [B, A, 3])``.  Each molecule is moved by ``num_rotations`` Haar-random rotations and one reflection (a
+    random rotation composed with ``z -> -z``), each with a random translation ``t ~ N(0, translation_scale^2)``,
+    by a translation alone and by a random permutation of its atoms (positions and atomic numbers together).  The
+    energy must not change; the forces must rotate with the molecule (``F(Q x + t) = Q F(x)``) and follow the
+    permutation.  Moves are applied in float64 and fed as float32.
+
+    Returns ``energy_max_abs`` and ``force_max_abs`` (overall and per kind of move: ``energy_rotation_max_abs``,
+    ``force_permutation_max_abs``, ...), the scales ``energy_scale = max |E(x) - energy_reference|`` and
+    ``force_scale = max |F(x)|``, and ``energy_relative`` / ``force_relative`` (error / scale).
+    """
+    x = np.asarray(positions, np.float64)
+    z = np.asarray(atomic_numbers, np.int32)
+    b, a = x.shape[:2]
+    if z.shape != (b, a):
+        z = np.broadcast_to(z, (b, a)).copy()
+
+    def run(pos, numbers):
+        energy, forces = predict(pos.astype(np.float32), numbers.astype(np.int32))
+        return np.asarray(energy, np.float64), np.asarray(forces, np.float64)
+
+    energy0, forces0 = run(x, z)
+    rots = random_rotations(b * (num_rotations + 1), seed=seed, dtype=tf.float64).numpy()
+    rots = rots.reshape(num_rotations + 1, b, 3, 3)
+    mirror = np.diag([1.0, 1.0, -1.0])
+    moves = [("rotation", rots[r]) for r in range(num_rotations)]
+    moves += [("reflection", mirror @ rots[num_rotations]), ("translation", np.eye(3)[None])]
+    rng = np.random.default_rng(seed)
+    e_err, f_err = {}, {}
+    for kind, q in moves:
+        q = np.broadcast_to(q, (b, 3, 3))
+        t = rng.normal(scale=translation_scale, size=(b, 1, 3))
+        move = lambda v: np.einsum("bij,bnj->bni", q, v)  # noqa: E731  (v -> Q v per molecule)
+        energy, forces = run(move(x) + t, z)
+        e_err[kind] = np.abs(energy - energy0)
+        f_err[kind] = np.abs(forces - move(forces0))
+    perm = np.stack([rng.permutation(a) for _ in range(b)])
+    take = lambda v: np.take_along_axis(v, perm.reshape((b, a) + (1,) * (v.ndim - 2)), axis=1)  # noqa: E731
+    energy, forces = run(take(x), take(z))
+    e_err["permutation"], f_err["permutation"] = np.abs(energy - energy0), np.abs(forces - take(forces0))
+    every_e = np.concatenate([v.ravel() for v in e_err.values()])
+    every_f = np.concatenate([v.ravel() for v in f_err.values()])
+    if not (np.all(np.isfinite(every_e)) and np.all(np.isfinite(every_f))):
+        raise AssertionError("symmetry check of the potential: the energies or forces are not finite")
+    energy_scale = float(np.abs(energy0 - energy_reference).max())
+    force_scale = float(np.abs(forces0).max())
+    out = {
+        "energy_max_abs": float(every_e.max()),
+        "force_max_abs": float(every_f.max()),
+        "energy_scale": energy_scale,
+        "force_scale": force_scale,
+        "energy_relative": float(every_e.max()) / max(energy_scale, 1e-12),
+        "force_relative": float(every_f.max()) / max(force_scale, 1e-12),
+        "num_molecules": int(b),
+        "num_rotations": int(num_rotations),
+        "translation_scale": float(translation_scale),
+    }
+    out.update({f"energy_{k}_max_abs": float(v.max()) for k, v in e_err.items()})
+    out.update({f"force_{k}_max_abs": float(v.max()) for k, v in f_err.items()})
+    return out

@@ -45,9 +45,15 @@ print(json.dumps({
 
 def valid_inputs(entry, *, seed=0, batch=2) -> dict:
     """Standard-normal float32 inputs for every serving input of ``entry`` (``batch`` rows; a free axis
-    gets the entry's ``num_points``, else 64)."""
+    gets the entry's ``num_points``, else 64); for an interatomic potential, random geometries of its
+    molecule."""
     import numpy as np
 
+    if entry.is_potential_model:  # geometries of the potential's own molecule
+        from keras_relaxeq.zoo.verify import potential_probe_molecules
+
+        positions, numbers = potential_probe_molecules(entry, num_molecules=batch, seed=seed)
+        return {"positions": positions.astype(np.float32), "atomic_numbers": numbers}
     rng = np.random.default_rng(seed)
     feed = {}
     for key, spec in sorted(entry.input_signature.items()):

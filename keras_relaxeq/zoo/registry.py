@@ -36,20 +36,29 @@ INDEX_FILENAME = "index.json"
 #: for ``INVARIANT_TASKS``, E(3) equivariance of the predicted positions for N-body entries
 #: (task ``nbody_regression`` with the inputs ``NBODY_INPUTS`` and the output ``loc``) and C4
 #: equivariance of the predicted frame for C4 field forecasters (task ``field_forecasting``, group
-#: ``c4``, one input ``[batch, frames, H, W, 2]`` of vector fields, one output ``[batch, H, W, 2]``);
+#: ``c4``, one input ``[batch, frames, H, W, 2]`` of vector fields, one output ``[batch, H, W, 2]``)
+#: and E(3) and permutation symmetry of energy and forces for interatomic potentials (task
+#: ``interatomic_potential``, the inputs ``POTENTIAL_INPUTS``, the outputs ``energy`` and
+#: ``forces``, and a ``molecule`` object listing its ``atomic_numbers``);
 #: other entries get the hash / load / signature checks only.
-TASKS = ("point_cloud_classification", "nbody_regression", "field_forecasting", "regression", "other")
+TASKS = ("point_cloud_classification", "nbody_regression", "field_forecasting", "interatomic_potential",
+         "regression", "other")
 INVARIANT_TASKS = ("point_cloud_classification",)
 #: serving inputs of an N-body model: positions, velocities (vectors), charges (invariant)
 NBODY_INPUTS = ("loc", "vel", "charges")
+#: serving inputs of an interatomic potential: positions (Å) and atomic numbers
+POTENTIAL_INPUTS = ("positions", "atomic_numbers")
 
 #: ``input.preprocess`` values: ``centre`` each cloud at its ``"mean"`` (or not: null), ``scale``
 #: it into the ``"unit_sphere"`` (or not)
 PREPROCESS_CENTRE = ("mean", None)
 PREPROCESS_SCALE = ("unit_sphere", None)
 #: ``input_checks`` an entry's serving function performs (``relaxeq zoo verify`` tests them):
-#: ``"shape"`` (rank and fixed axes of every input), ``"finite"`` (no NaN / Inf)
-INPUT_CHECKS = ("shape", "finite")
+#: ``"shape"`` (rank and fixed axes of every input), ``"finite"`` (no NaN / Inf), ``"composition"``
+#: (an interatomic potential's atomic numbers are those of its molecule, in any order)
+INPUT_CHECKS = ("shape", "finite", "composition")
+#: the checks every family's serving function performs
+BASIC_INPUT_CHECKS = ("shape", "finite")
 
 _NAME_RE = re.compile(r"^[a-z0-9]+(_[a-z0-9]+){2,}$")
 _WORD_RE = re.compile(r"^[a-z0-9]+$")
@@ -144,6 +153,20 @@ class ZooEntry:
         ``nbody_regression``, inputs ``loc``, ``vel``, ``charges`` and the output ``loc``."""
         return (self.task == "nbody_regression" and set(NBODY_INPUTS) <= set(self.input_signature)
                 and "loc" in self.outputs)
+
+    @property
+    def is_potential_model(self) -> bool:
+        """An interatomic potential whose E(3) and permutation symmetry ``relaxeq zoo verify`` checks:
+        task ``interatomic_potential``, inputs ``positions`` and ``atomic_numbers``, outputs ``energy``
+        and ``forces``, and the ``molecule``'s atomic numbers."""
+        return (self.task == "interatomic_potential" and set(POTENTIAL_INPUTS) <= set(self.input_signature)
+                and {"energy", "forces"} <= set(self.outputs) and bool(self.molecule_atomic_numbers))
+
+    @property
+    def molecule_atomic_numbers(self) -> tuple[int, ...] | None:
+        """The atomic numbers of an interatomic potential's molecule (``molecule.atomic_numbers``)."""
+        numbers = (self.raw.get("molecule") or {}).get("atomic_numbers")
+        return None if not numbers else tuple(int(z) for z in numbers)
 
     @property
     def is_c4_field_forecaster(self) -> bool:
@@ -377,6 +400,12 @@ def _parse_entry(d, path, i) -> ZooEntry:
     checks = d.get("input_checks")
     if checks is not None and (not isinstance(checks, list) or not set(checks) <= set(INPUT_CHECKS)):
         _fail(path, where, f"input_checks must be a list of {INPUT_CHECKS}")
+    molecule = d.get("molecule")
+    if molecule is not None:
+        numbers = molecule.get("atomic_numbers") if isinstance(molecule, dict) else None
+        if (not isinstance(numbers, list) or not numbers
+                or not all(isinstance(z, int) and not isinstance(z, bool) and 1 <= z <= 118 for z in numbers)):
+            _fail(path, where, "molecule must be an object whose atomic_numbers is a non-empty list of ints 1..118")
     inputs = d.get("inputs")
     if inputs is not None:  # several serving inputs: {name: {dtype, shape}}, the primary among them
         if not isinstance(inputs, dict) or not inputs:
@@ -561,9 +590,11 @@ __all__ = [
     "Artifact",
     "Catalogue",
     "ENV_INDEX",
+    "BASIC_INPUT_CHECKS",
     "INPUT_CHECKS",
     "INVARIANT_TASKS",
     "NBODY_INPUTS",
+    "POTENTIAL_INPUTS",
     "TASKS",
     "ZooEntry",
     "card_path",

@@ -5,8 +5,9 @@ For each entry: the archive's sha256 (``ensure_artifact``), loading its SavedMod
 (:class:`~keras_relaxeq.zoo.loading.ServingModel`), the serving signature against the catalogue
 (:func:`check_signature`), the symmetry (:func:`check_symmetry`: rotation invariance of a
 classifier's logits, E(3) equivariance of an N-body model's positions, C4 equivariance of a field
-forecaster's next frame, all measured with ``keras_relaxeq.testing``) and the serving input checks
-(:func:`check_input_guards`). For C4 field forecasters also, as TF Serving would see the artifact: the
+forecaster's next frame, E(3) and permutation symmetry of an interatomic potential's energy and forces,
+all measured with ``keras_relaxeq.testing``) and the serving input checks (:func:`check_input_guards`).
+For C4 field forecasters and interatomic potentials also, as TF Serving would see the artifact: the
 ``SignatureDef`` that ``saved_model_cli show`` prints (:func:`signature_def_specs`), and a fresh Python
 process that loads the SavedModel with TensorFlow alone (never importing keras_relaxeq) and answers as
 this one (:mod:`keras_relaxeq.zoo.fresh`).
@@ -16,7 +17,7 @@ TensorFlow is imported only when a check runs.
 from __future__ import annotations
 
 __all__ = ["C4_RELATIVE_TOLERANCE", "check_c4_equivariance", "check_e3_equivariance", "check_input_guards",
-           "check_invariance", "check_served", "check_signature", "check_signature_def", "check_symmetry",
+           "check_invariance", "check_potential_symmetry", "potential_probe_molecules", "check_served", "check_signature", "check_signature_def", "check_symmetry",
            "guard_probe_inputs", "signature_def_specs", "verify_entries"]
 
 #: largest relative C4 equivariance error (max |f(g.x) - g.f(x)| / max |g.f(x)|) of a field forecaster
@@ -109,6 +110,49 @@ def check_e3_equivariance(model, entry, *, num_samples=4, atol=1e-4, rtol=1e-3,
     return bool(errors["max_abs"] <= tol), errors, tol
 
 
+def potential_probe_molecules(entry, *, num_molecules=4, seed=0, min_distance=0.9):
+    """``(positions [B, A, 3] float64, atomic_numbers [B, A] int32)``: random geometries of the potential's
+    molecule (every atom within ~1.5 Å of the centre, no two closer than ``min_distance`` Å; rejection sampling)."""
+    import numpy as np
+
+    numbers = np.asarray(entry.molecule_atomic_numbers, np.int32)
+    rng = np.random.default_rng(seed)
+    spread = 0.75 * len(numbers) ** (1 / 3)
+    out = []
+    while len(out) < num_molecules:
+        x = rng.normal(scale=spread, size=(len(numbers), 3))
+        d = np.linalg.norm(x[:, None] - x[None], axis=-1) + np.eye(len(numbers)) * 1e9
+        if d.min() >= min_distance:
+            out.append(x)
+    return np.stack(out), np.tile(numbers, (num_molecules, 1))
+
+
+def check_potential_symmetry(model, entry, *, num_samples=4, atol=1e-4, rtol=1e-3,
+                             seed=0) -> tuple[bool, dict, float, float]:
+    """E(3) and permutation symmetry of an interatomic potential's served energy and forces on random
+    geometries of its molecule (:func:`potential_probe_molecules`; rotations, a reflection, translations and a
+    permutation of the atoms: ``keras_relaxeq.testing.potential_symmetry_errors``). The energy may change by
+    at most ``atol + rtol * max |E - energy_mean|`` (kcal/mol; the entry's ``targets.energy_mean``), the forces
+    by ``atol + rtol * max |F|``. Returns ``(ok, errors, energy tol, force tol)``."""
+    import numpy as np
+
+    from keras_relaxeq.testing import potential_symmetry_errors
+
+    positions, numbers = potential_probe_molecules(entry, num_molecules=num_samples, seed=seed)
+
+    def predict(pos, z):
+        out = model(positions=pos, atomic_numbers=z)
+        return out["energy"], out["forces"]
+
+    reference = float((entry.raw.get("targets") or {}).get("energy_mean", 0.0))
+    errors = potential_symmetry_errors(predict, positions, numbers, seed=seed, energy_reference=reference)
+    e_tol = atol + rtol * errors["energy_scale"]
+    f_tol = atol + rtol * errors["force_scale"]
+    ok = bool(errors["energy_max_abs"] <= e_tol and errors["force_max_abs"] <= f_tol
+              and np.isfinite(errors["energy_scale"]) and errors["force_scale"] > 0)
+    return ok, errors, e_tol, f_tol
+
+
 def _field_forecaster_io(model, entry):
     """``(input name, output name, [frames, H, W, 2])`` of a C4 field forecaster's serving signature."""
     shape = entry.input.get("shape")
@@ -156,6 +200,14 @@ def check_symmetry(model, entry, *, num_samples=4, num_points=None, atol=1e-4, r
                     f"(tol {tol:.2e}; rotations {err['rotation_max_abs']:.2e}, reflection "
                     f"{err['reflection_max_abs']:.2e}, translation "
                     f"{err['translation_max_abs']:.2e})")
+    if entry.is_potential_model:
+        ok, err, e_tol, f_tol = check_potential_symmetry(model, entry, num_samples=num_samples, atol=atol,
+                                                         rtol=rtol, seed=seed)
+        return ok, (f"E(3) and permutation symmetry: energy max err {err['energy_max_abs']:.2e} kcal/mol (tol "
+                    f"{e_tol:.2e}), forces max err {err['force_max_abs']:.2e} (tol {f_tol:.2e}; rotations "
+                    f"{err['force_rotation_max_abs']:.2e}, reflection {err['force_reflection_max_abs']:.2e}, "
+                    f"translation {err['force_translation_max_abs']:.2e}, permutation "
+                    f"{err['force_permutation_max_abs']:.2e})")
     if entry.is_c4_field_forecaster:
         ok, relative, report = check_c4_equivariance(model, entry, num_samples=min(num_samples, 2), seed=seed)
         return ok, (f"C4 equivariance relative err {relative:.2e} (max {report.max_error:.2e}, output scale "
@@ -191,6 +243,8 @@ def check_input_guards(model, entry, *, num_points=None, seed=0) -> tuple[bool, 
     probes = []
     if entry.is_c4_field_forecaster:
         return _check_field_guards(model, entry, good, key)
+    if entry.is_potential_model:
+        return _check_potential_guards(model, entry)
     if "shape" in entry.input_checks:
         x = good[key]
         probes.append((f"{key} last axis {x.shape[-1] + 3}",
@@ -234,21 +288,66 @@ def _check_field_guards(model, entry, good, key) -> tuple[bool, str]:
             bad[-1, -1, n // 2, n // 2, 1] = value
             probes.append((label, bad))
     model.signature(**{key: tf.constant(x)})  # the valid input is answered
-    accepted, unclear = [], []
-    for label, bad in probes:
-        try:
-            model.signature(**{key: tf.constant(bad)})
-        except tf.errors.InvalidArgumentError as exc:  # the serving function's check or the model's InputCheck
-            if f"serving input {key} " not in exc.message and f"Input {key} " not in exc.message:
-                lines = [ln.strip() for ln in exc.message.splitlines() if ln.strip()]
-                unclear.append(f"{label}: {(lines or [''])[-1][:120]}")
-            continue
-        accepted.append(label)
+    # the serving function's check or the model's InputCheck must refuse each, naming the input
+    accepted, unclear = _refusals(model, [(label, {key: bad}) for label, bad in probes], (key,))
     if accepted:
         return False, f"the serving function answered invalid inputs ({', '.join(accepted)})"
     if unclear:
         return False, f"refused without naming the input {key!r}: {'; '.join(unclear)}"
     return True, f"input checks ok ({', '.join(label for label, _ in probes)} refused, naming {key!r})"
+
+
+def _refusals(model, probes, names) -> tuple[list[str], list[str]]:
+    """Feed each ``(label, feed)`` of ``probes``: the labels answered, and those refused with an
+    ``InvalidArgumentError`` that names none of ``names`` (``serving input X ...`` or ``Input X ...``)."""
+    import tensorflow as tf
+
+    accepted, unclear = [], []
+    for label, feed in probes:
+        try:
+            model.signature(**{k: tf.constant(v) for k, v in feed.items()})
+        except tf.errors.InvalidArgumentError as exc:
+            if not any(f"serving input {n} " in exc.message or f"Input {n} " in exc.message for n in names):
+                lines = [ln.strip() for ln in exc.message.splitlines() if ln.strip()]
+                unclear.append(f"{label}: {(lines or [''])[-1][:120]}")
+            continue
+        accepted.append(label)
+    return accepted, unclear
+
+
+def _check_potential_guards(model, entry) -> tuple[bool, str]:
+    """:func:`check_input_guards` for an interatomic potential: one atom fewer, 4 coordinates, an extra and a
+    missing batch axis, NaN and Inf positions, and atomic numbers of another molecule must each fail with an
+    ``InvalidArgumentError`` naming the input."""
+    import numpy as np
+    import tensorflow as tf
+
+    positions, numbers = potential_probe_molecules(entry, num_molecules=2)
+    good = {"positions": positions.astype(np.float32), "atomic_numbers": numbers}
+    model.signature(**{k: tf.constant(v) for k, v in good.items()})  # the valid input is answered
+    probes = []
+    if "shape" in entry.input_checks:
+        probes += [("one atom fewer", {"positions": positions[:, 1:].astype(np.float32),
+                                       "atomic_numbers": numbers[:, 1:]}),
+                   ("4 coordinates", dict(good, positions=np.concatenate(
+                       [good["positions"], good["positions"][..., :1]], axis=-1))),
+                   ("extra leading axis", {k: v[None] for k, v in good.items()}),
+                   ("no batch axis", {k: v[0] for k, v in good.items()})]
+    if "finite" in entry.input_checks:
+        for label, value in (("NaN", np.nan), ("Inf", np.inf)):
+            bad = good["positions"].copy()
+            bad[-1, -1, 0] = value
+            probes.append((label, dict(good, positions=bad)))
+    if "composition" in entry.input_checks:
+        other = numbers.copy()
+        other[:, 0] = 1 if other[0, 0] != 1 else 6
+        probes.append(("another molecule's atomic numbers", dict(good, atomic_numbers=other)))
+    accepted, unclear = _refusals(model, probes, ("positions", "atomic_numbers"))
+    if accepted:
+        return False, f"the serving function answered invalid inputs ({', '.join(accepted)})"
+    if unclear:
+        return False, f"refused without naming the input: {'; '.join(unclear)}"
+    return True, f"input checks ok ({', '.join(label for label, _ in probes)} refused, naming the input)"
 
 
 def signature_def_specs(path) -> dict:
@@ -355,7 +454,7 @@ def verify_entries(names=(), *, index=None, out, cache_dir=None, base_url=None, 
                                    base_url=base_url, offline=offline, progress=progress,
                                    max_tries=max_tries)
             steps.append("sha256 ok")
-            if e.is_c4_field_forecaster:  # started first: its TensorFlow import overlaps the checks here
+            if e.is_c4_field_forecaster or e.is_potential_model:  # started first: its TensorFlow import overlaps the checks here
                 fresh = FreshProcessCheck(path, valid_inputs(e, seed=seed))
             model = ServingModel(path, e)
             steps.append("loads")

@@ -162,6 +162,8 @@ class RecipeRun:
     default_citation = ""
     data_licence = ""
     only_options: tuple = ()
+    #: what the family's serving function refuses (the entry's ``input_checks``)
+    input_checks: tuple = registry.BASIC_INPUT_CHECKS
     #: the run's file published when ``publish_run`` gets no ``model_file``
     default_model_file = "best_projected.keras"
 

@@ -13,12 +13,13 @@ from keras_relaxeq.zoo.publish.base import DEFAULT_LICENSE, PublishError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir", help="output directory of recipes/modelnet40.py, recipes/segnn_nbody.py "
-                                   "or recipes/smoke_plume.py (summary.json, *.keras)")
+    p.add_argument("run_dir", help="output directory of recipes/modelnet40.py, recipes/segnn_nbody.py, "
+                                   "recipes/smoke_plume.py or recipes/md17.py (summary.json, *.keras)")
     p.add_argument("--name", default=None,
                    help="zoo name (default <model>_so3_modelnet40, e.g. "
                         "vn_pointnet_so3_modelnet40; segnn_o3_nbody for N-body runs; "
-                        "steerable_cnn_c4_smokeplume for smoke plume runs)")
+                        "steerable_cnn_c4_smokeplume for smoke plume runs; equiformer_e3_md17<molecule> "
+                        "for MD17 runs)")
     p.add_argument("--version", type=int, default=None,
                    help="version to publish (default: the next free one)")
     p.add_argument("--model-file", default=None,
@@ -39,7 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None,
                    help="ModelNet40 runs: the data folder (default: the run's, else "
                         "$KERAS_RELAXEQ_DATA or ../shared/data); smoke plume runs: the simulations "
-                        "(default: the run's, else $KERAS_RELAXEQ_CACHE/smoke_plume_rotation)")
+                        "(default: the run's, else $KERAS_RELAXEQ_CACHE/smoke_plume_rotation); MD17 runs: "
+                        "the rmd17 npz files (default: the run's, else $KERAS_RELAXEQ_DATA)")
     p.add_argument("--eval-points", type=int, default=None,
                    help="ModelNet40 runs: points per shape for the metrics (default: the run's "
                         "--points)")

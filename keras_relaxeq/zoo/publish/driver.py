@@ -28,6 +28,8 @@ from keras_relaxeq.zoo.publish.base import (
     move_into_place,
     write_text,
 )
+from keras_relaxeq.zoo.publish.md17 import RECIPE as MD17_RECIPE
+from keras_relaxeq.zoo.publish.md17 import MD17Run
 from keras_relaxeq.zoo.publish.modelnet40 import RECIPE, ModelNet40Run
 from keras_relaxeq.zoo.publish.nbody import RECIPE as NBODY_RECIPE
 from keras_relaxeq.zoo.publish.nbody import NBodyRun
@@ -36,7 +38,7 @@ from keras_relaxeq.zoo.publish.smoke_plume import SmokePlumeRun
 
 #: the recipe families that can be published, by the ``recipe`` field of their runs' summary.json
 FAMILIES: dict[str, type[RecipeRun]] = {RECIPE: ModelNet40Run, NBODY_RECIPE: NBodyRun,
-                                        SMOKE_RECIPE: SmokePlumeRun}
+                                        SMOKE_RECIPE: SmokePlumeRun, MD17_RECIPE: MD17Run}
 
 
 def read_run(run_dir) -> dict:
@@ -247,7 +249,7 @@ def publish_run(run_dir, name=None, version=None, zoo_dir=None, model_file=None,
                          "sha256": packed.sha256},
             "keras_artifact": {"file": keras_rel, "format": "keras", "size": keras_size,
                                "sha256": keras_sha},
-            "input_checks": list(registry.INPUT_CHECKS),
+            "input_checks": list(run.input_checks),
             "metrics": metrics,
             "training": run.training(command, **training),
             "license": license, "citation": citation or run.default_citation, "card": card_rel,

@@ -145,7 +145,7 @@ def republish(name: str, from_version: int | None = None, version: int | None = 
 
         entry = json.loads(json.dumps(old.raw))
         entry.update(version=version, card=card_rel, republished_from=old.version,
-                     input_checks=list(registry.INPUT_CHECKS),
+                     input_checks=list(registry.BASIC_INPUT_CHECKS),
                      artifact={"file": art_rel, "format": "saved_model.tar.gz", "size": packed.size,
                                "sha256": packed.sha256},
                      keras_artifact={"file": keras_rel, "format": "keras",
