@@ -13,6 +13,7 @@ experiments; the work is done by :mod:`keras_relaxeq.experiments`.
     python recipes/compare.py segnn_nbody --output-dir runs/segnn_cmp --epochs 1000
     python recipes/compare.py segnn_nbody --sweep layers=2,4,6,8 --output-dir runs/segnn_cmp
     python recipes/compare.py segnn_nbody --sweep train-samples=1000,3000,10000 --output-dir runs/segnn_cmp
+    python recipes/compare.py md17_ethanol --output-dir runs/md17/ethanol            # 3 seeds, relaxed and standard
     python recipes/compare.py modelnet40 --seeds 0 --epochs 1 --output-dir /tmp/cmp -- --points 64
                                         # anything after -- goes to every run (and overrides the protocol)
 
@@ -31,6 +32,10 @@ Experiments (``EXPERIMENTS``):
 * ``segnn_nbody``: ``recipes/segnn_nbody.py`` with its published defaults (1000 epochs, batch 100,
   Adam 5e-4, 3,000 trajectories, 4 layers) unless overridden.  Metric: test MSE of the projected
   model selected on validation MSE (lower is better).
+* ``md17_ethanol``, ``md17_aspirin``: ``recipes/md17.py`` on one molecule with the CPU protocol of
+  docs/experiments/md17.md (width 0.25, 6 blocks, 40 epochs of which 4 warm-up, the published optimiser
+  otherwise).  Metric: test energy MAE (meV) of the projected model selected on validation loss; force MAE
+  (meV/Å) beside it.
 
 Every run resumes from its own backup, so re-running the same command after an interruption
 continues where it stopped (finished runs are only re-aggregated).  ``--jobs`` runs that many
@@ -150,6 +155,24 @@ EXPERIMENTS = {
         baseline_arm="equivariant",
     ),
 }
+# the CPU protocol of docs/experiments/md17.md: width 0.25, 6 blocks, 40 epochs with 4 warm-up, one molecule each
+for _molecule in ("ethanol", "aspirin"):
+    EXPERIMENTS[f"md17_{_molecule}"] = Experiment(
+        script="md17.py",
+        protocol=("--molecule", _molecule, "--width", "0.25", "--blocks", "6", "--warmup-epochs", "4"),
+        epochs=40,
+        metric=Metric("energy_mae_mev", "energy MAE (meV)", 1.0, 2),
+        higher_is_better=False,
+        curve="projected_val_loss",
+        curve_label="projected val loss (1 x energy + 80 x force L2-MAE, standardised)",
+        extra_metrics=(
+            Metric("force_mae_mev_per_angstrom", "force MAE (meV/Å)", 1.0, 2),
+            Metric("e3_equivariance.force_relative_error", "E(3) force relative error", 1.0, -1),
+        ),
+        train_curve="forces_mae",
+        train_curve_label="train force MAE (standardised, with the branch)",
+        log_scale=True,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -578,3 +578,17 @@ def test_an_experiment_with_its_own_arms(tmp_path):
     assert pair["relaxed"] == 0.8 and pair["standard"] == 1.0 and math.isclose(pair["difference"], -0.2)
     md = (tmp_path / "comparison.md").read_text()
     assert "Relaxed vs equivariant, per seed" in md and "| cnn | 1 | 1.200 | 1.100 |" in md
+
+
+def test_md17_experiments_run_the_cpu_protocol_per_molecule(tmp_path):
+    """md17_<molecule>: recipes/md17.py on that molecule, relaxed vs standard, the width-0.25 40-epoch protocol."""
+    drv = load_driver()
+    for molecule in ("ethanol", "aspirin"):
+        args = drv.parse_args([f"md17_{molecule}", "--output-dir", str(tmp_path), "--seeds", "1"])
+        assert args.arms == ["relaxed", "standard"]
+        relaxed, standard = plan.command(args, "relaxed", 1), plan.command(args, "standard", 1)
+        assert relaxed[1].endswith("md17.py") and relaxed[relaxed.index("--molecule") + 1] == molecule
+        assert "--relaxed" in relaxed and "--no-relaxed" in standard
+        for cmd in (relaxed, standard):
+            assert [cmd[cmd.index(flag) + 1] for flag in ("--width", "--blocks", "--epochs", "--warmup-epochs",
+                                                           "--seed")] == ["0.25", "6", "40", "4", "1"]

@@ -15,6 +15,7 @@ from keras_relaxeq.testing.equivariance import (
     check_invariance,
     e3_equivariance_errors,
     potential_symmetry_errors,
+    random_molecules,
 )
 from keras_relaxeq.testing.group_actions import (
     CyclicGridAction,

@@ -325,6 +325,22 @@ def e3_equivariance_errors(
     return out
 
 
+def random_molecules(atomic_numbers, num_molecules: int = 4, *, seed: int = 0, min_distance: float = 0.9):
+    """``(positions [B, A, 3] float64, atomic_numbers [B, A] int32)``: ``num_molecules`` random geometries of the
+    molecule ``atomic_numbers`` (Gaussian, spread ``0.75 A^(1/3)`` Å; no two atoms closer than ``min_distance`` Å,
+    by rejection sampling), for symmetry checks of potentials."""
+    numbers = np.asarray(atomic_numbers, np.int32)
+    rng = np.random.default_rng(seed)
+    spread = 0.75 * len(numbers) ** (1 / 3)
+    out = []
+    while len(out) < num_molecules:
+        x = rng.normal(scale=spread, size=(len(numbers), 3))
+        d = np.linalg.norm(x[:, None] - x[None], axis=-1) + np.eye(len(numbers)) * 1e9
+        if d.min() >= min_distance:
+            out.append(x)
+    return np.stack(out), np.tile(numbers, (num_molecules, 1))
+
+
 def potential_symmetry_errors(
     predict,
     positions,

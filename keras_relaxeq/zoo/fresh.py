@@ -50,9 +50,9 @@ def valid_inputs(entry, *, seed=0, batch=2) -> dict:
     import numpy as np
 
     if entry.is_potential_model:  # geometries of the potential's own molecule
-        from keras_relaxeq.zoo.verify import potential_probe_molecules
+        from keras_relaxeq.testing import random_molecules
 
-        positions, numbers = potential_probe_molecules(entry, num_molecules=batch, seed=seed)
+        positions, numbers = random_molecules(entry.molecule_atomic_numbers, batch, seed=seed)
         return {"positions": positions.astype(np.float32), "atomic_numbers": numbers}
     rng = np.random.default_rng(seed)
     feed = {}

@@ -110,21 +110,12 @@ def check_e3_equivariance(model, entry, *, num_samples=4, atol=1e-4, rtol=1e-3,
     return bool(errors["max_abs"] <= tol), errors, tol
 
 
-def potential_probe_molecules(entry, *, num_molecules=4, seed=0, min_distance=0.9):
-    """``(positions [B, A, 3] float64, atomic_numbers [B, A] int32)``: random geometries of the potential's
-    molecule (every atom within ~1.5 Å of the centre, no two closer than ``min_distance`` Å; rejection sampling)."""
-    import numpy as np
+def potential_probe_molecules(entry, *, num_molecules=4, seed=0):
+    """``(positions [B, A, 3] float64, atomic_numbers [B, A] int32)``: random geometries of an interatomic
+    potential's molecule (``keras_relaxeq.testing.random_molecules``)."""
+    from keras_relaxeq.testing import random_molecules
 
-    numbers = np.asarray(entry.molecule_atomic_numbers, np.int32)
-    rng = np.random.default_rng(seed)
-    spread = 0.75 * len(numbers) ** (1 / 3)
-    out = []
-    while len(out) < num_molecules:
-        x = rng.normal(scale=spread, size=(len(numbers), 3))
-        d = np.linalg.norm(x[:, None] - x[None], axis=-1) + np.eye(len(numbers)) * 1e9
-        if d.min() >= min_distance:
-            out.append(x)
-    return np.stack(out), np.tile(numbers, (num_molecules, 1))
+    return random_molecules(entry.molecule_atomic_numbers, num_molecules, seed=seed)
 
 
 def check_potential_symmetry(model, entry, *, num_samples=4, atol=1e-4, rtol=1e-3,
