@@ -590,5 +590,7 @@ def test_md17_experiments_run_the_cpu_protocol_per_molecule(tmp_path):
         assert relaxed[1].endswith("md17.py") and relaxed[relaxed.index("--molecule") + 1] == molecule
         assert "--relaxed" in relaxed and "--no-relaxed" in standard
         for cmd in (relaxed, standard):
-            assert [cmd[cmd.index(flag) + 1] for flag in ("--width", "--blocks", "--epochs", "--warmup-epochs",
-                                                           "--seed")] == ["0.25", "6", "40", "4", "1"]
+            assert [
+                cmd[cmd.index(flag) + 1] for flag in ("--width", "--blocks", "--epochs", "--warmup-epochs", "--seed")
+            ] == ["0.25", "6", "40", "4", "1"]
+        assert ("--max-train-batches" in relaxed) == (molecule == "aspirin")
