@@ -213,7 +213,31 @@ def _import_phiflow():
             f"{PHIFLOW_VERSION} (pip install phiflow=={PHIFLOW_VERSION}).",
             stacklevel=3,
         )
+    _widen_sparse_indices()
     return flow
+
+
+def _widen_sparse_indices() -> None:
+    """Let PhiFlow's pressure solve build its sparse matrix for grids above ~215x215 cells.
+
+    phiml's NumPy backend casts the flat indices of a sparse matrix back to the (int32) index dtype after
+    ``np.ravel_multi_index``; the pressure matrix of an ``n``-cell grid has ``n^2`` flat positions, which overflows
+    int32 from ``n = 46,341`` (the scale set's grids of 216x216 and more: 14 of its 38 simulations fail with
+    ``ValueError: index -2147483310 is out of bounds``).  This keeps the flat indices in int64 when they do not fit
+    in the index dtype; the values are unchanged otherwise."""
+    from phiml.backend._numpy_backend import NumPyBackend
+
+    original = NumPyBackend.ravel_multi_index
+    if getattr(original, "_keras_relaxeq_wide", False):
+        return
+
+    def ravel_multi_index(self, multi_index, shape, mode="undefined"):
+        if np.prod(np.asarray(shape, np.float64)) < np.iinfo(np.asarray(multi_index).dtype).max:
+            return original(self, multi_index, shape, mode)
+        return original(self, np.asarray(multi_index, np.int64), shape, mode)
+
+    ravel_multi_index._keras_relaxeq_wide = True
+    NumPyBackend.ravel_multi_index = ravel_multi_index
 
 
 def _downsample(frames: np.ndarray, factor: float, min_size: int = 0) -> np.ndarray:

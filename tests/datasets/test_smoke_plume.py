@@ -331,3 +331,20 @@ def test_missing_phiflow_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "phi", None)  # as if PhiFlow were not installed
     with pytest.raises(ImportError, match=r"pip install 'keras_relaxeq\[smoke\]'"):
         sp.simulate_smoke_plume(_fake_config().simulations[0], 4)
+
+
+@needs_phiflow
+def test_sparse_pressure_matrices_of_large_grids_keep_their_indices():
+    """The scale set's grids above 215x215 cells have pressure matrices with more than 2^31 entries: phiml's NumPy
+    backend cast their flat indices back to int32 (overflow, then 'index -2147483310 is out of bounds'); after the
+    PhiFlow import of the generator they stay exact, and small matrices keep their index dtype."""
+    from phiml.backend._numpy_backend import NumPyBackend
+
+    from keras_relaxeq.datasets.smoke_plume_simulation import _import_phiflow
+
+    _import_phiflow()
+    backend = NumPyBackend()
+    big = backend.ravel_multi_index(np.array([[46000, 89999]], np.int32), (90000, 90000))
+    assert int(big[0]) == 46000 * 90000 + 89999 > np.iinfo(np.int32).max
+    small = backend.ravel_multi_index(np.array([[3, 4]], np.int32), (64, 64))
+    assert small.dtype == np.int32 and int(small[0]) == 3 * 64 + 4
