@@ -316,6 +316,8 @@ def main(argv=None) -> dict:
         "e3_equivariance": equivariance,
         "params": {"trained_model": int(model.count_params()), "projected_model": int(best.count_params())},
         "wall_time_seconds": time.time() - start,
+        "strategy": cfg["strategy"],
+        "num_replicas": int(strategy.num_replicas_in_sync),
         "files": {"projected_model": "projected.keras", **RUN_FILES},
         "tensorboard": tensorboard,
     }

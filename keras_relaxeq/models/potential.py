@@ -19,6 +19,8 @@ Build one with :func:`molecule_potential`.
 
 from __future__ import annotations
 
+import importlib
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -114,6 +116,9 @@ class MoleculePotential(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
+        module = config["model"].get("module") or ""
+        if module.startswith("keras_relaxeq."):  # registers the wrapped model's class (the package imports lazily)
+            importlib.import_module(module)
         config["model"] = keras.saving.deserialize_keras_object(config["model"])
         return cls(**config)
 

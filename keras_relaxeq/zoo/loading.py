@@ -100,9 +100,14 @@ def load(name: str, version: int | None = None, *, as_keras: bool = False, cache
                 f"the architecture ({entry.architecture.get('class')}) and retrain it with its "
                 "recipe.")
         path = ensure_artifact(entry, entry.keras_artifact, extract=False, **common)
+        import importlib
+
         import keras
 
-        # the custom classes are registered: importing this module imported keras_relaxeq
+        # the package imports its models lazily: import the module of the entry's Keras class (it registers it)
+        module = (entry.architecture.get("keras_class") or "").rpartition(".")[0]
+        if module.startswith("keras_relaxeq."):
+            importlib.import_module(module)
         return keras.saving.load_model(path, compile=False)
     path = ensure_artifact(entry, entry.artifact, **common)
     return ServingModel(path, entry)

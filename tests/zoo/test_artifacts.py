@@ -87,14 +87,15 @@ def _catalogue_keys():
         entries = registry.load_index(REPO_INDEX).entries
     except Exception:  # reported by test_repository_catalogue_parses
         return [pytest.param(None, id="catalogue-invalid")]
-    # C4 field forecasters (steerable_cnn_c4_smokeplume) are checked by test_artifacts_smoke.py
-    keys = sorted((e.name, e.version) for e in entries if not e.is_c4_field_forecaster)
+    # C4 field forecasters (steerable_cnn_c4_smokeplume) are checked by test_artifacts_smoke.py, interatomic
+    # potentials (equiformer_e3_md17<molecule>) by test_artifacts_md17.py
+    keys = sorted((e.name, e.version) for e in entries if not (e.is_c4_field_forecaster or e.is_potential_model))
     latest = {name: version for name, version in keys}
     # superseded versions (unchanged files, still hash-checked by test_repository_catalogue_parses and
     # verified by `relaxeq zoo verify` in tests/test_cli.py) run with the slow tests
-    return [pytest.param(k, id=f"{k[0]}-v{k[1]}", marks=() if latest[k[0]] == k[1] else pytest.mark.slow)
-            for k in keys] or [
-        pytest.param(None, id="no-entries")]
+    return [
+        pytest.param(k, id=f"{k[0]}-v{k[1]}", marks=() if latest[k[0]] == k[1] else pytest.mark.slow) for k in keys
+    ] or [pytest.param(None, id="no-entries")]
 
 
 def validation_shapes(num_points: int) -> np.ndarray:
@@ -105,8 +106,7 @@ def validation_shapes(num_points: int) -> np.ndarray:
     from keras_relaxeq.datasets.modelnet40 import modelnet40_dataset
     from keras_relaxeq.groups import random_rotations
 
-    ds = modelnet40_dataset("val", num_points=num_points, batch_size=NUM_SHAPES, rotation="none",
-                            seed=123)
+    ds = modelnet40_dataset("val", num_points=num_points, batch_size=NUM_SHAPES, rotation="none", seed=123)
     x = np.asarray(next(iter(ds))[0], dtype=np.float64)
     rot = random_rotations(len(x), seed=7, dtype=tf.float64).numpy()
     xr = np.einsum("bij,bnj->bni", rot, x)
@@ -122,8 +122,15 @@ def nbody_systems(cache_dir: Path) -> tuple[dict, np.ndarray, np.ndarray]:
     from keras_relaxeq.datasets.nbody import nbody_dataset
     from keras_relaxeq.groups import random_rotations
 
-    ds = nbody_dataset("test", batch_size=NUM_SHAPES, num_samples=NUM_SHAPES, shuffle=False,
-                       rotate=False, cache_dir=cache_dir, progress=False)
+    ds = nbody_dataset(
+        "test",
+        batch_size=NUM_SHAPES,
+        num_samples=NUM_SHAPES,
+        shuffle=False,
+        rotate=False,
+        cache_dir=cache_dir,
+        progress=False,
+    )
     x = {k: np.asarray(v, np.float64) for k, v in next(iter(ds))[0].items()}
     q = random_rotations(NUM_SHAPES, seed=7, dtype=tf.float64).numpy()
     q[::2] = q[::2] @ np.diag([1.0, 1.0, -1.0])
@@ -136,43 +143,76 @@ def nbody_systems(cache_dir: Path) -> tuple[dict, np.ndarray, np.ndarray]:
 def check_entry(catalogue, entry, work: Path) -> dict:
     """Run every artifact check on ``entry`` of ``catalogue``; returns what was measured."""
     assert entry.task == "point_cloud_classification" or entry.is_nbody_model, (
-        "only classifiers and N-body models are checked here")
+        "only classifiers and N-body models are checked here"
+    )
     assert entry.keras_artifact is not None, (
         f"{entry.name} v{entry.version} publishes no .keras file to compare with; publish "
-        "entries with `relaxeq zoo publish`")
+        "entries with `relaxeq zoo publish`"
+    )
     cache = work / "cache"
-    archive = ensure_artifact(entry, entry.artifact, catalogue=catalogue, cache_dir=cache,
-                              extract=False, progress=False)  # verified against the sha256
-    extracted = ensure_artifact(entry, entry.artifact, catalogue=catalogue, cache_dir=cache,
-                                progress=False)
+    archive = ensure_artifact(
+        entry, entry.artifact, catalogue=catalogue, cache_dir=cache, extract=False, progress=False
+    )  # verified against the sha256
+    extracted = ensure_artifact(entry, entry.artifact, catalogue=catalogue, cache_dir=cache, progress=False)
     if entry.is_nbody_model:
         inputs, q, t = nbody_systems(work / "nbody")
     else:
         inputs = {"points": validation_shapes(int(entry.input.get("num_points") or 256))}
     np.savez(work / "x.npz", **inputs)
 
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("KERAS_RELAXEQ") and k != "PYTHONPATH"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KERAS_RELAXEQ") and k != "PYTHONPATH"}
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     fresh = subprocess.Popen(
-        [sys.executable, "-c", FRESH_PROCESS_CODE, str(archive), str(work / "fresh"),
-         str(work / "x.npz"), str(work / "out.npz")] + ([entry.input_name] if entry.input_checks else []),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=work)
+        [
+            sys.executable,
+            "-c",
+            FRESH_PROCESS_CODE,
+            str(archive),
+            str(work / "fresh"),
+            str(work / "x.npz"),
+            str(work / "out.npz"),
+        ]
+        + ([entry.input_name] if entry.input_checks else []),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=work,
+    )
     cli = subprocess.Popen(
-        [str(BIN / "saved_model_cli"), "show", "--dir", str(extracted), "--tag_set", "serve",
-         "--signature_def", "serving_default"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=work)
+        [
+            str(BIN / "saved_model_cli"),
+            "show",
+            "--dir",
+            str(extracted),
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "serving_default",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=work,
+    )
     try:
         # meanwhile, in this process: the published Keras model on the same shapes
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            keras_model = load(entry.name, entry.version, as_keras=True, cache_dir=cache,
-                               index=catalogue.path, progress=False)
+            keras_model = load(
+                entry.name, entry.version, as_keras=True, cache_dir=cache, index=catalogue.path, progress=False
+            )
         # uncompiled: no warning about the file's (empty) training-time optimizer state
         assert not keras_model.compiled and not [w for w in caught if "optimizer" in str(w.message)]
-        expected = np.stack([keras_model.predict(
-            {k: v[i] for k, v in inputs.items()} if entry.is_nbody_model else inputs["points"][i],
-            verbose=0) for i in range(2)])
+        expected = np.stack(
+            [
+                keras_model.predict(
+                    {k: v[i] for k, v in inputs.items()} if entry.is_nbody_model else inputs["points"][i], verbose=0
+                )
+                for i in range(2)
+            ]
+        )
         stdout, stderr = fresh.communicate(timeout=300)
         assert fresh.returncode == 0, stderr[-3000:]
         cli_out, cli_err = cli.communicate(timeout=300)
@@ -267,14 +307,24 @@ def test_checker_on_a_freshly_published_entry(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     keras.utils.set_random_seed(0)
-    vn_classifier(40, num_points=32, channels=(2, 4, 8), k=4, hidden_units=8,
-                  relaxed=False).save(run / "best_projected.keras")
-    cfg = {"model": "vn_classifier", "points": 32, "k": 4, "width": 0.125, "epochs": 1,
-           "seed": 0, "val_fraction": 0.2, "split_seed": 0, "relaxed": True,
-           "schedule": "triangle", "rotation": "so3"}
+    vn_classifier(40, num_points=32, channels=(2, 4, 8), k=4, hidden_units=8, relaxed=False).save(
+        run / "best_projected.keras"
+    )
+    cfg = {
+        "model": "vn_classifier",
+        "points": 32,
+        "k": 4,
+        "width": 0.125,
+        "epochs": 1,
+        "seed": 0,
+        "val_fraction": 0.2,
+        "split_seed": 0,
+        "relaxed": True,
+        "schedule": "triangle",
+        "rotation": "so3",
+    }
     (run / "summary.json").write_text(json.dumps({"config": cfg, "epochs_run": 1}))
-    publish_run(run, zoo_dir=tmp_path / "zoo", max_val_samples=8, num_rotations=1,
-                invariance_samples=2)
+    publish_run(run, zoo_dir=tmp_path / "zoo", max_val_samples=8, num_rotations=1, invariance_samples=2)
     cat = registry.load_index(tmp_path / "zoo" / "index.json")
     (work := tmp_path / "work").mkdir()
     result = check_entry(cat, cat.get("vn_classifier_so3_modelnet40"), work)
@@ -292,12 +342,31 @@ def test_checker_on_a_freshly_published_nbody_entry(tmp_path, monkeypatch):
 
     monkeypatch.setenv("KERAS_RELAXEQ_CACHE", str(tmp_path / "cache"))
     spec = importlib.util.spec_from_file_location(
-        "recipe_segnn_nbody_artifacts", REPO_ZOO.parent / "recipes" / "segnn_nbody.py")
+        "recipe_segnn_nbody_artifacts", REPO_ZOO.parent / "recipes" / "segnn_nbody.py"
+    )
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
-    cfg = recipe.resolve_config(recipe.build_parser().parse_args(
-        ["--no-relaxed", "--hidden", "8", "--layers", "1", "--epochs", "1", "--batch", "8",
-         "--train-samples", "8", "--val-samples", "8", "--test-samples", "8"]))
+    cfg = recipe.resolve_config(
+        recipe.build_parser().parse_args(
+            [
+                "--no-relaxed",
+                "--hidden",
+                "8",
+                "--layers",
+                "1",
+                "--epochs",
+                "1",
+                "--batch",
+                "8",
+                "--train-samples",
+                "8",
+                "--val-samples",
+                "8",
+                "--test-samples",
+                "8",
+            ]
+        )
+    )
     run = tmp_path / "run"
     run.mkdir()
     keras.utils.set_random_seed(0)

@@ -149,12 +149,14 @@ def test_shipped_entries_have_preprocessing_labels_and_checked_versions():
     for name in cat.names():
         versions = cat.versions(name)
         latest = cat.get(name)
-        assert latest.input_checks == ("shape", "finite"), name  # republished with serving checks
+        # potentials also refuse another molecule's atoms
+        checks = ("shape", "finite") + (("composition",) if latest.task == "interatomic_potential" else ())
+        assert latest.input_checks == checks, name  # republished with serving checks
         if name in PUBLISHED_BEFORE_INPUT_CHECKS:  # v1 without the checks is still there for its users
             assert len(versions) >= 2 and cat.get(name, versions[0]).input_checks == (), name
         else:  # entries first published with the checks have them in every version
-            assert all(cat.get(name, v).input_checks == ("shape", "finite") for v in versions), name
-        if latest.task == "field_forecasting":  # the frames go in as they are (the card and input text say so)
+            assert all(cat.get(name, v).input_checks == checks for v in versions), name
+        if latest.task in ("field_forecasting", "interatomic_potential"):  # inputs go in as they are (Å, frames)
             assert not latest.preprocessing, name
         else:
             assert latest.preprocessing, name

@@ -111,7 +111,9 @@ def card_metrics_lines(entry: dict, summary: dict) -> list[str]:
                 f"{summary.get('epochs_run')} epochs; the run was resumed)")
     else:
         wall = f"wall time {hours:.2f} h"
-    return [f"- {wall}, strategy {summary.get('strategy')} ({summary.get('num_replicas')} replica(s))",
+    if summary.get("strategy") is not None:
+        wall += f", strategy {summary.get('strategy')} ({summary.get('num_replicas')} replica(s))"
+    return [f"- {wall}",
             "", "## Metrics of the published artifact", "",
             "Measured by `relaxeq zoo publish` on the packed SavedModel itself:", "",
             "| metric | value | protocol |", "| --- | --- | --- |"] + [

@@ -207,7 +207,7 @@ def _metrics(meas: dict, cfg: dict) -> list[dict]:
         {"name": "force_symmetry_max_abs", "value": float(f"{sym['force_max_abs']:.3e}"), "split": "test",
          "protocol": f"max |F(g x) - g F(x)| (kcal/mol/Å; F rotated with the molecule, permuted with its atoms) "
                      f"over {moves}; {art}"},
-        keras_parity_metric(meas, "test", "energy - energy_mean and forces",
+        keras_parity_metric(meas, "test", "(E - energy_mean, F)",
                             f"the first {meas['parity_frames']} test frames"),
     ]
 
@@ -223,6 +223,8 @@ class MD17Run(RecipeRun):
     input_checks = INPUT_CHECKS  # shape, finite, composition
 
     def __init__(self, *args, **kwargs):
+        import keras_relaxeq.models.equiformer  # noqa: F401  (registers Equiformer: the run's files load)
+
         super().__init__(*args, **kwargs)
         self.config = None
 
@@ -355,7 +357,8 @@ def render_card(entry: dict, summary: dict, meas: dict, command: str, command_so
         f"- inputs: `positions` float32 `[batch, {n}, 3]` (Å), `atomic_numbers` int32 `[batch, {n}]` "
         f"({mol['atomic_numbers']} in any order); outputs: `energy` float64 `[batch]` (kcal/mol), `forces` float32 "
         f"`[batch, {n}, 3]` (kcal/mol/Å)",
-        f"- targets: E = e * {entry['targets']['scale']:.6g} + {entry['targets']['energy_mean']:.10g} kcal/mol "
+        f"- targets: E = e * {entry['targets']['scale']:.6g} {'-' if entry['targets']['energy_mean'] < 0 else '+'} "
+        f"{abs(entry['targets']['energy_mean']):.10g} kcal/mol, F = f * {entry['targets']['scale']:.6g} "
         "(the training frames' energy mean and standard deviation)", "",
         "## Training", "", *card_command_lines(command, command_source), "",
         f"- budget: {'CPU protocol (docs/experiments/md17.md)' if is_cpu_protocol(cfg) else 'published'}: width "
