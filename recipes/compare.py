@@ -34,8 +34,8 @@ Experiments (``EXPERIMENTS``):
   model selected on validation MSE (lower is better).
 * ``md17_ethanol``, ``md17_aspirin``: ``recipes/md17.py`` on one molecule with the CPU protocol of
   docs/experiments/md17.md (width 0.25, 6 blocks, 40 epochs of which 4 warm-up, the published optimiser
-  otherwise; aspirin: 27 random batches of 8 per epoch).  Metric: test energy MAE (meV) of the projected model selected on validation loss; force MAE
-  (meV/Å) beside it.
+  otherwise; aspirin: 27 random batches of 8 per epoch).  Metric: test energy MAE (meV) of the
+  projected model selected on validation loss; force MAE (meV/Å) beside it.
 
 Every run resumes from its own backup, so re-running the same command after an interruption
 continues where it stopped (finished runs are only re-aggregated).  ``--jobs`` runs that many

@@ -92,6 +92,8 @@ def load_checkpoint(recipe, cfg, run_dir: Path, which: str):
     """The relaxed model and a label saying where it comes from."""
     import keras  # the recipe module imported keras_relaxeq, which registers its classes
 
+    for module in getattr(recipe, "MODEL_MODULES", ()):  # classes of models the package imports lazily
+        importlib.import_module(module)
     if which == "best":
         path = run_dir / "best_relaxed.keras"
         if not path.exists():

@@ -60,6 +60,8 @@ from keras_relaxeq.training.recipe import (
 ARMS = ("cnn", "equivariant", "relaxed", "rsteer", "rsteer_relaxed")
 #: this recipe, as recorded in summary.json
 RECIPE = "recipes/smoke_plume.py"
+#: modules whose Keras classes this recipe's model files use (imported before loading one elsewhere)
+MODEL_MODULES = ("keras_relaxeq.models.smoke_plume", "keras_relaxeq.models.smoke_plume_scale")
 RELAXED_ARMS = ("relaxed", "rsteer_relaxed")
 
 #: published settings (Wang, Walters, Yu 2022 rotation runs; Pertigkiozoglou et al. 2024)

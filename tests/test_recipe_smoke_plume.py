@@ -1,6 +1,8 @@
 """recipes/smoke_plume.py on a stand-in data set (8x8 grid, random fields): train, select, evaluate, resume."""
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -93,6 +95,15 @@ def test_relaxed_arm_trains_selects_evaluates_and_resumes(data_dir, tmp_path, mo
     assert len(rows) >= 5 and all(np.isfinite(r["lie_rms"]) and r["r_rms"] > 0 for r in rows[:-1])
     grads = relaxation_report.main([str(out), "--gradients", "2"])
     assert len(grads) == 5 and all(g["penalty_ne_norm"] > 0 for g in grads)
+    # as a command in a fresh process, where nothing has imported the forecasters' classes yet
+    cli = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "relaxation_report.py"), str(out), "--batches", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert cli.returncode == 0 and "| lifting |" in cli.stdout, cli.stderr[-2000:]
     # the same command with more epochs continues the run
     summary = recipe.main(
         argv(data_dir, out, "--arm", "relaxed", "--epochs", "3", "--relaxation-initializer", "random_normal")
