@@ -22,6 +22,7 @@ Modules: ``registry`` (the catalogue), ``download`` (the client API, re-exportin
 from keras_relaxeq.zoo.download import (
     ServingModel,
     cache_root,
+    classify,
     cached_path,
     download,
     entry_cache_dir,
@@ -43,7 +44,6 @@ from keras_relaxeq.zoo.errors import (
 from keras_relaxeq.zoo.registry import (
     Artifact,
     ZooEntry,
-    classify,
     get_entry,
     list_entries,
     list_models,

@@ -32,7 +32,7 @@ The work is done by cohesive modules, re-exported here: :mod:`~keras_relaxeq.zoo
 fetching with retries), :mod:`~keras_relaxeq.zoo.tempfiles` (locked temporary files),
 :mod:`~keras_relaxeq.zoo.archive` (verification and safe extraction), :mod:`~keras_relaxeq.zoo.cache`
 (the cache layout, :func:`download`) and :mod:`~keras_relaxeq.zoo.loading` (:class:`ServingModel`,
-:func:`load`).
+:func:`load`, :func:`classify`).
 """
 
 # ruff: noqa: F401  (this module re-exports the client API of its parts)
@@ -48,7 +48,7 @@ from keras_relaxeq.zoo.archive import (
 )
 from keras_relaxeq.zoo.cache import EXTRACTED_DIRNAME, cached_path, download, ensure_artifact
 from keras_relaxeq.zoo.fetch import CHUNK, LOG_INTERVAL, TRANSIENT_HTTP, Source, artifact_source, fetch
-from keras_relaxeq.zoo.loading import ServingModel, load
+from keras_relaxeq.zoo.loading import ServingModel, classify, load
 from keras_relaxeq.zoo.settings import (
     DEFAULT_BASE_DELAY,
     DEFAULT_CACHE,
@@ -89,6 +89,7 @@ __all__ = [
     "artifact_source",
     "cache_root",
     "cached_path",
+    "classify",
     "check_members",
     "clean_stale_temp",
     "download",

@@ -1,6 +1,6 @@
 """Loading a zoo entry: :class:`ServingModel` (the SavedModel's ``serving_default`` as a callable on
-NumPy arrays) and :func:`load` (that, or the entry's ``.keras`` model). TensorFlow is imported when a
-model is loaded, not with this module.
+NumPy arrays) and :func:`load` (that, or the entry's ``.keras`` model); :func:`classify` (class names of
+point clouds from a loaded classifier). TensorFlow is imported when a model is loaded, not with this module.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from keras_relaxeq.zoo.cache import ensure_artifact
-from keras_relaxeq.zoo.errors import KerasFormatUnavailableError
+from keras_relaxeq.zoo.errors import KerasFormatUnavailableError, ZooError
 from keras_relaxeq.zoo.registry import ZooEntry, load_index
 
 
@@ -111,3 +111,47 @@ def load(name: str, version: int | None = None, *, as_keras: bool = False, cache
         return keras.saving.load_model(path, compile=False)
     path = ensure_artifact(entry, entry.artifact, **common)
     return ServingModel(path, entry)
+
+
+def classify(model, points, *, entry: ZooEntry | None = None, preprocess: bool = True, top_k: int = 1,
+             seed=0):
+    """Class names for point clouds, with the entry's preprocessing and labels.
+
+    Args:
+        model: what ``zoo.load(name)`` returns (a ``ServingModel``; its entry is used), or a
+            Keras model (``zoo.load(name, as_keras=True)``) together with ``entry``.
+        points: raw clouds ``[n, 3]`` or ``[batch, n, 3]``.
+        preprocess: apply :meth:`ZooEntry.preprocess` (centre, scale, draw the entry's number of
+            points with ``seed``). With ``False`` the clouds are fed as they are, and a point count
+            other than the entry's gives a ``UserWarning``.
+        top_k: 1 gives one name per cloud; more gives ``[(name, probability), ...]`` per cloud.
+
+    Returns a list (one item per cloud; a single ``[n, 3]`` cloud gives a single item).
+    """
+    import numpy as np
+
+    entry = entry if entry is not None else getattr(model, "entry", None)
+    if entry is None:
+        raise TypeError("classify needs the zoo entry: pass a model from zoo.load(name) or entry=zoo.get_entry(name).")
+    labels = entry.labels
+    if labels is None:
+        raise ZooError(f"{entry.name} v{entry.version} lists no class labels (no 'labels' file in the catalogue).")
+    x = np.asarray(points, dtype=np.float32)
+    single = x.ndim == 2
+    x = x[None] if single else x
+    if preprocess:
+        x = entry.preprocess(x, seed=seed)
+    else:
+        entry.check_num_points(x)
+    if hasattr(model, "signature"):  # ServingModel
+        probs = np.asarray(model(x)["probabilities"], np.float64)
+    else:  # a Keras model returning logits
+        logits = np.asarray(model.predict(x, verbose=0), np.float64)
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+    order = np.argsort(-probs, axis=-1)[:, :max(1, int(top_k))]
+    if top_k == 1:
+        out = [labels[int(i[0])] for i in order]
+    else:
+        out = [[(labels[int(j)], float(p[j])) for j in i] for i, p in zip(order, probs)]
+    return out[0] if single else out
