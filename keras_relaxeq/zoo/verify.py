@@ -17,8 +17,9 @@ TensorFlow is imported only when a check runs.
 from __future__ import annotations
 
 __all__ = ["C4_RELATIVE_TOLERANCE", "check_c4_equivariance", "check_e3_equivariance", "check_input_guards",
-           "check_invariance", "check_potential_symmetry", "potential_probe_molecules", "check_served", "check_signature", "check_signature_def", "check_symmetry",
-           "guard_probe_inputs", "signature_def_specs", "verify_entries"]
+           "check_invariance", "check_potential_symmetry", "check_served", "check_signature", "check_signature_def",
+           "check_symmetry", "guard_probe_inputs", "potential_probe_molecules", "signature_def_specs",
+           "verify_entries"]
 
 #: largest relative C4 equivariance error (max |f(g.x) - g.f(x)| / max |g.f(x)|) of a field forecaster
 C4_RELATIVE_TOLERANCE = 1e-5
@@ -445,7 +446,8 @@ def verify_entries(names=(), *, index=None, out, cache_dir=None, base_url=None, 
                                    base_url=base_url, offline=offline, progress=progress,
                                    max_tries=max_tries)
             steps.append("sha256 ok")
-            if e.is_c4_field_forecaster or e.is_potential_model:  # started first: its TensorFlow import overlaps the checks here
+            # started first: the child's TensorFlow import overlaps the checks here
+            if e.is_c4_field_forecaster or e.is_potential_model:
                 fresh = FreshProcessCheck(path, valid_inputs(e, seed=seed))
             model = ServingModel(path, e)
             steps.append("loads")

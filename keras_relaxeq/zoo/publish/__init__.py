@@ -79,6 +79,6 @@ from keras_relaxeq.zoo.publish.nbody import NBodyRun
 from keras_relaxeq.zoo.publish.smoke_plume import SmokePlumeRun
 from keras_relaxeq.zoo.publish.republish import republish
 
-__all__ = ["FAMILIES", "MD17Run", "ModelNet40Run", "NBodyRun", "PublishError", "RecipeRun", "SmokePlumeRun", "add_arguments",
-           "main", "measure_artifact", "publish_run", "read_run", "recipe_command_from_config",
+__all__ = ["FAMILIES", "MD17Run", "ModelNet40Run", "NBodyRun", "PublishError", "RecipeRun", "SmokePlumeRun",
+           "add_arguments", "main", "measure_artifact", "publish_run", "read_run", "recipe_command_from_config",
            "recipe_of", "render_card", "republish", "run_from_args", "run_recipe"]
