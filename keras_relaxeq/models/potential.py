@@ -92,7 +92,7 @@ class MoleculePotential(keras.Model):
         if not isinstance(inputs, dict) or not {"positions", "atomic_numbers"} <= set(inputs):
             got = sorted(inputs) if isinstance(inputs, dict) else type(inputs).__name__
             raise ValueError(f"MoleculePotential: pass a dict with 'positions' and 'atomic_numbers', got {got}.")
-        positions = self.check_positions(tf.convert_to_tensor(inputs["positions"], self.compute_dtype))
+        positions = self.check_positions(tf.cast(inputs["positions"], self.compute_dtype))
         z = self.check_atomic_numbers(tf.cast(inputs["atomic_numbers"], tf.int32))
         same = tf.reduce_all(tf.equal(tf.sort(z, axis=-1), self._sorted_numbers[None]))
         with tf.control_dependencies([tf.debugging.Assert(same, [self._composition_message, z], summarize=64)]):
