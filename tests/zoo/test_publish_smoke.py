@@ -199,5 +199,8 @@ def test_card_says_when_the_wall_time_covers_only_the_last_invocation():
     entry = {"metrics": []}
     resumed = card_metrics_lines(entry, {"wall_time_seconds": 3600, "epochs_run": 10, "epochs_this_invocation": 5})
     assert resumed[0].startswith("- wall time of the last invocation 1.00 h (5 of 10 epochs; the run was resumed)")
-    whole = card_metrics_lines(entry, {"wall_time_seconds": 3600, "epochs_run": 10, "epochs_this_invocation": 10})
-    assert whole[0].startswith("- wall time 1.00 h,")
+    whole = card_metrics_lines(entry, {"wall_time_seconds": 3600, "epochs_run": 10, "epochs_this_invocation": 10,
+                                       "strategy": "default", "num_replicas": 1})
+    assert whole[0] == "- wall time 1.00 h, strategy default (1 replica(s))"
+    # a run that did not record its tf.distribute strategy: no "strategy None"
+    assert card_metrics_lines(entry, {"wall_time_seconds": 3600})[0] == "- wall time 1.00 h"
