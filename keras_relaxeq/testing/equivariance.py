@@ -272,6 +272,17 @@ def assert_invariant(
     return assert_equivariant(fn, inputs, input_reps, TrivialRep(), group, num_samples, seed, atol, rtol, training)
 
 
+def _orthogonal_moves(batch: int, num_rotations: int, seed) -> list:
+    """``[(kind, Q [batch or 1, 3, 3])]``: ``num_rotations`` Haar-random rotations per system, one reflection (a
+    random rotation composed with ``z -> -z``) and the identity (``"translation"``: the move is its translation
+    alone), float64."""
+    rots = random_rotations(batch * (num_rotations + 1), seed=seed, dtype=tf.float64).numpy()
+    rots = rots.reshape(num_rotations + 1, batch, 3, 3)
+    mirror = np.diag([1.0, 1.0, -1.0])
+    moves = [("rotation", rots[r]) for r in range(num_rotations)]
+    return moves + [("reflection", mirror @ rots[num_rotations]), ("translation", np.eye(3)[None])]
+
+
 def e3_equivariance_errors(
     predict, loc, vel, charges, *, num_rotations: int = 2, seed: int = 0, translation_scale: float = 1.0
 ) -> dict:
@@ -290,11 +301,7 @@ def e3_equivariance_errors(
     loc, vel, charges = (np.asarray(a, np.float64) for a in (loc, vel, charges))
     b = len(loc)
     ref = np.asarray(predict(loc.astype(np.float32), vel.astype(np.float32), charges.astype(np.float32)), np.float64)
-    rots = random_rotations(b * (num_rotations + 1), seed=seed, dtype=tf.float64).numpy()
-    rots = rots.reshape(num_rotations + 1, b, 3, 3)
-    mirror = np.diag([1.0, 1.0, -1.0])
-    moves = [("rotation", rots[r]) for r in range(num_rotations)]
-    moves += [("reflection", mirror @ rots[num_rotations]), ("translation", np.eye(3)[None])]
+    moves = _orthogonal_moves(b, num_rotations, seed)
     rng = np.random.default_rng(seed)
     errors, scale = {}, 0.0
     for kind, q in moves:
@@ -375,11 +382,7 @@ def potential_symmetry_errors(
         return np.asarray(energy, np.float64), np.asarray(forces, np.float64)
 
     energy0, forces0 = run(x, z)
-    rots = random_rotations(b * (num_rotations + 1), seed=seed, dtype=tf.float64).numpy()
-    rots = rots.reshape(num_rotations + 1, b, 3, 3)
-    mirror = np.diag([1.0, 1.0, -1.0])
-    moves = [("rotation", rots[r]) for r in range(num_rotations)]
-    moves += [("reflection", mirror @ rots[num_rotations]), ("translation", np.eye(3)[None])]
+    moves = _orthogonal_moves(b, num_rotations, seed)
     rng = np.random.default_rng(seed)
     e_err, f_err = {}, {}
     for kind, q in moves:

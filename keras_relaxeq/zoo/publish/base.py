@@ -221,3 +221,18 @@ class RecipeRun:
             return (self.run_dir / "command.txt").read_text().strip(), "command.txt"
         return (recipe_command_from_config(self.cfg, self.recipe),
                 "reconstructed from summary.json: every option explicit")
+
+
+def print_measured_again(evaluate, **kwargs) -> int:
+    """The ``python -m keras_relaxeq.zoo.publish.<family>`` commands: ``evaluate(**kwargs)`` (``{metric:
+    (published, measured)}``) printed one metric a line; 1 with the error on a :class:`PublishError` or missing
+    data, else 0."""
+    try:
+        rows = evaluate(**kwargs)
+    except (PublishError, FileNotFoundError) as exc:
+        print(f"error: {exc}")
+        return 1
+    width = max((len(metric) for metric in rows), default=0) + 2
+    for metric, (published, measured) in rows.items():
+        print(f"{metric:{width}s} published {published:<12g} measured {measured:g}")
+    return 0

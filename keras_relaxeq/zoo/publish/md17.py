@@ -35,6 +35,7 @@ from keras_relaxeq.zoo.publish.base import (
     card_metrics_lines,
     check_parity,
     keras_parity_metric,
+    print_measured_again,
 )
 from keras_relaxeq.zoo.registry import INPUT_CHECKS
 
@@ -428,14 +429,8 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default=None, help="folder of the rmd17 npz files (default: $KERAS_RELAXEQ_DATA)")
     p.add_argument("--index", default=None, help="catalogue (default: the repository's zoo/index.json)")
     args = p.parse_args(argv)
-    try:
-        rows = evaluate_entry(args.name, args.version, index=args.index, data_dir=args.data_dir)
-    except (PublishError, FileNotFoundError) as exc:
-        print(f"error: {exc}")
-        return 1
-    for metric, (published, measured) in rows.items():
-        print(f"{metric:36s} published {published:<12g} measured {measured:g}")
-    return 0
+    return print_measured_again(evaluate_entry, name=args.name, version=args.version, index=args.index,
+                                data_dir=args.data_dir)
 
 
 __all__ = ["MD17Run", "RECIPE", "architecture_config", "default_name", "evaluate_entry",

@@ -35,6 +35,7 @@ from keras_relaxeq.zoo.publish.base import (
     card_metrics_lines,
     check_parity,
     keras_parity_metric,
+    print_measured_again,
 )
 
 RECIPE = "recipes/smoke_plume.py"
@@ -407,15 +408,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-test-batches", type=int, default=None, help="default: the entry's (all)")
     p.add_argument("--index", default=None, help="catalogue (default: the repository's zoo/index.json)")
     args = p.parse_args(argv)
-    try:
-        rows = evaluate_entry(args.name, args.version, index=args.index, data_dir=args.data_dir,
-                              max_test_batches=args.max_test_batches)
-    except (PublishError, FileNotFoundError) as exc:
-        print(f"error: {exc}")
-        return 1
-    for metric, (published, measured) in rows.items():
-        print(f"{metric:32s} published {published:<12g} measured {measured:g}")
-    return 0
+    return print_measured_again(evaluate_entry, name=args.name, version=args.version, index=args.index,
+                                data_dir=args.data_dir, max_test_batches=args.max_test_batches)
 
 
 __all__ = ["NAME", "RECIPE", "SmokePlumeRun", "evaluate_entry", "architecture_config", "export_smoke_saved_model",
