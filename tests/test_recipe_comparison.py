@@ -594,3 +594,12 @@ def test_md17_experiments_run_the_cpu_protocol_per_molecule(tmp_path):
                 cmd[cmd.index(flag) + 1] for flag in ("--width", "--blocks", "--epochs", "--warmup-epochs", "--seed")
             ] == ["0.25", "6", "40", "4", "1"]
         assert ("--max-train-batches" in relaxed) == (molecule == "aspirin")
+
+
+def test_every_arm_of_a_figure_has_its_own_colour():
+    from keras_relaxeq.experiments.plots import arm_colors
+
+    drv = load_driver()
+    colours = arm_colors(drv.EXPERIMENTS["smoke_plume"])
+    assert colours["relaxed"] == "tab:red" and len(set(colours.values())) == len(colours) == 5
+    assert arm_colors(drv.EXPERIMENTS["segnn_nbody"]) == {"relaxed": "tab:red", "standard": "tab:blue"}

@@ -17,8 +17,17 @@ ARM_COLORS = {"relaxed": "tab:red", "standard": "tab:blue"}
 
 
 def arm_colors(exp: Experiment) -> dict:
-    """A colour per arm of ``exp``: :data:`ARM_COLORS` for relaxed / standard, matplotlib's cycle otherwise."""
-    return {arm: ARM_COLORS.get(arm, f"C{i}") for i, arm in enumerate(exp.arms)}
+    """A colour per arm of ``exp``: :data:`ARM_COLORS` for relaxed / standard, the other arms the next colours of
+    matplotlib's cycle that no arm uses yet (five arms get five colours)."""
+    taken = {ARM_COLORS[arm] for arm in exp.arms if arm in ARM_COLORS}
+    free = (
+        c
+        for c in (
+            f"tab:{n}" for n in ("blue", "orange", "green", "red", "purple", "brown", "pink", "gray", "olive", "cyan")
+        )
+        if c not in taken
+    )
+    return {arm: ARM_COLORS[arm] if arm in ARM_COLORS else next(free) for arm in exp.arms}
 
 
 def _title(result, exp: Experiment) -> str:
