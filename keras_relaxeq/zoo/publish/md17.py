@@ -25,8 +25,6 @@ import json
 import numpy as np
 
 from keras_relaxeq.zoo.publish.base import (
-    VERIFY_ATOL,
-    VERIFY_RTOL,
     PublishError,
     RecipeRun,
     _fmt,
@@ -34,14 +32,15 @@ from keras_relaxeq.zoo.publish.base import (
     card_command_lines,
     card_metrics_lines,
     check_parity,
+    check_symmetry_error,
     keras_parity_metric,
     print_measured_again,
 )
+from keras_relaxeq.datasets.rmd17 import KCAL_MOL_TO_MEV
 from keras_relaxeq.zoo.registry import INPUT_CHECKS
 
 RECIPE = "recipes/md17.py"
 TASK = "interatomic_potential"
-KCAL_MOL_TO_MEV = 43.364
 DEFAULT_CITATION = (
     "Pertigkiozoglou, Chatzipantazis, Trivedi, Daniilidis: Improving Equivariant Model Training via Constraint "
     "Relaxation, NeurIPS 2024; Liao, Smidt: Equiformer: Equivariant Graph Attention Transformer for 3D Atomistic "
@@ -247,10 +246,8 @@ class MD17Run(RecipeRun):
         check_parity(meas, "energies and forces")
         sym = meas["symmetry"]
         for what in ("energy", "force"):
-            tol = VERIFY_ATOL + VERIFY_RTOL * sym[f"{what}_scale"]
-            if sym[f"{what}_max_abs"] > tol:
-                raise PublishError(f"the artifact's {what} is not E(3) / permutation symmetric on test frames: max "
-                                   f"error {sym[f'{what}_max_abs']:.3e} > {tol:.1e}.")
+            check_symmetry_error(sym[f"{what}_max_abs"], sym[f"{what}_scale"],
+                                 f"{what} is not E(3) / permutation symmetric on test frames")
         return meas
 
     def entry_fields(self, model, meas, params):
