@@ -96,3 +96,55 @@ def test_command_line_generates_a_subset(tmp_path, capsys):
     )
     assert (tmp_path / "sim_0.npy").exists() and np.load(tmp_path / "sim_0.npy").shape == (2, 2, 8, 8)
     assert "scale8" in capsys.readouterr().out
+
+
+@needs_phiflow
+def test_factorised_pressure_solve_gives_the_per_step_spsolve_frames(monkeypatch):
+    """The generator factorises the constant pressure matrix once per simulation instead of letting spsolve
+    factorise it every step: the frames are the same numbers (the same SuperLU, the same column ordering), and
+    the factorisation happens once."""
+    import contextlib
+
+    import scipy.sparse.linalg
+
+    config = sp.smoke_plume_config("scale", resolution=RES, num_steps=STEPS)
+    spec = config.simulation("10")  # f = 2: a 32 grid
+    factorisations = []
+    splu = scipy.sparse.linalg.splu
+
+    def counting_splu(matrix, *args, **kwargs):
+        factorisations.append(matrix.shape)
+        return splu(matrix, *args, **kwargs)
+
+    monkeypatch.setattr(scipy.sparse.linalg, "splu", counting_splu)
+    fast = sim.simulate_smoke_plume([spec], 8, progress=False, output_resolution=RES)
+    # one factorisation for the 32x32 grid (PhiFlow adds a row and a column that fix the pressure's free constant)
+    assert factorisations == [(32 * 32 + 1, 32 * 32 + 1)]
+    monkeypatch.setattr(sim, "_factorized_pressure_solve", contextlib.nullcontext)
+    slow = sim.simulate_smoke_plume([spec], 8, progress=False, output_resolution=RES)
+    assert len(factorisations) == 1  # the per-step path never factorises through splu
+    assert np.abs(slow).max() > 0.05  # a plume is moving
+    np.testing.assert_array_equal(fast, slow)
+
+
+@needs_phiflow
+def test_factorised_pressure_solve_falls_back_and_restores_spsolve():
+    """Inside the context only single right-hand sides of a known matrix are substituted; an exactly singular
+    matrix, a batch of right-hand sides and solver options go to spsolve as before, and spsolve is put back."""
+    import scipy.sparse as sparse
+    from phiml.backend import _linalg
+
+    original = _linalg.spsolve
+    matrix = sparse.csr_matrix(np.array([[4.0, 1.0], [1.0, 3.0]]))
+    singular = sparse.csr_matrix(np.array([[1.0, 1.0], [1.0, 1.0]]))
+    rhs = np.array([1.0, 2.0])
+    with sim._factorized_pressure_solve() as cache:
+        assert _linalg.spsolve is not original
+        np.testing.assert_allclose(_linalg.spsolve(matrix, rhs), np.linalg.solve(matrix.toarray(), rhs))
+        np.testing.assert_allclose(_linalg.spsolve(matrix * 2.0, rhs), np.linalg.solve(2 * matrix.toarray(), rhs))
+        assert len(cache) == 1  # one factorisation kept: the latest matrix
+        with pytest.warns(sparse.linalg.MatrixRankWarning):
+            assert np.isnan(_linalg.spsolve(singular, rhs)).all()  # spsolve's own answer
+        both = np.stack([rhs, 2 * rhs], axis=1)
+        np.testing.assert_allclose(_linalg.spsolve(matrix, both), np.linalg.solve(matrix.toarray(), both))
+    assert _linalg.spsolve is original
