@@ -32,6 +32,10 @@ Experiments (``EXPERIMENTS``):
 * ``segnn_nbody``: ``recipes/segnn_nbody.py`` with its published defaults (1000 epochs, batch 100,
   Adam 5e-4, 3,000 trajectories, 4 layers) unless overridden.  Metric: test MSE of the projected
   model selected on validation MSE (lower is better).
+* ``smoke_plume``, ``smoke_plume_scale``: ``recipes/smoke_plume.py`` (rotation; ``--symmetry scale``), five arms
+  (``cnn``, ``equivariant``, ``relaxed``, ``rsteer``, ``rsteer_relaxed``, the relaxed one paired with the
+  equivariant one), the CPU protocol of docs/experiments/smoke_plume.md (width 0.125, 10 epochs of 25 batches,
+  10 validation batches, full test splits).  Metric: 20-step rollout RMSE on the future split (domain beside it).
 * ``md17_ethanol``, ``md17_aspirin``: ``recipes/md17.py`` on one molecule with the CPU protocol of
   docs/experiments/md17.md (width 0.25, 6 blocks, 40 epochs of which 4 warm-up, the published optimiser
   otherwise; aspirin: 27 random batches of 8 per epoch).  Metric: test energy MAE (meV) of the
@@ -147,6 +151,35 @@ EXPERIMENTS = {
             Metric("rmse_domain", "RMSE domain", 1.0, 3),
             Metric("best_projected_val_rmse", "best projected val RMSE", 1.0, 3),
             Metric("c4_equivariance.relative_max_error", "C4 relative error", 1.0, -1),
+        ),
+        train_curve="rmse",
+        train_curve_label="train RMSE (6-step rollouts)",
+        arms=SMOKE_ARMS,
+        arm_options={arm: ("--arm", arm) for arm in SMOKE_ARMS},
+        baseline_arm="equivariant",
+    ),
+    # the same CPU protocol on the scale task (issue 24): SESN models, the published scale settings otherwise
+    "smoke_plume_scale": Experiment(
+        script="smoke_plume.py",
+        protocol=(
+            "--symmetry",
+            "scale",
+            "--width",
+            "0.125",
+            "--max-train-batches",
+            "25",
+            "--max-val-batches",
+            "10",
+        ),
+        epochs=10,
+        metric=Metric("rmse_future", "RMSE future", 1.0, 3),
+        higher_is_better=False,
+        curve="projected_val_rmse",
+        curve_label="projected val RMSE",
+        extra_metrics=(
+            Metric("rmse_domain", "RMSE domain", 1.0, 3),
+            Metric("best_projected_val_rmse", "best projected val RMSE", 1.0, 3),
+            Metric("scale_equivariance.relative_max_error", "scale-step error (trunk)", 1.0, -1),
         ),
         train_curve="rmse",
         train_curve_label="train RMSE (6-step rollouts)",

@@ -580,6 +580,19 @@ def test_an_experiment_with_its_own_arms(tmp_path):
     assert "Relaxed vs equivariant, per seed" in md and "| cnn | 1 | 1.200 | 1.100 |" in md
 
 
+def test_the_scale_smoke_experiment_trains_the_scale_task_with_the_same_protocol(tmp_path):
+    """smoke_plume_scale: the rotation experiment's arms and CPU protocol, with --symmetry scale added."""
+    drv = load_driver()
+    rotation, scale = drv.EXPERIMENTS["smoke_plume"], drv.EXPERIMENTS["smoke_plume_scale"]
+    assert scale.arms == rotation.arms and scale.epochs == rotation.epochs and scale.metric == rotation.metric
+    args = drv.parse_args(["smoke_plume_scale", "--output-dir", str(tmp_path), "--seeds", "2"])
+    cmd = plan.command(args, "rsteer_relaxed", 2)
+    assert cmd[cmd.index("--symmetry") + 1] == "scale" and cmd[cmd.index("--arm") + 1] == "rsteer_relaxed"
+    for flag, value in zip(rotation.protocol[::2], rotation.protocol[1::2]):
+        assert cmd[cmd.index(flag) + 1] == value
+    assert "scale_equivariance.relative_max_error" in [m.key for m in scale.extra_metrics]
+
+
 def test_md17_experiments_run_the_cpu_protocol_per_molecule(tmp_path):
     """md17_<molecule>: recipes/md17.py on that molecule, relaxed vs standard, the width-0.25 40-epoch protocol."""
     drv = load_driver()
