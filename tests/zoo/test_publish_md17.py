@@ -139,6 +139,30 @@ def test_entry_fields_metrics_and_card(published):
     assert f"published {NAME} v1" in published["messages"][-1]
 
 
+def test_card_states_the_batches_per_epoch_of_a_run_that_saw_a_subset():
+    """Aspirin's CPU protocol trains on 27 random batches per epoch: the card's budget and limits say so."""
+    from keras_relaxeq.zoo.publish import md17
+
+    recipe = load_recipe()
+    args = ["--molecule", "aspirin", "--width", "0.25", "--epochs", "40", "--max-train-batches", "27"]
+    cfg = recipe.resolve_config(recipe.build_parser().parse_args(args + ["--output-dir", "unused"]))
+    summary = {"config": cfg, "epochs_run": 40, "best_epoch": 40, "wall_time_seconds": 10.0}
+    z = [6] * 9 + [8] * 4 + [1] * 8
+    entry = {"name": "equiformer_e3_md17aspirin", "version": 1, "molecule": {"atomic_numbers": z, "formula": "C9H8O4",
+             "labels": "md17"}, "architecture": {"class": "keras_relaxeq.models.equiformer.equiformer",
+             "config": {"width": 0.25, "num_blocks": 6}}, "targets": {"scale": 1.0, "energy_mean": -1.0},
+             "metrics": [], "artifact": {"file": "a.tar.gz", "size": 1, "sha256": "0" * 64}, "license": "MIT",
+             "citation": "c"}
+    meas = {"symmetry": {"energy_max_abs": 1e-5, "force_max_abs": 1e-4, "force_scale": 100.0},
+            "energy_mae_mev": 1.0, "force_mae_mev_per_angstrom": 2.0, "num_test": 1000}
+    card = md17.render_card(entry, summary, meas, "python recipes/md17.py ...", "given", "best_projected.keras", 1)
+    assert "batch 8, 27 random batches per epoch (216 of the 950 training frames, a new draw each epoch)" in card
+    assert "A small CPU budget (width 0.25, 40 epochs of 27 batches)" in card
+    cfg_all = dict(cfg, max_train_batches=None)
+    card = md17.render_card(entry, dict(summary, config=cfg_all), meas, "cmd", "given", "best_projected.keras", 1)
+    assert "random batches per epoch" not in card and "epochs of 27 batches" not in card
+
+
 def test_verify_runs_every_check_on_the_entry(published, tmp_path):
     out = io.StringIO()
     failures = verify_entries(index=published["index"], out=out, cache_dir=tmp_path, progress=False)

@@ -326,7 +326,9 @@ def render_card(entry: dict, summary: dict, meas: dict, command: str, command_so
     limits = []
     if is_cpu_protocol(cfg):
         limits.append(
-            f"A small CPU budget (width {cfg['width']}, {summary.get('epochs_run')} epochs), far below the published "
+            f"A small CPU budget (width {cfg['width']}, {summary.get('epochs_run')} epochs"
+            + (f" of {cfg['max_train_batches']} batches" if cfg.get("max_train_batches") else "")
+            + "), far below the published "
             f"one (width 1, {PUBLISHED['epochs']} epochs): the MAEs are not comparable with Equiformer's"
             + (f" ({published[0]} meV / {published[1]} meV/Å for {cfg['molecule']} at the full budget)."
                if published else "."))
@@ -361,7 +363,10 @@ def render_card(entry: dict, summary: dict, meas: dict, command: str, command_so
         "## Training", "", *card_command_lines(command, command_source), "",
         f"- budget: {'CPU protocol (docs/experiments/md17.md)' if is_cpu_protocol(cfg) else 'published'}: width "
         f"{cfg['width']}, {summary.get('epochs_run')} epochs (configured {cfg['epochs']}, {cfg['warmup_epochs']} "
-        f"warm-up), batch {cfg['batch']}, AdamW lr {cfg['lr']} cosine, weight decay {cfg['weight_decay']}, loss "
+        f"warm-up), batch {cfg['batch']}"
+        + (f", {cfg['max_train_batches']} random batches per epoch ({int(cfg['max_train_batches']) * int(cfg['batch'])}"
+           " of the 950 training frames, a new draw each epoch)" if cfg.get("max_train_batches") else "")
+        + f", AdamW lr {cfg['lr']} cosine, weight decay {cfg['weight_decay']}, loss "
         f"{cfg['energy_weight']} x L1(energy) + {cfg['force_weight']} x L2-MAE(forces) on standardised targets, "
         f"seed {cfg['seed']}",
         "- relaxation: " + (f"`{cfg['schedule']}` theta schedule on a {cfg.get('theta_epochs') or cfg['epochs']}-"
