@@ -343,30 +343,13 @@ def c4_equivariance(forecaster, frames):
 def scale_equivariance(forecaster, cfg, seed=0):
     """Scale-step error of the one-step forecaster's scale-space trunk (every layer up to the last scale-space
     output, before the finest slice is read): a smooth random field sampled at spacing 1 and 2, slices
-    ``sigma = 1`` (coarse) against ``sigma = 2`` (fine), as ``keras_relaxeq.testing.scale`` checks layers.  None
-    for the plain CNN (no scale axis)."""
-    import numpy as np
+    ``sigma = 1`` (coarse) against ``sigma = 2`` (fine), as ``keras_relaxeq.testing.scale`` checks layers
+    (``trunk_scale_step_error``, also what the zoo publishes).  None for the plain CNN (no scale axis)."""
+    from keras_relaxeq.testing.scale import trunk_scale_step_error
 
-    from keras_relaxeq.testing.scale import plane_wave_parameters, scale_equivariance_error
-
-    names = [layer.name for layer in forecaster.layers]
-    if "velocity_scales" not in names:
+    check = trunk_scale_step_error(forecaster, cfg["layers"], cfg["kernel"], seed=seed)
+    if check is None:
         return None
-    trunk = forecaster.layers[names.index("images") + 1 : names.index("velocity_scales") + 1]
-    scales = trunk[0].scales
-    if 2.0 not in scales:
-        return None
-
-    def run(x):
-        for layer in trunk:
-            x = layer(x, training=False)
-        return x
-
-    params = plane_wave_parameters(np.random.default_rng(seed), trunk[0].input.shape[-1])
-    margin = cfg["layers"] * (cfg["kernel"] // 2) * 2
-    check = scale_equivariance_error(
-        run, params, scales, 2.0, 2 * margin + 32, margin, slice_pairs=[(0, scales.index(2.0))]
-    )
     return {"factor": 2.0, "pairs": [list(p) for p in check.pairs], "relative_max_error": check.max_error}
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "plane_wave_parameters",
     "sample_plane_waves",
     "scale_equivariance_error",
+    "trunk_scale_step_error",
 ]
 
 
@@ -117,6 +118,34 @@ def scale_equivariance_error(
         b = y_fine[:, m_keep][:, :, m_keep][..., j, :]
         errors[(i, j)] = float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
     return ScaleCheck(float(factor), pairs, errors, int(len(n_keep) ** 2 * len(pairs) * batch))
+
+
+def trunk_scale_step_error(forecaster, num_layers: int, kernel_size: int, seed: int = 0):
+    """Scale-step error of a smoke plume scale forecaster's scale-space trunk
+    (``keras_relaxeq.models.smoke_plume_scale``; what ``recipes/smoke_plume.py --symmetry scale`` reports and the
+    zoo publishes): every layer after ``images`` up to ``velocity_scales`` (the last scale-space output, before the
+    finest slice is read), run on a smooth random field (:func:`plane_wave_parameters` of ``seed``, one field per
+    image channel) sampled at spacing 1 and 2, slices ``sigma = 1`` (coarse) against ``sigma = 2`` (fine), with a
+    border margin of ``2 * num_layers * (kernel_size // 2)`` fine cells.  A :class:`ScaleCheck`, or None for a model
+    without a scale axis (the plain CNN) or without ``sigma = 2`` among its scales."""
+    names = [layer.name for layer in forecaster.layers]
+    if "velocity_scales" not in names or "images" not in names:
+        return None
+    trunk = forecaster.layers[names.index("images") + 1 : names.index("velocity_scales") + 1]
+    scales = trunk[0].scales
+    if 2.0 not in scales:
+        return None
+
+    def run(x):
+        for layer in trunk:
+            x = layer(x, training=False)
+        return x
+
+    params = plane_wave_parameters(np.random.default_rng(seed), trunk[0].input.shape[-1])
+    margin = int(num_layers) * (int(kernel_size) // 2) * 2
+    return scale_equivariance_error(
+        run, params, scales, 2.0, 2 * margin + 32, margin, slice_pairs=[(0, scales.index(2.0))]
+    )
 
 
 def assert_relaxation_reaches_output(model, inputs, rtol: float = 1e-3, seed: int = 0) -> dict:

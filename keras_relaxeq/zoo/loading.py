@@ -100,17 +100,24 @@ def load(name: str, version: int | None = None, *, as_keras: bool = False, cache
                 f"the architecture ({entry.architecture.get('class')}) and retrain it with its "
                 "recipe.")
         path = ensure_artifact(entry, entry.keras_artifact, extract=False, **common)
-        import importlib
-
-        import keras
-
-        # the package imports its models lazily: import the module of the entry's Keras class (it registers it)
-        module = (entry.architecture.get("keras_class") or "").rpartition(".")[0]
-        if module.startswith("keras_relaxeq."):
-            importlib.import_module(module)
-        return keras.saving.load_model(path, compile=False)
+        return load_keras_file(entry, path)
     path = ensure_artifact(entry, entry.artifact, **common)
     return ServingModel(path, entry)
+
+
+def load_keras_file(entry: ZooEntry, path):
+    """The entry's ``.keras`` file at ``path`` as an uncompiled ``keras.Model``. The package imports its models
+    lazily: the modules of the entry's Keras class and of its builder (``architecture.class``) are imported first,
+    so the custom layers they register load."""
+    import importlib
+
+    import keras
+
+    for name in (entry.architecture.get("keras_class"), entry.architecture.get("class")):
+        module = (name or "").rpartition(".")[0]
+        if module.startswith("keras_relaxeq."):
+            importlib.import_module(module)
+    return keras.saving.load_model(path, compile=False)
 
 
 def classify(model, points, *, entry: ZooEntry | None = None, preprocess: bool = True, top_k: int = 1,

@@ -36,7 +36,9 @@ INDEX_FILENAME = "index.json"
 #: for ``INVARIANT_TASKS``, E(3) equivariance of the predicted positions for N-body entries
 #: (task ``nbody_regression`` with the inputs ``NBODY_INPUTS`` and the output ``loc``) and C4
 #: equivariance of the predicted frame for C4 field forecasters (task ``field_forecasting``, group
-#: ``c4``, one input ``[batch, frames, H, W, 2]`` of vector fields, one output ``[batch, H, W, 2]``)
+#: ``c4``, one input ``[batch, frames, H, W, 2]`` of vector fields, one output ``[batch, H, W, 2]``),
+#: translation equivariance and the published scale-step error for scale field forecasters (the same
+#: with group ``scale``)
 #: and E(3) and permutation symmetry of energy and forces for interatomic potentials (task
 #: ``interatomic_potential``, the inputs ``POTENTIAL_INPUTS``, the outputs ``energy`` and
 #: ``forces``, and a ``molecule`` object listing its ``atomic_numbers``);
@@ -169,13 +171,25 @@ class ZooEntry:
         return None if not numbers else tuple(int(z) for z in numbers)
 
     @property
-    def is_c4_field_forecaster(self) -> bool:
-        """A forecaster of 2D vector fields whose C4 equivariance ``relaxeq zoo verify`` checks: task
-        ``field_forecasting``, group ``c4``, one input ``[batch, frames, H, H, 2]``, one output."""
+    def is_field_forecaster(self) -> bool:
+        """A forecaster of 2D vector fields: task ``field_forecasting``, one input ``[batch, frames, H, H, 2]``,
+        one output (the serving contract that ``relaxeq zoo verify`` checks for every group)."""
         shape = self.input.get("shape") or []
-        return (self.task == "field_forecasting" and self.group == "c4" and len(self.input_signature) == 1
-                and len(shape) == 5 and shape[-1] == 2 and shape[2] is not None and shape[2] == shape[3]
-                and len(self.outputs) == 1)
+        return (self.task == "field_forecasting" and len(self.input_signature) == 1 and len(shape) == 5
+                and shape[-1] == 2 and shape[2] is not None and shape[2] == shape[3] and len(self.outputs) == 1)
+
+    @property
+    def is_c4_field_forecaster(self) -> bool:
+        """A field forecaster (:attr:`is_field_forecaster`) of group ``c4``: ``relaxeq zoo verify`` checks its C4
+        equivariance."""
+        return self.is_field_forecaster and self.group == "c4"
+
+    @property
+    def is_scale_field_forecaster(self) -> bool:
+        """A field forecaster (:attr:`is_field_forecaster`) of group ``scale`` (SESN scale-equivariant layers):
+        ``relaxeq zoo verify`` checks its translation equivariance away from the borders and its published
+        scale-step error (``keras_relaxeq.zoo.verify_scale``)."""
+        return self.is_field_forecaster and self.group == "scale"
 
     @property
     def input_checks(self) -> tuple[str, ...]:

@@ -6,15 +6,20 @@ For each entry: the archive's sha256 (``ensure_artifact``), loading its SavedMod
 (:func:`check_signature`), the symmetry (:func:`check_symmetry`: rotation invariance of a
 classifier's logits, E(3) equivariance of an N-body model's positions, C4 equivariance of a field
 forecaster's next frame, E(3) and permutation symmetry of an interatomic potential's energy and forces,
-all measured with ``keras_relaxeq.testing``) and the serving input checks (:func:`check_input_guards`).
-For C4 field forecasters and interatomic potentials also, as TF Serving would see the artifact: the
+all measured with ``keras_relaxeq.testing``; for a scale field forecaster, whose scale equivariance is
+approximate, translation equivariance away from the borders: :mod:`keras_relaxeq.zoo.verify_scale`) and the
+serving input checks (:func:`check_input_guards`).
+For field forecasters and interatomic potentials also, as TF Serving would see the artifact: the
 ``SignatureDef`` that ``saved_model_cli show`` prints (:func:`signature_def_specs`), and a fresh Python
 process that loads the SavedModel with TensorFlow alone (never importing keras_relaxeq) and answers as
-this one (:mod:`keras_relaxeq.zoo.fresh`).
+this one (:mod:`keras_relaxeq.zoo.fresh`). For scale field forecasters also the ``.keras`` file: it answers as
+the SavedModel and its trunk's scale-step error is the published one (``verify_scale.check_keras_artifact``).
 TensorFlow is imported only when a check runs.
 """
 
 from __future__ import annotations
+
+from keras_relaxeq.zoo.verify_scale import check_keras_artifact, check_translation_equivariance, field_forecaster_io
 
 __all__ = ["C4_RELATIVE_TOLERANCE", "check_c4_equivariance", "check_e3_equivariance", "check_input_guards",
            "check_invariance", "check_potential_symmetry", "check_served", "check_signature", "check_signature_def",
@@ -145,12 +150,6 @@ def check_potential_symmetry(model, entry, *, num_samples=4, atol=1e-4, rtol=1e-
     return ok, errors, e_tol, f_tol
 
 
-def _field_forecaster_io(model, entry):
-    """``(input name, output name, [frames, H, W, 2])`` of a C4 field forecaster's serving signature."""
-    shape = entry.input.get("shape")
-    return entry.input_name, next(iter(entry.outputs)), [int(d) for d in shape[1:]]
-
-
 def check_c4_equivariance(model, entry, *, num_samples=2, rtol=C4_RELATIVE_TOLERANCE,
                           seed=0) -> tuple[bool, float, object]:
     """C4 equivariance of a field forecaster's served next frame: ``num_samples`` standard-normal windows
@@ -164,7 +163,7 @@ def check_c4_equivariance(model, entry, *, num_samples=2, rtol=C4_RELATIVE_TOLER
     from keras_relaxeq.groups.cyclic import FieldType
     from keras_relaxeq.testing.cyclic import check_cyclic_equivariance
 
-    key, out, dims = _field_forecaster_io(model, entry)
+    key, out, dims = field_forecaster_io(entry)
     x = np.random.default_rng(seed).normal(size=[num_samples] + dims).astype(np.float32)
 
     def next_frame(frames):
@@ -204,6 +203,9 @@ def check_symmetry(model, entry, *, num_samples=4, num_points=None, atol=1e-4, r
         ok, relative, report = check_c4_equivariance(model, entry, num_samples=min(num_samples, 2), seed=seed)
         return ok, (f"C4 equivariance relative err {relative:.2e} (max {report.max_error:.2e}, output scale "
                     f"{report.scale:.2e}; tol {C4_RELATIVE_TOLERANCE:.0e} relative, quarter turns 1, 2, 3)")
+    if entry.is_scale_field_forecaster:  # scale equivariance is approximate: see keras_relaxeq.zoo.verify_scale
+        ok, _, detail = check_translation_equivariance(model, entry, num_samples=min(num_samples, 2), seed=seed)
+        return ok, detail
     return None
 
 
@@ -233,7 +235,7 @@ def check_input_guards(model, entry, *, num_points=None, seed=0) -> tuple[bool, 
     good = guard_probe_inputs(model, entry, num_points, seed)
     key = model.input_name
     probes = []
-    if entry.is_c4_field_forecaster:
+    if entry.is_field_forecaster:
         return _check_field_guards(model, entry, good, key)
     if entry.is_potential_model:
         return _check_potential_guards(model, entry)
@@ -447,12 +449,17 @@ def verify_entries(names=(), *, index=None, out, cache_dir=None, base_url=None, 
                                    max_tries=max_tries)
             steps.append("sha256 ok")
             # started first: the child's TensorFlow import overlaps the checks here
-            if e.is_c4_field_forecaster or e.is_potential_model:
+            if e.is_field_forecaster or e.is_potential_model:
                 fresh = FreshProcessCheck(path, valid_inputs(e, seed=seed))
             model = ServingModel(path, e)
             steps.append("loads")
             check_served(model, e, num_samples=num_samples, num_points=num_points, atol=atol,
                          rtol=rtol, seed=seed, steps=steps)
+            if e.is_scale_field_forecaster:  # the .keras file: parity, the published scale-step error
+                keras_path = None if e.keras_artifact is None else ensure_artifact(
+                    e, e.keras_artifact, catalogue=cat, cache_dir=cache_dir, base_url=base_url, offline=offline,
+                    progress=progress, max_tries=max_tries, extract=False)
+                check_keras_artifact(model, e, keras_path, seed=seed, steps=steps)
             if fresh is not None:
                 steps.append(check_signature_def(path, e))
                 steps.append(fresh.finish(model))

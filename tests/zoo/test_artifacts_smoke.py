@@ -37,7 +37,7 @@ def _keys():
 def test_shipped_field_forecaster(key, tmp_path):
     cat = registry.load_index(REPO_INDEX)
     if key is None:
-        assert not [e for e in cat.entries if e.task == "field_forecasting"]
+        assert not [e for e in cat.entries if e.is_c4_field_forecaster]
         return
     e = cat.get(*key)
     out = io.StringIO()

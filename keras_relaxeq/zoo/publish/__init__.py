@@ -5,6 +5,7 @@
         [--model-file best_projected.keras] [--max-val-samples N] [--zoo-dir zoo/]
     relaxeq zoo publish SEGNN_RUN_DIR [--max-test-samples N]   # -> segnn_o3_nbody
     relaxeq zoo publish SMOKE_RUN_DIR [--max-test-batches N]   # -> steerable_cnn_c4_smokeplume
+    relaxeq zoo publish SMOKE_SCALE_RUN_DIR                    # --symmetry scale run -> sesn_scale_smokeplume
     relaxeq zoo publish MD17_RUN_DIR [--data-dir DIR]           # -> equiformer_e3_md17<molecule>
     python -m keras_relaxeq.zoo.publish RUN_DIR ...           # the same
     python -m keras_relaxeq.zoo.publish republish NAME [--from-version N]
@@ -13,7 +14,8 @@
 ``.keras`` model, ``command.txt`` if present), picks the recipe family from the ``recipe`` field of
 the summary (older runs: from their config, :func:`recipe_of`) and publishes the run with that
 family's :class:`RecipeRun`: :class:`ModelNet40Run` (``modelnet40``), :class:`NBodyRun`
-(``nbody``), :class:`SmokePlumeRun` (``smoke_plume``) or :class:`MD17Run` (``md17``). For every family it
+(``nbody``), :class:`SmokePlumeRun` (``smoke_plume``; ``--symmetry scale`` runs: :class:`SmokePlumeScaleRun`,
+``smoke_plume_scale``) or :class:`MD17Run` (``md17``). For every family it
 
 1. loads the model and refuses one that still has relaxation branches;
 2. exports it (the family's serving signature) and packs it (``pack_saved_model``, byte
@@ -77,8 +79,10 @@ from keras_relaxeq.zoo.publish.modelnet40 import (
 from keras_relaxeq.zoo.publish.md17 import MD17Run
 from keras_relaxeq.zoo.publish.nbody import NBodyRun
 from keras_relaxeq.zoo.publish.smoke_plume import SmokePlumeRun
+from keras_relaxeq.zoo.publish.smoke_plume_scale import SmokePlumeScaleRun
 from keras_relaxeq.zoo.publish.republish import republish
 
 __all__ = ["FAMILIES", "MD17Run", "ModelNet40Run", "NBodyRun", "PublishError", "RecipeRun", "SmokePlumeRun",
+           "SmokePlumeScaleRun",
            "add_arguments", "main", "measure_artifact", "publish_run", "read_run", "recipe_command_from_config",
            "recipe_of", "render_card", "republish", "run_from_args", "run_recipe"]

@@ -204,6 +204,11 @@ class RecipeRun:
     def write_extras(self, zoo_dir: Path) -> None:
         """Files besides the artifact, card and index (e.g. a label list)."""
 
+    def check_staged(self, serving, entry, keras_file: Path) -> None:
+        """The family's checks of ``relaxeq zoo verify`` beyond the signature, symmetry and input checks, run by
+        :func:`publish_run` before anything is written: ``serving`` is the extracted SavedModel loaded, ``entry``
+        the parsed entry, ``keras_file`` the staged ``.keras`` artifact. Raises :class:`PublishError`."""
+
     def training(self, command: str, **numbers) -> dict:
         """The entry's ``training`` object: the run, the command, epochs, then ``numbers``."""
         s = self.summary

@@ -18,7 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default=None,
                    help="zoo name (default <model>_so3_modelnet40, e.g. "
                         "vn_pointnet_so3_modelnet40; segnn_o3_nbody for N-body runs; "
-                        "steerable_cnn_c4_smokeplume for smoke plume runs; equiformer_e3_md17<molecule> "
+                        "steerable_cnn_c4_smokeplume for smoke plume runs, sesn_scale_smokeplume for "
+                        "--symmetry scale ones; equiformer_e3_md17<molecule> "
                         "for MD17 runs)")
     p.add_argument("--version", type=int, default=None,
                    help="version to publish (default: the next free one)")
@@ -40,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None,
                    help="ModelNet40 runs: the data folder (default: the run's, else "
                         "$KERAS_RELAXEQ_DATA or ../shared/data); smoke plume runs: the simulations "
-                        "(default: the run's, else $KERAS_RELAXEQ_CACHE/smoke_plume_rotation); MD17 runs: "
+                        "(default: the run's, else $KERAS_RELAXEQ_CACHE/smoke_plume_rotation or "
+                        "smoke_plume_scale); MD17 runs: "
                         "the rmd17 npz files (default: the run's, else $KERAS_RELAXEQ_DATA)")
     p.add_argument("--eval-points", type=int, default=None,
                    help="ModelNet40 runs: points per shape for the metrics (default: the run's "

@@ -35,10 +35,13 @@ from keras_relaxeq.zoo.publish.nbody import RECIPE as NBODY_RECIPE
 from keras_relaxeq.zoo.publish.nbody import NBodyRun
 from keras_relaxeq.zoo.publish.smoke_plume import RECIPE as SMOKE_RECIPE
 from keras_relaxeq.zoo.publish.smoke_plume import SmokePlumeRun
+from keras_relaxeq.zoo.publish.smoke_plume_scale import SmokePlumeScaleRun
 
 #: the recipe families that can be published, by the ``recipe`` field of their runs' summary.json
 FAMILIES: dict[str, type[RecipeRun]] = {RECIPE: ModelNet40Run, NBODY_RECIPE: NBodyRun,
                                         SMOKE_RECIPE: SmokePlumeRun, MD17_RECIPE: MD17Run}
+#: runs of a family's recipe on another task (their config's ``symmetry``), published by another RecipeRun
+SYMMETRY_VARIANTS: dict[tuple[str, str], type[RecipeRun]] = {(SMOKE_RECIPE, "scale"): SmokePlumeScaleRun}
 
 
 def read_run(run_dir) -> dict:
@@ -93,9 +96,11 @@ def run_recipe(summary: dict, path="summary.json") -> str:
     return recipe
 
 
-def recipe_run_class(recipe: str) -> type:
-    """The :class:`RecipeRun` of ``recipe`` (a key of :data:`FAMILIES`)."""
-    return FAMILIES[recipe]
+def recipe_run_class(recipe: str, summary: dict | None = None) -> type:
+    """The :class:`RecipeRun` of ``recipe`` (a key of :data:`FAMILIES`); for a run whose config has a
+    ``symmetry`` listed in :data:`SYMMETRY_VARIANTS` (``recipes/smoke_plume.py --symmetry scale``), that one."""
+    symmetry = ((summary or {}).get("config") or {}).get("symmetry")
+    return SYMMETRY_VARIANTS.get((recipe, symmetry)) or FAMILIES[recipe]
 
 
 def _check_options(kind: type, run_dir: Path, options: dict) -> None:
@@ -151,9 +156,11 @@ def publish_run(run_dir, name=None, version=None, zoo_dir=None, model_file=None,
             pipeline (default: all of the run's ``--test-samples``).
         equivariance_samples: test systems of the E(3) equivariance measurement.
 
-    Smoke plume runs only (``recipes/smoke_plume.py``, arms ``relaxed`` and ``equivariant``):
+    Smoke plume runs only (``recipes/smoke_plume.py``, arms ``relaxed`` and ``equivariant``; ``--symmetry
+    scale`` runs are published as ``sesn_scale_smokeplume``):
         data_dir: the simulations (default: the run's ``--data-dir``, else
-            ``$KERAS_RELAXEQ_CACHE/smoke_plume_rotation``); never simulated here.
+            ``$KERAS_RELAXEQ_CACHE/smoke_plume_rotation``, ``smoke_plume_scale`` for scale runs); never
+            simulated here.
         max_test_batches: evaluate on the first N batches of each test split (default: the run's
             ``--max-test-batches``, i.e. all).
 
@@ -174,7 +181,7 @@ def publish_run(run_dir, name=None, version=None, zoo_dir=None, model_file=None,
     t0 = time.time()
     run_dir = Path(run_dir)
     summary = read_run(run_dir)
-    kind = recipe_run_class(run_recipe(summary, run_dir / "summary.json"))
+    kind = recipe_run_class(run_recipe(summary, run_dir / "summary.json"), summary)
     options = {"data_dir": data_dir, "eval_points": eval_points,
                "max_val_samples": max_val_samples, "invariance_samples": invariance_samples,
                "max_test_samples": max_test_samples,
@@ -276,6 +283,7 @@ def publish_run(run_dir, name=None, version=None, zoo_dir=None, model_file=None,
         guarded = check_input_guards(serving, parsed, seed=seed)
         if not guarded[0]:
             raise PublishError(f"relaxeq zoo verify would fail: {guarded[1]}")
+        run.check_staged(serving, parsed, stage / "model.keras")
         card = run.render_card(entry, meas, command, source, params)
 
         # everything passed: move into place, index last

@@ -53,12 +53,16 @@ PREPROCESSING = (
     "none: raw simulator velocities (grid cells per time step) of the PhiFlow smoke plume rotation set, "
     "channels last, components (v_x, v_y), rows = y; the input is the last 10 frames, the output the next one"
 )
-#: the published recipe's budget (recipes/smoke_plume.py DEFAULTS; 250 training batches of 16 per epoch)
-PUBLISHED = {"epochs": 1000, "width": 1.0, "train_batches": 250, "val_batches": 63, "early_stop_after": 100}
+#: the published recipe's budget (recipes/smoke_plume.py DEFAULTS; 250 training batches of 16 per epoch, 92 regular
+#: hidden fields at width 1; the rotation set's 4,000 training and 1,000 validation windows)
+PUBLISHED = {"epochs": 1000, "width": 1.0, "train_batches": 250, "val_batches": 63, "early_stop_after": 100,
+             "hidden": 92, "train_windows": 4000, "val_windows": 1000}
 #: the run's settings that the RMSE measurement depends on (kept in the entry's ``evaluation``)
 EVALUATION_KEYS = ("batch", "test_length", "resolution", "max_test_batches")
 #: held-out windows of the C4 measurement and of the comparison with the Keras model
 EQUIVARIANCE_WINDOWS, PARITY_WINDOWS = 4, 16
+#: where the metrics are measured
+ARTIFACT_NOTE = "measured on the published SavedModel (extracted archive, serving_default, one call per step)"
 
 
 def architecture_config(cfg: dict, input_frames: int = 10) -> dict:
@@ -69,13 +73,10 @@ def architecture_config(cfg: dict, input_frames: int = 10) -> dict:
             "num_layers": int(cfg["layers"])}
 
 
-def rebuild_forecaster(model, cfg: dict, *, seed: int = 0):
-    """The one-step forecaster in ``model`` rebuilt by the current builder with exactly its weights, after
-    checking that both answer alike on random windows."""
-    import keras
-
-    from keras_relaxeq.models.presets import _weights_by_path, copy_pretrained_weights
-    from keras_relaxeq.models.smoke_plume import forecaster_of, smoke_plume_forecaster
+def one_step_forecaster(model, cfg: dict):
+    """``(forecaster, [frames, H, W, 2])``: the one-step forecaster in ``model`` (a rollout model gives its nested
+    forecaster), checked to take windows of the run's grid."""
+    from keras_relaxeq.models.smoke_plume import forecaster_of
 
     try:
         source = forecaster_of(model)
@@ -85,20 +86,39 @@ def rebuild_forecaster(model, cfg: dict, *, seed: int = 0):
     grid = int(cfg["resolution"])
     if len(shape) != 4 or shape[1:] != (grid, grid, 2):
         raise PublishError(f"the forecaster takes {shape}, not [frames, {grid}, {grid}, 2] windows of the run.")
-    config = architecture_config(cfg, shape[0])
+    return source, shape
+
+
+def rebuild_with(source, builder, config: dict, name: str, *, seed: int = 0):
+    """``builder(**config, name=name)`` carrying exactly the weights of ``source`` (by path), after checking that
+    both answer alike on random windows."""
+    import keras
+
+    from keras_relaxeq.models.presets import _weights_by_path, copy_pretrained_weights
+
     keras.utils.set_random_seed(seed)
-    rebuilt = smoke_plume_forecaster(**config, name=f"smoke_plume_{cfg['arm']}")
+    rebuilt = builder(**config, name=name)
     try:
         copy_pretrained_weights(source, rebuilt)
     except ValueError as exc:
         raise PublishError(f"the run's forecaster does not fit {config}: {exc}") from None
     if sorted(_weights_by_path(source)) != sorted(_weights_by_path(rebuilt)):
         raise PublishError("the rebuilt forecaster's weights differ from the run's forecaster's.")
-    x = np.random.default_rng(seed).normal(size=(2,) + shape).astype(np.float32)
+    x = np.random.default_rng(seed).normal(size=(2,) + tuple(source.input_shape[1:])).astype(np.float32)
     want, got = np.asarray(source(x), np.float64), np.asarray(rebuilt(x), np.float64)
     if not np.abs(want - got).max() <= 1e-5 + 1e-5 * np.abs(want).max():
         raise PublishError("the rebuilt forecaster answers differently from the run's forecaster.")
-    return rebuilt, config
+    return rebuilt
+
+
+def rebuild_forecaster(model, cfg: dict, *, seed: int = 0):
+    """The one-step forecaster in ``model`` rebuilt by the current builder with exactly its weights, after
+    checking that both answer alike on random windows."""
+    from keras_relaxeq.models.smoke_plume import smoke_plume_forecaster
+
+    source, shape = one_step_forecaster(model, cfg)
+    config = architecture_config(cfg, shape[0])
+    return rebuild_with(source, smoke_plume_forecaster, config, f"smoke_plume_{cfg['arm']}", seed=seed), config
 
 
 def export_smoke_saved_model(model, base_dir, name: str, version: int, **kwargs):
@@ -115,29 +135,32 @@ def export_smoke_saved_model(model, base_dir, name: str, version: int, **kwargs)
 
 def recipe_test_pipeline(cfg: dict, split: str, *, data_dir=None, max_batches=None):
     """The recipe's test pipeline of ``split``: windows of ``--test-length`` target frames in batches of
-    ``--batch``, the first ``max_batches`` batches (default: the run's ``--max-test-batches``, i.e. all);
-    never simulates missing files (``FileNotFoundError`` saying how to generate them)."""
+    ``--batch`` from the run's data set (``--symmetry``: rotation or scale), the first ``max_batches`` batches
+    (default: the run's ``--max-test-batches``, i.e. all); never simulates missing files (``FileNotFoundError``
+    saying how to generate them)."""
     from keras_relaxeq.datasets.smoke_plume import smoke_plume_config, smoke_plume_dataset
 
-    ds = smoke_plume_dataset(split, int(cfg["batch"]), config=smoke_plume_config("rotation", resolution=int(
-        cfg["resolution"])), output_length=int(cfg["test_length"]), data_dir=data_dir or cfg.get("data_dir"),
-        generate=False, progress=False)
+    config = smoke_plume_config(cfg.get("symmetry", "rotation"), resolution=int(cfg["resolution"]))
+    ds = smoke_plume_dataset(split, int(cfg["batch"]), config=config, output_length=int(cfg["test_length"]),
+                             data_dir=data_dir or cfg.get("data_dir"), generate=False, progress=False)
     limit = max_batches if max_batches is not None else cfg.get("max_test_batches")
     return ds.take(int(limit)) if limit else ds
 
 
-def measure_smoke_artifact(signature, keras_model, cfg: dict, *, data_dir=None, max_test_batches=None,
-                           seed: int = 0) -> dict:
-    """Rollout RMSEs (``test_future``, ``test_domain``), C4 equivariance and Keras parity of a forecaster's
-    ``serving_default``, measured on the data."""
-    import tensorflow as tf
-
-    from keras_relaxeq.groups.cyclic import FieldType
-    from keras_relaxeq.models.smoke_plume import rollout_rmse
-    from keras_relaxeq.testing.cyclic import check_cyclic_equivariance
+def served_next_frame(signature):
+    """``frames -> next frame`` of a forecaster's ``serving_default``."""
 
     def next_frame(frames):
         return signature(**{INPUT_NAME: frames})[OUTPUT_NAME]
+
+    return next_frame
+
+
+def measure_rollouts(next_frame, cfg: dict, *, data_dir=None, max_test_batches=None):
+    """``(tests, held_out)``: the recipe's 20-step rollout RMSEs of ``next_frame`` on ``test_future`` and
+    ``test_domain`` (``rollout_rmse``: ``{split: {"rmse", "num_windows", ...}}``) and the first batch of
+    ``test_domain`` windows."""
+    from keras_relaxeq.models.smoke_plume import rollout_rmse
 
     tests, first = {}, {}
     for split in ("test_future", "test_domain"):
@@ -147,42 +170,70 @@ def measure_smoke_artifact(signature, keras_model, cfg: dict, *, data_dir=None, 
         except FileNotFoundError as exc:
             raise PublishError(f"the smoke plume data are missing: {exc}") from None
         tests[split] = rollout_rmse(next_frame, data)
-    held_out = first["test_domain"]  # the recipe's C4 check takes the first held-out windows too
+    return tests, first["test_domain"]
+
+
+def keras_parity(next_frame, keras_model, windows) -> dict:
+    """The largest difference between the served next frame and the Keras model's on ``windows``."""
+    import tensorflow as tf
+
+    keras_pred = np.asarray(keras_model.predict(np.asarray(windows), verbose=0), np.float64)
+    served = np.asarray(next_frame(tf.constant(windows)), np.float64)
+    return {"keras_max_abs_diff": float(np.abs(keras_pred - served).max()),
+            "keras_scale": float(np.abs(keras_pred).max()), "parity_windows": int(len(windows))}
+
+
+def measure_smoke_artifact(signature, keras_model, cfg: dict, *, data_dir=None, max_test_batches=None,
+                           seed: int = 0) -> dict:
+    """Rollout RMSEs (``test_future``, ``test_domain``), C4 equivariance and Keras parity of a forecaster's
+    ``serving_default``, measured on the data."""
+    from keras_relaxeq.groups.cyclic import FieldType
+    from keras_relaxeq.testing.cyclic import check_cyclic_equivariance
+
+    next_frame = served_next_frame(signature)
+    tests, held_out = measure_rollouts(next_frame, cfg, data_dir=data_dir, max_test_batches=max_test_batches)
+    # the recipe's C4 check takes the first held-out windows too
     vector = FieldType.vector(4)
     windows = held_out[:EQUIVARIANCE_WINDOWS]
     report = check_cyclic_equivariance(next_frame, windows, vector, vector, atol=0.0)
-    parity_x = held_out[:PARITY_WINDOWS]
-    keras_pred = np.asarray(keras_model.predict(np.asarray(parity_x), verbose=0), np.float64)
-    served = np.asarray(next_frame(tf.constant(parity_x)), np.float64)
     return {
         "tests": tests,
         "c4": {"max_error": float(report.max_error), "scale": float(report.scale),
                "relative": float(report.max_error / max(report.scale, 1e-30)), "num_windows": int(len(windows))},
-        "keras_max_abs_diff": float(np.abs(keras_pred - served).max()),
-        "keras_scale": float(np.abs(keras_pred).max()), "parity_windows": int(len(parity_x)),
+        **keras_parity(next_frame, keras_model, held_out[:PARITY_WINDOWS]),
     }
 
 
-def _metrics(meas: dict, cfg: dict) -> list[dict]:
-    art = "measured on the published SavedModel (extracted archive, serving_default, one call per step)"
+def rollout_metrics(meas: dict, cfg: dict) -> list[dict]:
+    """The entry's ``rmse_future`` and ``rmse_domain`` metrics (the run's data set: ``--symmetry``)."""
+    from keras_relaxeq.datasets.smoke_plume import smoke_plume_config, split_tasks
+
+    config = smoke_plume_config(cfg.get("symmetry", "rotation"))
+    trained, held_out = len(split_tasks(config, "train")), len(split_tasks(config, "test_domain"))
     t = meas["tests"]
     rollout = (f"{cfg['test_length']}-step autoregressive rollouts from 10 true frames (each prediction fed "
                "back), RMSE = sqrt(mean over batches of the per-batch MSE over every predicted frame, cell and "
                f"component), batches of {cfg['batch']} as recipes/smoke_plume.py evaluates them")
-    c4 = meas["c4"]
     return [
         {"name": "rmse_future", "value": float(f"{t['test_future']['rmse']:.6g}"), "split": "test_future",
-         "protocol": f"{rollout}; test_future: {t['test_future']['num_windows']} windows of the 25 training "
-                     f"simulations at later times (start 200 <= t < 250); {art}"},
+         "protocol": f"{rollout}; test_future: {t['test_future']['num_windows']} windows of the {trained} training "
+                     f"simulations at later times (start 200 <= t < 250); {ARTIFACT_NOTE}"},
         {"name": "rmse_domain", "value": float(f"{t['test_domain']['rmse']:.6g}"), "split": "test_domain",
-         "protocol": f"{rollout}; test_domain: {t['test_domain']['num_windows']} windows of the 10 held-out "
-                     f"simulations (start t < 100); {art}"},
+         "protocol": f"{rollout}; test_domain: {t['test_domain']['num_windows']} windows of the {held_out} "
+                     f"held-out simulations (start t < 100); {ARTIFACT_NOTE}"},
+    ]
+
+
+def _metrics(meas: dict, cfg: dict) -> list[dict]:
+    c4 = meas["c4"]
+    return [
+        *rollout_metrics(meas, cfg),
         {"name": "c4_equivariance_relative_error", "value": float(f"{c4['relative']:.3e}"),
          "split": "test_domain",
          "protocol": f"max |f(g.x) - g.f(x)| / max |g.f(x)| over the quarter turns g = 1, 2, 3 (every frame's "
                      f"grid turned and its (v_x, v_y) rotated; the predicted frame turned likewise) on the first "
                      f"{c4['num_windows']} test_domain windows, compared in float64 "
-                     f"(keras_relaxeq.testing.cyclic); {art}"},
+                     f"(keras_relaxeq.testing.cyclic); {ARTIFACT_NOTE}"},
         keras_parity_metric(meas, "test_domain", "frames", f"the first {meas['parity_windows']} test_domain "
                                                            "windows"),
     ]
@@ -243,20 +294,10 @@ class SmokePlumeRun(RecipeRun):
             "architecture": {"class": "keras_relaxeq.models.smoke_plume.smoke_plume_forecaster",
                              "config": self.config, "params": params,
                              "keras_class": f"{type(model).__module__}.{type(model).__name__}"},
-            "input": {"name": INPUT_NAME, "dtype": "float32", "shape": [None, frames, grid, grid, 2],
-                      "layout": f"[batch, {frames} frames, y, x, (v_x, v_y)]", "preprocessing": PREPROCESSING},
-            "outputs": {OUTPUT_NAME: {"dtype": "float32", "shape": [None, grid, grid, 2],
-                                      "layout": "[batch, y, x, (v_x, v_y)]: the next velocity frame"}},
+            **io_fields(frames, grid, PREPROCESSING),
             "metrics": _metrics(meas, cfg),
             "evaluation": {key: cfg.get(key) for key in EVALUATION_KEYS},
-            "training": {
-                "arm": cfg["arm"], "budget": "cpu_protocol" if is_cpu_protocol(cfg) else "published",
-                "rmse_future": s.get("rmse_future"), "rmse_domain": s.get("rmse_domain"),
-                "best_projected_val_rmse": s.get("best_projected_val_rmse"),
-                "val_rmse_protocol": "recipe's projected validation RMSE (6-step rollouts, "
-                                     + (f"first {cfg['max_val_batches']} batches" if cfg.get("max_val_batches")
-                                        else "all windows") + ")",
-            },
+            "training": training_fields(cfg, s),
         }
 
     def render_card(self, entry, meas, command, source, params):
@@ -269,6 +310,38 @@ class SmokePlumeRun(RecipeRun):
                 f"{c4['relative']:.1e}")
 
 
+def io_fields(frames: int, grid: int, preprocessing: str) -> dict:
+    """The entry's ``input`` and ``outputs``: ``frames`` ``[None, frames, grid, grid, 2]`` -> ``next_frame``."""
+    return {"input": {"name": INPUT_NAME, "dtype": "float32", "shape": [None, frames, grid, grid, 2],
+                      "layout": f"[batch, {frames} frames, y, x, (v_x, v_y)]", "preprocessing": preprocessing},
+            "outputs": {OUTPUT_NAME: {"dtype": "float32", "shape": [None, grid, grid, 2],
+                                      "layout": "[batch, y, x, (v_x, v_y)]: the next velocity frame"}}}
+
+
+def training_fields(cfg: dict, summary: dict) -> dict:
+    """The run's numbers in the entry's ``training`` (besides the command, epochs and wall time)."""
+    return {
+        "arm": cfg["arm"], "budget": "cpu_protocol" if is_cpu_protocol(cfg) else "published",
+        "rmse_future": summary.get("rmse_future"), "rmse_domain": summary.get("rmse_domain"),
+        "best_projected_val_rmse": summary.get("best_projected_val_rmse"),
+        "val_rmse_protocol": "recipe's projected validation RMSE (6-step rollouts, "
+                             + (f"first {cfg['max_val_batches']} batches" if cfg.get("max_val_batches")
+                                else "all windows") + ")",
+    }
+
+
+def usage_lines(name: str, version: int, frames: int, grid: int) -> list[str]:
+    """The card's Python usage lines of a field forecaster entry (``card_closing_lines``)."""
+    return [
+        f"model = zoo.load({name!r}, version={version})       # verified download",
+        f"frames = np.zeros([1, {frames}, {grid}, {grid}, 2], np.float32)     # the last {frames} frames",
+        f"nxt = model(frames)[{OUTPUT_NAME!r}]                          # [1, {grid}, {grid}, 2]",
+        f"path = zoo.download({name!r}, version={version})  # or, with TensorFlow only:",
+        "serve = tf.saved_model.load(str(path)).signatures['serving_default']",
+        f"nxt = serve({INPUT_NAME}=tf.constant(frames))[{OUTPUT_NAME!r}]",
+    ]
+
+
 def fields(cfg: dict) -> int:
     """Regular hidden fields of a run (``max(1, round(hidden * width))``, as the builder)."""
     return max(1, int(round(int(cfg["hidden"]) * float(cfg["width"]))))
@@ -279,29 +352,37 @@ def is_cpu_protocol(cfg: dict) -> bool:
                 or cfg.get("max_train_batches"))
 
 
-def gpu_command(cfg: dict) -> str:
-    """The published budget: the recipe command without ``--width``, ``--epochs`` and ``--max-*-batches``."""
-    return (f"python {RECIPE} --arm {cfg['arm']} --seed {cfg['seed']} "
-            f"--output-dir runs/smoke/{cfg['arm']}_seed{cfg['seed']}")
+def gpu_command(cfg: dict, extra: str = "") -> str:
+    """The published budget: the recipe command without ``--width``, ``--epochs`` and ``--max-*-batches``
+    (``extra``: options of the task, e.g. ``--symmetry scale``, put before ``--arm``)."""
+    folder = "smoke_scale" if cfg.get("symmetry") == "scale" else "smoke"
+    return (f"python {RECIPE} {extra + ' ' if extra else ''}--arm {cfg['arm']} --seed {cfg['seed']} "
+            f"--output-dir runs/{folder}/{cfg['arm']}_seed{cfg['seed']}")
 
 
-def _budget_lines(cfg: dict, summary: dict) -> list[str]:
+def _budget_lines(cfg: dict, summary: dict, published: dict = PUBLISHED, hidden: str = "regular hidden fields",
+                  relaxation: str = "") -> list[str]:
+    """The card's budget, optimisation, relaxation and test-window lines; ``published`` gives the published budget
+    (``hidden``: the builder's default before ``--width``, ``train_windows``, ``val_windows``), ``hidden`` says what
+    ``--width`` scales, ``relaxation`` ends the relaxation line."""
     train = cfg.get("max_train_batches")
     val = cfg.get("max_val_batches")
     windows = summary.get("test_windows") or {}
     return [
         f"- budget: {'the CPU protocol of docs/experiments/smoke_plume.md' if is_cpu_protocol(cfg) else 'published'}"
-        f": width {cfg['width']} ({fields(cfg)} regular hidden fields instead of 92), "
+        f": width {cfg['width']} ({fields(cfg)} {hidden} instead of {published['hidden']}), "
         f"{summary.get('epochs_run')} epochs (configured {cfg['epochs']}; published up to "
-        f"{PUBLISHED['epochs']} with early stopping after {PUBLISHED['early_stop_after']})"
+        f"{published['epochs']} with early stopping after {published['early_stop_after']})"
         + (f", {train} training batches x {cfg['batch']} windows per epoch ({train * int(cfg['batch'])} of the "
-           "4,000 training windows, a new shuffle each epoch; published: all 250)" if train else "")
-        + (f", validation on the first {val} batches ({val * int(cfg['batch'])} of 1,000 windows)" if val else ""),
+           f"{published['train_windows']:,} training windows, a new shuffle each epoch; published: all "
+           f"{published['train_batches']})" if train else "")
+        + (f", validation on the first {val} batches ({val * int(cfg['batch'])} of "
+           f"{published['val_windows']:,} windows)" if val else ""),
         f"- optimisation: batch {cfg['batch']}, Adam lr {cfg['lr']} x{cfg['lr_decay']} per epoch, coupled L2 "
         f"{cfg['weight_decay']}, {cfg['output_length']}-step autoregressive loss, seed {cfg['seed']}",
         "- relaxation: " + (f"`{cfg['schedule']}` theta schedule on a {cfg.get('theta_epochs') or cfg['epochs']}-"
-                             f"epoch clock, lambda_lie {cfg['lambda_lie']}, lambda_proj {cfg['lambda_proj']}; the "
-                             "published model is the projection (branches dropped)"
+                             f"epoch clock, lambda_lie {cfg['lambda_lie']}, lambda_proj {cfg['lambda_proj']}"
+                             f"{relaxation}; the published model is the projection (branches dropped)"
                              if cfg["arm"] == "relaxed" else "off (equivariant arm)"),
         f"- test windows of the recipe's own evaluation: {windows.get('test_future', 'n/a')} test_future, "
         f"{windows.get('test_domain', 'n/a')} test_domain",
@@ -362,16 +443,32 @@ def render_card(entry: dict, summary: dict, meas: dict, command: str, command_so
         f"on the artifact (`relaxeq zoo publish`; data in `$KERAS_RELAXEQ_CACHE/smoke_plume_rotation`). C4: "
         f"relative error {c4['relative']:.1e} (max {c4['max_error']:.1e} at output scale {c4['scale']:.2f}): float32 "
         "round-off only.", "",
-        *card_closing_lines(entry, limits, [
-            f"model = zoo.load({name!r}, version={version})       # verified download",
-            f"frames = np.zeros([1, {frames}, {grid}, {grid}, 2], np.float32)     # the last {frames} frames",
-            f"nxt = model(frames)[{OUTPUT_NAME!r}]                          # [1, {grid}, {grid}, 2]",
-            f"path = zoo.download({name!r}, version={version})  # or, with TensorFlow only:",
-            "serve = tf.saved_model.load(str(path)).signatures['serving_default']",
-            f"nxt = serve({INPUT_NAME}=tf.constant(frames))[{OUTPUT_NAME!r}]",
-        ], SmokePlumeRun.data_licence, verify_note="     # sha256, signature, fresh process, C4, input checks"),
+        *card_closing_lines(entry, limits, usage_lines(name, version, frames, grid), SmokePlumeRun.data_licence,
+                            verify_note="     # sha256, signature, fresh process, C4, input checks"),
     ]
     return "\n".join(lines)
+
+
+def measure_entry_again(name: str, version, *, kind: str, measure, metrics, index=None, data_dir=None,
+                        max_test_batches=None, cache_dir=None, seed: int = 0) -> dict:
+    """A published field forecaster measured again from the data (as ``relaxeq zoo publish`` did):
+    ``{metric name: (published value, measured value)}``. ``kind`` is the :class:`ZooEntry` property the entry must
+    have (``is_c4_field_forecaster``), ``measure(signature, keras_model, settings, ...)`` and ``metrics(meas,
+    settings)`` the family's; ``settings`` are the entry's ``evaluation`` with ``data_dir``."""
+    from keras_relaxeq.zoo.loading import load
+    from keras_relaxeq.zoo.registry import load_index
+
+    entry = load_index(index).get(name, version)
+    settings = entry.raw.get("evaluation")
+    if not getattr(entry, kind) or not settings:
+        raise PublishError(f"{entry.name} v{entry.version} is not a smoke plume forecaster entry of this kind "
+                           f"({kind.removeprefix('is_')}) with evaluation settings.")
+    served = load(entry.name, entry.version, index=index, cache_dir=cache_dir, progress=False)
+    keras_model = load(entry.name, entry.version, index=index, cache_dir=cache_dir, progress=False, as_keras=True)
+    meas = measure(served.signature, keras_model, dict(settings, data_dir=data_dir), data_dir=data_dir,
+                   max_test_batches=max_test_batches, seed=seed)
+    measured = {m["name"]: m["value"] for m in metrics(meas, dict(settings))}
+    return {m["name"]: (m["value"], measured.get(m["name"])) for m in entry.metrics}
 
 
 def evaluate_entry(name: str = NAME, version=None, *, index=None, data_dir=None, max_test_batches=None,
@@ -379,41 +476,40 @@ def evaluate_entry(name: str = NAME, version=None, *, index=None, data_dir=None,
     """The published artifact of ``name`` measured again from the data (as ``relaxeq zoo publish`` did):
     ``{metric name: (published value, measured value)}`` for the RMSEs, the C4 error and the Keras parity.
     ``data_dir`` defaults to ``$KERAS_RELAXEQ_CACHE/smoke_plume_rotation``."""
-    from keras_relaxeq.zoo.loading import load
-    from keras_relaxeq.zoo.registry import load_index
+    return measure_entry_again(name, version, kind="is_c4_field_forecaster", measure=measure_smoke_artifact,
+                               metrics=_metrics, index=index, data_dir=data_dir, max_test_batches=max_test_batches,
+                               cache_dir=cache_dir, seed=seed)
 
-    entry = load_index(index).get(name, version)
-    settings = entry.raw.get("evaluation")
-    if not entry.is_c4_field_forecaster or not settings:
-        raise PublishError(f"{entry.name} v{entry.version} is not a smoke plume forecaster entry with evaluation "
-                           "settings.")
-    served = load(entry.name, entry.version, index=index, cache_dir=cache_dir, progress=False)
-    keras_model = load(entry.name, entry.version, index=index, cache_dir=cache_dir, progress=False, as_keras=True)
-    meas = measure_smoke_artifact(served.signature, keras_model, dict(settings, data_dir=data_dir),
-                                  max_test_batches=max_test_batches, seed=seed)
-    measured = {m["name"]: m["value"] for m in _metrics(meas, dict(settings))}
-    return {m["name"]: (m["value"], measured.get(m["name"])) for m in entry.metrics}
+
+def measure_again_main(argv, *, module: str, default_name: str, evaluate, data_set: str) -> int:
+    """``python -m MODULE [NAME] [--version N] [--data-dir DIR] [--max-test-batches N] [--index FILE]``:
+    ``evaluate`` (an ``evaluate_entry``) printed metric by metric; the data default to
+    ``$KERAS_RELAXEQ_CACHE/<data_set>``."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog=f"python -m {module}",
+                                description="Measure a published smoke plume forecaster again from the data.")
+    p.add_argument("name", nargs="?", default=default_name)
+    p.add_argument("--version", type=int, default=None)
+    p.add_argument("--data-dir", default=None, help=f"default: $KERAS_RELAXEQ_CACHE/{data_set}")
+    p.add_argument("--max-test-batches", type=int, default=None, help="default: the entry's (all)")
+    p.add_argument("--index", default=None, help="catalogue (default: the repository's zoo/index.json)")
+    args = p.parse_args(argv)
+    return print_measured_again(evaluate, name=args.name, version=args.version, index=args.index,
+                                data_dir=args.data_dir, max_test_batches=args.max_test_batches)
 
 
 def main(argv=None) -> int:
     """``python -m keras_relaxeq.zoo.publish.smoke_plume [NAME] [--version N] [--data-dir DIR]``: the published
     RMSEs, C4 error and Keras parity of an entry recomputed on its artifact from the data."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m keras_relaxeq.zoo.publish.smoke_plume",
-                                description="Measure a published smoke plume forecaster again from the data.")
-    p.add_argument("name", nargs="?", default=NAME)
-    p.add_argument("--version", type=int, default=None)
-    p.add_argument("--data-dir", default=None, help="default: $KERAS_RELAXEQ_CACHE/smoke_plume_rotation")
-    p.add_argument("--max-test-batches", type=int, default=None, help="default: the entry's (all)")
-    p.add_argument("--index", default=None, help="catalogue (default: the repository's zoo/index.json)")
-    args = p.parse_args(argv)
-    return print_measured_again(evaluate_entry, name=args.name, version=args.version, index=args.index,
-                                data_dir=args.data_dir, max_test_batches=args.max_test_batches)
+    return measure_again_main(argv, module="keras_relaxeq.zoo.publish.smoke_plume", default_name=NAME,
+                              evaluate=evaluate_entry, data_set="smoke_plume_rotation")
 
 
 __all__ = ["NAME", "RECIPE", "SmokePlumeRun", "evaluate_entry", "architecture_config", "export_smoke_saved_model",
-           "measure_smoke_artifact", "rebuild_forecaster", "recipe_test_pipeline", "render_card"]
+           "keras_parity", "measure_again_main", "measure_entry_again", "measure_rollouts", "measure_smoke_artifact",
+           "one_step_forecaster", "rebuild_forecaster", "rebuild_with", "recipe_test_pipeline", "render_card",
+           "rollout_metrics", "served_next_frame"]
 
 
 if __name__ == "__main__":
